@@ -47,7 +47,13 @@ type Reader struct {
 	br      *bufio.Reader
 	buf     []byte
 	maxBody int
+	// desynced is set when an error interrupted a frame part-way.
+	desynced bool
 }
+
+// InSync reports whether every error so far struck between frames, so the
+// stream can still be read (after a read deadline, say).
+func (r *Reader) InSync() bool { return !r.desynced }
 
 // NewReader returns a Reader over r that rejects message bodies larger than
 // maxBody bytes (DefaultMaxMessageSize when maxBody <= 0).
@@ -89,17 +95,23 @@ func (r *Reader) ReadStartup() ([]byte, error) {
 func (r *Reader) ReadMessage() (typ byte, raw []byte, err error) {
 	hdr, err := r.br.Peek(5)
 	if err != nil {
-		if len(hdr) > 0 && errors.Is(err, io.EOF) {
-			return 0, nil, io.ErrUnexpectedEOF
+		if len(hdr) > 0 {
+			// The partial header stays buffered; the stream is intact.
+			if errors.Is(err, io.EOF) {
+				return 0, nil, io.ErrUnexpectedEOF
+			}
+			return 0, nil, err
 		}
 		return 0, nil, err
 	}
 	typ = hdr[0]
 	n := int(int32(binary.BigEndian.Uint32(hdr[1:5])))
 	if n < 4 {
+		r.desynced = true
 		return typ, nil, ErrInvalidLength
 	}
 	if n-4 > r.maxBody {
+		r.desynced = true
 		return typ, nil, &MessageTooLargeError{Type: typ, Size: n - 4, Max: r.maxBody}
 	}
 	// Fast path: the whole frame is already buffered.
@@ -110,6 +122,7 @@ func (r *Reader) ReadMessage() (typ byte, raw []byte, err error) {
 	}
 	raw, err = r.fill(n + 1)
 	if err != nil {
+		r.desynced = true
 		return typ, nil, unexpectedEOF(err)
 	}
 	return typ, raw, nil

@@ -1,0 +1,126 @@
+// Package pooler owns client sessions, server connection pools and the relay
+// between them: pools keyed by (database, user), acquire and release with a
+// FIFO wait queue and timeouts, session and transaction pool modes,
+// prepared-statement mapping and session-state tracking in transaction mode,
+// cancel-key mapping, the server connection lifecycle and pool statistics.
+// It never parses SQL beyond the cheap scans in sqlscan.go, and it never
+// waits on the analyzer: events go to an analyzer.Sink that does not block.
+package pooler
+
+import (
+	"crypto/tls"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgaudit/pgaudit/wire"
+)
+
+// PoolMode says when a server connection goes back to the pool.
+type PoolMode string
+
+const (
+	// SessionMode holds a server connection for the whole client session.
+	SessionMode PoolMode = "session"
+	// TransactionMode holds it only while a transaction is open.
+	TransactionMode PoolMode = "transaction"
+)
+
+// ParsePoolMode validates a pool_mode value.
+func ParsePoolMode(s string) (PoolMode, error) {
+	switch PoolMode(s) {
+	case SessionMode, TransactionMode:
+		return PoolMode(s), nil
+	case "":
+		return SessionMode, nil
+	}
+	return "", fmt.Errorf("invalid pool_mode %q: want session or transaction", s)
+}
+
+// PoolSettings are the per-database pool settings. Zero durations disable the
+// corresponding timeout.
+type PoolSettings struct {
+	Mode                 PoolMode
+	Size                 int // default_pool_size
+	MinSize              int // min_pool_size
+	ReserveSize          int // reserve_pool_size
+	ReserveTimeout       time.Duration
+	MaxDBConnections     int // max_db_connections, across users; 0 = unlimited
+	QueryWaitTimeout     time.Duration
+	ServerResetQuery     string
+	ServerLifetime       time.Duration
+	ServerIdleTimeout    time.Duration
+	ServerConnectTimeout time.Duration
+	ServerCheckDelay     time.Duration
+	ServerCheckQuery     string
+	// ServerLoginRetry is the first back-off after a failed connect; it
+	// doubles up to 8x while the server stays unreachable.
+	ServerLoginRetry       time.Duration
+	IdleTransactionTimeout time.Duration
+	ClientIdleTimeout      time.Duration
+	QueryTimeout           time.Duration
+	// MaxPreparedStatements caps the protocol-level prepared statements kept
+	// per server connection in transaction mode (an LRU).
+	MaxPreparedStatements int
+	// PinOnSessionState pins a transaction-mode client to its server
+	// connection after a statement that needs a session.
+	PinOnSessionState bool
+}
+
+// DefaultPoolSettings returns PgBouncer-like defaults.
+func DefaultPoolSettings() PoolSettings {
+	return PoolSettings{
+		Mode:                  SessionMode,
+		Size:                  20,
+		ReserveTimeout:        5 * time.Second,
+		QueryWaitTimeout:      120 * time.Second,
+		ServerResetQuery:      "DISCARD ALL",
+		ServerLifetime:        time.Hour,
+		ServerIdleTimeout:     10 * time.Minute,
+		ServerConnectTimeout:  15 * time.Second,
+		ServerCheckDelay:      30 * time.Second,
+		ServerCheckQuery:      "select 1",
+		ServerLoginRetry:      250 * time.Millisecond,
+		MaxPreparedStatements: 200,
+		PinOnSessionState:     true,
+	}
+}
+
+// Database maps a client-visible database name to an upstream server.
+type Database struct {
+	// Name is what clients put in their DSN.
+	Name string
+	// Upstream is the connection config for the server: host, port,
+	// dbname, sslmode, and, when ForceUser is set, user and password.
+	Upstream *pgconn.Config
+	// ForceUser makes every client use Upstream's user and password;
+	// otherwise the client's user name is used with the password from the
+	// users file.
+	ForceUser bool
+	Pool      PoolSettings
+}
+
+// Config is the proxy's configuration. The pooler reads it; cmd/pgaudit
+// builds it from flags and the TOML file.
+type Config struct {
+	Listen string
+	// Databases by client-visible name. "*" is a fallback entry used for
+	// any name, whose Upstream.Database is replaced by the client's.
+	Databases map[string]*Database
+	// AuthType is trust, password, md5 or scram-sha-256.
+	AuthType string
+	// Users maps user names to secrets (nil with trust).
+	Users *wire.Users
+	// TLS is the client-side TLS config (nil disables TLS).
+	TLS *tls.Config
+	// ClientTLS is disable, allow or require.
+	ClientTLS string
+
+	MaxClientConn      int
+	ClientLoginTimeout time.Duration
+	MaxMessageSize     int
+	// CaptureParams keeps bind parameter values on events (for EXPLAIN
+	// samples); they are never logged unless the audit log says so.
+	CaptureParams bool
+}

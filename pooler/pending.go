@@ -1,0 +1,83 @@
+package pooler
+
+import "time"
+
+// pendingKind is a client request whose responses are still to come.
+type pendingKind uint8
+
+const (
+	pendParse pendingKind = iota + 1
+	pendBind
+	pendDescribeStmt
+	pendDescribePortal
+	pendExecute
+	pendClose
+	pendSync
+	pendQuery
+	pendFunctionCall
+)
+
+// pending is one expected response, in the order the server will send them.
+// synthetic items are answered by the proxy itself (a Parse of a statement
+// the server already has, a Close of a client-side name); swallow items were
+// injected by the proxy and their success responses are not forwarded.
+type pending struct {
+	kind      pendingKind
+	synthetic bool
+	swallow   bool
+	// serverStmt is the server-side statement name a Parse/Bind/Describe
+	// refers to (transaction mode), to undo cache entries on error.
+	serverStmt string
+	addedStmt  bool
+
+	// audit data for Execute and Query
+	text      string
+	start     time.Time
+	paramHash uint64
+	numParams int
+	params    []string
+	inTx      bool
+	txSeq     uint64
+	portal    string
+	// multi-statement Query bookkeeping
+	results []stmtResult
+}
+
+type stmtResult struct {
+	tag      string
+	sqlstate string
+	at       time.Time
+}
+
+// pendingQueue is a FIFO of pending items with amortized O(1) operations.
+type pendingQueue struct {
+	items []pending
+	head  int
+}
+
+func (q *pendingQueue) push(p pending) { q.items = append(q.items, p) }
+
+func (q *pendingQueue) len() int { return len(q.items) - q.head }
+
+// front returns the oldest item or nil.
+func (q *pendingQueue) front() *pending {
+	if q.head < len(q.items) {
+		return &q.items[q.head]
+	}
+	return nil
+}
+
+func (q *pendingQueue) pop() {
+	q.items[q.head] = pending{}
+	q.head++
+	if q.head == len(q.items) {
+		q.items = q.items[:0]
+		q.head = 0
+	}
+}
+
+func (q *pendingQueue) reset() {
+	clear(q.items)
+	q.items = q.items[:0]
+	q.head = 0
+}

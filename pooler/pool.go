@@ -1,0 +1,474 @@
+package pooler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rs/zerolog"
+
+	"github.com/pgaudit/pgaudit/wire"
+)
+
+// ErrWaitTimeout is returned by Acquire when query_wait_timeout passes.
+var ErrWaitTimeout = errors.New("query_wait_timeout")
+
+// ErrPoolClosed is returned by Acquire after Close.
+var ErrPoolClosed = errors.New("pool is closed")
+
+// Server is a pooled server connection. It is owned by exactly one holder at
+// a time: the pool (idle), or the session that acquired it.
+type Server struct {
+	*wire.ServerConn
+	pool     *Pool
+	id       uint64
+	lastUsed time.Time
+	// gucs are the session-level settings applied on this connection on
+	// top of its startup defaults (name -> value as set_config takes it).
+	gucs map[string]string
+	// prepared tracks protocol-level prepared statements on the server
+	// (transaction mode).
+	prepared *stmtCache
+	// unnamed is the client statement last parsed as the unnamed statement
+	// on this server (transaction mode).
+	unnamed *stmtDef
+}
+
+type waiter struct {
+	ch      chan *Server // receives a server, or nil meaning "capacity freed: retry"
+	reserve bool
+}
+
+// Pool holds the server connections for one (database, user). Its methods are
+// safe for concurrent use.
+type Pool struct {
+	Database string
+	User     string
+
+	db       *Database
+	cfg      *pgconn.Config
+	settings PoolSettings
+	dbLimit  *dbCounter
+	log      zerolog.Logger
+	maxBody  int
+
+	mu       sync.Mutex
+	idle     []*Server // LIFO: the most recently used is reused first
+	total    int       // open plus connecting
+	active   int       // held by sessions
+	waiters  []*waiter
+	closed   bool
+	lastErr  error
+	failures int
+	retryAt  time.Time
+	nextID   uint64
+	paused   bool
+
+	stats poolStats
+}
+
+type dbCounter struct {
+	max int
+	n   atomic.Int64
+}
+
+func (d *dbCounter) tryAdd() bool {
+	if d == nil || d.max <= 0 {
+		return true
+	}
+	if d.n.Add(1) > int64(d.max) {
+		d.n.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (d *dbCounter) done() {
+	if d != nil && d.max > 0 {
+		d.n.Add(-1)
+	}
+}
+
+func newPool(db *Database, user string, cfg *pgconn.Config, limit *dbCounter, maxBody int, log zerolog.Logger) *Pool {
+	p := &Pool{
+		Database: db.Name,
+		User:     user,
+		db:       db,
+		cfg:      cfg,
+		settings: db.Pool,
+		dbLimit:  limit,
+		maxBody:  maxBody,
+		log:      log.With().Str("database", db.Name).Str("user", user).Logger(),
+	}
+	p.stats.init()
+	return p
+}
+
+// Settings returns the pool's settings.
+func (p *Pool) Settings() PoolSettings { return p.settings }
+
+// Acquire returns a server connection for exclusive use, waiting in FIFO
+// order when the pool is full. It returns the time spent waiting. Errors are
+// *wire.Error values ready for the client: 08006 when the server cannot be
+// reached, 53300 (with query_wait_timeout in the message) on timeout, and
+// 57P01 when the pool is closed.
+func (p *Pool) Acquire(ctx context.Context) (*Server, time.Duration, error) {
+	start := time.Now()
+	s, err := p.acquire(ctx, start)
+	wait := time.Since(start)
+	p.stats.recordWait(wait)
+	if err != nil {
+		return nil, wait, err
+	}
+	return s, wait, nil
+}
+
+func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
+	var timeout <-chan time.Time
+	if p.settings.QueryWaitTimeout > 0 {
+		t := time.NewTimer(p.settings.QueryWaitTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	var reserveTimer <-chan time.Time
+	if p.settings.ReserveSize > 0 && p.settings.ReserveTimeout > 0 {
+		t := time.NewTimer(p.settings.ReserveTimeout)
+		defer t.Stop()
+		reserveTimer = t.C
+	}
+	useReserve := false
+	woken := false // a woken waiter keeps its place ahead of the queue
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, wire.Fatal(wire.CodeAdminShutdown, "pool is shutting down")
+		}
+		// Serve in FIFO order: a newcomer does not overtake waiters.
+		dbFull := false
+		if !p.paused && (len(p.waiters) == 0 || useReserve || woken) {
+			if n := len(p.idle); n > 0 {
+				s := p.idle[n-1]
+				p.idle = p.idle[:n-1]
+				p.active++
+				p.mu.Unlock()
+				if s2, ok := p.checkOut(ctx, s); ok {
+					return s2, nil
+				}
+				continue
+			}
+			limit := p.settings.Size
+			if useReserve {
+				limit += p.settings.ReserveSize
+			}
+			canOpen := p.total < limit && time.Now().After(p.retryAt)
+			if canOpen && !p.dbLimit.tryAdd() {
+				canOpen, dbFull = false, true
+			}
+			if canOpen {
+				p.total++
+				p.active++
+				p.mu.Unlock()
+				s, err := p.connect(ctx)
+				if err != nil {
+					return nil, err
+				}
+				return s, nil
+			}
+			if p.total < limit && time.Now().Before(p.retryAt) && p.lastErr != nil {
+				err := p.lastErr
+				p.mu.Unlock()
+				return nil, err
+			}
+		}
+		w := &waiter{ch: make(chan *Server, 1), reserve: useReserve}
+		p.waiters = append(p.waiters, w)
+		p.mu.Unlock()
+
+		// max_db_connections is shared across pools, which do not wake
+		// each other: a waiter blocked by it re-checks now and then.
+		var recheck <-chan time.Time
+		if dbFull {
+			t := time.NewTimer(50 * time.Millisecond)
+			defer t.Stop()
+			recheck = t.C
+		}
+		select {
+		case s := <-w.ch:
+			woken = true
+			if s != nil {
+				if s2, ok := p.checkOut(ctx, s); ok {
+					return s2, nil
+				}
+			}
+		case <-recheck:
+			woken = true
+			p.dropWaiter(w)
+		case <-reserveTimer:
+			reserveTimer = nil
+			useReserve = true
+			p.dropWaiter(w)
+		case <-timeout:
+			p.dropWaiter(w)
+			e := wire.Fatal(wire.CodeTooManyConnections, "query_wait_timeout")
+			e.Severity = "ERROR"
+			e.Detail = fmt.Sprintf("no server connection became free within %s (pool size %d)", p.settings.QueryWaitTimeout, p.settings.Size)
+			return nil, e
+		case <-ctx.Done():
+			p.dropWaiter(w)
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// dropWaiter removes w from the queue; a server handed to it meanwhile goes
+// back to the pool.
+func (p *Pool) dropWaiter(w *waiter) {
+	p.mu.Lock()
+	for i, x := range p.waiters {
+		if x == w {
+			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			p.mu.Unlock()
+			return
+		}
+	}
+	p.mu.Unlock()
+	// Not in the queue: Release already handed it something.
+	if s := <-w.ch; s != nil {
+		p.Release(s, true)
+	}
+}
+
+// checkOut runs the health check on a server idle longer than
+// server_check_delay; a failed server is destroyed and ok is false.
+func (p *Pool) checkOut(ctx context.Context, s *Server) (*Server, bool) {
+	if p.settings.ServerCheckDelay > 0 && time.Since(s.lastUsed) > p.settings.ServerCheckDelay && p.settings.ServerCheckQuery != "" {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		res, err := s.Exec(cctx, p.settings.ServerCheckQuery)
+		cancel()
+		if err != nil || res.Err != nil || s.TxStatus != 'I' {
+			p.log.Info().Uint64("server_id", s.id).Msg("server failed health check; closing it")
+			p.destroy(s)
+			return nil, false
+		}
+	}
+	p.stats.acquired()
+	return s, true
+}
+
+func (p *Pool) connect(ctx context.Context) (*Server, error) {
+	cfg := p.cfg.Copy()
+	timeout := p.settings.ServerConnectTimeout
+	if timeout <= 0 {
+		timeout = 15 * time.Second
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	p.stats.login.Add(1)
+	sc, err := wire.ConnectServer(cctx, cfg, p.maxBody)
+	p.stats.login.Add(-1)
+	p.mu.Lock()
+	if err != nil {
+		p.total--
+		p.active--
+		p.dbLimit.done()
+		p.failures++
+		backoff := p.settings.ServerLoginRetry << min(p.failures-1, 2)
+		p.retryAt = time.Now().Add(backoff)
+		we := wire.FromUpstream(err, "FATAL")
+		if we.Code == wire.CodeConnectionFailure {
+			we.Message = fmt.Sprintf("could not connect to server for database %q", p.Database)
+		}
+		p.lastErr = we
+		p.wakeOneLocked()
+		p.mu.Unlock()
+		p.log.Warn().Err(err).Int("failures", p.failures).Msg("server connect failed")
+		return nil, we
+	}
+	p.failures = 0
+	p.lastErr = nil
+	p.retryAt = time.Time{}
+	p.nextID++
+	s := &Server{ServerConn: sc, pool: p, id: p.nextID, lastUsed: time.Now(), gucs: map[string]string{}}
+	if p.settings.Mode == TransactionMode {
+		s.prepared = newStmtCache(p.settings.MaxPreparedStatements)
+	}
+	p.mu.Unlock()
+	p.stats.acquired()
+	p.log.Debug().Uint64("server_id", s.id).Uint32("pid", sc.PID).Msg("server connection opened")
+	return s, nil
+}
+
+// Release gives s back. reusable says the holder left it idle and clean
+// (ReadyForQuery 'I', nothing in flight, no COPY); otherwise it is closed.
+// Session-mode callers must have run the reset query first (see Reset).
+func (p *Pool) Release(s *Server, reusable bool) {
+	if !reusable || s.TxStatus != 'I' || (p.settings.ServerLifetime > 0 && time.Since(s.Created) > p.settings.ServerLifetime) {
+		p.destroy(s)
+		return
+	}
+	s.lastUsed = time.Now()
+	p.stats.released()
+	p.mu.Lock()
+	p.active--
+	if p.closed {
+		p.mu.Unlock()
+		p.closeServer(s)
+		return
+	}
+	if !p.paused && len(p.waiters) > 0 {
+		w := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		p.active++
+		p.mu.Unlock()
+		p.stats.releasedToWaiter()
+		w.ch <- s
+		return
+	}
+	p.idle = append(p.idle, s)
+	p.mu.Unlock()
+}
+
+// Reset runs server_reset_query on s (session mode, before Release). It
+// reports whether s is still usable.
+func (p *Pool) Reset(ctx context.Context, s *Server) bool {
+	if p.settings.ServerResetQuery == "" {
+		return true
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := s.Exec(cctx, p.settings.ServerResetQuery)
+	if err != nil || res.Err != nil || s.TxStatus != 'I' {
+		return false
+	}
+	clear(s.gucs)
+	if s.prepared != nil {
+		s.prepared.clear()
+	}
+	return true
+}
+
+// destroy closes a held server and frees its slot.
+func (p *Pool) destroy(s *Server) {
+	p.closeServer(s)
+	p.stats.released()
+	p.mu.Lock()
+	p.active--
+	p.total--
+	p.dbLimit.done()
+	p.wakeOneLocked()
+	p.mu.Unlock()
+}
+
+func (p *Pool) closeServer(s *Server) {
+	_ = s.WriteRaw([]byte{'X', 0, 0, 0, 4})
+	_ = s.Flush()
+	_ = s.Close()
+}
+
+// wakeOneLocked tells the first waiter that capacity was freed.
+func (p *Pool) wakeOneLocked() {
+	if len(p.waiters) > 0 {
+		w := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		w.ch <- nil
+	}
+}
+
+// Pause stops handing out servers (PAUSE); Resume undoes it.
+func (p *Pool) Pause() { p.mu.Lock(); p.paused = true; p.mu.Unlock() }
+
+// Resume lets waiting clients proceed.
+func (p *Pool) Resume() {
+	p.mu.Lock()
+	p.paused = false
+	ws := p.waiters
+	p.waiters = nil
+	p.mu.Unlock()
+	for _, w := range ws {
+		w.ch <- nil
+	}
+}
+
+// maintain closes servers idle too long or past their lifetime and opens
+// servers up to min_pool_size. The proxy calls it about once a second.
+func (p *Pool) maintain(ctx context.Context) {
+	now := time.Now()
+	var drop []*Server
+	p.mu.Lock()
+	keep := p.idle[:0]
+	for i, s := range p.idle {
+		idleTooLong := p.settings.ServerIdleTimeout > 0 && now.Sub(s.lastUsed) > p.settings.ServerIdleTimeout && p.total-len(drop) > p.settings.MinSize
+		tooOld := p.settings.ServerLifetime > 0 && now.Sub(s.Created) > p.settings.ServerLifetime
+		if idleTooLong || tooOld {
+			drop = append(drop, s)
+			continue
+		}
+		keep = append(keep, p.idle[i])
+	}
+	p.idle = keep
+	p.total -= len(drop)
+	need := 0
+	if p.settings.MinSize > 0 && !p.closed && now.After(p.retryAt) {
+		need = min(p.settings.MinSize, p.settings.Size) - p.total
+	}
+	p.mu.Unlock()
+	for _, s := range drop {
+		p.dbLimit.done()
+		p.closeServer(s)
+	}
+	for i := 0; i < need; i++ {
+		p.mu.Lock()
+		if !p.dbLimit.tryAdd() {
+			p.mu.Unlock()
+			break
+		}
+		p.total++
+		p.active++
+		p.mu.Unlock()
+		s, err := p.connect(ctx)
+		if err != nil {
+			break
+		}
+		p.Release(s, true)
+	}
+	p.stats.tick(now, p.settings.Size)
+}
+
+// Close closes idle servers and makes later Acquires fail. Servers still
+// held are closed when released.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	p.closed = true
+	idle := p.idle
+	p.idle = nil
+	p.total -= len(idle)
+	ws := p.waiters
+	p.waiters = nil
+	p.mu.Unlock()
+	for _, s := range idle {
+		p.dbLimit.done()
+		p.closeServer(s)
+	}
+	for _, w := range ws {
+		w.ch <- nil
+	}
+}
+
+// DropIdle closes all idle servers (after the upstream restarted, for
+// example); held ones are checked when released.
+func (p *Pool) DropIdle() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	p.total -= len(idle)
+	p.mu.Unlock()
+	for _, s := range idle {
+		p.dbLimit.done()
+		p.closeServer(s)
+	}
+}

@@ -1,0 +1,642 @@
+package pooler
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit/pgaudit/wire"
+)
+
+// Proxy accepts client connections, authenticates them and relays them to
+// pooled server connections. Create it with New, run Serve, stop with
+// Shutdown or Close.
+type Proxy struct {
+	cfg  *Config
+	sink analyzer.Sink
+	log  zerolog.Logger
+
+	mu       sync.Mutex
+	pools    map[poolKey]*Pool
+	dbLimits map[string]*dbCounter
+	sessions map[uint64]*Session
+	byCancel map[cancelKey]*Session
+	listener net.Listener
+	closing  bool
+
+	nextSession atomic.Uint64
+	nextPID     atomic.Uint32
+	clients     atomic.Int64
+	wg          sync.WaitGroup
+	stopMaint   chan struct{}
+
+	counters struct {
+		sessionState atomic.Int64
+		authFailures atomic.Int64
+		rejected     atomic.Int64
+	}
+}
+
+type poolKey struct{ db, user string }
+
+type cancelKey struct {
+	pid uint32
+	key string
+}
+
+// New returns a Proxy for cfg that sends statement events to sink (nil
+// disables auditing).
+func New(cfg *Config, sink analyzer.Sink, log zerolog.Logger) *Proxy {
+	if sink == nil {
+		sink = analyzer.DiscardSink{}
+	}
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = wire.DefaultMaxMessageSize
+	}
+	if cfg.ClientLoginTimeout <= 0 {
+		cfg.ClientLoginTimeout = 60 * time.Second
+	}
+	if cfg.AuthType == "" {
+		cfg.AuthType = "trust"
+	}
+	p := &Proxy{
+		cfg: cfg, sink: sink, log: log,
+		pools: map[poolKey]*Pool{}, dbLimits: map[string]*dbCounter{},
+		sessions: map[uint64]*Session{}, byCancel: map[cancelKey]*Session{},
+		stopMaint: make(chan struct{}),
+	}
+	// Proxy-issued PIDs for transaction mode start high to stay clear of
+	// real backend PIDs.
+	p.nextPID.Store(1 << 30)
+	return p
+}
+
+// Listen opens the listening socket. Addr returns it afterwards.
+func (p *Proxy) Listen() error {
+	l, err := net.Listen("tcp", p.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", p.cfg.Listen, err)
+	}
+	p.mu.Lock()
+	p.listener = l
+	p.mu.Unlock()
+	return nil
+}
+
+// Addr returns the listening address (after Listen).
+func (p *Proxy) Addr() net.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.listener == nil {
+		return nil
+	}
+	return p.listener.Addr()
+}
+
+// Serve accepts clients until Close or Shutdown. It returns nil after a
+// requested stop.
+func (p *Proxy) Serve(ctx context.Context) error {
+	p.mu.Lock()
+	l := p.listener
+	p.mu.Unlock()
+	if l == nil {
+		if err := p.Listen(); err != nil {
+			return err
+		}
+		l = p.listener
+	}
+	p.wg.Add(1)
+	go p.maintainLoop(ctx)
+	p.log.Info().Str("listen", l.Addr().String()).Msg("proxy listening")
+	var delay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			p.mu.Lock()
+			closing := p.closing
+			p.mu.Unlock()
+			if closing || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		delay = 0
+		p.wg.Add(1)
+		go p.handleConn(ctx, nc)
+	}
+}
+
+func (p *Proxy) maintainLoop(ctx context.Context) {
+	defer p.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			for _, pool := range p.Pools() {
+				pool.maintain(ctx)
+			}
+		case <-p.stopMaint:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// Pools returns the current pools.
+func (p *Proxy) Pools() []*Pool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*Pool, 0, len(p.pools))
+	for _, pl := range p.pools {
+		out = append(out, pl)
+	}
+	return out
+}
+
+// PoolStats returns statistics of every pool.
+func (p *Proxy) PoolStats() []PoolStats {
+	p.mu.Lock()
+	active := map[*Pool]int{}
+	for _, s := range p.sessions {
+		active[s.pool]++
+	}
+	pools := make([]*Pool, 0, len(p.pools))
+	for _, pl := range p.pools {
+		pools = append(pools, pl)
+	}
+	p.mu.Unlock()
+	out := make([]PoolStats, 0, len(pools))
+	for _, pl := range pools {
+		out = append(out, pl.Stats(active[pl]))
+	}
+	return out
+}
+
+// ClientCount returns the number of connected clients.
+func (p *Proxy) ClientCount() int { return int(p.clients.Load()) }
+
+// SessionStateDetections counts statements seen in transaction mode that
+// need a session.
+func (p *Proxy) SessionStateDetections() int64 { return p.counters.sessionState.Load() }
+
+// Close stops accepting, closes every client and server connection, and
+// waits for all goroutines.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	if p.closing {
+		p.mu.Unlock()
+		p.wg.Wait()
+		return nil
+	}
+	p.closing = true
+	l := p.listener
+	sessions := make([]*Session, 0, len(p.sessions))
+	for _, s := range p.sessions {
+		sessions = append(sessions, s)
+	}
+	p.mu.Unlock()
+	close(p.stopMaint)
+	if l != nil {
+		_ = l.Close()
+	}
+	for _, s := range sessions {
+		_ = s.client.Close()
+	}
+	p.wg.Wait()
+	for _, pl := range p.Pools() {
+		pl.Close()
+	}
+	return nil
+}
+
+// handleConn runs one client connection from startup to the end.
+func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
+	defer p.wg.Done()
+	defer nc.Close()
+	defer func() {
+		if r := recover(); r != nil {
+			p.log.Error().Interface("panic", r).Str("client", nc.RemoteAddr().String()).Msg("client handler panic")
+		}
+	}()
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	n := p.clients.Add(1)
+	defer p.clients.Add(-1)
+	c := wire.NewConn(nc, 10000)
+	_ = nc.SetDeadline(time.Now().Add(p.cfg.ClientLoginTimeout))
+	st, c, err := p.negotiate(c)
+	if err != nil {
+		p.logStartupError(nc, err)
+		return
+	}
+	if st.Kind == wire.CancelRequestKind {
+		p.handleCancel(st)
+		return
+	}
+	if p.cfg.MaxClientConn > 0 && int(n) > p.cfg.MaxClientConn {
+		p.counters.rejected.Add(1)
+		_ = c.SendError(wire.Fatal(wire.CodeTooManyConnections, "no more connections allowed (max_client_conn)"))
+		return
+	}
+	s, err := p.login(ctx, c, st)
+	if err != nil {
+		p.logStartupError(nc, err)
+		return
+	}
+	_ = nc.SetDeadline(time.Time{})
+	c.R.SetMaxBody(p.cfg.MaxMessageSize)
+	defer p.unregister(s)
+	if err := s.run(ctx); err != nil && !isRoutineDisconnect(err) {
+		var we *wire.Error
+		if errors.As(err, &we) {
+			s.log.Info().Str("code", we.Code).Str("error", we.Message).Msg("session ended")
+		} else {
+			s.log.Warn().Err(err).Msg("session ended with error")
+		}
+	} else {
+		s.log.Debug().Msg("client disconnected")
+	}
+}
+
+func (p *Proxy) logStartupError(nc net.Conn, err error) {
+	ev := p.log.Info()
+	if !isRoutineDisconnect(err) {
+		ev = p.log.Warn()
+	}
+	ev.Err(err).Str("client", nc.RemoteAddr().String()).Msg("client startup failed")
+}
+
+// negotiate handles SSLRequest/GSSENCRequest and returns the StartupMessage
+// or CancelRequest, with c replaced by a TLS connection where agreed.
+func (p *Proxy) negotiate(c *wire.Conn) (*wire.Startup, *wire.Conn, error) {
+	tlsDone := false
+	for {
+		body, err := c.R.ReadStartup()
+		if err != nil {
+			var tl *wire.MessageTooLargeError
+			if errors.As(err, &tl) {
+				_ = c.SendError(wire.Fatal(wire.CodeProtocolViolation, tl.Error()))
+			}
+			return nil, c, err
+		}
+		st, err := wire.ParseStartup(body)
+		if err != nil {
+			e := wire.Fatal(wire.CodeProtocolViolation, err.Error())
+			if errors.Is(err, wire.ErrProtocolVersion) {
+				e.Code = wire.CodeFeatureNotSupported
+			}
+			_ = c.SendError(e)
+			return nil, c, err
+		}
+		switch st.Kind {
+		case wire.SSLRequestKind:
+			if tlsDone || c.R.Buffered() > 0 {
+				// Bytes after SSLRequest before the answer would let an
+				// attacker inject plaintext (CVE-2021-23222).
+				_ = c.SendError(wire.Fatal(wire.CodeProtocolViolation, "unexpected data after SSLRequest"))
+				return nil, c, errors.New("unexpected data after SSLRequest")
+			}
+			if p.cfg.TLS == nil || p.cfg.ClientTLS == "disable" {
+				if _, err := c.Conn.Write([]byte{'N'}); err != nil {
+					return nil, c, err
+				}
+				continue
+			}
+			if _, err := c.Conn.Write([]byte{'S'}); err != nil {
+				return nil, c, err
+			}
+			tc := tls.Server(c.Conn, p.cfg.TLS)
+			if err := tc.Handshake(); err != nil {
+				return nil, c, fmt.Errorf("TLS handshake: %w", err)
+			}
+			c = wire.NewConn(tc, 10000)
+			tlsDone = true
+		case wire.GSSENCRequestKind:
+			if _, err := c.Conn.Write([]byte{'N'}); err != nil {
+				return nil, c, err
+			}
+		case wire.CancelRequestKind:
+			return st, c, nil
+		case wire.StartupMessageKind:
+			if p.cfg.ClientTLS == "require" && !tlsDone {
+				_ = c.SendError(wire.Fatal(wire.CodeInvalidAuthorization, "SSL required"))
+				return nil, c, errors.New("client refused TLS but it is required")
+			}
+			if st.ProtocolVersion != wire.ProtocolVersion30 || len(st.UnsupportedOptions) > 0 {
+				if err := c.WriteRaw(wire.AppendNegotiateProtocolVersion(nil, wire.ProtocolVersion30, st.UnsupportedOptions)); err != nil {
+					return nil, c, err
+				}
+			}
+			return st, c, nil
+		}
+	}
+}
+
+// login authenticates the client, finds its pool, attaches a server to
+// learn the session parameters and sends the welcome messages.
+func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Session, error) {
+	user := st.Get("user")
+	dbName := st.Get("database")
+	if dbName == "" {
+		dbName = user
+	}
+	if st.Get("replication") != "" && st.Get("replication") != "false" && st.Get("replication") != "0" {
+		e := wire.Fatal(wire.CodeFeatureNotSupported, "replication connections are not supported by pgaudit")
+		_ = c.SendError(e)
+		return nil, e
+	}
+	secret, found := p.cfg.Users.Lookup(user)
+	if err := wire.Authenticate(c, p.cfg.AuthType, user, secret, found); err != nil {
+		p.counters.authFailures.Add(1)
+		var we *wire.Error
+		if errors.As(err, &we) {
+			_ = c.SendError(we)
+			p.log.Warn().Str("user", user).Str("database", dbName).Str("client", c.RemoteAddr().String()).Str("code", we.Code).Msg("authentication failed")
+		}
+		return nil, err
+	}
+	db := p.lookupDatabase(dbName)
+	if db == nil {
+		e := wire.Fatal(wire.CodeInvalidCatalogName, fmt.Sprintf("database %q does not exist", dbName))
+		_ = c.SendError(e)
+		return nil, e
+	}
+	pool, err := p.pool(db, user, secret)
+	if err != nil {
+		e := wire.Fatal(wire.CodeInvalidAuthorization, err.Error())
+		_ = c.SendError(e)
+		return nil, e
+	}
+	s := &Session{
+		proxy: p, id: p.nextSession.Add(1), client: c, pool: pool, mode: pool.settings.Mode,
+		database: dbName, user: user, appName: st.Get("application_name"), clientAddr: hostOf(c.RemoteAddr()),
+		txStatus: 'I', gucs: startupGUCs(st), stmts: map[string]*stmtDef{}, portals: map[string]*pending{},
+	}
+	s.log = p.log.With().Uint64("session", s.id).Str("user", user).Str("database", dbName).Logger()
+	// Attach a server to validate the settings and learn the parameters.
+	srv, err := s.attach(ctx)
+	if err != nil {
+		e := wire.FromUpstream(err, "FATAL")
+		e.Severity = "FATAL"
+		_ = c.SendError(e)
+		return nil, err
+	}
+	key := make([]byte, 4)
+	_, _ = rand.Read(key)
+	pid := srv.PID
+	if s.mode == TransactionMode {
+		pid = p.nextPID.Add(1)
+	}
+	s.cancelPID, s.cancelKey = pid, key
+	s.mu.Lock()
+	out := wire.AppendAuthOK(nil)
+	for _, name := range sortedKeys(srv.Params) {
+		out = wire.AppendParameterStatus(out, name, srv.Params[name])
+	}
+	out = wire.AppendBackendKeyData(out, pid, key)
+	out = wire.AppendReadyForQuery(out, 'I')
+	s.sendLocked(out)
+	err = c.Flush()
+	s.mu.Unlock()
+	if s.mode == TransactionMode {
+		s.detachIdle()
+	}
+	if err != nil {
+		s.finish()
+		return nil, err
+	}
+	p.register(s)
+	s.log.Debug().Str("client", s.clientAddr).Str("application_name", s.appName).Msg("client logged in")
+	return s, nil
+}
+
+// detachIdle returns an idle attached server to the pool (transaction mode
+// after login).
+func (s *Session) detachIdle() {
+	s.mu.Lock()
+	srv := s.server
+	if srv == nil || s.inFlight != 0 || s.txStatus != 'I' {
+		s.mu.Unlock()
+		return
+	}
+	s.stopReader = true
+	done := s.readerDone
+	_ = srv.SetReadDeadline(time.Now())
+	s.mu.Unlock()
+	<-done
+	s.mu.Lock()
+	s.server = nil
+	rerr := s.readerErr
+	s.stopReader = false
+	s.mu.Unlock()
+	var ne net.Error
+	_ = srv.SetReadDeadline(time.Time{})
+	if srv.R.InSync() && errors.As(rerr, &ne) && ne.Timeout() {
+		s.pool.Release(srv, true)
+	} else {
+		s.pool.destroy(srv)
+	}
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	for i := 1; i < len(keys); i++ {
+		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
+			keys[j], keys[j-1] = keys[j-1], keys[j]
+		}
+	}
+	return keys
+}
+
+func hostOf(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	if h, _, err := net.SplitHostPort(a.String()); err == nil {
+		return h
+	}
+	return a.String()
+}
+
+// startupGUCs returns the settings a client asked for in its StartupMessage:
+// every parameter but user, database and options, plus the -c settings
+// inside options.
+func startupGUCs(st *wire.Startup) map[string]string {
+	m := map[string]string{}
+	for _, prm := range st.Params {
+		switch prm.Name {
+		case "user", "database", "replication":
+		case "options":
+			for name, v := range parseOptions(prm.Value) {
+				m[name] = v
+			}
+		default:
+			m[strings.ToLower(prm.Name)] = prm.Value
+		}
+	}
+	return m
+}
+
+// parseOptions reads "-c name=value" and "--name=value" switches from the
+// options startup parameter (backslash escapes spaces, as in libpq).
+func parseOptions(s string) map[string]string {
+	var words []string
+	var cur strings.Builder
+	esc := false
+	for _, r := range s {
+		switch {
+		case esc:
+			cur.WriteRune(r)
+			esc = false
+		case r == '\\':
+			esc = true
+		case r == ' ' || r == '\t' || r == '\n':
+			if cur.Len() > 0 {
+				words = append(words, cur.String())
+				cur.Reset()
+			}
+		default:
+			cur.WriteRune(r)
+		}
+	}
+	if cur.Len() > 0 {
+		words = append(words, cur.String())
+	}
+	m := map[string]string{}
+	for i := 0; i < len(words); i++ {
+		w := words[i]
+		var kv string
+		switch {
+		case w == "-c" && i+1 < len(words):
+			kv = words[i+1]
+			i++
+		case strings.HasPrefix(w, "-c"):
+			kv = w[2:]
+		case strings.HasPrefix(w, "--"):
+			kv = w[2:]
+		default:
+			continue
+		}
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[strings.ToLower(strings.ReplaceAll(k, "-", "_"))] = v
+		}
+	}
+	return m
+}
+
+func (p *Proxy) lookupDatabase(name string) *Database {
+	if db, ok := p.cfg.Databases[name]; ok {
+		return db
+	}
+	if db, ok := p.cfg.Databases["*"]; ok {
+		cp := *db
+		cp.Name = name
+		cp.Upstream = db.Upstream.Copy()
+		cp.Upstream.Database = name
+		return &cp
+	}
+	return nil
+}
+
+// pool returns the pool for (db, user), creating it on first use.
+func (p *Proxy) pool(db *Database, user string, secret wire.Secret) (*Pool, error) {
+	key := poolKey{db.Name, user}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pl, ok := p.pools[key]; ok {
+		return pl, nil
+	}
+	cfg := db.Upstream.Copy()
+	if !db.ForceUser {
+		cfg.User = user
+		if pw, ok := secret.PlainPassword(); ok {
+			cfg.Password = pw
+		}
+	}
+	limit := p.dbLimits[db.Name]
+	if limit == nil {
+		limit = &dbCounter{max: db.Pool.MaxDBConnections}
+		p.dbLimits[db.Name] = limit
+	}
+	pl := newPool(db, user, cfg, limit, p.cfg.MaxMessageSize, p.log)
+	p.pools[key] = pl
+	return pl, nil
+}
+
+func (p *Proxy) register(s *Session) {
+	p.mu.Lock()
+	p.sessions[s.id] = s
+	p.byCancel[cancelKey{s.cancelPID, string(s.cancelKey)}] = s
+	p.mu.Unlock()
+}
+
+func (p *Proxy) unregister(s *Session) {
+	p.mu.Lock()
+	delete(p.sessions, s.id)
+	delete(p.byCancel, cancelKey{s.cancelPID, string(s.cancelKey)})
+	p.mu.Unlock()
+}
+
+// handleCancel forwards a CancelRequest whose (pid, key) matches a live
+// session to the server serving it now. Nothing is ever sent back.
+func (p *Proxy) handleCancel(st *wire.Startup) {
+	p.mu.Lock()
+	s := p.byCancel[cancelKey{st.PID, string(st.Key)}]
+	p.mu.Unlock()
+	if s == nil {
+		p.log.Info().Uint32("pid", st.PID).Msg("cancel request with unknown key ignored")
+		return
+	}
+	s.cancel()
+}
+
+// newCancelKeyPID is used by tests to decode BackendKeyData.
+func decodeKeyData(body []byte) (uint32, []byte) {
+	if len(body) < 4 {
+		return 0, nil
+	}
+	return binary.BigEndian.Uint32(body), body[4:]
+}
+
+// Shutdown stops accepting new clients and waits until every client has
+// left or ctx ends. The caller then calls Close.
+func (p *Proxy) Shutdown(ctx context.Context) {
+	p.mu.Lock()
+	l := p.listener
+	p.mu.Unlock()
+	if l != nil {
+		_ = l.Close()
+	}
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for p.clients.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,1119 @@
+package pooler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit/pgaudit/wire"
+)
+
+// stmtDef is a client's protocol-level prepared statement.
+type stmtDef struct {
+	query string
+	types []byte
+	// serverName is the name used on server connections: derived from the
+	// text and parameter types, so every client preparing the same
+	// statement shares it. Unnamed client statements keep "".
+	serverName string
+}
+
+// Session relays one authenticated client. The client's goroutine runs Run;
+// while a server connection is attached a second goroutine (serverLoop)
+// reads from it. mu guards the fields below it and all writes to the client.
+type Session struct {
+	proxy  *Proxy
+	id     uint64
+	client *wire.Conn
+	pool   *Pool
+	mode   PoolMode
+	log    zerolog.Logger
+
+	database, user, appName, clientAddr string
+	cancelPID                           uint32
+	cancelKey                           []byte
+
+	mu         sync.Mutex
+	server     *Server
+	inFlight   int  // Syncs, Queries and FunctionCalls sent and not yet answered by ReadyForQuery
+	groupOpen  bool // extended-protocol messages sent since the last Sync
+	txStatus   byte
+	copyActive bool
+	pinned     bool
+	// skipUntilSync drops client messages after a locally raised error in
+	// an extended-protocol group, as the server does after its own errors.
+	skipUntilSync bool
+	queue         pendingQueue
+	readerDone    chan struct{}
+	stopReader    bool
+	readerErr     error
+	gucDirty      bool
+	gucs          map[string]string
+	pendingWait   time.Duration
+	txSeq         uint64
+	closed        bool
+	lastFatal     bool
+	// suspended portals: accumulated duration of earlier parts
+	suspended map[string]time.Duration
+
+	// client goroutine only
+	stmts   map[string]*stmtDef
+	portals map[string]*pending
+
+	bytesIn, bytesOut int64
+	queries, xacts    int64
+}
+
+// errClientGone marks routine client disconnects.
+var errClientGone = errors.New("client disconnected")
+
+func isRoutineDisconnect(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, errClientGone) || isConnReset(err)
+}
+
+func isConnReset(err error) bool {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		var se *os.SyscallError
+		if errors.As(oe.Err, &se) {
+			return true
+		}
+	}
+	return false
+}
+
+// run relays client messages until the client leaves or a fatal error.
+func (s *Session) run(ctx context.Context) error {
+	defer s.finish()
+	idleTimeout := s.pool.settings.ClientIdleTimeout
+	for {
+		if idleTimeout > 0 {
+			s.mu.Lock()
+			if s.server == nil || s.mode == SessionMode && s.inFlight == 0 && s.txStatus == 'I' {
+				_ = s.client.SetReadDeadline(time.Now().Add(idleTimeout))
+			}
+			s.mu.Unlock()
+		}
+		typ, raw, err := s.client.R.ReadMessage()
+		if err != nil {
+			return s.clientReadError(err)
+		}
+		if idleTimeout > 0 || s.pool.settings.IdleTransactionTimeout > 0 {
+			_ = s.client.SetReadDeadline(time.Time{})
+		}
+		s.bytesIn += int64(len(raw))
+		switch typ {
+		case 'X':
+			return nil
+		case 'Q':
+			err = s.handleQuery(ctx, raw)
+		case 'P', 'B', 'D', 'E', 'C', 'H', 'S':
+			err = s.handleExtended(ctx, typ, raw)
+		case 'F':
+			err = s.handleFunctionCall(ctx, raw)
+		case 'd', 'c', 'f':
+			err = s.handleCopy(typ, raw)
+		default:
+			return s.fatal(wire.Fatal(wire.CodeProtocolViolation, fmt.Sprintf("invalid frontend message type %d", typ)))
+		}
+		if err != nil {
+			var we *wire.Error
+			if errors.As(err, &we) && we.Severity == "FATAL" {
+				return s.fatal(we)
+			}
+			return err
+		}
+	}
+}
+
+func (s *Session) clientReadError(err error) error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		s.mu.Lock()
+		inTx := s.server != nil && s.txStatus != 'I' && s.inFlight == 0
+		s.mu.Unlock()
+		if inTx {
+			return s.fatal(wire.Fatal(wire.CodeIdleInTransactionTimout, "terminating connection due to idle-in-transaction timeout"))
+		}
+		return s.fatal(wire.Fatal(wire.CodeIdleSessionTimeout, "terminating connection due to idle-session timeout"))
+	}
+	var tooLarge *wire.MessageTooLargeError
+	if errors.As(err, &tooLarge) {
+		return s.fatal(wire.Fatal(wire.CodeProtocolViolation, "invalid message length: "+tooLarge.Error()))
+	}
+	if errors.Is(err, wire.ErrInvalidLength) {
+		return s.fatal(wire.Fatal(wire.CodeProtocolViolation, "invalid message length"))
+	}
+	return err
+}
+
+// fatal sends e to the client; the caller returns, which closes everything.
+func (s *Session) fatal(e *wire.Error) error {
+	s.mu.Lock()
+	_ = s.client.SendError(e)
+	s.mu.Unlock()
+	return e
+}
+
+// sendLocked writes raw to the client; s.mu must be held.
+func (s *Session) sendLocked(raw []byte) {
+	s.bytesOut += int64(len(raw))
+	_ = s.client.WriteRaw(raw)
+}
+
+// attach gets a server connection for the session: it waits for the
+// previous reader to finish, acquires, applies the client's settings and
+// starts the reader. Called by the client goroutine with s.mu not held.
+func (s *Session) attach(ctx context.Context) (*Server, error) {
+	if s.readerDone != nil {
+		<-s.readerDone
+	}
+	srv, wait, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.applySettings(ctx, srv); err != nil {
+		s.pool.destroy(srv)
+		return nil, err
+	}
+	done := make(chan struct{})
+	s.mu.Lock()
+	s.server = srv
+	s.pendingWait += wait
+	s.readerDone = done
+	s.stopReader = false
+	s.readerErr = nil
+	s.mu.Unlock()
+	s.proxy.wg.Add(1)
+	go s.serverLoop(srv, done)
+	return srv, nil
+}
+
+// applySettings makes srv's session settings equal to the client's.
+func (s *Session) applySettings(ctx context.Context, srv *Server) error {
+	var sql strings.Builder
+	var sets []string
+	for name, v := range srv.gucs {
+		if _, ok := s.gucs[name]; !ok {
+			fmt.Fprintf(&sql, "RESET %s;", quoteIdent(name))
+		}
+		_ = v
+	}
+	for name, v := range s.gucs {
+		if cur, ok := srv.gucs[name]; !ok || cur != v {
+			sets = append(sets, fmt.Sprintf("pg_catalog.set_config(%s, %s, false)", quoteLiteral(name), quoteLiteral(v)))
+		}
+	}
+	if len(sets) > 0 {
+		sql.WriteString("SELECT " + strings.Join(sets, ", "))
+	}
+	if sql.Len() == 0 {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	res, err := srv.Exec(cctx, sql.String())
+	if err != nil {
+		return wire.FromUpstream(err, "ERROR")
+	}
+	if res.Err != nil {
+		return &wire.Error{Severity: "ERROR", Code: res.Err.Code, Message: res.Err.Message, Detail: res.Err.Detail, Hint: res.Err.Hint}
+	}
+	clear(srv.gucs)
+	for k, v := range s.gucs {
+		srv.gucs[k] = v
+	}
+	return nil
+}
+
+// snapshotSettings reads the session-level settings of srv after the
+// client changed some, and makes them the client's. Called by the reader
+// after detaching srv.
+func (s *Session) snapshotSettings(srv *Server) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := srv.Exec(ctx, "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'")
+	if err != nil {
+		return err
+	}
+	if res.Err != nil {
+		return res.Err
+	}
+	m := make(map[string]string, len(res.Rows))
+	for _, r := range res.Rows {
+		if len(r) == 2 {
+			m[strings.ToLower(r[0])] = r[1]
+		}
+	}
+	s.mu.Lock()
+	s.gucs = m
+	s.mu.Unlock()
+	srv.gucs = make(map[string]string, len(m))
+	for k, v := range m {
+		srv.gucs[k] = v
+	}
+	return nil
+}
+
+// serverFor returns the attached server, attaching one if needed, and
+// accounts for msg opening an extended-protocol group. It returns with s.mu
+// held on success.
+func (s *Session) serverFor(ctx context.Context, opensGroup bool) (*Server, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, errClientGone
+	}
+	srv := s.server
+	if srv == nil {
+		s.mu.Unlock()
+		var err error
+		srv, err = s.attach(ctx)
+		if err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+		if s.server != srv {
+			s.mu.Unlock()
+			return nil, wire.Fatal(wire.CodeConnectionFailure, "server connection lost")
+		}
+	}
+	if opensGroup && !s.groupOpen {
+		s.groupOpen = true
+		s.inFlight++
+	}
+	return srv, nil
+}
+
+// acquireFailed reports an acquire error to the client as a non-fatal
+// error where the protocol allows it.
+func (s *Session) acquireFailed(err error, simple bool) error {
+	var we *wire.Error
+	if !errors.As(err, &we) {
+		if isRoutineDisconnect(err) {
+			return err
+		}
+		we = wire.FromUpstream(err, "ERROR")
+	}
+	e := *we
+	if e.Code != wire.CodeAdminShutdown {
+		e.Severity = "ERROR"
+	}
+	s.log.Warn().Err(err).Msg("could not get a server connection")
+	s.mu.Lock()
+	s.sendLocked(e.AppendErrorResponse(nil))
+	if simple {
+		s.sendLocked(wire.AppendReadyForQuery(nil, 'I'))
+	} else {
+		s.skipUntilSync = true
+	}
+	ferr := s.client.Flush()
+	s.mu.Unlock()
+	if e.Severity == "FATAL" {
+		return &e
+	}
+	return ferr
+}
+
+func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
+	text, err := wire.DecodeQuery(raw[5:])
+	if err != nil {
+		return wire.Fatal(wire.CodeProtocolViolation, "invalid Query message")
+	}
+	var flags stmtFlags
+	if s.mode == TransactionMode {
+		flags = scanStatement(text)
+	}
+	start := time.Now()
+	srv, err := s.serverFor(ctx, false)
+	if err != nil {
+		return s.acquireFailed(err, true)
+	}
+	if s.groupOpen {
+		s.groupOpen = false
+	} else {
+		s.inFlight++
+	}
+	it := pending{kind: pendQuery, text: text, start: start}
+	s.stampTx(&it)
+	s.queue.push(it)
+	s.noteFlags(flags, text)
+	if flags&(flagDiscardAll|flagDeallocateAll) != 0 && srv.prepared != nil {
+		srv.prepared.clear()
+		clear(s.stmts)
+	}
+	s.mu.Unlock()
+	if err := srv.WriteRaw(raw); err != nil {
+		return s.serverWriteFailed(srv, err)
+	}
+	if err := srv.Flush(); err != nil {
+		return s.serverWriteFailed(srv, err)
+	}
+	return nil
+}
+
+// stampTx fills the transaction fields of an auditable item; s.mu held.
+func (s *Session) stampTx(it *pending) {
+	if s.txStatus == 'I' || s.txStatus == 0 {
+		s.txSeq++
+	} else {
+		it.inTx = true
+	}
+	it.txSeq = s.txSeq
+}
+
+// noteFlags records session-state effects of a statement; s.mu held.
+func (s *Session) noteFlags(flags stmtFlags, text string) {
+	if flags == 0 {
+		return
+	}
+	if flags&flagSetGUC != 0 {
+		s.gucDirty = true
+	}
+	if flags&sessionStateFlags != 0 {
+		if s.pool.settings.PinOnSessionState && !s.pinned {
+			s.pinned = true
+			s.log.Info().Str("feature", flags.detail()).Msg("client pinned to its server connection: statement needs a session")
+		}
+		s.proxy.sink.Offer(&analyzer.Event{
+			Kind: analyzer.KindSessionState, Detail: flags.detail(), Text: text, SessionID: s.id,
+			Database: s.database, User: s.user, ApplicationName: s.appName, ClientAddr: s.clientAddr,
+			Start: time.Now(), Rows: -1,
+		})
+		s.proxy.counters.sessionState.Add(1)
+	}
+}
+
+func (s *Session) handleFunctionCall(ctx context.Context, raw []byte) error {
+	srv, err := s.serverFor(ctx, false)
+	if err != nil {
+		return s.acquireFailed(err, true)
+	}
+	if s.groupOpen {
+		s.groupOpen = false
+	} else {
+		s.inFlight++
+	}
+	s.queue.push(pending{kind: pendFunctionCall})
+	s.mu.Unlock()
+	if err := srv.WriteRaw(raw); err != nil {
+		return s.serverWriteFailed(srv, err)
+	}
+	return s.flushServer(srv)
+}
+
+func (s *Session) flushServer(srv *Server) error {
+	if err := srv.Flush(); err != nil {
+		return s.serverWriteFailed(srv, err)
+	}
+	return nil
+}
+
+func (s *Session) handleCopy(typ byte, raw []byte) error {
+	s.mu.Lock()
+	srv := s.server
+	s.mu.Unlock()
+	if srv == nil {
+		// COPY data after the server went away: Postgres ignores stray
+		// CopyData outside COPY too.
+		return nil
+	}
+	if err := srv.WriteRaw(raw); err != nil {
+		return s.serverWriteFailed(srv, err)
+	}
+	if typ != 'd' {
+		return s.flushServer(srv)
+	}
+	return nil
+}
+
+// handleExtended relays Parse, Bind, Describe, Execute, Close, Flush and
+// Sync. In transaction mode statement names are mapped to shared
+// server-side names and prepared on demand.
+func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) error {
+	body := raw[5:]
+	if s.skipUntilSync {
+		if typ != 'S' {
+			return nil
+		}
+		s.mu.Lock()
+		s.skipUntilSync = false
+		if s.server == nil {
+			s.sendLocked(wire.AppendReadyForQuery(nil, 'I'))
+			err := s.client.Flush()
+			s.mu.Unlock()
+			return err
+		}
+		s.mu.Unlock()
+	}
+	// Decode what we need before taking the lock.
+	var (
+		parse      wire.ParseMsg
+		bind       wire.BindMsg
+		targetKind byte
+		targetName []byte
+		err        error
+	)
+	switch typ {
+	case 'P':
+		parse, err = wire.DecodeParse(body)
+	case 'B':
+		bind, err = wire.DecodeBind(body)
+	case 'D', 'C':
+		targetKind, targetName, err = wire.DecodeTarget(body)
+	}
+	if err != nil {
+		return wire.Fatal(wire.CodeProtocolViolation, fmt.Sprintf("invalid %q message", typ))
+	}
+	txMode := s.mode == TransactionMode
+	var flags stmtFlags
+	if typ == 'P' && txMode {
+		flags = scanStatement(parse.Query)
+	}
+	// A Close of a client statement in transaction mode and a Flush with
+	// nothing pending are answered locally without a server.
+	if txMode && typ == 'C' && targetKind == 'S' {
+		delete(s.stmts, string(targetName))
+		s.mu.Lock()
+		if s.server == nil && s.queue.len() == 0 {
+			s.sendLocked([]byte{'3', 0, 0, 0, 4})
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+	}
+	if typ == 'H' || typ == 'S' {
+		s.mu.Lock()
+		if s.server == nil && s.queue.len() == 0 {
+			if typ == 'S' {
+				s.sendLocked(wire.AppendReadyForQuery(nil, 'I'))
+			}
+			err := s.client.Flush()
+			s.mu.Unlock()
+			return err
+		}
+		s.mu.Unlock()
+	}
+	srv, err := s.serverFor(ctx, typ != 'S')
+	if err != nil {
+		return s.acquireFailed(err, false)
+	}
+	// s.mu is held from here until the writes are planned.
+	out := raw
+	var inject []byte
+	switch typ {
+	case 'P':
+		it := pending{kind: pendParse}
+		if txMode {
+			def := &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...)}
+			if parse.Name != "" {
+				def.serverName = serverStmtName(parse.Query, parse.Types)
+				if _, exists := s.stmts[parse.Name]; exists {
+					s.localErrorLocked(&wire.Error{Severity: "ERROR", Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)})
+					s.mu.Unlock()
+					return nil
+				}
+				s.stmts[parse.Name] = def
+				it.serverStmt = def.serverName
+				if srv.prepared.has(def.serverName) {
+					it.synthetic = true
+					out = nil
+				} else {
+					inject = s.closeEvictedLocked(srv, srv.prepared.add(def.serverName), def.serverName)
+					it.addedStmt = true
+					out = wire.AppendParse(inject, def.serverName, def.query, def.types)
+					inject = nil
+				}
+			} else {
+				s.stmts[""] = def
+				srv.unnamed = def
+			}
+			s.noteFlags(flags, parse.Query)
+		}
+		s.queue.push(it)
+	case 'B':
+		stmtName := string(bind.Statement)
+		var def *stmtDef
+		if txMode {
+			def = s.stmts[stmtName]
+			if def == nil {
+				s.localErrorLocked(&wire.Error{Severity: "ERROR", Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", stmtName)})
+				s.mu.Unlock()
+				return nil
+			}
+			inject = s.ensurePreparedLocked(srv, def)
+			out = wire.AppendBind(inject, bind.Portal, def.serverName, bind.Rest)
+			inject = nil
+		} else {
+			def = s.stmts[stmtName]
+		}
+		n, h, params, perr := wire.BindParams(bind.Rest, s.proxy.cfg.CaptureParams)
+		if perr != nil {
+			s.mu.Unlock()
+			return wire.Fatal(wire.CodeProtocolViolation, "invalid Bind message")
+		}
+		p := &pending{paramHash: h, numParams: n, params: params}
+		if def != nil {
+			p.text = def.query
+		}
+		s.portals[string(bind.Portal)] = p
+		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def)})
+	case 'D':
+		if targetKind == 'S' {
+			if txMode {
+				def := s.stmts[string(targetName)]
+				if def == nil {
+					s.localErrorLocked(&wire.Error{Severity: "ERROR", Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", targetName)})
+					s.mu.Unlock()
+					return nil
+				}
+				inject = s.ensurePreparedLocked(srv, def)
+				out = wire.AppendTarget(inject, 'D', 'S', def.serverName)
+				inject = nil
+			}
+			s.queue.push(pending{kind: pendDescribeStmt})
+		} else {
+			s.queue.push(pending{kind: pendDescribePortal})
+		}
+	case 'E':
+		portal := ""
+		if len(body) > 0 {
+			if i := indexZero(body); i >= 0 {
+				portal = string(body[:i])
+			}
+		}
+		it := pending{kind: pendExecute, start: time.Now(), portal: portal}
+		if p := s.portals[portal]; p != nil {
+			it.text, it.paramHash, it.numParams, it.params = p.text, p.paramHash, p.numParams, p.params
+		}
+		s.stampTx(&it)
+		s.queue.push(it)
+	case 'C':
+		if txMode && targetKind == 'S' {
+			// Answered by the proxy: the server-side statement stays for
+			// other clients.
+			s.queue.push(pending{kind: pendClose, synthetic: true})
+			out = nil
+		} else {
+			if targetKind == 'S' {
+				delete(s.stmts, string(targetName))
+			} else {
+				delete(s.portals, string(targetName))
+			}
+			s.queue.push(pending{kind: pendClose})
+		}
+	case 'S':
+		if !s.groupOpen {
+			s.inFlight++
+		}
+		s.groupOpen = false
+		s.queue.push(pending{kind: pendSync})
+	case 'H':
+		// Synthetic answers at the head are due now: the client waits.
+		s.emitSyntheticLocked()
+		_ = s.client.Flush()
+	}
+	s.mu.Unlock()
+	if out != nil {
+		if err := srv.WriteRaw(out); err != nil {
+			return s.serverWriteFailed(srv, err)
+		}
+	}
+	if typ == 'S' || typ == 'H' {
+		return s.flushServer(srv)
+	}
+	return nil
+}
+
+func indexZero(b []byte) int {
+	for i, c := range b {
+		if c == 0 {
+			return i
+		}
+	}
+	return -1
+}
+
+func serverNameOf(def *stmtDef) string {
+	if def == nil {
+		return ""
+	}
+	return def.serverName
+}
+
+// serverStmtName derives the shared server-side name of a statement.
+func serverStmtName(query string, types []byte) string {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(query))
+	_, _ = h.Write([]byte{0})
+	_, _ = h.Write(types)
+	return "pgaudit_" + strconv.FormatUint(h.Sum64(), 36)
+}
+
+// ensurePreparedLocked returns the messages to inject before a Bind or
+// Describe of def so that the server has it; s.mu held.
+func (s *Session) ensurePreparedLocked(srv *Server, def *stmtDef) []byte {
+	if def.serverName == "" {
+		if srv.unnamed == def {
+			return nil
+		}
+		srv.unnamed = def
+		s.queue.push(pending{kind: pendParse, swallow: true})
+		return wire.AppendParse(nil, "", def.query, def.types)
+	}
+	if srv.prepared.has(def.serverName) {
+		return nil
+	}
+	out := s.closeEvictedLocked(srv, srv.prepared.add(def.serverName), def.serverName)
+	s.queue.push(pending{kind: pendParse, swallow: true, serverStmt: def.serverName, addedStmt: true})
+	return wire.AppendParse(out, def.serverName, def.query, def.types)
+}
+
+// closeEvictedLocked returns Close messages for statements that must go
+// from the server before name is prepared: the one the LRU evicted and name
+// itself when it was invalidated earlier.
+func (s *Session) closeEvictedLocked(srv *Server, evicted, name string) []byte {
+	var out []byte
+	for _, n := range []string{evicted, name} {
+		if n == "" {
+			continue
+		}
+		if n == evicted || srv.prepared.toClose[n] {
+			delete(srv.prepared.toClose, n)
+			s.queue.push(pending{kind: pendClose, swallow: true})
+			out = wire.AppendTarget(out, 'C', 'S', n)
+		}
+	}
+	return out
+}
+
+// localErrorLocked answers the current extended-protocol group with an
+// error raised by the proxy, in order after the responses still due, and
+// drops the rest of the group up to Sync.
+func (s *Session) localErrorLocked(e *wire.Error) {
+	s.emitSyntheticLocked()
+	if s.queue.len() == 0 {
+		s.sendLocked(e.AppendErrorResponse(nil))
+		_ = s.client.Flush()
+	} else {
+		// Let the server's responses for earlier messages come first: ask
+		// for them with a Flush and queue the error behind them.
+		s.queue.push(pending{kind: pendClose, synthetic: true, text: "\x00error", params: []string{e.Code, e.Message}})
+	}
+	s.skipUntilSync = true
+	if s.groupOpen {
+		// The group's Sync will still be forwarded to close it.
+		return
+	}
+}
+
+// emitSyntheticLocked sends the proxy's own answers at the head of the
+// queue; s.mu held.
+func (s *Session) emitSyntheticLocked() {
+	for {
+		it := s.queue.front()
+		if it == nil || !it.synthetic {
+			return
+		}
+		switch {
+		case it.text == "\x00error":
+			e := &wire.Error{Severity: "ERROR", Code: it.params[0], Message: it.params[1]}
+			s.sendLocked(e.AppendErrorResponse(nil))
+			s.queue.pop()
+			s.dropUntilSyncLocked()
+			continue
+		case it.kind == pendParse:
+			s.sendLocked([]byte{'1', 0, 0, 0, 4})
+		case it.kind == pendClose:
+			s.sendLocked([]byte{'3', 0, 0, 0, 4})
+		}
+		s.queue.pop()
+	}
+}
+
+// dropUntilSyncLocked discards expected responses up to the next Sync, as
+// the server skips messages after an error.
+func (s *Session) dropUntilSyncLocked() {
+	for {
+		it := s.queue.front()
+		if it == nil || it.kind == pendSync || it.kind == pendQuery || it.kind == pendFunctionCall {
+			return
+		}
+		if it.addedStmt && s.server != nil && s.server.prepared != nil {
+			s.server.prepared.remove(it.serverStmt, false)
+		}
+		s.queue.pop()
+	}
+}
+
+func (s *Session) serverWriteFailed(srv *Server, err error) error {
+	s.log.Warn().Err(err).Msg("write to server failed")
+	// The reader will see the broken connection and end the session.
+	_ = srv.Close()
+	return wire.Fatal(wire.CodeConnectionFailure, "server connection lost")
+}
+
+// finish runs when the client goroutine leaves Run: it stops the reader and
+// returns or destroys the server connection.
+func (s *Session) finish() {
+	s.mu.Lock()
+	s.closed = true
+	srv := s.server
+	clean := s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' && !s.copyActive
+	done := s.readerDone
+	if srv != nil {
+		s.stopReader = true
+		_ = srv.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+	s.mu.Lock()
+	srv = s.server
+	s.server = nil
+	rerr := s.readerErr
+	s.mu.Unlock()
+	if srv != nil {
+		var ne net.Error
+		inSync := srv.R.InSync() && errors.As(rerr, &ne) && ne.Timeout()
+		_ = srv.SetReadDeadline(time.Time{})
+		if clean && inSync && (s.mode == TransactionMode && !s.pinned || s.pool.Reset(context.Background(), srv)) {
+			s.pool.Release(srv, true)
+		} else {
+			s.pool.destroy(srv)
+		}
+	}
+	s.flushStats()
+}
+
+func (s *Session) flushStats() {
+	st := &s.pool.stats
+	st.bytesIn.Add(s.bytesIn)
+	st.bytesOut.Add(s.bytesOut)
+	st.queries.Add(s.queries)
+	st.xacts.Add(s.xacts)
+	s.bytesIn, s.bytesOut, s.queries, s.xacts = 0, 0, 0, 0
+}
+
+// serverLoop relays server messages to the client while srv is attached.
+func (s *Session) serverLoop(srv *Server, done chan struct{}) {
+	defer s.proxy.wg.Done()
+	defer close(done)
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error().Interface("panic", r).Msg("relay panic; closing session")
+			s.mu.Lock()
+			if s.server == srv {
+				s.server = nil
+			}
+			s.mu.Unlock()
+			s.pool.destroy(srv)
+			_ = s.client.Close()
+		}
+	}()
+	for {
+		typ, raw, err := srv.R.ReadMessage()
+		if err != nil {
+			s.mu.Lock()
+			if s.stopReader {
+				s.readerErr = err
+				s.mu.Unlock()
+				return
+			}
+			if s.server == srv {
+				s.server = nil
+			}
+			lastFatal := s.lastFatal
+			s.mu.Unlock()
+			s.serverLost(srv, err, lastFatal)
+			return
+		}
+		s.mu.Lock()
+		release := s.relayLocked(srv, typ, raw)
+		var ferr error
+		if typ == 'Z' || srv.R.Buffered() == 0 {
+			ferr = s.client.Flush()
+		}
+		if release {
+			s.server = nil
+		}
+		s.mu.Unlock()
+		if ferr != nil {
+			// The client is gone; Run notices and cleans up.
+			_ = s.client.Close()
+			if release {
+				s.pool.destroy(srv)
+				return
+			}
+		}
+		if release {
+			if s.gucDirty {
+				s.gucDirty = false
+				if err := s.snapshotSettings(srv); err != nil {
+					s.log.Warn().Err(err).Msg("could not read session settings; closing server connection")
+					s.pool.destroy(srv)
+					return
+				}
+			}
+			s.flushStats()
+			s.pool.Release(srv, true)
+			return
+		}
+	}
+}
+
+// serverLost handles a server connection that failed while attached.
+func (s *Session) serverLost(srv *Server, err error, alreadyFatal bool) {
+	if !isRoutineDisconnect(err) {
+		s.log.Warn().Err(err).Msg("server connection failed")
+	} else {
+		s.log.Info().Err(err).Msg("server closed the connection")
+	}
+	s.pool.destroy(srv)
+	// The server is likely restarting: do not hand out its siblings.
+	s.pool.DropIdle()
+	s.mu.Lock()
+	if !alreadyFatal {
+		e := wire.Fatal(wire.CodeConnectionFailure, "server connection lost")
+		e.Detail = err.Error()
+		_ = s.client.SendError(e)
+	}
+	s.mu.Unlock()
+	_ = s.client.Close()
+}
+
+// relayLocked forwards one server message, keeps the queue and statuses,
+// emits audit events, and says whether the server can be released now.
+func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) {
+	body := raw[5:]
+	switch typ {
+	case 'A', 'N':
+		s.sendLocked(raw)
+		return false
+	case 'S':
+		name, value := wire.DecodeParameterStatus(body)
+		if name != "" {
+			srv.Params[name] = value
+		}
+		s.sendLocked(raw)
+		return false
+	}
+	s.emitSyntheticLocked()
+	it := s.queue.front()
+	forward := true
+	switch typ {
+	case '1', '3':
+		if it != nil && (it.kind == pendParse || it.kind == pendClose) {
+			forward = !it.swallow
+			s.queue.pop()
+		}
+	case '2':
+		if it != nil && it.kind == pendBind {
+			s.queue.pop()
+		}
+	case 'T', 'n':
+		if it != nil && (it.kind == pendDescribeStmt || it.kind == pendDescribePortal) {
+			s.queue.pop()
+		}
+	case 'C', 'I':
+		if it != nil {
+			switch it.kind {
+			case pendExecute:
+				s.completeExecute(it, body, typ == 'I', "")
+				s.queue.pop()
+			case pendQuery:
+				it.results = append(it.results, stmtResult{tag: string(wire.CommandTag(body)), at: time.Now()})
+				if typ == 'I' {
+					it.results[len(it.results)-1].tag = ""
+				}
+			}
+		}
+	case 's':
+		if it != nil && it.kind == pendExecute {
+			if s.suspended == nil {
+				s.suspended = map[string]time.Duration{}
+			}
+			s.suspended[it.portal] += time.Since(it.start)
+			s.queue.pop()
+		}
+	case 'E':
+		sev, code, msg := wire.ErrorFields(body)
+		if sev == "FATAL" || sev == "PANIC" {
+			s.lastFatal = true
+		}
+		if it != nil {
+			switch it.kind {
+			case pendQuery:
+				it.results = append(it.results, stmtResult{sqlstate: code, at: time.Now()})
+			case pendExecute:
+				s.completeExecute(it, nil, false, code)
+				s.queue.pop()
+				s.dropUntilSyncLocked()
+			case pendSync, pendFunctionCall:
+				// An error at commit time or of a function call.
+			default:
+				if code == "0A000" && strings.Contains(msg, "cached plan must not change result type") && it.serverStmt != "" && srv.prepared != nil {
+					// Re-prepare next time instead of failing forever.
+					srv.prepared.remove(it.serverStmt, true)
+				}
+				if it.addedStmt && srv.prepared != nil {
+					srv.prepared.remove(it.serverStmt, false)
+				}
+				s.queue.pop()
+				s.dropUntilSyncLocked()
+			}
+		}
+	case 'G', 'H', 'W':
+		s.copyActive = true
+	case 'c':
+		// CopyDone from the server ends COPY TO STDOUT.
+	case 'Z':
+		if len(body) == 1 {
+			s.txStatus = body[0]
+			srv.TxStatus = body[0]
+			if s.txStatus == 'I' {
+				// Explicit and implicit transactions both count.
+				s.xacts++
+			}
+		}
+		if it != nil && (it.kind == pendSync || it.kind == pendQuery || it.kind == pendFunctionCall) {
+			if it.kind == pendQuery {
+				s.completeQuery(it)
+			}
+			s.queue.pop()
+		}
+		s.copyActive = false
+		if s.inFlight > 0 {
+			s.inFlight--
+		}
+		s.sendLocked(raw)
+		if s.pool.settings.IdleTransactionTimeout > 0 && s.txStatus != 'I' && s.inFlight == 0 {
+			_ = s.client.SetReadDeadline(time.Now().Add(s.pool.settings.IdleTransactionTimeout))
+		}
+		return s.mode == TransactionMode && s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' &&
+			!s.pinned && s.queue.len() == 0 && !s.stopReader
+	}
+	if forward {
+		s.sendLocked(raw)
+	}
+	return false
+}
+
+// completeExecute emits the event of an Execute.
+func (s *Session) completeExecute(it *pending, tagBody []byte, empty bool, sqlstate string) {
+	s.queries++
+	d := time.Since(it.start)
+	if prev, ok := s.suspended[it.portal]; ok {
+		d += prev
+		delete(s.suspended, it.portal)
+	}
+	if it.text == "" || empty {
+		return
+	}
+	ev := s.newEvent(it, analyzer.ProtocolExtended)
+	ev.Duration = d
+	if tagBody != nil {
+		ev.Command, ev.Rows = parseTag(wire.CommandTag(tagBody))
+	}
+	ev.SQLState = sqlstate
+	s.proxy.sink.Offer(ev)
+}
+
+// completeQuery emits one event per statement of a simple Query.
+func (s *Session) completeQuery(it *pending) {
+	if len(it.results) == 0 {
+		return
+	}
+	texts := []string{it.text}
+	if len(it.results) > 1 {
+		texts = splitStatements(it.text)
+	}
+	prev := it.start
+	for i, r := range it.results {
+		s.queries++
+		d := r.at.Sub(prev)
+		prev = r.at
+		if i >= len(texts) || (r.tag == "" && r.sqlstate == "") {
+			continue
+		}
+		ev := s.newEvent(it, analyzer.ProtocolSimple)
+		ev.Text = texts[i]
+		ev.Start = r.at.Add(-d)
+		ev.Duration = d
+		ev.Command, ev.Rows = parseTag([]byte(r.tag))
+		ev.SQLState = r.sqlstate
+		if i > 0 {
+			ev.Wait = 0
+		}
+		s.proxy.sink.Offer(ev)
+	}
+}
+
+func (s *Session) newEvent(it *pending, proto analyzer.Protocol) *analyzer.Event {
+	ev := &analyzer.Event{
+		Kind: analyzer.KindStatement, Protocol: proto, Text: it.text, SessionID: s.id,
+		TxSeq: it.txSeq, InTransaction: it.inTx, Database: s.database, User: s.user,
+		ApplicationName: s.appName, ClientAddr: s.clientAddr, Start: it.start,
+		ParamHash: it.paramHash, NumParams: it.numParams, Params: it.params, Rows: -1,
+		Wait: s.pendingWait,
+	}
+	s.pendingWait = 0
+	return ev
+}
+
+// parseTag splits a command tag into its verb and row count.
+func parseTag(tag []byte) (string, int64) {
+	t := string(tag)
+	i := strings.LastIndexByte(t, ' ')
+	if i < 0 {
+		return t, -1
+	}
+	n, err := strconv.ParseInt(t[i+1:], 10, 64)
+	if err != nil {
+		return t, -1
+	}
+	verb := t[:i]
+	if strings.HasPrefix(verb, "INSERT ") {
+		verb = "INSERT"
+	}
+	return verb, n
+}
+
+// cancel forwards a cancel to the server serving the session right now.
+func (s *Session) cancel() {
+	s.mu.Lock()
+	srv := s.server
+	busy := s.inFlight > 0
+	s.mu.Unlock()
+	if srv == nil || !busy {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Cancel(ctx); err != nil {
+		s.log.Warn().Err(err).Msg("cancel request failed")
+	}
+}
+
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+func quoteLiteral(s string) string {
+	q := "'" + strings.ReplaceAll(s, "'", "''") + "'"
+	if strings.Contains(s, `\`) {
+		q = " E" + strings.ReplaceAll(q, `\`, `\\`)
+	}
+	return q
+}

@@ -1,0 +1,226 @@
+package pooler
+
+import "strings"
+
+// The cheap scans below run on the relay path, so they look at bytes, never
+// build a parse tree, and only run in transaction mode (plus statement
+// splitting for multi-statement queries). Their job is to notice statements
+// that change session state; the analyzer does real parsing later.
+
+// stmtFlags describe what a statement does to the session.
+type stmtFlags uint16
+
+const (
+	flagSetGUC        stmtFlags = 1 << iota // SET, RESET, set_config(): snapshot settings after
+	flagDiscardAll                          // DISCARD ALL
+	flagDeallocateAll                       // DEALLOCATE ALL
+	flagListen                              // LISTEN
+	flagAdvisoryLock                        // session-level advisory lock
+	flagTempTable                           // CREATE TEMP TABLE / SELECT INTO TEMP
+	flagWithHold                            // DECLARE ... WITH HOLD
+	flagPrepare                             // SQL-level PREPARE
+)
+
+const sessionStateFlags = flagListen | flagAdvisoryLock | flagTempTable | flagWithHold | flagPrepare
+
+// detail names the first session-state feature in f, for events.
+func (f stmtFlags) detail() string {
+	switch {
+	case f&flagListen != 0:
+		return "listen"
+	case f&flagAdvisoryLock != 0:
+		return "advisory_lock"
+	case f&flagTempTable != 0:
+		return "temp_table"
+	case f&flagWithHold != 0:
+		return "with_hold"
+	case f&flagPrepare != 0:
+		return "prepare"
+	}
+	return ""
+}
+
+// scanStatement classifies a whole Query or Parse text, which may hold
+// several statements.
+func scanStatement(sql string) stmtFlags {
+	var f stmtFlags
+	lower := ""
+	lowered := func() string {
+		if lower == "" {
+			lower = strings.ToLower(sql)
+		}
+		return lower
+	}
+	for _, stmt := range splitStatements(sql) {
+		kw, rest := firstWord(stmt)
+		switch kw {
+		case "set":
+			next, _ := firstWord(rest)
+			if next != "local" && next != "transaction" && next != "constraints" {
+				f |= flagSetGUC
+			}
+		case "reset":
+			f |= flagSetGUC
+		case "discard":
+			next, _ := firstWord(rest)
+			if next == "all" {
+				f |= flagDiscardAll | flagSetGUC
+			} else if next == "temp" || next == "temporary" {
+				f |= flagSetGUC
+			}
+		case "deallocate":
+			next, r2 := firstWord(rest)
+			if next == "prepare" {
+				next, _ = firstWord(r2)
+			}
+			if next == "all" {
+				f |= flagDeallocateAll
+			}
+		case "listen":
+			f |= flagListen
+		case "prepare":
+			f |= flagPrepare
+		case "declare":
+			if strings.Contains(strings.ToLower(stmt), "with hold") {
+				f |= flagWithHold
+			}
+		case "create":
+			next, r2 := firstWord(rest)
+			if next == "global" || next == "local" {
+				next, _ = firstWord(r2)
+			}
+			if next == "temp" || next == "temporary" {
+				f |= flagTempTable
+			}
+		case "select":
+			if l := strings.ToLower(stmt); strings.Contains(l, " into temp") {
+				f |= flagTempTable
+			}
+		}
+	}
+	if strings.Contains(sql, "dvisory") || strings.Contains(sql, "DVISORY") {
+		l := lowered()
+		for _, fn := range []string{"pg_advisory_lock(", "pg_advisory_lock_shared(", "pg_try_advisory_lock(", "pg_try_advisory_lock_shared("} {
+			if strings.Contains(l, fn) {
+				f |= flagAdvisoryLock
+			}
+		}
+	}
+	if strings.Contains(sql, "set_config") || strings.Contains(sql, "SET_CONFIG") {
+		f |= flagSetGUC
+	}
+	return f
+}
+
+// firstWord skips whitespace and comments and returns the first word in
+// lower case and the text after it.
+func firstWord(s string) (string, string) {
+	s = skipSpaceAndComments(s)
+	i := 0
+	for i < len(s) && (isIdentByte(s[i])) {
+		i++
+	}
+	return strings.ToLower(s[:i]), s[i:]
+}
+
+func isIdentByte(c byte) bool {
+	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c >= 0x80
+}
+
+func skipSpaceAndComments(s string) string {
+	for {
+		s = strings.TrimLeft(s, " \t\r\n\f(")
+		switch {
+		case strings.HasPrefix(s, "--"):
+			if i := strings.IndexByte(s, '\n'); i >= 0 {
+				s = s[i+1:]
+			} else {
+				return ""
+			}
+		case strings.HasPrefix(s, "/*"):
+			if i := strings.Index(s[2:], "*/"); i >= 0 {
+				s = s[i+4:]
+			} else {
+				return ""
+			}
+		default:
+			return s
+		}
+	}
+}
+
+// splitStatements splits a simple-protocol query string at top-level
+// semicolons, honouring quotes, dollar quotes and comments. Empty statements
+// are dropped; the pieces keep their own whitespace trimmed.
+func splitStatements(sql string) []string {
+	if strings.IndexByte(sql, ';') < 0 {
+		return []string{strings.TrimSpace(sql)}
+	}
+	var out []string
+	start := 0
+	for i := 0; i < len(sql); i++ {
+		switch c := sql[i]; c {
+		case '\'', '"':
+			j := i + 1
+			for j < len(sql) {
+				if sql[j] == c {
+					if j+1 < len(sql) && sql[j+1] == c {
+						j += 2
+						continue
+					}
+					break
+				}
+				j++
+			}
+			i = j
+		case '-':
+			if i+1 < len(sql) && sql[i+1] == '-' {
+				for i < len(sql) && sql[i] != '\n' {
+					i++
+				}
+			}
+		case '/':
+			if i+1 < len(sql) && sql[i+1] == '*' {
+				depth := 1
+				i += 2
+				for i < len(sql) && depth > 0 {
+					if sql[i] == '/' && i+1 < len(sql) && sql[i+1] == '*' {
+						depth++
+						i += 2
+					} else if sql[i] == '*' && i+1 < len(sql) && sql[i+1] == '/' {
+						depth--
+						i += 2
+					} else {
+						i++
+					}
+				}
+				i--
+			}
+		case '$':
+			// $tag$ ... $tag$ (tag may be empty); $1 is a parameter.
+			j := i + 1
+			for j < len(sql) && (sql[j] == '_' || sql[j] >= 'a' && sql[j] <= 'z' || sql[j] >= 'A' && sql[j] <= 'Z' || (j > i+1 && sql[j] >= '0' && sql[j] <= '9')) {
+				j++
+			}
+			if j < len(sql) && sql[j] == '$' && (i == 0 || !isIdentByte(sql[i-1])) {
+				tag := sql[i : j+1]
+				if k := strings.Index(sql[j+1:], tag); k >= 0 {
+					i = j + 1 + k + len(tag) - 1
+				} else {
+					i = len(sql)
+				}
+			}
+		case ';':
+			if s := strings.TrimSpace(sql[start:i]); s != "" {
+				out = append(out, s)
+			}
+			start = i + 1
+		}
+	}
+	if start < len(sql) {
+		if s := strings.TrimSpace(sql[start:]); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}

@@ -1,0 +1,69 @@
+package pooler
+
+import "container/list"
+
+// stmtCache is the LRU of protocol-level prepared statements that exist on
+// one server connection in transaction mode, keyed by server-side name.
+// Owned by whoever holds the server; not synchronized.
+type stmtCache struct {
+	max   int
+	ll    *list.List
+	items map[string]*list.Element
+	// toClose lists names dropped from the cache that still exist on the
+	// server; they are closed before the name is prepared again.
+	toClose map[string]bool
+}
+
+func newStmtCache(max int) *stmtCache {
+	if max <= 0 {
+		max = 200
+	}
+	return &stmtCache{max: max, ll: list.New(), items: map[string]*list.Element{}, toClose: map[string]bool{}}
+}
+
+// has reports whether name is prepared and marks it recently used.
+func (c *stmtCache) has(name string) bool {
+	if e, ok := c.items[name]; ok {
+		c.ll.MoveToFront(e)
+		return true
+	}
+	return false
+}
+
+// add records name and returns a name evicted to make room ("" if none);
+// the caller must close the evicted statement on the server.
+func (c *stmtCache) add(name string) (evicted string) {
+	if e, ok := c.items[name]; ok {
+		c.ll.MoveToFront(e)
+		return ""
+	}
+	c.items[name] = c.ll.PushFront(name)
+	if c.ll.Len() > c.max {
+		last := c.ll.Back()
+		c.ll.Remove(last)
+		evicted = last.Value.(string)
+		delete(c.items, evicted)
+	}
+	return evicted
+}
+
+// remove forgets name; when stillOnServer, the name is queued to be closed.
+func (c *stmtCache) remove(name string, stillOnServer bool) {
+	if e, ok := c.items[name]; ok {
+		c.ll.Remove(e)
+		delete(c.items, name)
+	}
+	if stillOnServer {
+		c.toClose[name] = true
+	}
+}
+
+func (c *stmtCache) len() int { return c.ll.Len() }
+
+// clear forgets everything (after DISCARD ALL or DEALLOCATE ALL ran on the
+// server).
+func (c *stmtCache) clear() {
+	c.ll.Init()
+	clear(c.items)
+	clear(c.toClose)
+}
