@@ -392,6 +392,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Ses
 		database: dbName, user: user, appName: st.Get("application_name"), clientAddr: hostOf(c.RemoteAddr()),
 		txStatus: 'I', gucs: startupGUCs(st), stmts: map[string]*stmtDef{}, portals: map[string]*pending{},
 	}
+	s.writingDone = sync.NewCond(&s.mu)
 	s.log = p.log.With().Uint64("session", s.id).Str("user", user).Str("database", dbName).Logger()
 	// Attach a server to validate the settings and learn the parameters.
 	srv, err := s.attach(ctx)

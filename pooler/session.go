@@ -64,6 +64,11 @@ type Session struct {
 	txSeq         uint64
 	closed        bool
 	lastFatal     bool
+	// writing is set while the client goroutine writes to the server
+	// outside the lock; the reader does not release the server meanwhile
+	// (the reply can arrive before the write call returns).
+	writing     bool
+	writingDone *sync.Cond
 	// suspended portals: accumulated duration of earlier parts
 	suspended map[string]time.Duration
 
@@ -114,6 +119,10 @@ func (s *Session) run(ctx context.Context) error {
 			_ = s.client.SetReadDeadline(time.Time{})
 		}
 		s.bytesIn += int64(len(raw))
+		if typ == 'Q' || typ == 'S' {
+			s.pool.stats.bytesIn.Add(s.bytesIn)
+			s.bytesIn = 0
+		}
 		switch typ {
 		case 'X':
 			return nil
@@ -354,11 +363,26 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 		srv.prepared.clear()
 		clear(s.stmts)
 	}
+	s.writing = true
 	s.mu.Unlock()
-	if err := srv.WriteRaw(raw); err != nil {
-		return s.serverWriteFailed(srv, err)
+	return s.writeServer(srv, raw, true)
+}
+
+// writeServer writes out to srv (flushing when asked) and then clears
+// s.writing, which the caller set under s.mu.
+func (s *Session) writeServer(srv *Server, out []byte, flush bool) error {
+	var err error
+	if len(out) > 0 {
+		err = srv.WriteRaw(out)
 	}
-	if err := srv.Flush(); err != nil {
+	if err == nil && flush {
+		err = srv.Flush()
+	}
+	s.mu.Lock()
+	s.writing = false
+	s.writingDone.Broadcast()
+	s.mu.Unlock()
+	if err != nil {
 		return s.serverWriteFailed(srv, err)
 	}
 	return nil
@@ -407,36 +431,23 @@ func (s *Session) handleFunctionCall(ctx context.Context, raw []byte) error {
 		s.inFlight++
 	}
 	s.queue.push(pending{kind: pendFunctionCall})
+	s.writing = true
 	s.mu.Unlock()
-	if err := srv.WriteRaw(raw); err != nil {
-		return s.serverWriteFailed(srv, err)
-	}
-	return s.flushServer(srv)
-}
-
-func (s *Session) flushServer(srv *Server) error {
-	if err := srv.Flush(); err != nil {
-		return s.serverWriteFailed(srv, err)
-	}
-	return nil
+	return s.writeServer(srv, raw, true)
 }
 
 func (s *Session) handleCopy(typ byte, raw []byte) error {
 	s.mu.Lock()
 	srv := s.server
-	s.mu.Unlock()
 	if srv == nil {
 		// COPY data after the server went away: Postgres ignores stray
 		// CopyData outside COPY too.
+		s.mu.Unlock()
 		return nil
 	}
-	if err := srv.WriteRaw(raw); err != nil {
-		return s.serverWriteFailed(srv, err)
-	}
-	if typ != 'd' {
-		return s.flushServer(srv)
-	}
-	return nil
+	s.writing = true
+	s.mu.Unlock()
+	return s.writeServer(srv, raw, typ != 'd')
 }
 
 // handleExtended relays Parse, Bind, Describe, Execute, Close, Flush and
@@ -489,6 +500,29 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		s.mu.Lock()
 		if s.server == nil && s.queue.len() == 0 {
 			s.sendLocked([]byte{'3', 0, 0, 0, 4})
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+	}
+	// A named Parse from an idle client is registered without a server, as
+	// PgBouncer does: the statement is prepared on whichever server runs
+	// its first Bind or Describe. Holding a server here would deadlock
+	// clients such as pgbench that prepare synchronously from one thread
+	// while their other connections hold every server mid-transaction.
+	// The cost: a syntax error surfaces at that Bind instead.
+	if txMode && typ == 'P' && parse.Name != "" {
+		s.mu.Lock()
+		if s.server == nil && s.queue.len() == 0 {
+			if _, exists := s.stmts[parse.Name]; exists {
+				e := &wire.Error{Severity: "ERROR", Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)}
+				s.sendLocked(e.AppendErrorResponse(nil))
+				s.skipUntilSync = true
+			} else {
+				s.stmts[parse.Name] = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), serverName: serverStmtName(parse.Query, parse.Types)}
+				s.noteFlags(flags, parse.Query)
+				s.sendLocked([]byte{'1', 0, 0, 0, 4})
+			}
 			s.mu.Unlock()
 			return nil
 		}
@@ -625,16 +659,9 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		s.emitSyntheticLocked()
 		_ = s.client.Flush()
 	}
+	s.writing = true
 	s.mu.Unlock()
-	if out != nil {
-		if err := srv.WriteRaw(out); err != nil {
-			return s.serverWriteFailed(srv, err)
-		}
-	}
-	if typ == 'S' || typ == 'H' {
-		return s.flushServer(srv)
-	}
-	return nil
+	return s.writeServer(srv, out, typ == 'S' || typ == 'H')
 }
 
 func indexZero(b []byte) int {
@@ -797,15 +824,18 @@ func (s *Session) finish() {
 		}
 	}
 	s.flushStats()
+	s.pool.stats.bytesIn.Add(s.bytesIn)
+	s.bytesIn = 0
 }
 
+// flushStats moves the reader-side counters into the pool; s.mu held or
+// the reader stopped.
 func (s *Session) flushStats() {
 	st := &s.pool.stats
-	st.bytesIn.Add(s.bytesIn)
 	st.bytesOut.Add(s.bytesOut)
 	st.queries.Add(s.queries)
 	st.xacts.Add(s.xacts)
-	s.bytesIn, s.bytesOut, s.queries, s.xacts = 0, 0, 0, 0
+	s.bytesOut, s.queries, s.xacts = 0, 0, 0
 }
 
 // serverLoop relays server messages to the client while srv is attached.
@@ -848,6 +878,13 @@ func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 			ferr = s.client.Flush()
 		}
 		if release {
+			for s.writing {
+				s.writingDone.Wait()
+			}
+			// The client may have sent more meanwhile.
+			release = s.releasableLocked()
+		}
+		if release {
 			s.server = nil
 		}
 		s.mu.Unlock()
@@ -868,7 +905,9 @@ func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 					return
 				}
 			}
+			s.mu.Lock()
 			s.flushStats()
+			s.mu.Unlock()
 			s.pool.Release(srv, true)
 			return
 		}
@@ -1003,13 +1042,19 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		if s.pool.settings.IdleTransactionTimeout > 0 && s.txStatus != 'I' && s.inFlight == 0 {
 			_ = s.client.SetReadDeadline(time.Now().Add(s.pool.settings.IdleTransactionTimeout))
 		}
-		return s.mode == TransactionMode && s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' &&
-			!s.pinned && s.queue.len() == 0 && !s.stopReader
+		return s.releasableLocked()
 	}
 	if forward {
 		s.sendLocked(raw)
 	}
 	return false
+}
+
+// releasableLocked says whether the attached server can go back to the pool
+// now (transaction mode); s.mu held.
+func (s *Session) releasableLocked() bool {
+	return s.mode == TransactionMode && s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' &&
+		!s.pinned && s.queue.len() == 0 && !s.stopReader && !s.copyActive
 }
 
 // completeExecute emits the event of an Execute.

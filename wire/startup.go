@@ -104,14 +104,14 @@ func ParseStartup(body []byte) (*Startup, error) {
 			return nil, errors.New("invalid startup packet layout: missing value for parameter " + quoteIdent(name))
 		}
 		rest = r2
-		if len(name) > 5 && name[:5] == "_pq_." {
+		if len(rest) == 0 {
+			return nil, errors.New("invalid startup packet layout: expected terminator as last byte")
+		}
+		if len(name) >= 5 && name[:5] == "_pq_." {
 			st.UnsupportedOptions = append(st.UnsupportedOptions, name)
 			continue
 		}
 		st.Params = append(st.Params, Param{Name: name, Value: value})
-		if len(rest) == 0 {
-			return nil, errors.New("invalid startup packet layout: expected terminator as last byte")
-		}
 	}
 	if st.Get("user") == "" {
 		return nil, errors.New("no PostgreSQL user name specified in startup packet")
