@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
+	"github.com/pgaudit/pgaudit/analyzer"
 	"github.com/pgaudit/pgaudit/internal/pgtest"
 )
 
@@ -41,6 +43,12 @@ func TestMain(m *testing.M) {
 // config. It is closed when the test ends.
 func testProxy(t testing.TB, mutate func(*Config)) *Proxy {
 	t.Helper()
+	return testProxyWithSink(t, mutate, nil)
+}
+
+// testProxyWithSink is testProxy with an event sink.
+func testProxyWithSink(t testing.TB, mutate func(*Config), sink analyzer.Sink) *Proxy {
+	t.Helper()
 	up, err := pgconn.ParseConfig(cluster.DSN("postgres"))
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +71,7 @@ func testProxy(t testing.TB, mutate func(*Config)) *Proxy {
 	if testing.Verbose() {
 		log = log.Level(zerolog.DebugLevel)
 	}
-	p := New(cfg, nil, log)
+	p := New(cfg, sink, log)
 	if err := p.Listen(); err != nil {
 		t.Fatal(err)
 	}
@@ -89,4 +97,22 @@ func withMode(mode PoolMode, size int) func(*Config) {
 			db.Pool.Size = size
 		}
 	}
+}
+
+// captureSink records events for assertions.
+type captureSink struct {
+	mu     sync.Mutex
+	events []analyzer.Event
+}
+
+func (c *captureSink) Offer(ev *analyzer.Event) {
+	c.mu.Lock()
+	c.events = append(c.events, *ev)
+	c.mu.Unlock()
+}
+
+func (c *captureSink) snapshot() []analyzer.Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]analyzer.Event(nil), c.events...)
 }

@@ -67,6 +67,10 @@ type Pool struct {
 	retryAt  time.Time
 	nextID   uint64
 	paused   bool
+	// baseParams are the ParameterStatus values of a fresh server
+	// connection, used to greet transaction-mode clients without waiting
+	// for a server.
+	baseParams map[string]string
 
 	stats poolStats
 }
@@ -246,6 +250,14 @@ func (p *Pool) dropWaiter(w *waiter) {
 // checkOut runs the health check on a server idle longer than
 // server_check_delay; a failed server is destroyed and ok is false.
 func (p *Pool) checkOut(ctx context.Context, s *Server) (*Server, bool) {
+	p.stats.acquired() // balanced by Release or destroy
+	// A closed or terminated backend (Postgres restarted, or
+	// pg_terminate_backend) is noticed without a round trip.
+	if time.Since(s.lastUsed) > 50*time.Millisecond && !s.Alive() {
+		p.log.Info().Uint64("server_id", s.id).Msg("idle server connection was closed by the server; dropping it")
+		p.destroy(s)
+		return nil, false
+	}
 	if p.settings.ServerCheckDelay > 0 && time.Since(s.lastUsed) > p.settings.ServerCheckDelay && p.settings.ServerCheckQuery != "" {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		res, err := s.Exec(cctx, p.settings.ServerCheckQuery)
@@ -256,7 +268,6 @@ func (p *Pool) checkOut(ctx context.Context, s *Server) (*Server, bool) {
 			return nil, false
 		}
 	}
-	p.stats.acquired()
 	return s, true
 }
 
@@ -289,6 +300,12 @@ func (p *Pool) connect(ctx context.Context) (*Server, error) {
 		p.log.Warn().Err(err).Int("failures", p.failures).Msg("server connect failed")
 		return nil, we
 	}
+	if p.baseParams == nil {
+		p.baseParams = make(map[string]string, len(sc.Params))
+		for k, v := range sc.Params {
+			p.baseParams[k] = v
+		}
+	}
 	p.failures = 0
 	p.lastErr = nil
 	p.retryAt = time.Time{}
@@ -301,6 +318,21 @@ func (p *Pool) connect(ctx context.Context) (*Server, error) {
 	p.stats.acquired()
 	p.log.Debug().Uint64("server_id", s.id).Uint32("pid", sc.PID).Msg("server connection opened")
 	return s, nil
+}
+
+// BaseParams returns a copy of the parameters a fresh server connection
+// reports, or nil before the first connection.
+func (p *Pool) BaseParams() map[string]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.baseParams == nil {
+		return nil
+	}
+	m := make(map[string]string, len(p.baseParams))
+	for k, v := range p.baseParams {
+		m[k] = v
+	}
+	return m
 }
 
 // Release gives s back. reusable says the holder left it idle and clean

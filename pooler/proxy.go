@@ -394,25 +394,49 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Ses
 	}
 	s.writingDone = sync.NewCond(&s.mu)
 	s.log = p.log.With().Uint64("session", s.id).Str("user", user).Str("database", dbName).Logger()
-	// Attach a server to validate the settings and learn the parameters.
-	srv, err := s.attach(ctx)
-	if err != nil {
-		e := wire.FromUpstream(err, "FATAL")
-		e.Severity = "FATAL"
-		_ = c.SendError(e)
-		return nil, err
-	}
 	key := make([]byte, 4)
 	_, _ = rand.Read(key)
-	pid := srv.PID
+	var params map[string]string
+	if s.mode == TransactionMode {
+		// Greet from the pool's cached parameters when it has them, so a
+		// login never waits for a busy pool; the client's settings are
+		// applied (and checked) with its first statement.
+		if base := pool.BaseParams(); base != nil {
+			for reported := range base {
+				if v, ok := s.gucs[strings.ToLower(reported)]; ok {
+					base[reported] = v
+				}
+			}
+			params = base
+		}
+	}
+	pid := uint32(0)
+	if params == nil {
+		// Attach a server to validate the settings and learn the
+		// parameters.
+		srv, err := s.attach(ctx)
+		if err != nil {
+			e := wire.FromUpstream(err, "FATAL")
+			e.Severity = "FATAL"
+			_ = c.SendError(e)
+			return nil, err
+		}
+		pid = srv.PID
+		s.mu.Lock()
+		params = make(map[string]string, len(srv.Params))
+		for k, v := range srv.Params {
+			params[k] = v
+		}
+		s.mu.Unlock()
+	}
 	if s.mode == TransactionMode {
 		pid = p.nextPID.Add(1)
 	}
 	s.cancelPID, s.cancelKey = pid, key
 	s.mu.Lock()
 	out := wire.AppendAuthOK(nil)
-	for _, name := range sortedKeys(srv.Params) {
-		out = wire.AppendParameterStatus(out, name, srv.Params[name])
+	for _, name := range sortedKeys(params) {
+		out = wire.AppendParameterStatus(out, name, params[name])
 	}
 	out = wire.AppendBackendKeyData(out, pid, key)
 	out = wire.AppendReadyForQuery(out, 'I')

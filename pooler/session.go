@@ -69,6 +69,8 @@ type Session struct {
 	// (the reply can arrive before the write call returns).
 	writing     bool
 	writingDone *sync.Cond
+	// queryTimer cancels the running request after query_timeout.
+	queryTimer *time.Timer
 	// suspended portals: accumulated duration of earlier parts
 	suspended map[string]time.Duration
 
@@ -301,7 +303,7 @@ func (s *Session) serverFor(ctx context.Context, opensGroup bool) (*Server, erro
 	}
 	if opensGroup && !s.groupOpen {
 		s.groupOpen = true
-		s.inFlight++
+		s.incInFlightLocked()
 	}
 	return srv, nil
 }
@@ -353,7 +355,7 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 	if s.groupOpen {
 		s.groupOpen = false
 	} else {
-		s.inFlight++
+		s.incInFlightLocked()
 	}
 	it := pending{kind: pendQuery, text: text, start: start}
 	s.stampTx(&it)
@@ -428,7 +430,7 @@ func (s *Session) handleFunctionCall(ctx context.Context, raw []byte) error {
 	if s.groupOpen {
 		s.groupOpen = false
 	} else {
-		s.inFlight++
+		s.incInFlightLocked()
 	}
 	s.queue.push(pending{kind: pendFunctionCall})
 	s.writing = true
@@ -650,7 +652,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		}
 	case 'S':
 		if !s.groupOpen {
-			s.inFlight++
+			s.incInFlightLocked()
 		}
 		s.groupOpen = false
 		s.queue.push(pending{kind: pendSync})
@@ -796,6 +798,9 @@ func (s *Session) serverWriteFailed(srv *Server, err error) error {
 // returns or destroys the server connection.
 func (s *Session) finish() {
 	s.mu.Lock()
+	if s.queryTimer != nil {
+		s.queryTimer.Stop()
+	}
 	s.closed = true
 	srv := s.server
 	clean := s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' && !s.copyActive
@@ -1038,6 +1043,9 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		if s.inFlight > 0 {
 			s.inFlight--
 		}
+		if s.inFlight == 0 && s.queryTimer != nil {
+			s.queryTimer.Stop()
+		}
 		s.sendLocked(raw)
 		if s.pool.settings.IdleTransactionTimeout > 0 && s.txStatus != 'I' && s.inFlight == 0 {
 			_ = s.client.SetReadDeadline(time.Now().Add(s.pool.settings.IdleTransactionTimeout))
@@ -1048,6 +1056,26 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		s.sendLocked(raw)
 	}
 	return false
+}
+
+// incInFlightLocked counts one more request awaiting ReadyForQuery and arms
+// query_timeout when the session becomes busy; s.mu held.
+func (s *Session) incInFlightLocked() {
+	s.inFlight++
+	if s.inFlight == 1 && s.pool.settings.QueryTimeout > 0 {
+		if s.queryTimer == nil {
+			s.queryTimer = time.AfterFunc(s.pool.settings.QueryTimeout, s.queryTimedOut)
+		} else {
+			s.queryTimer.Reset(s.pool.settings.QueryTimeout)
+		}
+	}
+}
+
+// queryTimedOut cancels the request that ran past query_timeout; Postgres
+// answers it with 57014.
+func (s *Session) queryTimedOut() {
+	s.log.Warn().Dur("query_timeout", s.pool.settings.QueryTimeout).Msg("query_timeout: canceling the running statement")
+	s.cancel()
 }
 
 // releasableLocked says whether the attached server can go back to the pool

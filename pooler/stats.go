@@ -31,9 +31,14 @@ type poolStats struct {
 	// a one-minute ring.
 	busySec  [60]float64
 	secIndex int64
+	started  time.Time
 }
 
-func (s *poolStats) init() { s.lastChange = time.Now(); s.secIndex = time.Now().Unix() }
+func (s *poolStats) init() {
+	s.started = time.Now()
+	s.lastChange = s.started
+	s.secIndex = s.started.Unix()
+}
 
 func (s *poolStats) recordWait(d time.Duration) {
 	us := uint64(d / time.Microsecond)
@@ -168,9 +173,10 @@ func (p *Pool) Stats(clientsActive int) PoolStats {
 	st.MaxWait = s.maxWait
 	st.WaitP50 = histQuantile(&s.waitHist, s.waitCount, 0.50)
 	st.WaitP99 = histQuantile(&s.waitHist, s.waitCount, 0.99)
+	window := min(now.Sub(s.started), 60*time.Second)
 	s.mu.Unlock()
-	if st.Size > 0 {
-		st.Utilization = busy / (float64(60*time.Second) * float64(st.Size))
+	if st.Size > 0 && window > 0 {
+		st.Utilization = busy / (float64(window) * float64(st.Size))
 	}
 	return st
 }

@@ -1,0 +1,23 @@
+# The README's test command is `make test`.
+GO ?= go
+
+.PHONY: test vet build fuzz bench
+
+build:
+	$(GO) build -o bin/pgaudit ./cmd/pgaudit
+
+vet:
+	$(GO) vet ./...
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "not gofmt'd: $$unformatted"; exit 1; fi
+
+test: vet
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Short fuzz runs of every network decoder (seed corpora live in testdata/fuzz).
+fuzz:
+	$(GO) test ./wire -run XXX -fuzz FuzzParseStartup -fuzztime 20s
+	$(GO) test ./wire -run XXX -fuzz FuzzReader -fuzztime 20s
+	$(GO) test ./wire -run XXX -fuzz FuzzSCRAM -fuzztime 20s
+
+bench:
+	bash bench/pgbench.sh

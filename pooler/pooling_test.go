@@ -1,0 +1,389 @@
+package pooler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgaudit/pgaudit/analyzer"
+)
+
+func connect(t *testing.T, ctx context.Context, dsn string, mode pgx.QueryExecMode) *pgx.Conn {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DefaultQueryExecMode = mode
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
+
+func queryString(t *testing.T, ctx context.Context, c *pgx.Conn, sql string) string {
+	t.Helper()
+	var s string
+	if err := c.QueryRow(ctx, sql).Scan(&s); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return s
+}
+
+// TestSettingsIsolation: in transaction mode two clients share one server
+// connection, and neither ever sees the other's SET; SET LOCAL stays in its
+// transaction; startup parameters follow their client.
+func TestSettingsIsolation(t *testing.T) {
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		t.Run(mode.String(), func(t *testing.T) {
+			p := testProxy(t, withMode(TransactionMode, 1))
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			a := connect(t, ctx, proxyDSN(p, "", "&application_name=client_a"), mode)
+			b := connect(t, ctx, proxyDSN(p, "", "&application_name=client_b&search_path=b_schema"), mode)
+			defaultTimeout := queryString(t, ctx, b, "show statement_timeout")
+
+			if _, err := a.Exec(ctx, "SET search_path TO a_schema, public"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := a.Exec(ctx, "SET statement_timeout = '1234ms'"); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 3; i++ {
+				if got := queryString(t, ctx, b, "show search_path"); got != "b_schema" {
+					t.Fatalf("client B sees search_path %q", got)
+				}
+				if got := queryString(t, ctx, b, "show statement_timeout"); got != defaultTimeout {
+					t.Fatalf("client B sees statement_timeout %q", got)
+				}
+				if got := queryString(t, ctx, b, "select current_setting('application_name')"); got != "client_b" {
+					t.Fatalf("client B sees application_name %q", got)
+				}
+				if got := queryString(t, ctx, a, "show search_path"); got != "a_schema, public" {
+					t.Fatalf("client A lost its search_path: %q", got)
+				}
+				if got := queryString(t, ctx, a, "show statement_timeout"); got != "1234ms" {
+					t.Fatalf("client A lost its statement_timeout: %q", got)
+				}
+				if got := queryString(t, ctx, a, "select current_setting('application_name')"); got != "client_a" {
+					t.Fatalf("client A sees application_name %q", got)
+				}
+			}
+			// SET LOCAL is undone at commit.
+			tx, err := b.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, "SET LOCAL statement_timeout = '777ms'"); err != nil {
+				t.Fatal(err)
+			}
+			var inTx string
+			if err := tx.QueryRow(ctx, "show statement_timeout").Scan(&inTx); err != nil || inTx != "777ms" {
+				t.Fatalf("SET LOCAL inside tx: %q %v", inTx, err)
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := queryString(t, ctx, a, "show statement_timeout"); got != "1234ms" {
+				t.Fatalf("A sees %q after B's SET LOCAL", got)
+			}
+			if got := queryString(t, ctx, b, "show statement_timeout"); got != defaultTimeout {
+				t.Fatalf("SET LOCAL leaked out of its transaction: %q", got)
+			}
+			// RESET returns to the default, and a rolled back SET is undone.
+			if _, err := a.Exec(ctx, "RESET statement_timeout"); err != nil {
+				t.Fatal(err)
+			}
+			if got := queryString(t, ctx, a, "show statement_timeout"); got != defaultTimeout {
+				t.Fatalf("after RESET A sees %q", got)
+			}
+			tx, err = a.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, "SET search_path TO rolled_back"); err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Rollback(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := queryString(t, ctx, a, "show search_path"); got != "a_schema, public" {
+				t.Fatalf("rolled back SET is visible: %q", got)
+			}
+		})
+	}
+}
+
+// TestWaitQueue: more clients than the pool allows wait in FIFO order, and
+// a waiter past query_wait_timeout gets 53300 and keeps its connection.
+func TestWaitQueue(t *testing.T) {
+	p := testProxy(t, func(c *Config) {
+		withMode(TransactionMode, 1)(c)
+		for _, db := range c.Databases {
+			db.Pool.QueryWaitTimeout = 400 * time.Millisecond
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	holder := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeSimpleProtocol)
+	waiter := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeSimpleProtocol)
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = waiter.Exec(ctx, "select 1")
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "53300" || !strings.Contains(pe.Message, "query_wait_timeout") {
+		t.Fatalf("want 53300 query_wait_timeout, got %v", err)
+	}
+	if el := time.Since(start); el < 350*time.Millisecond || el > 5*time.Second {
+		t.Fatalf("timeout after %s, want about 400ms", el)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := queryString(t, ctx, waiter, "select 'still here'"); got != "still here" {
+		t.Fatal(got)
+	}
+
+	// FIFO: waiters queued one after the other are served in that order.
+	p2 := testProxy(t, withMode(TransactionMode, 1))
+	holder2 := connect(t, ctx, proxyDSN(p2, "", ""), pgx.QueryExecModeSimpleProtocol)
+	tx2, err := holder2.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var order []int
+	var wg sync.WaitGroup
+	for i := 0; i < 5; i++ {
+		c := connect(t, ctx, proxyDSN(p2, "", ""), pgx.QueryExecModeSimpleProtocol)
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if _, err := c.Exec(ctx, "select 1"); err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			order = append(order, i)
+			mu.Unlock()
+		}(i)
+		// Let waiter i enqueue before i+1.
+		deadline := time.Now().Add(5 * time.Second)
+		for p2.PoolStats()[0].ClientsWaiting < i+1 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if err := tx2.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if fmt.Sprint(order) != "[0 1 2 3 4]" {
+		t.Fatalf("waiters served in order %v", order)
+	}
+	st := p2.PoolStats()[0]
+	if st.Waits == 0 || st.MaxWait <= 0 || st.WaitP99 <= 0 {
+		t.Fatalf("wait statistics not recorded: %+v", st)
+	}
+}
+
+// TestSessionStateDetection: statements that need a session pin the client
+// and are reported as session-state events.
+func TestSessionStateDetection(t *testing.T) {
+	cases := []struct{ detail, sql string }{
+		{"listen", "LISTEN some_channel"},
+		{"advisory_lock", "SELECT pg_advisory_lock(42)"},
+		{"temp_table", "CREATE TEMP TABLE scratch(x int)"},
+		{"with_hold", "DECLARE c CURSOR WITH HOLD FOR SELECT 1"},
+		{"prepare", "PREPARE q(int) AS SELECT $1"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.detail, func(t *testing.T) {
+			sink := &captureSink{}
+			p := testProxyWithSink(t, withMode(TransactionMode, 2), sink)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			c := connect(t, ctx, proxyDSN(p, "", "&application_name=detector"), pgx.QueryExecModeSimpleProtocol)
+			pidBefore := queryString(t, ctx, c, "select pg_backend_pid()::text")
+			if _, err := c.Exec(ctx, tc.sql); err != nil {
+				t.Fatal(err)
+			}
+			// Another client takes the other server; the pinned client keeps
+			// its own.
+			other := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeSimpleProtocol)
+			otherTx, err := other.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 3; i++ {
+				if pid := queryString(t, ctx, c, "select pg_backend_pid()::text"); pid != pidBefore {
+					t.Fatalf("pinned client moved from backend %s to %s", pidBefore, pid)
+				}
+			}
+			_ = otherTx.Rollback(ctx)
+			if p.SessionStateDetections() != 1 {
+				t.Fatalf("detections = %d", p.SessionStateDetections())
+			}
+			var found *analyzer.Event
+			for _, ev := range sink.snapshot() {
+				if ev.Kind == analyzer.KindSessionState {
+					found = &ev
+				}
+			}
+			if found == nil || found.Detail != tc.detail || found.ApplicationName != "detector" || found.Text != tc.sql {
+				t.Fatalf("session-state event = %+v", found)
+			}
+		})
+	}
+}
+
+// TestIdleTransactionTimeout: a client idle inside a transaction is cut off
+// with 25P03 and its transaction rolled back.
+func TestIdleTransactionTimeout(t *testing.T) {
+	p := testProxy(t, func(c *Config) {
+		withMode(TransactionMode, 2)(c)
+		for _, db := range c.Databases {
+			db.Pool.IdleTransactionTimeout = 300 * time.Millisecond
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeSimpleProtocol)
+	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "CREATE TABLE idle_tx_probe(x int)"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	_, err := c.Exec(ctx, "COMMIT")
+	if err == nil {
+		t.Fatal("COMMIT after idle_transaction_timeout succeeded")
+	}
+	direct := connect(t, ctx, cluster.DSN(""), pgx.QueryExecModeSimpleProtocol)
+	if got := queryString(t, ctx, direct, "select count(*)::text from pg_class where relname = 'idle_tx_probe'"); got != "0" {
+		t.Fatal("the timed-out transaction was committed")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := queryString(t, ctx, direct, "select count(*)::text from pg_stat_activity where state like 'idle in transaction%'")
+		if n == "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s backends left idle in transaction", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestQueryTimeout: a statement running past query_timeout is canceled.
+func TestQueryTimeout(t *testing.T) {
+	p := testProxy(t, func(c *Config) {
+		withMode(TransactionMode, 2)(c)
+		for _, db := range c.Databases {
+			db.Pool.QueryTimeout = 300 * time.Millisecond
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeSimpleProtocol)
+	start := time.Now()
+	_, err := c.Exec(ctx, "select pg_sleep(10)")
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "57014" {
+		t.Fatalf("want 57014, got %v", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatal("query_timeout did not cancel in time")
+	}
+	if got := queryString(t, ctx, c, "select 'ok'"); got != "ok" {
+		t.Fatal(got)
+	}
+}
+
+// TestPreparedStatementsTransactionMode covers DEALLOCATE ALL, Close, and
+// recovery from "cached plan must not change result type" after DDL.
+func TestPreparedStatementsTransactionMode(t *testing.T) {
+	p := testProxy(t, withMode(TransactionMode, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	direct := connect(t, ctx, cluster.DSN(""), pgx.QueryExecModeSimpleProtocol)
+	if _, err := direct.Exec(ctx, "drop table if exists plan_change; create table plan_change(a int); insert into plan_change values (1)"); err != nil {
+		t.Fatal(err)
+	}
+	a := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeCacheStatement)
+	b := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeCacheStatement)
+	for _, c := range []*pgx.Conn{a, b} {
+		var n int
+		if err := c.QueryRow(ctx, "select * from plan_change").Scan(&n); err != nil || n != 1 {
+			t.Fatalf("before DDL: %v", err)
+		}
+	}
+	if _, err := direct.Exec(ctx, "alter table plan_change add column b int default 2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*pgx.Conn{a, b} {
+		var x, y int
+		var err error
+		for attempt := 0; attempt < 2; attempt++ {
+			err = c.QueryRow(ctx, "select * from plan_change").Scan(&x, &y)
+			if err == nil {
+				break
+			}
+		}
+		if err != nil || x != 1 || y != 2 {
+			t.Fatalf("after DDL the statement did not recover: %v", err)
+		}
+	}
+	if _, err := a.Exec(ctx, "DEALLOCATE ALL"); err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	if err := b.QueryRow(ctx, "select $1::int * 2", 21).Scan(&v); err != nil || v != 42 {
+		t.Fatalf("after another client's DEALLOCATE ALL: %v", err)
+	}
+	if err := a.Deallocate(ctx, "select $1::int * 2"); err != nil && !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("deallocate: %v", err)
+	}
+	if err := a.QueryRow(ctx, "select $1::int * 2", 4).Scan(&v); err != nil || v != 8 {
+		t.Fatalf("after Close: %v", err)
+	}
+}
+
+// TestPoolStats checks the counters and utilization after some traffic.
+func TestPoolStats(t *testing.T) {
+	p := testProxy(t, withMode(TransactionMode, 2))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeCacheStatement)
+	for i := 0; i < 20; i++ {
+		if _, err := c.Exec(ctx, "select pg_sleep(0.005)"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := p.PoolStats()
+	if len(st) != 1 {
+		t.Fatalf("pools: %+v", st)
+	}
+	s := st[0]
+	if s.Transactions < 20 || s.Queries < 20 || s.BytesIn == 0 || s.BytesOut == 0 {
+		t.Fatalf("counters: %+v", s)
+	}
+	if s.Utilization <= 0 || s.Utilization > 1 {
+		t.Fatalf("utilization %v", s.Utilization)
+	}
+	if s.ServersActive != 0 || s.ServersIdle < 1 || s.ClientsActive != 1 {
+		t.Fatalf("server/client counts: %+v", s)
+	}
+}
