@@ -121,6 +121,13 @@ type Event struct {
 	// TraceParent is the W3C traceparent of a sqlcommenter comment on the
 	// statement, when present.
 	TraceParent string
+
+	// Fingerprint is the statement's query shape when the producer already
+	// knows it, as a reader of pgaudit's own audit log does; the analyzer
+	// then keeps it instead of fingerprinting Text, so shapes keep their
+	// identity through a log round trip. Zero (the proxy and the Postgres
+	// log readers) means the analyzer computes it from Text.
+	Fingerprint Fingerprint
 }
 
 // Sink receives events. Offer must never block: an implementation that

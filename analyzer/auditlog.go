@@ -1,0 +1,465 @@
+package analyzer
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// AuditSchemaVersion is the value of the "schema" field of every audit log
+// record. It changes only when a field changes meaning or is removed; new
+// fields and record types may be added within a version.
+const AuditSchemaVersion = 1
+
+// Record types: the value of the "record" field.
+const (
+	RecordStatement = "statement"
+	RecordStats     = "stats"
+	RecordFinding   = "finding"
+	RecordPool      = "pool"
+	RecordDrops     = "drops"
+)
+
+// SampleMode selects which statements get a statement record.
+type SampleMode string
+
+const (
+	// SampleAll writes every statement (the default).
+	SampleAll SampleMode = "all"
+	// SampleNone writes no statement records (stats, findings, pool and
+	// drops records are still written).
+	SampleNone SampleMode = "none"
+	// SampleRate writes a random fraction SampleRate of statements.
+	SampleRate SampleMode = "rate"
+	// SampleSlow writes statements whose Duration is at least
+	// SlowThreshold.
+	SampleSlow SampleMode = "slow"
+)
+
+// ParseSampleMode validates a sample mode name; "" means SampleAll.
+func ParseSampleMode(s string) (SampleMode, error) {
+	switch m := SampleMode(s); m {
+	case "":
+		return SampleAll, nil
+	case SampleAll, SampleNone, SampleRate, SampleSlow:
+		return m, nil
+	}
+	return "", fmt.Errorf("invalid audit sample mode %q: want all, none, rate or slow", s)
+}
+
+// AuditLogConfig configures an AuditLog.
+type AuditLogConfig struct {
+	// Path is the file to append to, or "-" for standard output. Ignored
+	// when Writer is set.
+	Path string
+	// Writer, when set, receives the records instead of Path (no rotation;
+	// Reopen does nothing). It need not be safe for concurrent use.
+	Writer io.Writer
+	// MaxSize rotates the file before a record would take it past this
+	// many bytes: path becomes path.1, path.1 becomes path.2, and so on.
+	// Zero disables rotation.
+	MaxSize int64
+	// MaxBackups is how many rotated files are kept (path.1 .. path.N).
+	// Default 5; with MaxSize zero it is unused.
+	MaxBackups int
+	// Sample selects the statements that get a statement record; the zero
+	// value means SampleAll.
+	Sample SampleMode
+	// SampleRate is the fraction (0..1) of statements written in
+	// SampleRate mode.
+	SampleRate float64
+	// SlowThreshold is the minimum duration written in SampleSlow mode.
+	SlowThreshold time.Duration
+	// LogErrors writes every failed statement whatever the sampling.
+	LogErrors bool
+	// LogParameters adds the raw statement text ("text") and the bound
+	// parameter values ("params") to statement records. Off by default:
+	// both may hold secrets.
+	LogParameters bool
+	// StatsInterval is how often a pipeline writes a stats record; default
+	// one minute, negative disables periodic records (the final one at
+	// Stop is still written).
+	StatsInterval time.Duration
+	// StatsTopN is how many shapes a stats record lists by total time
+	// (the rest are folded into "other"); default 50, negative lists all.
+	StatsTopN int
+	// FlushInterval is how often buffered records are written out; default
+	// one second. Negative disables buffering (one write per record).
+	FlushInterval time.Duration
+	// RunID identifies this process's records (stats snapshots are
+	// cumulative per run, session ids are unique per run); default 16
+	// random hex digits.
+	RunID string
+	// Now is the clock for "ts", for tests; default time.Now.
+	Now func() time.Time
+	// Logger receives write errors (throttled). The zero Logger discards.
+	Logger zerolog.Logger
+}
+
+const (
+	defaultMaxBackups    = 5
+	defaultStatsInterval = time.Minute
+	defaultStatsTopN     = 50
+	defaultFlushInterval = time.Second
+	auditBufferSize      = 64 << 10
+)
+
+// AuditLog writes the JSON-lines audit log described in docs/audit-log.md.
+//
+// Every method is safe for concurrent use. Methods do file I/O under a lock,
+// so they must be called from analyzer workers and timers, never from the
+// proxy's relay path. An AuditLog is an Observer: register it with a
+// Pipeline (PipelineConfig.AuditLog) to get statement records.
+type AuditLog struct {
+	cfg   AuditLogConfig
+	w     *logWriter
+	zl    zerolog.Logger
+	runID string
+	now   func() time.Time
+	seq   atomic.Uint64
+
+	stop     chan struct{}
+	flusher  sync.WaitGroup
+	closeMu  sync.Mutex
+	isClosed bool
+}
+
+// OpenAuditLog opens (creating or appending) the audit log and, when
+// buffering is on, starts a goroutine that flushes it periodically; Close
+// stops it.
+func OpenAuditLog(cfg AuditLogConfig) (*AuditLog, error) {
+	if cfg.Sample == "" {
+		cfg.Sample = SampleAll
+	}
+	if _, err := ParseSampleMode(string(cfg.Sample)); err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	if cfg.SampleRate < 0 || cfg.SampleRate > 1 {
+		return nil, fmt.Errorf("open audit log: sample rate %v outside 0..1", cfg.SampleRate)
+	}
+	if cfg.MaxSize < 0 {
+		return nil, fmt.Errorf("open audit log: negative max size %d", cfg.MaxSize)
+	}
+	if cfg.MaxBackups <= 0 {
+		cfg.MaxBackups = defaultMaxBackups
+	}
+	if cfg.StatsInterval == 0 {
+		cfg.StatsInterval = defaultStatsInterval
+	}
+	if cfg.StatsTopN == 0 {
+		cfg.StatsTopN = defaultStatsTopN
+	}
+	if cfg.FlushInterval == 0 {
+		cfg.FlushInterval = defaultFlushInterval
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.RunID == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		cfg.RunID = hex.EncodeToString(b[:])
+	}
+	bufBytes := auditBufferSize
+	if cfg.FlushInterval < 0 {
+		bufBytes = 0
+	}
+	logger := cfg.Logger
+	onError := func(err error, n uint64) {
+		if n <= 3 || n&(n-1) == 0 { // the first few, then powers of two
+			logger.Error().Err(err).Uint64("errors_total", n).Msg("audit log write failed")
+		}
+	}
+	w, err := openLogWriter(cfg.Path, cfg.Writer, cfg.MaxSize, cfg.MaxBackups, bufBytes, onError)
+	if err != nil {
+		return nil, err
+	}
+	a := &AuditLog{
+		cfg:   cfg,
+		w:     w,
+		zl:    zerolog.New(w),
+		runID: cfg.RunID,
+		now:   cfg.Now,
+		stop:  make(chan struct{}),
+	}
+	if bufBytes > 0 {
+		a.flusher.Add(1)
+		go a.flushLoop(cfg.FlushInterval)
+	}
+	return a, nil
+}
+
+func (a *AuditLog) flushLoop(every time.Duration) {
+	defer a.flusher.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.stop:
+			return
+		case <-t.C:
+			if err := a.w.Flush(); err != nil {
+				a.w.fail(err)
+			}
+		}
+	}
+}
+
+// RunID returns the run id written on this log's records.
+func (a *AuditLog) RunID() string { return a.runID }
+
+// StatsInterval returns the configured interval between stats records
+// (negative when periodic records are off).
+func (a *AuditLog) StatsInterval() time.Duration { return a.cfg.StatsInterval }
+
+// WriteErrors returns how many records could not be written.
+func (a *AuditLog) WriteErrors() uint64 { return a.w.errs.Load() }
+
+// begin starts a record with the fields every record has.
+func (a *AuditLog) begin(record string) *zerolog.Event {
+	return a.zl.Log().
+		Int("schema", AuditSchemaVersion).
+		Str("ts", formatTime(a.now())).
+		Str("record", record).
+		Str("run_id", a.runID)
+}
+
+func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// sampled reports whether ev gets a statement record.
+func (a *AuditLog) sampled(ev *Event) bool {
+	if ev.Kind == KindSessionState {
+		return true
+	}
+	if a.cfg.LogErrors && ev.SQLState != "" {
+		return true
+	}
+	switch a.cfg.Sample {
+	case SampleNone:
+		return false
+	case SampleRate:
+		return a.cfg.SampleRate > 0 && (a.cfg.SampleRate >= 1 || mrand.Float64() < a.cfg.SampleRate)
+	case SampleSlow:
+		return ev.Duration >= a.cfg.SlowThreshold
+	default:
+		return true
+	}
+}
+
+// Observe writes a statement record for an analyzed event when sampling
+// selects it (session-state events are always written). Called by pipeline
+// workers.
+func (a *AuditLog) Observe(an *Analyzed) {
+	if a.sampled(an.Event) {
+		a.WriteStatement(an)
+	}
+}
+
+// WriteStatement writes a statement record for an analyzed event, whatever
+// the sampling. The record carries the normalized text only; the raw text
+// and parameter values are added only with LogParameters.
+func (a *AuditLog) WriteStatement(an *Analyzed) {
+	ev := an.Event
+	e := a.begin(RecordStatement).
+		Str("kind", ev.Kind.String()).
+		Uint64("session_id", ev.SessionID).
+		Uint64("tx_seq", ev.TxSeq).
+		Bool("in_transaction", ev.InTransaction).
+		Str("database", ev.Database).
+		Str("user", ev.User).
+		Str("application_name", ev.ApplicationName)
+	if ev.ClientAddr != "" {
+		e = e.Str("client_addr", ev.ClientAddr)
+	}
+	if !ev.Start.IsZero() {
+		e = e.Str("start", formatTime(ev.Start))
+	}
+	e = e.Int64("duration_us", ev.Duration.Microseconds()).
+		Int64("wait_us", ev.Wait.Microseconds()).
+		Str("command", ev.Command).
+		Int64("rows", ev.Rows)
+	if ev.SQLState != "" {
+		e = e.Str("sqlstate", ev.SQLState)
+	}
+	if an.Shape != nil {
+		e = e.Str("fingerprint", an.Shape.Fingerprint.String()).Str("query", an.Shape.Normalized)
+		if an.Shape.Fallback {
+			e = e.Bool("fallback", true)
+		}
+	}
+	if ev.ParamHash != 0 {
+		e = e.Str("param_hash", Fingerprint(ev.ParamHash).String())
+	}
+	if ev.NumParams != 0 {
+		e = e.Int("num_params", ev.NumParams)
+	}
+	if an.TraceParent != "" {
+		e = e.Str("traceparent", an.TraceParent)
+	}
+	e = e.Str("protocol", ev.Protocol.String())
+	if ev.Detail != "" {
+		e = e.Str("detail", ev.Detail)
+	}
+	if len(an.Annotations.Tags) > 0 {
+		d := zerolog.Dict()
+		for _, k := range sortedKeys(an.Annotations.Tags) {
+			d = d.Str(k, an.Annotations.Tags[k])
+		}
+		e = e.Dict("tags", d)
+	}
+	if len(an.Annotations.Ignore) > 0 {
+		e = e.Strs("ignore", an.Annotations.Ignore)
+	}
+	if a.cfg.LogParameters {
+		e = e.Str("text", ev.Text)
+		if ev.Params != nil {
+			e = e.Strs("params", ev.Params)
+		}
+	}
+	e.Send()
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// WriteStats writes a stats record: snap truncated to the StatsTopN shapes
+// by total time (the rest folded into "other"), with a sequence number
+// increasing per AuditLog. Stats snapshots are cumulative since the run
+// started; final marks the one written at shutdown.
+func (a *AuditLog) WriteStats(snap *Snapshot, final bool) error {
+	if snap == nil {
+		return nil
+	}
+	t, err := snap.Truncate(ByTotalTime, a.cfg.StatsTopN)
+	if err != nil {
+		return fmt.Errorf("write stats record: %w", err)
+	}
+	body, err := json.Marshal(t)
+	if err != nil {
+		return fmt.Errorf("write stats record: %w", err)
+	}
+	a.begin(RecordStats).
+		Uint64("seq", a.seq.Add(1)).
+		Bool("final", final).
+		RawJSON("stats", body).
+		Send()
+	if final {
+		return a.Flush()
+	}
+	return nil
+}
+
+// WriteFinding writes a finding record with v (any value encoding/json can
+// marshal, normally a rules finding) under "finding". It is for the rules
+// engine, called from analyzer workers or timers.
+func (a *AuditLog) WriteFinding(v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("write finding record: %w", err)
+	}
+	a.begin(RecordFinding).RawJSON("finding", body).Send()
+	return nil
+}
+
+// WritePool writes a pool record with v (the pooler's pool statistics, any
+// value encoding/json can marshal) under "pool". Call it from the pooler's
+// statistics timer, not from the relay path.
+func (a *AuditLog) WritePool(v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("write pool record: %w", err)
+	}
+	a.begin(RecordPool).RawJSON("pool", body).Send()
+	return nil
+}
+
+// WriteDrops writes a drops record: delta events were dropped since the
+// last one, total since the run started.
+func (a *AuditLog) WriteDrops(delta, total uint64) {
+	a.begin(RecordDrops).
+		Str("source", "analyzer_queue").
+		Uint64("dropped", delta).
+		Uint64("dropped_total", total).
+		Send()
+}
+
+// Flush writes buffered records out.
+func (a *AuditLog) Flush() error { return a.w.Flush() }
+
+// Reopen flushes and reopens the log file at its path, for logrotate's
+// "move then signal" (the proxy calls it on SIGHUP). A no-op for standard
+// output and Writer.
+func (a *AuditLog) Reopen() error { return a.w.Reopen() }
+
+// Close flushes and closes the log and stops the flush goroutine. Records
+// written after Close are counted as write errors. Close is idempotent.
+func (a *AuditLog) Close() error {
+	a.closeMu.Lock()
+	if a.isClosed {
+		a.closeMu.Unlock()
+		return nil
+	}
+	a.isClosed = true
+	a.closeMu.Unlock()
+	close(a.stop)
+	a.flusher.Wait()
+	return a.w.Close()
+}
+
+var _ Observer = (*AuditLog)(nil)
+
+// annotationComments renders annotations as comments to append to a
+// statement's text, so that an Event rebuilt from an audit log carries its
+// pgaudit:ignore directives and sqlcommenter tags in Text, as the original
+// statement did. The normalized text is unchanged by them.
+func annotationComments(ignore []string, tags map[string]string) string {
+	var b strings.Builder
+	if len(ignore) > 0 {
+		b.WriteString(" /* " + IgnoreDirective)
+		if !slices.Contains(ignore, "*") {
+			b.WriteByte(' ')
+			b.WriteString(strings.Join(ignore, ","))
+		}
+		b.WriteString(" */")
+	}
+	if len(tags) > 0 {
+		b.WriteString(" /*")
+		for i, k := range sortedKeys(tags) {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(url.PathEscape(k))
+			b.WriteString("='")
+			b.WriteString(strings.ReplaceAll(url.PathEscape(tags[k]), "'", `\'`))
+			b.WriteByte('\'')
+		}
+		b.WriteString("*/")
+	}
+	return b.String()
+}
+
+func parseHexUint(s string) (uint64, error) {
+	v, err := strconv.ParseUint(s, 16, 64)
+	if err != nil {
+		return 0, fmt.Errorf("invalid hex value %q: %w", s, err)
+	}
+	return v, nil
+}

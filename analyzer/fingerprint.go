@@ -1,0 +1,365 @@
+package analyzer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"github.com/pganalyze/pg_query_go/v6/parser"
+	"github.com/rs/zerolog"
+)
+
+// Fingerprint identifies a query shape: pg_query's 64-bit fingerprint of the
+// statement, which ignores literal values, parameter numbers, comments,
+// whitespace and the length of constant lists (IN (1,2) and IN (1,2,3) share
+// one). A statement pg_query cannot parse gets a fallback fingerprint (see
+// Shape.Fallback). Its text form is 16 lowercase hex digits, the same as
+// pg_query.Fingerprint returns.
+type Fingerprint uint64
+
+// String returns the fingerprint as 16 lowercase hex digits.
+func (f Fingerprint) String() string {
+	var b [16]byte
+	return string(f.appendHex(b[:0]))
+}
+
+func (f Fingerprint) appendHex(dst []byte) []byte {
+	const hexDigits = "0123456789abcdef"
+	for i := 60; i >= 0; i -= 4 {
+		dst = append(dst, hexDigits[(uint64(f)>>uint(i))&0xf])
+	}
+	return dst
+}
+
+// MarshalText implements encoding.TextMarshaler (16 hex digits), so a
+// Fingerprint is a JSON string and may be a JSON object key.
+func (f Fingerprint) MarshalText() ([]byte, error) {
+	return f.appendHex(make([]byte, 0, 16)), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler; see ParseFingerprint.
+func (f *Fingerprint) UnmarshalText(b []byte) error {
+	v, err := ParseFingerprint(string(b))
+	if err != nil {
+		return err
+	}
+	*f = v
+	return nil
+}
+
+// ParseFingerprint parses the hex form written by Fingerprint.String (1 to
+// 16 hex digits).
+func ParseFingerprint(s string) (Fingerprint, error) {
+	if s == "" || len(s) > 16 {
+		return 0, fmt.Errorf("invalid fingerprint %q: want 1 to 16 hex digits", s)
+	}
+	v, err := strconv.ParseUint(s, 16, 64)
+	if err != nil {
+		return 0, fmt.Errorf("invalid fingerprint %q: %w", s, err)
+	}
+	return Fingerprint(v), nil
+}
+
+// Shape is the identity of a query shape. Shapes are shared between every
+// event of that shape and are immutable: callers may keep the pointer but
+// must not modify the value.
+type Shape struct {
+	// Fingerprint identifies the shape.
+	Fingerprint Fingerprint
+	// Normalized is the statement with every literal replaced by $n and
+	// comments removed, as first seen for this shape. It never contains a
+	// literal value, so it is what the audit log writes.
+	Normalized string
+	// Fallback is true when pg_query could not parse the statement: the
+	// fingerprint is then a hash of the literal-stripped text (statements
+	// that differ only in literals, whitespace and comments still share it)
+	// and Normalized is the sanitized original text.
+	Fallback bool
+}
+
+// FingerprintConfig configures a Fingerprinter. The zero value is usable.
+type FingerprintConfig struct {
+	// TextCacheSize bounds the cache keyed by exact statement text, used for
+	// the extended protocol (the same text is parsed once and executed many
+	// times) and for statements whose literals the literal-stripped key
+	// cannot stand for. Default 10000 entries.
+	TextCacheSize int
+	// KeyCacheSize bounds the cache keyed by the literal-stripped text, used
+	// for the simple protocol and log files, where statements of one shape
+	// differ only in literals. Default 10000 entries.
+	KeyCacheSize int
+	// Logger receives one warning per unparsable shape (with normalized text
+	// only, never literals). The zero Logger discards.
+	Logger zerolog.Logger
+}
+
+const (
+	defaultTextCacheSize = 10000
+	defaultKeyCacheSize  = 10000
+	loggedFallbacks      = 1024
+)
+
+// FingerprintStats are cumulative counters of a Fingerprinter.
+type FingerprintStats struct {
+	// TextHits counts lookups answered by the exact-text cache.
+	TextHits uint64 `json:"text_hits"`
+	// KeyHits counts lookups answered by the literal-stripped key cache.
+	KeyHits uint64 `json:"key_hits"`
+	// Misses counts lookups that ran pg_query (a cgo call).
+	Misses uint64 `json:"misses"`
+	// ParseErrors counts misses where pg_query could not parse the
+	// statement (each one is a distinct fallback shape while it stays
+	// cached).
+	ParseErrors uint64 `json:"parse_errors"`
+	// FallbackLookups counts lookups, hits included, that resolved to a
+	// fallback shape.
+	FallbackLookups uint64 `json:"fallback_lookups"`
+	// TextEntries and KeyEntries are the current cache sizes.
+	TextEntries int `json:"text_entries"`
+	KeyEntries  int `json:"key_entries"`
+	// TextEvictions and KeyEvictions count entries pushed out of a full
+	// cache.
+	TextEvictions uint64 `json:"text_evictions"`
+	KeyEvictions  uint64 `json:"key_evictions"`
+}
+
+// cacheKey is a 128-bit hash of the cached text: entries stay small however
+// long the statement, and a collision (probability ~2^-128 per pair) is not
+// a practical concern.
+type cacheKey [16]byte
+
+type cacheEntry struct {
+	shape *Shape
+	ann   Annotations // exact-text entries only: same text, same comments
+}
+
+// Fingerprinter maps statement text to its Shape, calling pg_query (cgo)
+// once per shape rather than once per statement. It is safe for concurrent
+// use by any number of goroutines, but it is meant for analyzer workers: a
+// miss costs a parse (tens of microseconds), so never call it on the relay
+// path.
+type Fingerprinter struct {
+	text   *lru[cacheKey, *cacheEntry]
+	key    *lru[cacheKey, *cacheEntry]
+	shapes *lru[Fingerprint, *Shape] // one *Shape per fingerprint
+	logged *lru[Fingerprint, struct{}]
+	log    zerolog.Logger
+	seed1  maphash.Seed
+	seed2  maphash.Seed
+	bufs   sync.Pool
+
+	textHits, keyHits, misses, parseErrors, fallbacks atomic.Uint64
+}
+
+// NewFingerprinter returns a Fingerprinter with empty caches.
+func NewFingerprinter(cfg FingerprintConfig) *Fingerprinter {
+	if cfg.TextCacheSize <= 0 {
+		cfg.TextCacheSize = defaultTextCacheSize
+	}
+	if cfg.KeyCacheSize <= 0 {
+		cfg.KeyCacheSize = defaultKeyCacheSize
+	}
+	f := &Fingerprinter{
+		text:   newLRU[cacheKey, *cacheEntry](cfg.TextCacheSize),
+		key:    newLRU[cacheKey, *cacheEntry](cfg.KeyCacheSize),
+		shapes: newLRU[Fingerprint, *Shape](max(cfg.TextCacheSize, cfg.KeyCacheSize)),
+		logged: newLRU[Fingerprint, struct{}](loggedFallbacks),
+		log:    cfg.Logger,
+		seed1:  maphash.MakeSeed(),
+		seed2:  maphash.MakeSeed(),
+	}
+	f.bufs.New = func() any { b := make([]byte, 0, 512); return &b }
+	return f
+}
+
+func (f *Fingerprinter) hashString(s string) cacheKey {
+	var k cacheKey
+	binary.LittleEndian.PutUint64(k[:8], maphash.String(f.seed1, s))
+	binary.LittleEndian.PutUint64(k[8:], maphash.String(f.seed2, s))
+	return k
+}
+
+func (f *Fingerprinter) hashBytes(b []byte) cacheKey {
+	var k cacheKey
+	binary.LittleEndian.PutUint64(k[:8], maphash.Bytes(f.seed1, b))
+	binary.LittleEndian.PutUint64(k[8:], maphash.Bytes(f.seed2, b))
+	return k
+}
+
+// Lookup returns the shape of one statement and the annotations found in
+// its comments. It never fails: a statement pg_query cannot parse gets a
+// fallback shape. The returned Shape and Annotations are shared and
+// read-only.
+//
+// With ProtocolExtended the exact text is looked up first; otherwise the
+// statement is scanned once to build its literal-stripped key, which is
+// looked up for statements whose verb makes that key sound (see
+// keySafeVerbs); the rest fall back to the exact text.
+func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations) {
+	var tk cacheKey
+	if proto == ProtocolExtended {
+		tk = f.hashString(text)
+		if e, ok := f.text.get(tk); ok {
+			f.textHits.Add(1)
+			return f.counted(e.shape), e.ann
+		}
+	}
+	bp := f.bufs.Get().(*[]byte)
+	r := scanStatement(*bp, text)
+	defer func() {
+		if cap(r.key) <= 64<<10 {
+			*bp = r.key[:0]
+			f.bufs.Put(bp)
+		}
+	}()
+	ann := annotationsFrom(text, &r)
+
+	var kk cacheKey
+	switch {
+	case r.keySafe:
+		kk = f.hashBytes(r.key)
+		if e, ok := f.key.get(kk); ok {
+			f.keyHits.Add(1)
+			if proto == ProtocolExtended {
+				f.text.add(tk, &cacheEntry{shape: e.shape, ann: ann})
+			}
+			return f.counted(e.shape), ann
+		}
+	case !r.sensitive:
+		// Whether a statement parses depends on its tokens, not on its
+		// literals' values, so an unparsable shape seen before is found by
+		// its key even where the key may not stand for a fingerprint.
+		kk = f.hashBytes(r.key)
+		if e, ok := f.key.get(kk); ok && e.shape.Fallback {
+			f.keyHits.Add(1)
+			return f.counted(e.shape), ann
+		}
+		fallthrough
+	default:
+		if proto != ProtocolExtended {
+			tk = f.hashString(text)
+			if e, ok := f.text.get(tk); ok {
+				f.textHits.Add(1)
+				return f.counted(e.shape), e.ann
+			}
+		}
+	}
+
+	f.misses.Add(1)
+	shape := f.parse(text, r.key)
+	keyed := r.keySafe || (!r.sensitive && shape.Fallback)
+	if keyed {
+		f.key.add(kk, &cacheEntry{shape: shape})
+	}
+	if proto == ProtocolExtended || !keyed {
+		f.text.add(tk, &cacheEntry{shape: shape, ann: ann})
+	}
+	return f.counted(shape), ann
+}
+
+// LookupKnown returns the shape of a statement whose fingerprint is already
+// known, such as a statement record read back from an audit log: the text
+// (normalized, or raw when parameters were logged) is normalized again but
+// fp is kept, so shapes keep their identity through a log round trip. No
+// parse error is counted or logged. Results are cached by exact text.
+func (f *Fingerprinter) LookupKnown(text string, fp Fingerprint) (*Shape, Annotations) {
+	k := f.hashString(text)
+	binary.LittleEndian.PutUint64(k[:8], binary.LittleEndian.Uint64(k[:8])^uint64(fp)^0x9e3779b97f4a7c15)
+	if e, ok := f.text.get(k); ok && e.shape.Fingerprint == fp {
+		f.textHits.Add(1)
+		return e.shape, e.ann
+	}
+	f.misses.Add(1)
+	norm, err := pg_query.Normalize(text)
+	if err != nil {
+		norm = text
+	}
+	shape := &Shape{Fingerprint: fp, Normalized: sanitize(norm)}
+	ann := ParseAnnotations(text)
+	f.text.add(k, &cacheEntry{shape: shape, ann: ann})
+	return shape, ann
+}
+
+func (f *Fingerprinter) counted(s *Shape) *Shape {
+	if s.Fallback {
+		f.fallbacks.Add(1)
+	}
+	return s
+}
+
+// parse runs pg_query on a cache miss. Every lookup of one fingerprint
+// returns the same *Shape while it stays in the shapes cache, so variants of
+// one shape (other literals, case, whitespace) share its first normalized
+// text, and Normalize (a second cgo call) runs once per shape.
+func (f *Fingerprinter) parse(text string, key []byte) *Shape {
+	fp, err := pg_query.FingerprintToUInt64(text)
+	if err != nil {
+		f.parseErrors.Add(1)
+		ffp := keyHash(key)
+		if s, ok := f.shapes.get(ffp); ok {
+			return s
+		}
+		s := &Shape{Fingerprint: ffp, Normalized: sanitize(text), Fallback: true}
+		f.shapes.add(ffp, s)
+		if _, seen := f.logged.get(s.Fingerprint); !seen {
+			f.logged.add(s.Fingerprint, struct{}{})
+			msg, pos := parseErrorSummary(err)
+			f.log.Warn().
+				Str("fingerprint", s.Fingerprint.String()).
+				Str("query", s.Normalized).
+				Str("error", msg).
+				Int("position", pos).
+				Msg("pg_query could not parse statement; using a fallback fingerprint")
+		}
+		return s
+	}
+	if s, ok := f.shapes.get(Fingerprint(fp)); ok {
+		return s
+	}
+	norm, err := pg_query.Normalize(text)
+	if err != nil {
+		norm = text // sanitize still removes every literal
+	}
+	s := &Shape{Fingerprint: Fingerprint(fp), Normalized: sanitize(norm)}
+	f.shapes.add(s.Fingerprint, s)
+	return s
+}
+
+// parseErrorSummary returns a parse error's message without the "at or near
+// <token>" part, which may quote a literal, and the cursor position.
+func parseErrorSummary(err error) (string, int) {
+	var pe *parser.Error
+	if errors.As(err, &pe) {
+		msg := pe.Message
+		if i := strings.Index(msg, " at or near"); i >= 0 {
+			msg = msg[:i]
+		} else if i := strings.IndexAny(msg, "\"'"); i >= 0 {
+			msg = strings.TrimSpace(msg[:i])
+		}
+		return msg, pe.Cursorpos
+	}
+	return "parse failed", 0
+}
+
+// Stats returns the cumulative counters and current cache sizes.
+func (f *Fingerprinter) Stats() FingerprintStats {
+	te, tev := f.text.stats()
+	ke, kev := f.key.stats()
+	return FingerprintStats{
+		TextHits:        f.textHits.Load(),
+		KeyHits:         f.keyHits.Load(),
+		Misses:          f.misses.Load(),
+		ParseErrors:     f.parseErrors.Load(),
+		FallbackLookups: f.fallbacks.Load(),
+		TextEntries:     te,
+		KeyEntries:      ke,
+		TextEvictions:   tev,
+		KeyEvictions:    kev,
+	}
+}

@@ -1,0 +1,400 @@
+package analyzer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Analyzed is one event after analysis, as observers see it.
+//
+// The Analyzed value itself is valid only during the Observe call (copy what
+// you keep); the Event, Shape and Annotations it points to are immutable and
+// may be kept.
+type Analyzed struct {
+	// Event is the event as offered.
+	Event *Event
+	// Shape is the event's query shape; nil only when Event.Text is empty.
+	Shape *Shape
+	// Annotations are the sqlcommenter tags and pgaudit:ignore directives
+	// found in the statement's comments.
+	Annotations Annotations
+	// TraceParent is Event.TraceParent, or else the traceparent of the
+	// statement's sqlcommenter comment.
+	TraceParent string
+}
+
+// Observer sees every analyzed event after statistics were updated. Observe
+// is called from the pipeline's worker goroutines, concurrently for
+// different events and in no guaranteed order across sessions (events of one
+// session may also be handled by different workers). It must not block for
+// long: a slow observer fills the queue and events get dropped. A panic in
+// Observe is recovered, counted and logged.
+type Observer interface {
+	Observe(a *Analyzed)
+}
+
+// ObserverFunc adapts a function to Observer.
+type ObserverFunc func(a *Analyzed)
+
+// Observe calls f(a).
+func (f ObserverFunc) Observe(a *Analyzed) { f(a) }
+
+// PipelineConfig configures a Pipeline. The zero value is usable.
+type PipelineConfig struct {
+	// QueueSize bounds the events waiting for a worker; when it is full
+	// Offer drops the event and counts it. Default 8192.
+	QueueSize int
+	// Workers is the number of worker goroutines that fingerprint events,
+	// update statistics and call observers. Default 2.
+	Workers int
+	// Fingerprint configures the fingerprint caches; its Logger is replaced
+	// by Logger.
+	Fingerprint FingerprintConfig
+	// Stats configures the per-shape statistics.
+	Stats StatsConfig
+	// AuditLog, when set, receives statement records (sampled by its
+	// config) for every event after the observers, periodic and final
+	// stats records, and drops records. The pipeline does not close it:
+	// close it after Stop returns.
+	AuditLog *AuditLog
+	// DropLogInterval is how often a non-zero number of new drops is
+	// logged (and written as a drops record). Default 10s.
+	DropLogInterval time.Duration
+	// Logger receives operational messages (drops, observer panics,
+	// unparsable statements). The zero Logger discards.
+	Logger zerolog.Logger
+}
+
+const (
+	defaultQueueSize       = 8192
+	defaultWorkers         = 2
+	defaultDropLogInterval = 10 * time.Second
+)
+
+// ErrPipelineStopped is returned by Submit once the pipeline is stopping.
+var ErrPipelineStopped = errors.New("analyzer pipeline stopped")
+
+const (
+	stateNew int32 = iota
+	stateRunning
+	stateStopping
+)
+
+// PipelineCounters are a pipeline's cumulative counters.
+type PipelineCounters struct {
+	// Queued is the number of events waiting for a worker now.
+	Queued int `json:"queued"`
+	// Processed counts events fully handled by a worker.
+	Processed uint64 `json:"processed"`
+	// Dropped counts events Offer could not queue (queue full, or the
+	// pipeline stopping).
+	Dropped uint64 `json:"dropped"`
+	// ObserverPanics counts recovered panics in observers.
+	ObserverPanics uint64 `json:"observer_panics"`
+}
+
+// Pipeline is the analyzer's Sink: a bounded queue feeding worker goroutines
+// that fingerprint each event, update per-shape statistics, and pass the
+// result to observers (rules, the audit log).
+//
+// Lifecycle: NewPipeline, AddObserver (any number), Start, then Offer or
+// Submit from any goroutine, then Stop. Events offered before Start wait in
+// the queue; events offered after Stop began are dropped.
+type Pipeline struct {
+	queue     chan *Event
+	workers   int
+	fp        *Fingerprinter
+	stats     *Stats
+	observers []Observer
+	audit     *AuditLog
+	log       zerolog.Logger
+	dropEvery time.Duration
+
+	state    atomic.Int32
+	inflight atomic.Int64 // Offer/Submit calls between their state check and send
+	stopReq  chan struct{}
+	stopOnce sync.Once
+	quit     chan struct{} // closed when no more sends can happen
+	done     chan struct{} // closed when workers and supervisor have exited
+	wg       sync.WaitGroup
+
+	processed, dropped, panics atomic.Uint64
+	reportedDrops              uint64 // supervisor goroutine only
+}
+
+// NewPipeline returns a pipeline that is not started yet.
+func NewPipeline(cfg PipelineConfig) *Pipeline {
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = defaultQueueSize
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = defaultWorkers
+	}
+	if cfg.DropLogInterval <= 0 {
+		cfg.DropLogInterval = defaultDropLogInterval
+	}
+	cfg.Fingerprint.Logger = cfg.Logger
+	return &Pipeline{
+		queue:     make(chan *Event, cfg.QueueSize),
+		workers:   cfg.Workers,
+		fp:        NewFingerprinter(cfg.Fingerprint),
+		stats:     NewStats(cfg.Stats),
+		audit:     cfg.AuditLog,
+		log:       cfg.Logger,
+		dropEvery: cfg.DropLogInterval,
+		stopReq:   make(chan struct{}),
+		quit:      make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+}
+
+// AddObserver registers o. It must be called before Start; afterwards it
+// returns an error and o is not registered.
+func (p *Pipeline) AddObserver(o Observer) error {
+	if p.state.Load() != stateNew {
+		return errors.New("analyzer pipeline: AddObserver after Start")
+	}
+	p.observers = append(p.observers, o)
+	return nil
+}
+
+// Start launches the workers and the supervisor (drop reports, periodic
+// stats records). Cancelling ctx begins a stop, as Stop does, but only Stop
+// waits for it. Start may be called once.
+func (p *Pipeline) Start(ctx context.Context) error {
+	if !p.state.CompareAndSwap(stateNew, stateRunning) {
+		return errors.New("analyzer pipeline: Start called twice or after Stop")
+	}
+	p.wg.Add(p.workers)
+	for range p.workers {
+		go p.worker()
+	}
+	go p.supervise(ctx)
+	return nil
+}
+
+// Offer queues ev without ever blocking: when the queue is full, or the
+// pipeline is stopping, ev is dropped and counted (see Dropped). It is safe
+// to call from any number of goroutines; ev must not be modified afterwards.
+func (p *Pipeline) Offer(ev *Event) {
+	p.inflight.Add(1)
+	if p.state.Load() == stateStopping {
+		p.inflight.Add(-1)
+		p.dropped.Add(1)
+		return
+	}
+	select {
+	case p.queue <- ev:
+	default:
+		p.dropped.Add(1)
+	}
+	p.inflight.Add(-1)
+}
+
+// Submit queues ev, waiting while the queue is full: it is for log readers
+// (lint mode), where back-pressure is wanted and dropping is not. It returns
+// ctx's error if ctx ends first and ErrPipelineStopped once Stop began.
+// Never call it from the proxy's relay path.
+func (p *Pipeline) Submit(ctx context.Context, ev *Event) error {
+	p.inflight.Add(1)
+	defer p.inflight.Add(-1)
+	if p.state.Load() == stateStopping {
+		return ErrPipelineStopped
+	}
+	select {
+	case p.queue <- ev:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("submit event: %w", ctx.Err())
+	}
+}
+
+// Stop stops accepting events, lets the workers drain the queue, writes the
+// final drops and stats records to the audit log (if any), and waits for
+// every goroutine of the pipeline to exit. If ctx ends first Stop returns
+// its error; the pipeline still finishes stopping in the background. Stop
+// may be called more than once, and without Start (queued events are then
+// counted as dropped).
+func (p *Pipeline) Stop(ctx context.Context) error {
+	if p.state.CompareAndSwap(stateNew, stateStopping) {
+		p.stopOnce.Do(func() { close(p.stopReq) })
+		p.waitInflight()
+		for {
+			select {
+			case <-p.queue:
+				p.dropped.Add(1)
+				continue
+			default:
+			}
+			break
+		}
+		close(p.quit)
+		close(p.done)
+		return nil
+	}
+	p.beginStop()
+	select {
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("stop analyzer pipeline: %w", ctx.Err())
+	}
+}
+
+func (p *Pipeline) beginStop() {
+	p.state.Store(stateStopping)
+	p.stopOnce.Do(func() { close(p.stopReq) })
+}
+
+// waitInflight waits until every Offer and Submit that saw the pipeline
+// running has finished its send; after that nothing more enters the queue.
+func (p *Pipeline) waitInflight() {
+	for p.inflight.Load() != 0 {
+		time.Sleep(50 * time.Microsecond)
+	}
+}
+
+func (p *Pipeline) worker() {
+	defer p.wg.Done()
+	for {
+		select {
+		case ev := <-p.queue:
+			p.process(ev)
+		case <-p.quit:
+			for {
+				select {
+				case ev := <-p.queue:
+					p.process(ev)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// supervise reports drops, writes periodic stats records, and runs the stop
+// sequence.
+func (p *Pipeline) supervise(ctx context.Context) {
+	defer close(p.done)
+	drops := time.NewTicker(p.dropEvery)
+	defer drops.Stop()
+	var statsC <-chan time.Time
+	if p.audit != nil && p.audit.StatsInterval() > 0 {
+		t := time.NewTicker(p.audit.StatsInterval())
+		defer t.Stop()
+		statsC = t.C
+	}
+	ctxDone := ctx.Done()
+	for {
+		select {
+		case <-ctxDone:
+			ctxDone = nil
+			p.beginStop()
+		case <-p.stopReq:
+			p.waitInflight()
+			close(p.quit)
+			p.wg.Wait()
+			p.reportDrops()
+			p.writeStats(true)
+			return
+		case <-drops.C:
+			p.reportDrops()
+		case <-statsC:
+			p.writeStats(false)
+		}
+	}
+}
+
+func (p *Pipeline) reportDrops() {
+	total := p.dropped.Load()
+	delta := total - p.reportedDrops
+	if delta == 0 {
+		return
+	}
+	p.reportedDrops = total
+	p.log.Warn().Uint64("dropped", delta).Uint64("dropped_total", total).
+		Msg("analyzer queue full: events dropped")
+	if p.audit != nil {
+		p.audit.WriteDrops(delta, total)
+	}
+}
+
+func (p *Pipeline) writeStats(final bool) {
+	if p.audit == nil {
+		return
+	}
+	if err := p.audit.WriteStats(p.stats.Snapshot(), final); err != nil {
+		p.log.Error().Err(err).Msg("write stats record")
+	}
+}
+
+// process analyzes one event on a worker goroutine.
+func (p *Pipeline) process(ev *Event) {
+	a := Analyzed{Event: ev, TraceParent: ev.TraceParent}
+	if ev.Text != "" {
+		if ev.Fingerprint != 0 {
+			a.Shape, a.Annotations = p.fp.LookupKnown(ev.Text, ev.Fingerprint)
+		} else {
+			a.Shape, a.Annotations = p.fp.Lookup(ev.Text, ev.Protocol)
+		}
+	}
+	if a.TraceParent == "" {
+		a.TraceParent = a.Annotations.TraceParent
+	}
+	p.stats.Record(ev, a.Shape)
+	for _, o := range p.observers {
+		p.observe(o, &a)
+	}
+	if p.audit != nil {
+		p.observe(p.audit, &a)
+	}
+	p.processed.Add(1)
+}
+
+func (p *Pipeline) observe(o Observer, a *Analyzed) {
+	defer func() {
+		if r := recover(); r != nil {
+			n := p.panics.Add(1)
+			if n <= 10 || n%1000 == 0 {
+				ev := p.log.Error().Interface("panic", r).Uint64("panics_total", n).
+					Bytes("stack", debug.Stack())
+				if a.Shape != nil {
+					ev = ev.Str("fingerprint", a.Shape.Fingerprint.String())
+				}
+				ev.Msg("analyzer observer panicked")
+			}
+		}
+	}()
+	o.Observe(a)
+}
+
+// Dropped returns the number of events dropped so far. Safe to call at any
+// time from any goroutine.
+func (p *Pipeline) Dropped() uint64 { return p.dropped.Load() }
+
+// Counters returns the pipeline's counters. Safe to call at any time.
+func (p *Pipeline) Counters() PipelineCounters {
+	return PipelineCounters{
+		Queued:         len(p.queue),
+		Processed:      p.processed.Load(),
+		Dropped:        p.dropped.Load(),
+		ObserverPanics: p.panics.Load(),
+	}
+}
+
+// Stats returns the pipeline's live statistics (safe for concurrent use).
+func (p *Pipeline) Stats() *Stats { return p.stats }
+
+// Fingerprinter returns the pipeline's fingerprinter (safe for concurrent
+// use), e.g. for its cache counters.
+func (p *Pipeline) Fingerprinter() *Fingerprinter { return p.fp }
+
+var _ Sink = (*Pipeline)(nil)
