@@ -71,8 +71,14 @@ type Session struct {
 	writingDone *sync.Cond
 	// queryTimer cancels the running request after query_timeout.
 	queryTimer *time.Timer
-	// suspended portals: accumulated duration of earlier parts
-	suspended map[string]time.Duration
+	// suspended portals: what earlier parts of a portal run in several
+	// Executes took, so the whole run becomes one event
+	suspended map[string]suspendedPortal
+	// partRows counts DataRows of the Execute at the head of the queue.
+	partRows int64
+	// groupStamped says an Execute of the current Sync group already
+	// opened a transaction number (the group is one implicit transaction).
+	groupStamped bool
 
 	// client goroutine only
 	stmts   map[string]*stmtDef
@@ -80,6 +86,12 @@ type Session struct {
 
 	bytesIn, bytesOut int64
 	queries, xacts    int64
+}
+
+type suspendedPortal struct {
+	d     time.Duration
+	rows  int64
+	txSeq uint64
 }
 
 // errClientGone marks routine client disconnects.
@@ -392,10 +404,16 @@ func (s *Session) writeServer(srv *Server, out []byte, flush bool) error {
 
 // stampTx fills the transaction fields of an auditable item; s.mu held.
 func (s *Session) stampTx(it *pending) {
-	if s.txStatus == 'I' || s.txStatus == 0 {
-		s.txSeq++
-	} else {
+	switch {
+	case s.txStatus != 'I' && s.txStatus != 0:
 		it.inTx = true
+	case it.kind == pendExecute && s.groupStamped:
+		// Same implicit transaction as an earlier Execute before Sync.
+	default:
+		s.txSeq++
+	}
+	if it.kind == pendExecute {
+		s.groupStamped = true
 	}
 	it.txSeq = s.txSeq
 }
@@ -577,6 +595,10 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 				srv.unnamed = def
 			}
 			s.noteFlags(flags, parse.Query)
+		} else {
+			// Session mode forwards names unchanged; the text is kept
+			// for the audit events of later Executes.
+			s.stmts[parse.Name] = &stmtDef{query: parse.Query}
 		}
 		s.queue.push(it)
 	case 'B':
@@ -655,6 +677,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			s.incInFlightLocked()
 		}
 		s.groupOpen = false
+		s.groupStamped = false
 		s.queue.push(pending{kind: pendSync})
 	case 'H':
 		// Synthetic answers at the head are due now: the client waits.
@@ -985,12 +1008,23 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 				}
 			}
 		}
+	case 'D':
+		if it != nil && it.kind == pendExecute {
+			s.partRows++
+		}
 	case 's':
 		if it != nil && it.kind == pendExecute {
 			if s.suspended == nil {
-				s.suspended = map[string]time.Duration{}
+				s.suspended = map[string]suspendedPortal{}
 			}
-			s.suspended[it.portal] += time.Since(it.start)
+			sp, ok := s.suspended[it.portal]
+			if !ok {
+				sp.txSeq = it.txSeq
+			}
+			sp.d += time.Since(it.start)
+			sp.rows += s.partRows
+			s.suspended[it.portal] = sp
+			s.partRows = 0
 			s.queue.pop()
 		}
 	case 'E':
@@ -1088,9 +1122,13 @@ func (s *Session) releasableLocked() bool {
 // completeExecute emits the event of an Execute.
 func (s *Session) completeExecute(it *pending, tagBody []byte, empty bool, sqlstate string) {
 	s.queries++
+	s.partRows = 0
 	d := time.Since(it.start)
-	if prev, ok := s.suspended[it.portal]; ok {
-		d += prev
+	var earlier suspendedPortal
+	suspended := false
+	if sp, ok := s.suspended[it.portal]; ok {
+		earlier, suspended = sp, true
+		d += sp.d
 		delete(s.suspended, it.portal)
 	}
 	if it.text == "" || empty {
@@ -1100,6 +1138,15 @@ func (s *Session) completeExecute(it *pending, tagBody []byte, empty bool, sqlst
 	ev.Duration = d
 	if tagBody != nil {
 		ev.Command, ev.Rows = parseTag(wire.CommandTag(tagBody))
+	}
+	if suspended {
+		ev.TxSeq = earlier.txSeq
+		if ev.Rows >= 0 {
+			ev.Rows += earlier.rows
+		}
+	}
+	if ev.Command == "BEGIN" || ev.Command == "START TRANSACTION" {
+		ev.InTransaction = true
 	}
 	ev.SQLState = sqlstate
 	s.proxy.sink.Offer(ev)
@@ -1115,6 +1162,7 @@ func (s *Session) completeQuery(it *pending) {
 		texts = splitStatements(it.text)
 	}
 	prev := it.start
+	inTx := it.inTx
 	for i, r := range it.results {
 		s.queries++
 		d := r.at.Sub(prev)
@@ -1127,6 +1175,16 @@ func (s *Session) completeQuery(it *pending) {
 		ev.Start = r.at.Add(-d)
 		ev.Duration = d
 		ev.Command, ev.Rows = parseTag([]byte(r.tag))
+		// A transaction block opened or closed inside one Query.
+		switch ev.Command {
+		case "BEGIN", "START TRANSACTION":
+			inTx = true
+		}
+		ev.InTransaction = inTx
+		switch ev.Command {
+		case "COMMIT", "ROLLBACK":
+			inTx = false
+		}
 		ev.SQLState = r.sqlstate
 		if i > 0 {
 			ev.Wait = 0

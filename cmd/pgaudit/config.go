@@ -14,6 +14,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgaudit/pgaudit/analyzer"
 	"github.com/pgaudit/pgaudit/pooler"
 	"github.com/pgaudit/pgaudit/wire"
 )
@@ -145,6 +146,18 @@ type fileConfig struct {
 		ClientLoginTimeout *Duration `toml:"client_login_timeout"`
 		MaxMessageSize     int       `toml:"max_message_size"`
 		AuditLog           string    `toml:"audit_log"`
+		AuditSample        string    `toml:"audit_sample"`
+		AuditSampleRate    float64   `toml:"audit_sample_rate"`
+		AuditSlowThreshold *Duration `toml:"audit_slow_threshold"`
+		AuditLogErrors     *bool     `toml:"audit_log_errors"`
+		LogParameters      bool      `toml:"log_parameters"`
+		AuditMaxSize       int64     `toml:"audit_log_max_size"`
+		AuditMaxBackups    int       `toml:"audit_log_max_backups"`
+		StatsInterval      *Duration `toml:"stats_interval"`
+		StatsTopN          int       `toml:"stats_top_n"`
+		MaxShapes          int       `toml:"max_shapes"`
+		AuditQueueSize     int       `toml:"audit_queue_size"`
+		AuditWorkers       int       `toml:"audit_workers"`
 		AdminListen        *string   `toml:"admin_listen"`
 		LogLevel           string    `toml:"log_level"`
 		ShutdownTimeout    *Duration `toml:"shutdown_timeout"`
@@ -155,21 +168,25 @@ type fileConfig struct {
 
 // proxyFlags are the quick-start flags; empty values leave the file alone.
 type proxyFlags struct {
-	configPath string
-	listen     string
-	upstream   string
-	poolMode   string
-	poolSize   int
-	auditLog   string
-	logLevel   string
-	authType   string
-	authFile   string
+	configPath    string
+	listen        string
+	upstream      string
+	poolMode      string
+	poolSize      int
+	auditLog      string
+	logLevel      string
+	authType      string
+	authFile      string
+	auditSample   string
+	statsInterval time.Duration
 }
 
 // settings is everything `pgaudit proxy` needs.
 type settings struct {
 	proxy           *pooler.Config
 	auditLog        string
+	audit           analyzer.AuditLogConfig
+	pipeline        analyzer.PipelineConfig
 	logLevel        string
 	shutdownTimeout time.Duration
 }
@@ -291,6 +308,34 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 	if g.ShutdownTimeout != nil {
 		st.shutdownTimeout = g.ShutdownTimeout.Duration
 	}
+	sample, err := analyzer.ParseSampleMode(firstNonEmpty(fl.auditSample, g.AuditSample))
+	if err != nil {
+		return nil, fmt.Errorf("audit_sample: %w", err)
+	}
+	st.audit = analyzer.AuditLogConfig{
+		Path:          st.auditLog,
+		MaxSize:       g.AuditMaxSize,
+		MaxBackups:    g.AuditMaxBackups,
+		Sample:        sample,
+		SampleRate:    g.AuditSampleRate,
+		LogErrors:     true,
+		LogParameters: g.LogParameters,
+		StatsTopN:     g.StatsTopN,
+	}
+	if g.AuditLogErrors != nil {
+		st.audit.LogErrors = *g.AuditLogErrors
+	}
+	if g.AuditSlowThreshold != nil {
+		st.audit.SlowThreshold = g.AuditSlowThreshold.Duration
+	}
+	if g.StatsInterval != nil {
+		st.audit.StatsInterval = g.StatsInterval.Duration
+	}
+	if fl.statsInterval > 0 {
+		st.audit.StatsInterval = fl.statsInterval
+	}
+	st.pipeline = analyzer.PipelineConfig{QueueSize: g.AuditQueueSize, Workers: g.AuditWorkers, Stats: analyzer.StatsConfig{MaxShapes: g.MaxShapes}}
+	cfg.CaptureParams = g.LogParameters
 	return st, nil
 }
 

@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
+	"github.com/pgaudit/pgaudit/analyzer"
 	"github.com/pgaudit/pgaudit/pooler"
 )
 
@@ -93,45 +95,151 @@ func proxyCommand() *cobra.Command {
 	f.StringVar(&fl.logLevel, "log-level", "", "debug, info, warn or error")
 	f.StringVar(&fl.authType, "auth-type", "", "trust, password, md5 or scram-sha-256")
 	f.StringVar(&fl.authFile, "auth-file", "", "users file (PgBouncer auth_file format)")
+	f.StringVar(&fl.auditSample, "audit-sample", "", "statement records: all, none, rate or slow")
+	f.DurationVar(&fl.statsInterval, "stats-interval", 0, "how often stats and pool snapshots are written (default 1m)")
 	return cmd
 }
 
 // runProxy runs the proxy until SIGINT (close at once) or SIGTERM (stop
-// accepting, let clients finish up to shutdown_timeout).
+// accepting, let clients finish up to shutdown_timeout). SIGHUP reopens the
+// audit log for logrotate.
 func runProxy(ctx context.Context, st *settings, log zerolog.Logger) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	p := pooler.New(st.proxy, nil, log)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	audit, err := startAudit(ctx, st, log)
+	if err != nil {
+		return &exitError{1, err}
+	}
+	defer audit.stop(log)
+	p := pooler.New(st.proxy, audit.pipeline, log)
 	if err := p.Listen(); err != nil {
 		return &exitError{1, err}
 	}
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	errc := make(chan error, 1)
 	go func() { errc <- p.Serve(ctx) }()
-	select {
-	case err := <-errc:
-		_ = p.Close()
-		if err != nil {
-			return &exitError{1, err}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		reportPools(ctx, p, audit.log, st.audit.StatsInterval, log)
+	}()
+	defer wg.Wait()
+	defer cancel()
+	for {
+		select {
+		case err := <-errc:
+			_ = p.Close()
+			if err != nil {
+				return &exitError{1, err}
+			}
+			return nil
+		case sig := <-sigs:
+			switch sig {
+			case syscall.SIGHUP:
+				if audit.log != nil {
+					if err := audit.log.Reopen(); err != nil {
+						log.Error().Err(err).Msg("SIGHUP: reopening the audit log failed")
+					} else {
+						log.Info().Msg("SIGHUP: audit log reopened")
+					}
+				}
+				continue
+			case syscall.SIGTERM:
+				log.Info().Int("clients", p.ClientCount()).Dur("timeout", st.shutdownTimeout).Msg("SIGTERM: draining clients")
+				sctx, scancel := context.WithTimeout(ctx, st.shutdownTimeout)
+				p.Shutdown(sctx)
+				scancel()
+			default:
+				log.Info().Int("clients", p.ClientCount()).Msg("SIGINT: closing now")
+			}
+			remaining := p.ClientCount()
+			_ = p.Close()
+			<-errc
+			writePoolSnapshot(p, audit.log, log)
+			log.Info().Int("clients_cut", remaining).Msg("proxy stopped")
+			return nil
 		}
-		return nil
-	case sig := <-sigs:
-		if sig == syscall.SIGTERM {
-			log.Info().Int("clients", p.ClientCount()).Dur("timeout", st.shutdownTimeout).Msg("SIGTERM: draining clients")
-			sctx, cancel := context.WithTimeout(ctx, st.shutdownTimeout)
-			p.Shutdown(sctx)
-			cancel()
-		} else {
-			log.Info().Int("clients", p.ClientCount()).Msg("SIGINT: closing now")
-		}
-		_ = p.Close()
-		<-errc
-		log.Info().Msg("proxy stopped")
-		return nil
 	}
 }
 
-var _ = time.Second
+// auditRun is the running audit pipeline and its log (both nil when
+// auditing is off).
+type auditRun struct {
+	pipeline *analyzer.Pipeline
+	log      *analyzer.AuditLog
+}
+
+func startAudit(ctx context.Context, st *settings, log zerolog.Logger) (*auditRun, error) {
+	cfg := st.pipeline
+	cfg.Logger = log
+	run := &auditRun{}
+	if st.audit.Path != "" {
+		ac := st.audit
+		ac.Logger = log
+		al, err := analyzer.OpenAuditLog(ac)
+		if err != nil {
+			return nil, fmt.Errorf("audit log: %w", err)
+		}
+		run.log = al
+		cfg.AuditLog = al
+	}
+	run.pipeline = analyzer.NewPipeline(cfg)
+	if err := run.pipeline.Start(ctx); err != nil {
+		return nil, fmt.Errorf("audit pipeline: %w", err)
+	}
+	return run, nil
+}
+
+func (a *auditRun) stop(log zerolog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.pipeline.Stop(ctx); err != nil {
+		log.Warn().Err(err).Msg("audit pipeline did not drain")
+	}
+	if c := a.pipeline.Counters(); c.Dropped > 0 {
+		log.Warn().Uint64("dropped", c.Dropped).Msg("audit events dropped because the queue was full")
+	}
+	if a.log != nil {
+		_ = a.log.Close()
+	}
+}
+
+// reportPools logs pool statistics and writes pool snapshots every
+// interval until ctx ends.
+func reportPools(ctx context.Context, p *pooler.Proxy, al *analyzer.AuditLog, every time.Duration, log zerolog.Logger) {
+	if every <= 0 {
+		every = time.Minute
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			writePoolSnapshot(p, al, log)
+		}
+	}
+}
+
+func writePoolSnapshot(p *pooler.Proxy, al *analyzer.AuditLog, log zerolog.Logger) {
+	for _, ps := range p.PoolStats() {
+		log.Info().Str("database", ps.Database).Str("user", ps.User).Str("pool_mode", ps.Mode).
+			Int("cl_active", ps.ClientsActive).Int("cl_waiting", ps.ClientsWaiting).
+			Int("sv_active", ps.ServersActive).Int("sv_idle", ps.ServersIdle).
+			Int64("xact_count", ps.Transactions).Int64("query_count", ps.Queries).
+			Float64("utilization", ps.Utilization).Dur("wait_p99", ps.WaitP99).Dur("maxwait", ps.MaxWait).
+			Msg("pool stats")
+		if al != nil {
+			if err := al.WritePool(ps); err != nil {
+				log.Warn().Err(err).Msg("writing pool record")
+			}
+		}
+	}
+}
