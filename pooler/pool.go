@@ -191,13 +191,21 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 		}
 		w := &waiter{ch: make(chan *Server, 1), reserve: useReserve}
 		p.waiters = append(p.waiters, w)
+		// Waiting although the pool has room means a connect back-off is
+		// running (or max_db_connections, shared across pools that do not
+		// wake each other, is reached): re-check when it ends rather than
+		// wait for a wake-up that no release will send.
+		recheckAfter := time.Duration(0)
+		if dbFull {
+			recheckAfter = 50 * time.Millisecond
+		} else if p.total < p.settings.Size+p.settings.ReserveSize && !p.paused {
+			recheckAfter = max(time.Until(p.retryAt), 10*time.Millisecond)
+		}
 		p.mu.Unlock()
 
-		// max_db_connections is shared across pools, which do not wake
-		// each other: a waiter blocked by it re-checks now and then.
 		var recheck <-chan time.Time
-		if dbFull {
-			t := time.NewTimer(50 * time.Millisecond)
+		if recheckAfter > 0 {
+			t := time.NewTimer(recheckAfter)
 			defer t.Stop()
 			recheck = t.C
 		}
