@@ -37,7 +37,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(proxyCommand(), versionCommand())
+	root.AddCommand(proxyCommand(), demoCommand(), versionCommand())
 	if err := root.Execute(); err != nil {
 		code := 2
 		var ee *exitError
