@@ -8,6 +8,7 @@
 package pooler
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"time"
@@ -120,7 +121,22 @@ type Config struct {
 	MaxClientConn      int
 	ClientLoginTimeout time.Duration
 	MaxMessageSize     int
+	// AdminDatabases are virtual database names that open the admin
+	// console instead of a server connection (default "pgaudit" and
+	// "pgbouncer"); AdminUsers may use them.
+	AdminDatabases []string
+	AdminUsers     []string
+	// Admin serves admin-console sessions; nil disables the console.
+	Admin AdminHandler
 	// CaptureParams keeps bind parameter values on events (for EXPLAIN
 	// samples); they are never logged unless the audit log says so.
 	CaptureParams bool
+}
+
+// AdminHandler serves a client connected to an admin database. The proxy
+// has authenticated the client and checked it is an admin user; Serve sends
+// the welcome (AuthenticationOk ... ReadyForQuery) itself and returns when
+// the client leaves. It is called on the client's own goroutine.
+type AdminHandler interface {
+	ServeAdmin(ctx context.Context, c *wire.Conn, user string) error
 }

@@ -36,6 +36,8 @@ type Server struct {
 	// unnamed is the client statement last parsed as the unnamed statement
 	// on this server (transaction mode).
 	unnamed *stmtDef
+	// gen is the pool's upstream generation when this server connected.
+	gen uint64
 }
 
 type waiter struct {
@@ -49,12 +51,16 @@ type Pool struct {
 	Database string
 	User     string
 
-	db       *Database
-	cfg      *pgconn.Config
-	settings PoolSettings
-	dbLimit  *dbCounter
-	log      zerolog.Logger
-	maxBody  int
+	db  *Database
+	cfg *pgconn.Config
+	// settings may be replaced by Reconfigure; read them with set().
+	settings atomic.Pointer[PoolSettings]
+	// upstreamGen changes when the upstream changes; servers of an older
+	// generation are closed when released.
+	upstreamGen atomic.Uint64
+	dbLimit     *dbCounter
+	log         zerolog.Logger
+	maxBody     int
 
 	mu       sync.Mutex
 	idle     []*Server // LIFO: the most recently used is reused first
@@ -103,17 +109,47 @@ func newPool(db *Database, user string, cfg *pgconn.Config, limit *dbCounter, ma
 		User:     user,
 		db:       db,
 		cfg:      cfg,
-		settings: db.Pool,
 		dbLimit:  limit,
 		maxBody:  maxBody,
 		log:      log.With().Str("database", db.Name).Str("user", user).Logger(),
 	}
+	st := db.Pool
+	p.settings.Store(&st)
 	p.stats.init()
 	return p
 }
 
-// Settings returns the pool's settings.
-func (p *Pool) Settings() PoolSettings { return p.settings }
+// Settings returns the pool's current settings.
+func (p *Pool) Settings() PoolSettings { return *p.set() }
+
+func (p *Pool) set() *PoolSettings { return p.settings.Load() }
+
+// Reconfigure applies new settings and, when cfg is not nil, a new
+// upstream: servers of the old upstream are closed as they are released
+// (clients are not dropped). Waiters are woken to use any new room.
+func (p *Pool) Reconfigure(settings PoolSettings, cfg *pgconn.Config) {
+	p.settings.Store(&settings)
+	p.mu.Lock()
+	if cfg != nil {
+		p.cfg = cfg
+		p.upstreamGen.Add(1)
+		idle := p.idle
+		p.idle = nil
+		p.total -= len(idle)
+		p.mu.Unlock()
+		for _, s := range idle {
+			p.dbLimit.done()
+			p.closeServer(s)
+		}
+		p.mu.Lock()
+	}
+	ws := p.waiters
+	p.waiters = nil
+	p.mu.Unlock()
+	for _, w := range ws {
+		w.ch <- nil
+	}
+}
 
 // Acquire returns a server connection for exclusive use, waiting in FIFO
 // order when the pool is full. It returns the time spent waiting. Errors are
@@ -133,14 +169,14 @@ func (p *Pool) Acquire(ctx context.Context) (*Server, time.Duration, error) {
 
 func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 	var timeout <-chan time.Time
-	if p.settings.QueryWaitTimeout > 0 {
-		t := time.NewTimer(p.settings.QueryWaitTimeout)
+	if p.set().QueryWaitTimeout > 0 {
+		t := time.NewTimer(p.set().QueryWaitTimeout)
 		defer t.Stop()
 		timeout = t.C
 	}
 	var reserveTimer <-chan time.Time
-	if p.settings.ReserveSize > 0 && p.settings.ReserveTimeout > 0 {
-		t := time.NewTimer(p.settings.ReserveTimeout)
+	if p.set().ReserveSize > 0 && p.set().ReserveTimeout > 0 {
+		t := time.NewTimer(p.set().ReserveTimeout)
 		defer t.Stop()
 		reserveTimer = t.C
 	}
@@ -165,9 +201,9 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 				}
 				continue
 			}
-			limit := p.settings.Size
+			limit := p.set().Size
 			if useReserve {
-				limit += p.settings.ReserveSize
+				limit += p.set().ReserveSize
 			}
 			canOpen := p.total < limit && time.Now().After(p.retryAt)
 			if canOpen && !p.dbLimit.tryAdd() {
@@ -198,7 +234,7 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 		recheckAfter := time.Duration(0)
 		if dbFull {
 			recheckAfter = 50 * time.Millisecond
-		} else if p.total < p.settings.Size+p.settings.ReserveSize && !p.paused {
+		} else if p.total < p.set().Size+p.set().ReserveSize && !p.paused {
 			recheckAfter = max(time.Until(p.retryAt), 10*time.Millisecond)
 		}
 		p.mu.Unlock()
@@ -228,7 +264,7 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 			p.dropWaiter(w)
 			e := wire.Fatal(wire.CodeTooManyConnections, "query_wait_timeout")
 			e.Severity = "ERROR"
-			e.Detail = fmt.Sprintf("no server connection became free within %s (pool size %d)", p.settings.QueryWaitTimeout, p.settings.Size)
+			e.Detail = fmt.Sprintf("no server connection became free within %s (pool size %d)", p.set().QueryWaitTimeout, p.set().Size)
 			return nil, e
 		case <-ctx.Done():
 			p.dropWaiter(w)
@@ -266,9 +302,9 @@ func (p *Pool) checkOut(ctx context.Context, s *Server) (*Server, bool) {
 		p.destroy(s)
 		return nil, false
 	}
-	if p.settings.ServerCheckDelay > 0 && time.Since(s.lastUsed) > p.settings.ServerCheckDelay && p.settings.ServerCheckQuery != "" {
+	if p.set().ServerCheckDelay > 0 && time.Since(s.lastUsed) > p.set().ServerCheckDelay && p.set().ServerCheckQuery != "" {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		res, err := s.Exec(cctx, p.settings.ServerCheckQuery)
+		res, err := s.Exec(cctx, p.set().ServerCheckQuery)
 		cancel()
 		if err != nil || res.Err != nil || s.TxStatus != 'I' {
 			p.log.Info().Uint64("server_id", s.id).Msg("server failed health check; closing it")
@@ -280,8 +316,11 @@ func (p *Pool) checkOut(ctx context.Context, s *Server) (*Server, bool) {
 }
 
 func (p *Pool) connect(ctx context.Context) (*Server, error) {
+	p.mu.Lock()
 	cfg := p.cfg.Copy()
-	timeout := p.settings.ServerConnectTimeout
+	gen := p.upstreamGen.Load()
+	p.mu.Unlock()
+	timeout := p.set().ServerConnectTimeout
 	if timeout <= 0 {
 		timeout = 15 * time.Second
 	}
@@ -296,16 +335,17 @@ func (p *Pool) connect(ctx context.Context) (*Server, error) {
 		p.active--
 		p.dbLimit.done()
 		p.failures++
-		backoff := p.settings.ServerLoginRetry << min(p.failures-1, 2)
+		backoff := p.set().ServerLoginRetry << min(p.failures-1, 2)
 		p.retryAt = time.Now().Add(backoff)
 		we := wire.FromUpstream(err, "FATAL")
 		if we.Code == wire.CodeConnectionFailure {
 			we.Message = fmt.Sprintf("could not connect to server for database %q", p.Database)
 		}
 		p.lastErr = we
+		failures := p.failures
 		p.wakeOneLocked()
 		p.mu.Unlock()
-		p.log.Warn().Err(err).Int("failures", p.failures).Msg("server connect failed")
+		p.log.Warn().Err(err).Int("failures", failures).Msg("server connect failed")
 		return nil, we
 	}
 	if p.baseParams == nil {
@@ -318,10 +358,10 @@ func (p *Pool) connect(ctx context.Context) (*Server, error) {
 	p.lastErr = nil
 	p.retryAt = time.Time{}
 	p.nextID++
-	s := &Server{ServerConn: sc, pool: p, id: p.nextID, lastUsed: time.Now(), gucs: map[string]string{}}
-	if p.settings.Mode == TransactionMode {
-		s.prepared = newStmtCache(p.settings.MaxPreparedStatements)
-	}
+	s := &Server{ServerConn: sc, pool: p, id: p.nextID, lastUsed: time.Now(), gucs: map[string]string{}, gen: gen}
+	// Every server gets a statement cache: a reload may switch the pool
+	// to transaction mode.
+	s.prepared = newStmtCache(p.set().MaxPreparedStatements)
 	p.mu.Unlock()
 	p.stats.acquired()
 	p.log.Debug().Uint64("server_id", s.id).Uint32("pid", sc.PID).Msg("server connection opened")
@@ -347,7 +387,8 @@ func (p *Pool) BaseParams() map[string]string {
 // (ReadyForQuery 'I', nothing in flight, no COPY); otherwise it is closed.
 // Session-mode callers must have run the reset query first (see Reset).
 func (p *Pool) Release(s *Server, reusable bool) {
-	if !reusable || s.TxStatus != 'I' || (p.settings.ServerLifetime > 0 && time.Since(s.Created) > p.settings.ServerLifetime) {
+	if !reusable || s.TxStatus != 'I' || s.gen != p.upstreamGen.Load() ||
+		(p.set().ServerLifetime > 0 && time.Since(s.Created) > p.set().ServerLifetime) {
 		p.destroy(s)
 		return
 	}
@@ -376,12 +417,12 @@ func (p *Pool) Release(s *Server, reusable bool) {
 // Reset runs server_reset_query on s (session mode, before Release). It
 // reports whether s is still usable.
 func (p *Pool) Reset(ctx context.Context, s *Server) bool {
-	if p.settings.ServerResetQuery == "" {
+	if p.set().ServerResetQuery == "" {
 		return true
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	res, err := s.Exec(cctx, p.settings.ServerResetQuery)
+	res, err := s.Exec(cctx, p.set().ServerResetQuery)
 	if err != nil || res.Err != nil || s.TxStatus != 'I' {
 		return false
 	}
@@ -395,6 +436,20 @@ func (p *Pool) Reset(ctx context.Context, s *Server) bool {
 // destroy closes a held server and frees its slot.
 func (p *Pool) destroy(s *Server) {
 	p.closeServer(s)
+	p.stats.released()
+	p.mu.Lock()
+	p.active--
+	p.total--
+	p.dbLimit.done()
+	p.wakeOneLocked()
+	p.mu.Unlock()
+}
+
+// destroyBroken frees the slot of a held server whose connection failed.
+// It only closes the socket: the holder's other goroutine may still be
+// writing to it, so no Terminate is sent.
+func (p *Pool) destroyBroken(s *Server) {
+	_ = s.Close()
 	p.stats.released()
 	p.mu.Lock()
 	p.active--
@@ -442,8 +497,8 @@ func (p *Pool) maintain(ctx context.Context) {
 	p.mu.Lock()
 	keep := p.idle[:0]
 	for i, s := range p.idle {
-		idleTooLong := p.settings.ServerIdleTimeout > 0 && now.Sub(s.lastUsed) > p.settings.ServerIdleTimeout && p.total-len(drop) > p.settings.MinSize
-		tooOld := p.settings.ServerLifetime > 0 && now.Sub(s.Created) > p.settings.ServerLifetime
+		idleTooLong := p.set().ServerIdleTimeout > 0 && now.Sub(s.lastUsed) > p.set().ServerIdleTimeout && p.total-len(drop) > p.set().MinSize
+		tooOld := p.set().ServerLifetime > 0 && now.Sub(s.Created) > p.set().ServerLifetime
 		if idleTooLong || tooOld {
 			drop = append(drop, s)
 			continue
@@ -453,8 +508,8 @@ func (p *Pool) maintain(ctx context.Context) {
 	p.idle = keep
 	p.total -= len(drop)
 	need := 0
-	if p.settings.MinSize > 0 && !p.closed && now.After(p.retryAt) {
-		need = min(p.settings.MinSize, p.settings.Size) - p.total
+	if p.set().MinSize > 0 && !p.closed && now.After(p.retryAt) {
+		need = min(p.set().MinSize, p.set().Size) - p.total
 	}
 	p.mu.Unlock()
 	for _, s := range drop {
@@ -476,7 +531,7 @@ func (p *Pool) maintain(ctx context.Context) {
 		}
 		p.Release(s, true)
 	}
-	p.stats.tick(now, p.settings.Size)
+	p.stats.tick(now, p.set().Size)
 }
 
 // Close closes idle servers and makes later Acquires fail. Servers still

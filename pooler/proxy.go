@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
 	"github.com/pgaudit/pgaudit/analyzer"
@@ -23,9 +24,9 @@ import (
 // pooled server connections. Create it with New, run Serve, stop with
 // Shutdown or Close.
 type Proxy struct {
-	cfg  *Config
-	sink analyzer.Sink
-	log  zerolog.Logger
+	cfgPtr atomic.Pointer[Config]
+	sink   analyzer.Sink
+	log    zerolog.Logger
 
 	mu       sync.Mutex
 	pools    map[poolKey]*Pool
@@ -71,11 +72,12 @@ func New(cfg *Config, sink analyzer.Sink, log zerolog.Logger) *Proxy {
 		cfg.AuthType = "trust"
 	}
 	p := &Proxy{
-		cfg: cfg, sink: sink, log: log,
+		sink: sink, log: log,
 		pools: map[poolKey]*Pool{}, dbLimits: map[string]*dbCounter{},
 		sessions: map[uint64]*Session{}, byCancel: map[cancelKey]*Session{},
 		stopMaint: make(chan struct{}),
 	}
+	p.cfgPtr.Store(cfg)
 	// Proxy-issued PIDs for transaction mode start high to stay clear of
 	// real backend PIDs.
 	p.nextPID.Store(1 << 30)
@@ -84,9 +86,9 @@ func New(cfg *Config, sink analyzer.Sink, log zerolog.Logger) *Proxy {
 
 // Listen opens the listening socket. Addr returns it afterwards.
 func (p *Proxy) Listen() error {
-	l, err := net.Listen("tcp", p.cfg.Listen)
+	l, err := net.Listen("tcp", p.config().Listen)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", p.cfg.Listen, err)
+		return fmt.Errorf("listen on %s: %w", p.config().Listen, err)
 	}
 	p.mu.Lock()
 	p.listener = l
@@ -243,7 +245,7 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 	n := p.clients.Add(1)
 	defer p.clients.Add(-1)
 	c := wire.NewConn(nc, 10000)
-	_ = nc.SetDeadline(time.Now().Add(p.cfg.ClientLoginTimeout))
+	_ = nc.SetDeadline(time.Now().Add(p.config().ClientLoginTimeout))
 	st, c, err := p.negotiate(c)
 	if err != nil {
 		p.logStartupError(nc, err)
@@ -253,7 +255,7 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 		p.handleCancel(st)
 		return
 	}
-	if p.cfg.MaxClientConn > 0 && int(n) > p.cfg.MaxClientConn {
+	if p.config().MaxClientConn > 0 && int(n) > p.config().MaxClientConn {
 		p.counters.rejected.Add(1)
 		_ = c.SendError(wire.Fatal(wire.CodeTooManyConnections, "no more connections allowed (max_client_conn)"))
 		return
@@ -263,8 +265,11 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 		p.logStartupError(nc, err)
 		return
 	}
+	if s == nil {
+		return // an admin-console session that has ended
+	}
 	_ = nc.SetDeadline(time.Time{})
-	c.R.SetMaxBody(p.cfg.MaxMessageSize)
+	c.R.SetMaxBody(p.config().MaxMessageSize)
 	defer p.unregister(s)
 	if err := s.run(ctx); err != nil && !isRoutineDisconnect(err) {
 		var we *wire.Error
@@ -316,7 +321,7 @@ func (p *Proxy) negotiate(c *wire.Conn) (*wire.Startup, *wire.Conn, error) {
 				_ = c.SendError(wire.Fatal(wire.CodeProtocolViolation, "unexpected data after SSLRequest"))
 				return nil, c, errors.New("unexpected data after SSLRequest")
 			}
-			if p.cfg.TLS == nil || p.cfg.ClientTLS == "disable" {
+			if p.config().TLS == nil || p.config().ClientTLS == "disable" {
 				if _, err := c.Conn.Write([]byte{'N'}); err != nil {
 					return nil, c, err
 				}
@@ -325,7 +330,7 @@ func (p *Proxy) negotiate(c *wire.Conn) (*wire.Startup, *wire.Conn, error) {
 			if _, err := c.Conn.Write([]byte{'S'}); err != nil {
 				return nil, c, err
 			}
-			tc := tls.Server(c.Conn, p.cfg.TLS)
+			tc := tls.Server(c.Conn, p.config().TLS)
 			if err := tc.Handshake(); err != nil {
 				return nil, c, fmt.Errorf("TLS handshake: %w", err)
 			}
@@ -338,7 +343,7 @@ func (p *Proxy) negotiate(c *wire.Conn) (*wire.Startup, *wire.Conn, error) {
 		case wire.CancelRequestKind:
 			return st, c, nil
 		case wire.StartupMessageKind:
-			if p.cfg.ClientTLS == "require" && !tlsDone {
+			if p.config().ClientTLS == "require" && !tlsDone {
 				_ = c.SendError(wire.Fatal(wire.CodeInvalidAuthorization, "SSL required"))
 				return nil, c, errors.New("client refused TLS but it is required")
 			}
@@ -365,8 +370,8 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Ses
 		_ = c.SendError(e)
 		return nil, e
 	}
-	secret, found := p.cfg.Users.Lookup(user)
-	if err := wire.Authenticate(c, p.cfg.AuthType, user, secret, found); err != nil {
+	secret, found := p.config().Users.Lookup(user)
+	if err := wire.Authenticate(c, p.config().AuthType, user, secret, found); err != nil {
 		p.counters.authFailures.Add(1)
 		var we *wire.Error
 		if errors.As(err, &we) {
@@ -374,6 +379,9 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Ses
 			p.log.Warn().Str("user", user).Str("database", dbName).Str("client", c.RemoteAddr().String()).Str("code", we.Code).Msg("authentication failed")
 		}
 		return nil, err
+	}
+	if p.isAdminDatabase(dbName) {
+		return nil, p.serveAdmin(ctx, c, user, dbName)
 	}
 	db := p.lookupDatabase(dbName)
 	if db == nil {
@@ -388,9 +396,9 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Ses
 		return nil, e
 	}
 	s := &Session{
-		proxy: p, id: p.nextSession.Add(1), client: c, pool: pool, mode: pool.settings.Mode,
+		proxy: p, id: p.nextSession.Add(1), client: c, pool: pool, mode: pool.set().Mode,
 		database: dbName, user: user, appName: st.Get("application_name"), clientAddr: hostOf(c.RemoteAddr()),
-		txStatus: 'I', gucs: startupGUCs(st), stmts: map[string]*stmtDef{}, portals: map[string]*pending{},
+		txStatus: 'I', gucs: startupGUCs(st), connected: time.Now(), stmts: map[string]*stmtDef{}, portals: map[string]*pending{},
 	}
 	s.writingDone = sync.NewCond(&s.mu)
 	s.log = p.log.With().Uint64("session", s.id).Str("user", user).Str("database", dbName).Logger()
@@ -416,9 +424,9 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Ses
 		// parameters.
 		srv, err := s.attach(ctx)
 		if err != nil {
-			e := wire.FromUpstream(err, "FATAL")
+			e := *wire.FromUpstream(err, "FATAL") // a copy: pool errors are shared
 			e.Severity = "FATAL"
-			_ = c.SendError(e)
+			_ = c.SendError(&e)
 			return nil, err
 		}
 		pid = srv.PID
@@ -573,10 +581,10 @@ func parseOptions(s string) map[string]string {
 }
 
 func (p *Proxy) lookupDatabase(name string) *Database {
-	if db, ok := p.cfg.Databases[name]; ok {
+	if db, ok := p.config().Databases[name]; ok {
 		return db
 	}
-	if db, ok := p.cfg.Databases["*"]; ok {
+	if db, ok := p.config().Databases["*"]; ok {
 		cp := *db
 		cp.Name = name
 		cp.Upstream = db.Upstream.Copy()
@@ -606,7 +614,7 @@ func (p *Proxy) pool(db *Database, user string, secret wire.Secret) (*Pool, erro
 		limit = &dbCounter{max: db.Pool.MaxDBConnections}
 		p.dbLimits[db.Name] = limit
 	}
-	pl := newPool(db, user, cfg, limit, p.cfg.MaxMessageSize, p.log)
+	pl := newPool(db, user, cfg, limit, p.config().MaxMessageSize, p.log)
 	p.pools[key] = pl
 	return pl, nil
 }
@@ -664,4 +672,235 @@ func (p *Proxy) Shutdown(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+func (p *Proxy) isAdminDatabase(name string) bool {
+	dbs := p.config().AdminDatabases
+	if dbs == nil {
+		dbs = []string{"pgaudit", "pgbouncer"}
+	}
+	for _, d := range dbs {
+		if d == name {
+			return true
+		}
+	}
+	return false
+}
+
+// serveAdmin hands an authenticated client of an admin database to the
+// admin handler, after checking it is an admin user.
+func (p *Proxy) serveAdmin(ctx context.Context, c *wire.Conn, user, dbName string) error {
+	if p.config().Admin == nil {
+		e := wire.Fatal(wire.CodeInvalidCatalogName, fmt.Sprintf("database %q does not exist (the admin console is disabled)", dbName))
+		_ = c.SendError(e)
+		return e
+	}
+	allowed := false
+	for _, u := range p.config().AdminUsers {
+		if u == user {
+			allowed = true
+		}
+	}
+	if !allowed {
+		e := wire.Fatal(wire.CodeInsufficientPrivilege, fmt.Sprintf("permission denied: user %q is not an admin user of %q", user, dbName))
+		_ = c.SendError(e)
+		p.log.Warn().Str("user", user).Str("database", dbName).Msg("admin console denied")
+		return e
+	}
+	_ = c.SetDeadline(time.Time{})
+	err := p.config().Admin.ServeAdmin(ctx, c, user)
+	if err != nil && isRoutineDisconnect(err) {
+		return nil
+	}
+	return err
+}
+
+// ClientInfo describes one client session, for SHOW CLIENTS.
+type ClientInfo struct {
+	SessionID       uint64    `json:"session_id"`
+	Database        string    `json:"database"`
+	User            string    `json:"user"`
+	ApplicationName string    `json:"application_name"`
+	Addr            string    `json:"addr"`
+	State           string    `json:"state"` // active (holds a server), waiting, idle
+	ConnectTime     time.Time `json:"connect_time"`
+	PID             uint32    `json:"pid"`
+	ServerID        uint64    `json:"server_id,omitempty"`
+	TxStatus        string    `json:"tx_status"`
+	Pinned          bool      `json:"pinned"`
+}
+
+// Clients lists the connected client sessions.
+func (p *Proxy) Clients() []ClientInfo {
+	p.mu.Lock()
+	sessions := make([]*Session, 0, len(p.sessions))
+	for _, s := range p.sessions {
+		sessions = append(sessions, s)
+	}
+	p.mu.Unlock()
+	out := make([]ClientInfo, 0, len(sessions))
+	for _, s := range sessions {
+		s.mu.Lock()
+		ci := ClientInfo{SessionID: s.id, Database: s.database, User: s.user, ApplicationName: s.appName,
+			Addr: s.clientAddr, ConnectTime: s.connected, PID: s.cancelPID, TxStatus: string(s.txStatus), Pinned: s.pinned, State: "idle"}
+		if s.server != nil {
+			ci.State, ci.ServerID = "active", s.server.id
+		} else if s.acquiring {
+			ci.State = "waiting"
+		}
+		s.mu.Unlock()
+		out = append(out, ci)
+	}
+	sortClients(out)
+	return out
+}
+
+func sortClients(cs []ClientInfo) {
+	for i := 1; i < len(cs); i++ {
+		for j := i; j > 0 && cs[j].SessionID < cs[j-1].SessionID; j-- {
+			cs[j], cs[j-1] = cs[j-1], cs[j]
+		}
+	}
+}
+
+// ServerInfo describes one server connection, for SHOW SERVERS.
+type ServerInfo struct {
+	ID          uint64    `json:"id"`
+	Database    string    `json:"database"`
+	User        string    `json:"user"`
+	State       string    `json:"state"` // active, idle
+	PID         uint32    `json:"pid"`
+	ConnectTime time.Time `json:"connect_time"`
+	LastUsed    time.Time `json:"last_used"`
+	SessionID   uint64    `json:"session_id,omitempty"`
+	Prepared    int       `json:"prepared_statements"`
+}
+
+// Servers lists the server connections: idle ones from the pools, active
+// ones from the sessions holding them.
+func (p *Proxy) Servers() []ServerInfo {
+	var out []ServerInfo
+	for _, pl := range p.Pools() {
+		pl.mu.Lock()
+		for _, s := range pl.idle {
+			out = append(out, serverInfo(pl, s, "idle", 0))
+		}
+		pl.mu.Unlock()
+	}
+	p.mu.Lock()
+	sessions := make([]*Session, 0, len(p.sessions))
+	for _, s := range p.sessions {
+		sessions = append(sessions, s)
+	}
+	p.mu.Unlock()
+	for _, s := range sessions {
+		s.mu.Lock()
+		if srv := s.server; srv != nil {
+			out = append(out, serverInfo(s.pool, srv, "active", s.id))
+		}
+		s.mu.Unlock()
+	}
+	return out
+}
+
+func serverInfo(pl *Pool, s *Server, state string, session uint64) ServerInfo {
+	si := ServerInfo{ID: s.id, Database: pl.Database, User: pl.User, State: state, PID: s.PID,
+		ConnectTime: s.Created, LastUsed: s.lastUsed, SessionID: session}
+	if s.prepared != nil {
+		si.Prepared = s.prepared.len()
+	}
+	return si
+}
+
+// Pause stops handing out server connections for database db (all
+// databases when db is empty): new transactions wait, running ones finish.
+func (p *Proxy) Pause(db string) int {
+	n := 0
+	for _, pl := range p.Pools() {
+		if db == "" || pl.Database == db {
+			pl.Pause()
+			n++
+		}
+	}
+	return n
+}
+
+// Resume undoes Pause.
+func (p *Proxy) Resume(db string) int {
+	n := 0
+	for _, pl := range p.Pools() {
+		if db == "" || pl.Database == db {
+			pl.Resume()
+			n++
+		}
+	}
+	return n
+}
+
+// Kill disconnects every client of database db and closes its pools'
+// server connections.
+func (p *Proxy) Kill(db string) int {
+	p.mu.Lock()
+	var victims []*Session
+	for _, s := range p.sessions {
+		if s.database == db {
+			victims = append(victims, s)
+		}
+	}
+	p.mu.Unlock()
+	for _, s := range victims {
+		_ = s.fatal(wire.Fatal(wire.CodeAdminShutdown, "terminating connection due to administrator command (KILL)"))
+		_ = s.client.Close()
+	}
+	for _, pl := range p.Pools() {
+		if pl.Database == db {
+			pl.DropIdle()
+		}
+	}
+	return len(victims)
+}
+
+// config returns the current configuration; Reload replaces it.
+func (p *Proxy) config() *Config { return p.cfgPtr.Load() }
+
+// Reload applies a new configuration without dropping clients: users,
+// auth and limits apply to new logins; pools of databases that still exist
+// take the new pool settings at once, and a changed upstream gets new
+// server connections as the old ones are released. The listen address and
+// TLS certificate of the running listener are not changed.
+func (p *Proxy) Reload(cfg *Config) {
+	old := p.config()
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = old.MaxMessageSize
+	}
+	if cfg.ClientLoginTimeout <= 0 {
+		cfg.ClientLoginTimeout = old.ClientLoginTimeout
+	}
+	if cfg.AuthType == "" {
+		cfg.AuthType = "trust"
+	}
+	if cfg.Admin == nil {
+		cfg.Admin = old.Admin
+	}
+	p.cfgPtr.Store(cfg)
+	for _, pl := range p.Pools() {
+		db := p.lookupDatabase(pl.Database)
+		if db == nil {
+			continue // removed: existing clients finish, new ones get 3D000
+		}
+		var up *pgconn.Config
+		pl.mu.Lock()
+		cur := pl.cfg
+		pl.mu.Unlock()
+		want := db.Upstream
+		if want.Host != cur.Host || want.Port != cur.Port || want.Database != cur.Database ||
+			(db.ForceUser && (want.User != cur.User || want.Password != cur.Password)) {
+			up = want.Copy()
+			if !db.ForceUser {
+				up.User, up.Password = cur.User, cur.Password
+			}
+		}
+		pl.Reconfigure(db.Pool, up)
+	}
+	p.log.Info().Int("databases", len(cfg.Databases)).Msg("configuration reloaded")
 }

@@ -43,6 +43,7 @@ type Session struct {
 	database, user, appName, clientAddr string
 	cancelPID                           uint32
 	cancelKey                           []byte
+	connected                           time.Time
 
 	mu         sync.Mutex
 	server     *Server
@@ -64,6 +65,7 @@ type Session struct {
 	txSeq         uint64
 	closed        bool
 	lastFatal     bool
+	acquiring     bool // waiting for a server connection
 	// writing is set while the client goroutine writes to the server
 	// outside the lock; the reader does not release the server meanwhile
 	// (the reply can arrive before the write call returns).
@@ -116,7 +118,7 @@ func isConnReset(err error) bool {
 // run relays client messages until the client leaves or a fatal error.
 func (s *Session) run(ctx context.Context) error {
 	defer s.finish()
-	idleTimeout := s.pool.settings.ClientIdleTimeout
+	idleTimeout := s.pool.set().ClientIdleTimeout
 	for {
 		if idleTimeout > 0 {
 			s.mu.Lock()
@@ -129,7 +131,7 @@ func (s *Session) run(ctx context.Context) error {
 		if err != nil {
 			return s.clientReadError(err)
 		}
-		if idleTimeout > 0 || s.pool.settings.IdleTransactionTimeout > 0 {
+		if idleTimeout > 0 || s.pool.set().IdleTransactionTimeout > 0 {
 			_ = s.client.SetReadDeadline(time.Time{})
 		}
 		s.bytesIn += int64(len(raw))
@@ -203,7 +205,13 @@ func (s *Session) attach(ctx context.Context) (*Server, error) {
 	if s.readerDone != nil {
 		<-s.readerDone
 	}
+	s.mu.Lock()
+	s.acquiring = true
+	s.mu.Unlock()
 	srv, wait, err := s.pool.Acquire(ctx)
+	s.mu.Lock()
+	s.acquiring = false
+	s.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
@@ -427,7 +435,7 @@ func (s *Session) noteFlags(flags stmtFlags, text string) {
 		s.gucDirty = true
 	}
 	if flags&sessionStateFlags != 0 {
-		if s.pool.settings.PinOnSessionState && !s.pinned {
+		if s.pool.set().PinOnSessionState && !s.pinned {
 			s.pinned = true
 			s.log.Info().Str("feature", flags.detail()).Msg("client pinned to its server connection: statement needs a session")
 		}
@@ -617,7 +625,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		} else {
 			def = s.stmts[stmtName]
 		}
-		n, h, params, perr := wire.BindParams(bind.Rest, s.proxy.cfg.CaptureParams)
+		n, h, params, perr := wire.BindParams(bind.Rest, s.proxy.config().CaptureParams)
 		if perr != nil {
 			s.mu.Unlock()
 			return wire.Fatal(wire.CodeProtocolViolation, "invalid Bind message")
@@ -813,6 +821,9 @@ func (s *Session) dropUntilSyncLocked() {
 func (s *Session) serverWriteFailed(srv *Server, err error) error {
 	s.log.Warn().Err(err).Msg("write to server failed")
 	// The reader will see the broken connection and end the session.
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	_ = srv.Close()
 	return wire.Fatal(wire.CodeConnectionFailure, "server connection lost")
 }
@@ -894,6 +905,10 @@ func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 			if s.server == srv {
 				s.server = nil
 			}
+			// The session ends with its server: messages the client
+			// already sent must not run on another connection outside the
+			// transaction they belonged to.
+			s.closed = true
 			lastFatal := s.lastFatal
 			s.mu.Unlock()
 			s.serverLost(srv, err, lastFatal)
@@ -949,7 +964,7 @@ func (s *Session) serverLost(srv *Server, err error, alreadyFatal bool) {
 	} else {
 		s.log.Info().Err(err).Msg("server closed the connection")
 	}
-	s.pool.destroy(srv)
+	s.pool.destroyBroken(srv)
 	// The server is likely restarting: do not hand out its siblings.
 	s.pool.DropIdle()
 	s.mu.Lock()
@@ -1081,8 +1096,8 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			s.queryTimer.Stop()
 		}
 		s.sendLocked(raw)
-		if s.pool.settings.IdleTransactionTimeout > 0 && s.txStatus != 'I' && s.inFlight == 0 {
-			_ = s.client.SetReadDeadline(time.Now().Add(s.pool.settings.IdleTransactionTimeout))
+		if s.pool.set().IdleTransactionTimeout > 0 && s.txStatus != 'I' && s.inFlight == 0 {
+			_ = s.client.SetReadDeadline(time.Now().Add(s.pool.set().IdleTransactionTimeout))
 		}
 		return s.releasableLocked()
 	}
@@ -1096,11 +1111,11 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 // query_timeout when the session becomes busy; s.mu held.
 func (s *Session) incInFlightLocked() {
 	s.inFlight++
-	if s.inFlight == 1 && s.pool.settings.QueryTimeout > 0 {
+	if s.inFlight == 1 && s.pool.set().QueryTimeout > 0 {
 		if s.queryTimer == nil {
-			s.queryTimer = time.AfterFunc(s.pool.settings.QueryTimeout, s.queryTimedOut)
+			s.queryTimer = time.AfterFunc(s.pool.set().QueryTimeout, s.queryTimedOut)
 		} else {
-			s.queryTimer.Reset(s.pool.settings.QueryTimeout)
+			s.queryTimer.Reset(s.pool.set().QueryTimeout)
 		}
 	}
 }
@@ -1108,7 +1123,7 @@ func (s *Session) incInFlightLocked() {
 // queryTimedOut cancels the request that ran past query_timeout; Postgres
 // answers it with 57014.
 func (s *Session) queryTimedOut() {
-	s.log.Warn().Dur("query_timeout", s.pool.settings.QueryTimeout).Msg("query_timeout: canceling the running statement")
+	s.log.Warn().Dur("query_timeout", s.pool.set().QueryTimeout).Msg("query_timeout: canceling the running statement")
 	s.cancel()
 }
 

@@ -147,8 +147,8 @@ func (p *Pool) Stats(clientsActive int) PoolStats {
 	st := PoolStats{
 		Database:       p.Database,
 		User:           p.User,
-		Mode:           string(p.settings.Mode),
-		Size:           p.settings.Size,
+		Mode:           string(p.set().Mode),
+		Size:           p.set().Size,
 		ClientsWaiting: len(p.waiters),
 		ServersActive:  p.active,
 		ServersIdle:    len(p.idle),
