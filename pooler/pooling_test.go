@@ -387,3 +387,69 @@ func TestPoolStats(t *testing.T) {
 		t.Fatalf("server/client counts: %+v", s)
 	}
 }
+
+// TestReload changes the pool size and a database's settings while clients
+// are connected; nobody is dropped.
+func TestReload(t *testing.T) {
+	p := testProxy(t, withMode(TransactionMode, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeCacheStatement)
+	if got := queryString(t, ctx, c, "select 'before'"); got != "before" {
+		t.Fatal(got)
+	}
+	next := *p.config()
+	next.Databases = map[string]*Database{}
+	for name, db := range p.config().Databases {
+		cp := *db
+		cp.Pool.Size = 3
+		next.Databases[name] = &cp
+	}
+	p.Reload(&next)
+	// Three clients can now hold a server each at the same time.
+	var txs []pgx.Tx
+	for i := 0; i < 3; i++ {
+		other := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeSimpleProtocol)
+		tx, err := other.Begin(ctx)
+		if err != nil {
+			t.Fatalf("client %d after reload: %v", i, err)
+		}
+		txs = append(txs, tx)
+	}
+	for _, tx := range txs {
+		_ = tx.Rollback(ctx)
+	}
+	if got := queryString(t, ctx, c, "select 'after'"); got != "after" {
+		t.Fatal(got)
+	}
+	if st := p.PoolStats()[0]; st.Size != 3 {
+		t.Fatalf("pool size after reload = %d", st.Size)
+	}
+}
+
+// TestStartupOptions: options=-c and GUC startup parameters reach the
+// server in both modes, as they do directly.
+func TestStartupOptions(t *testing.T) {
+	for _, mode := range []PoolMode{SessionMode, TransactionMode} {
+		t.Run(string(mode), func(t *testing.T) {
+			p := testProxy(t, withMode(mode, 1))
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			// The first client warms the pool; the second one is greeted
+			// from the cache in transaction mode.
+			for i := 0; i < 2; i++ {
+				c := connect(t, ctx, proxyDSN(p, "", "&options=-c%20statement_timeout%3D4321&search_path=s1&DateStyle=German"), pgx.QueryExecModeSimpleProtocol)
+				if got := queryString(t, ctx, c, "show statement_timeout"); got != "4321ms" {
+					t.Fatalf("statement_timeout = %q", got)
+				}
+				if got := queryString(t, ctx, c, "show search_path"); got != "s1" {
+					t.Fatalf("search_path = %q", got)
+				}
+				if got := c.PgConn().ParameterStatus("DateStyle"); !strings.HasPrefix(got, "German") {
+					t.Fatalf("DateStyle reported as %q", got)
+				}
+				c.Close(ctx)
+			}
+		})
+	}
+}

@@ -82,7 +82,7 @@ func proxyCommand() *cobra.Command {
 			if err != nil {
 				return &exitError{2, err}
 			}
-			return runProxy(cmd.Context(), st, log)
+			return runProxy(cmd.Context(), st, func() (*settings, error) { return loadSettings(fl) }, log)
 		},
 	}
 	f := cmd.Flags()
@@ -101,9 +101,9 @@ func proxyCommand() *cobra.Command {
 }
 
 // runProxy runs the proxy until SIGINT (close at once) or SIGTERM (stop
-// accepting, let clients finish up to shutdown_timeout). SIGHUP reopens the
-// audit log for logrotate.
-func runProxy(ctx context.Context, st *settings, log zerolog.Logger) error {
+// accepting, let clients finish up to shutdown_timeout). SIGHUP re-reads the
+// config and users file (reload) and reopens the audit log for logrotate.
+func runProxy(ctx context.Context, st *settings, reload func() (*settings, error), log zerolog.Logger) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -142,6 +142,12 @@ func runProxy(ctx context.Context, st *settings, log zerolog.Logger) error {
 		case sig := <-sigs:
 			switch sig {
 			case syscall.SIGHUP:
+				if next, err := reload(); err != nil {
+					log.Error().Err(err).Msg("SIGHUP: configuration not reloaded")
+				} else {
+					p.Reload(next.proxy)
+					log.Info().Msg("SIGHUP: configuration reloaded")
+				}
 				if audit.log != nil {
 					if err := audit.log.Reopen(); err != nil {
 						log.Error().Err(err).Msg("SIGHUP: reopening the audit log failed")
