@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"time"
@@ -69,6 +70,7 @@ func newLogger(level string) (zerolog.Logger, error) {
 
 func proxyCommand() *cobra.Command {
 	var fl proxyFlags
+	var cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "Run the proxy",
@@ -81,6 +83,16 @@ func proxyCommand() *cobra.Command {
 			log, err := newLogger(st.logLevel)
 			if err != nil {
 				return &exitError{2, err}
+			}
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return &exitError{2, err}
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return &exitError{2, err}
+				}
+				defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
 			}
 			return runProxy(cmd.Context(), st, func() (*settings, error) { return loadSettings(fl) }, log)
 		},
@@ -95,6 +107,7 @@ func proxyCommand() *cobra.Command {
 	f.StringVar(&fl.logLevel, "log-level", "", "debug, info, warn or error")
 	f.StringVar(&fl.authType, "auth-type", "", "trust, password, md5 or scram-sha-256")
 	f.StringVar(&fl.authFile, "auth-file", "", "users file (PgBouncer auth_file format)")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the proxy to this file until it stops")
 	f.StringVar(&fl.auditSample, "audit-sample", "", "statement records: all, none, rate or slow")
 	f.DurationVar(&fl.statsInterval, "stats-interval", 0, "how often stats and pool snapshots are written (default 1m)")
 	return cmd
