@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -31,11 +32,12 @@ type Analyzed struct {
 }
 
 // Observer sees every analyzed event after statistics were updated. Observe
-// is called from the pipeline's worker goroutines, concurrently for
-// different events and in no guaranteed order across sessions (events of one
-// session may also be handled by different workers). It must not block for
-// long: a slow observer fills the queue and events get dropped. A panic in
-// Observe is recovered, counted and logged.
+// is called from the pipeline's worker goroutines, concurrently for events
+// of different sessions and in no guaranteed order across sessions. Events
+// of one session (Event.SessionID) all go to the same worker, so an observer
+// sees them one at a time, in the order they were offered. It must not block
+// for long: a slow observer fills its worker's queue and events get
+// dropped. A panic in Observe is recovered, counted and logged.
 type Observer interface {
 	Observe(a *Analyzed)
 }
@@ -48,11 +50,14 @@ func (f ObserverFunc) Observe(a *Analyzed) { f(a) }
 
 // PipelineConfig configures a Pipeline. The zero value is usable.
 type PipelineConfig struct {
-	// QueueSize bounds the events waiting for a worker; when it is full
-	// Offer drops the event and counts it. Default 8192.
+	// QueueSize bounds the events waiting for workers. It is split evenly
+	// among the workers (each has its own queue, at least one slot); when
+	// an event's queue is full Offer drops the event and counts it.
+	// Default 8192.
 	QueueSize int
 	// Workers is the number of worker goroutines that fingerprint events,
-	// update statistics and call observers. Default 2.
+	// update statistics and call observers. Events are sharded to workers
+	// by SessionID, which keeps each session's events in order. Default 2.
 	Workers int
 	// Fingerprint configures the fingerprint caches; its Logger is replaced
 	// by Logger.
@@ -100,16 +105,17 @@ type PipelineCounters struct {
 	ObserverPanics uint64 `json:"observer_panics"`
 }
 
-// Pipeline is the analyzer's Sink: a bounded queue feeding worker goroutines
+// Pipeline is the analyzer's Sink: bounded queues feeding worker goroutines
 // that fingerprint each event, update per-shape statistics, and pass the
-// result to observers (rules, the audit log).
+// result to observers (rules, the audit log). Each worker has its own
+// queue, and every event of one session goes to the same worker, so a
+// session's events are analyzed in the order they were offered.
 //
 // Lifecycle: NewPipeline, AddObserver (any number), Start, then Offer or
 // Submit from any goroutine, then Stop. Events offered before Start wait in
 // the queue; events offered after Stop began are dropped.
 type Pipeline struct {
-	queue     chan *Event
-	workers   int
+	queues    []chan *Event // one per worker; events sharded by SessionID
 	fp        *Fingerprinter
 	stats     *Stats
 	observers []Observer
@@ -141,9 +147,13 @@ func NewPipeline(cfg PipelineConfig) *Pipeline {
 		cfg.DropLogInterval = defaultDropLogInterval
 	}
 	cfg.Fingerprint.Logger = cfg.Logger
+	per := max(1, (cfg.QueueSize+cfg.Workers-1)/cfg.Workers)
+	queues := make([]chan *Event, cfg.Workers)
+	for i := range queues {
+		queues[i] = make(chan *Event, per)
+	}
 	return &Pipeline{
-		queue:     make(chan *Event, cfg.QueueSize),
-		workers:   cfg.Workers,
+		queues:    queues,
 		fp:        NewFingerprinter(cfg.Fingerprint),
 		stats:     NewStats(cfg.Stats),
 		audit:     cfg.AuditLog,
@@ -172,17 +182,30 @@ func (p *Pipeline) Start(ctx context.Context) error {
 	if !p.state.CompareAndSwap(stateNew, stateRunning) {
 		return errors.New("analyzer pipeline: Start called twice or after Stop")
 	}
-	p.wg.Add(p.workers)
-	for range p.workers {
-		go p.worker()
+	p.wg.Add(len(p.queues))
+	for _, q := range p.queues {
+		go p.worker(q)
 	}
 	go p.supervise(ctx)
 	return nil
 }
 
-// Offer queues ev without ever blocking: when the queue is full, or the
-// pipeline is stopping, ev is dropped and counted (see Dropped). It is safe
-// to call from any number of goroutines; ev must not be modified afterwards.
+// queueFor returns the queue of the worker that handles ev's session.
+func (p *Pipeline) queueFor(ev *Event) chan *Event {
+	if len(p.queues) == 1 {
+		return p.queues[0]
+	}
+	// Fibonacci hashing spreads sequential and structured ids alike; the
+	// high half of the 128-bit product maps the hash onto [0, workers).
+	hi, _ := bits.Mul64(ev.SessionID*0x9e3779b97f4a7c15, uint64(len(p.queues)))
+	return p.queues[hi]
+}
+
+// Offer queues ev without ever blocking: when the queue of ev's worker is
+// full, or the pipeline is stopping, ev is dropped and counted (see
+// Dropped). It is safe to call from any number of goroutines; ev must not be
+// modified afterwards. Events of one session offered from one goroutine
+// reach observers in the order offered.
 func (p *Pipeline) Offer(ev *Event) {
 	p.inflight.Add(1)
 	if p.state.Load() == stateStopping {
@@ -191,14 +214,14 @@ func (p *Pipeline) Offer(ev *Event) {
 		return
 	}
 	select {
-	case p.queue <- ev:
+	case p.queueFor(ev) <- ev:
 	default:
 		p.dropped.Add(1)
 	}
 	p.inflight.Add(-1)
 }
 
-// Submit queues ev, waiting while the queue is full: it is for log readers
+// Submit queues ev, waiting while its worker's queue is full: it is for log readers
 // (lint mode), where back-pressure is wanted and dropping is not. It returns
 // ctx's error if ctx ends first and ErrPipelineStopped once Stop began.
 // Never call it from the proxy's relay path.
@@ -209,7 +232,7 @@ func (p *Pipeline) Submit(ctx context.Context, ev *Event) error {
 		return ErrPipelineStopped
 	}
 	select {
-	case p.queue <- ev:
+	case p.queueFor(ev) <- ev:
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("submit event: %w", ctx.Err())
@@ -226,14 +249,11 @@ func (p *Pipeline) Stop(ctx context.Context) error {
 	if p.state.CompareAndSwap(stateNew, stateStopping) {
 		p.stopOnce.Do(func() { close(p.stopReq) })
 		p.waitInflight()
-		for {
-			select {
-			case <-p.queue:
+		for _, q := range p.queues {
+			for len(q) > 0 {
+				<-q
 				p.dropped.Add(1)
-				continue
-			default:
 			}
-			break
 		}
 		close(p.quit)
 		close(p.done)
@@ -261,16 +281,16 @@ func (p *Pipeline) waitInflight() {
 	}
 }
 
-func (p *Pipeline) worker() {
+func (p *Pipeline) worker(queue <-chan *Event) {
 	defer p.wg.Done()
 	for {
 		select {
-		case ev := <-p.queue:
+		case ev := <-queue:
 			p.process(ev)
 		case <-p.quit:
 			for {
 				select {
-				case ev := <-p.queue:
+				case ev := <-queue:
 					p.process(ev)
 				default:
 					return
@@ -382,8 +402,12 @@ func (p *Pipeline) Dropped() uint64 { return p.dropped.Load() }
 
 // Counters returns the pipeline's counters. Safe to call at any time.
 func (p *Pipeline) Counters() PipelineCounters {
+	queued := 0
+	for _, q := range p.queues {
+		queued += len(q)
+	}
 	return PipelineCounters{
-		Queued:         len(p.queue),
+		Queued:         queued,
 		Processed:      p.processed.Load(),
 		Dropped:        p.dropped.Load(),
 		ObserverPanics: p.panics.Load(),

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -314,5 +315,95 @@ func BenchmarkPipelineOffer(b *testing.B) {
 				b.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestPipelinePerSessionOrder offers the events of many sessions
+// concurrently through several workers: each session's events must reach
+// the observers in the order they were offered, one at a time.
+func TestPipelinePerSessionOrder(t *testing.T) {
+	const sessions, each = 24, 300
+	p := NewPipeline(PipelineConfig{Workers: 4, QueueSize: 64})
+	var mu sync.Mutex
+	last := make(map[uint64]uint64)
+	busy := make(map[uint64]bool)
+	var errs []string
+	_ = p.AddObserver(ObserverFunc(func(a *Analyzed) {
+		id := a.Event.SessionID
+		mu.Lock()
+		if busy[id] {
+			errs = append(errs, "two workers in one session at once")
+		}
+		busy[id] = true
+		if a.Event.TxSeq != last[id]+1 {
+			errs = append(errs, fmt.Sprintf("session %d: event %d after %d", id, a.Event.TxSeq, last[id]))
+		}
+		last[id] = a.Event.TxSeq
+		mu.Unlock()
+		time.Sleep(time.Microsecond) // widen the window for reordering
+		mu.Lock()
+		busy[id] = false
+		mu.Unlock()
+	}))
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for s := range sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				ev := stmt("SELECT 1")
+				ev.SessionID = uint64(s*7919 + 1)
+				ev.TxSeq = uint64(i + 1)
+				if err := p.Submit(context.Background(), ev); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	stop(t, p)
+	if len(errs) > 0 {
+		t.Fatalf("%d ordering errors, first: %s", len(errs), errs[0])
+	}
+	if c := p.Counters(); c.Processed != sessions*each || c.Dropped != 0 {
+		t.Errorf("counters %+v", c)
+	}
+	for id, n := range last {
+		if n != each {
+			t.Errorf("session %d: %d events", id, n)
+		}
+	}
+}
+
+// TestPipelineShardedDrops: a full worker queue drops only the events of
+// the sessions it serves; Offer never blocks.
+func TestPipelineShardedDrops(t *testing.T) {
+	p := NewPipeline(PipelineConfig{Workers: 2, QueueSize: 8}) // 4 per worker, not started
+	qa := p.queueFor(&Event{SessionID: 1})
+	other := uint64(2)
+	for p.queueFor(&Event{SessionID: other}) == qa {
+		other++
+	}
+	for range 10 {
+		ev := stmt("SELECT 1")
+		ev.SessionID = 1
+		p.Offer(ev)
+	}
+	if p.Dropped() != 6 {
+		t.Errorf("dropped %d, want 6", p.Dropped())
+	}
+	ev := stmt("SELECT 1")
+	ev.SessionID = other
+	p.Offer(ev) // the other worker's queue has room
+	if c := p.Counters(); c.Dropped != 6 || c.Queued != 5 {
+		t.Errorf("counters %+v", c)
+	}
+	stop(t, p)
+	if p.Dropped() != 11 {
+		t.Errorf("queued events not counted as dropped at Stop: %d", p.Dropped())
 	}
 }

@@ -170,6 +170,13 @@ func TestIntegrityUnderFaults(t *testing.T) {
 				where backend_type = 'client backend' and pid <> pg_backend_pid() order by random() limit 1`)
 		}
 	}
+	waitCommits := func(n int64) {
+		deadline := time.Now().Add(60 * time.Second)
+		for commits.Load() < n && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitCommits(20) // the clients are up
 	chaos(2 * time.Second)
 	beforeRestart := commits.Load()
 	direct.Close(ctx)
@@ -182,7 +189,7 @@ func TestIntegrityUnderFaults(t *testing.T) {
 	}
 	defer direct.Close(context.Background())
 	chaos(2 * time.Second)
-	time.Sleep(time.Second)
+	waitCommits(beforeRestart + 20) // progress after the restart
 	close(stop)
 	wg.Wait()
 	if beforeRestart == 0 || commits.Load() == beforeRestart {

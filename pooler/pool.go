@@ -168,18 +168,32 @@ func (p *Pool) Acquire(ctx context.Context) (*Server, time.Duration, error) {
 }
 
 func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
-	var timeout <-chan time.Time
-	if p.set().QueryWaitTimeout > 0 {
-		t := time.NewTimer(p.set().QueryWaitTimeout)
-		defer t.Stop()
-		timeout = t.C
+	// The timers start at the first wait: most acquires find an idle
+	// server and never need them. They still count from start.
+	var timeout, reserveTimer <-chan time.Time
+	var stops []*time.Timer
+	timersArmed := false
+	armTimers := func() {
+		if timersArmed {
+			return
+		}
+		timersArmed = true
+		if d := p.set().QueryWaitTimeout; d > 0 {
+			t := time.NewTimer(max(d-time.Since(start), 0))
+			timeout = t.C
+			stops = append(stops, t)
+		}
+		if p.set().ReserveSize > 0 && p.set().ReserveTimeout > 0 {
+			t := time.NewTimer(max(p.set().ReserveTimeout-time.Since(start), 0))
+			reserveTimer = t.C
+			stops = append(stops, t)
+		}
 	}
-	var reserveTimer <-chan time.Time
-	if p.set().ReserveSize > 0 && p.set().ReserveTimeout > 0 {
-		t := time.NewTimer(p.set().ReserveTimeout)
-		defer t.Stop()
-		reserveTimer = t.C
-	}
+	defer func() {
+		for _, t := range stops {
+			t.Stop()
+		}
+	}()
 	useReserve := false
 	woken := false // a woken waiter keeps its place ahead of the queue
 	for {
@@ -225,6 +239,7 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 				return nil, err
 			}
 		}
+		armTimers()
 		w := &waiter{ch: make(chan *Server, 1), reserve: useReserve}
 		p.waiters = append(p.waiters, w)
 		// Waiting although the pool has room means a connect back-off is

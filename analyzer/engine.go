@@ -1,0 +1,366 @@
+package analyzer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/pgaudit/pgaudit/rules"
+)
+
+// EngineConfig configures an Engine. Only Rules needs thought; the zero
+// value of everything else is usable.
+type EngineConfig struct {
+	// Rules is the rules configuration ([rules] in pgaudit.toml). NewEngine
+	// validates it; unset thresholds take their defaults.
+	Rules rules.Config
+	// Stats are the per-shape statistics the slow-query rule reads
+	// (normally Pipeline.Stats()). Nil turns slow-query evaluation off.
+	Stats *Stats
+	// AuditLog, when set, receives a finding record for every finding that
+	// is new or changed significantly (see rules.Store). The engine does
+	// not close it.
+	AuditLog *AuditLog
+	// Store bounds the findings kept and sets what counts as a significant
+	// change.
+	Store rules.StoreConfig
+	// Detector bounds the N+1 detector's session state; its Rule field is
+	// replaced by Rules.NPlusOne.
+	Detector NPlusOneDetectorConfig
+	// EvalInterval is how often the goroutine started by Start evaluates
+	// the slow-query rule over Stats. Default 10s.
+	EvalInterval time.Duration
+	// SweepInterval is how often that goroutine closes finished N+1 runs
+	// and evicts idle sessions (with the wall clock). Default 1s.
+	SweepInterval time.Duration
+	// IgnoreCacheSize bounds the fingerprints whose inline pgaudit:ignore
+	// directives are remembered. Default 10000.
+	IgnoreCacheSize int
+	// Logger receives operational messages (audit log write errors). The
+	// zero Logger discards.
+	Logger zerolog.Logger
+	// Now is the clock for sweeps and pool facts without a time, for
+	// tests; default time.Now.
+	Now func() time.Time
+}
+
+const (
+	defaultEvalInterval  = 10 * time.Second
+	defaultSweepInterval = time.Second
+	defaultIgnoreCache   = 10000
+)
+
+// EngineCounters are an engine's cumulative counters.
+type EngineCounters struct {
+	// Findings is the number of findings stored now.
+	Findings int `json:"findings"`
+	// Raised counts findings the rules produced (before suppression).
+	Raised uint64 `json:"raised"`
+	// Suppressed counts findings dropped by a disabled rule, a config
+	// ignore entry or an inline pgaudit:ignore comment.
+	Suppressed uint64 `json:"suppressed"`
+	// Reported counts finding records written (new or changed findings).
+	Reported uint64 `json:"reported"`
+	// Sessions is the number of client sessions the N+1 detector tracks
+	// now.
+	Sessions int `json:"sessions"`
+}
+
+// Engine runs the rules: it is an Observer that feeds every event to the
+// N+1 detector and turns session-state events into txn-pooling-unsafe
+// findings; it evaluates slow-query over the shape statistics periodically
+// and pool-saturation whenever the proxy reports pool facts; and it accepts
+// findings built elsewhere (the EXPLAIN sampler) through Report. Every
+// finding goes through the configuration (enabled, severity override,
+// ignore entries) and inline pgaudit:ignore comments, is deduplicated in a
+// rules.Store, and is written to the audit log when new or changed
+// significantly.
+//
+// Lifecycle: NewEngine; register it with Pipeline.AddObserver; optionally
+// Start (proxy mode: periodic slow-query evaluation and session sweeps);
+// after the pipeline stopped, Flush (closes open N+1 runs, evaluates
+// slow-query once more) and Stop. Every method is safe for concurrent
+// use.
+type Engine struct {
+	cfg      rules.Config
+	stats    *Stats
+	audit    *AuditLog
+	store    *rules.Store
+	detector *NPlusOneDetector
+	ignores  *lru[Fingerprint, []string]
+	log      zerolog.Logger
+	now      func() time.Time
+	every    time.Duration
+	sweep    time.Duration
+
+	raised, suppressed, reported atomic.Uint64
+
+	startOnce sync.Once
+	stopOnce  sync.Once
+	stop      chan struct{}
+	done      chan struct{}
+	started   atomic.Bool
+}
+
+// NewEngine validates cfg.Rules and returns an engine that is not started.
+func NewEngine(cfg EngineConfig) (*Engine, error) {
+	if err := cfg.Rules.Validate(); err != nil {
+		return nil, fmt.Errorf("rules config: %w", err)
+	}
+	rc := cfg.Rules.WithDefaults()
+	if cfg.EvalInterval <= 0 {
+		cfg.EvalInterval = defaultEvalInterval
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = defaultSweepInterval
+	}
+	if cfg.IgnoreCacheSize <= 0 {
+		cfg.IgnoreCacheSize = defaultIgnoreCache
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	e := &Engine{
+		cfg:     rc,
+		stats:   cfg.Stats,
+		audit:   cfg.AuditLog,
+		store:   rules.NewStore(cfg.Store),
+		ignores: newLRU[Fingerprint, []string](cfg.IgnoreCacheSize),
+		log:     cfg.Logger,
+		now:     cfg.Now,
+		every:   cfg.EvalInterval,
+		sweep:   cfg.SweepInterval,
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	dc := cfg.Detector
+	dc.Rule = rc.NPlusOne
+	e.detector = NewNPlusOneDetector(dc, e.onNPlusOne)
+	return e, nil
+}
+
+// Observe handles one analyzed event (called by pipeline workers): it
+// remembers the statement's inline ignores, raises txn-pooling-unsafe for
+// a session-state event, and feeds statements to the N+1 detector.
+func (e *Engine) Observe(a *Analyzed) {
+	if a.Shape != nil && len(a.Annotations.Ignore) > 0 {
+		e.ignores.add(a.Shape.Fingerprint, a.Annotations.Ignore)
+	}
+	ev := a.Event
+	if ev.Kind == KindSessionState {
+		f := rules.SessionStateFacts{
+			Feature:         ev.Detail,
+			SessionID:       ev.SessionID,
+			Database:        ev.Database,
+			User:            ev.User,
+			ApplicationName: ev.ApplicationName,
+			ClientAddr:      ev.ClientAddr,
+			TraceParent:     a.TraceParent,
+			At:              ev.Start,
+		}
+		if a.Shape != nil {
+			f.Fingerprint, f.Query = a.Shape.Fingerprint.String(), a.Shape.Normalized
+		}
+		if f.At.IsZero() {
+			f.At = e.now()
+		}
+		e.record(rules.EvaluateTxnPoolingUnsafe(f, e.cfg.TxnPoolingUnsafe), false, a.Annotations.Ignore)
+		return
+	}
+	if e.cfg.NPlusOne.IsEnabled() {
+		e.detector.Observe(a)
+	}
+}
+
+func (e *Engine) onNPlusOne(f rules.NPlusOneFacts) {
+	fin := rules.EvaluateNPlusOne(f, e.cfg.NPlusOne)
+	if fin == nil {
+		return
+	}
+	// A pgaudit:ignore on the source statement silences the loop too.
+	var extra []string
+	if fp, err := ParseFingerprint(f.SourceFingerprint); err == nil {
+		extra, _ = e.ignores.get(fp)
+	}
+	e.record(fin, false, extra)
+}
+
+// ObservePool evaluates pool-saturation over one pool's statistics. The
+// proxy calls it from its statistics timer (never from the relay path),
+// once per pool per period; a zero At means now.
+func (e *Engine) ObservePool(f rules.PoolFacts) {
+	if f.At.IsZero() {
+		f.At = e.now()
+	}
+	e.record(rules.EvaluatePoolSaturation(f, e.cfg.PoolSaturation), false, nil)
+}
+
+// Report stores a finding built outside the engine (the EXPLAIN sampler's
+// seq-scan and missing-index findings) after applying the configuration
+// and inline ignores, counting it as one more occurrence. It returns what
+// the store did; Unchanged as well when the finding was suppressed.
+func (e *Engine) Report(f rules.Finding) rules.Change {
+	return e.record(&f, false, nil)
+}
+
+// EvaluateSlowQueries runs the slow-query rule over the current shape
+// statistics. Start calls it every EvalInterval; Flush once more.
+func (e *Engine) EvaluateSlowQueries() {
+	if e.stats == nil || !e.cfg.SlowQuery.IsEnabled() {
+		return
+	}
+	for _, st := range e.stats.TopShapes(ByTotalTime, 0) {
+		if st.Fingerprint == 0 || st.Calls < uint64(e.cfg.SlowQuery.MinCalls) {
+			continue
+		}
+		f := rules.ShapeFacts{
+			Fingerprint: st.Fingerprint.String(),
+			Query:       st.Query,
+			Calls:       st.Calls,
+			Errors:      st.Errors,
+			Rows:        st.Rows,
+			Total:       st.Total,
+			Mean:        st.Mean,
+			P50:         st.P50,
+			P90:         st.P90,
+			P99:         st.P99,
+			Max:         st.Max,
+			Share:       st.Share,
+			FirstSeen:   st.FirstSeen,
+			LastSeen:    st.LastSeen,
+		}
+		if len(st.Apps) > 0 {
+			f.ApplicationName = st.Apps[0].Name
+		}
+		e.record(rules.EvaluateSlowQuery(f, e.cfg.SlowQuery), true, nil)
+	}
+}
+
+// Sweep closes finished N+1 runs and evicts idle sessions as of now (see
+// NPlusOneDetector.Sweep). Start calls it every SweepInterval.
+func (e *Engine) Sweep(now time.Time) { e.detector.Sweep(now) }
+
+// Flush ends the input: it closes and evaluates every open N+1 run and
+// evaluates slow-query once more. Call it after the pipeline stopped, so no
+// event is still on its way.
+func (e *Engine) Flush() {
+	e.detector.Flush()
+	e.EvaluateSlowQueries()
+}
+
+// record applies configuration and suppression to f and stores it;
+// absolute selects Store.Set (cumulative facts) over Store.Add. extra are
+// inline directives beyond those remembered for f's fingerprint.
+func (e *Engine) record(f *rules.Finding, absolute bool, extra []string) rules.Change {
+	if f == nil {
+		return rules.Unchanged
+	}
+	e.raised.Add(1)
+	if !e.cfg.Apply(f) || e.ignoredInline(f, extra) {
+		e.suppressed.Add(1)
+		return rules.Unchanged
+	}
+	var stored rules.Finding
+	var ch rules.Change
+	if absolute {
+		stored, ch = e.store.Set(*f)
+	} else {
+		stored, ch = e.store.Add(*f)
+	}
+	if ch.Report() {
+		e.reported.Add(1)
+		if e.audit != nil {
+			if err := e.audit.WriteFinding(stored); err != nil {
+				e.log.Error().Err(err).Str("finding", stored.ID).Msg("write finding record")
+			}
+		}
+	}
+	return ch
+}
+
+func (e *Engine) ignoredInline(f *rules.Finding, extra []string) bool {
+	if rules.IgnoredInline(extra, f.Rule) {
+		return true
+	}
+	if f.Fingerprint == "" {
+		return false
+	}
+	fp, err := ParseFingerprint(f.Fingerprint)
+	if err != nil {
+		return false
+	}
+	dirs, ok := e.ignores.get(fp)
+	return ok && rules.IgnoredInline(dirs, f.Rule)
+}
+
+// Findings returns the current findings, most important first (severity,
+// then count; see rules.Sort). The slice is the caller's.
+func (e *Engine) Findings() []rules.Finding { return e.store.Findings() }
+
+// Store returns the engine's finding store.
+func (e *Engine) Store() *rules.Store { return e.store }
+
+// Config returns the rules configuration in force (defaults filled in).
+func (e *Engine) Config() rules.Config { return e.cfg }
+
+// Counters returns the engine's counters.
+func (e *Engine) Counters() EngineCounters {
+	return EngineCounters{
+		Findings:   e.store.Len(),
+		Raised:     e.raised.Load(),
+		Suppressed: e.suppressed.Load(),
+		Reported:   e.reported.Load(),
+		Sessions:   e.detector.Sessions(),
+	}
+}
+
+// Start launches the goroutine that evaluates slow-query every
+// EvalInterval and sweeps N+1 sessions every SweepInterval with the wall
+// clock, until ctx ends or Stop is called. It is for proxy mode; lint mode
+// calls Flush instead. Start may be called once.
+func (e *Engine) Start(ctx context.Context) error {
+	ok := false
+	e.startOnce.Do(func() { ok = true; e.started.Store(true) })
+	if !ok {
+		return errors.New("rules engine: Start called twice")
+	}
+	go e.run(ctx)
+	return nil
+}
+
+func (e *Engine) run(ctx context.Context) {
+	defer close(e.done)
+	eval := time.NewTicker(e.every)
+	defer eval.Stop()
+	sweep := time.NewTicker(e.sweep)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.stop:
+			return
+		case <-sweep.C:
+			e.Sweep(e.now())
+		case <-eval.C:
+			e.EvaluateSlowQueries()
+		}
+	}
+}
+
+// Stop stops the goroutine started by Start and waits for it. It is
+// idempotent and does nothing when Start was not called. It does not flush:
+// call Flush for that.
+func (e *Engine) Stop() {
+	e.stopOnce.Do(func() { close(e.stop) })
+	if e.started.Load() {
+		<-e.done
+	}
+}
+
+var _ Observer = (*Engine)(nil)

@@ -1,0 +1,338 @@
+package analyzer
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgaudit/pgaudit/rules"
+	"github.com/rs/zerolog"
+)
+
+// SamplerConfig configures a Sampler. Stats, Emit and one of Explainer or
+// ExplainerFor are required.
+type SamplerConfig struct {
+	// Stats is where shapes come from (in order of total time).
+	Stats *Stats
+	// Explainer explains every shape, unless ExplainerFor is set.
+	Explainer *Explainer
+	// ExplainerFor picks the explainer for the database a shape was last
+	// seen on ("" when unknown: the shape came from a log or a merged
+	// snapshot); nil skips the shape. The Sampler does not close
+	// explainers.
+	ExplainerFor func(database string) *Explainer
+	// Emit receives every finding (seq-scan, missing-index), on the
+	// goroutine running the round; it must not call RunOnce. Findings are
+	// not filtered by Rules' ignore entries or severities: pass them
+	// through rules.Config.Apply.
+	Emit func(*rules.Finding)
+	// Rules supplies the seq-scan and missing-index thresholds; a rule
+	// disabled here is not evaluated (both disabled: nothing is explained).
+	Rules rules.Config
+	// Interval is how often a round runs. Default 30s.
+	Interval time.Duration
+	// ExplainInterval is how long a shape rests after being checked.
+	// Default 10 minutes.
+	ExplainInterval time.Duration
+	// TopShapes is how many shapes, by total time, a round considers.
+	// Default 50.
+	TopShapes int
+	// MaxPerRound caps the shapes explained per round. Default 10.
+	MaxPerRound int
+	// MinCalls skips shapes with fewer calls. Default 1.
+	MinCalls uint64
+	// ExampleSlots bounds the shapes whose example parameters and database
+	// are remembered (in memory only). Default 1000.
+	ExampleSlots int
+	// Logger receives per-shape failures (never parameter values).
+	Logger zerolog.Logger
+	// Now is the clock, for tests. Default time.Now.
+	Now func() time.Time
+}
+
+const (
+	defaultSamplerInterval = 30 * time.Second
+	defaultExplainInterval = 10 * time.Minute
+	defaultSamplerTop      = 50
+	defaultSamplerPerRound = 10
+	defaultExampleSlots    = 1000
+)
+
+// SamplerCounters are a Sampler's cumulative counters.
+type SamplerCounters struct {
+	// Rounds counts completed rounds.
+	Rounds uint64 `json:"rounds"`
+	// Checked counts shapes sent to an explainer.
+	Checked uint64 `json:"checked"`
+	// NotExplainable counts shapes refused by CheckExplainable.
+	NotExplainable uint64 `json:"not_explainable"`
+	// Failed counts shapes whose explain failed (timeouts included).
+	Failed uint64 `json:"failed"`
+	// Timeouts counts shapes whose explain hit statement_timeout or
+	// lock_timeout.
+	Timeouts uint64 `json:"timeouts"`
+	// Findings counts findings emitted.
+	Findings uint64 `json:"findings"`
+}
+
+// Sampler is the EXPLAIN sampler: each round it takes the shapes with the
+// most total time from Stats, explains each at most once per
+// ExplainInterval (the explainer rate-limits), evaluates the seq-scan and
+// missing-index rules on the plans and emits the findings.
+//
+// Register it as a pipeline Observer to give it each shape's database and,
+// when parameter capture is on, example parameter values; those stay in
+// memory and are never logged. Lifecycle: NewSampler, then Run (once) in
+// its own goroutine until its context ends. Observe, Counters and RunOnce
+// are safe to call concurrently with Run.
+type Sampler struct {
+	cfg  SamplerConfig
+	log  zerolog.Logger
+	now  func() time.Time
+	seen *lru[Fingerprint, *shapeExample]
+
+	mu      sync.Mutex // serializes rounds; guards checked
+	checked map[Fingerprint]time.Time
+
+	rounds, shapes, refused, failed, timeouts, findings atomic.Uint64
+}
+
+// shapeExample is what Observe remembers of a shape.
+type shapeExample struct {
+	database string
+	params   []string
+}
+
+// NewSampler validates cfg and returns a Sampler.
+func NewSampler(cfg SamplerConfig) (*Sampler, error) {
+	if cfg.Stats == nil {
+		return nil, errors.New("sampler: Stats is required")
+	}
+	if cfg.Explainer == nil && cfg.ExplainerFor == nil {
+		return nil, errors.New("sampler: Explainer or ExplainerFor is required")
+	}
+	if cfg.Emit == nil {
+		return nil, errors.New("sampler: Emit is required")
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = defaultSamplerInterval
+	}
+	if cfg.ExplainInterval <= 0 {
+		cfg.ExplainInterval = defaultExplainInterval
+	}
+	if cfg.TopShapes <= 0 {
+		cfg.TopShapes = defaultSamplerTop
+	}
+	if cfg.MaxPerRound <= 0 {
+		cfg.MaxPerRound = defaultSamplerPerRound
+	}
+	if cfg.MinCalls == 0 {
+		cfg.MinCalls = 1
+	}
+	if cfg.ExampleSlots <= 0 {
+		cfg.ExampleSlots = defaultExampleSlots
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	cfg.Rules = cfg.Rules.WithDefaults()
+	return &Sampler{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		now:     cfg.Now,
+		seen:    newLRU[Fingerprint, *shapeExample](cfg.ExampleSlots),
+		checked: make(map[Fingerprint]time.Time),
+	}, nil
+}
+
+// Observe remembers the event's database and, when it carries captured
+// parameter values, a copy of them as the shape's example. It implements
+// Observer; it does no I/O.
+func (s *Sampler) Observe(a *Analyzed) {
+	if a.Shape == nil || a.Event == nil || a.Event.Kind != KindStatement {
+		return
+	}
+	db := a.Event.Database
+	if len(a.Event.Params) > 0 && a.Event.SQLState == "" {
+		s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, params: slices.Clone(a.Event.Params)})
+		return
+	}
+	if old, ok := s.seen.get(a.Shape.Fingerprint); ok && old.database == db {
+		return // keep the example parameters already held
+	}
+	s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db})
+}
+
+// Counters returns the cumulative counters. Safe to call at any time.
+func (s *Sampler) Counters() SamplerCounters {
+	return SamplerCounters{
+		Rounds: s.rounds.Load(), Checked: s.shapes.Load(), NotExplainable: s.refused.Load(),
+		Failed: s.failed.Load(), Timeouts: s.timeouts.Load(), Findings: s.findings.Load(),
+	}
+}
+
+// Run runs a round at once and then every Interval until ctx ends; it
+// returns nil then. A failing shape is logged and counted, never fatal.
+func (s *Sampler) Run(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.Interval)
+	defer t.Stop()
+	for {
+		s.RunOnce(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// RunOnce runs one round and returns the number of shapes explained
+// successfully. Rounds do not overlap: a call waits for one in progress.
+func (s *Sampler) RunOnce(ctx context.Context) int {
+	seqOn, idxOn := s.cfg.Rules.Enabled(rules.IDSeqScan), s.cfg.Rules.Enabled(rules.IDMissingIndex)
+	if !seqOn && !idxOn {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer s.rounds.Add(1)
+	now := s.now()
+	for fp, at := range s.checked {
+		if now.Sub(at) >= s.cfg.ExplainInterval {
+			delete(s.checked, fp)
+		}
+	}
+	done, tried := 0, 0
+	for _, sh := range s.cfg.Stats.TopShapes(ByTotalTime, s.cfg.TopShapes) {
+		if ctx.Err() != nil || tried >= s.cfg.MaxPerRound {
+			break
+		}
+		if sh.Fingerprint == 0 || sh.Fallback || sh.Query == "" || sh.Calls < s.cfg.MinCalls {
+			continue
+		}
+		if _, ok := s.checked[sh.Fingerprint]; ok {
+			continue
+		}
+		var ex shapeExample
+		if e, ok := s.seen.get(sh.Fingerprint); ok {
+			ex = *e
+		}
+		exp := s.cfg.Explainer
+		if s.cfg.ExplainerFor != nil {
+			exp = s.cfg.ExplainerFor(ex.database)
+		}
+		if exp == nil {
+			continue
+		}
+		s.checked[sh.Fingerprint] = now
+		if _, err := CheckExplainable(sh.Query); err != nil {
+			s.refused.Add(1)
+			continue
+		}
+		tried++
+		s.shapes.Add(1)
+		in, err := exp.Inspect(ctx, ExplainRequest{Query: sh.Query, Params: ex.params}, InspectOptions{
+			SeqScan:      s.cfg.Rules.SeqScan,
+			MissingIndex: s.cfg.Rules.MissingIndex,
+			NoAdvice:     !idxOn,
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			s.failed.Add(1)
+			if errors.Is(err, ErrExplainTimeout) {
+				s.timeouts.Add(1)
+			}
+			s.log.Warn().Err(err).Str("fingerprint", sh.Fingerprint.String()).Msg("explain sampler: shape not checked")
+			continue
+		}
+		done++
+		for _, f := range PlanFindings(&sh, ex.database, in, s.cfg.Rules) {
+			if (f.Rule == rules.IDSeqScan && !seqOn) || (f.Rule == rules.IDMissingIndex && !idxOn) {
+				continue
+			}
+			s.findings.Add(1)
+			s.cfg.Emit(f)
+		}
+	}
+	return done
+}
+
+// PlanFindings evaluates the seq-scan and missing-index rules on one shape's
+// inspection and returns the findings (seq-scan first for each scanned
+// table, then its missing-index finding). database may be empty. Pure:
+// no I/O.
+func PlanFindings(sh *ShapeStats, database string, in *Inspection, cfg rules.Config) []*rules.Finding {
+	shape := rules.PlanShapeFacts{
+		Fingerprint: sh.Fingerprint.String(),
+		Query:       sh.Query,
+		Database:    database,
+		Calls:       sh.Calls,
+		TotalTime:   sh.Total,
+		MeanTime:    sh.Mean,
+		FirstSeen:   sh.FirstSeen,
+		LastSeen:    sh.LastSeen,
+	}
+	if shape.MeanTime == 0 && sh.Calls > 0 {
+		shape.MeanTime = sh.Total / time.Duration(sh.Calls)
+	}
+	var out []*rules.Finding
+	for i := range in.Scans {
+		rep := &in.Scans[i]
+		if rep.Table == nil {
+			continue
+		}
+		adv := rep.Advice
+		f := rules.SeqScanFacts{
+			PlanShapeFacts:        shape,
+			Schema:                rep.Table.Schema,
+			Table:                 rep.Table.Name,
+			Filter:                rep.Filter,
+			EstimatedRowsScanned:  rep.Table.RelTuples,
+			EstimatedRowsReturned: rep.Rows,
+			ScanCost:              rep.Cost,
+			PlanCost:              in.Plan.TotalCost(),
+			Parallel:              rep.Parallel,
+			GenericPlan:           in.Mode.Generic(),
+			PlanExcerpt:           rep.Excerpt(),
+		}
+		if adv != nil {
+			f.SuggestedIndex = adv.CreateStatement
+		}
+		if fd := rules.EvaluateSeqScan(f, cfg.SeqScan); fd != nil {
+			out = append(out, fd)
+		}
+		if adv == nil || len(adv.Columns) == 0 {
+			continue
+		}
+		ti := rep.Table
+		fi := rules.IndexCandidateFacts{
+			PlanShapeFacts:  shape,
+			Schema:          ti.Schema,
+			Table:           ti.Name,
+			Columns:         adv.Columns,
+			CreateStatement: adv.CreateStatement,
+			Validated:       adv.Validated,
+			CostBefore:      adv.CostBefore,
+			CostAfter:       adv.CostAfter,
+			ValidationNote:  adv.Note,
+			TableRows:       ti.RelTuples,
+			WriteStatsKnown: ti.StatsKnown,
+			RowsInserted:    ti.Inserted,
+			RowsUpdated:     ti.Updated,
+			RowsDeleted:     ti.Deleted,
+			RowsReadSeq:     ti.SeqTupRead,
+			RowsFetchedIdx:  ti.IdxTupFetch,
+			TableWriteShare: ti.WriteShare(),
+			ExistingIndexes: len(ti.Indexes),
+		}
+		if fd := rules.EvaluateMissingIndex(fi, cfg.MissingIndex); fd != nil {
+			out = append(out, fd)
+		}
+	}
+	return out
+}

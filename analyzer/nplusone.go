@@ -1,0 +1,687 @@
+package analyzer
+
+import (
+	"hash/maphash"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pgaudit/pgaudit/rules"
+)
+
+// NPlusOneDetectorConfig configures an NPlusOneDetector. The zero value is
+// usable.
+type NPlusOneDetectorConfig struct {
+	// Rule holds the n-plus-one thresholds (min_repeats, max_gap); unset
+	// thresholds take their defaults. Enabled and Severity are not
+	// consulted here (the engine applies them).
+	Rule rules.NPlusOneConfig
+	// MaxSessions bounds the sessions tracked at once; when it is reached
+	// the session idle longest is evicted (its runs are evaluated first).
+	// Default 10000.
+	MaxSessions int
+	// RingSize is the number of recent statements kept per session, which
+	// bounds how far back a source statement is looked for. Default 32.
+	RingSize int
+	// MaxRuns bounds the runs (one per repeated shape) tracked at once per
+	// session; the run extended longest ago is closed to make room.
+	// Default 16.
+	MaxRuns int
+	// IdleTimeout evicts a session (after evaluating its runs) when it had
+	// no statement for this long. Default one minute.
+	IdleTimeout time.Duration
+	// RunTimeout closes a run that was not extended for this long, whatever
+	// held it together (a transaction or trace may stay open). Default 2s.
+	RunTimeout time.Duration
+	// LookupCacheSize bounds the cache of parsed repeated shapes (see
+	// AnalyzeLookup). Default 1024.
+	LookupCacheSize int
+}
+
+const (
+	defaultDetectorSessions = 10000
+	defaultRingSize         = 32
+	defaultMaxRuns          = 16
+	defaultIdleTimeout      = time.Minute
+	defaultRunTimeout       = 2 * time.Second
+	defaultLookupCache      = 1024
+	detectorShards          = 16
+	maxDistinctParams       = 1024
+	sweepEveryEvents        = 512
+)
+
+// NPlusOneDetector finds N+1 loops in the statements of each client
+// session (never across sessions) and hands the facts of every run that
+// qualifies to a callback; rules.EvaluateNPlusOne turns them into findings.
+//
+// A run is a sequence of executions of one shape in one session. It is held
+// together by one transaction (same TxSeq, InTransaction), one trace (same
+// traceparent trace-id), or gaps below max_gap between its statements, and
+// it follows a source statement of a different shape in the same session:
+// the nearest earlier statement, tied to the run the same way, that
+// returned at least min_repeats rows (statements returning fewer, such as
+// other lookups of the same loop, and BEGIN are stepped over; COMMIT and
+// ROLLBACK end the search). Without row counts (Rows -1, some log formats)
+// the source must be a SELECT directly before the run (and not one that
+// returns one row by its form, such as SELECT count(*)): the weaker,
+// medium-confidence form. A run ends when it can no longer be extended,
+// when its source shape runs again (the next iteration of an outer loop),
+// at BEGIN, COMMIT or ROLLBACK (a run never spans transactions), at
+// RunTimeout, or when its session is evicted; it is then evaluated: it
+// qualifies with at least min_repeats executions, as many distinct
+// parameter sets (ParamHash, or the statement text when there are no bind
+// parameters), a source row count at least its length, and a repeated
+// statement that is a single SELECT not already batched with IN or ANY.
+//
+// Per-session state is bounded (a ring of recent statements, a few runs,
+// capped parameter sets) and idle sessions are evicted. Observe must see
+// each session's events in order (the Pipeline guarantees it); it is safe
+// for concurrent use across sessions.
+type NPlusOneDetector struct {
+	minRepeats int
+	maxGap     time.Duration
+	ringSize   int
+	maxRuns    int
+	perShard   int
+	idle       time.Duration
+	runTimeout time.Duration
+	seed       maphash.Seed
+	lookups    *lru[Fingerprint, *Lookup]
+	emit       func(rules.NPlusOneFacts)
+	shards     [detectorShards]detShard
+}
+
+type detShard struct {
+	mu       sync.Mutex
+	sessions map[uint64]*nSession
+	maxSeen  time.Time
+	events   uint64
+}
+
+// recent is what a session remembers of one statement.
+type recent struct {
+	shape      *Shape
+	start, end time.Time
+	rows       int64
+	txSeq      uint64
+	inTx       bool
+	txCtl      bool // BEGIN, COMMIT, ROLLBACK...
+	txEnd      bool // COMMIT, ROLLBACK, END, ABORT
+	isSelect   bool
+	failed     bool
+	trace      string // trace-id of the traceparent
+}
+
+type nRun struct {
+	shape       *Shape
+	count       int
+	distinct    map[uint64]struct{}
+	total       time.Duration
+	first       time.Time
+	lastEnd     time.Time
+	txSeq       uint64
+	trace       string
+	traceParent string
+	sameTx      bool
+	sameTrace   bool
+	gapsOK      bool
+	hasSource   bool
+	source      recent
+	immediate   bool // the source directly preceded the run
+}
+
+type nSession struct {
+	ring                  []recent
+	next, n               int
+	runs                  []*nRun
+	last                  time.Time
+	db, user, app, client string
+	id                    uint64
+}
+
+// closedRun is a run taken out of its session, evaluated outside the lock.
+type closedRun struct {
+	run                   nRun
+	distinct              int
+	sessionID             uint64
+	db, user, app, client string
+}
+
+// NewNPlusOneDetector returns a detector that calls emit with the facts of
+// every qualifying run. emit is called from the goroutine calling Observe,
+// Sweep or Flush, with no detector lock held; it must be safe for
+// concurrent use.
+func NewNPlusOneDetector(cfg NPlusOneDetectorConfig, emit func(rules.NPlusOneFacts)) *NPlusOneDetector {
+	r := cfg.Rule
+	d := &NPlusOneDetector{
+		minRepeats: r.MinRepeats,
+		maxGap:     time.Duration(r.MaxGap),
+		ringSize:   cfg.RingSize,
+		maxRuns:    cfg.MaxRuns,
+		idle:       cfg.IdleTimeout,
+		runTimeout: cfg.RunTimeout,
+		seed:       maphash.MakeSeed(),
+		emit:       emit,
+	}
+	if d.minRepeats < 2 {
+		d.minRepeats = rules.DefaultNPlusOneMinRepeats
+	}
+	if d.maxGap <= 0 {
+		d.maxGap = rules.DefaultNPlusOneMaxGap
+	}
+	if d.ringSize <= 0 {
+		d.ringSize = defaultRingSize
+	}
+	if d.maxRuns <= 0 {
+		d.maxRuns = defaultMaxRuns
+	}
+	if d.idle <= 0 {
+		d.idle = defaultIdleTimeout
+	}
+	if d.runTimeout <= 0 {
+		d.runTimeout = defaultRunTimeout
+	}
+	maxSessions := cfg.MaxSessions
+	if maxSessions <= 0 {
+		maxSessions = defaultDetectorSessions
+	}
+	d.perShard = max(1, (maxSessions+detectorShards-1)/detectorShards)
+	lc := cfg.LookupCacheSize
+	if lc <= 0 {
+		lc = defaultLookupCache
+	}
+	d.lookups = newLRU[Fingerprint, *Lookup](lc)
+	for i := range d.shards {
+		d.shards[i].sessions = make(map[uint64]*nSession)
+	}
+	if d.emit == nil {
+		d.emit = func(rules.NPlusOneFacts) {}
+	}
+	return d
+}
+
+func (d *NPlusOneDetector) shard(id uint64) *detShard {
+	return &d.shards[(id*0x9e3779b97f4a7c15)>>60]
+}
+
+// Observe feeds one analyzed event. Session-state events and events without
+// a shape are ignored.
+func (d *NPlusOneDetector) Observe(a *Analyzed) {
+	ev := a.Event
+	if ev.Kind != KindStatement || a.Shape == nil {
+		return
+	}
+	r := d.recentOf(a)
+	key := ev.ParamHash
+	if ev.NumParams == 0 {
+		key = d.textKey(ev.Text)
+	}
+	sh := d.shard(ev.SessionID)
+	var closed []closedRun
+	sh.mu.Lock()
+	s := sh.sessions[ev.SessionID]
+	if s == nil {
+		if len(sh.sessions) >= d.perShard {
+			closed = d.evictOldestLocked(sh, closed)
+		}
+		s = &nSession{id: ev.SessionID, ring: make([]recent, d.ringSize)}
+		sh.sessions[ev.SessionID] = s
+	}
+	s.db, s.user, s.app, s.client = ev.Database, ev.User, ev.ApplicationName, ev.ClientAddr
+	if r.start.After(s.last) {
+		s.last = r.start
+	}
+	closed = d.observeLocked(s, &r, key, a.TraceParent, closed)
+	if r.start.After(sh.maxSeen) {
+		sh.maxSeen = r.start
+	}
+	sh.events++
+	if sh.events%sweepEveryEvents == 0 && !sh.maxSeen.IsZero() {
+		closed = d.sweepLocked(sh, sh.maxSeen, closed)
+	}
+	sh.mu.Unlock()
+	d.finish(closed)
+}
+
+func (d *NPlusOneDetector) recentOf(a *Analyzed) recent {
+	ev := a.Event
+	r := recent{
+		shape:  a.Shape,
+		start:  ev.Start,
+		rows:   ev.Rows,
+		txSeq:  ev.TxSeq,
+		inTx:   ev.InTransaction,
+		failed: ev.SQLState != "",
+		trace:  traceID(a.TraceParent),
+	}
+	if !ev.Start.IsZero() {
+		r.end = ev.Start.Add(max(ev.Duration, 0))
+	}
+	cmd := strings.ToUpper(ev.Command)
+	if cmd == "" {
+		cmd = strings.ToUpper(firstKeyword(ev.Text))
+	}
+	switch cmd {
+	case "BEGIN", "START", "START TRANSACTION":
+		r.txCtl = true
+	case "COMMIT", "ROLLBACK", "END", "ABORT":
+		r.txCtl, r.txEnd = true, true
+	case "SELECT", "WITH", "TABLE", "VALUES":
+		r.isSelect = true
+	}
+	return r
+}
+
+// textKey hashes a statement's tokens without its comments and
+// whitespace: for statements without bind parameters it tells "same shape,
+// other literal values" apart, while a sqlcommenter comment that differs
+// per statement (a new span id) does not make identical lookups distinct.
+func (d *NPlusOneDetector) textKey(text string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(d.seed)
+	l := newLexer(text)
+	for {
+		kind, s, e, ok := l.next()
+		if !ok {
+			return h.Sum64()
+		}
+		if kind == tokSpace || kind == tokComment {
+			continue
+		}
+		h.WriteString(text[s:e])
+		h.WriteByte(0)
+	}
+}
+
+// traceID returns the trace-id field of a W3C traceparent, or the whole
+// value when it is not in that form.
+func traceID(tp string) string {
+	if len(tp) >= 36 && tp[2] == '-' && tp[35] == '-' {
+		return tp[3:35]
+	}
+	return tp
+}
+
+// firstKeyword returns the first word of a statement, skipping comments,
+// whitespace and opening parentheses.
+func firstKeyword(text string) string {
+	l := newLexer(text)
+	for {
+		kind, s, e, ok := l.next()
+		if !ok {
+			return ""
+		}
+		switch kind {
+		case tokSpace, tokComment:
+			continue
+		case tokOther:
+			if text[s:e] == "(" {
+				continue
+			}
+			return ""
+		case tokIdent:
+			return text[s:e]
+		default:
+			return ""
+		}
+	}
+}
+
+// observeLocked applies one statement to its session; sh.mu held.
+func (d *NPlusOneDetector) observeLocked(s *nSession, r *recent, key uint64, traceParent string, closed []closedRun) []closedRun {
+	fp := r.shape.Fingerprint
+	// Runs of other shapes that this statement shows are over.
+	kept := s.runs[:0]
+	var own *nRun
+	for _, run := range s.runs {
+		switch {
+		case run.shape.Fingerprint == fp:
+			own = run
+			kept = append(kept, run)
+		case d.endedBy(run, r):
+			closed = append(closed, s.closed(run))
+		default:
+			kept = append(kept, run)
+		}
+	}
+	clear(s.runs[len(kept):])
+	s.runs = kept
+
+	if !r.failed && !r.txCtl {
+		if own != nil && !d.extend(own, r) {
+			closed = append(closed, s.closed(own))
+			s.removeRun(own)
+			own = nil
+		}
+		if own == nil {
+			if len(s.runs) >= d.maxRuns {
+				oldest := s.runs[0]
+				for _, run := range s.runs[1:] {
+					if run.lastEnd.Before(oldest.lastEnd) {
+						oldest = run
+					}
+				}
+				closed = append(closed, s.closed(oldest))
+				s.removeRun(oldest)
+			}
+			own = d.startRun(s, r, traceParent)
+			s.runs = append(s.runs, own)
+		}
+		own.count++
+		if len(own.distinct) < maxDistinctParams {
+			own.distinct[key] = struct{}{}
+		}
+		if !r.start.IsZero() && !r.end.IsZero() {
+			own.total += r.end.Sub(r.start)
+		}
+		if r.end.After(own.lastEnd) {
+			own.lastEnd = r.end
+		}
+	}
+	s.push(*r)
+	return closed
+}
+
+// tied reports whether b, which came after a, belongs with it: same
+// transaction, same trace, or a gap below max_gap.
+func (d *NPlusOneDetector) tied(a, b *recent) bool {
+	if a.inTx && b.inTx && a.txSeq == b.txSeq {
+		return true
+	}
+	if a.trace != "" && a.trace == b.trace {
+		return true
+	}
+	return d.gapOK(a.end, b.start)
+}
+
+func (d *NPlusOneDetector) gapOK(end, start time.Time) bool {
+	return !end.IsZero() && !start.IsZero() && start.Sub(end) < d.maxGap
+}
+
+// endedBy reports whether statement e (of another shape) ends run: e is
+// the run's source shape again (the outer loop moved on), e could be a
+// source for a run that has none, e begins or ends a transaction (a run
+// never spans transactions: a loop of transactions is a loop of
+// independent units of work, as in pgbench or sysbench), or no later
+// statement could extend the run any more.
+func (d *NPlusOneDetector) endedBy(run *nRun, e *recent) bool {
+	if e.txCtl {
+		return true
+	}
+	if run.hasSource && run.source.rows >= 0 && e.shape.Fingerprint == run.source.shape.Fingerprint {
+		return true
+	}
+	if !run.hasSource && !e.failed && (e.rows >= int64(d.minRepeats) || (e.rows < 0 && e.isSelect)) {
+		return true
+	}
+	tx := run.sameTx && e.inTx && e.txSeq == run.txSeq && !e.txEnd
+	trace := run.sameTrace && (e.trace == "" || e.trace == run.trace)
+	gap := run.gapsOK && (e.start.IsZero() || e.start.Sub(run.lastEnd) < d.maxGap)
+	return !tx && !trace && !gap
+}
+
+// extend checks that x (of the run's shape) continues run and narrows the
+// run's ties to those x keeps.
+func (d *NPlusOneDetector) extend(run *nRun, x *recent) bool {
+	tx := run.sameTx && x.inTx && x.txSeq == run.txSeq
+	trace := run.sameTrace && x.trace == run.trace
+	gap := run.gapsOK && d.gapOK(run.lastEnd, x.start)
+	if !tx && !trace && !gap {
+		return false
+	}
+	run.sameTx, run.sameTrace, run.gapsOK = tx, trace, gap
+	return true
+}
+
+// startRun begins a run with x, looking for its source in the ring (before
+// x is pushed).
+func (d *NPlusOneDetector) startRun(s *nSession, x *recent, traceParent string) *nRun {
+	run := &nRun{
+		shape:       x.shape,
+		distinct:    make(map[uint64]struct{}, 8),
+		first:       x.start,
+		txSeq:       x.txSeq,
+		trace:       x.trace,
+		traceParent: traceParent,
+		sameTx:      x.inTx,
+		sameTrace:   x.trace != "",
+		gapsOK:      !x.start.IsZero(),
+	}
+	// Walk back from the newest statement. BEGIN is stepped over (a loop
+	// may run in a transaction opened after its source); COMMIT and
+	// ROLLBACK end the search, as does a statement not tied to the one
+	// after it or an earlier execution of the same shape.
+	next := x
+	between := 0 // statements stepped over, BEGIN aside
+	for i := 0; i < s.n; i++ {
+		c := s.back(i)
+		if c.shape.Fingerprint == x.shape.Fingerprint || c.txEnd || !d.tied(c, next) {
+			break
+		}
+		next = c
+		if c.txCtl {
+			continue
+		}
+		if c.failed {
+			between++
+			continue
+		}
+		if c.rows >= 0 {
+			if c.rows >= int64(d.minRepeats) {
+				run.hasSource, run.source, run.immediate = true, *c, between == 0
+				break
+			}
+			between++ // a sibling lookup of the same loop: step over it
+			continue
+		}
+		if between == 0 && c.isSelect {
+			run.hasSource, run.source, run.immediate = true, *c, true
+		}
+		break
+	}
+	return run
+}
+
+// push adds r to the ring.
+func (s *nSession) push(r recent) {
+	s.ring[s.next] = r
+	s.next = (s.next + 1) % len(s.ring)
+	if s.n < len(s.ring) {
+		s.n++
+	}
+}
+
+// back returns the i-th most recent statement (0 = the latest).
+func (s *nSession) back(i int) *recent {
+	j := (s.next - 1 - i + 2*len(s.ring)) % len(s.ring)
+	return &s.ring[j]
+}
+
+func (s *nSession) removeRun(run *nRun) {
+	s.runs = slices.DeleteFunc(s.runs, func(r *nRun) bool { return r == run })
+}
+
+func (s *nSession) closed(run *nRun) closedRun {
+	c := closedRun{run: *run, distinct: len(run.distinct), sessionID: s.id,
+		db: s.db, user: s.user, app: s.app, client: s.client}
+	c.run.distinct = nil
+	return c
+}
+
+func (d *NPlusOneDetector) evictOldestLocked(sh *detShard, closed []closedRun) []closedRun {
+	var oldest *nSession
+	for _, s := range sh.sessions {
+		if oldest == nil || s.last.Before(oldest.last) {
+			oldest = s
+		}
+	}
+	if oldest != nil {
+		closed = closeAll(oldest, closed)
+		delete(sh.sessions, oldest.id)
+	}
+	return closed
+}
+
+func closeAll(s *nSession, closed []closedRun) []closedRun {
+	for _, run := range s.runs {
+		closed = append(closed, s.closed(run))
+	}
+	s.runs = nil
+	return closed
+}
+
+// sweepLocked closes runs not extended for RunTimeout and evicts sessions
+// idle for IdleTimeout, as of now; sh.mu held.
+func (d *NPlusOneDetector) sweepLocked(sh *detShard, now time.Time, closed []closedRun) []closedRun {
+	for id, s := range sh.sessions {
+		if now.Sub(s.last) >= d.idle {
+			closed = closeAll(s, closed)
+			delete(sh.sessions, id)
+			continue
+		}
+		kept := s.runs[:0]
+		for _, run := range s.runs {
+			if now.Sub(run.lastEnd) >= d.runTimeout {
+				closed = append(closed, s.closed(run))
+			} else {
+				kept = append(kept, run)
+			}
+		}
+		clear(s.runs[len(kept):])
+		s.runs = kept
+	}
+	return closed
+}
+
+// Sweep closes and evaluates runs not extended for RunTimeout before now,
+// and evicts sessions idle for IdleTimeout. The proxy calls it
+// periodically with the wall clock; a log reader need not (Observe sweeps
+// by event time as it goes, and Flush ends the input).
+func (d *NPlusOneDetector) Sweep(now time.Time) {
+	for i := range d.shards {
+		sh := &d.shards[i]
+		sh.mu.Lock()
+		closed := d.sweepLocked(sh, now, nil)
+		sh.mu.Unlock()
+		d.finish(closed)
+	}
+}
+
+// Flush closes and evaluates every open run and forgets every session:
+// call it at the end of the input (a log file), after the pipeline
+// stopped.
+func (d *NPlusOneDetector) Flush() {
+	for i := range d.shards {
+		sh := &d.shards[i]
+		sh.mu.Lock()
+		var closed []closedRun
+		for id, s := range sh.sessions {
+			closed = closeAll(s, closed)
+			delete(sh.sessions, id)
+		}
+		sh.mu.Unlock()
+		d.finish(closed)
+	}
+}
+
+// Sessions returns the number of sessions tracked now.
+func (d *NPlusOneDetector) Sessions() int {
+	n := 0
+	for i := range d.shards {
+		sh := &d.shards[i]
+		sh.mu.Lock()
+		n += len(sh.sessions)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// lookup returns the parse-tree description of a shape, cached.
+func (d *NPlusOneDetector) lookup(sh *Shape) *Lookup {
+	if lk, ok := d.lookups.get(sh.Fingerprint); ok {
+		return lk
+	}
+	lk := AnalyzeLookup(sh.Normalized)
+	d.lookups.add(sh.Fingerprint, &lk)
+	return &lk
+}
+
+// finish evaluates closed runs and emits the facts of those that qualify.
+func (d *NPlusOneDetector) finish(closed []closedRun) {
+	for i := range closed {
+		if f, ok := d.facts(&closed[i]); ok {
+			d.emit(f)
+		}
+	}
+}
+
+// facts checks a closed run against the thresholds and builds its facts.
+func (d *NPlusOneDetector) facts(c *closedRun) (rules.NPlusOneFacts, bool) {
+	run := &c.run
+	if run.count < d.minRepeats || c.distinct < d.minRepeats || !run.hasSource {
+		return rules.NPlusOneFacts{}, false
+	}
+	src := &run.source
+	var form string
+	switch {
+	case src.rows >= 0:
+		if src.rows < int64(run.count) {
+			return rules.NPlusOneFacts{}, false
+		}
+		form = rules.FormRowCount
+	case run.sameTx && src.inTx && src.txSeq == run.txSeq:
+		form = rules.FormInTransaction
+	case run.immediate && src.isSelect:
+		form = rules.FormAfterSelect
+	default:
+		return rules.NPlusOneFacts{}, false
+	}
+	if src.shape.Fallback || run.shape.Fallback {
+		return rules.NPlusOneFacts{}, false
+	}
+	if src.rows < 0 && d.lookup(src.shape).SingleRow {
+		// Without a row count, a source that returns one row by its very
+		// form (SELECT count(*) FROM t, SELECT now()) drives no loop.
+		return rules.NPlusOneFacts{}, false
+	}
+	lk := d.lookup(run.shape)
+	if !lk.Select || lk.Batch {
+		return rules.NPlusOneFacts{}, false
+	}
+	tie := rules.TieGap
+	switch {
+	case run.sameTx:
+		tie = rules.TieTransaction
+	case run.sameTrace:
+		tie = rules.TieTrace
+	}
+	f := rules.NPlusOneFacts{
+		Fingerprint:       run.shape.Fingerprint.String(),
+		Query:             run.shape.Normalized,
+		Repeats:           run.count,
+		DistinctParams:    c.distinct,
+		Total:             run.total,
+		SourceFingerprint: src.shape.Fingerprint.String(),
+		SourceQuery:       src.shape.Normalized,
+		SourceRows:        src.rows,
+		Table:             lk.Table,
+		Column:            lk.Column,
+		Rewrite:           lk.Rewrite,
+		Batch:             lk.Batch,
+		Form:              form,
+		Tie:               tie,
+		SessionID:         c.sessionID,
+		Database:          c.db,
+		User:              c.user,
+		ApplicationName:   c.app,
+		ClientAddr:        c.client,
+		TraceParent:       run.traceParent,
+		First:             run.first,
+		Last:              run.lastEnd,
+	}
+	if !run.first.IsZero() && !run.lastEnd.IsZero() {
+		f.Span = run.lastEnd.Sub(run.first)
+	}
+	return f, true
+}

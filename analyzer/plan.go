@@ -1,0 +1,232 @@
+package analyzer
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+)
+
+// PlanNode is one node of a plan read from EXPLAIN (FORMAT JSON). Only the
+// fields pgaudit uses are decoded; each field holds the EXPLAIN key named
+// in its JSON tag, with EXPLAIN's meaning (costs in planner cost units,
+// rows as estimated per loop). Fields absent from a node stay zero
+// (Schema, for instance, is printed only with VERBOSE, which the Explainer
+// always uses). Plans are the child nodes.
+type PlanNode struct {
+	NodeType           string      `json:"Node Type"`
+	Operation          string      `json:"Operation,omitempty"`
+	ParentRelationship string      `json:"Parent Relationship,omitempty"`
+	SubplanName        string      `json:"Subplan Name,omitempty"`
+	ParallelAware      bool        `json:"Parallel Aware,omitempty"`
+	RelationName       string      `json:"Relation Name,omitempty"`
+	Schema             string      `json:"Schema,omitempty"`
+	Alias              string      `json:"Alias,omitempty"`
+	IndexName          string      `json:"Index Name,omitempty"`
+	StartupCost        float64     `json:"Startup Cost"`
+	TotalCost          float64     `json:"Total Cost"`
+	PlanRows           float64     `json:"Plan Rows"`
+	PlanWidth          int         `json:"Plan Width"`
+	WorkersPlanned     int         `json:"Workers Planned,omitempty"`
+	Filter             string      `json:"Filter,omitempty"`
+	IndexCond          string      `json:"Index Cond,omitempty"`
+	RecheckCond        string      `json:"Recheck Cond,omitempty"`
+	Plans              []*PlanNode `json:"Plans,omitempty"`
+}
+
+// Plan is one statement's plan as EXPLAIN (FORMAT JSON) prints it. It is a
+// plain value owned by whoever holds it.
+type Plan struct {
+	// Root is the top plan node.
+	Root *PlanNode `json:"Plan"`
+}
+
+// TotalCost is the estimated total cost of the whole statement (the root
+// node's Total Cost); 0 for an empty plan.
+func (p *Plan) TotalCost() float64 {
+	if p == nil || p.Root == nil {
+		return 0
+	}
+	return p.Root.TotalCost
+}
+
+// ErrEmptyPlan is returned by ParsePlan for an EXPLAIN result with no plan.
+var ErrEmptyPlan = errors.New("explain output holds no plan")
+
+// ParsePlan reads the output of EXPLAIN (FORMAT JSON): a JSON array with one
+// object per statement, of which the first is used. A bare object is
+// accepted too.
+func ParsePlan(b []byte) (*Plan, error) {
+	b = []byte(strings.TrimSpace(string(b)))
+	var plans []Plan
+	if len(b) > 0 && b[0] == '{' {
+		var p Plan
+		if err := json.Unmarshal(b, &p); err != nil {
+			return nil, fmt.Errorf("decode explain output: %w", err)
+		}
+		plans = append(plans, p)
+	} else if err := json.Unmarshal(b, &plans); err != nil {
+		return nil, fmt.Errorf("decode explain output: %w", err)
+	}
+	if len(plans) == 0 || plans[0].Root == nil {
+		return nil, ErrEmptyPlan
+	}
+	return &plans[0], nil
+}
+
+// Walk calls fn for every node of the plan, parents before children, with
+// the chain of ancestors (root first, not including the node). The slice
+// is reused between calls: copy it to keep it.
+func (p *Plan) Walk(fn func(n *PlanNode, ancestors []*PlanNode)) {
+	if p == nil || p.Root == nil {
+		return
+	}
+	var stack []*PlanNode
+	var walk func(n *PlanNode)
+	walk = func(n *PlanNode) {
+		fn(n, stack)
+		stack = append(stack, n)
+		for _, c := range n.Plans {
+			if c != nil {
+				walk(c)
+			}
+		}
+		stack = stack[:len(stack)-1]
+	}
+	walk(p.Root)
+}
+
+// SeqScan is a sequential scan found in a plan.
+type SeqScan struct {
+	// Schema is the relation's schema (empty unless the plan was made with
+	// VERBOSE).
+	Schema string `json:"schema,omitempty"`
+	// Relation is the scanned relation's name.
+	Relation string `json:"relation"`
+	// Alias is how the plan refers to the relation (its query alias,
+	// made unique by Postgres when repeated).
+	Alias string `json:"alias,omitempty"`
+	// Filter is the scan's Filter expression; empty when the scan reads the
+	// whole relation.
+	Filter string `json:"filter,omitempty"`
+	// Rows is the planner's estimate of rows the scan returns. For a
+	// parallel scan, whose node estimate is per process, it is scaled up
+	// by the parallel divisor of the Gather above it, as Postgres computes
+	// it (workers plus the leader's share), and rounded.
+	Rows float64 `json:"rows"`
+	// NodeRows is the node's Plan Rows as printed.
+	NodeRows float64 `json:"node_rows"`
+	// StartupCost is the scan node's startup cost.
+	StartupCost float64 `json:"startup_cost"`
+	// Cost is the scan node's total cost.
+	Cost float64 `json:"cost"`
+	// Parallel is true for a Parallel Seq Scan.
+	Parallel bool `json:"parallel,omitempty"`
+	// Path lists the node types from the root down to the scan.
+	Path []string `json:"path"`
+}
+
+// Excerpt renders the scan as one line in EXPLAIN's text style, for
+// finding evidence.
+func (s *SeqScan) Excerpt() string {
+	var b strings.Builder
+	if s.Parallel {
+		b.WriteString("Parallel ")
+	}
+	b.WriteString("Seq Scan on ")
+	if s.Schema != "" {
+		b.WriteString(s.Schema + ".")
+	}
+	b.WriteString(s.Relation)
+	if s.Alias != "" && s.Alias != s.Relation {
+		b.WriteString(" " + s.Alias)
+	}
+	fmt.Fprintf(&b, " (cost=%.2f..%.2f rows=%.0f)", s.StartupCost, s.Cost, s.NodeRows)
+	if s.Filter != "" {
+		b.WriteString(" Filter: " + s.Filter)
+	}
+	return b.String()
+}
+
+// SeqScans returns the plan's Seq Scan nodes in plan order.
+func (p *Plan) SeqScans() []SeqScan {
+	var out []SeqScan
+	p.Walk(func(n *PlanNode, anc []*PlanNode) {
+		if n.NodeType != "Seq Scan" || n.RelationName == "" {
+			return
+		}
+		s := SeqScan{
+			Schema:      n.Schema,
+			Relation:    n.RelationName,
+			Alias:       n.Alias,
+			Filter:      n.Filter,
+			Rows:        n.PlanRows,
+			NodeRows:    n.PlanRows,
+			Cost:        n.TotalCost,
+			StartupCost: n.StartupCost,
+			Parallel:    n.ParallelAware,
+		}
+		for _, a := range anc {
+			s.Path = append(s.Path, a.NodeType)
+		}
+		s.Path = append(s.Path, n.NodeType)
+		if n.ParallelAware {
+			for i := len(anc) - 1; i >= 0; i-- {
+				if t := anc[i].NodeType; t == "Gather" || t == "Gather Merge" {
+					s.Rows = math.Round(n.PlanRows * parallelDivisor(anc[i].WorkersPlanned))
+					break
+				}
+			}
+		}
+		out = append(out, s)
+	})
+	return out
+}
+
+// parallelDivisor mirrors Postgres' get_parallel_divisor with
+// parallel_leader_participation on: the workers plus what the leader is
+// expected to contribute.
+func parallelDivisor(workers int) float64 {
+	d := float64(workers)
+	if lead := 1.0 - 0.3*float64(workers); lead > 0 {
+		d += lead
+	}
+	return max(d, 1)
+}
+
+// UsesIndex reports whether any node of the plan scans the named index
+// (matched against Index Name, which for a HypoPG index is like
+// "<13556>btree_t_v").
+func (p *Plan) UsesIndex(name string) bool {
+	found := false
+	p.Walk(func(n *PlanNode, _ []*PlanNode) {
+		if n.IndexName != "" && n.IndexName == name {
+			found = true
+		}
+	})
+	return found
+}
+
+// RedactLiterals replaces every string and numeric literal in an
+// expression EXPLAIN printed (a Filter, an Index Cond) with "?", keeping
+// casts and identifiers: "((t.v = 42) AND (t.s = 'x'::text))" becomes
+// "((t.v = ?) AND (t.s = ?::text))". Plans made with example parameter
+// values print those values; findings carry only the redacted form.
+func RedactLiterals(expr string) string {
+	var b strings.Builder
+	l := newLexer(expr)
+	for {
+		kind, start, end, ok := l.next()
+		if !ok {
+			break
+		}
+		switch kind {
+		case tokString, tokNumber:
+			b.WriteByte('?')
+		default:
+			b.WriteString(expr[start:end])
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,147 @@
+package rules
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func seqFacts() SeqScanFacts {
+	return SeqScanFacts{
+		PlanShapeFacts: PlanShapeFacts{Fingerprint: "00ab", Query: "SELECT * FROM items WHERE category = $1",
+			Calls: 10, TotalTime: 50 * time.Millisecond, MeanTime: 5 * time.Millisecond},
+		Schema: "public", Table: "items", Filter: "(items.category = $1)",
+		EstimatedRowsScanned: 100000, EstimatedRowsReturned: 100, ScanCost: 1986, PlanCost: 1986,
+		GenericPlan: true, PlanExcerpt: "Seq Scan on public.items",
+	}
+}
+
+func TestEvaluateSeqScan(t *testing.T) {
+	f := EvaluateSeqScan(seqFacts(), SeqScanConfig{})
+	if f == nil {
+		t.Fatal("no finding")
+	}
+	if f.ID != "seq-scan:00ab:items" || f.Rule != IDSeqScan || f.Severity != Warning || f.Table != "items" || f.Count != 1 {
+		t.Errorf("finding %+v", f)
+	}
+	if f.Evidence["selectivity"] != 0.001 || f.Evidence["estimated_rows_scanned"] != 100000.0 || f.Evidence["mean_time_ms"] != 5.0 {
+		t.Errorf("evidence %v", f.Evidence)
+	}
+	if !strings.Contains(f.Message, "~100,000 rows") || !strings.Contains(f.Suggestion, "Add an index") {
+		t.Errorf("message %q suggestion %q", f.Message, f.Suggestion)
+	}
+	withIdx := seqFacts()
+	withIdx.SuggestedIndex = "CREATE INDEX CONCURRENTLY x ON items (category);"
+	if f := EvaluateSeqScan(withIdx, SeqScanConfig{}); f.Suggestion != withIdx.SuggestedIndex {
+		t.Errorf("suggestion %q", f.Suggestion)
+	}
+	other := seqFacts()
+	other.Schema = "app"
+	if f := EvaluateSeqScan(other, SeqScanConfig{}); f.Table != "app.items" || f.ID != "seq-scan:00ab:app.items" {
+		t.Errorf("schema-qualified: %+v", f)
+	}
+
+	off := false
+	for name, c := range map[string]struct {
+		mod func(*SeqScanFacts)
+		cfg SeqScanConfig
+	}{
+		"no filter":         {func(f *SeqScanFacts) { f.Filter = "" }, SeqScanConfig{}},
+		"small table":       {func(f *SeqScanFacts) { f.EstimatedRowsScanned = 9999; f.EstimatedRowsReturned = 1 }, SeqScanConfig{}},
+		"never analyzed":    {func(f *SeqScanFacts) { f.EstimatedRowsScanned = -1 }, SeqScanConfig{}},
+		"not selective":     {func(f *SeqScanFacts) { f.EstimatedRowsReturned = 20000 }, SeqScanConfig{}},
+		"raised table size": {nil, SeqScanConfig{MinTableRows: 1000000}},
+		"lower selectivity": {nil, SeqScanConfig{MaxSelectivity: 0.0001}},
+		"disabled":          {nil, SeqScanConfig{Common: Common{Enabled: &off}}},
+	} {
+		facts := seqFacts()
+		if c.mod != nil {
+			c.mod(&facts)
+		}
+		if f := EvaluateSeqScan(facts, c.cfg); f != nil {
+			t.Errorf("%s: unexpected finding %+v", name, f)
+		}
+	}
+	// Boundaries are inclusive.
+	edge := seqFacts()
+	edge.EstimatedRowsScanned, edge.EstimatedRowsReturned = 10000, 1000
+	if EvaluateSeqScan(edge, SeqScanConfig{}) == nil {
+		t.Error("10000 rows at selectivity 0.1 should fire")
+	}
+}
+
+func idxFacts() IndexCandidateFacts {
+	return IndexCandidateFacts{
+		PlanShapeFacts:  PlanShapeFacts{Fingerprint: "00ab", Query: "SELECT * FROM items WHERE category = $1", Calls: 3},
+		Schema:          "public",
+		Table:           "items",
+		Columns:         []string{"category"},
+		CreateStatement: "CREATE INDEX CONCURRENTLY items_category_idx ON public.items (category);",
+		Validated:       true, CostBefore: 1986, CostAfter: 281.5,
+		TableRows: 100000, WriteStatsKnown: true, RowsInserted: 100000, RowsReadSeq: 300000,
+		TableWriteShare: WriteShare(100000, 0, 0, 300000, 0), ExistingIndexes: 1,
+	}
+}
+
+func TestEvaluateMissingIndex(t *testing.T) {
+	f := EvaluateMissingIndex(idxFacts(), MissingIndexConfig{})
+	if f == nil {
+		t.Fatal("no finding")
+	}
+	if f.ID != "missing-index:00ab:items" || f.Severity != Warning || f.Suggestion != idxFacts().CreateStatement {
+		t.Errorf("finding %+v", f)
+	}
+	if f.Evidence["cost_reduction"] != 0.8583 || f.Evidence["write_share"] != 0.25 || f.Evidence["existing_indexes"] != 1 {
+		t.Errorf("evidence %v", f.Evidence)
+	}
+
+	weak := idxFacts()
+	weak.CostAfter = 1100
+	if f := EvaluateMissingIndex(weak, MissingIndexConfig{}); f != nil {
+		t.Errorf("45%% cut reported: %+v", f)
+	}
+	if f := EvaluateMissingIndex(weak, MissingIndexConfig{MinCostReduction: 0.4}); f == nil {
+		t.Error("45% cut not reported at min_cost_reduction 0.4")
+	}
+
+	un := idxFacts()
+	un.Validated, un.CostAfter, un.ValidationNote = false, 0, "HypoPG is not installed in this database"
+	f = EvaluateMissingIndex(un, MissingIndexConfig{})
+	if f == nil || f.Severity != Info || !strings.Contains(f.Message, "unvalidated") ||
+		!strings.Contains(f.Suggestion, "\n-- unvalidated: HypoPG is not installed") || f.Evidence["cost_after"] != nil {
+		t.Errorf("unvalidated finding %+v", f)
+	}
+
+	heavy := idxFacts()
+	heavy.TableWriteShare = WriteShare(900, 50, 50, 1000, 0)
+	if f := EvaluateMissingIndex(heavy, MissingIndexConfig{}); !strings.Contains(f.Suggestion, "-- note: 50% of the row operations") {
+		t.Errorf("write-heavy note missing: %q", f.Suggestion)
+	}
+	none := idxFacts()
+	none.Columns = nil
+	off := false
+	if EvaluateMissingIndex(none, MissingIndexConfig{}) != nil ||
+		EvaluateMissingIndex(idxFacts(), MissingIndexConfig{Common: Common{Enabled: &off}}) != nil {
+		t.Error("finding without columns or with the rule disabled")
+	}
+}
+
+func TestPlanHelpers(t *testing.T) {
+	if WriteShare(0, 0, 0, 0, 0) != 0 || WriteShare(1, 1, 1, 1, 0) != 0.75 {
+		t.Error("WriteShare")
+	}
+	if CostReduction(0, 1) != 0 || CostReduction(200, 50) != 0.75 {
+		t.Error("CostReduction")
+	}
+	if Selectivity(0, 5) != 1 || Selectivity(100, 200) != 1 || Selectivity(1000, 10) != 0.01 {
+		t.Error("Selectivity")
+	}
+	if QualifiedTable("", "t") != "t" || QualifiedTable("public", "t") != "t" || QualifiedTable("s", "t") != "s.t" {
+		t.Error("QualifiedTable")
+	}
+	for v, want := range map[float64]string{0: "0", 999: "999", 1000: "1,000", 1234567.4: "1,234,567", -5: "-5"} {
+		if got := planCount(v); got != want {
+			t.Errorf("planCount(%v) = %q, want %q", v, got, want)
+		}
+	}
+}

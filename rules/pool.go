@@ -1,0 +1,110 @@
+package rules
+
+import (
+	"fmt"
+	"math"
+	"strings"
+	"time"
+)
+
+// PoolFacts are one pool's statistics over a window, as the proxy's pooler
+// reports them.
+type PoolFacts struct {
+	// Database and User identify the pool.
+	Database, User string
+	// Mode is the pool mode ("session" or "transaction").
+	Mode string
+	// Size is the configured pool size (servers).
+	Size int
+	// Utilization is the share of Size held by clients over Window, 0..1
+	// (above 1 while a reserve pool is in use).
+	Utilization float64
+	// Window is the length of the utilization window (the pooler uses one
+	// minute).
+	Window time.Duration
+	// Waits counts acquisitions that had to wait; WaitP99 and MaxWait
+	// describe their wait times.
+	Waits   int64
+	WaitP99 time.Duration
+	MaxWait time.Duration
+	// ClientsWaiting and ClientsActive are the clients waiting for a
+	// server and holding one when the numbers were taken.
+	ClientsWaiting int
+	ClientsActive  int
+	// At is when the numbers were taken.
+	At time.Time
+}
+
+// TargetUtilization is the utilization suggested_pool_size aims at.
+const TargetUtilization = 0.7
+
+// EvaluatePoolSaturation returns a pool-saturation finding when the pool's
+// utilization is at or above cfg.Utilization or its p99 wait is above
+// cfg.P99Wait (thresholds unset in cfg take their defaults), or nil. The
+// finding's Count is 1 (one saturated observation); its id is stable per
+// database and user.
+func EvaluatePoolSaturation(f PoolFacts, cfg PoolSaturationConfig) *Finding {
+	if !cfg.IsEnabled() {
+		return nil
+	}
+	util := cfg.Utilization
+	if util <= 0 {
+		util = DefaultPoolUtilization
+	}
+	p99 := time.Duration(cfg.P99Wait)
+	if p99 <= 0 {
+		p99 = DefaultPoolP99Wait
+	}
+	var reasons []string
+	if f.Utilization >= util {
+		reasons = append(reasons, "utilization")
+	}
+	if f.Waits > 0 && f.WaitP99 > p99 {
+		reasons = append(reasons, "p99_wait")
+	}
+	if len(reasons) == 0 {
+		return nil
+	}
+	busy := f.Utilization * float64(f.Size)
+	suggested := f.Size
+	if busy > 0 {
+		suggested = max(int(math.Ceil(busy/TargetUtilization)), f.Size+1)
+	}
+	pool := f.Database + "/" + f.User
+	msg := fmt.Sprintf("pool %s saturated: %.0f%% of %d servers busy, p99 wait %s (max %s)",
+		pool, f.Utilization*100, f.Size, fmtDuration(f.WaitP99), fmtDuration(f.MaxWait))
+	var sug strings.Builder
+	fmt.Fprintf(&sug, "On average %.1f of %d servers were held. Raise pool_size for this pool to about %d (70%% utilization at this load) if Postgres max_connections leaves room", busy, f.Size, suggested)
+	switch f.Mode {
+	case "session":
+		sug.WriteString("; in session mode a client holds a server for its whole connection, so transaction mode (pool_mode = \"transaction\") serves the same clients with far fewer servers")
+	default:
+		sug.WriteString("; otherwise shorten what holds a server: long transactions, idle-in-transaction clients (see idle_transaction_timeout) and slow queries (see slow-query findings)")
+	}
+	sug.WriteString(".")
+	return &Finding{
+		ID:       StableID(IDPoolSaturation, pool),
+		Rule:     IDPoolSaturation,
+		Severity: cfg.SeverityOr(DefaultSeverity(IDPoolSaturation)),
+		Message:  msg,
+		Evidence: map[string]any{
+			"utilization":         math.Round(f.Utilization*1000) / 1000,
+			"busy_servers":        math.Round(busy*10) / 10,
+			"pool_size":           int64(f.Size),
+			"suggested_pool_size": int64(suggested),
+			"p99_wait_ms":         Millis(f.WaitP99),
+			"max_wait_ms":         Millis(f.MaxWait),
+			"waits":               f.Waits,
+			"clients_waiting":     int64(f.ClientsWaiting),
+			"clients_active":      int64(f.ClientsActive),
+			"pool_mode":           f.Mode,
+			"window_s":            f.Window.Seconds(),
+			"reason":              strings.Join(reasons, ","),
+		},
+		Suggestion: sug.String(),
+		Count:      1,
+		FirstSeen:  f.At,
+		LastSeen:   f.At,
+		Database:   f.Database,
+	}
+}
