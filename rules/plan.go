@@ -344,6 +344,9 @@ func planPct(f float64) string {
 		return "<0.1%"
 	case f < 0.1:
 		return fmt.Sprintf("%.1f%%", f*100)
+	case f > 0.99 && f < 1:
+		// Don't round a 99.8% cut up to "100%".
+		return fmt.Sprintf("%.1f%%", f*100)
 	}
 	return fmt.Sprintf("%.0f%%", f*100)
 }

@@ -13,9 +13,11 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rs/zerolog"
 
 	"github.com/pgaudit/pgaudit/analyzer"
 	"github.com/pgaudit/pgaudit/pooler"
+	"github.com/pgaudit/pgaudit/rules"
 	"github.com/pgaudit/pgaudit/wire"
 )
 
@@ -130,6 +132,9 @@ type databaseFile struct {
 	User     string `toml:"user"`
 	Password string `toml:"password"`
 	SSLMode  string `toml:"sslmode"`
+	// ExplainDSN is the connection the EXPLAIN sampler uses for this
+	// database (a dedicated read-only role, say); default: the upstream.
+	ExplainDSN string `toml:"explain_dsn"`
 	poolFile
 }
 
@@ -158,12 +163,16 @@ type fileConfig struct {
 		MaxShapes          int       `toml:"max_shapes"`
 		AuditQueueSize     int       `toml:"audit_queue_size"`
 		AuditWorkers       int       `toml:"audit_workers"`
+		Explain            *bool     `toml:"explain"`
+		ExplainInterval    *Duration `toml:"explain_interval"`
+		HypoPGCreate       bool      `toml:"hypopg_create_extension"`
 		AdminListen        *string   `toml:"admin_listen"`
 		LogLevel           string    `toml:"log_level"`
 		ShutdownTimeout    *Duration `toml:"shutdown_timeout"`
 		poolFile
 	} `toml:"pgaudit"`
 	Databases map[string]databaseFile `toml:"databases"`
+	Rules     rules.Config            `toml:"rules"`
 }
 
 // proxyFlags are the quick-start flags; empty values leave the file alone.
@@ -187,6 +196,11 @@ type settings struct {
 	auditLog        string
 	audit           analyzer.AuditLogConfig
 	pipeline        analyzer.PipelineConfig
+	rules           rules.Config
+	explain         bool
+	explainInterval time.Duration
+	explainDSNs     map[string]string
+	hypopgCreate    bool
 	logLevel        string
 	shutdownTimeout time.Duration
 }
@@ -335,7 +349,24 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 		st.audit.StatsInterval = fl.statsInterval
 	}
 	st.pipeline = analyzer.PipelineConfig{QueueSize: g.AuditQueueSize, Workers: g.AuditWorkers, Stats: analyzer.StatsConfig{MaxShapes: g.MaxShapes}}
-	cfg.CaptureParams = g.LogParameters
+	// Example parameter values for EXPLAIN are kept in memory only; they
+	// reach the audit log only with log_parameters.
+	cfg.CaptureParams = true
+	st.rules = fc.Rules.WithDefaults()
+	if err := st.rules.Validate(); err != nil {
+		return nil, fmt.Errorf("config [rules]: %w", err)
+	}
+	st.explain = g.Explain == nil || *g.Explain
+	if g.ExplainInterval != nil {
+		st.explainInterval = g.ExplainInterval.Duration
+	}
+	st.hypopgCreate = g.HypoPGCreate
+	st.explainDSNs = map[string]string{}
+	for name, df := range fc.Databases {
+		if df.ExplainDSN != "" {
+			st.explainDSNs[name] = df.ExplainDSN
+		}
+	}
 	return st, nil
 }
 
@@ -414,3 +445,32 @@ func firstNonEmpty(vals ...string) string {
 }
 
 var _ = os.Getenv
+
+// auditorOptions builds the analysis configuration of `pgaudit proxy`.
+func (st *settings) auditorOptions(log zerolog.Logger) auditorOptions {
+	o := auditorOptions{
+		Pipeline:             st.pipeline,
+		AuditLog:             st.audit,
+		Rules:                st.rules,
+		ExplainInterval:      st.explainInterval,
+		AllowCreateExtension: st.hypopgCreate,
+		Log:                  log,
+	}
+	if st.explain {
+		o.ExplainDSN = func(database string) string {
+			if dsn := st.explainDSNs[database]; dsn != "" {
+				return dsn
+			}
+			db, ok := st.proxy.Databases[database]
+			if !ok {
+				db, ok = st.proxy.Databases["*"]
+				if !ok {
+					return ""
+				}
+				return upstreamDSN(db.Upstream, database)
+			}
+			return upstreamDSN(db.Upstream, "")
+		}
+	}
+	return o
+}

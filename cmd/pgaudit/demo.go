@@ -22,6 +22,7 @@ import (
 	"github.com/pgaudit/pgaudit/analyzer"
 	"github.com/pgaudit/pgaudit/internal/pgtest"
 	"github.com/pgaudit/pgaudit/pooler"
+	"github.com/pgaudit/pgaudit/rules"
 )
 
 func demoCommand() *cobra.Command {
@@ -75,13 +76,30 @@ func runDemo(ctx context.Context, out io.Writer, keep bool, duration time.Durati
 		return &exitError{1, fmt.Errorf("loading the sample schema: %w\n%s", err, out)}
 	}
 	fmt.Fprintln(out, "  loaded authors (5,000), books (100,000), reviews (300,000); reviews.book_id has no index")
+	// The demo database is ours, so it may have HypoPG for validating index
+	// suggestions when the package is installed.
+	if _, err := cluster.Psql(ctx, "", "-q", "-c", "create extension if not exists hypopg"); err == nil {
+		fmt.Fprintln(out, "  HypoPG is installed: index suggestions will be validated")
+	} else {
+		fmt.Fprintln(out, "  HypoPG is not available (apt-get install postgresql-15-hypopg): index suggestions stay unvalidated")
+	}
 
 	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, NoColor: true}).Level(zerolog.WarnLevel).With().Timestamp().Logger()
-	pipeline := analyzer.NewPipeline(analyzer.PipelineConfig{Logger: log})
-	if err := pipeline.Start(ctx); err != nil {
+	aud, err := startAuditor(ctx, auditorOptions{
+		Rules:      rules.DefaultConfig(),
+		ExplainDSN: func(string) string { return cluster.DSN("") },
+		Log:        log,
+	})
+	if err != nil {
 		return &exitError{1, err}
 	}
-	defer func() { _ = pipeline.Stop(context.Background()) }()
+	audStopped := false
+	defer func() {
+		if !audStopped {
+			aud.stop(log)
+		}
+	}()
+	pipeline := aud.pipeline
 	up, err := pgconn.ParseConfig(cluster.DSN(""))
 	if err != nil {
 		return &exitError{1, err}
@@ -104,8 +122,16 @@ func runDemo(ctx context.Context, out io.Writer, keep bool, duration time.Durati
 	if err := demoWorkload(ctx, dsn, duration); err != nil && ctx.Err() == nil {
 		return &exitError{1, fmt.Errorf("workload: %w", err)}
 	}
-	// Let the analyzer catch up before reading its statistics.
+	// Let the analyzer catch up, explain the heaviest shapes now rather
+	// than on the sampler's schedule, and feed the pool numbers to the
+	// pool-saturation rule.
 	time.Sleep(300 * time.Millisecond)
+	fmt.Fprintln(out, "pgaudit demo: explaining the heaviest query shapes (EXPLAIN, never ANALYZE; HypoPG when installed) ...")
+	aud.explainNow(ctx)
+	aud.observePools(proxy.PoolStats())
+	aud.stop(log)
+	audStopped = true
+	printDemoFindings(out, aud.engine.Findings())
 	printDemoReport(out, pipeline, proxy)
 	fmt.Fprintf(out, "\ndemo finished in %s\n", time.Since(start).Round(100*time.Millisecond))
 	if keep {
@@ -193,6 +219,15 @@ func demoWorkload(ctx context.Context, dsn string, d time.Duration) error {
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+func printDemoFindings(out io.Writer, findings []rules.Finding) {
+	fmt.Fprintf(out, "\n== Findings (%d) ==\n", len(findings))
+	if len(findings) == 0 {
+		fmt.Fprintln(out, "none")
+	}
+	r := &lintReport{New: findings, Summary: lintSummary{BySeverity: map[string]int{}}}
+	writeFindings(out, r, false)
 }
 
 func printDemoReport(out io.Writer, pipeline *analyzer.Pipeline, proxy *pooler.Proxy) {

@@ -122,7 +122,7 @@ func runProxy(ctx context.Context, st *settings, reload func() (*settings, error
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	audit, err := startAudit(ctx, st, log)
+	audit, err := startAuditor(ctx, st.auditorOptions(log))
 	if err != nil {
 		return &exitError{1, err}
 	}
@@ -140,7 +140,7 @@ func runProxy(ctx context.Context, st *settings, reload func() (*settings, error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		reportPools(ctx, p, audit.log, st.audit.StatsInterval, log)
+		reportPools(ctx, p, audit, st.audit.StatsInterval, log)
 	}()
 	defer wg.Wait()
 	defer cancel()
@@ -187,62 +187,26 @@ func runProxy(ctx context.Context, st *settings, reload func() (*settings, error
 	}
 }
 
-// auditRun is the running audit pipeline and its log (both nil when
-// auditing is off).
-type auditRun struct {
-	pipeline *analyzer.Pipeline
-	log      *analyzer.AuditLog
-}
-
-func startAudit(ctx context.Context, st *settings, log zerolog.Logger) (*auditRun, error) {
-	cfg := st.pipeline
-	cfg.Logger = log
-	run := &auditRun{}
-	if st.audit.Path != "" {
-		ac := st.audit
-		ac.Logger = log
-		al, err := analyzer.OpenAuditLog(ac)
-		if err != nil {
-			return nil, fmt.Errorf("audit log: %w", err)
-		}
-		run.log = al
-		cfg.AuditLog = al
-	}
-	run.pipeline = analyzer.NewPipeline(cfg)
-	if err := run.pipeline.Start(ctx); err != nil {
-		return nil, fmt.Errorf("audit pipeline: %w", err)
-	}
-	return run, nil
-}
-
-func (a *auditRun) stop(log zerolog.Logger) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := a.pipeline.Stop(ctx); err != nil {
-		log.Warn().Err(err).Msg("audit pipeline did not drain")
-	}
-	if c := a.pipeline.Counters(); c.Dropped > 0 {
-		log.Warn().Uint64("dropped", c.Dropped).Msg("audit events dropped because the queue was full")
-	}
-	if a.log != nil {
-		_ = a.log.Close()
-	}
-}
-
 // reportPools logs pool statistics and writes pool snapshots every
 // interval until ctx ends.
-func reportPools(ctx context.Context, p *pooler.Proxy, al *analyzer.AuditLog, every time.Duration, log zerolog.Logger) {
+// reportPools feeds the pool-saturation rule every 10 s, and logs and
+// writes pool snapshots every interval, until ctx ends.
+func reportPools(ctx context.Context, p *pooler.Proxy, a *auditor, every time.Duration, log zerolog.Logger) {
 	if every <= 0 {
 		every = time.Minute
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
+	snap := time.NewTicker(every)
+	defer snap.Stop()
+	facts := time.NewTicker(10 * time.Second)
+	defer facts.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-			writePoolSnapshot(p, al, log)
+		case <-facts.C:
+			a.observePools(p.PoolStats())
+		case <-snap.C:
+			writePoolSnapshot(p, a.log, log)
 		}
 	}
 }

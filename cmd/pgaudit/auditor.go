@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rs/zerolog"
+
+	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit/pgaudit/pooler"
+	"github.com/pgaudit/pgaudit/rules"
+)
+
+// auditorOptions configure the analysis side shared by proxy, demo and lint.
+type auditorOptions struct {
+	Pipeline analyzer.PipelineConfig
+	// AuditLog, when its Path or Writer is set, receives the records.
+	AuditLog analyzer.AuditLogConfig
+	Rules    rules.Config
+	// ExplainDSN returns the DSN the EXPLAIN sampler uses for a database,
+	// or "" to skip EXPLAIN there. Nil disables the sampler.
+	ExplainDSN           func(database string) string
+	ExplainInterval      time.Duration
+	SamplerInterval      time.Duration
+	AllowCreateExtension bool
+	// Lint runs the engine without its wall-clock timers.
+	Lint bool
+	Log  zerolog.Logger
+}
+
+// auditor is the running pipeline, rules engine, EXPLAIN sampler and audit
+// log. Stop it once.
+type auditor struct {
+	pipeline *analyzer.Pipeline
+	engine   *analyzer.Engine
+	sampler  *analyzer.Sampler
+	log      *analyzer.AuditLog
+	lint     bool
+
+	mu         sync.Mutex
+	explainers map[string]*analyzer.Explainer
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+}
+
+func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
+	a := &auditor{explainers: map[string]*analyzer.Explainer{}, lint: o.Lint}
+	cfg := o.Pipeline
+	cfg.Logger = o.Log
+	if o.AuditLog.Path != "" || o.AuditLog.Writer != nil {
+		ac := o.AuditLog
+		ac.Logger = o.Log
+		al, err := analyzer.OpenAuditLog(ac)
+		if err != nil {
+			return nil, fmt.Errorf("audit log: %w", err)
+		}
+		a.log = al
+		cfg.AuditLog = al
+	}
+	a.pipeline = analyzer.NewPipeline(cfg)
+	eng, err := analyzer.NewEngine(analyzer.EngineConfig{Rules: o.Rules, Stats: a.pipeline.Stats(), AuditLog: a.log, Logger: o.Log})
+	if err != nil {
+		return nil, err
+	}
+	a.engine = eng
+	if err := a.pipeline.AddObserver(eng); err != nil {
+		return nil, err
+	}
+	if o.ExplainDSN != nil {
+		s, err := analyzer.NewSampler(analyzer.SamplerConfig{
+			Stats: a.pipeline.Stats(),
+			ExplainerFor: func(database string) *analyzer.Explainer {
+				return a.explainer(database, o)
+			},
+			Emit:            func(f *rules.Finding) { eng.Report(*f) },
+			Rules:           o.Rules,
+			Interval:        o.SamplerInterval,
+			ExplainInterval: o.ExplainInterval,
+			Logger:          o.Log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		a.sampler = s
+		if err := a.pipeline.AddObserver(s); err != nil {
+			return nil, err
+		}
+	}
+	ctx, a.cancel = context.WithCancel(ctx)
+	if err := a.pipeline.Start(ctx); err != nil {
+		return nil, fmt.Errorf("audit pipeline: %w", err)
+	}
+	if !o.Lint {
+		if err := eng.Start(ctx); err != nil {
+			return nil, err
+		}
+		if a.sampler != nil {
+			a.wg.Add(1)
+			go func() { defer a.wg.Done(); _ = a.sampler.Run(ctx) }()
+		}
+	}
+	return a, nil
+}
+
+// explainer returns the (lazily created) explainer of a database.
+func (a *auditor) explainer(database string, o auditorOptions) *analyzer.Explainer {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if e, ok := a.explainers[database]; ok {
+		return e
+	}
+	dsn := o.ExplainDSN(database)
+	var e *analyzer.Explainer
+	if dsn != "" {
+		var err error
+		e, err = analyzer.NewExplainer(analyzer.ExplainConfig{DSN: dsn, AllowCreateExtension: o.AllowCreateExtension, Logger: o.Log})
+		if err != nil {
+			o.Log.Warn().Err(err).Str("database", database).Msg("EXPLAIN sampler disabled for this database")
+			e = nil
+		}
+	}
+	a.explainers[database] = e
+	return e
+}
+
+// explainNow runs one sampler round at once (demo and lint).
+func (a *auditor) explainNow(ctx context.Context) int {
+	if a.sampler == nil {
+		return 0
+	}
+	return a.sampler.RunOnce(ctx)
+}
+
+// observePools feeds pool statistics to the pool-saturation rule.
+func (a *auditor) observePools(stats []pooler.PoolStats) {
+	now := time.Now()
+	for _, ps := range stats {
+		a.engine.ObservePool(rules.PoolFacts{
+			Database: ps.Database, User: ps.User, Mode: ps.Mode, Size: ps.Size,
+			Utilization: ps.Utilization, Window: time.Minute, Waits: ps.Waits,
+			WaitP99: ps.WaitP99, MaxWait: ps.MaxWait, ClientsWaiting: ps.ClientsWaiting,
+			ClientsActive: ps.ClientsActive, At: now,
+		})
+	}
+}
+
+// stop drains the pipeline, flushes the rules and closes everything.
+func (a *auditor) stop(log zerolog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.pipeline.Stop(ctx); err != nil {
+		log.Warn().Err(err).Msg("audit pipeline did not drain")
+	}
+	if a.lint {
+		a.engine.Flush()
+	} else {
+		a.engine.EvaluateSlowQueries()
+		a.engine.Stop()
+	}
+	a.cancel()
+	a.wg.Wait()
+	if c := a.pipeline.Counters(); c.Dropped > 0 {
+		log.Warn().Uint64("dropped", c.Dropped).Msg("audit events dropped because the queue was full")
+	}
+	a.mu.Lock()
+	for _, e := range a.explainers {
+		if e != nil {
+			e.Close()
+		}
+	}
+	a.mu.Unlock()
+	if a.log != nil {
+		_ = a.log.Close()
+	}
+}
+
+// upstreamDSN turns a pooler upstream config into a DSN for the EXPLAIN
+// sampler's own connections (database replaced by db when not empty).
+func upstreamDSN(c *pgconn.Config, db string) string {
+	if db == "" {
+		db = c.Database
+	}
+	u := url.URL{Scheme: "postgres", Host: c.Host + ":" + strconv.Itoa(int(c.Port)), Path: "/" + db}
+	if c.Host != "" && c.Host[0] == '/' {
+		u.Host = ""
+	}
+	if c.Password != "" {
+		u.User = url.UserPassword(c.User, c.Password)
+	} else {
+		u.User = url.User(c.User)
+	}
+	q := url.Values{}
+	if c.Host != "" && c.Host[0] == '/' {
+		q.Set("host", c.Host)
+		q.Set("port", strconv.Itoa(int(c.Port)))
+	}
+	if c.TLSConfig != nil {
+		q.Set("sslmode", "prefer")
+	} else {
+		q.Set("sslmode", "disable")
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
