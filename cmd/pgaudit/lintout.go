@@ -54,8 +54,8 @@ func sortFindings(fs []rules.Finding) {
 // Colors are used only when color is true (stdout is a terminal).
 func writeText(w io.Writer, r *lintReport, color bool) {
 	writeFindings(w, r, color)
-	for rule, why := range r.Skipped {
-		fmt.Fprintf(w, "skipped rule %s: %s\n", rule, why)
+	for _, rule := range sortedKeysOf(r.Skipped) {
+		fmt.Fprintf(w, "skipped rule %s: %s\n", rule, r.Skipped[rule])
 	}
 	s := r.Summary
 	fmt.Fprintf(w, "%d lines read (%s), %d statements, %d sessions, findings: %d error, %d warning, %d info",
@@ -335,4 +335,13 @@ func atoiOr(s string, def int) int {
 		n = n*10 + int(c-'0')
 	}
 	return n
+}
+
+func sortedKeysOf(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }

@@ -1,0 +1,314 @@
+package main
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rs/zerolog"
+
+	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit/pgaudit/internal/pgtest"
+	"github.com/pgaudit/pgaudit/pooler"
+)
+
+// lintWorkload is an application with an N+1 loop inside a transaction, a
+// query that seq-scans a 100k-row table, and well-behaved lookups.
+func lintWorkload(t *testing.T, ctx context.Context, dsn string) {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for round := 0; round < 3; round++ {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows, err := tx.Query(ctx, "select id, author_id from lint_books where id > $1 order by id limit 10", round*10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var authors []int32
+		for rows.Next() {
+			var id, a int32
+			if err := rows.Scan(&id, &a); err != nil {
+				t.Fatal(err)
+			}
+			authors = append(authors, a)
+		}
+		rows.Close()
+		for _, a := range authors {
+			var name string
+			if err := tx.QueryRow(ctx, "select name from lint_authors where id = $1", a).Scan(&name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		var n int64
+		if err := conn.QueryRow(ctx, "select count(*) from lint_events where kind = $1", i).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 1; i <= 20; i++ {
+		var name string
+		if err := conn.QueryRow(ctx, "select name from lint_authors where id = $1", i).Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+const lintSchema = `
+create table lint_authors(id int primary key, name text);
+create table lint_books(id int primary key, author_id int);
+create table lint_events(id int primary key, kind int, payload text);
+insert into lint_authors select g, 'a' || g from generate_series(1, 100) g;
+insert into lint_books select g, 1 + g % 100 from generate_series(1, 1000) g;
+insert into lint_events select g, g % 1000, 'x' from generate_series(1, 100000) g;
+analyze;`
+
+func ruleIDs(t *testing.T, out []byte) []string {
+	t.Helper()
+	var r lintReport
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("lint json: %v\n%s", err, out)
+	}
+	var ids []string
+	for _, f := range r.New {
+		ids = append(ids, f.Rule)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return -1
+}
+
+// TestLintPostgresLogsAndAuditLog runs one workload against Postgres with
+// csvlog and stderr logging on, and through the proxy with an audit log,
+// then lints all three: the same findings, exit codes, baseline round
+// trip, suppression and SARIF structure.
+func TestLintPostgresLogsAndAuditLog(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := pgtest.Start(ctx, pgtest.Options{Conf: []string{
+		"logging_collector = on", "log_destination = 'stderr,csvlog'", "log_directory = 'log'",
+		"log_filename = 'pg.log'", "log_min_duration_statement = 0",
+		"log_line_prefix = '%m [%p] %q%u@%d '",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	if out, err := c.Psql(ctx, "", "-q", "-c", lintSchema); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	lintWorkload(t, ctx, c.DSN(""))
+
+	// The same workload through the proxy, with an audit log.
+	dir := t.TempDir()
+	auditPath := filepath.Join(dir, "audit.jsonl")
+	up, _ := pgconn.ParseConfig(c.DSN(""))
+	st := pooler.DefaultPoolSettings()
+	st.Mode = pooler.TransactionMode
+	st.Size = 2
+	log := zerolog.Nop()
+	aud, err := startAuditor(ctx, auditorOptions{AuditLog: auditLogFile(auditPath), Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pooler.New(&pooler.Config{Listen: "127.0.0.1:0", AuthType: "trust",
+		Databases: map[string]*pooler.Database{"postgres": {Name: "postgres", Upstream: up, Pool: st}}}, aud.pipeline, log)
+	if err := p.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.Serve(ctx) }()
+	lintWorkload(t, ctx, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", p.Addr()))
+	_ = p.Close()
+	aud.stop(log)
+	proxyFindings := aud.engine.Findings()
+
+	// Postgres writes its logs asynchronously.
+	time.Sleep(500 * time.Millisecond)
+	csvPath := filepath.Join(c.DataDir, "log", "pg.csv")
+	stderrPath := filepath.Join(c.DataDir, "log", "pg.log")
+
+	run := func(args ...string) ([]byte, error) {
+		var out bytes.Buffer
+		fl := lintFlags{format: "auto", output: "json", failOn: "warning", logLevel: cmp.Or(os.Getenv("LINT_LOG"), "error")}
+		var files []string
+		for i := 0; i < len(args); i++ {
+			switch args[i] {
+			case "--dsn":
+				fl.dsn = args[i+1]
+				i++
+			case "--baseline":
+				fl.baseline = args[i+1]
+				i++
+			case "--write-baseline":
+				fl.writeBaseline = args[i+1]
+				i++
+			case "--output":
+				fl.output = args[i+1]
+				i++
+			case "--config":
+				fl.configPath = args[i+1]
+				i++
+			case "--fail-on":
+				fl.failOn = args[i+1]
+				i++
+			default:
+				files = append(files, args[i])
+			}
+		}
+		err := runLint(ctx, fl, files, &out, os.Stderr)
+		return out.Bytes(), err
+	}
+	for _, input := range []string{csvPath, stderrPath, auditPath} {
+		t.Run(filepath.Base(input), func(t *testing.T) {
+			out, err := run("--dsn", c.DSN(""), input)
+			if code := exitCode(err); code != 1 {
+				t.Fatalf("exit code %d (%v), want 1\n%s", code, err, out)
+			}
+			got := ruleIDs(t, out)
+			want := []string{"missing-index", "n-plus-one", "seq-scan"}
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Fatalf("rules %v, want %v\n%s", got, want, out)
+			}
+			// Without --dsn the EXPLAIN rules are skipped and say so.
+			out, _ = run(input)
+			var r lintReport
+			_ = json.Unmarshal(out, &r)
+			if r.Skipped["seq-scan"] == "" || strings.Join(ruleIDs(t, out), ",") != "n-plus-one" {
+				t.Fatalf("without --dsn: %s", out)
+			}
+		})
+	}
+	// Proxy mode found the same N+1 (same stable id) as lint.
+	out, _ := run("--dsn", c.DSN(""), auditPath)
+	var fromLog lintReport
+	_ = json.Unmarshal(out, &fromLog)
+	proxyIDs := map[string]bool{}
+	for _, f := range proxyFindings {
+		proxyIDs[f.ID] = true
+	}
+	for _, f := range fromLog.New {
+		if f.Rule == "n-plus-one" && !proxyIDs[f.ID] {
+			t.Errorf("lint's N+1 finding %s is not among the proxy's %v", f.ID, proxyIDs)
+		}
+	}
+
+	// Baseline round trip: recorded findings no longer fail the build.
+	base := filepath.Join(dir, "baseline.json")
+	if _, err := run("--dsn", c.DSN(""), "--write-baseline", base, csvPath); exitCode(err) != 1 {
+		t.Fatalf("write-baseline run: %v", err)
+	}
+	if out, err := run("--dsn", c.DSN(""), "--baseline", base, csvPath); exitCode(err) != 0 {
+		t.Fatalf("with baseline: exit %d\n%s", exitCode(err), out)
+	}
+	// Suppression by config; --fail-on error lets warnings pass.
+	cfg := filepath.Join(dir, "pgaudit.toml")
+	_ = os.WriteFile(cfg, []byte("[rules.n-plus-one]\nenabled = false\n[[rules.ignore]]\nrule = \"seq-scan\"\ntable = \"lint_events\"\n"), 0o644)
+	out, _ = run("--dsn", c.DSN(""), "--config", cfg, csvPath)
+	if got := strings.Join(ruleIDs(t, out), ","); got != "missing-index" {
+		t.Fatalf("with suppression: %s", got)
+	}
+	if _, err := run("--fail-on", "error", csvPath); exitCode(err) != 0 {
+		t.Fatalf("--fail-on error: %v", err)
+	}
+	// Usage errors and unreadable input exit 2.
+	if _, err := run("--fail-on", "bogus", csvPath); exitCode(err) != 2 {
+		t.Fatalf("bad --fail-on: %v", err)
+	}
+	if _, err := run(filepath.Join(dir, "missing.log")); exitCode(err) != 2 {
+		t.Fatalf("missing file: %v", err)
+	}
+	// SARIF 2.1.0 structure.
+	out, _ = run("--dsn", c.DSN(""), "--output", "sarif", csvPath)
+	var sarif map[string]any
+	if err := json.Unmarshal(out, &sarif); err != nil {
+		t.Fatal(err)
+	}
+	checkSARIF(t, sarif)
+}
+
+func auditLogFile(path string) analyzer.AuditLogConfig {
+	return analyzer.AuditLogConfig{Path: path, FlushInterval: -1}
+}
+
+// checkSARIF checks the parts of the SARIF 2.1.0 schema that consumers
+// (GitHub code scanning) require.
+func checkSARIF(t *testing.T, s map[string]any) {
+	t.Helper()
+	if s["version"] != "2.1.0" || !strings.Contains(fmt.Sprint(s["$schema"]), "sarif-2.1.0") {
+		t.Fatalf("version/$schema: %v %v", s["version"], s["$schema"])
+	}
+	runs, _ := s["runs"].([]any)
+	if len(runs) != 1 {
+		t.Fatalf("runs: %v", s["runs"])
+	}
+	run := runs[0].(map[string]any)
+	driver := run["tool"].(map[string]any)["driver"].(map[string]any)
+	if driver["name"] != "pgaudit" {
+		t.Fatal("tool.driver.name")
+	}
+	ruleIndex := map[string]float64{}
+	for i, r := range driver["rules"].([]any) {
+		rm := r.(map[string]any)
+		id, _ := rm["id"].(string)
+		if id == "" || rm["shortDescription"].(map[string]any)["text"] == "" {
+			t.Fatalf("rule %d lacks id or shortDescription", i)
+		}
+		ruleIndex[id] = float64(i)
+	}
+	results := run["results"].([]any)
+	if len(results) == 0 {
+		t.Fatal("no results")
+	}
+	for _, r := range results {
+		rm := r.(map[string]any)
+		id := rm["ruleId"].(string)
+		if idx, ok := ruleIndex[id]; !ok || rm["ruleIndex"].(float64) != idx {
+			t.Fatalf("result ruleId %q / ruleIndex %v", id, rm["ruleIndex"])
+		}
+		switch rm["level"] {
+		case "error", "warning", "note", "none":
+		default:
+			t.Fatalf("level %v", rm["level"])
+		}
+		if rm["message"].(map[string]any)["text"] == "" {
+			t.Fatal("empty message")
+		}
+		if pf := rm["partialFingerprints"].(map[string]any); !strings.HasPrefix(fmt.Sprint(pf["pgauditFindingId/v1"]), id) {
+			t.Fatalf("partialFingerprints %v", pf)
+		}
+		locs := rm["locations"].([]any)
+		if len(locs) == 0 || locs[0].(map[string]any)["physicalLocation"].(map[string]any)["artifactLocation"].(map[string]any)["uri"] == "" {
+			t.Fatalf("locations %v", locs)
+		}
+	}
+}
