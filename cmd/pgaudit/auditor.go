@@ -40,7 +40,6 @@ type auditor struct {
 	engine   *analyzer.Engine
 	sampler  *analyzer.Sampler
 	log      *analyzer.AuditLog
-	lint     bool
 
 	mu         sync.Mutex
 	explainers map[string]*analyzer.Explainer
@@ -49,7 +48,7 @@ type auditor struct {
 }
 
 func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
-	a := &auditor{explainers: map[string]*analyzer.Explainer{}, lint: o.Lint}
+	a := &auditor{explainers: map[string]*analyzer.Explainer{}}
 	cfg := o.Pipeline
 	cfg.Logger = o.Log
 	if o.AuditLog.Path != "" || o.AuditLog.Writer != nil {
@@ -156,12 +155,9 @@ func (a *auditor) stop(log zerolog.Logger) {
 	if err := a.pipeline.Stop(ctx); err != nil {
 		log.Warn().Err(err).Msg("audit pipeline did not drain")
 	}
-	if a.lint {
-		a.engine.Flush()
-	} else {
-		a.engine.EvaluateSlowQueries()
-		a.engine.Stop()
-	}
+	// Loops still open when the traffic stopped are judged now.
+	a.engine.Stop()
+	a.engine.Flush()
 	a.cancel()
 	a.wg.Wait()
 	if c := a.pipeline.Counters(); c.Dropped > 0 {

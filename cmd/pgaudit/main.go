@@ -38,7 +38,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(proxyCommand(), demoCommand(), versionCommand())
+	root.AddCommand(proxyCommand(), demoCommand(), lintCommand(), versionCommand())
 	if err := root.Execute(); err != nil {
 		code := 2
 		var ee *exitError
