@@ -206,6 +206,10 @@ type ExplainRequest struct {
 	// used, in memory only, when their number equals the statement's
 	// highest $n; otherwise a generic plan is made. They are never logged.
 	Params []string
+	// Literal says Query is an example statement as a client sent it, which
+	// may hold literal values: the plan's filters are then redacted like
+	// those of ModeParams, and error messages are withheld.
+	Literal bool
 }
 
 // InspectOptions say which scans Inspect looks into further.
@@ -348,7 +352,7 @@ func (e *Explainer) Inspect(ctx context.Context, req ExplainRequest, opts Inspec
 		e.errs.Add(1)
 		return nil, fmt.Errorf("explainer: connect: %w", err)
 	}
-	s := &explainSession{e: e, conn: conn, st: st, params: req.Params}
+	s := &explainSession{e: e, conn: conn, st: st, params: req.Params, literal: req.Literal}
 	in, err := s.run(rctx, opts)
 	discard := s.cleanup()
 	if discard {
@@ -356,7 +360,7 @@ func (e *Explainer) Inspect(ctx context.Context, req ExplainRequest, opts Inspec
 	}
 	e.pool.release(conn, discard)
 	if err != nil {
-		return nil, e.classify(ctx, err, s.mode == ModeParams)
+		return nil, e.classify(ctx, err, s.mode == ModeParams || s.literal)
 	}
 	return in, nil
 }
@@ -413,6 +417,7 @@ type explainSession struct {
 	conn     *pgx.Conn
 	st       *ExplainableStatement
 	params   []string
+	literal  bool
 	mode     ExplainMode
 	version  int
 	hypo     string // schema of the hypopg extension, "" when unavailable
@@ -470,7 +475,7 @@ func (s *explainSession) run(ctx context.Context, opts InspectOptions) (*Inspect
 			continue
 		}
 		seen[key] = true
-		if s.mode == ModeParams {
+		if s.mode == ModeParams || s.literal {
 			sc.Filter = RedactLiterals(sc.Filter)
 		}
 		rep := ScanReport{SeqScan: sc}

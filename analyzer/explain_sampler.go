@@ -104,7 +104,15 @@ type Sampler struct {
 type shapeExample struct {
 	database string
 	params   []string
+	// text is an example statement as the client sent it (memory only):
+	// explaining it rather than the normalized shape keeps positional
+	// GROUP BY/ORDER BY numbers and the like, which normalization turns
+	// into parameters.
+	text string
 }
+
+// maxExampleText bounds the example statements kept in memory.
+const maxExampleText = 64 << 10
 
 // NewSampler validates cfg and returns a Sampler.
 func NewSampler(cfg SamplerConfig) (*Sampler, error) {
@@ -156,14 +164,18 @@ func (s *Sampler) Observe(a *Analyzed) {
 		return
 	}
 	db := a.Event.Database
+	text := ""
+	if a.Event.SQLState == "" && len(a.Event.Text) <= maxExampleText && a.Event.Protocol != ProtocolLog {
+		text = a.Event.Text
+	}
 	if len(a.Event.Params) > 0 && a.Event.SQLState == "" {
-		s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, params: slices.Clone(a.Event.Params)})
+		s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, params: slices.Clone(a.Event.Params), text: text})
 		return
 	}
 	if old, ok := s.seen.get(a.Shape.Fingerprint); ok && old.database == db {
-		return // keep the example parameters already held
+		return // keep the example already held
 	}
-	s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db})
+	s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, text: text})
 }
 
 // Counters returns the cumulative counters. Safe to call at any time.
@@ -234,7 +246,14 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 		}
 		tried++
 		s.shapes.Add(1)
-		in, err := exp.Inspect(ctx, ExplainRequest{Query: sh.Query, Params: ex.params}, InspectOptions{
+		req := ExplainRequest{Query: sh.Query, Params: ex.params}
+		if ex.text != "" {
+			req.Query, req.Literal = ex.text, true
+			if _, err := CheckExplainable(ex.text); err != nil {
+				req.Query, req.Literal = sh.Query, false
+			}
+		}
+		in, err := exp.Inspect(ctx, req, InspectOptions{
 			SeqScan:      s.cfg.Rules.SeqScan,
 			MissingIndex: s.cfg.Rules.MissingIndex,
 			NoAdvice:     !idxOn,

@@ -1,0 +1,480 @@
+#!/usr/bin/env bash
+# bench/pgbench.sh: pgbench throughput of direct Postgres, pgaudit and
+# PgBouncer, measured in the same run on the same throwaway cluster.
+#
+# Usage (as root; see bench/README.md):
+#   bench/pgbench.sh                 # full run (about 30 minutes)
+#   QUICK=1 bench/pgbench.sh         # smoke run: 5 s per test, 10 and 100 clients
+#   DURATION=30 TX_CLIENTS="100 1000" SECTIONS=transaction bench/pgbench.sh
+#
+# Environment (defaults in brackets):
+#   QUICK            1 = DURATION 5, clients 10 and 100 only            [0]
+#   DURATION         seconds per pgbench run                            [15; QUICK: 5]
+#   SCALE            pgbench -i scale factor                            [10]
+#   JOBS             pgbench -j                                         [2]
+#   SECTIONS         which sections to run: session transaction connect [all three]
+#   TARGETS          which targets: direct pgaudit pgbouncer            [all three]
+#   SESSION_CLIENTS  client counts, session section                     [10 100]
+#   TX_CLIENTS       client counts, transaction section                 [10 100 1000; QUICK: 10 100]
+#   TX_PROTOCOLS     pgbench -M values, transaction section             [simple extended prepared]
+#   TX_POOL_SIZE     server pool size in transaction mode               [20]
+#   CONNECT_CLIENTS  client counts for the -C (connect per tx) section  [10]
+#   CONNECT_SLACK_MS added to -T per client and job for the initial connects [60]
+#   RUN_TIMEOUT      seconds a pgbench run may overrun -T before it is killed [120]
+#   PGBIN            PostgreSQL server binaries                         [/usr/lib/postgresql/15/bin]
+#   PGAUDIT_BIN      use this pgaudit binary instead of building one    [build from repo]
+#   RESULTS_DIR      where the CSV and the log go                       [bench/results]
+#   KEEP_TMP         1 = keep the temp dir (cluster, logs) after exit   [0]
+#
+# Exit status: 0 all runs clean; 3 some pgbench run had errors or aborted
+# clients (the table and CSV are still written); 1 setup failed (temp dir kept).
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+  DURATION=${DURATION:-5}
+  TX_CLIENTS=${TX_CLIENTS:-"10 100"}
+fi
+DURATION=${DURATION:-15}
+SCALE=${SCALE:-10}
+JOBS=${JOBS:-2}
+SECTIONS=${SECTIONS:-"session transaction connect"}
+TARGETS=${TARGETS:-"direct pgaudit pgbouncer"}
+SESSION_CLIENTS=${SESSION_CLIENTS:-"10 100"}
+TX_CLIENTS=${TX_CLIENTS:-"10 100 1000"}
+TX_PROTOCOLS=${TX_PROTOCOLS:-"simple extended prepared"}
+TX_POOL_SIZE=${TX_POOL_SIZE:-20}
+CONNECT_CLIENTS=${CONNECT_CLIENTS:-10}
+CONNECT_SLACK_MS=${CONNECT_SLACK_MS:-60}
+RUN_TIMEOUT=${RUN_TIMEOUT:-120}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PGAUDIT_BIN=${PGAUDIT_BIN:-}
+RESULTS_DIR=${RESULTS_DIR:-$REPO_ROOT/bench/results}
+KEEP_TMP=${KEEP_TMP:-0}
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+[[ $(id -u) == 0 ]] || die "run as root (Postgres and PgBouncer are started as the postgres user via runuser)"
+id postgres >/dev/null 2>&1 || die "no postgres user"
+[[ -x $PGBIN/initdb && -x $PGBIN/pg_ctl ]] || die "PostgreSQL server binaries not found in $PGBIN"
+command -v pgbench >/dev/null || die "pgbench not on PATH"
+command -v psql >/dev/null || die "psql not on PATH"
+
+# 1000 pgbench clients (plus as many proxy-side sockets) need many fds.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+log "open files limit: $(ulimit -n)"
+
+# ---------------------------------------------------------------- cleanup
+TMP=$(mktemp -d /tmp/pgaudit-bench.XXXXXX)
+chown postgres: "$TMP"
+chmod 755 "$TMP"
+PGDATA_DIR=$TMP/data
+PGAUDIT_PID=
+PGBOUNCER_PIDFILE=$TMP/pgbouncer.pid
+PG_STARTED=0
+
+stop_pgaudit() {
+  if [[ -n $PGAUDIT_PID ]] && kill -0 "$PGAUDIT_PID" 2>/dev/null; then
+    kill -INT "$PGAUDIT_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$PGAUDIT_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$PGAUDIT_PID" 2>/dev/null || true
+    wait "$PGAUDIT_PID" 2>/dev/null || true
+  fi
+  PGAUDIT_PID=
+}
+
+stop_pgbouncer() {
+  if [[ -s $PGBOUNCER_PIDFILE ]]; then
+    local pid
+    pid=$(cat "$PGBOUNCER_PIDFILE")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -INT "$pid" 2>/dev/null || true   # SIGINT = immediate shutdown
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$PGBOUNCER_PIDFILE"
+  fi
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e
+  stop_pgaudit
+  stop_pgbouncer
+  if [[ $PG_STARTED == 1 ]]; then
+    runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -w stop >/dev/null 2>&1
+  fi
+  if [[ $KEEP_TMP == 1 || ($rc != 0 && $rc != 3) ]]; then
+    log "temp dir kept: $TMP"
+  else
+    rm -rf "$TMP"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A port nobody listens on (checked by trying to connect).
+free_port() {
+  local p
+  for _ in $(seq 200); do
+    p=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "$p"; return 0
+    fi
+  done
+  die "no free port found"
+}
+
+wait_port() { # port, seconds, name
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------- pgbouncer
+install_pgbouncer() {
+  if command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]]; then return; fi
+  log "installing pgbouncer"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y -q pgbouncer >"$TMP/apt.log" 2>&1; then
+    apt-get update -q >>"$TMP/apt.log" 2>&1 || true
+    apt-get install -y -q pgbouncer >>"$TMP/apt.log" 2>&1 || { cat "$TMP/apt.log" >&2; die "could not install pgbouncer"; }
+  fi
+  # Debian's package starts a system pgbouncer on 6432: stop and disable it.
+  if command -v systemctl >/dev/null && systemctl stop pgbouncer >/dev/null 2>&1; then
+    systemctl disable pgbouncer >/dev/null 2>&1 || true
+  else
+    service pgbouncer stop >/dev/null 2>&1 || true
+  fi
+  local pf
+  for pf in /run/postgresql/pgbouncer.pid /var/run/postgresql/pgbouncer.pid; do
+    if [[ -s $pf ]]; then kill -INT "$(cat "$pf")" 2>/dev/null || true; fi
+  done
+}
+
+if [[ " $TARGETS " == *" pgbouncer "* ]]; then
+  install_pgbouncer
+  PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+  PGBOUNCER_VERSION=$("$PGBOUNCER" --version 2>/dev/null | head -1 | awk '{print $NF}')
+else
+  PGBOUNCER=
+  PGBOUNCER_VERSION=none
+fi
+# PgBouncer learned prepared statements in transaction mode in 1.21.
+pgbouncer_has_prepared() {
+  [[ -n $PGBOUNCER ]] || return 1
+  local maj min
+  IFS=. read -r maj min _ <<<"$PGBOUNCER_VERSION"
+  ((maj > 1 || (maj == 1 && min >= 21)))
+}
+
+# ---------------------------------------------------------------- pgaudit
+PGAUDIT_REV=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$REPO_ROOT" status --porcelain 2>/dev/null | head -1) ]]; then
+  PGAUDIT_REV="$PGAUDIT_REV-dirty"
+fi
+if [[ " $TARGETS " == *" pgaudit "* ]]; then
+  if [[ -n $PGAUDIT_BIN ]]; then
+    [[ -x $PGAUDIT_BIN ]] || die "PGAUDIT_BIN=$PGAUDIT_BIN is not executable"
+    log "using prebuilt pgaudit: $PGAUDIT_BIN"
+    PGAUDIT_REV="$PGAUDIT_REV (prebuilt $PGAUDIT_BIN)"
+  else
+    log "building pgaudit ($PGAUDIT_REV)"
+    (cd "$REPO_ROOT" && go build -ldflags "-X main.version=$PGAUDIT_REV" -o "$TMP/pgaudit" ./cmd/pgaudit) ||
+      die "go build ./cmd/pgaudit failed (set PGAUDIT_BIN to a prebuilt binary)"
+    PGAUDIT_BIN=$TMP/pgaudit
+  fi
+fi
+
+# ---------------------------------------------------------------- postgres
+PGPORT=$(free_port)
+log "initdb + start PostgreSQL on 127.0.0.1:$PGPORT"
+runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --no-sync >"$TMP/initdb.log" 2>&1 ||
+  { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
+cat >>"$PGDATA_DIR/postgresql.conf" <<EOF
+
+# pgaudit bench
+listen_addresses = '127.0.0.1'
+port = $PGPORT
+unix_socket_directories = '$TMP'
+max_connections = 1200
+shared_buffers = 128MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+logging_collector = off
+EOF
+PG_STARTED=1
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$TMP/postgres.log" -w -t 60 start >/dev/null ||
+  { cat "$TMP/postgres.log" >&2; die "pg_ctl start failed"; }
+
+export PGUSER=postgres PGDATABASE=postgres PGHOST=127.0.0.1
+PG_VERSION=$(psql -p "$PGPORT" -Atc 'show server_version')
+log "pgbench -i -s $SCALE"
+pgbench -i -q -s "$SCALE" -p "$PGPORT" >"$TMP/pgbench-init.log" 2>&1 ||
+  { cat "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
+psql -p "$PGPORT" -qc 'vacuum analyze' >/dev/null
+
+# ---------------------------------------------------------------- proxies
+PGAUDIT_PORT=
+PGBOUNCER_PORT=
+CUR_PROXY_CONF=
+
+start_pgaudit() { # mode size
+  PGAUDIT_PORT=$(free_port)
+  "$PGAUDIT_BIN" proxy --listen "127.0.0.1:$PGAUDIT_PORT" \
+    --upstream "postgres://postgres@127.0.0.1:$PGPORT/postgres?sslmode=disable" \
+    --pool-mode "$1" --pool-size "$2" --log-level warn \
+    >>"$TMP/pgaudit.log" 2>&1 &
+  PGAUDIT_PID=$!
+  wait_port "$PGAUDIT_PORT" 20 || { tail -20 "$TMP/pgaudit.log" >&2; die "pgaudit did not start"; }
+}
+
+start_pgbouncer() { # mode size
+  PGBOUNCER_PORT=$(free_port)
+  local extra=
+  if [[ $1 == transaction ]] && pgbouncer_has_prepared; then extra="max_prepared_statements = 200"; fi
+  printf '"postgres" ""\n' >"$TMP/userlist.txt"
+  cat >"$TMP/pgbouncer.ini" <<EOF
+[databases]
+* = host=127.0.0.1 port=$PGPORT
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGBOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $TMP/userlist.txt
+pool_mode = $1
+default_pool_size = $2
+max_client_conn = 2000
+max_db_connections = 0
+ignore_startup_parameters = extra_float_digits
+logfile = $TMP/pgbouncer.log
+pidfile = $PGBOUNCER_PIDFILE
+log_connections = 0
+log_disconnections = 0
+$extra
+EOF
+  chown postgres: "$TMP/pgbouncer.ini" "$TMP/userlist.txt"
+  # runuser goes through PAM, which resets the soft fd limit to 1024: too
+  # few for 1000 clients. Raise it again (up to our hard limit) as postgres.
+  runuser -u postgres -- sh -c 'ulimit -n "$1" && exec "$2" -d "$3"' sh "$(ulimit -n)" "$PGBOUNCER" "$TMP/pgbouncer.ini" \
+    >>"$TMP/pgbouncer.out" 2>&1 ||
+    { tail -20 "$TMP/pgbouncer.out" "$TMP/pgbouncer.log" >&2 || true; die "pgbouncer did not start"; }
+  wait_port "$PGBOUNCER_PORT" 20 || { tail -20 "$TMP/pgbouncer.log" >&2; die "pgbouncer did not start"; }
+  local lim
+  lim=$(awk '/^Max open files/ {print $4}' "/proc/$(cat "$PGBOUNCER_PIDFILE")/limits" 2>/dev/null || echo "?")
+  log "pgbouncer $1 pool $2 on 127.0.0.1:$PGBOUNCER_PORT (open files limit $lim)"
+}
+
+# (Re)start both proxies when the pool configuration changes.
+configure_proxies() { # mode size
+  [[ "$1/$2" == "$CUR_PROXY_CONF" ]] && return
+  stop_pgaudit
+  stop_pgbouncer
+  if [[ " $TARGETS " == *" pgaudit "* ]]; then start_pgaudit "$1" "$2"; fi
+  if [[ " $TARGETS " == *" pgbouncer "* ]]; then start_pgbouncer "$1" "$2"; fi
+  CUR_PROXY_CONF="$1/$2"
+}
+
+# ---------------------------------------------------------------- running
+STAMP=$(date +%Y%m%d-%H%M%S)
+mkdir -p "$RESULTS_DIR"
+CSV=$RESULTS_DIR/pgbench-$STAMP.csv
+RAW=$RESULTS_DIR/pgbench-$STAMP-raw.log
+echo "section,mode,pool_size,clients,protocol,target,tps,p50_ms,p99_ms,failed,status,pgaudit_vs_direct,pgaudit_vs_pgbouncer,load1" >"$CSV"
+ROWS=()      # table rows, '|' separated
+FAILURES=()  # human-readable failure notes
+
+# Latency percentiles (ms) over all pgbench -l files with prefix $1.
+latency_pcts() {
+  local files=("$1".*)
+  if [[ ! -e ${files[0]} ]]; then echo "- -"; return; fi
+  awk '$3 ~ /^[0-9]+$/ {print $3}' "${files[@]}" | sort -n >"$1.sorted"
+  rm -f "${files[@]}"
+  awk '{v[NR] = $1}
+       END {
+         if (NR == 0) { print "- -"; exit }
+         i50 = int(NR * 0.50 + 0.999999); i99 = int(NR * 0.99 + 0.999999)
+         if (i50 < 1) i50 = 1; if (i99 < 1) i99 = 1
+         printf "%.3f %.3f\n", v[i50] / 1000, v[i99] / 1000
+       }' "$1.sorted"
+  rm -f "$1.sorted"
+}
+
+ratio() { # a b
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }'
+}
+
+# run_one section mode size clients proto target connect_flag -> sets R_TPS R_P50 R_P99 R_FAILED R_STATUS
+run_one() {
+  local section=$1 mode=$2 size=$3 clients=$4 proto=$5 target=$6 cflag=$7 port
+  case $target in
+    direct) port=$PGPORT ;;
+    pgaudit) port=$PGAUDIT_PORT ;;
+    pgbouncer) port=$PGBOUNCER_PORT ;;
+  esac
+  local tag="$section-$mode-c$clients-$proto-$target"
+  local out=$TMP/out-$tag.txt prefix=$TMP/lat-$tag
+  # pgbench's -T clock includes the initial connections (tps does not):
+  # give slow connection setup (about 20 ms per backend fork here, much more
+  # under load) extra time so that the measured window stays near DURATION.
+  local secs=$DURATION
+  if [[ -z $cflag ]]; then secs=$((DURATION + (clients * CONNECT_SLACK_MS / JOBS + 999) / 1000)); fi
+  local args=(-S -n -T "$secs" -c "$clients" -j "$JOBS" -M "$proto" -l --log-prefix="$prefix" -h 127.0.0.1 -p "$port")
+  if [[ -n $cflag ]]; then args+=("$cflag"); fi
+  log "$section/$mode c=$clients $proto ${cflag:+$cflag }-> $target"
+  local rc attempt t0 elapsed
+  for attempt in 1 2; do
+    rc=0
+    R_LOAD=$(cut -d' ' -f1 /proc/loadavg)
+    t0=$SECONDS
+    timeout -k 10 $((secs + RUN_TIMEOUT)) pgbench "${args[@]}" >"$out" 2>&1 || rc=$?
+    elapsed=$((SECONDS - t0))
+    { echo "=== $tag (load before: $R_LOAD, ${elapsed}s): pgbench ${args[*]}"; cat "$out"; echo; } >>"$RAW"
+    # The clock ran out while the clients were still connecting (slow
+    # backend forks under load): retry once with room for that.
+    if [[ $attempt == 1 && $rc == 0 && -z $cflag ]] &&
+      grep -q '^number of transactions actually processed: 0$' "$out" &&
+      ! grep -q 'aborted' "$out"; then
+      rm -f "$prefix".*
+      secs=$((elapsed * 3 / 2 + DURATION))
+      args[3]=$secs
+      log "  no transaction within -T (clients still connecting after ${elapsed}s); retrying with -T $secs"
+      continue
+    fi
+    break
+  done
+  R_TPS=$(awk '/^tps = / {print $3; exit}' "$out")
+  R_FAILED=$(awk -F'[: ]+' '/^number of failed transactions/ {print $5; exit}' "$out")
+  local lat
+  lat=$(latency_pcts "$prefix")
+  R_P50=${lat% *}
+  R_P99=${lat#* }
+  R_TPS=${R_TPS:-0}
+  R_FAILED=${R_FAILED:-?}
+  local errs
+  # Distinct error lines, client numbers folded, with counts.
+  errs=$(grep -Ei 'error|fatal|detail|abort|could not|failed: ' "$out" | grep -v '^number of failed' |
+    sed -E 's/client [0-9]+/client N/g; s/127\.0\.0\.1:[0-9]+->/127.0.0.1:PORT->/g' |
+    sort | uniq -c | sort -rn | head -8 || true)
+  local processed
+  processed=$(awk -F': ' '/^number of transactions actually processed/ {print $2; exit}' "$out")
+  if [[ $rc == 0 && ($R_FAILED == 0 || $R_FAILED == ?) && -z $errs && ${processed:-0} != 0 ]]; then
+    R_STATUS=ok
+  else
+    if [[ $rc == 124 || $rc == 137 ]]; then R_STATUS=TIMEOUT
+    elif grep -q 'Run was aborted' "$out"; then R_STATUS=ABORTED
+    elif [[ $rc != 0 ]]; then R_STATUS=FAILED
+    elif [[ ${processed:-0} == 0 ]]; then R_STATUS=NO-TX
+    else R_STATUS=ERRORS; fi
+    local aborted
+    aborted=$(grep -c 'aborted in command' "$out" || true)
+    FAILURES+=("$tag: $R_STATUS: pgbench exit $rc, ${processed:-no} transactions processed, $aborted of $clients clients aborted, failed transactions $R_FAILED, tps $R_TPS"$'\n'"${errs:-$(tail -5 "$out")}")
+    cp "$out" "$RESULTS_DIR/pgbench-$STAMP-$tag.err.log"
+  fi
+  R_TPS=$(awk -v t="$R_TPS" 'BEGIN{printf "%.0f", t}')
+}
+
+# scenario section mode size clients proto [flag]
+scenario() {
+  local section=$1 mode=$2 size=$3 clients=$4 proto=$5 cflag=${6:-}
+  local pname=$proto${cflag:+ $cflag}
+  configure_proxies "$mode" "$size"
+  local t d_tps= a_tps= b_tps=
+  local -A tps p50 p99 failed status load
+  for t in $TARGETS; do
+    if [[ $t == pgbouncer && $mode == transaction && $proto == prepared ]] && ! pgbouncer_has_prepared; then
+      tps[$t]=n/a p50[$t]=n/a p99[$t]=n/a failed[$t]=n/a load[$t]=- status[$t]="n/a: PgBouncer $PGBOUNCER_VERSION has no prepared statements in transaction pools (needs 1.21+)"
+      continue
+    fi
+    run_one "$section" "$mode" "$size" "$clients" "$proto" "$t" "$cflag"
+    tps[$t]=$R_TPS p50[$t]=$R_P50 p99[$t]=$R_P99 failed[$t]=$R_FAILED status[$t]=$R_STATUS load[$t]=$R_LOAD
+  done
+  d_tps=${tps[direct]:-n/a} a_tps=${tps[pgaudit]:-n/a} b_tps=${tps[pgbouncer]:-n/a}
+  local rd rb
+  rd=$(ratio "$a_tps" "$d_tps")
+  rb=$(ratio "$a_tps" "$b_tps")
+  for t in $TARGETS; do
+    local r1=- r2=-
+    if [[ $t == pgaudit ]]; then r1=$rd r2=$rb; fi
+    local dsize=$size
+    if [[ $t == direct ]]; then dsize=-; fi
+    ROWS+=("$section|$mode|$dsize|$clients|$pname|$t|${tps[$t]}|${p50[$t]}|${p99[$t]}|${failed[$t]}|$r1|$r2|${load[$t]}|${status[$t]}")
+    echo "$section,$mode,$dsize,$clients,$pname,$t,${tps[$t]},${p50[$t]},${p99[$t]},${failed[$t]},\"${status[$t]}\",$r1,$r2,${load[$t]}" >>"$CSV"
+  done
+}
+
+CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+PGAUDIT_VERSION=$([[ -n $PGAUDIT_BIN ]] && "$PGAUDIT_BIN" version 2>/dev/null || echo none)
+HEADER="machine: $(nproc) cores, ${CPU_MODEL:-unknown CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)
+versions: PostgreSQL $PG_VERSION, $(pgbench --version), PgBouncer $PGBOUNCER_VERSION, pgaudit $PGAUDIT_REV ($PGAUDIT_VERSION)
+settings: duration ${DURATION}s (+ ${CONNECT_SLACK_MS} ms per client/job for connecting), scale $SCALE, pgbench -S -n -j $JOBS, transaction pool size $TX_POOL_SIZE, session pool size = clients"
+log "${HEADER//$'\n'/; }"
+
+for section in $SECTIONS; do
+  case $section in
+    session)
+      for c in $SESSION_CLIENTS; do scenario session session "$c" "$c" simple; done ;;
+    transaction)
+      for c in $TX_CLIENTS; do
+        for proto in $TX_PROTOCOLS; do scenario transaction transaction "$TX_POOL_SIZE" "$c" "$proto"; done
+      done ;;
+    connect)
+      for c in $CONNECT_CLIENTS; do scenario connect transaction "$TX_POOL_SIZE" "$c" simple -C; done ;;
+    *) die "unknown section $section" ;;
+  esac
+done
+
+# ---------------------------------------------------------------- report
+{
+  echo
+  echo "$HEADER"
+  echo
+  for r in "section|mode|pool|clients|protocol|target|tps|p50 ms|p99 ms|failed|pgaudit/direct|pgaudit/pgbouncer|load|status" "${ROWS[@]}"; do
+    st=${r##*|}
+    echo "${r%|*}|${st%%:*}"
+  done | column -t -s '|' 2>/dev/null || printf '%s\n' "${ROWS[@]}"
+  echo
+  if ((${#FAILURES[@]})); then
+    echo "FAILURES (full pgbench output in $RESULTS_DIR/pgbench-$STAMP-*.err.log):"
+    printf '  %s\n' "${FAILURES[@]}"
+  else
+    echo "no failed runs"
+  fi
+  for r in "${ROWS[@]}"; do
+    IFS='|' read -r _ mode _ clients proto target tps _ _ _ _ _ _ status <<<"$r"
+    if [[ $status == n/a* ]]; then echo "note: $target $mode/$proto: ${status#n/a: }"; fi
+  done | sort -u
+  echo
+  echo "csv: $CSV"
+  echo "raw pgbench output: $RAW"
+} | tee "$RESULTS_DIR/pgbench-$STAMP.txt"
+if [[ -s $TMP/pgaudit.log ]]; then
+  cp "$TMP/pgaudit.log" "$RESULTS_DIR/pgbench-$STAMP-pgaudit.log"
+  log "pgaudit logged $(wc -l <"$TMP/pgaudit.log") lines at warn and above (kept in $RESULTS_DIR/pgbench-$STAMP-pgaudit.log); by level/message/error:"
+  sed -E 's/127\.0\.0\.1:[0-9]+->/127.0.0.1:PORT->/g' "$TMP/pgaudit.log" |
+    awk '{ lvl = msg = err = ""
+           if (match($0, /"level":"[^"]*"/)) lvl = substr($0, RSTART + 9, RLENGTH - 10)
+           if (match($0, /"message":"[^"]*"/)) msg = substr($0, RSTART + 11, RLENGTH - 12)
+           if (match($0, /"error":"([^"\\]|\\.)*"/)) err = substr($0, RSTART + 9, RLENGTH - 10)
+           print lvl " | " msg " | " err }' | sort | uniq -c | sort -rn | head -15 >&2
+fi
+if [[ -s $TMP/pgbouncer.log ]] && grep -qE ' (WARNING|ERROR|FATAL) ' "$TMP/pgbouncer.log"; then
+  cp "$TMP/pgbouncer.log" "$RESULTS_DIR/pgbench-$STAMP-pgbouncer.log"
+  log "pgbouncer logged warnings/errors (kept in $RESULTS_DIR/pgbench-$STAMP-pgbouncer.log):"
+  grep -E ' (WARNING|ERROR|FATAL) ' "$TMP/pgbouncer.log" | sed -E 's/^.* (WARNING|ERROR|FATAL) /\1 /; s/[0-9]+/N/g' |
+    sort | uniq -c | sort -rn | head -10 >&2
+fi
+if ((${#FAILURES[@]})); then exit 3; fi
