@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -594,5 +595,53 @@ func BenchmarkReadCSV(b *testing.B) {
 	// MB per CPU second does not depend on what else the machine runs.
 	if cpu := cpuTime() - cpu0; cpu > 0 {
 		b.ReportMetric(float64(len(data))*float64(b.N)/1e6/cpu.Seconds(), "MB/cpu-s")
+	}
+}
+
+// genReader produces a csvlog of n bytes lazily.
+type genReader struct {
+	left int64
+	seed uint64
+	buf  bytes.Buffer
+}
+
+func (g *genReader) Read(p []byte) (int, error) {
+	if g.left <= 0 {
+		return 0, io.EOF
+	}
+	if g.buf.Len() == 0 {
+		writeCSV(&g.buf, genSessions(50, 60, g.seed))
+		g.seed++
+	}
+	if int64(len(p)) > g.left {
+		p = p[:g.left]
+	}
+	n, _ := g.buf.Read(p)
+	g.left -= int64(n)
+	return n, nil
+}
+
+// TestBoundedMemory streams a large log and checks the heap stays far below
+// its size.
+func TestBoundedMemory(t *testing.T) {
+	if testing.Short() || raceEnabled {
+		t.Skip("reads 256 MB")
+	}
+	const size = 256 << 20
+	var peak uint64
+	var ms runtime.MemStats
+	n := 0
+	sum, err := Read(context.Background(), []Input{{Name: "big.csv", R: &genReader{left: size}}}, Options{}, func(*analyzer.Event) {
+		if n++; n%20000 == 0 {
+			runtime.ReadMemStats(&ms)
+			peak = max(peak, ms.HeapAlloc)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d statements, %d MB read, peak heap %d MB", sum.Statements, size>>20, peak>>20)
+	if peak > 64<<20 {
+		t.Errorf("peak heap %d MB while reading %d MB", peak>>20, size>>20)
 	}
 }
