@@ -308,7 +308,6 @@ func TestBadMessagesAfterLogin(t *testing.T) {
 // what the server answers; a row bigger than the limit reaches the client
 // as it does directly.
 func TestLargeServerMessages(t *testing.T) {
-	knownBug(t, "MaxMessageSize also caps server messages: a result row larger than it kills the session with 08006")
 	p := testProxy(t, func(c *Config) { c.MaxMessageSize = 1 << 20 })
 	c := dialWire(t, p.Addr().String(), nil)
 	c.send(&pgproto3.Query{String: "select repeat('x', 2 << 20)"})
@@ -421,7 +420,6 @@ func TestMaxClientConn(t *testing.T) {
 // TestCloseDropsClientsInStartup: Close must not wait for clients that are
 // still in the startup or authentication phase.
 func TestCloseDropsClientsInStartup(t *testing.T) {
-	knownBug(t, "Proxy.Close waits for clients still in startup/authentication until client_login_timeout (60s by default)")
 	users := authUsers(t)
 	p := testProxy(t, func(c *Config) {
 		c.AuthType = "md5"

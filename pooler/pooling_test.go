@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -163,20 +164,18 @@ func TestWaitQueue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var order []int
+	// Each waiter records when its statement ran on the server; the
+	// order of those times is the order the pool served them.
+	ranAt := make([]time.Time, 5)
 	var wg sync.WaitGroup
 	for i := 0; i < 5; i++ {
 		c := connect(t, ctx, proxyDSN(p2, "", ""), pgx.QueryExecModeSimpleProtocol)
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			if _, err := c.Exec(ctx, "select 1"); err != nil {
+			if err := c.QueryRow(ctx, "select clock_timestamp()").Scan(&ranAt[i]); err != nil {
 				t.Error(err)
 			}
-			mu.Lock()
-			order = append(order, i)
-			mu.Unlock()
 		}(i)
 		// Let waiter i enqueue before i+1.
 		deadline := time.Now().Add(5 * time.Second)
@@ -188,6 +187,8 @@ func TestWaitQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	wg.Wait()
+	order := []int{0, 1, 2, 3, 4}
+	sort.Slice(order, func(a, b int) bool { return ranAt[order[a]].Before(ranAt[order[b]]) })
 	if fmt.Sprint(order) != "[0 1 2 3 4]" {
 		t.Fatalf("waiters served in order %v", order)
 	}

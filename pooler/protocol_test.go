@@ -674,9 +674,6 @@ func TestInvalidStartupParameter(t *testing.T) {
 				p := testProxy(t, withMode(mode, 2))
 				// The first login, and one after the pool has servers.
 				for i := 0; i < 2; i++ {
-					if i == 1 && mode == TransactionMode {
-						knownBug(t, "transaction mode accepts a login with an invalid startup setting once the pool has cached server parameters; every statement then fails with ERROR")
-					}
 					err := connectErr(t, proxyDSN(p, "", opt))
 					wantPgError(t, err, "FATAL", wantPE.Code, wantPE.Message)
 					if err := connectErr(t, proxyDSN(p, "", "")); err != nil {

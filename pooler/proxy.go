@@ -33,6 +33,9 @@ type Proxy struct {
 	dbLimits map[string]*dbCounter
 	sessions map[uint64]*Session
 	byCancel map[cancelKey]*Session
+	// conns holds every client connection, logged in or not, so Close
+	// can end those still in startup.
+	conns    map[net.Conn]struct{}
 	listener net.Listener
 	closing  bool
 
@@ -50,6 +53,10 @@ type Proxy struct {
 }
 
 type poolKey struct{ db, user string }
+
+// maxServerMessage caps one message from a server: Postgres's own limit
+// for a field is 1 GiB.
+const maxServerMessage = 1 << 30
 
 type cancelKey struct {
 	pid uint32
@@ -74,7 +81,7 @@ func New(cfg *Config, sink analyzer.Sink, log zerolog.Logger) *Proxy {
 	p := &Proxy{
 		sink: sink, log: log,
 		pools: map[poolKey]*Pool{}, dbLimits: map[string]*dbCounter{},
-		sessions: map[uint64]*Session{}, byCancel: map[cancelKey]*Session{},
+		sessions: map[uint64]*Session{}, byCancel: map[cancelKey]*Session{}, conns: map[net.Conn]struct{}{},
 		stopMaint: make(chan struct{}),
 	}
 	p.cfgPtr.Store(cfg)
@@ -215,6 +222,10 @@ func (p *Proxy) Close() error {
 	for _, s := range p.sessions {
 		sessions = append(sessions, s)
 	}
+	conns := make([]net.Conn, 0, len(p.conns))
+	for c := range p.conns {
+		conns = append(conns, c)
+	}
 	p.mu.Unlock()
 	close(p.stopMaint)
 	if l != nil {
@@ -222,6 +233,9 @@ func (p *Proxy) Close() error {
 	}
 	for _, s := range sessions {
 		_ = s.client.Close()
+	}
+	for _, c := range conns {
+		_ = c.Close() // clients still in startup (the TLS conn wraps it)
 	}
 	p.wg.Wait()
 	for _, pl := range p.Pools() {
@@ -234,6 +248,18 @@ func (p *Proxy) Close() error {
 func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 	defer p.wg.Done()
 	defer nc.Close()
+	p.mu.Lock()
+	if p.closing {
+		p.mu.Unlock()
+		return
+	}
+	p.conns[nc] = struct{}{}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.conns, nc)
+		p.mu.Unlock()
+	}()
 	defer func() {
 		if r := recover(); r != nil {
 			p.log.Error().Interface("panic", r).Str("client", nc.RemoteAddr().String()).Msg("client handler panic")
@@ -409,11 +435,14 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Ses
 		// Greet from the pool's cached parameters when it has them, so a
 		// login never waits for a busy pool; the client's settings are
 		// applied (and checked) with its first statement.
-		if base := pool.BaseParams(); base != nil {
-			for reported := range base {
-				if v, ok := s.gucs[strings.ToLower(reported)]; ok {
-					base[reported] = v
-				}
+		// Only a client whose startup settings need no checking (none
+		// but application_name, which Postgres reports as given) is
+		// greeted this way; others are checked on a server, as Postgres
+		// checks them at connection time, and get its spelling back.
+		onlyAppName := len(s.gucs) == 0 || len(s.gucs) == 1 && s.gucs["application_name"] != ""
+		if base := pool.BaseParams(); base != nil && onlyAppName {
+			if v, ok := s.gucs["application_name"]; ok {
+				base["application_name"] = v
 			}
 			params = base
 		}
@@ -614,7 +643,9 @@ func (p *Proxy) pool(db *Database, user string, secret wire.Secret) (*Pool, erro
 		limit = &dbCounter{max: db.Pool.MaxDBConnections}
 		p.dbLimits[db.Name] = limit
 	}
-	pl := newPool(db, user, cfg, limit, p.config().MaxMessageSize, p.log)
+	// max_message_size limits what clients send; server messages (a row,
+	// a notice) may be as large as Postgres allows.
+	pl := newPool(db, user, cfg, limit, maxServerMessage, p.log)
 	p.pools[key] = pl
 	return pl, nil
 }

@@ -66,6 +66,9 @@ type Session struct {
 	closed        bool
 	lastFatal     bool
 	acquiring     bool // waiting for a server connection
+	// copyInExtended is set between an Execute's CopyInResponse and the
+	// client's CopyDone/CopyFail.
+	copyInExtended bool
 	// writing is set while the client goroutine writes to the server
 	// outside the lock; the reader does not release the server meanwhile
 	// (the reply can arrive before the write call returns).
@@ -473,9 +476,31 @@ func (s *Session) handleCopy(typ byte, raw []byte) error {
 		s.mu.Unlock()
 		return nil
 	}
+	if typ != 'd' {
+		s.copyInExtended = false
+	}
 	s.writing = true
 	s.mu.Unlock()
 	return s.writeServer(srv, raw, typ != 'd')
+}
+
+// dropQueuedSyncsLocked removes the Syncs queued behind the head item (an
+// Execute that started COPY FROM STDIN) and their in-flight counts; s.mu
+// held.
+func (s *Session) dropQueuedSyncsLocked() {
+	q := &s.queue
+	kept := q.items[:q.head+1]
+	for _, it := range q.items[q.head+1:] {
+		if it.kind == pendSync {
+			if s.inFlight > 0 {
+				s.inFlight--
+			}
+			continue
+		}
+		kept = append(kept, it)
+	}
+	clear(q.items[len(kept):])
+	q.items = kept
 }
 
 // handleExtended relays Parse, Bind, Describe, Execute, Close, Flush and
@@ -681,6 +706,11 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			s.queue.push(pending{kind: pendClose})
 		}
 	case 'S':
+		if s.copyInExtended {
+			// Postgres ignores a Sync during COPY FROM STDIN started by
+			// Execute: it gets no ReadyForQuery of its own.
+			break
+		}
 		if !s.groupOpen {
 			s.incInFlightLocked()
 		}
@@ -1071,6 +1101,13 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		}
 	case 'G', 'H', 'W':
 		s.copyActive = true
+		if typ == 'G' && it != nil && it.kind == pendExecute {
+			// COPY FROM STDIN through the extended protocol: Syncs the
+			// client sent after the Execute, before this arrived, are
+			// ignored by the server; so are those until CopyDone/CopyFail.
+			s.copyInExtended = true
+			s.dropQueuedSyncsLocked()
+		}
 	case 'c':
 		// CopyDone from the server ends COPY TO STDOUT.
 	case 'Z':
@@ -1239,15 +1276,18 @@ func parseTag(tag []byte) (string, int64) {
 }
 
 // cancel forwards a cancel to the server serving the session right now.
+//
+// The cancel is sent while holding s.mu, so the server cannot be released
+// to another client between the check and the send (the reader needs s.mu
+// to release). Sending is a local dial and one small write.
 func (s *Session) cancel() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	srv := s.server
-	busy := s.inFlight > 0
-	s.mu.Unlock()
-	if srv == nil || !busy {
+	if srv == nil || s.inFlight == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := srv.Cancel(ctx); err != nil {
 		s.log.Warn().Err(err).Msg("cancel request failed")
