@@ -3,7 +3,8 @@ package main
 import (
 	"context"
 	"strconv"
-	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -17,48 +18,40 @@ import (
 type adminOptions struct {
 	// Listen is the HTTP admin address (admin_listen, --admin-listen);
 	// empty turns the HTTP listener off. The SQL console is on whenever
-	// the proxy config has admin users.
+	// the proxy config's Admin is set (its AdminUsers may use it).
 	Listen string
 	// Pprof serves /debug/pprof/ on the HTTP listener (pprof).
 	Pprof bool
-	// Pipeline is the audit pipeline (query statistics, drops).
-	Pipeline *analyzer.Pipeline
-	// Findings lists the rules engine's findings (*analyzer.Engine); nil
-	// means none.
-	Findings admin.FindingsSource
-	// Explain reports the EXPLAIN sampler's counters (*analyzer.Sampler);
-	// nil leaves the explain metrics out.
-	Explain admin.ExplainSource
-	// Settings returns the settings in force (after a reload, the new
-	// ones): SHOW DATABASES and SHOW CONFIG read them.
-	Settings func() *settings
-	// Reload re-reads the config and users file and applies them to the
-	// proxy (RELOAD); Shutdown stops the process (SHUTDOWN).
+	// Settings holds the settings in force: SHOW DATABASES and SHOW CONFIG
+	// read it at request time; reloadProxy replaces its content.
+	Settings *atomic.Pointer[settings]
+	// Reload re-reads the config and users file and applies them
+	// (RELOAD); Shutdown stops the process (SHUTDOWN passes false,
+	// SHUTDOWN WAIT_FOR_CLIENTS true). Shutdown runs on its own goroutine
+	// after the reply was sent.
 	Reload   func() error
 	Shutdown func(waitForClients bool)
 	Log      zerolog.Logger
 }
 
-// newAdmin builds the admin state. Call it before the pipeline starts
-// (register a.Observer() on it) and before pooler.New (set the proxy
-// config's Admin to a.Console()).
+// newAdmin builds the admin state. Call it before the audit pipeline starts:
+// register a.Observer() on the pipeline (it feeds the query-latency
+// histograms), set the proxy config's Admin to a.Console(), then call
+// startAdmin once the proxy exists.
 func newAdmin(opts adminOptions) *admin.Admin {
 	var proxyConfig func() *pooler.Config
 	var rows func() []admin.Setting
 	if opts.Settings != nil {
 		proxyConfig = func() *pooler.Config {
-			if st := opts.Settings(); st != nil {
+			if st := opts.Settings.Load(); st != nil {
 				return st.proxy
 			}
 			return nil
 		}
-		rows = func() []admin.Setting { return adminSettingRows(opts.Settings(), opts) }
+		rows = func() []admin.Setting { return adminSettingRows(opts.Settings.Load(), opts) }
 	}
 	return admin.New(admin.Options{
 		Version:     version,
-		Pipeline:    opts.Pipeline,
-		Findings:    opts.Findings,
-		Explain:     opts.Explain,
 		ProxyConfig: proxyConfig,
 		Settings:    rows,
 		Reload:      opts.Reload,
@@ -68,11 +61,24 @@ func newAdmin(opts adminOptions) *admin.Admin {
 	})
 }
 
-// startAdmin attaches the proxy, starts the time-series sampler and, unless
-// opts.Listen is empty, the HTTP admin listener. stop closes the listener,
-// the sampler and open console sessions: call it before the proxy's Close
-// (the proxy waits for console sessions to end).
-func startAdmin(ctx context.Context, a *admin.Admin, p *pooler.Proxy, opts adminOptions) (stop func(), err error) {
+// startAdmin binds the audit pipeline, rules engine and EXPLAIN sampler of
+// aud (nil: none), attaches the proxy, starts the dashboard's time-series
+// sampler and, unless opts.Listen is empty, the HTTP admin listener. Call
+// it after pooler.New and before p.Serve. stop closes the listener, the
+// sampler and open console sessions; call it before p.Close (the proxy
+// waits for console sessions to end).
+func startAdmin(ctx context.Context, a *admin.Admin, p *pooler.Proxy, aud *auditor, opts adminOptions) (stop func(), err error) {
+	if aud != nil {
+		var findings admin.FindingsSource
+		if aud.engine != nil {
+			findings = aud.engine
+		}
+		var explain admin.ExplainSource
+		if aud.sampler != nil {
+			explain = aud.sampler
+		}
+		a.SetSources(aud.pipeline, findings, explain)
+	}
 	a.Attach(p)
 	a.Start(ctx)
 	if opts.Listen != "" {
@@ -81,13 +87,30 @@ func startAdmin(ctx context.Context, a *admin.Admin, p *pooler.Proxy, opts admin
 			_ = a.Close()
 			return nil, err
 		}
-		opts.Log.Info().Str("listen", addr.String()).Bool("pprof", opts.Pprof).Msg("admin HTTP listener (dashboard, /metrics, /api/v1)")
+		opts.Log.Info().Str("listen", addr.String()).Bool("pprof", opts.Pprof).Msg("admin HTTP listener: dashboard at /, /metrics, /api/v1/")
 	}
 	return func() {
 		if err := a.Close(); err != nil {
 			opts.Log.Warn().Err(err).Msg("admin listener did not stop cleanly")
 		}
 	}, nil
+}
+
+// reloadProxy re-reads the settings with load and applies them to p without
+// dropping clients (users, auth, databases and pool settings; see
+// pooler.Proxy.Reload), keeping the admin console and storing the new
+// settings in cur. RELOAD and SIGHUP both use it.
+func reloadProxy(p *pooler.Proxy, cur *atomic.Pointer[settings], console pooler.AdminHandler, load func() (*settings, error)) error {
+	next, err := load()
+	if err != nil {
+		return err
+	}
+	if next.proxy.Admin == nil {
+		next.proxy.Admin = console
+	}
+	p.Reload(next.proxy)
+	cur.Store(next)
+	return nil
 }
 
 // adminSettingRows is SHOW CONFIG: the proxy and pool settings plus the
@@ -99,7 +122,10 @@ func adminSettingRows(st *settings, opts adminOptions) []admin.Setting {
 	rows := admin.SettingsFromConfig(st.proxy)
 	yes, no := "yes", "no"
 	ac := st.audit
-	rate := strconv.FormatFloat(ac.SampleRate, 'f', -1, 64)
+	stats := ac.StatsInterval
+	if stats == 0 {
+		stats = time.Minute
+	}
 	sample := string(ac.Sample)
 	if sample == "" {
 		sample = string(analyzer.SampleAll)
@@ -109,28 +135,29 @@ func adminSettingRows(st *settings, opts adminOptions) []admin.Setting {
 		admin.Setting{Key: "pprof", Value: boolWord(opts.Pprof), Default: "0", Changeable: no},
 		admin.Setting{Key: "audit_log", Value: st.auditLog, Default: "", Changeable: no},
 		admin.Setting{Key: "audit_sample", Value: sample, Default: "all", Changeable: no},
-		admin.Setting{Key: "audit_sample_rate", Value: rate, Default: "0", Changeable: no},
+		admin.Setting{Key: "audit_sample_rate", Value: strconv.FormatFloat(ac.SampleRate, 'f', -1, 64), Default: "0", Changeable: no},
 		admin.Setting{Key: "audit_slow_threshold", Value: ac.SlowThreshold.String(), Default: "0s", Changeable: no},
 		admin.Setting{Key: "audit_log_errors", Value: boolWord(ac.LogErrors), Default: "1", Changeable: no},
 		admin.Setting{Key: "log_parameters", Value: boolWord(ac.LogParameters), Default: "0", Changeable: no},
 		admin.Setting{Key: "audit_log_max_size", Value: strconv.FormatInt(ac.MaxSize, 10), Default: "0", Changeable: no},
-		admin.Setting{Key: "audit_log_max_backups", Value: strconv.Itoa(ac.MaxBackups), Default: "5", Changeable: no},
-		admin.Setting{Key: "stats_interval", Value: ac.StatsInterval.String(), Default: "1m0s", Changeable: no},
-		admin.Setting{Key: "stats_top_n", Value: strconv.Itoa(ac.StatsTopN), Default: "50", Changeable: no},
-		admin.Setting{Key: "max_shapes", Value: strconv.Itoa(st.pipeline.Stats.MaxShapes), Default: "5000", Changeable: no},
-		admin.Setting{Key: "audit_queue_size", Value: strconv.Itoa(st.pipeline.QueueSize), Default: "8192", Changeable: no},
-		admin.Setting{Key: "audit_workers", Value: strconv.Itoa(st.pipeline.Workers), Default: "2", Changeable: no},
+		admin.Setting{Key: "audit_log_max_backups", Value: strconv.Itoa(orDefault(ac.MaxBackups, 5)), Default: "5", Changeable: no},
+		admin.Setting{Key: "stats_interval", Value: stats.String(), Default: "1m0s", Changeable: no},
+		admin.Setting{Key: "stats_top_n", Value: strconv.Itoa(orDefault(ac.StatsTopN, 50)), Default: "50", Changeable: no},
+		admin.Setting{Key: "max_shapes", Value: strconv.Itoa(orDefault(st.pipeline.Stats.MaxShapes, 5000)), Default: "5000", Changeable: no},
+		admin.Setting{Key: "audit_queue_size", Value: strconv.Itoa(orDefault(st.pipeline.QueueSize, 8192)), Default: "8192", Changeable: no},
+		admin.Setting{Key: "audit_workers", Value: strconv.Itoa(orDefault(st.pipeline.Workers, 2)), Default: "2", Changeable: no},
 		admin.Setting{Key: "log_level", Value: st.logLevel, Default: "info", Changeable: no},
 		admin.Setting{Key: "shutdown_timeout", Value: st.shutdownTimeout.String(), Default: "30s", Changeable: yes},
 	)
-	var dbs []string
-	for name := range st.proxy.Databases {
-		dbs = append(dbs, name)
-	}
-	if len(dbs) > 0 {
-		rows = append(rows, admin.Setting{Key: "databases", Value: strings.Join(sortedStrings(dbs), ","), Default: "", Changeable: yes})
-	}
 	return rows
+}
+
+// orDefault returns n, or d when n is 0 (unset: the default applies).
+func orDefault(n, d int) int {
+	if n == 0 {
+		return d
+	}
+	return n
 }
 
 func boolWord(b bool) string {
@@ -138,13 +165,4 @@ func boolWord(b bool) string {
 		return "1"
 	}
 	return "0"
-}
-
-func sortedStrings(s []string) []string {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
-	return s
 }

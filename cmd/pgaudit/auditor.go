@@ -30,7 +30,10 @@ type auditorOptions struct {
 	AllowCreateExtension bool
 	// Lint runs the engine without its wall-clock timers.
 	Lint bool
-	Log  zerolog.Logger
+	// Observers are registered on the pipeline before it starts (the
+	// admin's query-latency observer).
+	Observers []analyzer.Observer
+	Log       zerolog.Logger
 }
 
 // auditor is the running pipeline, rules engine, EXPLAIN sampler and audit
@@ -87,6 +90,11 @@ func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
 		}
 		a.sampler = s
 		if err := a.pipeline.AddObserver(s); err != nil {
+			return nil, err
+		}
+	}
+	for _, ob := range o.Observers {
+		if err := a.pipeline.AddObserver(ob); err != nil {
 			return nil, err
 		}
 	}

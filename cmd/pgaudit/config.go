@@ -167,6 +167,8 @@ type fileConfig struct {
 		ExplainInterval    *Duration `toml:"explain_interval"`
 		HypoPGCreate       bool      `toml:"hypopg_create_extension"`
 		AdminListen        *string   `toml:"admin_listen"`
+		AdminUsers         []string  `toml:"admin_users"`
+		Pprof              bool      `toml:"pprof"`
 		LogLevel           string    `toml:"log_level"`
 		ShutdownTimeout    *Duration `toml:"shutdown_timeout"`
 		poolFile
@@ -188,6 +190,9 @@ type proxyFlags struct {
 	authFile      string
 	auditSample   string
 	statsInterval time.Duration
+	adminListen   *string // set when --admin-listen was given (even empty)
+	adminUsers    string  // comma-separated
+	pprof         bool
 }
 
 // settings is everything `pgaudit proxy` needs.
@@ -203,6 +208,8 @@ type settings struct {
 	hypopgCreate    bool
 	logLevel        string
 	shutdownTimeout time.Duration
+	adminListen     string
+	pprof           bool
 }
 
 // loadSettings merges the config file and flags. Flags win.
@@ -321,6 +328,23 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 	st := &settings{proxy: cfg, auditLog: firstNonEmpty(fl.auditLog, g.AuditLog), logLevel: firstNonEmpty(fl.logLevel, g.LogLevel, "info"), shutdownTimeout: 30 * time.Second}
 	if g.ShutdownTimeout != nil {
 		st.shutdownTimeout = g.ShutdownTimeout.Duration
+	}
+	st.adminListen = "127.0.0.1:9930"
+	if g.AdminListen != nil {
+		st.adminListen = *g.AdminListen
+	}
+	if fl.adminListen != nil {
+		st.adminListen = *fl.adminListen
+	}
+	st.pprof = g.Pprof || fl.pprof
+	cfg.AdminUsers = g.AdminUsers
+	if fl.adminUsers != "" {
+		cfg.AdminUsers = strings.Split(fl.adminUsers, ",")
+	}
+	if len(cfg.AdminUsers) == 0 && fl.upstream != "" {
+		if db, ok := cfg.Databases["*"]; ok && db.Upstream.User != "" {
+			cfg.AdminUsers = []string{db.Upstream.User}
+		}
 	}
 	sample, err := analyzer.ParseSampleMode(firstNonEmpty(fl.auditSample, g.AuditSample))
 	if err != nil {

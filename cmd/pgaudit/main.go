@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -38,7 +39,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(proxyCommand(), demoCommand(), lintCommand(), versionCommand())
+	root.AddCommand(reportCommand(), proxyCommand(), demoCommand(), lintCommand(), versionCommand())
 	if err := root.Execute(); err != nil {
 		code := 2
 		var ee *exitError
@@ -76,6 +77,10 @@ func proxyCommand() *cobra.Command {
 		Short: "Run the proxy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("admin-listen") {
+				v, _ := cmd.Flags().GetString("admin-listen")
+				fl.adminListen = &v
+			}
 			st, err := loadSettings(fl)
 			if err != nil {
 				return &exitError{2, err}
@@ -110,6 +115,9 @@ func proxyCommand() *cobra.Command {
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the proxy to this file until it stops")
 	f.StringVar(&fl.auditSample, "audit-sample", "", "statement records: all, none, rate or slow")
 	f.DurationVar(&fl.statsInterval, "stats-interval", 0, "how often stats and pool snapshots are written (default 1m)")
+	f.String("admin-listen", "", "HTTP admin address: dashboard, /metrics, /api/v1 (default 127.0.0.1:9930; empty turns it off)")
+	f.StringVar(&fl.adminUsers, "admin-users", "", "comma-separated users allowed on the admin console (databases pgaudit and pgbouncer)")
+	f.BoolVar(&fl.pprof, "pprof", false, "serve /debug/pprof/ on the admin listener")
 	return cmd
 }
 
@@ -122,15 +130,40 @@ func runProxy(ctx context.Context, st *settings, reload func() (*settings, error
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	audit, err := startAuditor(ctx, st.auditorOptions(log))
+	var cur atomic.Pointer[settings]
+	cur.Store(st)
+	var p *pooler.Proxy
+	var console pooler.AdminHandler
+	shutdownReq := make(chan bool, 1)
+	adminOpts := adminOptions{
+		Listen: st.adminListen, Pprof: st.pprof, Settings: &cur, Log: log,
+		Reload: func() error { return reloadProxy(p, &cur, console, reload) },
+		Shutdown: func(wait bool) {
+			select {
+			case shutdownReq <- wait:
+			default:
+			}
+		},
+	}
+	adm := newAdmin(adminOpts)
+	console = adm.Console()
+	ao := st.auditorOptions(log)
+	ao.Observers = append(ao.Observers, adm.Observer())
+	audit, err := startAuditor(ctx, ao)
 	if err != nil {
 		return &exitError{1, err}
 	}
 	defer audit.stop(log)
-	p := pooler.New(st.proxy, audit.pipeline, log)
+	st.proxy.Admin = console
+	p = pooler.New(st.proxy, audit.pipeline, log)
 	if err := p.Listen(); err != nil {
 		return &exitError{1, err}
 	}
+	stopAdmin, err := startAdmin(ctx, adm, p, audit, adminOpts)
+	if err != nil {
+		return &exitError{1, err}
+	}
+	defer stopAdmin()
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
@@ -147,18 +180,35 @@ func runProxy(ctx context.Context, st *settings, reload func() (*settings, error
 	for {
 		select {
 		case err := <-errc:
+			stopAdmin()
 			_ = p.Close()
 			if err != nil {
 				return &exitError{1, err}
 			}
 			return nil
+		case wait := <-shutdownReq:
+			adm.SetShuttingDown()
+			if wait {
+				log.Info().Int("clients", p.ClientCount()).Dur("timeout", st.shutdownTimeout).Msg("SHUTDOWN WAIT_FOR_CLIENTS: draining clients")
+				sctx, scancel := context.WithTimeout(ctx, st.shutdownTimeout)
+				p.Shutdown(sctx)
+				scancel()
+			} else {
+				log.Info().Int("clients", p.ClientCount()).Msg("SHUTDOWN: closing now")
+			}
+			remaining := p.ClientCount()
+			stopAdmin()
+			_ = p.Close()
+			<-errc
+			writePoolSnapshot(p, audit.log, log)
+			log.Info().Int("clients_cut", remaining).Msg("proxy stopped")
+			return nil
 		case sig := <-sigs:
 			switch sig {
 			case syscall.SIGHUP:
-				if next, err := reload(); err != nil {
+				if err := reloadProxy(p, &cur, console, reload); err != nil {
 					log.Error().Err(err).Msg("SIGHUP: configuration not reloaded")
 				} else {
-					p.Reload(next.proxy)
 					log.Info().Msg("SIGHUP: configuration reloaded")
 				}
 				if audit.log != nil {
@@ -170,6 +220,7 @@ func runProxy(ctx context.Context, st *settings, reload func() (*settings, error
 				}
 				continue
 			case syscall.SIGTERM:
+				adm.SetShuttingDown()
 				log.Info().Int("clients", p.ClientCount()).Dur("timeout", st.shutdownTimeout).Msg("SIGTERM: draining clients")
 				sctx, scancel := context.WithTimeout(ctx, st.shutdownTimeout)
 				p.Shutdown(sctx)
@@ -178,6 +229,7 @@ func runProxy(ctx context.Context, st *settings, reload func() (*settings, error
 				log.Info().Int("clients", p.ClientCount()).Msg("SIGINT: closing now")
 			}
 			remaining := p.ClientCount()
+			stopAdmin()
 			_ = p.Close()
 			<-errc
 			writePoolSnapshot(p, audit.log, log)

@@ -1,0 +1,292 @@
+package admin
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/pgaudit/pgaudit/analyzer"
+)
+
+// queryDurationBuckets are the bucket bounds of pgaudit_query_duration_seconds:
+// 100µs to 30s, roughly 2.5x apart.
+var queryDurationBuckets = []float64{
+	0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+}
+
+// otherLabel is the database label of databases beyond the label cap.
+const otherLabel = "other"
+
+// queryObserver sees every analyzed statement: it feeds the per-database
+// histogram and error counter, the per-database statement time for SHOW
+// STATS, and the current interval of the time series.
+type queryObserver struct {
+	maxDB int
+	hist  *prometheus.HistogramVec
+	errs  *prometheus.CounterVec
+
+	mu  sync.Mutex
+	dbs map[string]*dbQuery
+	iv  interval
+}
+
+type dbQuery struct {
+	label string
+	count int64
+	time  time.Duration
+	hist  prometheus.Observer
+	errs  prometheus.Counter
+}
+
+// interval accumulates statements between two time-series samples.
+type interval struct {
+	count, errors int64
+	total         time.Duration
+	lat, wait     *analyzer.LatencySketch
+}
+
+func newInterval() interval {
+	return interval{lat: analyzer.NewLatencySketch(), wait: analyzer.NewLatencySketch()}
+}
+
+func newQueryObserver(maxDB int) *queryObserver {
+	return &queryObserver{
+		maxDB: maxDB,
+		hist: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pgaudit_query_duration_seconds",
+			Help:    "Duration of statements relayed by the proxy, from the client's message to CommandComplete or ErrorResponse, by client-visible database.",
+			Buckets: queryDurationBuckets,
+		}, []string{"database"}),
+		errs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgaudit_query_errors_total",
+			Help: "Statements that ended in an ErrorResponse, by client-visible database.",
+		}, []string{"database"}),
+		dbs: map[string]*dbQuery{},
+		iv:  newInterval(),
+	}
+}
+
+// observe is the analyzer.Observer: called from pipeline workers for every
+// event, concurrently.
+func (o *queryObserver) observe(an *analyzer.Analyzed) {
+	ev := an.Event
+	if ev == nil || ev.Kind != analyzer.KindStatement {
+		return
+	}
+	o.mu.Lock()
+	d := o.dbs[ev.Database]
+	if d == nil {
+		label := ev.Database
+		if len(o.dbs) >= o.maxDB {
+			label = otherLabel
+		}
+		if label == otherLabel {
+			d = o.dbs[otherLabel]
+		}
+		if d == nil {
+			d = &dbQuery{label: label, hist: o.hist.WithLabelValues(label), errs: o.errs.WithLabelValues(label)}
+			o.dbs[label] = d
+		}
+	}
+	d.count++
+	d.time += ev.Duration
+	o.iv.count++
+	o.iv.total += ev.Duration
+	o.iv.lat.Add(ev.Duration)
+	if ev.Wait > 0 {
+		o.iv.wait.Add(ev.Wait)
+	}
+	failed := ev.SQLState != ""
+	if failed {
+		o.iv.errors++
+	}
+	o.mu.Unlock()
+	d.hist.Observe(ev.Duration.Seconds())
+	if failed {
+		d.errs.Inc()
+	}
+}
+
+// queryTotals is one database's statement count and time.
+type queryTotals struct {
+	count int64
+	time  time.Duration
+}
+
+// totals returns the cumulative statement count and time per database
+// label.
+func (o *queryObserver) totals() map[string]queryTotals {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make(map[string]queryTotals, len(o.dbs))
+	for _, d := range o.dbs {
+		out[d.label] = queryTotals{d.count, d.time}
+	}
+	return out
+}
+
+// takeInterval returns the current interval and starts a new one.
+func (o *queryObserver) takeInterval() interval {
+	fresh := newInterval()
+	o.mu.Lock()
+	iv := o.iv
+	o.iv = fresh
+	o.mu.Unlock()
+	return iv
+}
+
+// newRegistry builds the registry served at /metrics.
+func (a *Admin) newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		a.obs.hist, a.obs.errs,
+		&stateCollector{a: a},
+	)
+	return reg
+}
+
+var (
+	poolLabels = []string{"database", "user"}
+
+	descBuildInfo = prometheus.NewDesc("pgaudit_build_info",
+		"Always 1; the version label says which pgaudit runs.", []string{"version"}, nil)
+	descClients = prometheus.NewDesc("pgaudit_client_connections",
+		"Client connections open now, including ones logging in and admin consoles.", nil, nil)
+	descPoolClients = prometheus.NewDesc("pgaudit_pool_clients",
+		"Clients of a pool by state: active (connected, not waiting) or waiting (for a server connection).",
+		[]string{"database", "user", "state"}, nil)
+	descPoolServers = prometheus.NewDesc("pgaudit_pool_servers",
+		"Server connections of a pool by state: active (held by a client), idle, or login (being opened).",
+		[]string{"database", "user", "state"}, nil)
+	descPoolSize = prometheus.NewDesc("pgaudit_pool_size",
+		"Configured pool_size: server connections a pool opens before clients wait.", poolLabels, nil)
+	descPoolUtil = prometheus.NewDesc("pgaudit_pool_utilization_ratio",
+		"Share of pool_size held by clients over the last minute (0 to 1; above 1 while the reserve pool is used).", poolLabels, nil)
+	descPoolXacts = prometheus.NewDesc("pgaudit_pool_transactions_total",
+		"Transactions run through a pool.", poolLabels, nil)
+	descPoolQueries = prometheus.NewDesc("pgaudit_pool_queries_total",
+		"Statements run through a pool.", poolLabels, nil)
+	descPoolRecv = prometheus.NewDesc("pgaudit_pool_bytes_received_total",
+		"Bytes received from a pool's clients.", poolLabels, nil)
+	descPoolSent = prometheus.NewDesc("pgaudit_pool_bytes_sent_total",
+		"Bytes sent to a pool's clients.", poolLabels, nil)
+	descPoolWait = prometheus.NewDesc("pgaudit_pool_wait_seconds",
+		"Time clients waited for a server connection, per acquire, since the pool started. Quantiles are the upper bounds of the pool's power-of-two microsecond buckets.", poolLabels, nil)
+	descPoolWaitMax = prometheus.NewDesc("pgaudit_pool_wait_max_seconds",
+		"Longest time a client waited for a server connection since the pool started.", poolLabels, nil)
+	descDatabasePaused = prometheus.NewDesc("pgaudit_database_paused",
+		"1 while PAUSE is in force for a configured database, else 0.", []string{"database"}, nil)
+	descDropped = prometheus.NewDesc("pgaudit_audit_events_dropped_total",
+		"Statement events the analyzer never saw because its queue was full (clients are never blocked).", nil, nil)
+	descProcessed = prometheus.NewDesc("pgaudit_audit_events_processed_total",
+		"Statement events the analyzer processed.", nil, nil)
+	descQueued = prometheus.NewDesc("pgaudit_audit_queue_events",
+		"Events waiting in the analyzer queue now.", nil, nil)
+	descPanics = prometheus.NewDesc("pgaudit_audit_observer_panics_total",
+		"Recovered panics in analyzer observers.", nil, nil)
+	descShapes = prometheus.NewDesc("pgaudit_query_shapes",
+		"Query shapes tracked individually by the analyzer.", nil, nil)
+	descFindings = prometheus.NewDesc("pgaudit_findings",
+		"Current findings by rule and severity.", []string{"rule", "severity"}, nil)
+	descExplainRounds = prometheus.NewDesc("pgaudit_explain_rounds_total",
+		"Completed rounds of the EXPLAIN sampler.", nil, nil)
+	descExplainChecked = prometheus.NewDesc("pgaudit_explain_shapes_checked_total",
+		"Query shapes the EXPLAIN sampler sent to EXPLAIN.", nil, nil)
+	descExplainRefused = prometheus.NewDesc("pgaudit_explain_not_explainable_total",
+		"Query shapes the EXPLAIN sampler refused (not a single plain SELECT, INSERT, UPDATE or DELETE).", nil, nil)
+	descExplainFailed = prometheus.NewDesc("pgaudit_explain_failures_total",
+		"EXPLAINs that failed, timeouts included.", nil, nil)
+	descExplainTimeouts = prometheus.NewDesc("pgaudit_explain_timeouts_total",
+		"EXPLAINs that hit statement_timeout or lock_timeout.", nil, nil)
+	descExplainFindings = prometheus.NewDesc("pgaudit_explain_findings_total",
+		"Findings the EXPLAIN sampler emitted.", nil, nil)
+)
+
+// stateCollector reads the proxy, pipeline, findings and sampler state at
+// scrape time.
+type stateCollector struct{ a *Admin }
+
+// Describe sends every descriptor the collector may emit.
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{
+		descBuildInfo, descClients, descPoolClients, descPoolServers, descPoolSize, descPoolUtil,
+		descPoolXacts, descPoolQueries, descPoolRecv, descPoolSent, descPoolWait, descPoolWaitMax,
+		descDatabasePaused, descDropped, descProcessed, descQueued, descPanics, descShapes, descFindings,
+		descExplainRounds, descExplainChecked, descExplainRefused, descExplainFailed, descExplainTimeouts,
+		descExplainFindings,
+	} {
+		ch <- d
+	}
+}
+
+// Collect emits the current values.
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	a := c.a
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	gauge(descBuildInfo, 1, a.opts.Version)
+	if p := a.proxy.Load(); p != nil {
+		gauge(descClients, float64(p.ClientCount()))
+	}
+	for _, s := range a.poolStats() {
+		db, user := s.Database, s.User
+		gauge(descPoolClients, float64(s.ClientsActive), db, user, "active")
+		gauge(descPoolClients, float64(s.ClientsWaiting), db, user, "waiting")
+		gauge(descPoolServers, float64(s.ServersActive), db, user, "active")
+		gauge(descPoolServers, float64(s.ServersIdle), db, user, "idle")
+		gauge(descPoolServers, float64(s.ServersLogin), db, user, "login")
+		gauge(descPoolSize, float64(s.Size), db, user)
+		gauge(descPoolUtil, s.Utilization, db, user)
+		counter(descPoolXacts, float64(s.Transactions), db, user)
+		counter(descPoolQueries, float64(s.Queries), db, user)
+		counter(descPoolRecv, float64(s.BytesIn), db, user)
+		counter(descPoolSent, float64(s.BytesOut), db, user)
+		ch <- prometheus.MustNewConstSummary(descPoolWait, uint64(max(s.Waits, 0)), s.WaitTotal.Seconds(),
+			map[float64]float64{0.5: min(s.WaitP50, s.MaxWait).Seconds(), 0.99: min(s.WaitP99, s.MaxWait).Seconds()}, db, user)
+		gauge(descPoolWaitMax, s.MaxWait.Seconds(), db, user)
+	}
+	if cfg := a.proxyConfig(); cfg != nil {
+		for name := range cfg.Databases {
+			if name == "*" {
+				continue
+			}
+			v := 0.0
+			if a.isPaused(name) {
+				v = 1
+			}
+			gauge(descDatabasePaused, v, name)
+		}
+	}
+	if pl := a.pipeline(); pl != nil {
+		pc := pl.Counters()
+		counter(descDropped, float64(pc.Dropped))
+		counter(descProcessed, float64(pc.Processed))
+		gauge(descQueued, float64(pc.Queued))
+		counter(descPanics, float64(pc.ObserverPanics))
+		gauge(descShapes, float64(pl.Stats().Len()))
+	}
+	type rs struct{ rule, sev string }
+	counts := map[rs]int{}
+	for _, f := range a.findings() {
+		counts[rs{f.Rule, f.Severity.String()}]++
+	}
+	for k, n := range counts {
+		gauge(descFindings, float64(n), k.rule, k.sev)
+	}
+	if sc, ok := a.explainCounters(); ok {
+		counter(descExplainRounds, float64(sc.Rounds))
+		counter(descExplainChecked, float64(sc.Checked))
+		counter(descExplainRefused, float64(sc.NotExplainable))
+		counter(descExplainFailed, float64(sc.Failed))
+		counter(descExplainTimeouts, float64(sc.Timeouts))
+		counter(descExplainFindings, float64(sc.Findings))
+	}
+}
