@@ -189,6 +189,7 @@ type proxyFlags struct {
 	authType      string
 	authFile      string
 	auditSample   string
+	noAudit       bool
 	statsInterval time.Duration
 	adminListen   *string // set when --admin-listen was given (even empty)
 	adminUsers    string  // comma-separated
@@ -202,6 +203,7 @@ type settings struct {
 	audit           analyzer.AuditLogConfig
 	pipeline        analyzer.PipelineConfig
 	rules           rules.Config
+	noAudit         bool
 	explain         bool
 	explainInterval time.Duration
 	explainDSNs     map[string]string
@@ -380,7 +382,8 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 	if err := st.rules.Validate(); err != nil {
 		return nil, fmt.Errorf("config [rules]: %w", err)
 	}
-	st.explain = g.Explain == nil || *g.Explain
+	st.noAudit = fl.noAudit
+	st.explain = (g.Explain == nil || *g.Explain) && !fl.noAudit
 	if g.ExplainInterval != nil {
 		st.explainInterval = g.ExplainInterval.Duration
 	}

@@ -113,6 +113,7 @@ func proxyCommand() *cobra.Command {
 	f.StringVar(&fl.authType, "auth-type", "", "trust, password, md5 or scram-sha-256")
 	f.StringVar(&fl.authFile, "auth-file", "", "users file (PgBouncer auth_file format)")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the proxy to this file until it stops")
+	f.BoolVar(&fl.noAudit, "no-audit", false, "relay without auditing (no events, statistics or findings), to measure the audit cost")
 	f.StringVar(&fl.auditSample, "audit-sample", "", "statement records: all, none, rate or slow")
 	f.DurationVar(&fl.statsInterval, "stats-interval", 0, "how often stats and pool snapshots are written (default 1m)")
 	f.String("admin-listen", "", "HTTP admin address: dashboard, /metrics, /api/v1 (default 127.0.0.1:9930; empty turns it off)")
@@ -155,7 +156,13 @@ func runProxy(ctx context.Context, st *settings, reload func() (*settings, error
 	}
 	defer audit.stop(log)
 	st.proxy.Admin = console
-	p = pooler.New(st.proxy, audit.pipeline, log)
+	var sink analyzer.Sink = audit.pipeline
+	if st.noAudit {
+		// The proxy relays without emitting events (for measuring the
+		// audit pipeline's cost); the admin views stay empty.
+		sink = analyzer.DiscardSink{}
+	}
+	p = pooler.New(st.proxy, sink, log)
 	if err := p.Listen(); err != nil {
 		return &exitError{1, err}
 	}
