@@ -34,14 +34,16 @@ func TestPgbenchThroughProxy(t *testing.T) {
 	for _, mode := range []PoolMode{SessionMode, TransactionMode} {
 		for _, proto := range []string{"simple", "extended", "prepared"} {
 			t.Run(string(mode)+"/"+proto, func(t *testing.T) {
-				clients, pool := "20", 4
+				// The scenario: 100 clients onto a transaction pool
+				// of 10 (session mode needs a server per client).
+				clients, pool := "100", 10
 				if mode == SessionMode {
-					pool = 20
+					pool = 100
 				}
 				p := testProxy(t, withMode(mode, pool))
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 				defer cancel()
-				out, err := exec.CommandContext(ctx, cluster.Bin("pgbench"), "-n", "-c", clients, "-j", "2", "-t", "40", "-M", proto,
+				out, err := exec.CommandContext(ctx, cluster.Bin("pgbench"), "-n", "-c", clients, "-j", "2", "-t", "20", "-M", proto,
 					proxyDSN(p, "", "")).CombinedOutput()
 				if err != nil {
 					t.Fatalf("pgbench: %v\n%s", err, out)
@@ -50,7 +52,7 @@ func TestPgbenchThroughProxy(t *testing.T) {
 				if m == nil || string(m[1]) != "0" {
 					t.Fatalf("pgbench reported failures:\n%s", out)
 				}
-				if !strings.Contains(string(out), "number of transactions actually processed: 800/800") {
+				if !strings.Contains(string(out), "number of transactions actually processed: 2000/2000") {
 					t.Fatalf("pgbench did not process all transactions:\n%s", out)
 				}
 			})

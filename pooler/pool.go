@@ -233,11 +233,9 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 				}
 				return s, nil
 			}
-			if p.total < limit && time.Now().Before(p.retryAt) && p.lastErr != nil {
-				err := p.lastErr
-				p.mu.Unlock()
-				return nil, err
-			}
+			// During a connect back-off the client waits for the next
+			// attempt (below, via the re-check timer) instead of failing
+			// at once: a server that just came back serves it.
 		}
 		armTimers()
 		w := &waiter{ch: make(chan *Server, 1), reserve: useReserve}
