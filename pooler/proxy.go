@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -675,14 +674,6 @@ func (p *Proxy) handleCancel(st *wire.Startup) {
 		return
 	}
 	s.cancel()
-}
-
-// newCancelKeyPID is used by tests to decode BackendKeyData.
-func decodeKeyData(body []byte) (uint32, []byte) {
-	if len(body) < 4 {
-		return 0, nil
-	}
-	return binary.BigEndian.Uint32(body), body[4:]
 }
 
 // Shutdown stops accepting new clients and waits until every client has

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -470,8 +469,6 @@ func firstNonEmpty(vals ...string) string {
 	}
 	return ""
 }
-
-var _ = os.Getenv
 
 // auditorOptions builds the analysis configuration of `pgaudit proxy`.
 func (st *settings) auditorOptions(log zerolog.Logger) auditorOptions {
