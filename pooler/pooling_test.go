@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
 	"sort"
 	"strings"
 	"sync"
@@ -452,5 +453,94 @@ func TestStartupOptions(t *testing.T) {
 				c.Close(ctx)
 			}
 		})
+	}
+}
+
+// TestGracefulShutdown: clients in the middle of a transaction finish it;
+// each is then told 57P01, and no client sees a transaction cut short.
+func TestGracefulShutdown(t *testing.T) {
+	p := testProxy(t, withMode(TransactionMode, 4))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	direct := connect(t, ctx, cluster.DSN(""), pgx.QueryExecModeSimpleProtocol)
+	if _, err := direct.Exec(ctx, "drop table if exists shutdown_t; create table shutdown_t(client int, n int)"); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var cut []string
+	committed := 0
+	for i := 0; i < 8; i++ {
+		conn := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeCacheStatement)
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for n := 0; ; n++ {
+				tx, err := conn.Begin(ctx)
+				if err != nil {
+					return // refused between transactions: expected
+				}
+				_, err = tx.Exec(ctx, "insert into shutdown_t values ($1, $2)", i, n)
+				if err == nil {
+					_, err = tx.Exec(ctx, "select pg_sleep(0.05)")
+				}
+				if err == nil {
+					err = tx.Commit(ctx)
+				}
+				if err != nil {
+					mu.Lock()
+					cut = append(cut, fmt.Sprintf("client %d transaction %d: %v", i, n, err))
+					mu.Unlock()
+					return
+				}
+				mu.Lock()
+				committed++
+				mu.Unlock()
+			}
+		}(i)
+	}
+	time.Sleep(500 * time.Millisecond)
+	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+	p.Shutdown(sctx)
+	scancel()
+	wg.Wait()
+	if len(cut) > 0 {
+		t.Fatalf("transactions cut by the shutdown:\n%s", strings.Join(cut, "\n"))
+	}
+	if committed == 0 || p.ClientCount() != 0 {
+		t.Fatalf("committed %d, clients left %d", committed, p.ClientCount())
+	}
+	var rows int
+	if err := direct.QueryRow(ctx, "select count(*) from shutdown_t").Scan(&rows); err != nil || rows != committed {
+		t.Fatalf("%d rows for %d commits (%v)", rows, committed, err)
+	}
+}
+
+// TestReloadUnderLoad: RELOAD (Proxy.Reload) during a pgbench run causes
+// no client error.
+func TestReloadUnderLoad(t *testing.T) {
+	initPgbench(t)
+	p := testProxy(t, withMode(TransactionMode, 4))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	done := make(chan []byte, 1)
+	go func() {
+		out, _ := exec.CommandContext(ctx, cluster.Bin("pgbench"), "-n", "-S", "-c", "16", "-j", "2", "-T", "4", "-M", "prepared", proxyDSN(p, "", "")).CombinedOutput()
+		done <- out
+	}()
+	for i := 0; i < 6; i++ {
+		time.Sleep(400 * time.Millisecond)
+		next := *p.config()
+		next.Databases = map[string]*Database{}
+		for name, db := range p.config().Databases {
+			cp := *db
+			cp.Pool.Size = 2 + i%3
+			next.Databases[name] = &cp
+		}
+		p.Reload(&next)
+	}
+	out := <-done
+	if m := failedRe.FindSubmatch(out); m == nil || string(m[1]) != "0" || strings.Contains(string(out), "aborted") {
+		t.Fatalf("pgbench during reloads:\n%s", out)
 	}
 }

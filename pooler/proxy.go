@@ -676,8 +676,11 @@ func (p *Proxy) handleCancel(st *wire.Startup) {
 	s.cancel()
 }
 
-// Shutdown stops accepting new clients and waits until every client has
-// left or ctx ends. The caller then calls Close.
+// Shutdown stops accepting new clients, then ends each client session as
+// soon as it is between transactions (FATAL 57P01 "pgaudit is shutting
+// down"), so no transaction is cut in the middle. It returns when every
+// client has left or ctx ends; the caller then calls Close, which cuts
+// whatever is left.
 func (p *Proxy) Shutdown(ctx context.Context) {
 	p.mu.Lock()
 	l := p.listener
@@ -685,9 +688,18 @@ func (p *Proxy) Shutdown(ctx context.Context) {
 	if l != nil {
 		_ = l.Close()
 	}
-	t := time.NewTicker(50 * time.Millisecond)
+	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for p.clients.Load() > 0 {
+		p.mu.Lock()
+		sessions := make([]*Session, 0, len(p.sessions))
+		for _, s := range p.sessions {
+			sessions = append(sessions, s)
+		}
+		p.mu.Unlock()
+		for _, s := range sessions {
+			s.closeIfIdle(wire.Fatal(wire.CodeAdminShutdown, "terminating connection because pgaudit is shutting down"))
+		}
 		select {
 		case <-ctx.Done():
 			return

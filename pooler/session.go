@@ -1275,6 +1275,24 @@ func parseTag(tag []byte) (string, int64) {
 	return verb, n
 }
 
+// closeIfIdle ends the session with e when it is between transactions:
+// nothing in flight, no transaction open, no COPY. It reports whether it
+// did. Any message the client sends afterwards is refused.
+func (s *Session) closeIfIdle(e *wire.Error) bool {
+	s.mu.Lock()
+	idle := !s.closed && s.inFlight == 0 && !s.groupOpen && !s.copyActive && !s.writing &&
+		s.queue.len() == 0 && (s.server == nil || s.txStatus == 'I')
+	if idle {
+		s.closed = true
+		_ = s.client.SendError(e)
+	}
+	s.mu.Unlock()
+	if idle {
+		_ = s.client.Close()
+	}
+	return idle
+}
+
 // cancel forwards a cancel to the server serving the session right now.
 //
 // The cancel is sent while holding s.mu, so the server cannot be released
