@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
+	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/pgaudit/pgaudit/analyzer"
 	"github.com/pgaudit/pgaudit/internal/pgtest"
@@ -254,6 +255,38 @@ func TestLintPostgresLogsAndAuditLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkSARIF(t, sarif)
+	validateSARIFSchema(t, out)
+}
+
+// validateSARIFSchema validates a SARIF log against the official 2.1.0
+// JSON schema (testdata/sarif-2.1.0-rtm.5.json).
+func validateSARIFSchema(t *testing.T, out []byte) {
+	t.Helper()
+	f, err := os.Open(filepath.Join("testdata", "sarif-2.1.0-rtm.5.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	doc, err := jsonschema.UnmarshalJSON(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := jsonschema.NewCompiler()
+	const url = "https://json.schemastore.org/sarif-2.1.0-rtm.5.json"
+	if err := c.AddResource(url, doc); err != nil {
+		t.Fatal(err)
+	}
+	schema, err := c.Compile(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.Validate(inst); err != nil {
+		t.Fatalf("SARIF output does not validate against the 2.1.0 schema: %v", err)
+	}
 }
 
 func auditLogFile(path string) analyzer.AuditLogConfig {
