@@ -45,9 +45,8 @@ type PoolRow struct {
 	// SvLogin counts server connections being opened.
 	SvLogin int `json:"sv_login"`
 	// MaxWait and MaxWaitUS are the seconds and the microsecond part of
-	// the current wait of the oldest waiting client. The pooler does not
-	// report waiter ages yet, so they are 0; wait_max_us has the longest
-	// wait ever seen.
+	// the current wait of the oldest waiting client (PgBouncer's meaning);
+	// wait_max_us has the longest wait ever seen.
 	MaxWait   int64  `json:"maxwait"`
 	MaxWaitUS int64  `json:"maxwait_us"`
 	PoolMode  string `json:"pool_mode"`
@@ -71,6 +70,8 @@ func poolRow(ps pooler.PoolStats) PoolRow {
 		ClActive: ps.ClientsActive, ClWaiting: ps.ClientsWaiting,
 		SvActive: ps.ServersActive, SvIdle: ps.ServersIdle, SvLogin: ps.ServersLogin,
 		PoolMode: ps.Mode, PoolSize: ps.Size,
+		MaxWait:   int64(ps.OldestWait / time.Second),
+		MaxWaitUS: (ps.OldestWait % time.Second).Microseconds(),
 		// The pooler's percentiles are bucket upper bounds: never report
 		// more than the longest wait actually seen.
 		WaitP50US: min(ps.WaitP50, ps.MaxWait).Microseconds(), WaitP99US: min(ps.WaitP99, ps.MaxWait).Microseconds(),

@@ -43,6 +43,7 @@ type Server struct {
 type waiter struct {
 	ch      chan *Server // receives a server, or nil meaning "capacity freed: retry"
 	reserve bool
+	since   time.Time // when the client started waiting
 }
 
 // Pool holds the server connections for one (database, user). Its methods are
@@ -238,7 +239,7 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 			// at once: a server that just came back serves it.
 		}
 		armTimers()
-		w := &waiter{ch: make(chan *Server, 1), reserve: useReserve}
+		w := &waiter{ch: make(chan *Server, 1), reserve: useReserve, since: start}
 		p.waiters = append(p.waiters, w)
 		// Waiting although the pool has room means a connect back-off is
 		// running (or max_db_connections, shared across pools that do not

@@ -184,6 +184,9 @@ func TestWaitQueue(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
+	if st := p2.PoolStats()[0]; st.ClientsWaiting != 5 || st.OldestWait <= 0 {
+		t.Fatalf("waiting clients %d, oldest wait %s", st.ClientsWaiting, st.OldestWait)
+	}
 	if err := tx2.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}

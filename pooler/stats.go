@@ -131,9 +131,12 @@ type PoolStats struct {
 	BytesIn      int64 `json:"bytes_received"`
 	BytesOut     int64 `json:"bytes_sent"`
 
-	Waits       int64         `json:"wait_count"`
-	WaitTotal   time.Duration `json:"wait_total_ns"`
-	MaxWait     time.Duration `json:"maxwait_ns"`
+	Waits     int64         `json:"wait_count"`
+	WaitTotal time.Duration `json:"wait_total_ns"`
+	MaxWait   time.Duration `json:"maxwait_ns"`
+	// OldestWait is how long the oldest waiting client has been waiting
+	// now (PgBouncer's maxwait); zero when nobody waits.
+	OldestWait  time.Duration `json:"oldest_wait_ns"`
 	WaitP50     time.Duration `json:"wait_p50_ns"`
 	WaitP99     time.Duration `json:"wait_p99_ns"`
 	Utilization float64       `json:"utilization"`
@@ -150,6 +153,7 @@ func (p *Pool) Stats(clientsActive int) PoolStats {
 		Mode:           string(p.set().Mode),
 		Size:           p.set().Size,
 		ClientsWaiting: len(p.waiters),
+		OldestWait:     oldestWait(p.waiters),
 		ServersActive:  p.active,
 		ServersIdle:    len(p.idle),
 	}
@@ -198,4 +202,17 @@ func histQuantile(h *[waitBuckets]int64, n int64, q float64) time.Duration {
 		}
 	}
 	return 0
+}
+
+func oldestWait(ws []*waiter) time.Duration {
+	var oldest time.Time
+	for _, w := range ws {
+		if oldest.IsZero() || w.since.Before(oldest) {
+			oldest = w.since
+		}
+	}
+	if oldest.IsZero() {
+		return 0
+	}
+	return time.Since(oldest)
 }
