@@ -167,6 +167,8 @@ type fileConfig struct {
 		HypoPGCreate       bool      `toml:"hypopg_create_extension"`
 		AdminListen        *string   `toml:"admin_listen"`
 		AdminUsers         []string  `toml:"admin_users"`
+		OTLPEndpoint       string    `toml:"otlp_endpoint"`
+		OTLPInsecure       *bool     `toml:"otlp_insecure"`
 		Pprof              bool      `toml:"pprof"`
 		LogLevel           string    `toml:"log_level"`
 		ShutdownTimeout    *Duration `toml:"shutdown_timeout"`
@@ -189,6 +191,7 @@ type proxyFlags struct {
 	authFile      string
 	auditSample   string
 	noAudit       bool
+	otlpEndpoint  string
 	statsInterval time.Duration
 	adminListen   *string // set when --admin-listen was given (even empty)
 	adminUsers    string  // comma-separated
@@ -203,6 +206,8 @@ type settings struct {
 	pipeline        analyzer.PipelineConfig
 	rules           rules.Config
 	noAudit         bool
+	otlpEndpoint    string
+	otlpInsecure    bool
 	explain         bool
 	explainInterval time.Duration
 	explainDSNs     map[string]string
@@ -382,6 +387,8 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 		return nil, fmt.Errorf("config [rules]: %w", err)
 	}
 	st.noAudit = fl.noAudit
+	st.otlpEndpoint = firstNonEmpty(fl.otlpEndpoint, g.OTLPEndpoint)
+	st.otlpInsecure = g.OTLPInsecure == nil || *g.OTLPInsecure
 	st.explain = (g.Explain == nil || *g.Explain) && !fl.noAudit
 	if g.ExplainInterval != nil {
 		st.explainInterval = g.ExplainInterval.Duration

@@ -19,6 +19,7 @@ import (
 
 	"github.com/pgaudit/pgaudit/analyzer"
 	"github.com/pgaudit/pgaudit/pooler"
+	"github.com/pgaudit/pgaudit/tracing"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -119,6 +120,7 @@ func proxyCommand() *cobra.Command {
 	f.String("admin-listen", "", "HTTP admin address: dashboard, /metrics, /api/v1 (default 127.0.0.1:9930; empty turns it off)")
 	f.StringVar(&fl.adminUsers, "admin-users", "", "comma-separated users allowed on the admin console (databases pgaudit and pgbouncer)")
 	f.BoolVar(&fl.pprof, "pprof", false, "serve /debug/pprof/ on the admin listener")
+	f.StringVar(&fl.otlpEndpoint, "otlp-endpoint", "", "OTLP/HTTP endpoint (host:4318): spans for statements with a sqlcommenter traceparent")
 	return cmd
 }
 
@@ -150,6 +152,19 @@ func runProxy(ctx context.Context, st *settings, reload func() (*settings, error
 	console = adm.Console()
 	ao := st.auditorOptions(log)
 	ao.Observers = append(ao.Observers, adm.Observer())
+	if st.otlpEndpoint != "" {
+		tp, shutdownTraces, err := tracing.StartOTLP(ctx, st.otlpEndpoint, st.otlpInsecure, version)
+		if err != nil {
+			return &exitError{1, err}
+		}
+		defer func() {
+			sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer scancel()
+			_ = shutdownTraces(sctx)
+		}()
+		ao.Observers = append(ao.Observers, tracing.New(tp))
+		log.Info().Str("endpoint", st.otlpEndpoint).Msg("OTLP tracing on for statements with a traceparent")
+	}
 	audit, err := startAuditor(ctx, ao)
 	if err != nil {
 		return &exitError{1, err}
