@@ -38,8 +38,8 @@ RESULTS_DIR=${RESULTS_DIR:-$REPO_ROOT/bench/results}
 KEEP_LOG=${KEEP_LOG:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 command -v go >/dev/null || die "go not on PATH"
 command -v python3 >/dev/null || die "python3 not on PATH (reads pgaudit lint's JSON)"

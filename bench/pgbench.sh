@@ -55,8 +55,8 @@ PGAUDIT_BIN=${PGAUDIT_BIN:-}
 RESULTS_DIR=${RESULTS_DIR:-$REPO_ROOT/bench/results}
 KEEP_TMP=${KEEP_TMP:-0}
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [[ $(id -u) == 0 ]] || die "run as root (Postgres and PgBouncer are started as the postgres user via runuser)"
 id postgres >/dev/null 2>&1 || die "no postgres user"
@@ -121,16 +121,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # A port nobody listens on (checked by trying to connect).
-free_port() {
-  local p
-  for _ in $(seq 200); do
-    p=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"; return 0
-    fi
-  done
-  die "no free port found"
-}
 
 wait_port() { # port, seconds, name
   local i
@@ -197,33 +187,7 @@ if [[ " $TARGETS " == *" pgaudit "* ]]; then
 fi
 
 # ---------------------------------------------------------------- postgres
-PGPORT=$(free_port)
-log "initdb + start PostgreSQL on 127.0.0.1:$PGPORT"
-runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --no-sync >"$TMP/initdb.log" 2>&1 ||
-  { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
-cat >>"$PGDATA_DIR/postgresql.conf" <<EOF
-
-# pgaudit bench
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$TMP'
-max_connections = 1200
-shared_buffers = 128MB
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-logging_collector = off
-EOF
-PG_STARTED=1
-runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$TMP/postgres.log" -w -t 60 start >/dev/null ||
-  { cat "$TMP/postgres.log" >&2; die "pg_ctl start failed"; }
-
-export PGUSER=postgres PGDATABASE=postgres PGHOST=127.0.0.1
-PG_VERSION=$(psql -p "$PGPORT" -Atc 'show server_version')
-log "pgbench -i -s $SCALE"
-pgbench -i -q -s "$SCALE" -p "$PGPORT" >"$TMP/pgbench-init.log" 2>&1 ||
-  { cat "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
-psql -p "$PGPORT" -qc 'vacuum analyze' >/dev/null
+start_cluster 1200 "pgaudit bench"
 
 # ---------------------------------------------------------------- proxies
 PGAUDIT_PORT=
