@@ -40,11 +40,33 @@ type Server struct {
 	gen uint64
 }
 
+// waiter is a client queued in Acquire. Whoever removes it from the queue
+// (under the pool's lock) sends it exactly one value, so a waiter in the
+// queue has an empty channel and a dequeued one can be reused.
 type waiter struct {
-	ch      chan *Server // receives a server, or nil meaning "capacity freed: retry"
+	// ch receives a server, nil meaning "capacity freed: retry", or one of
+	// the sentinels waitTimedOut and waitUseReserve from the watcher.
+	ch      chan *Server
 	reserve bool
 	since   time.Time // when the client started waiting
+	// timeoutAt (query_wait_timeout) and reserveAt (reserve_pool_timeout)
+	// are enforced by watchWaiters; zero means none.
+	timeoutAt, reserveAt time.Time
 }
+
+// Sentinels sent to a waiter instead of a server.
+var (
+	waitTimedOut   = &Server{}
+	waitUseReserve = &Server{}
+)
+
+// waiterPool recycles waiters and their channels: every acquire that finds
+// the pool busy needs one.
+var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan *Server, 1)} }}
+
+// watchPeriod bounds how late query_wait_timeout and reserve_pool_timeout
+// fire.
+const watchPeriod = 25 * time.Millisecond
 
 // Pool holds the server connections for one (database, user). Its methods are
 // safe for concurrent use.
@@ -74,6 +96,8 @@ type Pool struct {
 	retryAt  time.Time
 	nextID   uint64
 	paused   bool
+	// watching says a watchWaiters goroutine runs.
+	watching bool
 	// baseParams are the ParameterStatus values of a fresh server
 	// connection, used to greet transaction-mode clients without waiting
 	// for a server.
@@ -169,32 +193,16 @@ func (p *Pool) Acquire(ctx context.Context) (*Server, time.Duration, error) {
 }
 
 func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
-	// The timers start at the first wait: most acquires find an idle
-	// server and never need them. They still count from start.
-	var timeout, reserveTimer <-chan time.Time
-	var stops []*time.Timer
-	timersArmed := false
-	armTimers := func() {
-		if timersArmed {
-			return
-		}
-		timersArmed = true
-		if d := p.set().QueryWaitTimeout; d > 0 {
-			t := time.NewTimer(max(d-time.Since(start), 0))
-			timeout = t.C
-			stops = append(stops, t)
-		}
-		if p.set().ReserveSize > 0 && p.set().ReserveTimeout > 0 {
-			t := time.NewTimer(max(p.set().ReserveTimeout-time.Since(start), 0))
-			reserveTimer = t.C
-			stops = append(stops, t)
-		}
+	// Waits are timed by watchWaiters, not by a timer per acquire: most
+	// acquires on a busy pool wait briefly, and timers cost more than the
+	// relay itself. The deadlines count from start.
+	var timeoutAt, reserveAt time.Time
+	if d := p.set().QueryWaitTimeout; d > 0 {
+		timeoutAt = start.Add(d)
 	}
-	defer func() {
-		for _, t := range stops {
-			t.Stop()
-		}
-	}()
+	if p.set().ReserveSize > 0 && p.set().ReserveTimeout > 0 {
+		reserveAt = start.Add(p.set().ReserveTimeout)
+	}
 	useReserve := false
 	woken := false // a woken waiter keeps its place ahead of the queue
 	for {
@@ -238,9 +246,16 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 			// attempt (below, via the re-check timer) instead of failing
 			// at once: a server that just came back serves it.
 		}
-		armTimers()
-		w := &waiter{ch: make(chan *Server, 1), reserve: useReserve, since: start}
+		w := waiterPool.Get().(*waiter)
+		w.reserve, w.since, w.timeoutAt, w.reserveAt = useReserve, start, timeoutAt, reserveAt
+		if useReserve {
+			w.reserveAt = time.Time{}
+		}
 		p.waiters = append(p.waiters, w)
+		if !p.watching && (!w.timeoutAt.IsZero() || !w.reserveAt.IsZero()) {
+			p.watching = true
+			go p.watchWaiters()
+		}
 		// Waiting although the pool has room means a connect back-off is
 		// running (or max_db_connections, shared across pools that do not
 		// wake each other, is reached): re-check when it ends rather than
@@ -254,55 +269,103 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 		p.mu.Unlock()
 
 		var recheck <-chan time.Time
+		var recheckTimer *time.Timer
 		if recheckAfter > 0 {
-			t := time.NewTimer(recheckAfter)
-			defer t.Stop()
-			recheck = t.C
+			recheckTimer = time.NewTimer(recheckAfter)
+			recheck = recheckTimer.C
 		}
+		var got *Server
 		select {
-		case s := <-w.ch:
-			woken = true
-			if s != nil {
-				if s2, ok := p.checkOut(ctx, s); ok {
-					return s2, nil
-				}
-			}
+		case got = <-w.ch:
 		case <-recheck:
-			woken = true
-			p.dropWaiter(w)
-		case <-reserveTimer:
-			reserveTimer = nil
-			useReserve = true
-			p.dropWaiter(w)
-		case <-timeout:
-			p.dropWaiter(w)
+			got = p.dropWaiter(w)
+		case <-ctx.Done():
+			if s := p.dropWaiter(w); s != nil && s != waitTimedOut && s != waitUseReserve {
+				p.Release(s, true)
+			}
+			waiterPool.Put(w)
+			return nil, ctx.Err()
+		}
+		if recheckTimer != nil {
+			recheckTimer.Stop()
+		}
+		waiterPool.Put(w)
+		switch got {
+		case waitTimedOut:
 			e := wire.Fatal(wire.CodeTooManyConnections, "query_wait_timeout")
 			e.Severity = "ERROR"
 			e.Detail = fmt.Sprintf("no server connection became free within %s (pool size %d)", p.set().QueryWaitTimeout, p.set().Size)
 			return nil, e
-		case <-ctx.Done():
-			p.dropWaiter(w)
-			return nil, ctx.Err()
+		case waitUseReserve:
+			useReserve = true
+		case nil:
+			woken = true
+		default:
+			woken = true
+			if s2, ok := p.checkOut(ctx, got); ok {
+				return s2, nil
+			}
 		}
 	}
 }
 
-// dropWaiter removes w from the queue; a server handed to it meanwhile goes
-// back to the pool.
-func (p *Pool) dropWaiter(w *waiter) {
+// watchWaiters enforces the waiters' deadlines while any has one: it runs
+// every watchPeriod (or sooner, at the earliest deadline) and exits when
+// the queue has no deadlines left.
+func (p *Pool) watchWaiters() {
+	for {
+		now := time.Now()
+		next := now.Add(watchPeriod)
+		p.mu.Lock()
+		kept := p.waiters[:0]
+		pending := false
+		for _, w := range p.waiters {
+			switch {
+			case !w.timeoutAt.IsZero() && !now.Before(w.timeoutAt):
+				w.ch <- waitTimedOut
+				continue
+			case !w.reserveAt.IsZero() && !now.Before(w.reserveAt):
+				w.ch <- waitUseReserve
+				continue
+			}
+			for _, t := range []time.Time{w.timeoutAt, w.reserveAt} {
+				if !t.IsZero() {
+					pending = true
+					if t.Before(next) {
+						next = t
+					}
+				}
+			}
+			kept = append(kept, w)
+		}
+		clear(p.waiters[len(kept):])
+		p.waiters = kept
+		if !pending {
+			p.watching = false
+			p.mu.Unlock()
+			return
+		}
+		p.mu.Unlock()
+		time.Sleep(max(time.Until(next), time.Millisecond))
+	}
+}
+
+// dropWaiter removes w from the queue. When w was already dequeued it
+// returns what was sent to it (a server the caller must give back, nil, or
+// a sentinel); a server is returned to the pool here unless the caller
+// takes it.
+func (p *Pool) dropWaiter(w *waiter) *Server {
 	p.mu.Lock()
 	for i, x := range p.waiters {
 		if x == w {
 			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
 			p.mu.Unlock()
-			return
+			return nil
 		}
 	}
 	p.mu.Unlock()
-	// Not in the queue: Release already handed it something.
-	if s := <-w.ch; s != nil {
-		p.Release(s, true)
-	}
+	// Not in the queue: someone already sent it something.
+	return <-w.ch
 }
 
 // checkOut runs the health check on a server idle longer than

@@ -232,6 +232,7 @@ func (p *Proxy) Close() error {
 	}
 	for _, s := range sessions {
 		_ = s.client.Close()
+		s.interruptInline()
 	}
 	for _, c := range conns {
 		_ = c.Close() // clients still in startup (the TLS conn wraps it)
@@ -500,19 +501,28 @@ func (s *Session) detachIdle() {
 		s.mu.Unlock()
 		return
 	}
-	s.stopReader = true
+	readerRan := s.readerActive
 	done := s.readerDone
-	_ = srv.SetReadDeadline(time.Now())
+	if readerRan {
+		s.stopReader = true
+		_ = srv.SetReadDeadline(time.Now())
+	}
 	s.mu.Unlock()
-	<-done
+	if readerRan {
+		<-done
+	}
 	s.mu.Lock()
 	s.server = nil
 	rerr := s.readerErr
 	s.stopReader = false
 	s.mu.Unlock()
-	var ne net.Error
+	inSync := srv.R.InSync()
+	if readerRan {
+		var ne net.Error
+		inSync = inSync && errors.As(rerr, &ne) && ne.Timeout()
+	}
 	_ = srv.SetReadDeadline(time.Time{})
-	if srv.R.InSync() && errors.As(rerr, &ne) && ne.Timeout() {
+	if inSync {
 		s.pool.Release(srv, true)
 	} else {
 		s.pool.destroy(srv)
@@ -885,6 +895,7 @@ func (p *Proxy) Kill(db string) int {
 	for _, s := range victims {
 		_ = s.fatal(wire.Fatal(wire.CodeAdminShutdown, "terminating connection due to administrator command (KILL)"))
 		_ = s.client.Close()
+		s.interruptInline()
 	}
 	for _, pl := range p.Pools() {
 		if pl.Database == db {

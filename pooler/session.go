@@ -56,9 +56,14 @@ type Session struct {
 	// an extended-protocol group, as the server does after its own errors.
 	skipUntilSync bool
 	queue         pendingQueue
-	readerDone    chan struct{}
-	stopReader    bool
-	readerErr     error
+	// readerActive says a background reader (serverLoop) owns reading
+	// the attached server; readerDone is closed when the last one started
+	// has exited. Without one the client goroutine reads the replies
+	// itself (see awaitReplies).
+	readerActive bool
+	readerDone   chan struct{}
+	stopReader   bool
+	readerErr    error
 	gucDirty      bool
 	gucs          map[string]string
 	pendingWait   time.Duration
@@ -202,8 +207,10 @@ func (s *Session) sendLocked(raw []byte) {
 }
 
 // attach gets a server connection for the session: it waits for the
-// previous reader to finish, acquires, applies the client's settings and
-// starts the reader. Called by the client goroutine with s.mu not held.
+// previous reader to finish, acquires and applies the client's settings.
+// Session mode and pinned clients get a background reader at once; other
+// transaction-mode clients read replies inline until they need one. Called
+// by the client goroutine with s.mu not held.
 func (s *Session) attach(ctx context.Context) (*Server, error) {
 	if s.readerDone != nil {
 		<-s.readerDone
@@ -222,17 +229,64 @@ func (s *Session) attach(ctx context.Context) (*Server, error) {
 		s.pool.destroy(srv)
 		return nil, err
 	}
-	done := make(chan struct{})
 	s.mu.Lock()
 	s.server = srv
 	s.pendingWait += wait
-	s.readerDone = done
 	s.stopReader = false
 	s.readerErr = nil
+	if s.mode == SessionMode || s.pinned {
+		s.startReaderLocked(srv)
+	}
 	s.mu.Unlock()
+	return srv, nil
+}
+
+// startReaderLocked starts the background reader of srv unless one runs;
+// s.mu held.
+func (s *Session) startReaderLocked(srv *Server) {
+	if s.readerActive {
+		return
+	}
+	done := make(chan struct{})
+	s.readerActive = true
+	s.readerDone = done
+	s.readerErr = nil
 	s.proxy.wg.Add(1)
 	go s.serverLoop(srv, done)
-	return srv, nil
+}
+
+// awaitReplies runs on the client goroutine after it flushed a request the
+// client waits for (Query, Sync, FunctionCall). In transaction mode, when
+// no background reader runs and the client has sent nothing more, it reads
+// and relays the replies itself until ReadyForQuery, releasing the server
+// when the transaction is over. That saves a goroutine hand-off per
+// transaction. Otherwise (session mode, pinned, pipelined requests) the
+// background reader does it.
+func (s *Session) awaitReplies(srv *Server) error {
+	s.mu.Lock()
+	if s.server != srv || s.readerActive || s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	if s.mode != TransactionMode || s.pinned || s.client.R.Buffered() > 0 || s.copyInExtended {
+		s.startReaderLocked(srv)
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	return s.pump(srv, true)
+}
+
+// interruptInline makes a client goroutine that reads its server inline
+// stop (KILL, Close): without it a long statement would hold the session
+// until it finishes.
+func (s *Session) interruptInline() {
+	s.mu.Lock()
+	if srv := s.server; srv != nil && !s.readerActive {
+		s.stopReader = true
+		_ = srv.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
 }
 
 // applySettings makes srv's session settings equal to the client's.
@@ -390,7 +444,10 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 	}
 	s.writing = true
 	s.mu.Unlock()
-	return s.writeServer(srv, raw, true)
+	if err := s.writeServer(srv, raw, true); err != nil {
+		return err
+	}
+	return s.awaitReplies(srv)
 }
 
 // writeServer writes out to srv (flushing when asked) and then clears
@@ -464,7 +521,10 @@ func (s *Session) handleFunctionCall(ctx context.Context, raw []byte) error {
 	s.queue.push(pending{kind: pendFunctionCall})
 	s.writing = true
 	s.mu.Unlock()
-	return s.writeServer(srv, raw, true)
+	if err := s.writeServer(srv, raw, true); err != nil {
+		return err
+	}
+	return s.awaitReplies(srv)
 }
 
 func (s *Session) handleCopy(typ byte, raw []byte) error {
@@ -721,10 +781,24 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		// Synthetic answers at the head are due now: the client waits.
 		s.emitSyntheticLocked()
 		_ = s.client.Flush()
+		// Replies without a ReadyForQuery: only a background reader can
+		// relay them while the client decides what to send next.
+		s.startReaderLocked(srv)
+	}
+	if typ != 'S' && typ != 'H' && len(out) > srv.W.Available() {
+		// The write flushes part of the group: replies may start to flow
+		// before the Sync and must be read, or both sides could block.
+		s.startReaderLocked(srv)
 	}
 	s.writing = true
 	s.mu.Unlock()
-	return s.writeServer(srv, out, typ == 'S' || typ == 'H')
+	if err := s.writeServer(srv, out, typ == 'S' || typ == 'H'); err != nil {
+		return err
+	}
+	if typ == 'S' {
+		return s.awaitReplies(srv)
+	}
+	return nil
 }
 
 func indexZero(b []byte) int {
@@ -869,8 +943,9 @@ func (s *Session) finish() {
 	srv := s.server
 	clean := s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' && !s.copyActive
 	done := s.readerDone
-	if srv != nil {
-		s.stopReader = true
+	readerRan := s.readerActive
+	s.stopReader = true
+	if srv != nil && readerRan {
 		_ = srv.SetReadDeadline(time.Now())
 	}
 	s.mu.Unlock()
@@ -883,8 +958,13 @@ func (s *Session) finish() {
 	rerr := s.readerErr
 	s.mu.Unlock()
 	if srv != nil {
-		var ne net.Error
-		inSync := srv.R.InSync() && errors.As(rerr, &ne) && ne.Timeout()
+		inSync := srv.R.InSync()
+		if readerRan {
+			// The reader must have stopped at the deadline, between
+			// messages.
+			var ne net.Error
+			inSync = inSync && errors.As(rerr, &ne) && ne.Timeout()
+		}
 		_ = srv.SetReadDeadline(time.Time{})
 		if clean && inSync && (s.mode == TransactionMode && !s.pinned || s.pool.Reset(context.Background(), srv)) {
 			s.pool.Release(srv, true)
@@ -907,7 +987,9 @@ func (s *Session) flushStats() {
 	s.bytesOut, s.queries, s.xacts = 0, 0, 0
 }
 
-// serverLoop relays server messages to the client while srv is attached.
+// serverLoop is the background reader: it relays server messages to the
+// client while srv is attached and the session needs one (session mode,
+// pinned clients, COPY FROM STDIN, pipelined requests, Flush).
 func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 	defer s.proxy.wg.Done()
 	defer close(done)
@@ -918,22 +1000,41 @@ func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 			if s.server == srv {
 				s.server = nil
 			}
+			s.readerActive = false
 			s.mu.Unlock()
 			s.pool.destroy(srv)
 			_ = s.client.Close()
 		}
 	}()
+	_ = s.pump(srv, false)
+}
+
+// pump reads srv and relays its messages to the client until srv is
+// released to the pool or lost. The background reader runs it with
+// inline=false. The client goroutine runs it with inline=true after a
+// request (see awaitReplies); then it also returns when the request is
+// answered and srv stays attached (an open transaction), or when the
+// exchange needs client input (COPY FROM STDIN), after starting the
+// background reader, which also takes over when srv stays attached after
+// the reply. A non-nil error means the session is over.
+func (s *Session) pump(srv *Server, inline bool) error {
 	for {
 		typ, raw, err := srv.R.ReadMessage()
 		if err != nil {
 			s.mu.Lock()
 			if s.stopReader {
 				s.readerErr = err
+				if !inline {
+					s.readerActive = false
+				}
 				s.mu.Unlock()
-				return
+				return errClientGone
 			}
 			if s.server == srv {
 				s.server = nil
+			}
+			if !inline {
+				s.readerActive = false
 			}
 			// The session ends with its server: messages the client
 			// already sent must not run on another connection outside the
@@ -942,7 +1043,7 @@ func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 			lastFatal := s.lastFatal
 			s.mu.Unlock()
 			s.serverLost(srv, err, lastFatal)
-			return
+			return errClientGone
 		}
 		s.mu.Lock()
 		release := s.relayLocked(srv, typ, raw)
@@ -957,8 +1058,23 @@ func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 			// The client may have sent more meanwhile.
 			release = s.releasableLocked()
 		}
-		if release {
+		stop := false
+		switch {
+		case release:
 			s.server = nil
+			s.readerActive = false
+		case !inline:
+		case typ == 'G' || typ == 'W':
+			// COPY FROM STDIN: the client goroutine must read the data.
+			s.startReaderLocked(srv)
+			stop = true
+		case typ == 'Z' && s.inFlight == 0:
+			// The server stays attached (an open transaction, a pinned
+			// client): what it sends while the client is idle (a FATAL
+			// for idle_in_transaction_session_timeout, notifications) must
+			// reach the client at once, as it would from Postgres.
+			s.startReaderLocked(srv)
+			stop = true
 		}
 		s.mu.Unlock()
 		if ferr != nil {
@@ -966,7 +1082,10 @@ func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 			_ = s.client.Close()
 			if release {
 				s.pool.destroy(srv)
-				return
+				return errClientGone
+			}
+			if inline {
+				return errClientGone
 			}
 		}
 		if release {
@@ -975,14 +1094,17 @@ func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 				if err := s.snapshotSettings(srv); err != nil {
 					s.log.Warn().Err(err).Msg("could not read session settings; closing server connection")
 					s.pool.destroy(srv)
-					return
+					return nil
 				}
 			}
 			s.mu.Lock()
 			s.flushStats()
 			s.mu.Unlock()
 			s.pool.Release(srv, true)
-			return
+			return nil
+		}
+		if stop {
+			return nil
 		}
 	}
 }

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bufio"
+	"io"
 	"net"
 )
 
@@ -15,8 +16,14 @@ type Conn struct {
 }
 
 // NewConn frames nc, capping incoming message bodies at maxBody bytes.
+// Plain TCP and Unix sockets are read and written with raw system calls
+// (see rawIO); other connections (TLS) through nc.
 func NewConn(nc net.Conn, maxBody int) *Conn {
-	return &Conn{Conn: nc, R: NewReader(nc, maxBody), W: bufio.NewWriterSize(nc, 32*1024)}
+	var rw io.ReadWriter = nc
+	if r := newRawIO(nc); r != nil {
+		rw = r
+	}
+	return &Conn{Conn: nc, R: NewReader(rw, maxBody), W: bufio.NewWriterSize(rw, 32*1024)}
 }
 
 // WriteRaw buffers b, a complete encoded message.
