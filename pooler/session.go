@@ -64,13 +64,13 @@ type Session struct {
 	readerDone   chan struct{}
 	stopReader   bool
 	readerErr    error
-	gucDirty      bool
-	gucs          map[string]string
-	pendingWait   time.Duration
-	txSeq         uint64
-	closed        bool
-	lastFatal     bool
-	acquiring     bool // waiting for a server connection
+	gucDirty     bool
+	gucs         map[string]string
+	pendingWait  time.Duration
+	txSeq        uint64
+	closed       bool
+	lastFatal    bool
+	acquiring    bool // waiting for a server connection
 	// copyInExtended is set between an Execute's CopyInResponse and the
 	// client's CopyDone/CopyFail.
 	copyInExtended bool
