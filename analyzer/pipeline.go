@@ -69,6 +69,12 @@ type PipelineConfig struct {
 	// stats records, and drops records. The pipeline does not close it:
 	// close it after Stop returns.
 	AuditLog *AuditLog
+	// BatchDelay is how long a worker woken by a new event waits for more
+	// before it drains its queue (it goes at once when the queue is half
+	// full or the pipeline stops). Batching saves a wake-up per statement
+	// on the relay's hot path; it delays analysis, never the relay.
+	// Default 5ms; negative means no delay.
+	BatchDelay time.Duration
 	// DropLogInterval is how often a non-zero number of new drops is
 	// logged (and written as a drops record). Default 10s.
 	DropLogInterval time.Duration
@@ -81,6 +87,7 @@ const (
 	defaultQueueSize       = 8192
 	defaultWorkers         = 2
 	defaultDropLogInterval = 10 * time.Second
+	defaultBatchDelay      = 5 * time.Millisecond
 )
 
 // ErrPipelineStopped is returned by Submit once the pipeline is stopping.
@@ -115,7 +122,8 @@ type PipelineCounters struct {
 // Submit from any goroutine, then Stop. Events offered before Start wait in
 // the queue; events offered after Stop began are dropped.
 type Pipeline struct {
-	queues    []chan *Event // one per worker; events sharded by SessionID
+	queues     []*eventQueue // one per worker; events sharded by SessionID
+	batchDelay time.Duration
 	fp        *Fingerprinter
 	stats     *Stats
 	observers []Observer
@@ -147,13 +155,20 @@ func NewPipeline(cfg PipelineConfig) *Pipeline {
 		cfg.DropLogInterval = defaultDropLogInterval
 	}
 	cfg.Fingerprint.Logger = cfg.Logger
+	switch {
+	case cfg.BatchDelay == 0:
+		cfg.BatchDelay = defaultBatchDelay
+	case cfg.BatchDelay < 0:
+		cfg.BatchDelay = 0
+	}
 	per := max(1, (cfg.QueueSize+cfg.Workers-1)/cfg.Workers)
-	queues := make([]chan *Event, cfg.Workers)
+	queues := make([]*eventQueue, cfg.Workers)
 	for i := range queues {
-		queues[i] = make(chan *Event, per)
+		queues[i] = newEventQueue(per)
 	}
 	return &Pipeline{
-		queues:    queues,
+		queues:     queues,
+		batchDelay: cfg.BatchDelay,
 		fp:        NewFingerprinter(cfg.Fingerprint),
 		stats:     NewStats(cfg.Stats),
 		audit:     cfg.AuditLog,
@@ -191,7 +206,7 @@ func (p *Pipeline) Start(ctx context.Context) error {
 }
 
 // queueFor returns the queue of the worker that handles ev's session.
-func (p *Pipeline) queueFor(ev *Event) chan *Event {
+func (p *Pipeline) queueFor(ev *Event) *eventQueue {
 	if len(p.queues) == 1 {
 		return p.queues[0]
 	}
@@ -213,9 +228,7 @@ func (p *Pipeline) Offer(ev *Event) {
 		p.dropped.Add(1)
 		return
 	}
-	select {
-	case p.queueFor(ev) <- ev:
-	default:
+	if !p.queueFor(ev).push(ev) {
 		p.dropped.Add(1)
 	}
 	p.inflight.Add(-1)
@@ -231,12 +244,15 @@ func (p *Pipeline) Submit(ctx context.Context, ev *Event) error {
 	if p.state.Load() == stateStopping {
 		return ErrPipelineStopped
 	}
-	select {
-	case p.queueFor(ev) <- ev:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("submit event: %w", ctx.Err())
+	q := p.queueFor(ev)
+	for !q.push(ev) {
+		select {
+		case <-q.space:
+		case <-ctx.Done():
+			return fmt.Errorf("submit event: %w", ctx.Err())
+		}
 	}
+	return nil
 }
 
 // Stop stops accepting events, lets the workers drain the queue, writes the
@@ -250,10 +266,7 @@ func (p *Pipeline) Stop(ctx context.Context) error {
 		p.stopOnce.Do(func() { close(p.stopReq) })
 		p.waitInflight()
 		for _, q := range p.queues {
-			for len(q) > 0 {
-				<-q
-				p.dropped.Add(1)
-			}
+			p.dropped.Add(uint64(len(q.take(nil))))
 		}
 		close(p.quit)
 		close(p.done)
@@ -281,22 +294,48 @@ func (p *Pipeline) waitInflight() {
 	}
 }
 
-func (p *Pipeline) worker(queue <-chan *Event) {
+// worker analyzes the events of one queue in batches (see eventQueue).
+func (p *Pipeline) worker(q *eventQueue) {
 	defer p.wg.Done()
+	var timer *time.Timer
+	if p.batchDelay > 0 {
+		timer = time.NewTimer(time.Hour)
+		timer.Stop()
+		defer timer.Stop()
+	}
+	var spare []*Event
+	drain := func() {
+		for {
+			batch := q.take(spare)
+			if len(batch) == 0 {
+				spare = batch
+				return
+			}
+			for i, ev := range batch {
+				p.process(ev)
+				batch[i] = nil
+			}
+			spare = batch
+		}
+	}
 	for {
 		select {
-		case ev := <-queue:
-			p.process(ev)
+		case <-q.ready:
 		case <-p.quit:
-			for {
-				select {
-				case ev := <-queue:
-					p.process(ev)
-				default:
-					return
-				}
+			drain()
+			return
+		}
+		if timer != nil {
+			timer.Reset(p.batchDelay)
+			select {
+			case <-timer.C:
+			case <-q.ready: // half full
+				timer.Stop()
+			case <-p.quit:
+				timer.Stop()
 			}
 		}
+		drain()
 	}
 }
 
@@ -404,7 +443,7 @@ func (p *Pipeline) Dropped() uint64 { return p.dropped.Load() }
 func (p *Pipeline) Counters() PipelineCounters {
 	queued := 0
 	for _, q := range p.queues {
-		queued += len(q)
+		queued += q.len()
 	}
 	return PipelineCounters{
 		Queued:         queued,
