@@ -30,6 +30,8 @@ type Server struct {
 	// gucs are the session-level settings applied on this connection on
 	// top of its startup defaults (name -> value as set_config takes it).
 	gucs map[string]string
+	// gucsKey is gucsKey(gucs), kept in step with it.
+	gucsKey string
 	// prepared tracks protocol-level prepared statements on the server
 	// (transaction mode).
 	prepared *stmtCache
@@ -504,6 +506,7 @@ func (p *Pool) Reset(ctx context.Context, s *Server) bool {
 		return false
 	}
 	clear(s.gucs)
+	s.gucsKey = ""
 	if s.prepared != nil {
 		s.prepared.clear()
 	}

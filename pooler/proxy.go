@@ -270,7 +270,7 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 	}
 	n := p.clients.Add(1)
 	defer p.clients.Add(-1)
-	c := wire.NewConn(nc, 10000)
+	c := wire.NewConnSize(nc, 10000, wire.ClientBufferSize)
 	_ = nc.SetDeadline(time.Now().Add(p.config().ClientLoginTimeout))
 	st, c, err := p.negotiate(c)
 	if err != nil {
@@ -360,7 +360,7 @@ func (p *Proxy) negotiate(c *wire.Conn) (*wire.Startup, *wire.Conn, error) {
 			if err := tc.Handshake(); err != nil {
 				return nil, c, fmt.Errorf("TLS handshake: %w", err)
 			}
-			c = wire.NewConn(tc, 10000)
+			c = wire.NewConnSize(tc, 10000, wire.ClientBufferSize)
 			tlsDone = true
 		case wire.GSSENCRequestKind:
 			if _, err := c.Conn.Write([]byte{'N'}); err != nil {
@@ -427,6 +427,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Ses
 		txStatus: 'I', gucs: startupGUCs(st), connected: time.Now(), stmts: map[string]*stmtDef{}, portals: map[string]*pending{},
 	}
 	s.writingDone = sync.NewCond(&s.mu)
+	s.gucsKey = gucsKey(s.gucs)
 	s.log = p.log.With().Uint64("session", s.id).Str("user", user).Str("database", dbName).Logger()
 	key := make([]byte, 4)
 	_, _ = rand.Read(key)

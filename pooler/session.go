@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,6 +67,7 @@ type Session struct {
 	readerErr    error
 	gucDirty     bool
 	gucs         map[string]string
+	gucsKey      string // gucsKey(gucs), kept in step with it
 	pendingWait  time.Duration
 	txSeq        uint64
 	closed       bool
@@ -289,8 +291,33 @@ func (s *Session) interruptInline() {
 	s.mu.Unlock()
 }
 
+// gucsKey serializes settings canonically, so that equal settings (most
+// clients of a pool have the same, often none) are recognized with one
+// string comparison per acquire.
+func gucsKey(m map[string]string) string {
+	if len(m) == 0 {
+		return ""
+	}
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	var b strings.Builder
+	for _, k := range names {
+		b.WriteString(k)
+		b.WriteByte(0)
+		b.WriteString(m[k])
+		b.WriteByte(0)
+	}
+	return b.String()
+}
+
 // applySettings makes srv's session settings equal to the client's.
 func (s *Session) applySettings(ctx context.Context, srv *Server) error {
+	if srv.gucsKey == s.gucsKey {
+		return nil
+	}
 	var sql strings.Builder
 	var sets []string
 	for name, v := range srv.gucs {
@@ -323,6 +350,7 @@ func (s *Session) applySettings(ctx context.Context, srv *Server) error {
 	for k, v := range s.gucs {
 		srv.gucs[k] = v
 	}
+	srv.gucsKey = s.gucsKey
 	return nil
 }
 
@@ -345,13 +373,15 @@ func (s *Session) snapshotSettings(srv *Server) error {
 			m[strings.ToLower(r[0])] = r[1]
 		}
 	}
+	key := gucsKey(m)
 	s.mu.Lock()
-	s.gucs = m
+	s.gucs, s.gucsKey = m, key
 	s.mu.Unlock()
 	srv.gucs = make(map[string]string, len(m))
 	for k, v := range m {
 		srv.gucs[k] = v
 	}
+	srv.gucsKey = key
 	return nil
 }
 

@@ -15,15 +15,29 @@ type Conn struct {
 	W *bufio.Writer
 }
 
-// NewConn frames nc, capping incoming message bodies at maxBody bytes.
+// DefaultBufferSize is the read and write buffer size of NewConn, for
+// server connections, which carry every client's traffic.
+const DefaultBufferSize = 32 * 1024
+
+// ClientBufferSize is the buffer size for client connections: a proxy may
+// hold thousands, and PgBouncer's pkt_buf is 4 KiB.
+const ClientBufferSize = 8 * 1024
+
+// NewConn frames nc, capping incoming message bodies at maxBody bytes, with
+// DefaultBufferSize buffers.
 // Plain TCP and Unix sockets are read and written with raw system calls
 // (see rawIO); other connections (TLS) through nc.
 func NewConn(nc net.Conn, maxBody int) *Conn {
+	return NewConnSize(nc, maxBody, DefaultBufferSize)
+}
+
+// NewConnSize is NewConn with read and write buffers of bufSize bytes.
+func NewConnSize(nc net.Conn, maxBody, bufSize int) *Conn {
 	var rw io.ReadWriter = nc
 	if r := newRawIO(nc); r != nil {
 		rw = r
 	}
-	return &Conn{Conn: nc, R: NewReader(rw, maxBody), W: bufio.NewWriterSize(rw, 32*1024)}
+	return &Conn{Conn: nc, R: NewReaderSize(rw, maxBody, bufSize), W: bufio.NewWriterSize(rw, bufSize)}
 }
 
 // WriteRaw buffers b, a complete encoded message.

@@ -58,10 +58,17 @@ func (r *Reader) InSync() bool { return !r.desynced }
 // NewReader returns a Reader over r that rejects message bodies larger than
 // maxBody bytes (DefaultMaxMessageSize when maxBody <= 0).
 func NewReader(r io.Reader, maxBody int) *Reader {
+	return NewReaderSize(r, maxBody, DefaultBufferSize)
+}
+
+// NewReaderSize is NewReader with a read buffer of bufSize bytes. Messages
+// that fit in it are returned without copying; larger ones are assembled
+// in a separate buffer.
+func NewReaderSize(r io.Reader, maxBody, bufSize int) *Reader {
 	if maxBody <= 0 {
 		maxBody = DefaultMaxMessageSize
 	}
-	return &Reader{br: bufio.NewReaderSize(r, 32*1024), buf: make([]byte, 0, 8192), maxBody: maxBody}
+	return &Reader{br: bufio.NewReaderSize(r, bufSize), maxBody: maxBody}
 }
 
 // Buffered reports how many bytes are buffered and not yet returned.
@@ -139,7 +146,7 @@ func (r *Reader) fill(n int) ([]byte, error) {
 	// Don't keep a huge buffer alive after one large message.
 	out := r.buf
 	if cap(r.buf) > 1<<20 {
-		r.buf = make([]byte, 0, 8192)
+		r.buf = nil
 	}
 	return out, nil
 }
