@@ -25,6 +25,7 @@
 #   PGAUDIT_BIN      use this pgaudit binary instead of building one    [build from repo]
 #   RESULTS_DIR      where the CSV and the log go                       [bench/results]
 #   KEEP_TMP         1 = keep the temp dir (cluster, logs) after exit   [0]
+#   WARMUP           seconds of unmeasured pgbench through each proxy after it (re)starts [5]
 #
 # Exit status: 0 all runs clean; 3 some pgbench run had errors or aborted
 # clients (the table and CSV are still written); 1 setup failed (temp dir kept).
@@ -54,6 +55,7 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PGAUDIT_BIN=${PGAUDIT_BIN:-}
 RESULTS_DIR=${RESULTS_DIR:-$REPO_ROOT/bench/results}
 KEEP_TMP=${KEEP_TMP:-0}
+WARMUP=${WARMUP:-5}
 
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -250,6 +252,24 @@ configure_proxies() { # mode size
   if [[ " $TARGETS " == *" pgaudit "* ]]; then start_pgaudit "$1" "$2"; fi
   if [[ " $TARGETS " == *" pgbouncer "* ]]; then start_pgbouncer "$1" "$2"; fi
   CUR_PROXY_CONF="$1/$2"
+  warm_proxies "$2"
+}
+
+# warm_proxies SIZE: an unmeasured pgbench -S run of $WARMUP seconds with
+# SIZE clients through each proxy, so that every server connection of the
+# pool exists and its backend has touched shared buffers before the first
+# measured run. A fresh backend page-faults on every shared buffer it
+# touches for the first time: on this kind of machine that doubled the
+# Postgres CPU per transaction of whichever target ran on fresh backends.
+warm_proxies() {
+  [[ $WARMUP -gt 0 ]] || return 0
+  local port
+  for t in pgaudit pgbouncer; do
+    [[ " $TARGETS " == *" $t "* ]] || continue
+    if [[ $t == pgaudit ]]; then port=$PGAUDIT_PORT; else port=$PGBOUNCER_PORT; fi
+    pgbench -S -n -T "$WARMUP" -c "$1" -j "$JOBS" -h 127.0.0.1 -p "$port" >/dev/null 2>&1 ||
+      log "warm-up through $t failed (ignored)"
+  done
 }
 
 # ---------------------------------------------------------------- running
