@@ -229,14 +229,19 @@ func (a *AuditLog) WriteErrors() uint64 { return a.w.errs.Load() }
 
 // begin starts a record with the fields every record has.
 func (a *AuditLog) begin(record string) *zerolog.Event {
+	var ts [40]byte
 	return a.zl.Log().
 		Int("schema", AuditSchemaVersion).
-		Str("ts", formatTime(a.now())).
+		Bytes("ts", appendTime(ts[:0], a.now())).
 		Str("record", record).
 		Str("run_id", a.runID)
 }
 
 func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// appendTime is formatTime without the allocation (statement records are
+// written once per statement).
+func appendTime(dst []byte, t time.Time) []byte { return t.UTC().AppendFormat(dst, time.RFC3339Nano) }
 
 // sampled reports whether ev gets a statement record.
 func (a *AuditLog) sampled(ev *Event) bool {
@@ -272,6 +277,7 @@ func (a *AuditLog) Observe(an *Analyzed) {
 // and parameter values are added only with LogParameters.
 func (a *AuditLog) WriteStatement(an *Analyzed) {
 	ev := an.Event
+	var scratch [40]byte
 	e := a.begin(RecordStatement).
 		Str("kind", ev.Kind.String()).
 		Uint64("session_id", ev.SessionID).
@@ -284,7 +290,7 @@ func (a *AuditLog) WriteStatement(an *Analyzed) {
 		e = e.Str("client_addr", ev.ClientAddr)
 	}
 	if !ev.Start.IsZero() {
-		e = e.Str("start", formatTime(ev.Start))
+		e = e.Bytes("start", appendTime(scratch[:0], ev.Start))
 	}
 	e = e.Int64("duration_us", ev.Duration.Microseconds()).
 		Int64("wait_us", ev.Wait.Microseconds()).
@@ -294,13 +300,13 @@ func (a *AuditLog) WriteStatement(an *Analyzed) {
 		e = e.Str("sqlstate", ev.SQLState)
 	}
 	if an.Shape != nil {
-		e = e.Str("fingerprint", an.Shape.Fingerprint.String()).Str("query", an.Shape.Normalized)
+		e = e.Bytes("fingerprint", an.Shape.Fingerprint.appendHex(scratch[:0])).Str("query", an.Shape.Normalized)
 		if an.Shape.Fallback {
 			e = e.Bool("fallback", true)
 		}
 	}
 	if ev.ParamHash != 0 {
-		e = e.Str("param_hash", Fingerprint(ev.ParamHash).String())
+		e = e.Bytes("param_hash", Fingerprint(ev.ParamHash).appendHex(scratch[:0]))
 	}
 	if ev.NumParams != 0 {
 		e = e.Int("num_params", ev.NumParams)

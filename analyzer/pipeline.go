@@ -124,12 +124,12 @@ type PipelineCounters struct {
 type Pipeline struct {
 	queues     []*eventQueue // one per worker; events sharded by SessionID
 	batchDelay time.Duration
-	fp        *Fingerprinter
-	stats     *Stats
-	observers []Observer
-	audit     *AuditLog
-	log       zerolog.Logger
-	dropEvery time.Duration
+	fp         *Fingerprinter
+	stats      *Stats
+	observers  []Observer
+	audit      *AuditLog
+	log        zerolog.Logger
+	dropEvery  time.Duration
 
 	state    atomic.Int32
 	inflight atomic.Int64 // Offer/Submit calls between their state check and send
@@ -169,14 +169,14 @@ func NewPipeline(cfg PipelineConfig) *Pipeline {
 	return &Pipeline{
 		queues:     queues,
 		batchDelay: cfg.BatchDelay,
-		fp:        NewFingerprinter(cfg.Fingerprint),
-		stats:     NewStats(cfg.Stats),
-		audit:     cfg.AuditLog,
-		log:       cfg.Logger,
-		dropEvery: cfg.DropLogInterval,
-		stopReq:   make(chan struct{}),
-		quit:      make(chan struct{}),
-		done:      make(chan struct{}),
+		fp:         NewFingerprinter(cfg.Fingerprint),
+		stats:      NewStats(cfg.Stats),
+		audit:      cfg.AuditLog,
+		log:        cfg.Logger,
+		dropEvery:  cfg.DropLogInterval,
+		stopReq:    make(chan struct{}),
+		quit:       make(chan struct{}),
+		done:       make(chan struct{}),
 	}
 }
 

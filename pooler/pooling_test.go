@@ -46,7 +46,7 @@ func queryString(t *testing.T, ctx context.Context, c *pgx.Conn, sql string) str
 // transaction; startup parameters follow their client.
 func TestSettingsIsolation(t *testing.T) {
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
-		t.Run(mode.String(), func(t *testing.T) {
+		t.Run(string(mode), func(t *testing.T) {
 			p := testProxy(t, withMode(TransactionMode, 1))
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -545,5 +545,50 @@ func TestReloadUnderLoad(t *testing.T) {
 	out := <-done
 	if m := failedRe.FindSubmatch(out); m == nil || string(m[1]) != "0" || strings.Contains(string(out), "aborted") {
 		t.Fatalf("pgbench during reloads:\n%s", out)
+	}
+}
+
+// TestIdleServerTerminated: a server backend terminated while its client is
+// idle outside a transaction (no background reader then, in either mode)
+// is noticed at the client's next request: the client gets the server's
+// FATAL or 08006, never a hang, and a new client is served.
+func TestIdleServerTerminated(t *testing.T) {
+	for _, mode := range []PoolMode{SessionMode, TransactionMode} {
+		t.Run(string(mode), func(t *testing.T) {
+			p := testProxy(t, withMode(mode, 1))
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			a := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeSimpleProtocol)
+			// The pool has one server: this is the backend the next
+			// request uses in either mode.
+			pid := queryString(t, ctx, a, "select pg_backend_pid()::text")
+			admin, err := pgconn.Connect(ctx, cluster.DSN(""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer admin.Close(ctx)
+			if _, err := admin.Exec(ctx, "select pg_terminate_backend("+pid+")").ReadAll(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+			var got string
+			err = a.QueryRow(ctx, "select 'after'").Scan(&got)
+			if mode == TransactionMode {
+				// The pool notices the dead idle server on checkout and
+				// serves the request on a new one.
+				if err != nil || got != "after" {
+					t.Fatalf("transaction mode: got %q, %v", got, err)
+				}
+			} else {
+				var pe *pgconn.PgError
+				if !errors.As(err, &pe) || (pe.Code != "57P01" && pe.Code != "08006") {
+					t.Fatalf("session mode: want FATAL 57P01 or 08006 for the terminated backend, got %q, %v", got, err)
+				}
+			}
+			b := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeSimpleProtocol)
+			if s := queryString(t, ctx, b, "select 'new client'"); s != "new client" {
+				t.Fatal(s)
+			}
+		})
 	}
 }

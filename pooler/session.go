@@ -30,9 +30,14 @@ type stmtDef struct {
 	serverName string
 }
 
-// Session relays one authenticated client. The client's goroutine runs Run;
-// while a server connection is attached a second goroutine (serverLoop)
-// reads from it. mu guards the fields below it and all writes to the client.
+// Session relays one authenticated client. The client's goroutine runs run.
+// Replies are read from the attached server either by that goroutine
+// itself (awaitReplies: transaction mode, a request the client waits for,
+// nothing else pending; the common case, with no goroutine started or
+// handed off per transaction) or by a background reader (serverLoop:
+// session mode, pinned clients, open transactions, COPY FROM STDIN, Flush,
+// pipelined requests), never both at once (readerActive). mu guards the
+// fields below it and all writes to the client.
 type Session struct {
 	proxy  *Proxy
 	id     uint64
