@@ -95,8 +95,46 @@ type NPlusOneDetector struct {
 type detShard struct {
 	mu       sync.Mutex
 	sessions map[uint64]*nSession
-	maxSeen  time.Time
-	events   uint64
+	// lru lists the sessions from least to most recently observed, so that
+	// evicting one for a new session is O(1): with a new connection per
+	// transaction (pgbench -C, serverless clients) every event is a new
+	// session, and a scan of the map per event cost more than the relay.
+	lru     sessionList
+	maxSeen time.Time
+	events  uint64
+}
+
+// sessionList is an intrusive doubly linked list of sessions.
+type sessionList struct{ head, tail *nSession }
+
+func (l *sessionList) pushBack(s *nSession) {
+	s.lruPrev, s.lruNext = l.tail, nil
+	if l.tail != nil {
+		l.tail.lruNext = s
+	} else {
+		l.head = s
+	}
+	l.tail = s
+}
+
+func (l *sessionList) remove(s *nSession) {
+	if s.lruPrev != nil {
+		s.lruPrev.lruNext = s.lruNext
+	} else {
+		l.head = s.lruNext
+	}
+	if s.lruNext != nil {
+		s.lruNext.lruPrev = s.lruPrev
+	} else {
+		l.tail = s.lruPrev
+	}
+	s.lruPrev, s.lruNext = nil, nil
+}
+
+// forget removes s from the shard; sh.mu held.
+func (sh *detShard) forget(s *nSession) {
+	sh.lru.remove(s)
+	delete(sh.sessions, s.id)
 }
 
 // recent is what a session remembers of one statement.
@@ -132,6 +170,7 @@ type nRun struct {
 }
 
 type nSession struct {
+	lruPrev, lruNext      *nSession // sessionList links
 	ring                  []recent
 	next, n               int
 	runs                  []*nRun
@@ -227,6 +266,10 @@ func (d *NPlusOneDetector) Observe(a *Analyzed) {
 		}
 		s = &nSession{id: ev.SessionID, ring: make([]recent, d.ringSize)}
 		sh.sessions[ev.SessionID] = s
+		sh.lru.pushBack(s)
+	} else if sh.lru.tail != s {
+		sh.lru.remove(s)
+		sh.lru.pushBack(s)
 	}
 	s.db, s.user, s.app, s.client = ev.Database, ev.User, ev.ApplicationName, ev.ClientAddr
 	if r.start.After(s.last) {
@@ -509,16 +552,11 @@ func (s *nSession) closed(run *nRun) closedRun {
 	return c
 }
 
+// evictOldestLocked forgets the least recently observed session of sh.
 func (d *NPlusOneDetector) evictOldestLocked(sh *detShard, closed []closedRun) []closedRun {
-	var oldest *nSession
-	for _, s := range sh.sessions {
-		if oldest == nil || s.last.Before(oldest.last) {
-			oldest = s
-		}
-	}
-	if oldest != nil {
+	if oldest := sh.lru.head; oldest != nil {
 		closed = closeAll(oldest, closed)
-		delete(sh.sessions, oldest.id)
+		sh.forget(oldest)
 	}
 	return closed
 }
@@ -534,10 +572,10 @@ func closeAll(s *nSession, closed []closedRun) []closedRun {
 // sweepLocked closes runs not extended for RunTimeout and evicts sessions
 // idle for IdleTimeout, as of now; sh.mu held.
 func (d *NPlusOneDetector) sweepLocked(sh *detShard, now time.Time, closed []closedRun) []closedRun {
-	for id, s := range sh.sessions {
+	for _, s := range sh.sessions {
 		if now.Sub(s.last) >= d.idle {
 			closed = closeAll(s, closed)
-			delete(sh.sessions, id)
+			sh.forget(s)
 			continue
 		}
 		kept := s.runs[:0]
@@ -576,9 +614,9 @@ func (d *NPlusOneDetector) Flush() {
 		sh := &d.shards[i]
 		sh.mu.Lock()
 		var closed []closedRun
-		for id, s := range sh.sessions {
+		for _, s := range sh.sessions {
 			closed = closeAll(s, closed)
-			delete(sh.sessions, id)
+			sh.forget(s)
 		}
 		sh.mu.Unlock()
 		d.finish(closed)

@@ -535,3 +535,32 @@ func TestNPlusOneBoundedState(t *testing.T) {
 		t.Errorf("%d loops reported, want 200; %d sessions left", n, d.Sessions())
 	}
 }
+
+// TestNPlusOneEvictsLeastRecent: when a shard is full, a new session evicts
+// the session observed least recently, not the one created first.
+func TestNPlusOneEvictsLeastRecent(t *testing.T) {
+	d := NewNPlusOneDetector(NPlusOneDetectorConfig{MaxSessions: 2 * detectorShards, RingSize: 8}, nil)
+	fp := NewFingerprinter(FingerprintConfig{})
+	// Three session ids that share a shard (two sessions per shard).
+	var ids []uint64
+	for id := uint64(1); len(ids) < 3; id++ {
+		if len(ids) == 0 || d.shard(id) == d.shard(ids[0]) {
+			ids = append(ids, id)
+		}
+	}
+	a, b, c := ids[0], ids[1], ids[2]
+	for _, id := range []uint64{a, b, a, c} {
+		s := newSession(id, ProtocolExtended)
+		s.exec("SELECT * FROM authors WHERE id = $1", 1, fast, small, id)
+		for _, ev := range s.events {
+			d.Observe(analyze(fp, ev))
+		}
+	}
+	sh := d.shard(a)
+	_, hasA := sh.sessions[a]
+	_, hasB := sh.sessions[b]
+	_, hasC := sh.sessions[c]
+	if !hasA || hasB || !hasC {
+		t.Fatalf("after a, b, a, c: tracked a=%v b=%v c=%v; want a and c (b least recent)", hasA, hasB, hasC)
+	}
+}
