@@ -41,65 +41,21 @@ func (f stmtFlags) detail() string {
 }
 
 // scanStatement classifies a whole Query or Parse text, which may hold
-// several statements.
+// several statements. It runs for every statement in transaction mode, so
+// the common case (one statement, nothing to flag) allocates nothing.
 func scanStatement(sql string) stmtFlags {
 	var f stmtFlags
-	lower := ""
-	lowered := func() string {
-		if lower == "" {
-			lower = strings.ToLower(sql)
-		}
-		return lower
-	}
-	for _, stmt := range splitStatements(sql) {
-		kw, rest := firstWord(stmt)
-		switch kw {
-		case "set":
-			next, _ := firstWord(rest)
-			if next != "local" && next != "transaction" && next != "constraints" {
-				f |= flagSetGUC
-			}
-		case "reset":
-			f |= flagSetGUC
-		case "discard":
-			next, _ := firstWord(rest)
-			if next == "all" {
-				f |= flagDiscardAll | flagSetGUC
-			} else if next == "temp" || next == "temporary" {
-				f |= flagSetGUC
-			}
-		case "deallocate":
-			next, r2 := firstWord(rest)
-			if next == "prepare" {
-				next, _ = firstWord(r2)
-			}
-			if next == "all" {
-				f |= flagDeallocateAll
-			}
-		case "listen":
-			f |= flagListen
-		case "prepare":
-			f |= flagPrepare
-		case "declare":
-			if strings.Contains(strings.ToLower(stmt), "with hold") {
-				f |= flagWithHold
-			}
-		case "create":
-			next, r2 := firstWord(rest)
-			if next == "global" || next == "local" {
-				next, _ = firstWord(r2)
-			}
-			if next == "temp" || next == "temporary" {
-				f |= flagTempTable
-			}
-		case "select":
-			if l := strings.ToLower(stmt); strings.Contains(l, " into temp") {
-				f |= flagTempTable
-			}
+	if i := strings.IndexByte(sql, ';'); i < 0 || strings.TrimSpace(sql[i+1:]) == "" {
+		// One statement, perhaps with a final semicolon (as pgbench and
+		// most drivers send them).
+		f = scanOne(sql, f)
+	} else {
+		for _, stmt := range splitStatements(sql) {
+			f = scanOne(stmt, f)
 		}
 	}
 	if strings.Contains(sql, "dvisory") || strings.Contains(sql, "DVISORY") {
-		l := lowered()
+		l := strings.ToLower(sql)
 		for _, fn := range []string{"pg_advisory_lock(", "pg_advisory_lock_shared(", "pg_try_advisory_lock(", "pg_try_advisory_lock_shared("} {
 			if strings.Contains(l, fn) {
 				f |= flagAdvisoryLock
@@ -112,15 +68,89 @@ func scanStatement(sql string) stmtFlags {
 	return f
 }
 
-// firstWord skips whitespace and comments and returns the first word in
-// lower case and the text after it.
+// scanOne adds the flags of one statement to f.
+func scanOne(stmt string, f stmtFlags) stmtFlags {
+	kw, rest := firstWord(stmt)
+	is := strings.EqualFold
+	switch {
+	case is(kw, "set"):
+		next, _ := firstWord(rest)
+		if !is(next, "local") && !is(next, "transaction") && !is(next, "constraints") {
+			f |= flagSetGUC
+		}
+	case is(kw, "reset"):
+		f |= flagSetGUC
+	case is(kw, "discard"):
+		next, _ := firstWord(rest)
+		if is(next, "all") {
+			f |= flagDiscardAll | flagSetGUC
+		} else if is(next, "temp") || is(next, "temporary") {
+			f |= flagSetGUC
+		}
+	case is(kw, "deallocate"):
+		next, r2 := firstWord(rest)
+		if is(next, "prepare") {
+			next, _ = firstWord(r2)
+		}
+		if is(next, "all") {
+			f |= flagDeallocateAll
+		}
+	case is(kw, "listen"):
+		f |= flagListen
+	case is(kw, "prepare"):
+		f |= flagPrepare
+	case is(kw, "declare"):
+		if containsFold(stmt, "with hold") {
+			f |= flagWithHold
+		}
+	case is(kw, "create"):
+		next, r2 := firstWord(rest)
+		if is(next, "global") || is(next, "local") {
+			next, _ = firstWord(r2)
+		}
+		if is(next, "temp") || is(next, "temporary") {
+			f |= flagTempTable
+		}
+	case is(kw, "select"):
+		if containsFold(stmt, " into temp") {
+			f |= flagTempTable
+		}
+	}
+	return f
+}
+
+// containsFold reports whether s contains lower, an ASCII lower-case
+// string, ignoring ASCII case, without allocating.
+func containsFold(s, lower string) bool {
+	n := len(lower)
+	for i := 0; i+n <= len(s); i++ {
+		j := 0
+		for j < n {
+			c := s[i+j]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != lower[j] {
+				break
+			}
+			j++
+		}
+		if j == n {
+			return true
+		}
+	}
+	return false
+}
+
+// firstWord skips whitespace and comments and returns the first word (as
+// written; compare it with strings.EqualFold) and the text after it.
 func firstWord(s string) (string, string) {
 	s = skipSpaceAndComments(s)
 	i := 0
 	for i < len(s) && (isIdentByte(s[i])) {
 		i++
 	}
-	return strings.ToLower(s[:i]), s[i:]
+	return s[:i], s[i:]
 }
 
 func isIdentByte(c byte) bool {
