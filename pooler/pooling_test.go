@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgaudit/pgaudit/analyzer"
 )
@@ -590,5 +591,53 @@ func TestIdleServerTerminated(t *testing.T) {
 				t.Fatal(s)
 			}
 		})
+	}
+}
+
+// TestClientGoneMidStatement: a transaction-mode client that disconnects
+// while its statement runs (without sending a cancel, as pgconn would)
+// frees its server within seconds and the statement is canceled, although
+// the client goroutine was waiting on the server.
+func TestClientGoneMidStatement(t *testing.T) {
+	p := testProxy(t, withMode(TransactionMode, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := dialWire(t, p.Addr().String(), nil)
+	a.send(&pgproto3.Query{String: "select pg_sleep(20)"})
+	admin, err := pgconn.Connect(ctx, cluster.DSN(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	running := func(want string) func() bool {
+		return func() bool {
+			res, err := admin.Exec(ctx, "select count(*) from pg_stat_activity where query = 'select pg_sleep(20)' and state = 'active'").ReadAll()
+			return err == nil && len(res) == 1 && len(res[0].Rows) == 1 && string(res[0].Rows[0][0]) == want
+		}
+	}
+	waitFor(t, 5*time.Second, running("1"))
+	_ = a.nc.Close()
+
+	start := time.Now()
+	b := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeSimpleProtocol)
+	if s := queryString(t, ctx, b, "select 'served'"); s != "served" {
+		t.Fatal(s)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("next client served after %s: the gone client's server was held", el)
+	}
+	// The abandoned statement was canceled, not left running.
+	waitFor(t, 5*time.Second, running("0"))
+}
+
+// waitFor polls cond every 20 ms until it holds, failing the test after d.
+func waitFor(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", d)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

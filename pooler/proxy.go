@@ -161,10 +161,32 @@ func (p *Proxy) maintainLoop(ctx context.Context) {
 			for _, pool := range p.Pools() {
 				pool.maintain(ctx)
 			}
+			p.checkInlineClients()
 		case <-p.stopMaint:
 			return
 		case <-ctx.Done():
 			return
+		}
+	}
+}
+
+// checkInlineClients frees the server of a client that disconnected while
+// its statement runs: the client goroutine reads the server inline and
+// would otherwise hold the server (and its pool slot) until the statement
+// ends. The statement is canceled and the server closed, as PgBouncer
+// does for a client that leaves mid-query.
+func (p *Proxy) checkInlineClients() {
+	p.mu.Lock()
+	sessions := make([]*Session, 0, len(p.sessions))
+	for _, s := range p.sessions {
+		sessions = append(sessions, s)
+	}
+	p.mu.Unlock()
+	for _, s := range sessions {
+		if s.clientGoneWhileInline(time.Second) {
+			s.log.Info().Msg("client disconnected while its statement runs; canceling it and closing its server connection")
+			s.cancel()
+			s.interruptInline()
 		}
 	}
 }

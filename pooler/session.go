@@ -67,17 +67,21 @@ type Session struct {
 	// has exited. Without one the client goroutine reads the replies
 	// itself (see awaitReplies).
 	readerActive bool
-	readerDone   chan struct{}
-	stopReader   bool
-	readerErr    error
-	gucDirty     bool
-	gucs         map[string]string
-	gucsKey      string // gucsKey(gucs), kept in step with it
-	pendingWait  time.Duration
-	txSeq        uint64
-	closed       bool
-	lastFatal    bool
-	acquiring    bool // waiting for a server connection
+	// inlineSince is when the client goroutine began reading its server
+	// inline (zero otherwise); the proxy's watchdog checks clients that
+	// wait long for a vanished peer (see checkInlineClients).
+	inlineSince time.Time
+	readerDone  chan struct{}
+	stopReader  bool
+	readerErr   error
+	gucDirty    bool
+	gucs        map[string]string
+	gucsKey     string // gucsKey(gucs), kept in step with it
+	pendingWait time.Duration
+	txSeq       uint64
+	closed      bool
+	lastFatal   bool
+	acquiring   bool // waiting for a server connection
 	// copyInExtended is set between an Execute's CopyInResponse and the
 	// client's CopyDone/CopyFail.
 	copyInExtended bool
@@ -280,8 +284,24 @@ func (s *Session) awaitReplies(srv *Server) error {
 		s.mu.Unlock()
 		return nil
 	}
+	s.inlineSince = time.Now()
 	s.mu.Unlock()
-	return s.pump(srv, true)
+	err := s.pump(srv, true)
+	s.mu.Lock()
+	s.inlineSince = time.Time{}
+	s.mu.Unlock()
+	return err
+}
+
+// clientGoneWhileInline reports whether the client goroutine has been
+// reading its server inline for longer than d and the client has closed
+// its connection meanwhile: the goroutine cannot notice that itself until
+// the statement ends.
+func (s *Session) clientGoneWhileInline(d time.Duration) bool {
+	s.mu.Lock()
+	since := s.inlineSince
+	s.mu.Unlock()
+	return !since.IsZero() && time.Since(since) > d && wire.PeerClosed(s.client.Conn)
 }
 
 // interruptInline makes a client goroutine that reads its server inline

@@ -53,3 +53,35 @@ func (s *ServerConn) Alive() bool {
 	}
 	return alive
 }
+
+// PeerClosed reports whether the peer of nc has closed its end (or reset
+// the connection), without consuming data and without taking nc's read
+// lock: it is safe to call while another goroutine reads or waits to read
+// nc. Data waiting to be read means the peer is alive. It costs one
+// non-blocking recv with MSG_PEEK.
+func PeerClosed(nc net.Conn) bool {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	closed := false
+	var buf [1]byte
+	err = raw.Control(func(fd uintptr) {
+		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case errors.Is(rerr, syscall.EAGAIN) || errors.Is(rerr, syscall.EWOULDBLOCK) || errors.Is(rerr, syscall.EINTR):
+		case rerr != nil:
+			closed = true
+		case n == 0:
+			closed = true
+		}
+	})
+	return err != nil || closed
+}
