@@ -170,18 +170,29 @@ func (p *Proxy) maintainLoop(ctx context.Context) {
 	}
 }
 
+// sessionList returns the registered sessions at this moment.
+func (p *Proxy) sessionList() []*Session {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sessionListLocked()
+}
+
+// sessionListLocked is sessionList with p.mu held.
+func (p *Proxy) sessionListLocked() []*Session {
+	sessions := make([]*Session, 0, len(p.sessions))
+	for _, s := range p.sessions {
+		sessions = append(sessions, s)
+	}
+	return sessions
+}
+
 // checkInlineClients frees the server of a client that disconnected while
 // its statement runs: the client goroutine reads the server inline and
 // would otherwise hold the server (and its pool slot) until the statement
 // ends. The statement is canceled and the server closed, as PgBouncer
 // does for a client that leaves mid-query.
 func (p *Proxy) checkInlineClients() {
-	p.mu.Lock()
-	sessions := make([]*Session, 0, len(p.sessions))
-	for _, s := range p.sessions {
-		sessions = append(sessions, s)
-	}
-	p.mu.Unlock()
+	sessions := p.sessionList()
 	for _, s := range sessions {
 		if s.clientGoneWhileInline(time.Second) {
 			s.log.Info().Msg("client disconnected while its statement runs; canceling it and closing its server connection")
@@ -239,10 +250,7 @@ func (p *Proxy) Close() error {
 	}
 	p.closing = true
 	l := p.listener
-	sessions := make([]*Session, 0, len(p.sessions))
-	for _, s := range p.sessions {
-		sessions = append(sessions, s)
-	}
+	sessions := p.sessionListLocked()
 	conns := make([]net.Conn, 0, len(p.conns))
 	for c := range p.conns {
 		conns = append(conns, c)
@@ -724,12 +732,7 @@ func (p *Proxy) Shutdown(ctx context.Context) {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for p.clients.Load() > 0 {
-		p.mu.Lock()
-		sessions := make([]*Session, 0, len(p.sessions))
-		for _, s := range p.sessions {
-			sessions = append(sessions, s)
-		}
-		p.mu.Unlock()
+		sessions := p.sessionList()
 		for _, s := range sessions {
 			s.closeIfIdle(wire.Fatal(wire.CodeAdminShutdown, "terminating connection because pgaudit is shutting down"))
 		}
@@ -799,12 +802,7 @@ type ClientInfo struct {
 
 // Clients lists the connected client sessions.
 func (p *Proxy) Clients() []ClientInfo {
-	p.mu.Lock()
-	sessions := make([]*Session, 0, len(p.sessions))
-	for _, s := range p.sessions {
-		sessions = append(sessions, s)
-	}
-	p.mu.Unlock()
+	sessions := p.sessionList()
 	out := make([]ClientInfo, 0, len(sessions))
 	for _, s := range sessions {
 		s.mu.Lock()
@@ -854,12 +852,7 @@ func (p *Proxy) Servers() []ServerInfo {
 		}
 		pl.mu.Unlock()
 	}
-	p.mu.Lock()
-	sessions := make([]*Session, 0, len(p.sessions))
-	for _, s := range p.sessions {
-		sessions = append(sessions, s)
-	}
-	p.mu.Unlock()
+	sessions := p.sessionList()
 	for _, s := range sessions {
 		s.mu.Lock()
 		if srv := s.server; srv != nil {

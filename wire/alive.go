@@ -7,6 +7,51 @@ import (
 	"syscall"
 )
 
+// peekResult is what a non-blocking MSG_PEEK found on a socket.
+type peekResult uint8
+
+const (
+	peekEmpty   peekResult = iota // nothing to read, connection open
+	peekData                      // bytes are waiting
+	peekClosed                    // end of file, reset or other error
+	peekUnknown                   // not a socket we can peek at
+)
+
+// peek looks at nc's socket with one non-blocking recv(MSG_PEEK). It
+// consumes nothing and does not take nc's read lock (it goes through
+// syscall.RawConn.Control), so it is safe while another goroutine reads or
+// waits to read nc.
+func peek(nc net.Conn) peekResult {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return peekUnknown
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return peekClosed
+	}
+	res := peekClosed
+	var buf [1]byte
+	err = raw.Control(func(fd uintptr) {
+		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case errors.Is(rerr, syscall.EAGAIN) || errors.Is(rerr, syscall.EWOULDBLOCK) || errors.Is(rerr, syscall.EINTR):
+			res = peekEmpty
+		case rerr != nil || n == 0:
+			res = peekClosed
+		default:
+			res = peekData
+		}
+	})
+	if err != nil {
+		return peekClosed
+	}
+	return res
+}
+
 // Alive reports whether an idle server connection still looks usable: the
 // server has sent nothing (an idle backend is silent unless it is shutting
 // down or was terminated) and the socket is not at end of file. It costs one
@@ -16,42 +61,12 @@ func (s *ServerConn) Alive() bool {
 	if s.R.Buffered() > 0 {
 		return false
 	}
-	nc := s.Conn.Conn
-	if tc, ok := nc.(*tls.Conn); ok {
-		nc = tc.NetConn()
-	}
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
+	switch peek(s.Conn.Conn) {
+	case peekEmpty, peekUnknown:
 		return true
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
+	default: // EOF, an error, or unexpected data (a FATAL notice)
 		return false
 	}
-	alive := true
-	var buf [1]byte
-	err = raw.Read(func(fd uintptr) bool {
-		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		switch {
-		case errors.Is(rerr, syscall.EAGAIN) || errors.Is(rerr, syscall.EWOULDBLOCK):
-			alive = true
-		case rerr != nil:
-			alive = false
-		default:
-			// n == 0 is EOF; n > 0 is unexpected data (a FATAL notice).
-			_ = n
-			alive = false
-		}
-		return true
-	})
-	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return true
-		}
-		return false
-	}
-	return alive
 }
 
 // PeerClosed reports whether the peer of nc has closed its end (or reset
@@ -59,29 +74,4 @@ func (s *ServerConn) Alive() bool {
 // lock: it is safe to call while another goroutine reads or waits to read
 // nc. Data waiting to be read means the peer is alive. It costs one
 // non-blocking recv with MSG_PEEK.
-func PeerClosed(nc net.Conn) bool {
-	if tc, ok := nc.(*tls.Conn); ok {
-		nc = tc.NetConn()
-	}
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return true
-	}
-	closed := false
-	var buf [1]byte
-	err = raw.Control(func(fd uintptr) {
-		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		switch {
-		case errors.Is(rerr, syscall.EAGAIN) || errors.Is(rerr, syscall.EWOULDBLOCK) || errors.Is(rerr, syscall.EINTR):
-		case rerr != nil:
-			closed = true
-		case n == 0:
-			closed = true
-		}
-	})
-	return err != nil || closed
-}
+func PeerClosed(nc net.Conn) bool { return peek(nc) == peekClosed }
