@@ -47,7 +47,6 @@ const (
 	defaultRunTimeout       = 2 * time.Second
 	defaultLookupCache      = 1024
 	detectorShards          = 16
-	maxDistinctParams       = 1024
 	sweepEveryEvents        = 512
 )
 
@@ -154,7 +153,7 @@ type recent struct {
 type nRun struct {
 	shape       *Shape
 	count       int
-	distinct    map[uint64]struct{}
+	distinct    distinctSet
 	total       time.Duration
 	first       time.Time
 	lastEnd     time.Time
@@ -412,9 +411,7 @@ func (d *NPlusOneDetector) observeLocked(s *nSession, r *recent, key uint64, tra
 			s.runs = append(s.runs, own)
 		}
 		own.count++
-		if len(own.distinct) < maxDistinctParams {
-			own.distinct[key] = struct{}{}
-		}
+		own.distinct.add(key)
 		if !r.start.IsZero() && !r.end.IsZero() {
 			own.total += r.end.Sub(r.start)
 		}
@@ -482,7 +479,6 @@ func (d *NPlusOneDetector) extend(run *nRun, x *recent) bool {
 func (d *NPlusOneDetector) startRun(s *nSession, x *recent, traceParent string) *nRun {
 	run := &nRun{
 		shape:       x.shape,
-		distinct:    make(map[uint64]struct{}, 8),
 		first:       x.start,
 		txSeq:       x.txSeq,
 		trace:       x.trace,
@@ -546,9 +542,9 @@ func (s *nSession) removeRun(run *nRun) {
 }
 
 func (s *nSession) closed(run *nRun) closedRun {
-	c := closedRun{run: *run, distinct: len(run.distinct), sessionID: s.id,
+	c := closedRun{run: *run, distinct: run.distinct.count(), sessionID: s.id,
 		db: s.db, user: s.user, app: s.app, client: s.client}
-	c.run.distinct = nil
+	c.run.distinct = distinctSet{}
 	return c
 }
 

@@ -97,6 +97,7 @@ cleanup() {
   for m in "${!PID[@]}"; do stop_pgaudit "$m"; done
   if [[ $PG_STARTED == 1 ]]; then
     runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -w stop >/dev/null 2>&1
+    release_huge_pages
   fi
   if [[ $KEEP_TMP == 1 || ($rc != 0 && $rc != 3) ]]; then
     log "temp dir kept: $TMP"
@@ -283,7 +284,7 @@ run_one() { # round proto mode
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 HEADER="machine: $(nproc) cores, ${CPU_MODEL:-unknown CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)
 versions: PostgreSQL $PG_VERSION, $(pgbench --version), pgaudit $PGAUDIT_REV
-settings: pgbench -S -n -c $CLIENTS -j $JOBS -T $DURATION, scale $SCALE, pgaudit transaction pool $POOL_SIZE, $ROUNDS rounds interleaved after ${WARMUP}s warm-up per mode and protocol
+settings: pgbench -S -n -c $CLIENTS -j $JOBS -T $DURATION, scale $SCALE, pgaudit transaction pool $POOL_SIZE, $ROUNDS rounds interleaved after ${WARMUP}s warm-up per mode and protocol, huge pages: $HUGE_PAGES_USED
 modes: on = --audit-log FILE --audit-sample all (every statement fingerprinted, analysed, written); $OFF_NOTE"
 if [[ " $MODES " == *" none "* ]]; then
   HEADER+="; none = --audit-sample none, no audit log (fingerprints and statistics, no records)"

@@ -26,6 +26,8 @@
 #   RESULTS_DIR      where the CSV and the log go                       [bench/results]
 #   KEEP_TMP         1 = keep the temp dir (cluster, logs) after exit   [0]
 #   WARMUP           seconds of unmeasured pgbench through each proxy after it (re)starts [5]
+#   ROUNDS           measured runs per target and scenario, in alternating order; tps is their mean [2; QUICK: 1]
+#   HUGE_PAGES       1 = back shared memory with huge pages if they can be reserved (see lib.sh) [1]
 #
 # Exit status: 0 all runs clean; 3 some pgbench run had errors or aborted
 # clients (the table and CSV are still written); 1 setup failed (temp dir kept).
@@ -38,6 +40,7 @@ QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
   DURATION=${DURATION:-5}
   TX_CLIENTS=${TX_CLIENTS:-"10 100"}
+  ROUNDS=${ROUNDS:-1}
 fi
 DURATION=${DURATION:-15}
 SCALE=${SCALE:-10}
@@ -56,6 +59,7 @@ PGAUDIT_BIN=${PGAUDIT_BIN:-}
 RESULTS_DIR=${RESULTS_DIR:-$REPO_ROOT/bench/results}
 KEEP_TMP=${KEEP_TMP:-0}
 WARMUP=${WARMUP:-5}
+ROUNDS=${ROUNDS:-2}
 
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -110,6 +114,7 @@ cleanup() {
   stop_pgbouncer
   if [[ $PG_STARTED == 1 ]]; then
     runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -w stop >/dev/null 2>&1
+    release_huge_pages
   fi
   if [[ $KEEP_TMP == 1 || ($rc != 0 && $rc != 3) ]]; then
     log "temp dir kept: $TMP"
@@ -301,7 +306,8 @@ ratio() { # a b
   awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }'
 }
 
-# run_one section mode size clients proto target connect_flag -> sets R_TPS R_P50 R_P99 R_FAILED R_STATUS
+# run_one section mode size clients proto target connect_flag -> sets R_TPS R_FAILED R_STATUS;
+# the latency log files stay behind under $TMP/lat-TAG (see scenario)
 run_one() {
   local section=$1 mode=$2 size=$3 clients=$4 proto=$5 target=$6 cflag=$7 port
   case $target in
@@ -342,10 +348,6 @@ run_one() {
   done
   R_TPS=$(awk '/^tps = / {print $3; exit}' "$out")
   R_FAILED=$(awk -F'[: ]+' '/^number of failed transactions/ {print $5; exit}' "$out")
-  local lat
-  lat=$(latency_pcts "$prefix")
-  R_P50=${lat% *}
-  R_P99=${lat#* }
   R_TPS=${R_TPS:-0}
   R_FAILED=${R_FAILED:-?}
   local errs
@@ -368,7 +370,6 @@ run_one() {
     FAILURES+=("$tag: $R_STATUS: pgbench exit $rc, ${processed:-no} transactions processed, $aborted of $clients clients aborted, failed transactions $R_FAILED, tps $R_TPS"$'\n'"${errs:-$(tail -5 "$out")}")
     cp "$out" "$RESULTS_DIR/pgbench-$STAMP-$tag.err.log"
   fi
-  R_TPS=$(awk -v t="$R_TPS" 'BEGIN{printf "%.0f", t}')
 }
 
 # scenario section mode size clients proto [flag]
@@ -376,15 +377,32 @@ scenario() {
   local section=$1 mode=$2 size=$3 clients=$4 proto=$5 cflag=${6:-}
   local pname=$proto${cflag:+ $cflag}
   configure_proxies "$mode" "$size"
-  local t d_tps= a_tps= b_tps=
+  local t d_tps= a_tps= b_tps= round order lat
   local -A tps p50 p99 failed status load
+  # Rounds alternate the order of the targets (ABC, CBA, ...): what runs
+  # right after direct Postgres's 1000 fresh backends exit, or after a
+  # proxy's warm-up, is not always the same target. tps is the mean over
+  # the rounds; the latency percentiles are over all their transactions.
+  for ((round = 1; round <= ROUNDS; round++)); do
+    order=$TARGETS
+    if ((round % 2 == 0)); then order=$(echo "$TARGETS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+    for t in $order; do
+      if [[ $t == pgbouncer && $mode == transaction && $proto == prepared ]] && ! pgbouncer_has_prepared; then
+        tps[$t]=n/a p50[$t]=n/a p99[$t]=n/a failed[$t]=n/a load[$t]=- status[$t]="n/a: PgBouncer $PGBOUNCER_VERSION has no prepared statements in transaction pools (needs 1.21+)"
+        continue
+      fi
+      run_one "$section" "$mode" "$size" "$clients" "$proto" "$t" "$cflag"
+      tps[$t]=$(awk -v a="${tps[$t]:-0}" -v b="$R_TPS" -v n="$ROUNDS" 'BEGIN {printf "%.2f", a + b / n}')
+      failed[$t]=$(awk -v a="${failed[$t]:-0}" -v b="$R_FAILED" 'BEGIN {if (b ~ /^[0-9]+$/ && a ~ /^[0-9]+$/) print a + b; else print "?"}')
+      load[$t]="${load[$t]:+${load[$t]}/}$R_LOAD"
+      if [[ ${status[$t]:-ok} == ok ]]; then status[$t]=$R_STATUS; fi
+    done
+  done
   for t in $TARGETS; do
-    if [[ $t == pgbouncer && $mode == transaction && $proto == prepared ]] && ! pgbouncer_has_prepared; then
-      tps[$t]=n/a p50[$t]=n/a p99[$t]=n/a failed[$t]=n/a load[$t]=- status[$t]="n/a: PgBouncer $PGBOUNCER_VERSION has no prepared statements in transaction pools (needs 1.21+)"
-      continue
-    fi
-    run_one "$section" "$mode" "$size" "$clients" "$proto" "$t" "$cflag"
-    tps[$t]=$R_TPS p50[$t]=$R_P50 p99[$t]=$R_P99 failed[$t]=$R_FAILED status[$t]=$R_STATUS load[$t]=$R_LOAD
+    [[ ${tps[$t]} == n/a ]] && continue
+    tps[$t]=$(awk -v t="${tps[$t]}" 'BEGIN{printf "%.0f", t}')
+    lat=$(latency_pcts "$TMP/lat-$section-$mode-c$clients-$proto-$t")
+    p50[$t]=${lat% *} p99[$t]=${lat#* }
   done
   d_tps=${tps[direct]:-n/a} a_tps=${tps[pgaudit]:-n/a} b_tps=${tps[pgbouncer]:-n/a}
   local rd rb
@@ -404,7 +422,7 @@ CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 PGAUDIT_VERSION=$([[ -n $PGAUDIT_BIN ]] && "$PGAUDIT_BIN" version 2>/dev/null || echo none)
 HEADER="machine: $(nproc) cores, ${CPU_MODEL:-unknown CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)
 versions: PostgreSQL $PG_VERSION, $(pgbench --version), PgBouncer $PGBOUNCER_VERSION, pgaudit $PGAUDIT_REV ($PGAUDIT_VERSION)
-settings: duration ${DURATION}s (+ ${CONNECT_SLACK_MS} ms per client/job for connecting), scale $SCALE, pgbench -S -n -j $JOBS, transaction pool size $TX_POOL_SIZE, session pool size = clients"
+settings: duration ${DURATION}s (+ ${CONNECT_SLACK_MS} ms per client/job for connecting), scale $SCALE, pgbench -S -n -j $JOBS, transaction pool size $TX_POOL_SIZE, session pool size = clients, $ROUNDS rounds per target in alternating order (tps = mean), warm-up ${WARMUP}s per proxy start, huge pages: $HUGE_PAGES_USED"
 log "${HEADER//$'\n'/; }"
 
 for section in $SECTIONS; do

@@ -275,22 +275,54 @@ func (s *Session) startReaderLocked(srv *Server) {
 // background reader does it.
 func (s *Session) awaitReplies(srv *Server) error {
 	s.mu.Lock()
+	since := s.inlineSince // set when the flush waited (sendRequestLocked)
+	s.inlineSince = time.Time{}
 	if s.server != srv || s.readerActive || s.closed {
 		s.mu.Unlock()
 		return nil
 	}
-	if s.mode != TransactionMode || s.pinned || s.client.R.Buffered() > 0 || s.copyInExtended {
+	if !s.readsInlineLocked(srv) {
 		s.startReaderLocked(srv)
 		s.mu.Unlock()
 		return nil
 	}
-	s.inlineSince = time.Now()
+	if since.IsZero() {
+		since = time.Now()
+	}
+	s.inlineSince = since
 	s.mu.Unlock()
 	err := s.pump(srv, true)
 	s.mu.Lock()
 	s.inlineSince = time.Time{}
 	s.mu.Unlock()
 	return err
+}
+
+// readsInlineLocked says whether the client goroutine reads the replies to
+// the request it is sending to srv itself (see awaitReplies); s.mu held.
+func (s *Session) readsInlineLocked(srv *Server) bool {
+	return s.server == srv && !s.readerActive && !s.closed && s.mode == TransactionMode &&
+		!s.pinned && s.client.R.Buffered() == 0 && !s.copyInExtended
+}
+
+// sendRequestLocked writes out, ending with a request the client now waits
+// for (Query, Sync, FunctionCall), to srv and relays the replies (see
+// awaitReplies). When the client goroutine will read them itself, the
+// flush also waits for the reply to arrive (FlushAwaitReadable), which
+// saves a read that would find nothing yet. Called with s.mu held; returns
+// with it released.
+func (s *Session) sendRequestLocked(srv *Server, out []byte) error {
+	await := s.readsInlineLocked(srv)
+	if await {
+		// The wait is part of the inline read: the watchdog must see it.
+		s.inlineSince = time.Now()
+	}
+	s.writing = true
+	s.mu.Unlock()
+	if err := s.writeServer(srv, out, true, await); err != nil {
+		return err
+	}
+	return s.awaitReplies(srv)
 }
 
 // clientGoneWhileInline reports whether the client goroutine has been
@@ -497,23 +529,23 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 		srv.prepared.clear()
 		clear(s.stmts)
 	}
-	s.writing = true
-	s.mu.Unlock()
-	if err := s.writeServer(srv, raw, true); err != nil {
-		return err
-	}
-	return s.awaitReplies(srv)
+	return s.sendRequestLocked(srv, raw)
 }
 
-// writeServer writes out to srv (flushing when asked) and then clears
-// s.writing, which the caller set under s.mu.
-func (s *Session) writeServer(srv *Server, out []byte, flush bool) error {
+// writeServer writes out to srv (flushing when asked, and with await also
+// waiting for the reply: see sendRequestLocked) and then clears s.writing,
+// which the caller set under s.mu.
+func (s *Session) writeServer(srv *Server, out []byte, flush, await bool) error {
 	var err error
 	if len(out) > 0 {
 		err = srv.WriteRaw(out)
 	}
 	if err == nil && flush {
-		err = srv.Flush()
+		if await {
+			err = srv.FlushAwaitReadable()
+		} else {
+			err = srv.Flush()
+		}
 	}
 	s.mu.Lock()
 	s.writing = false
@@ -574,12 +606,7 @@ func (s *Session) handleFunctionCall(ctx context.Context, raw []byte) error {
 		s.incInFlightLocked()
 	}
 	s.queue.push(pending{kind: pendFunctionCall})
-	s.writing = true
-	s.mu.Unlock()
-	if err := s.writeServer(srv, raw, true); err != nil {
-		return err
-	}
-	return s.awaitReplies(srv)
+	return s.sendRequestLocked(srv, raw)
 }
 
 func (s *Session) handleCopy(typ byte, raw []byte) error {
@@ -596,7 +623,7 @@ func (s *Session) handleCopy(typ byte, raw []byte) error {
 	}
 	s.writing = true
 	s.mu.Unlock()
-	return s.writeServer(srv, raw, typ != 'd')
+	return s.writeServer(srv, raw, typ != 'd', false)
 }
 
 // dropQueuedSyncsLocked removes the Syncs queued behind the head item (an
@@ -845,15 +872,12 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		// before the Sync and must be read, or both sides could block.
 		s.startReaderLocked(srv)
 	}
+	if typ == 'S' {
+		return s.sendRequestLocked(srv, out)
+	}
 	s.writing = true
 	s.mu.Unlock()
-	if err := s.writeServer(srv, out, typ == 'S' || typ == 'H'); err != nil {
-		return err
-	}
-	if typ == 'S' {
-		return s.awaitReplies(srv)
-	}
-	return nil
+	return s.writeServer(srv, out, typ == 'H', false)
 }
 
 func indexZero(b []byte) int {

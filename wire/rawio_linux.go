@@ -39,7 +39,16 @@ type rawIO struct {
 	wbuf    []byte
 	werrno  syscall.Errno
 	writeFn func(fd uintptr) bool
+
+	// awaitAfterWrite makes Write wait for readability after writing (see
+	// Conn.FlushAwaitReadable); writeAwaitFn does both inside one
+	// RawConn.Read, and awaitWritten says the write part is done.
+	awaitAfterWrite bool
+	awaitWritten    bool
+	writeAwaitFn    func(fd uintptr) bool
 }
+
+func (r *rawIO) setAwaitAfterWrite(on bool) { r.awaitAfterWrite = on }
 
 // newRawIO returns raw I/O over nc when nc is a plain TCP or Unix socket,
 // or nil (use nc itself) otherwise.
@@ -92,6 +101,18 @@ func newRawIO(nc net.Conn) *rawIO {
 		}
 		return true
 	}
+	r.writeAwaitFn = func(fd uintptr) bool {
+		if r.awaitWritten {
+			return true // readable now
+		}
+		if !r.writeFn(fd) || r.werrno != 0 {
+			// The socket buffer is full (Write finishes the rest the
+			// usual way), or the write failed.
+			return true
+		}
+		r.awaitWritten = true
+		return false // park until readable
+	}
 	return r
 }
 
@@ -119,6 +140,23 @@ func (r *rawIO) Read(p []byte) (int, error) {
 // Write implements io.Writer: it writes all of p or returns an error.
 func (r *rawIO) Write(p []byte) (int, error) {
 	r.wbuf, r.werrno = p, 0
+	if r.awaitAfterWrite {
+		// Inside Read: the readiness state is reset before the write,
+		// so a reply arriving right after it wakes the wait. A wait error
+		// is left to the next read; if nothing was written (the read side
+		// was already failed), the write below reports its own error.
+		r.awaitWritten = false
+		_ = r.rc.Read(r.writeAwaitFn)
+		r.awaitWritten = false
+		if r.werrno != 0 {
+			written := len(p) - len(r.wbuf)
+			r.wbuf = nil
+			return written, r.opError("write", os.NewSyscallError("write", r.werrno))
+		}
+		if len(r.wbuf) == 0 {
+			return len(p), nil
+		}
+	}
 	err := r.rc.Write(r.writeFn)
 	written := len(p) - len(r.wbuf)
 	r.wbuf = nil

@@ -11,3 +11,5 @@ type rawIO struct{ io.ReadWriter }
 
 // newRawIO is Linux-only; elsewhere connections use net.Conn I/O.
 func newRawIO(net.Conn) *rawIO { return nil }
+
+func (r *rawIO) setAwaitAfterWrite(bool) {}
