@@ -15,6 +15,8 @@ type Conn struct {
 	W *bufio.Writer
 	// raw is the raw socket I/O under R and W, nil for TLS and non-Linux.
 	raw *rawIO
+	// flush is W.Flush as a func value, made once (FlushAwaitReadable).
+	flush func() error
 }
 
 // DefaultBufferSize is the read and write buffer size of NewConn, for
@@ -40,7 +42,9 @@ func NewConnSize(nc net.Conn, maxBody, bufSize int) *Conn {
 	if raw != nil {
 		rw = raw
 	}
-	return &Conn{Conn: nc, R: NewReaderSize(rw, maxBody, bufSize), W: bufio.NewWriterSize(rw, bufSize), raw: raw}
+	c := &Conn{Conn: nc, R: NewReaderSize(rw, maxBody, bufSize), W: bufio.NewWriterSize(rw, bufSize), raw: raw}
+	c.flush = c.W.Flush
+	return c
 }
 
 // WriteRaw buffers b, a complete encoded message.
@@ -59,18 +63,22 @@ func (c *Conn) Flush() error { return c.W.Flush() }
 // request left). That saves a system call per request. The wait is armed
 // before the write, so a reply that comes back at once is not missed.
 //
-// Only the connection's sole reader may call it, with no read in progress:
-// it holds the read side while it waits. An error while waiting (deadline,
-// close) is not returned; the next read reports it. Without raw socket I/O
-// (TLS, non-Linux) it is Flush.
+// Readiness signalled before the call is forgotten (the netpoller's state
+// is reset when the wait is armed), so the peer must be certain to send
+// something, or close, after this write: a Postgres server answering a
+// request is; a client, which may have pipelined everything it will ever
+// send, is not. Only the connection's sole reader may call it, with no
+// read in progress: it holds the read side while it waits. An error while
+// waiting (deadline, close) is not returned; the next read reports it.
+// Without raw socket I/O (TLS, non-Linux) it is Flush.
 func (c *Conn) FlushAwaitReadable() error {
-	if c.raw == nil || c.W.Buffered() == 0 || c.R.Buffered() > 0 {
+	if c.W.Buffered() == 0 {
+		return nil
+	}
+	if c.raw == nil || c.R.Buffered() > 0 {
 		return c.W.Flush()
 	}
-	c.raw.setAwaitAfterWrite(true)
-	err := c.W.Flush()
-	c.raw.setAwaitAfterWrite(false)
-	return err
+	return c.raw.awaitReadable(c.flush)
 }
 
 // SendError writes e as an ErrorResponse and flushes. It is used for errors

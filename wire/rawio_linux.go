@@ -40,15 +40,30 @@ type rawIO struct {
 	werrno  syscall.Errno
 	writeFn func(fd uintptr) bool
 
-	// awaitAfterWrite makes Write wait for readability after writing (see
-	// Conn.FlushAwaitReadable); writeAwaitFn does both inside one
-	// RawConn.Read, and awaitWritten says the write part is done.
-	awaitAfterWrite bool
-	awaitWritten    bool
-	writeAwaitFn    func(fd uintptr) bool
+	// awaitReadable's state: before runs once inside the armed wait.
+	awaitBefore func() error
+	awaitCalled bool
+	awaitErr    error
+	awaitFn     func(fd uintptr) bool
 }
 
-func (r *rawIO) setAwaitAfterWrite(on bool) { r.awaitAfterWrite = on }
+// awaitReadable runs before (which writes a request) and then parks until
+// the socket is readable. It arms the wait first, inside RawConn.Read, so
+// a reply that arrives while before still runs is not missed. before's
+// error is returned; a failure of the wait itself (deadline, close) is
+// left to the next read. The caller must be the socket's only reader.
+func (r *rawIO) awaitReadable(before func() error) error {
+	r.awaitBefore, r.awaitCalled, r.awaitErr = before, false, nil
+	_ = r.rc.Read(r.awaitFn)
+	if !r.awaitCalled {
+		// The read side failed before the callback ran (closed, deadline
+		// passed): still send, the next read reports the failure.
+		r.awaitErr = before()
+	}
+	err := r.awaitErr
+	r.awaitBefore, r.awaitErr = nil, nil
+	return err
+}
 
 // newRawIO returns raw I/O over nc when nc is a plain TCP or Unix socket,
 // or nil (use nc itself) otherwise.
@@ -101,17 +116,13 @@ func newRawIO(nc net.Conn) *rawIO {
 		}
 		return true
 	}
-	r.writeAwaitFn = func(fd uintptr) bool {
-		if r.awaitWritten {
+	r.awaitFn = func(uintptr) bool {
+		if r.awaitCalled {
 			return true // readable now
 		}
-		if !r.writeFn(fd) || r.werrno != 0 {
-			// The socket buffer is full (Write finishes the rest the
-			// usual way), or the write failed.
-			return true
-		}
-		r.awaitWritten = true
-		return false // park until readable
+		r.awaitCalled = true
+		r.awaitErr = r.awaitBefore()
+		return r.awaitErr != nil // park until readable unless it failed
 	}
 	return r
 }
@@ -140,23 +151,6 @@ func (r *rawIO) Read(p []byte) (int, error) {
 // Write implements io.Writer: it writes all of p or returns an error.
 func (r *rawIO) Write(p []byte) (int, error) {
 	r.wbuf, r.werrno = p, 0
-	if r.awaitAfterWrite {
-		// Inside Read: the readiness state is reset before the write,
-		// so a reply arriving right after it wakes the wait. A wait error
-		// is left to the next read; if nothing was written (the read side
-		// was already failed), the write below reports its own error.
-		r.awaitWritten = false
-		_ = r.rc.Read(r.writeAwaitFn)
-		r.awaitWritten = false
-		if r.werrno != 0 {
-			written := len(p) - len(r.wbuf)
-			r.wbuf = nil
-			return written, r.opError("write", os.NewSyscallError("write", r.werrno))
-		}
-		if len(r.wbuf) == 0 {
-			return len(p), nil
-		}
-	}
 	err := r.rc.Write(r.writeFn)
 	written := len(p) - len(r.wbuf)
 	r.wbuf = nil
