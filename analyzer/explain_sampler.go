@@ -109,7 +109,15 @@ type shapeExample struct {
 	// GROUP BY/ORDER BY numbers and the like, which normalization turns
 	// into parameters.
 	text string
+	// at is when the example was taken (the event's start).
+	at time.Time
 }
+
+// exampleRefresh is how long a shape's example with parameters is kept
+// before a later execution replaces it: one recent example is all EXPLAIN
+// needs, and copying every execution's parameters cost an allocation per
+// statement.
+const exampleRefresh = 10 * time.Second
 
 // maxExampleText bounds the example statements kept in memory.
 const maxExampleText = 64 << 10
@@ -168,14 +176,18 @@ func (s *Sampler) Observe(a *Analyzed) {
 	if a.Event.SQLState == "" && len(a.Event.Text) <= maxExampleText && a.Event.Protocol != ProtocolLog {
 		text = a.Event.Text
 	}
+	old, ok := s.seen.get(a.Shape.Fingerprint)
 	if len(a.Event.Params) > 0 && a.Event.SQLState == "" {
-		s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, params: slices.Clone(a.Event.Params), text: text})
+		if ok && old.database == db && old.params != nil && a.Event.Start.Sub(old.at) < exampleRefresh {
+			return // a recent example with parameters is held
+		}
+		s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, params: slices.Clone(a.Event.Params), text: text, at: a.Event.Start})
 		return
 	}
-	if old, ok := s.seen.get(a.Shape.Fingerprint); ok && old.database == db {
+	if ok && old.database == db {
 		return // keep the example already held
 	}
-	s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, text: text})
+	s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, text: text, at: a.Event.Start})
 }
 
 // Counters returns the cumulative counters. Safe to call at any time.

@@ -1,6 +1,7 @@
 package pooler
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -529,6 +530,13 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 		srv.prepared.clear()
 		clear(s.stmts)
 	}
+	// A simple Query destroys the unnamed statement, on the server and
+	// for the client, as Postgres does: a later Bind of "" without a
+	// Parse fails with 26000.
+	srv.unnamed = nil
+	if s.mode == TransactionMode {
+		delete(s.stmts, "")
+	}
 	return s.sendRequestLocked(srv, raw)
 }
 
@@ -746,7 +754,12 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	case 'P':
 		it := pending{kind: pendParse}
 		if txMode {
-			def := &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...)}
+			def := s.stmts[""]
+			if parse.Name != "" || def == nil || def.query != parse.Query || !bytes.Equal(def.types, parse.Types) {
+				// (A client re-parsing the same unnamed statement, as
+				// pgbench -M extended does, keeps its definition.)
+				def = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...)}
+			}
 			if parse.Name != "" {
 				def.serverName = serverStmtName(parse.Query, parse.Types)
 				if _, exists := s.stmts[parse.Name]; exists {
@@ -782,12 +795,14 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		if txMode {
 			def = s.stmts[stmtName]
 			if def == nil {
-				s.localErrorLocked(&wire.Error{Severity: "ERROR", Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", stmtName)})
+				s.localErrorLocked(noSuchStatement(stmtName))
 				s.mu.Unlock()
 				return nil
 			}
 			inject = s.ensurePreparedLocked(srv, def)
-			out = wire.AppendBind(inject, bind.Portal, def.serverName, bind.Rest)
+			if inject != nil || def.serverName != string(bind.Statement) {
+				out = wire.AppendBind(inject, bind.Portal, def.serverName, bind.Rest)
+			}
 			inject = nil
 		} else {
 			def = s.stmts[stmtName]
@@ -808,7 +823,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			if txMode {
 				def := s.stmts[string(targetName)]
 				if def == nil {
-					s.localErrorLocked(&wire.Error{Severity: "ERROR", Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", targetName)})
+					s.localErrorLocked(noSuchStatement(string(targetName)))
 					s.mu.Unlock()
 					return nil
 				}
@@ -878,6 +893,16 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	s.writing = true
 	s.mu.Unlock()
 	return s.writeServer(srv, out, typ == 'H', false)
+}
+
+// noSuchStatement is Postgres's error for a Bind or Describe of a
+// statement that does not exist.
+func noSuchStatement(name string) *wire.Error {
+	msg := fmt.Sprintf("prepared statement %q does not exist", name)
+	if name == "" {
+		msg = "unnamed prepared statement does not exist"
+	}
+	return &wire.Error{Severity: "ERROR", Code: "26000", Message: msg}
 }
 
 func indexZero(b []byte) int {

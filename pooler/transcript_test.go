@@ -378,6 +378,10 @@ var transcriptScenarios = []scenario{
 		c.recvRFQ(1)
 		c.send(&pgproto3.Execute{Portal: "nope"}, &pgproto3.Sync{})
 		c.recvRFQ(1)
+		c.note("a simple Query destroys the unnamed statement: Bind without Parse fails")
+		c.query("select 'simple'")
+		c.send(&pgproto3.Bind{Parameters: [][]byte{[]byte("1"), []byte("z")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		c.recvRFQ(1)
 	}},
 	{name: "extended_named", run: func(c *wireConn) {
 		c.send(
