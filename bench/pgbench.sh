@@ -3,7 +3,7 @@
 # PgBouncer, measured in the same run on the same throwaway cluster.
 #
 # Usage (as root; see bench/README.md):
-#   bench/pgbench.sh                 # full run (about 30 minutes)
+#   bench/pgbench.sh                 # full run (30-45 minutes; DURATION=10: about 25)
 #   QUICK=1 bench/pgbench.sh         # smoke run: 5 s per test, 10 and 100 clients
 #   DURATION=30 TX_CLIENTS="100 1000" SECTIONS=transaction bench/pgbench.sh
 #

@@ -460,6 +460,39 @@ func TestStartupOptions(t *testing.T) {
 	}
 }
 
+// TestResetToStartupValues: in transaction mode RESET, RESET ALL and
+// DISCARD ALL return a client's settings to the values of its startup
+// packet, as on a direct connection, not to the server connection's, and
+// another client on the same server connection keeps seeing the defaults.
+func TestResetToStartupValues(t *testing.T) {
+	p := testProxy(t, withMode(TransactionMode, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	a := connect(t, ctx, proxyDSN(p, "", "&options=-c%20statement_timeout%3D4321&search_path=s1"), pgx.QueryExecModeSimpleProtocol)
+	b := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeSimpleProtocol)
+	defaultPath := queryString(t, ctx, b, "show search_path")
+	for _, reset := range []string{"RESET search_path", "RESET ALL", "DISCARD ALL"} {
+		for _, sql := range []string{"SET search_path TO elsewhere", "SET statement_timeout = 99", reset} {
+			if _, err := a.Exec(ctx, sql); err != nil {
+				t.Fatalf("%s: %v", sql, err)
+			}
+		}
+		if got := queryString(t, ctx, b, "show search_path"); got != defaultPath {
+			t.Fatalf("after client A's %s, client B sees search_path %q, want %q", reset, got, defaultPath)
+		}
+		if got := queryString(t, ctx, a, "show search_path"); got != "s1" {
+			t.Errorf("after %s: search_path %q, want the startup value s1", reset, got)
+		}
+		want := "99ms" // RESET search_path leaves statement_timeout alone
+		if reset != "RESET search_path" {
+			want = "4321ms"
+		}
+		if got := queryString(t, ctx, a, "show statement_timeout"); got != want {
+			t.Errorf("after %s: statement_timeout %q, want %q", reset, got, want)
+		}
+	}
+}
+
 // TestGracefulShutdown: clients in the middle of a transaction finish it;
 // each is then told 57P01, and no client sees a transaction cut short.
 func TestGracefulShutdown(t *testing.T) {

@@ -454,7 +454,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Ses
 	s := &Session{
 		proxy: p, id: p.nextSession.Add(1), client: c, pool: pool, mode: pool.set().Mode,
 		database: dbName, user: user, appName: st.Get("application_name"), clientAddr: hostOf(c.RemoteAddr()),
-		txStatus: 'I', gucs: startupGUCs(st), connected: time.Now(), stmts: map[string]*stmtDef{}, portals: map[string]*pending{},
+		txStatus: 'I', gucs: startupGUCs(st), startupGUCs: startupGUCs(st), connected: time.Now(), stmts: map[string]*stmtDef{}, portals: map[string]*pending{},
 	}
 	s.writingDone = sync.NewCond(&s.mu)
 	s.gucsKey = gucsKey(s.gucs)

@@ -76,6 +76,9 @@ type Session struct {
 	stopReader  bool
 	readerErr   error
 	gucDirty    bool
+	// startupGUCs are the settings from the client's startup packet: what
+	// RESET and DISCARD ALL return to on a direct connection. Read-only.
+	startupGUCs map[string]string
 	gucs        map[string]string
 	gucsKey     string // gucsKey(gucs), kept in step with it
 	pendingWait time.Duration
@@ -429,6 +432,31 @@ func (s *Session) snapshotSettings(srv *Server) error {
 	for _, r := range res.Rows {
 		if len(r) == 2 {
 			m[strings.ToLower(r[0])] = r[1]
+		}
+	}
+	// RESET, RESET ALL and DISCARD ALL return a setting to the value the
+	// server connection started with, which is the pool's, not this
+	// client's: on a direct connection they return to the client's
+	// startup value. Put those back.
+	var sets []string
+	for name, v := range s.startupGUCs {
+		if _, ok := m[name]; !ok {
+			sets = append(sets, fmt.Sprintf("pg_catalog.set_config(%s, %s, false)", quoteLiteral(name), quoteLiteral(v)))
+		}
+	}
+	if len(sets) > 0 {
+		slices.Sort(sets)
+		res, err := srv.Exec(ctx, "SELECT "+strings.Join(sets, ", "))
+		if err != nil {
+			return err
+		}
+		if res.Err != nil {
+			return res.Err
+		}
+		for name, v := range s.startupGUCs {
+			if _, ok := m[name]; !ok {
+				m[name] = v
+			}
 		}
 	}
 	key := gucsKey(m)
