@@ -674,3 +674,40 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestPauseAppliesToNewPools: after PAUSE of all databases or of one, a
+// client of a pool created afterwards (the database is first seen then)
+// waits too, and is served on RESUME.
+func TestPauseAppliesToNewPools(t *testing.T) {
+	for _, pause := range []string{"", "template1"} {
+		t.Run("pause "+pause, func(t *testing.T) {
+			p := testProxy(t, withMode(TransactionMode, 2))
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			p.Pause(pause)
+			done := make(chan error, 1)
+			go func() {
+				c, err := pgx.Connect(ctx, proxyDSN(p, "template1", ""))
+				if err == nil {
+					_, err = c.Exec(ctx, "select 1")
+					c.Close(ctx)
+				}
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				t.Fatalf("a client of a pool created while paused was served (err %v)", err)
+			case <-time.After(500 * time.Millisecond):
+			}
+			p.Resume(pause)
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("after RESUME: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("client still waiting after RESUME")
+			}
+		})
+	}
+}

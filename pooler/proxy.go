@@ -30,8 +30,12 @@ type Proxy struct {
 	mu       sync.Mutex
 	pools    map[poolKey]*Pool
 	dbLimits map[string]*dbCounter
-	sessions map[uint64]*Session
-	byCancel map[cancelKey]*Session
+	// pausedAll and pausedDBs record PAUSE, so that pools created while
+	// paused start paused (see Pause).
+	pausedAll bool
+	pausedDBs map[string]bool
+	sessions  map[uint64]*Session
+	byCancel  map[cancelKey]*Session
 	// conns holds every client connection, logged in or not, so Close
 	// can end those still in startup.
 	conns    map[net.Conn]struct{}
@@ -79,7 +83,7 @@ func New(cfg *Config, sink analyzer.Sink, log zerolog.Logger) *Proxy {
 	}
 	p := &Proxy{
 		sink: sink, log: log,
-		pools: map[poolKey]*Pool{}, dbLimits: map[string]*dbCounter{},
+		pools: map[poolKey]*Pool{}, dbLimits: map[string]*dbCounter{}, pausedDBs: map[string]bool{},
 		sessions: map[uint64]*Session{}, byCancel: map[cancelKey]*Session{}, conns: map[net.Conn]struct{}{},
 		stopMaint: make(chan struct{}),
 	}
@@ -686,6 +690,9 @@ func (p *Proxy) pool(db *Database, user string, secret wire.Secret) (*Pool, erro
 	// max_message_size limits what clients send; server messages (a row,
 	// a notice) may be as large as Postgres allows.
 	pl := newPool(db, user, cfg, limit, maxServerMessage, p.log)
+	if p.pausedAll || p.pausedDBs[pl.Database] {
+		pl.paused = true // not shared yet
+	}
 	p.pools[key] = pl
 	return pl, nil
 }
@@ -875,6 +882,15 @@ func serverInfo(pl *Pool, s *Server, state string, session uint64) ServerInfo {
 // Pause stops handing out server connections for database db (all
 // databases when db is empty): new transactions wait, running ones finish.
 func (p *Proxy) Pause(db string) int {
+	// Pools created later (a database or user seen for the first time)
+	// start paused too, as PgBouncer's PAUSE holds them.
+	p.mu.Lock()
+	if db == "" {
+		p.pausedAll = true
+	} else {
+		p.pausedDBs[db] = true
+	}
+	p.mu.Unlock()
 	n := 0
 	for _, pl := range p.Pools() {
 		if db == "" || pl.Database == db {
@@ -887,6 +903,14 @@ func (p *Proxy) Pause(db string) int {
 
 // Resume undoes Pause.
 func (p *Proxy) Resume(db string) int {
+	p.mu.Lock()
+	if db == "" {
+		p.pausedAll = false
+		clear(p.pausedDBs)
+	} else {
+		delete(p.pausedDBs, db)
+	}
+	p.mu.Unlock()
 	n := 0
 	for _, pl := range p.Pools() {
 		if db == "" || pl.Database == db {
