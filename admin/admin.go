@@ -357,6 +357,7 @@ type dbTotals struct {
 	assignments, xacts, queries, recv, sent int64
 	waitTime                                time.Duration
 	queryTime                               time.Duration
+	xactTime                                time.Duration
 	observed                                int64
 }
 
@@ -366,6 +367,7 @@ func (t *dbTotals) add(o dbTotals) {
 	t.queries += o.queries
 	t.recv += o.recv
 	t.sent += o.sent
+	t.xactTime += o.xactTime
 	t.waitTime += o.waitTime
 	t.queryTime += o.queryTime
 	t.observed += o.observed
@@ -377,7 +379,7 @@ func (a *Admin) totalsByDB(ps []pooler.PoolStats) map[string]dbTotals {
 	out := map[string]dbTotals{}
 	for _, s := range ps {
 		t := out[s.Database]
-		t.add(dbTotals{assignments: s.Waits, xacts: s.Transactions, queries: s.Queries, recv: s.BytesIn, sent: s.BytesOut, waitTime: s.WaitTotal})
+		t.add(dbTotals{assignments: s.Waits, xacts: s.Transactions, queries: s.Queries, recv: s.BytesIn, sent: s.BytesOut, waitTime: s.WaitTotal, xactTime: s.XactTime})
 		out[s.Database] = t
 	}
 	for db, qt := range a.obs.totals() {
@@ -428,6 +430,7 @@ func (a *Admin) Stats() []StatsRow {
 			TotalServerAssignmentCount: c.assignments, TotalXactCount: c.xacts, TotalQueryCount: c.queries,
 			TotalReceived: c.recv, TotalSent: c.sent,
 			TotalQueryTime: c.queryTime.Microseconds(), TotalWaitTime: c.waitTime.Microseconds(),
+			TotalXactTime: c.xactTime.Microseconds(),
 		}
 		if secs > 0 {
 			p := prev[db]
@@ -437,6 +440,9 @@ func (a *Admin) Stats() []StatsRow {
 			r.AvgQueryCount = rate(c.queries, p.queries)
 			r.AvgRecv = rate(c.recv, p.recv)
 			r.AvgSent = rate(c.sent, p.sent)
+			if n := c.xacts - p.xacts; n > 0 {
+				r.AvgXactTime = (c.xactTime - p.xactTime).Microseconds() / n
+			}
 			if n := c.observed - p.observed; n > 0 {
 				r.AvgQueryTime = (c.queryTime - p.queryTime).Microseconds() / n
 			}

@@ -94,8 +94,9 @@ type StatsRow struct {
 	// TotalReceived and TotalSent are bytes from and to clients.
 	TotalReceived int64 `json:"total_received"`
 	TotalSent     int64 `json:"total_sent"`
-	// TotalXactTime is 0: the pooler does not measure transaction time
-	// yet.
+	// TotalXactTime is the time clients spent in transactions, idle in
+	// transaction included, in microseconds (as measured at the proxy:
+	// from a transaction's first statement to its last ReadyForQuery).
 	TotalXactTime int64 `json:"total_xact_time"`
 	// TotalQueryTime is the summed duration of the statements the
 	// analyzer saw, in microseconds.

@@ -373,18 +373,40 @@ func TestPoolStats(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	c := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeCacheStatement)
+	start := time.Now()
 	for i := 0; i < 20; i++ {
 		if _, err := c.Exec(ctx, "select pg_sleep(0.005)"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	st := p.PoolStats()
+	// A transaction that sits idle for 100 ms counts that time too.
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	// The counters move to the pool when the server is released, just
+	// after the client got its last reply.
+	var st []PoolStats
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		st = p.PoolStats()
+		if len(st) != 1 || st[0].XactTime >= 200*time.Millisecond || time.Now().After(deadline) {
+			break
+		}
+	}
 	if len(st) != 1 {
 		t.Fatalf("pools: %+v", st)
 	}
 	s := st[0]
-	if s.Transactions < 20 || s.Queries < 20 || s.BytesIn == 0 || s.BytesOut == 0 {
+	if s.Transactions < 21 || s.Queries < 20 || s.BytesIn == 0 || s.BytesOut == 0 {
 		t.Fatalf("counters: %+v", s)
+	}
+	if s.XactTime < 200*time.Millisecond || s.XactTime > elapsed {
+		t.Fatalf("transaction time %v: want at least 20 x 5 ms + 100 ms idle, at most the %v elapsed", s.XactTime, elapsed)
 	}
 	if s.Utilization <= 0 || s.Utilization > 1 {
 		t.Fatalf("utilization %v", s.Utilization)

@@ -111,6 +111,10 @@ type Session struct {
 
 	bytesIn, bytesOut int64
 	queries, xacts    int64
+	// xactStart is when the running transaction's first statement went
+	// out (zero between transactions); xactTime sums finished ones.
+	xactStart time.Time
+	xactTime  time.Duration
 }
 
 type suspendedPortal struct {
@@ -602,6 +606,9 @@ func (s *Session) stampTx(it *pending) {
 		// Same implicit transaction as an earlier Execute before Sync.
 	default:
 		s.txSeq++
+		if s.xactStart.IsZero() {
+			s.xactStart = it.start
+		}
 	}
 	if it.kind == pendExecute {
 		s.groupStamped = true
@@ -1116,7 +1123,8 @@ func (s *Session) flushStats() {
 	st.bytesOut.Add(s.bytesOut)
 	st.queries.Add(s.queries)
 	st.xacts.Add(s.xacts)
-	s.bytesOut, s.queries, s.xacts = 0, 0, 0
+	st.xactNs.Add(int64(s.xactTime))
+	s.bytesOut, s.queries, s.xacts, s.xactTime = 0, 0, 0, 0
 }
 
 // serverLoop is the background reader: it relays server messages to the
@@ -1371,6 +1379,10 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			if s.txStatus == 'I' {
 				// Explicit and implicit transactions both count.
 				s.xacts++
+				if !s.xactStart.IsZero() {
+					s.xactTime += time.Since(s.xactStart)
+					s.xactStart = time.Time{}
+				}
 			}
 		}
 		if it != nil && (it.kind == pendSync || it.kind == pendQuery || it.kind == pendFunctionCall) {

@@ -14,6 +14,7 @@ const waitBuckets = 40
 
 type poolStats struct {
 	xacts    atomic.Int64
+	xactNs   atomic.Int64 // time in transactions, nanoseconds
 	queries  atomic.Int64
 	bytesIn  atomic.Int64
 	bytesOut atomic.Int64
@@ -127,9 +128,13 @@ type PoolStats struct {
 	ServersLogin   int `json:"sv_login"`
 
 	Transactions int64 `json:"xact_count"`
-	Queries      int64 `json:"query_count"`
-	BytesIn      int64 `json:"bytes_received"`
-	BytesOut     int64 `json:"bytes_sent"`
+	// XactTime is the time clients spent in transactions (from the first
+	// statement after ReadyForQuery 'I' to the next 'I', idle in
+	// transaction included), as PgBouncer's total_xact_time.
+	XactTime time.Duration `json:"xact_time_ns"`
+	Queries  int64         `json:"query_count"`
+	BytesIn  int64         `json:"bytes_received"`
+	BytesOut int64         `json:"bytes_sent"`
 
 	Waits     int64         `json:"wait_count"`
 	WaitTotal time.Duration `json:"wait_total_ns"`
@@ -161,6 +166,7 @@ func (p *Pool) Stats(clientsActive int) PoolStats {
 	st.ClientsActive = clientsActive
 	st.ServersLogin = int(p.stats.login.Load())
 	st.Transactions = p.stats.xacts.Load()
+	st.XactTime = time.Duration(p.stats.xactNs.Load())
 	st.Queries = p.stats.queries.Load()
 	st.BytesIn = p.stats.bytesIn.Load()
 	st.BytesOut = p.stats.bytesOut.Load()
