@@ -39,30 +39,6 @@ type rawIO struct {
 	wbuf    []byte
 	werrno  syscall.Errno
 	writeFn func(fd uintptr) bool
-
-	// awaitReadable's state: before runs once inside the armed wait.
-	awaitBefore func() error
-	awaitCalled bool
-	awaitErr    error
-	awaitFn     func(fd uintptr) bool
-}
-
-// awaitReadable runs before (which writes a request) and then parks until
-// the socket is readable. It arms the wait first, inside RawConn.Read, so
-// a reply that arrives while before still runs is not missed. before's
-// error is returned; a failure of the wait itself (deadline, close) is
-// left to the next read. The caller must be the socket's only reader.
-func (r *rawIO) awaitReadable(before func() error) error {
-	r.awaitBefore, r.awaitCalled, r.awaitErr = before, false, nil
-	_ = r.rc.Read(r.awaitFn)
-	if !r.awaitCalled {
-		// The read side failed before the callback ran (closed, deadline
-		// passed): still send, the next read reports the failure.
-		r.awaitErr = before()
-	}
-	err := r.awaitErr
-	r.awaitBefore, r.awaitErr = nil, nil
-	return err
 }
 
 // newRawIO returns raw I/O over nc when nc is a plain TCP or Unix socket,
@@ -115,14 +91,6 @@ func newRawIO(nc net.Conn) *rawIO {
 			}
 		}
 		return true
-	}
-	r.awaitFn = func(uintptr) bool {
-		if r.awaitCalled {
-			return true // readable now
-		}
-		r.awaitCalled = true
-		r.awaitErr = r.awaitBefore()
-		return r.awaitErr != nil // park until readable unless it failed
 	}
 	return r
 }

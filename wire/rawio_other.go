@@ -11,5 +11,3 @@ type rawIO struct{ io.ReadWriter }
 
 // newRawIO is Linux-only; elsewhere connections use net.Conn I/O.
 func newRawIO(net.Conn) *rawIO { return nil }
-
-func (r *rawIO) awaitReadable(before func() error) error { return before() }
