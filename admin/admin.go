@@ -98,10 +98,6 @@ type Admin struct {
 	series  *timeSeries
 	reg     *prometheus.Registry
 
-	pauseMu   sync.Mutex
-	pausedAll bool
-	paused    map[string]bool
-
 	shuttingDown atomic.Bool
 
 	runMu    sync.Mutex
@@ -133,7 +129,7 @@ func New(opts Options) *Admin {
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
-	a := &Admin{opts: opts, started: opts.Now(), paused: map[string]bool{}}
+	a := &Admin{opts: opts, started: opts.Now()}
 	a.src.Store(&sources{pipeline: opts.Pipeline, findings: opts.Findings, explain: opts.Explain})
 	a.obs = newQueryObserver(opts.MaxDatabaseLabels)
 	n := int(opts.SampleWindow / opts.SampleInterval)
@@ -535,9 +531,8 @@ func upstreamOf(cfg *pooler.Config, name string) *pgconn.Config {
 
 // isPaused reports whether PAUSE is in force for db.
 func (a *Admin) isPaused(db string) bool {
-	a.pauseMu.Lock()
-	defer a.pauseMu.Unlock()
-	return a.pausedAll || a.paused[db]
+	p := a.proxy.Load()
+	return p != nil && p.Paused(db)
 }
 
 // Databases returns the rows of SHOW DATABASES: the configured databases,

@@ -369,13 +369,6 @@ func (s *consoleSession) checkDatabase(db string) error {
 // does not wait for those. It returns a notice when it gave up waiting.
 func (s *consoleSession) pause(db string) []byte {
 	a := s.a
-	a.pauseMu.Lock()
-	if db == "" {
-		a.pausedAll = true
-	} else {
-		a.paused[db] = true
-	}
-	a.pauseMu.Unlock()
 	p := a.proxy.Load()
 	if p == nil {
 		return nil
@@ -407,20 +400,8 @@ func (s *consoleSession) pause(db string) []byte {
 // resume undoes PAUSE for db (every database when empty).
 func (s *consoleSession) resume(db string) {
 	a := s.a
-	a.pauseMu.Lock()
-	if db == "" {
-		a.pausedAll = false
-		clear(a.paused)
-	} else {
-		delete(a.paused, db)
-	}
-	all := a.pausedAll
-	a.pauseMu.Unlock()
-	if all {
-		// RESUME db while everything is paused: PgBouncer keeps the
-		// global pause; so do we.
-		return
-	}
+	// The proxy keeps the pause state (RESUME db under a global PAUSE
+	// keeps the global pause, as PgBouncer does).
 	if p := a.proxy.Load(); p != nil {
 		n := p.Resume(db)
 		a.opts.Log.Info().Str("admin", s.user).Str("database", db).Int("pools", n).Msg("RESUME")

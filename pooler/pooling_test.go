@@ -721,7 +721,22 @@ func TestPauseAppliesToNewPools(t *testing.T) {
 				t.Fatalf("a client of a pool created while paused was served (err %v)", err)
 			case <-time.After(500 * time.Millisecond):
 			}
+			if pause == "" {
+				// RESUME of one database keeps a global PAUSE, as in
+				// PgBouncer.
+				if n := p.Resume("template1"); n != 0 || !p.Paused("template1") {
+					t.Fatalf("RESUME template1 under a global PAUSE resumed %d pools, paused %v", n, p.Paused("template1"))
+				}
+				select {
+				case err := <-done:
+					t.Fatalf("served after RESUME of one database under a global PAUSE (err %v)", err)
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
 			p.Resume(pause)
+			if p.Paused("template1") {
+				t.Fatal("still paused after RESUME")
+			}
 			select {
 			case err := <-done:
 				if err != nil {

@@ -901,9 +901,15 @@ func (p *Proxy) Pause(db string) int {
 	return n
 }
 
-// Resume undoes Pause.
+// Resume undoes Pause for db (every database when empty) and returns the
+// number of pools resumed. Resuming one database while all are paused does
+// nothing: the global pause stays, as in PgBouncer.
 func (p *Proxy) Resume(db string) int {
 	p.mu.Lock()
+	if db != "" && p.pausedAll {
+		p.mu.Unlock()
+		return 0
+	}
 	if db == "" {
 		p.pausedAll = false
 		clear(p.pausedDBs)
@@ -919,6 +925,13 @@ func (p *Proxy) Resume(db string) int {
 		}
 	}
 	return n
+}
+
+// Paused reports whether PAUSE is in force for database db.
+func (p *Proxy) Paused(db string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pausedAll || p.pausedDBs[db]
 }
 
 // Kill disconnects every client of database db and closes its pools'
