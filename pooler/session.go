@@ -388,7 +388,7 @@ func (s *Session) applySettings(ctx context.Context, srv *Server) error {
 	}
 	for name, v := range s.gucs {
 		if cur, ok := srv.gucs[name]; !ok || cur != v {
-			sets = append(sets, fmt.Sprintf("pg_catalog.set_config(%s, %s, false)", quoteLiteral(name), quoteLiteral(v)))
+			sets = append(sets, setConfigCall(name, v))
 		}
 	}
 	if len(sets) > 0 {
@@ -440,7 +440,7 @@ func (s *Session) snapshotSettings(srv *Server) error {
 	var sets []string
 	for name, v := range s.startupGUCs {
 		if _, ok := m[name]; !ok {
-			sets = append(sets, fmt.Sprintf("pg_catalog.set_config(%s, %s, false)", quoteLiteral(name), quoteLiteral(v)))
+			sets = append(sets, setConfigCall(name, v))
 		}
 	}
 	if len(sets) > 0 {
@@ -1566,6 +1566,11 @@ func (s *Session) cancel() {
 	if err := srv.Cancel(ctx); err != nil {
 		s.log.Warn().Err(err).Msg("cancel request failed")
 	}
+}
+
+// setConfigCall is the SQL expression that sets name to v for the session.
+func setConfigCall(name, v string) string {
+	return "pg_catalog.set_config(" + quoteLiteral(name) + ", " + quoteLiteral(v) + ", false)"
 }
 
 func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
