@@ -380,11 +380,10 @@ func (s *Session) applySettings(ctx context.Context, srv *Server) error {
 	}
 	var sql strings.Builder
 	var sets []string
-	for name, v := range srv.gucs {
+	for name := range srv.gucs {
 		if _, ok := s.gucs[name]; !ok {
 			fmt.Fprintf(&sql, "RESET %s;", quoteIdent(name))
 		}
-		_ = v
 	}
 	for name, v := range s.gucs {
 		if cur, ok := srv.gucs[name]; !ok || cur != v {
