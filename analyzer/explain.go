@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,15 +17,30 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// ExplainConfig configures an Explainer. Only DSN is required.
+// ExplainConfig configures an Explainer. DSN or Conn is required.
+//
+// The planner runs user code (IMMUTABLE and STABLE functions are evaluated
+// at plan time), with the privileges of the connection's role. An
+// Explainer must therefore connect as the role that ran the statements it
+// plans: see Role, and docs/security-explain.md.
 type ExplainConfig struct {
 	// DSN is the upstream server to explain on (a URL or key=value string,
-	// as pgx parses it). Use a dedicated role here to keep the explainer's
-	// privileges apart (it needs SELECT-level access to the tables and
-	// read access to the catalogs). Unless the DSN sets them,
-	// application_name is "pgaudit-explain" and
+	// as pgx parses it). It must name its user: pgaudit never connects
+	// as libpq's default user (the operating system user, or PGUSER).
+	// Unless the DSN sets them, application_name is "pgaudit-explain" and
 	// default_transaction_read_only is on.
 	DSN string
+	// Conn, when set, is used instead of DSN: a parsed connection
+	// configuration (copied; its User must be set), such as the pooler's
+	// upstream with the client's own user and password filled in.
+	Conn *pgconn.Config
+	// Role, when set, is the role every statement given to this Explainer
+	// ran as. Each new connection is checked before use: session_user and
+	// current_user must both be Role (a role-level "SET role" default or a
+	// DSN option could change them), else the connection is closed and the
+	// request fails with ErrRoleMismatch. Empty skips the check (lint
+	// explains every logged statement as the --dsn role).
+	Role string
 	// MaxConns caps the explainer's own connections. Default 2.
 	MaxConns int
 	// StatementTimeout is SET LOCAL statement_timeout for every explain
@@ -88,6 +104,20 @@ const (
 // Generic reports whether the mode plans without parameter values.
 func (m ExplainMode) Generic() bool { return m == ModeGeneric || m == ModeGenericPrepared }
 
+// ErrRoleMismatch is wrapped by the error of a request whose connection
+// is not logged in as ExplainConfig.Role.
+var ErrRoleMismatch = errors.New("explain connection is not the statement's role")
+
+// ErrRunsUserCode is wrapped by the error of a request refused because the
+// planner could run user-defined code for it: a function outside
+// pg_catalog and information_schema and not part of an extension, that is
+// IMMUTABLE or STABLE (evaluated at plan time) or LANGUAGE sql (inlined),
+// called by the statement (directly, through an operator or a cast) or by
+// a view, column default, policy, constraint or index expression of a
+// relation it reads. The check runs before planning, as the statement's
+// role; the Sampler never explains such a shape again.
+var ErrRunsUserCode = errors.New("planning would run user-defined code")
+
 // ErrExplainTimeout is wrapped by the error of an explain that hit
 // statement_timeout (SQLSTATE 57014) or lock_timeout (55P03).
 var ErrExplainTimeout = errors.New("explain timed out")
@@ -108,8 +138,15 @@ type ExplainCounters struct {
 	// Timeouts counts requests that hit statement_timeout or lock_timeout.
 	Timeouts uint64 `json:"timeouts"`
 	// Discarded counts connections closed rather than reused because
-	// cleanup (ROLLBACK, DEALLOCATE, hypopg_reset) could not be confirmed.
+	// cleanup (ROLLBACK, DEALLOCATE, hypopg_reset, DISCARD ALL) could not
+	// be confirmed.
 	Discarded uint64 `json:"discarded"`
+	// UserCode counts requests refused because planning would run
+	// user-defined code (ErrRunsUserCode).
+	UserCode uint64 `json:"user_code"`
+	// RoleMismatch counts requests refused because the connection was not
+	// logged in as the statement's role (ErrRoleMismatch).
+	RoleMismatch uint64 `json:"role_mismatch"`
 }
 
 // Explainer runs EXPLAIN for query shapes on its own small connection pool
@@ -129,18 +166,36 @@ type Explainer struct {
 	lockTO  string
 	extOnce sync.Once
 
-	run, validations, skipped, errs, timeouts, discarded atomic.Uint64
+	run, validations, skipped, errs, timeouts, discarded, userCode, roleMismatch atomic.Uint64
 }
 
 // NewExplainer validates cfg and returns an Explainer; it connects lazily,
 // on the first explain.
 func NewExplainer(cfg ExplainConfig) (*Explainer, error) {
-	if cfg.DSN == "" {
+	var pc *pgx.ConnConfig
+	switch {
+	case cfg.Conn != nil:
+		if cfg.Conn.User == "" {
+			return nil, errors.New("explainer: connection config names no user")
+		}
+		var err error
+		// A ConnConfig must come from ParseConfig; its connection part is
+		// then replaced wholesale by the caller's, so nothing of the
+		// environment's libpq defaults survives.
+		if pc, err = pgx.ParseConfig(""); err != nil {
+			return nil, fmt.Errorf("explainer: %w", err)
+		}
+		pc.Config = *cfg.Conn.Copy()
+	case cfg.DSN != "":
+		if !DSNNamesUser(cfg.DSN) {
+			return nil, errors.New("explainer: DSN names no user; pgaudit never connects as libpq's default user (the operating system user or PGUSER)")
+		}
+		var err error
+		if pc, err = pgx.ParseConfig(cfg.DSN); err != nil {
+			return nil, fmt.Errorf("explainer: parse DSN: %w", err)
+		}
+	default:
 		return nil, errors.New("explainer: DSN is required")
-	}
-	pc, err := pgx.ParseConfig(cfg.DSN)
-	if err != nil {
-		return nil, fmt.Errorf("explainer: parse DSN: %w", err)
 	}
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = defaultExplainConns
@@ -175,9 +230,13 @@ func NewExplainer(cfg ExplainConfig) (*Explainer, error) {
 	// No named prepared statements of pgx's own: the only ones on these
 	// connections are the explainer's, which it deallocates.
 	pc.DefaultQueryExecMode = pgx.QueryExecModeDescribeExec
+	pool := newExplainPool(pc, cfg.MaxConns)
+	if cfg.Role != "" {
+		pool.check = func(ctx context.Context, c *pgx.Conn) error { return checkRole(ctx, c, cfg.Role) }
+	}
 	return &Explainer{
 		cfg:    cfg,
-		pool:   newExplainPool(pc, cfg.MaxConns),
+		pool:   pool,
 		limit:  newRateLimiter(cfg.Rate, cfg.Burst),
 		log:    cfg.Logger,
 		stmtTO: strconv.FormatInt(max(cfg.StatementTimeout.Milliseconds(), 1), 10),
@@ -194,7 +253,87 @@ func (e *Explainer) Counters() ExplainCounters {
 	return ExplainCounters{
 		Run: e.run.Load(), Validations: e.validations.Load(), Skipped: e.skipped.Load(),
 		Errors: e.errs.Load(), Timeouts: e.timeouts.Load(), Discarded: e.discarded.Load(),
+		UserCode: e.userCode.Load(), RoleMismatch: e.roleMismatch.Load(),
 	}
+}
+
+// Role returns ExplainConfig.Role: the role this Explainer plans as, or ""
+// when unchecked.
+func (e *Explainer) Role() string { return e.cfg.Role }
+
+// DSNNamesUser reports whether a connection string (URL or key=value)
+// names its user explicitly, rather than leaving it to libpq's default
+// (PGUSER, then the operating system user).
+func DSNNamesUser(dsn string) bool {
+	if u, err := url.Parse(dsn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		return (u.User != nil && u.User.Username() != "") || u.Query().Get("user") != ""
+	}
+	return keyValueSettings(dsn)["user"] != ""
+}
+
+// keyValueSettings parses a libpq key=value connection string (spaces
+// around "=" allowed, values optionally single-quoted, backslash escapes).
+// A malformed string yields what was read before the fault.
+func keyValueSettings(s string) map[string]string {
+	out := map[string]string{}
+	i := 0
+	skip := func() {
+		for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r') {
+			i++
+		}
+	}
+	for {
+		skip()
+		if i >= len(s) {
+			return out
+		}
+		start := i
+		for i < len(s) && s[i] != '=' && s[i] != ' ' && s[i] != '\t' && s[i] != '\n' && s[i] != '\r' {
+			i++
+		}
+		key := s[start:i]
+		skip()
+		if i >= len(s) || s[i] != '=' {
+			return out
+		}
+		i++
+		skip()
+		var v strings.Builder
+		if i < len(s) && s[i] == '\'' {
+			i++
+			for i < len(s) && s[i] != '\'' {
+				if s[i] == '\\' && i+1 < len(s) {
+					i++
+				}
+				v.WriteByte(s[i])
+				i++
+			}
+			i++ // closing quote
+		} else {
+			for i < len(s) && s[i] != ' ' && s[i] != '\t' && s[i] != '\n' && s[i] != '\r' {
+				if s[i] == '\\' && i+1 < len(s) {
+					i++
+				}
+				v.WriteByte(s[i])
+				i++
+			}
+		}
+		out[key] = v.String()
+	}
+}
+
+// checkRole confirms a new connection is logged in as role, with no SET
+// ROLE in effect; a superuser connection is only accepted when role is
+// that superuser.
+func checkRole(ctx context.Context, c *pgx.Conn, role string) error {
+	var sessionUser, currentUser string
+	if err := c.QueryRow(ctx, "SELECT session_user::text, current_user::text").Scan(&sessionUser, &currentUser); err != nil {
+		return fmt.Errorf("check role: %w", err)
+	}
+	if sessionUser != role || currentUser != role {
+		return fmt.Errorf("%w: logged in as %q (current_user %q), statements ran as %q", ErrRoleMismatch, sessionUser, currentUser, role)
+	}
+	return nil
 }
 
 // ExplainRequest is one statement to explain.
@@ -349,6 +488,11 @@ func (e *Explainer) Inspect(ctx context.Context, req ExplainRequest, opts Inspec
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("explainer: %w", ctx.Err())
 		}
+		if errors.Is(err, ErrRoleMismatch) {
+			e.roleMismatch.Add(1)
+			e.log.Warn().Err(err).Msg("explain refused: connection is not the statement's role")
+			return nil, fmt.Errorf("explainer: %w", err)
+		}
 		e.errs.Add(1)
 		return nil, fmt.Errorf("explainer: connect: %w", err)
 	}
@@ -360,6 +504,10 @@ func (e *Explainer) Inspect(ctx context.Context, req ExplainRequest, opts Inspec
 	}
 	e.pool.release(conn, discard)
 	if err != nil {
+		if errors.Is(err, ErrRunsUserCode) {
+			e.userCode.Add(1)
+			return nil, err
+		}
 		return nil, e.classify(ctx, err, s.mode == ModeParams || s.literal)
 	}
 	return in, nil
@@ -458,6 +606,11 @@ func (s *explainSession) run(ctx context.Context, opts InspectOptions) (*Inspect
 	}
 	if err := s.exec(ctx, setup); err != nil {
 		return nil, err
+	}
+	if fn, err := s.userCode(ctx); err != nil {
+		return nil, err
+	} else if fn != "" {
+		return nil, fmt.Errorf("%w: %s", ErrRunsUserCode, fn)
 	}
 	raw, plan, err := s.explain(ctx)
 	if err != nil {
@@ -619,7 +772,103 @@ func (s *explainSession) cleanup() (discard bool) {
 			return true
 		}
 	}
+	// Whatever user code the planner may have run despite the check
+	// (session advisory locks, set_config(..., false), temporary objects)
+	// must not outlive this request.
+	if err := s.exec(ctx, "DISCARD ALL"); err != nil {
+		return true
+	}
 	return s.broken || s.conn.PgConn().TxStatus() != 'I'
+}
+
+// userCodeSQL finds one function the planner could run for a statement:
+// one outside pg_catalog and information_schema, not an extension's, that
+// is IMMUTABLE or STABLE (evaluated while planning) or LANGUAGE sql
+// (inlined, with its body's calls folded). Candidates: functions named by
+// the statement, the functions of operators it uses and of casts to types
+// it names (unqualified names: any schema on the search path; qualified:
+// that schema), and functions the referenced relations depend on through
+// views (recursively), rules, column defaults, policies, constraints and
+// index expressions. Arrays: $1/$2 relation schemas/names, $3/$4
+// functions, $5/$6 operators, $7/$8 types. It runs as the statement's
+// role, inside the read-only transaction.
+const userCodeSQL = `WITH RECURSIVE
+rels(oid) AS (
+	SELECT c.oid FROM unnest($1::text[], $2::text[]) AS r(nsp, rel)
+	JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(CASE WHEN r.nsp = '' THEN pg_catalog.quote_ident(r.rel)
+		ELSE pg_catalog.quote_ident(r.nsp) || '.' || pg_catalog.quote_ident(r.rel) END)
+	UNION
+	SELECT d.refobjid FROM rels
+	JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = rels.oid
+	JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = rw.oid
+		AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+),
+objs(classid, objid) AS (
+	SELECT 'pg_catalog.pg_rewrite'::pg_catalog.regclass, rw.oid FROM pg_catalog.pg_rewrite rw JOIN rels ON rw.ev_class = rels.oid
+	UNION ALL SELECT 'pg_catalog.pg_attrdef'::pg_catalog.regclass, a.oid FROM pg_catalog.pg_attrdef a JOIN rels ON a.adrelid = rels.oid
+	UNION ALL SELECT 'pg_catalog.pg_policy'::pg_catalog.regclass, p.oid FROM pg_catalog.pg_policy p JOIN rels ON p.polrelid = rels.oid
+	UNION ALL SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass, k.oid FROM pg_catalog.pg_constraint k JOIN rels ON k.conrelid = rels.oid
+	UNION ALL SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, i.indexrelid FROM pg_catalog.pg_index i JOIN rels ON i.indrelid = rels.oid
+),
+names(kind, nsp, name) AS (
+	SELECT 'f', * FROM unnest($3::text[], $4::text[])
+	UNION ALL SELECT 'o', * FROM unnest($5::text[], $6::text[])
+	UNION ALL SELECT 't', * FROM unnest($7::text[], $8::text[])
+),
+funcs(oid) AS (
+	SELECT d.refobjid FROM objs JOIN pg_catalog.pg_depend d ON d.classid = objs.classid AND d.objid = objs.objid
+		AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+	UNION
+	SELECT o.oprcode FROM objs JOIN pg_catalog.pg_depend d ON d.classid = objs.classid AND d.objid = objs.objid
+		AND d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass
+	JOIN pg_catalog.pg_operator o ON o.oid = d.refobjid
+	UNION
+	SELECT p.oid FROM names JOIN pg_catalog.pg_proc p ON names.kind = 'f' AND p.proname = names.name
+	JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+	WHERE n.nspname = names.nsp OR (names.nsp = '' AND n.nspname = ANY (pg_catalog.current_schemas(true)))
+	UNION
+	SELECT o.oprcode FROM names JOIN pg_catalog.pg_operator o ON names.kind = 'o' AND o.oprname = names.name
+	JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+	WHERE n.nspname = names.nsp OR (names.nsp = '' AND n.nspname = ANY (pg_catalog.current_schemas(true)))
+	UNION
+	SELECT c.castfunc FROM names JOIN pg_catalog.pg_type t ON names.kind = 't' AND t.typname = names.name
+	JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+	JOIN pg_catalog.pg_cast c ON c.casttarget = t.oid
+	WHERE n.nspname = names.nsp OR (names.nsp = '' AND n.nspname = ANY (pg_catalog.current_schemas(true)))
+)
+SELECT p.oid::pg_catalog.regprocedure::text FROM funcs
+JOIN pg_catalog.pg_proc p ON p.oid = funcs.oid
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+	AND (p.provolatile <> 'v' OR l.lanname = 'sql')
+	AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+		AND e.objid = p.oid AND e.deptype = 'e')
+ORDER BY 1 LIMIT 1`
+
+// userCode returns a function (as regprocedure text) the planner could run
+// for the statement, or "" when it found none. See userCodeSQL.
+func (s *explainSession) userCode(ctx context.Context) (string, error) {
+	split := func(qs []qualName) (nsp, name []string) {
+		nsp, name = make([]string, 0, len(qs)), make([]string, 0, len(qs))
+		for _, q := range qs {
+			nsp, name = append(nsp, q.schema), append(name, q.name)
+		}
+		return nsp, name
+	}
+	rn, rr := split(s.st.rels)
+	fn, ff := split(s.st.funcs)
+	on, oo := split(s.st.ops)
+	tn, tt := split(s.st.types)
+	var fnName string
+	err := s.conn.QueryRow(ctx, userCodeSQL, rn, rr, fn, ff, on, oo, tn, tt).Scan(&fnName)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("check for user-defined functions: %w", err)
+	}
+	return fnName, nil
 }
 
 // serverMajor parses the major version from server_version ("15.18

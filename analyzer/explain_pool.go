@@ -19,6 +19,9 @@ import (
 type explainPool struct {
 	cfg  *pgx.ConnConfig
 	slot chan struct{} // one token per connection that may exist
+	// check, when set, vets each new connection before first use (the
+	// explainer's role check); a connection that fails it is closed.
+	check func(context.Context, *pgx.Conn) error
 
 	mu     sync.Mutex
 	idle   []*pgx.Conn
@@ -59,6 +62,13 @@ func (p *explainPool) acquire(ctx context.Context) (*pgx.Conn, error) {
 	if err != nil {
 		<-p.slot
 		return nil, err
+	}
+	if p.check != nil {
+		if err := p.check(ctx, c); err != nil {
+			closeConn(c)
+			<-p.slot
+			return nil, err
+		}
 	}
 	return c, nil
 }

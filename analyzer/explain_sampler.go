@@ -19,11 +19,14 @@ type SamplerConfig struct {
 	Stats *Stats
 	// Explainer explains every shape, unless ExplainerFor is set.
 	Explainer *Explainer
-	// ExplainerFor picks the explainer for the database a shape was last
-	// seen on ("" when unknown: the shape came from a log or a merged
-	// snapshot); nil skips the shape. The Sampler does not close
-	// explainers.
-	ExplainerFor func(database string) *Explainer
+	// ExplainerFor picks the explainer for the database and user of the
+	// shape's example execution: the last one seen (either "" when unknown:
+	// the shape came from a merged snapshot, or a log without them); nil
+	// skips the shape. The planner runs user code with the privileges of
+	// the explainer's connection, so the explainer returned must be logged
+	// in as the role that execution ran as (ExplainConfig.Role), or nil.
+	// The Sampler does not close explainers.
+	ExplainerFor func(database, user string) *Explainer
 	// Emit receives every finding (seq-scan, missing-index), on the
 	// goroutine running the round; it must not call RunOnce. Findings are
 	// not filtered by Rules' ignore entries or severities: pass them
@@ -74,6 +77,9 @@ type SamplerCounters struct {
 	// Timeouts counts shapes whose explain hit statement_timeout or
 	// lock_timeout.
 	Timeouts uint64 `json:"timeouts"`
+	// UserCode counts shapes refused because planning them would run
+	// user-defined code (ErrRunsUserCode); they are never tried again.
+	UserCode uint64 `json:"user_code"`
 	// Findings counts findings emitted.
 	Findings uint64 `json:"findings"`
 }
@@ -96,14 +102,20 @@ type Sampler struct {
 
 	mu      sync.Mutex // serializes rounds; guards checked
 	checked map[Fingerprint]time.Time
+	// userCode holds the shapes whose check found user code: they are
+	// never explained again (bounded like seen).
+	userCode *lru[Fingerprint, struct{}]
 
-	rounds, shapes, refused, failed, timeouts, findings atomic.Uint64
+	rounds, shapes, refused, failed, timeouts, findings, userCodeN atomic.Uint64
 }
 
 // shapeExample is what Observe remembers of a shape.
 type shapeExample struct {
 	database string
-	params   []string
+	// user is the client user that ran the example (Event.User): the
+	// explainer must plan as the role it ran as.
+	user   string
+	params []string
 	// text is an example statement as the client sent it (memory only):
 	// explaining it rather than the normalized shape keeps positional
 	// GROUP BY/ORDER BY numbers and the like, which normalization turns
@@ -111,6 +123,10 @@ type shapeExample struct {
 	text string
 	// at is when the example was taken (the event's start).
 	at time.Time
+	// denied marks a shape whose example execution's user was then
+	// refused with a privilege error: not explained until that or another
+	// user runs it successfully.
+	denied bool
 }
 
 // exampleRefresh is how long a shape's example with parameters is kept
@@ -156,38 +172,67 @@ func NewSampler(cfg SamplerConfig) (*Sampler, error) {
 	}
 	cfg.Rules = cfg.Rules.WithDefaults()
 	return &Sampler{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		now:     cfg.Now,
-		seen:    newLRU[Fingerprint, *shapeExample](cfg.ExampleSlots),
-		checked: make(map[Fingerprint]time.Time),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		now:      cfg.Now,
+		seen:     newLRU[Fingerprint, *shapeExample](cfg.ExampleSlots),
+		userCode: newLRU[Fingerprint, struct{}](cfg.ExampleSlots),
+		checked:  make(map[Fingerprint]time.Time),
 	}, nil
 }
 
-// Observe remembers the event's database and, when it carries captured
-// parameter values, a copy of them as the shape's example. It implements
-// Observer; it does no I/O.
+// Observe remembers the event's database and user and, when it carries
+// captured parameter values, a copy of them as the shape's example. An
+// execution that failed with a privilege error (PrivilegeError) never
+// becomes the example; it marks the shape denied unless an example of
+// another database or user is held (that one may still be planned as its
+// own role), until a later execution succeeds: a statement its client was
+// denied is not planned for it. It
+// implements Observer; it does no I/O.
 func (s *Sampler) Observe(a *Analyzed) {
 	if a.Shape == nil || a.Event == nil || a.Event.Kind != KindStatement {
 		return
 	}
-	db := a.Event.Database
+	db, user := a.Event.Database, a.Event.User
+	old, ok := s.seen.get(a.Shape.Fingerprint)
+	if PrivilegeError(a.Event.SQLState) {
+		if !ok || old.denied || (old.database == db && old.user == user) {
+			s.seen.add(a.Shape.Fingerprint, &shapeExample{denied: true, at: a.Event.Start})
+		}
+		return
+	}
 	text := ""
 	if a.Event.SQLState == "" && len(a.Event.Text) <= maxExampleText && a.Event.Protocol != ProtocolLog {
 		text = a.Event.Text
 	}
-	old, ok := s.seen.get(a.Shape.Fingerprint)
 	if len(a.Event.Params) > 0 && a.Event.SQLState == "" {
-		if ok && old.database == db && old.params != nil && a.Event.Start.Sub(old.at) < exampleRefresh {
+		if ok && old.database == db && old.user == user && old.params != nil && a.Event.Start.Sub(old.at) < exampleRefresh {
 			return // a recent example with parameters is held
 		}
-		s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, params: slices.Clone(a.Event.Params), text: text, at: a.Event.Start})
+		s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, user: user, params: slices.Clone(a.Event.Params), text: text, at: a.Event.Start})
 		return
 	}
-	if ok && old.database == db {
+	if ok && !old.denied && old.database == db && old.user == user {
 		return // keep the example already held
 	}
-	s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, text: text, at: a.Event.Start})
+	s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, user: user, text: text, at: a.Event.Start})
+}
+
+// PrivilegeError reports whether a SQLSTATE is a privilege or
+// authorization failure: class 28 (invalid authorization specification),
+// class 42 (syntax error or access rule violation, which holds 42501
+// insufficient_privilege), 0L (invalid grantor) and 0P (invalid role
+// specification). A statement that failed so for its client is never
+// planned for it.
+func PrivilegeError(sqlstate string) bool {
+	if len(sqlstate) != 5 {
+		return false
+	}
+	switch sqlstate[:2] {
+	case "28", "42", "0L", "0P":
+		return true
+	}
+	return false
 }
 
 // Counters returns the cumulative counters. Safe to call at any time.
@@ -195,6 +240,7 @@ func (s *Sampler) Counters() SamplerCounters {
 	return SamplerCounters{
 		Rounds: s.rounds.Load(), Checked: s.shapes.Load(), NotExplainable: s.refused.Load(),
 		Failed: s.failed.Load(), Timeouts: s.timeouts.Load(), Findings: s.findings.Load(),
+		UserCode: s.userCodeN.Load(),
 	}
 }
 
@@ -240,13 +286,19 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 		if _, ok := s.checked[sh.Fingerprint]; ok {
 			continue
 		}
+		if _, ok := s.userCode.get(sh.Fingerprint); ok {
+			continue
+		}
 		var ex shapeExample
 		if e, ok := s.seen.get(sh.Fingerprint); ok {
 			ex = *e
 		}
+		if ex.denied {
+			continue
+		}
 		exp := s.cfg.Explainer
 		if s.cfg.ExplainerFor != nil {
-			exp = s.cfg.ExplainerFor(ex.database)
+			exp = s.cfg.ExplainerFor(ex.database, ex.user)
 		}
 		if exp == nil {
 			continue
@@ -273,6 +325,12 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 		if err != nil {
 			if ctx.Err() != nil {
 				break
+			}
+			if errors.Is(err, ErrRunsUserCode) {
+				s.userCode.add(sh.Fingerprint, struct{}{})
+				s.userCodeN.Add(1)
+				s.log.Info().Str("fingerprint", sh.Fingerprint.String()).Str("reason", err.Error()).Msg("explain sampler: shape not explained, planning it would run user-defined code")
+				continue
 			}
 			s.failed.Add(1)
 			if errors.Is(err, ErrExplainTimeout) {

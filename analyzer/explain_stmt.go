@@ -42,6 +42,35 @@ type ExplainableStatement struct {
 	NumParams int
 	// Tree is the statement's pg_query parse tree (exactly one statement).
 	Tree *pg_query.ParseResult
+
+	// Names the planner may resolve to user code, for the explainer's
+	// check before planning (see Explainer.Inspect): functions called,
+	// operators used, types cast to, and relations referenced (whose
+	// views, defaults, policies, constraints and index expressions may
+	// call functions). Each is a schema (or "") and a name.
+	funcs, ops, types, rels []qualName
+}
+
+// qualName is a possibly schema-qualified name from the parse tree.
+type qualName struct{ schema, name string }
+
+// qualNameOf turns a parse tree name list (String nodes, the last one the
+// name) into a qualName; ok is false when the list holds no name.
+func qualNameOf(list []*pg_query.Node) (qualName, bool) {
+	var parts []string
+	for _, n := range list {
+		if s := n.GetString_(); s != nil {
+			parts = append(parts, s.GetSval())
+		}
+	}
+	switch len(parts) {
+	case 0:
+		return qualName{}, false
+	case 1:
+		return qualName{name: parts[0]}, true
+	default:
+		return qualName{schema: parts[len(parts)-2], name: parts[len(parts)-1]}, true
+	}
 }
 
 func notExplainable(format string, args ...any) error {
@@ -110,6 +139,27 @@ func CheckExplainable(query string) (*ExplainableStatement, error) {
 			refusal = notExplainable("FOR UPDATE/SHARE takes row locks")
 		case *pg_query.RangeVar:
 			tables++
+			st.rels = append(st.rels, qualName{schema: n.GetSchemaname(), name: n.GetRelname()})
+		case *pg_query.FuncCall:
+			if q, ok := qualNameOf(n.GetFuncname()); ok {
+				st.funcs = append(st.funcs, q)
+			}
+		case *pg_query.A_Expr:
+			if q, ok := qualNameOf(n.GetName()); ok {
+				st.ops = append(st.ops, q)
+			}
+			if k := n.GetKind(); k >= pg_query.A_Expr_Kind_AEXPR_BETWEEN && k <= pg_query.A_Expr_Kind_AEXPR_NOT_BETWEEN_SYM {
+				// BETWEEN becomes >= and <= (or < and >).
+				st.ops = append(st.ops, qualName{name: ">="}, qualName{name: "<="}, qualName{name: ">"}, qualName{name: "<"})
+			}
+		case *pg_query.SubLink:
+			if q, ok := qualNameOf(n.GetOperName()); ok {
+				st.ops = append(st.ops, q)
+			}
+		case *pg_query.TypeCast:
+			if q, ok := qualNameOf(n.GetTypeName().GetNames()); ok {
+				st.types = append(st.types, q)
+			}
 		case *pg_query.ParamRef:
 			st.NumParams = max(st.NumParams, int(n.GetNumber()))
 		}

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/url"
-	"strconv"
 	"sync"
 	"time"
 
@@ -22,9 +20,12 @@ type auditorOptions struct {
 	// AuditLog, when its Path or Writer is set, receives the records.
 	AuditLog analyzer.AuditLogConfig
 	Rules    rules.Config
-	// ExplainDSN returns the DSN the EXPLAIN sampler uses for a database,
-	// or "" to skip EXPLAIN there. Nil disables the sampler.
-	ExplainDSN           func(database string) string
+	// Explain returns how the EXPLAIN sampler connects to plan a statement
+	// that ran on database for client user ("" when unknown), or false to
+	// leave it unplanned. The planner runs user code with the connection's
+	// privileges, so the target must log in as the role the statement ran
+	// as (see docs/security-explain.md). Nil disables the sampler.
+	Explain              func(database, user string) (explainTarget, bool)
 	ExplainInterval      time.Duration
 	SamplerInterval      time.Duration
 	AllowCreateExtension bool
@@ -45,7 +46,7 @@ type auditor struct {
 	log      *analyzer.AuditLog
 
 	mu         sync.Mutex
-	explainers map[string]*analyzer.Explainer
+	explainers map[string]*analyzer.Explainer // by explainTarget.Key
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
 }
@@ -73,11 +74,11 @@ func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
 	if err := a.pipeline.AddObserver(eng); err != nil {
 		return nil, err
 	}
-	if o.ExplainDSN != nil {
+	if o.Explain != nil {
 		s, err := analyzer.NewSampler(analyzer.SamplerConfig{
 			Stats: a.pipeline.Stats(),
-			ExplainerFor: func(database string) *analyzer.Explainer {
-				return a.explainer(database, o)
+			ExplainerFor: func(database, user string) *analyzer.Explainer {
+				return a.explainer(database, user, o)
 			},
 			Emit:            func(f *rules.Finding) { eng.Report(*f) },
 			Rules:           o.Rules,
@@ -114,24 +115,38 @@ func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
 	return a, nil
 }
 
-// explainer returns the (lazily created) explainer of a database.
-func (a *auditor) explainer(database string, o auditorOptions) *analyzer.Explainer {
+// explainTarget is a connection for the EXPLAIN sampler: DSN or Conn,
+// either naming its user explicitly, and the role it must be logged in as.
+type explainTarget struct {
+	// Key identifies the connection (explainers are shared by key).
+	Key  string
+	DSN  string
+	Conn *pgconn.Config
+	// Role is ExplainConfig.Role: the role of the statements planned on
+	// this connection, checked on every new connection; "" only for lint,
+	// which plans every logged statement as its --dsn role.
+	Role string
+}
+
+// explainer returns the (lazily created) explainer for statements of a
+// database and client user, or nil when they are not to be planned.
+func (a *auditor) explainer(database, user string, o auditorOptions) *analyzer.Explainer {
+	t, ok := o.Explain(database, user)
+	if !ok {
+		return nil
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if e, ok := a.explainers[database]; ok {
+	if e, ok := a.explainers[t.Key]; ok {
 		return e
 	}
-	dsn := o.ExplainDSN(database)
-	var e *analyzer.Explainer
-	if dsn != "" {
-		var err error
-		e, err = analyzer.NewExplainer(analyzer.ExplainConfig{DSN: dsn, AllowCreateExtension: o.AllowCreateExtension, Logger: o.Log})
-		if err != nil {
-			o.Log.Warn().Err(err).Str("database", database).Msg("EXPLAIN sampler disabled for this database")
-			e = nil
-		}
+	e, err := analyzer.NewExplainer(analyzer.ExplainConfig{DSN: t.DSN, Conn: t.Conn, Role: t.Role,
+		AllowCreateExtension: o.AllowCreateExtension, Logger: o.Log})
+	if err != nil {
+		o.Log.Warn().Err(err).Str("database", database).Str("role", t.Role).Msg("EXPLAIN sampler disabled for this database and role")
+		e = nil
 	}
-	a.explainers[database] = e
+	a.explainers[t.Key] = e
 	return e
 }
 
@@ -181,33 +196,4 @@ func (a *auditor) stop(log zerolog.Logger) {
 	if a.log != nil {
 		_ = a.log.Close()
 	}
-}
-
-// upstreamDSN turns a pooler upstream config into a DSN for the EXPLAIN
-// sampler's own connections (database replaced by db when not empty).
-func upstreamDSN(c *pgconn.Config, db string) string {
-	if db == "" {
-		db = c.Database
-	}
-	u := url.URL{Scheme: "postgres", Host: c.Host + ":" + strconv.Itoa(int(c.Port)), Path: "/" + db}
-	if c.Host != "" && c.Host[0] == '/' {
-		u.Host = ""
-	}
-	if c.Password != "" {
-		u.User = url.UserPassword(c.User, c.Password)
-	} else {
-		u.User = url.User(c.User)
-	}
-	q := url.Values{}
-	if c.Host != "" && c.Host[0] == '/' {
-		q.Set("host", c.Host)
-		q.Set("port", strconv.Itoa(int(c.Port)))
-	}
-	if c.TLSConfig != nil {
-		q.Set("sslmode", "prefer")
-	} else {
-		q.Set("sslmode", "disable")
-	}
-	u.RawQuery = q.Encode()
-	return u.String()
 }

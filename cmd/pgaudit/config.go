@@ -132,7 +132,10 @@ type databaseFile struct {
 	Password string `toml:"password"`
 	SSLMode  string `toml:"sslmode"`
 	// ExplainDSN is the connection the EXPLAIN sampler uses for this
-	// database (a dedicated read-only role, say); default: the upstream.
+	// database (a replica, say); default: the upstream, logged in as the
+	// role each statement ran as. It must name its user, and only
+	// statements that ran as that role are planned on it (the planner
+	// runs user code with the connection's privileges).
 	ExplainDSN string `toml:"explain_dsn"`
 	poolFile
 }
@@ -210,7 +213,7 @@ type settings struct {
 	otlpInsecure    bool
 	explain         bool
 	explainInterval time.Duration
-	explainDSNs     map[string]string
+	explainDSNs     map[string]explainDSN
 	hypopgCreate    bool
 	logLevel        string
 	shutdownTimeout time.Duration
@@ -394,13 +397,41 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 		st.explainInterval = g.ExplainInterval.Duration
 	}
 	st.hypopgCreate = g.HypoPGCreate
-	st.explainDSNs = map[string]string{}
+	st.explainDSNs = map[string]explainDSN{}
 	for name, df := range fc.Databases {
-		if df.ExplainDSN != "" {
-			st.explainDSNs[name] = df.ExplainDSN
+		if df.ExplainDSN == "" {
+			continue
 		}
+		ed, err := parseExplainDSN(df.ExplainDSN)
+		if err != nil {
+			return nil, fmt.Errorf("config [databases.%s] explain_dsn: %w", name, err)
+		}
+		if db := cfg.Databases[name]; db != nil && db.ForceUser && db.Upstream.User != ed.role {
+			return nil, fmt.Errorf("config [databases.%s] explain_dsn: logs in as %q, but every statement of this database runs as %q; "+
+				"statements are only planned as the role that ran them (the planner runs user code), so use user %q or drop explain_dsn",
+				name, ed.role, db.Upstream.User, db.Upstream.User)
+		}
+		st.explainDSNs[name] = ed
 	}
 	return st, nil
+}
+
+// explainDSN is a database's explain_dsn and the role it logs in as.
+type explainDSN struct {
+	dsn, role string
+}
+
+// parseExplainDSN checks that an explain_dsn names its user and returns
+// it with that user.
+func parseExplainDSN(dsn string) (explainDSN, error) {
+	if !analyzer.DSNNamesUser(dsn) {
+		return explainDSN{}, errors.New("names no user; pgaudit never connects as libpq's default user (the operating system user or PGUSER)")
+	}
+	pc, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return explainDSN{}, err
+	}
+	return explainDSN{dsn: dsn, role: pc.User}, nil
 }
 
 func databaseFromFile(name string, df databaseFile, global pooler.PoolSettings) (*pooler.Database, error) {
@@ -488,20 +519,57 @@ func (st *settings) auditorOptions(log zerolog.Logger) auditorOptions {
 		Log:                  log,
 	}
 	if st.explain {
-		o.ExplainDSN = func(database string) string {
-			if dsn := st.explainDSNs[database]; dsn != "" {
-				return dsn
-			}
-			db, ok := st.proxy.Databases[database]
-			if !ok {
-				db, ok = st.proxy.Databases["*"]
-				if !ok {
-					return ""
-				}
-				return upstreamDSN(db.Upstream, database)
-			}
-			return upstreamDSN(db.Upstream, "")
-		}
+		o.Explain = st.explainTarget
 	}
 	return o
+}
+
+// explainTarget decides how a statement that ran on database for client
+// user is planned: only ever logged in as the role it ran as. That role
+// is the database entry's user when it sets one (every client runs as
+// it), else the client's own user, logged in with the client's plain-text
+// password from the users file (as the pool does) or none. A database's
+// explain_dsn is used for the statements of its own role only. Never with
+// libpq's implicit defaults: an unknown database or user is not planned.
+func (st *settings) explainTarget(database, user string) (explainTarget, bool) {
+	if database == "" {
+		return explainTarget{}, false
+	}
+	cfg := st.proxy
+	db, ok := cfg.Databases[database]
+	fallback := false
+	if !ok {
+		if db, ok = cfg.Databases["*"]; !ok {
+			return explainTarget{}, false
+		}
+		fallback = true
+	}
+	role := user
+	if db.ForceUser {
+		role = db.Upstream.User
+	}
+	if role == "" {
+		return explainTarget{}, false
+	}
+	if ed, ok := st.explainDSNs[database]; ok {
+		if ed.role != role {
+			return explainTarget{}, false
+		}
+		return explainTarget{Key: database + "\x00dsn", DSN: ed.dsn, Role: role}, true
+	}
+	conn := db.Upstream.Copy()
+	if fallback {
+		conn.Database = database
+	}
+	if !db.ForceUser {
+		// The client's own login, never the password libpq found for the
+		// operating system user (PGPASSWORD, .pgpass) at parse time.
+		conn.User, conn.Password = user, ""
+		if secret, found := cfg.Users.Lookup(user); found {
+			if pw, ok := secret.PlainPassword(); ok {
+				conn.Password = pw
+			}
+		}
+	}
+	return explainTarget{Key: database + "\x00" + role, Conn: conn, Role: role}, true
 }

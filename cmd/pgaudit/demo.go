@@ -86,9 +86,13 @@ func runDemo(ctx context.Context, out io.Writer, keep bool, duration time.Durati
 
 	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, NoColor: true}).Level(zerolog.WarnLevel).With().Timestamp().Logger()
 	aud, err := startAuditor(ctx, auditorOptions{
-		Rules:      rules.DefaultConfig(),
-		ExplainDSN: func(string) string { return cluster.DSN("") },
-		Log:        log,
+		Rules: rules.DefaultConfig(),
+		// The demo's clients log in as postgres; their statements are
+		// planned as postgres, and nobody else's are.
+		Explain: func(_, user string) (explainTarget, bool) {
+			return explainTarget{Key: "demo", DSN: cluster.DSN(""), Role: "postgres"}, user == "postgres"
+		},
+		Log: log,
 	})
 	if err != nil {
 		return &exitError{1, err}

@@ -124,7 +124,12 @@ func runLint(ctx context.Context, fl lintFlags, args []string, stdout, stderr io
 		Log:      log,
 	}
 	if fl.dsn != "" {
-		opts.ExplainDSN = func(string) string { return fl.dsn }
+		if !analyzer.DSNNamesUser(fl.dsn) {
+			return &exitError{2, fmt.Errorf("--dsn must name its user (postgres://USER@host/db or user=USER): pgaudit never connects as libpq's default user")}
+		}
+		// Every logged statement is planned as the --dsn role: point it at
+		// a scratch or CI database, as an unprivileged role.
+		opts.Explain = func(string, string) (explainTarget, bool) { return explainTarget{Key: "lint", DSN: fl.dsn}, true }
 	}
 	aud, err := startAuditor(ctx, opts)
 	if err != nil {

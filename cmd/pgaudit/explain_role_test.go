@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rs/zerolog"
+
+	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit/pgaudit/internal/pgtest"
+	"github.com/pgaudit/pgaudit/pooler"
+	"github.com/pgaudit/pgaudit/rules"
+)
+
+// explainRoleSchema is issue 12's setup: a superuser-owned table mallory
+// has no grant on, and mallory's own schema with a table and an IMMUTABLE
+// plpgsql function that, when the EXPLAIN sampler plans it (the planner
+// folds IMMUTABLE calls), takes advisory lock 42 and terminates the
+// superuser backend whose pid is in m.victim. For mallory's own
+// executions it does nothing, as an attacker's function would.
+const explainRoleSchema = `
+CREATE ROLE mallory LOGIN;
+CREATE TABLE secrets (id int, v int);
+INSERT INTO secrets SELECT g, g % 1000 FROM generate_series(1, 100000) g;
+CREATE SCHEMA m AUTHORIZATION mallory;
+SET ROLE mallory;
+CREATE TABLE m.t (id int, v int);
+INSERT INTO m.t SELECT g, g % 1000 FROM generate_series(1, 100000) g;
+CREATE TABLE m.victim (pid int);
+CREATE FUNCTION m.evil(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$
+BEGIN
+	IF current_setting('application_name') <> 'pgaudit-explain' THEN
+		RETURN $1;
+	END IF;
+	PERFORM pg_advisory_lock(42);
+	PERFORM pg_terminate_backend(pid) FROM m.victim;
+	RETURN $1;
+END $$;
+RESET ROLE;
+ANALYZE secrets, m.t;
+`
+
+// TestExplainRunsAsClientRole is issue 12, hole 1: a database entry with
+// no user and no explain_dsn (clients log in upstream as themselves), the
+// proxy's environment pointing libpq's default user at the superuser
+// (PGUSER=postgres, as when pgaudit runs as the OS user postgres). The
+// EXPLAIN sampler must plan mallory's statements as mallory: her function
+// neither terminates the superuser's backend nor leaves an advisory lock,
+// the statement she was denied (42501) is never planned and yields no
+// finding, and the sampler's connections are mallory's, not the default
+// user's.
+func TestExplainRunsAsClientRole(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs a real Postgres; skipped with -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := pgtest.Start(ctx, pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	if out, err := c.Psql(ctx, "", "-q", "-c", explainRoleSchema); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+
+	// The superuser backend mallory's function goes after.
+	victim, err := pgx.Connect(ctx, c.DSN(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer victim.Close(ctx)
+	if _, err := victim.Exec(ctx, "INSERT INTO m.victim SELECT pg_backend_pid()"); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Setenv("PGUSER", "postgres") // libpq's default user: the superuser
+	conf := filepath.Join(t.TempDir(), "pgaudit.toml")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, `
+[pgaudit]
+listen = "127.0.0.1:0"
+auth_type = "trust"
+pool_mode = "transaction"
+admin_listen = ""
+
+[databases.postgres]
+host = "127.0.0.1"
+port = %d
+dbname = "postgres"
+sslmode = "disable"
+`, c.Port), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := loadSettings(proxyFlags{configPath: conf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := zerolog.Nop()
+	aud, err := startAuditor(ctx, st.auditorOptions(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pooler.New(st.proxy, aud.pipeline, log)
+	if err := p.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = p.Serve(ctx) }()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			_ = p.Close()
+			<-done
+			aud.stop(log)
+		}
+	}
+	defer stop()
+
+	mallory, err := pgx.Connect(ctx, fmt.Sprintf("postgres://mallory@%s/postgres?sslmode=disable", p.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mallory.Close(ctx)
+	var who string
+	if err := mallory.QueryRow(ctx, "SELECT current_user").Scan(&who); err != nil || who != "mallory" {
+		t.Fatalf("through the proxy: current_user %q, %v", who, err)
+	}
+	for i := range 3 {
+		var n int
+		// Her function, planned by her own session: harmless there.
+		if err := mallory.QueryRow(ctx, fmt.Sprintf("SELECT count(*) FROM m.t WHERE v = m.evil(%d)", i), pgx.QueryExecModeSimpleProtocol).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		// A table she has no grant on: 42501 every time.
+		_, err := mallory.Exec(ctx, fmt.Sprintf("SELECT * FROM secrets WHERE v = %d", i), pgx.QueryExecModeSimpleProtocol)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "42501" {
+			t.Fatalf("SELECT from secrets as mallory: %v, want 42501", err)
+		}
+		// A plain seq scan of her own table: planned, as her.
+		if err := mallory.QueryRow(ctx, fmt.Sprintf("SELECT count(*) FROM m.t WHERE v = %d", i), pgx.QueryExecModeSimpleProtocol).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Wait for the analyzer to have seen all nine statements.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var calls uint64
+		for _, sh := range aud.pipeline.Stats().TopShapes(analyzer.ByTotalTime, 50) {
+			if strings.Contains(sh.Query, "m.t") || strings.Contains(sh.Query, "secrets") {
+				calls += sh.Calls
+			}
+		}
+		if calls >= 9 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("analyzer saw %d of 9 statements", calls)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	aud.explainNow(ctx)
+
+	if err := victim.Ping(ctx); err != nil {
+		t.Errorf("superuser backend after the sampler ran: %v (terminated by mallory's function)", err)
+	}
+	observer, err := pgx.Connect(ctx, c.DSN(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer observer.Close(ctx)
+	// Who the sampler's connections are, while they idle in its pool.
+	rows, err := observer.Query(ctx, "SELECT usename::text FROM pg_stat_activity WHERE application_name = 'pgaudit-explain' ORDER BY 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	users, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var locks int
+	if err := observer.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").Scan(&locks); err != nil {
+		t.Fatal(err)
+	}
+	if locks != 0 {
+		t.Errorf("%d advisory locks held after the sampler ran", locks)
+	}
+	if len(users) == 0 {
+		t.Error("the sampler opened no connection")
+	}
+	for _, u := range users {
+		if u != "mallory" {
+			t.Errorf("EXPLAIN connections log in as %v, want only mallory", users)
+			break
+		}
+	}
+
+	stop()
+	var onT bool
+	for _, f := range aud.engine.Findings() {
+		if f.Table == "secrets" {
+			t.Errorf("finding about a table mallory was denied: %s %s", f.Rule, f.Query)
+		}
+		if f.Rule == rules.IDSeqScan && f.Table == "m.t" && !strings.Contains(f.Query, "evil") {
+			onT = true
+		}
+		if strings.Contains(f.Query, "evil") {
+			t.Errorf("the shape calling mallory's function was planned: %s %s", f.Rule, f.Query)
+		}
+	}
+	if !onT {
+		t.Errorf("no seq-scan finding for mallory's own m.t: the sampler did not plan as her (findings %+v)", aud.engine.Findings())
+	}
+}
