@@ -221,3 +221,97 @@ sslmode = "disable"
 		t.Errorf("no seq-scan finding for mallory's own m.t: the sampler did not plan as her (findings %+v)", aud.engine.Findings())
 	}
 }
+
+// TestExplainTargets: which connection plans whose statements, from the
+// configuration alone (no server needed).
+func TestExplainTargets(t *testing.T) {
+	t.Setenv("PGUSER", "postgres")
+	t.Setenv("PGPASSWORD", "os-users-secret")
+	dir := t.TempDir()
+	users := filepath.Join(dir, "users.txt")
+	if err := os.WriteFile(users, []byte(`"mallory" "mallory-pw"`+"\n"+`"alice" "md5c6b6dd02ea2bd4d9d3b4ae6e1e52e3be"`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	load := func(t *testing.T, dbs string) (*settings, error) {
+		t.Helper()
+		conf := filepath.Join(dir, t.Name()[strings.LastIndex(t.Name(), "/")+1:]+".toml")
+		body := "[pgaudit]\nlisten = \"127.0.0.1:0\"\nauth_type = \"md5\"\nauth_file = \"" + users + "\"\n" + dbs
+		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return loadSettings(proxyFlags{configPath: conf})
+	}
+
+	t.Run("NoUserNoExplainDSN", func(t *testing.T) {
+		st, err := load(t, "[databases.app]\nhost = \"db\"\nport = 5432\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tg, ok := st.explainTarget("app", "mallory")
+		if !ok || tg.Role != "mallory" || tg.Conn == nil || tg.Conn.User != "mallory" || tg.Conn.Password != "mallory-pw" || tg.Conn.Host != "db" {
+			t.Errorf("mallory: %v %+v", ok, tg)
+		}
+		// No plain-text password: none at all, never the OS user's.
+		tg, ok = st.explainTarget("app", "alice")
+		if !ok || tg.Role != "alice" || tg.Conn.User != "alice" || tg.Conn.Password != "" {
+			t.Errorf("alice: %v role %q user %q password set %v", ok, tg.Role, tg.Conn.User, tg.Conn.Password != "")
+		}
+		for _, c := range [][2]string{{"app", ""}, {"", "mallory"}, {"other", "mallory"}} {
+			if _, ok := st.explainTarget(c[0], c[1]); ok {
+				t.Errorf("database %q user %q: planned, want not", c[0], c[1])
+			}
+		}
+	})
+
+	t.Run("ForcedUser", func(t *testing.T) {
+		st, err := load(t, "[databases.app]\nhost = \"db\"\nuser = \"app\"\npassword = \"app-pw\"\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range []string{"mallory", "alice"} {
+			tg, ok := st.explainTarget("app", u)
+			if !ok || tg.Role != "app" || tg.Conn.User != "app" || tg.Conn.Password != "app-pw" {
+				t.Errorf("%s: %v %+v", u, ok, tg)
+			}
+		}
+	})
+
+	t.Run("ExplainDSNServesItsRoleOnly", func(t *testing.T) {
+		st, err := load(t, "[databases.app]\nhost = \"db\"\nexplain_dsn = \"postgres://mallory@replica/app\"\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tg, ok := st.explainTarget("app", "mallory"); !ok || tg.DSN != "postgres://mallory@replica/app" || tg.Role != "mallory" {
+			t.Errorf("mallory: %v %+v", ok, tg)
+		}
+		if tg, ok := st.explainTarget("app", "alice"); ok {
+			t.Errorf("alice planned on mallory's explain_dsn: %+v", tg)
+		}
+	})
+
+	t.Run("ExplainDSNWithoutUser", func(t *testing.T) {
+		_, err := load(t, "[databases.app]\nhost = \"db\"\nexplain_dsn = \"host=replica dbname=app\"\n")
+		if err == nil || !strings.Contains(err.Error(), "names no user") {
+			t.Errorf("err = %v", err)
+		}
+	})
+
+	t.Run("ExplainDSNOtherThanForcedUser", func(t *testing.T) {
+		_, err := load(t, "[databases.app]\nhost = \"db\"\nuser = \"app\"\nexplain_dsn = \"postgres://postgres@db/app\"\n")
+		if err == nil || !strings.Contains(err.Error(), `runs as "app"`) {
+			t.Errorf("err = %v", err)
+		}
+	})
+
+	t.Run("LintDSNWithoutUser", func(t *testing.T) {
+		log := filepath.Join(dir, "empty.log")
+		if err := os.WriteFile(log, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var out strings.Builder
+		err := runLint(context.Background(), lintFlags{format: "auto", output: "json", failOn: "warning", logLevel: "error", dsn: "host=127.0.0.1 dbname=postgres"}, []string{log}, &out, &out)
+		if exitCode(err) != 2 || !strings.Contains(err.Error(), "must name its user") {
+			t.Errorf("lint --dsn without a user: %v", err)
+		}
+	})
+}
