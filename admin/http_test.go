@@ -80,6 +80,7 @@ func TestMetrics(t *testing.T) {
 		"pgaudit_explain_failures_total":        "COUNTER",
 		"pgaudit_explain_timeouts_total":        "COUNTER",
 		"pgaudit_explain_findings_total":        "COUNTER",
+		"pgaudit_explain_user_code_total":       "COUNTER",
 		"go_goroutines":                         "GAUGE",
 		"process_cpu_seconds_total":             "COUNTER",
 	}

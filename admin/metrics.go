@@ -204,6 +204,8 @@ var (
 		"EXPLAINs that hit statement_timeout or lock_timeout.", nil, nil)
 	descExplainFindings = prometheus.NewDesc("pgaudit_explain_findings_total",
 		"Findings the EXPLAIN sampler emitted.", nil, nil)
+	descExplainUserCode = prometheus.NewDesc("pgaudit_explain_user_code_total",
+		"Query shapes the EXPLAIN sampler refused because planning them would run user-defined functions.", nil, nil)
 )
 
 // stateCollector reads the proxy, pipeline, findings and sampler state at
@@ -217,7 +219,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 		descPoolXacts, descPoolQueries, descPoolRecv, descPoolSent, descPoolWait, descPoolWaitMax,
 		descDatabasePaused, descDropped, descProcessed, descQueued, descPanics, descShapes, descFindings,
 		descExplainRounds, descExplainChecked, descExplainRefused, descExplainFailed, descExplainTimeouts,
-		descExplainFindings,
+		descExplainFindings, descExplainUserCode,
 	} {
 		ch <- d
 	}
@@ -288,5 +290,6 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descExplainFailed, float64(sc.Failed))
 		counter(descExplainTimeouts, float64(sc.Timeouts))
 		counter(descExplainFindings, float64(sc.Findings))
+		counter(descExplainUserCode, float64(sc.UserCode))
 	}
 }
