@@ -43,6 +43,10 @@ type ExplainConfig struct {
 	Role string
 	// MaxConns caps the explainer's own connections. Default 2.
 	MaxConns int
+	// CloseIdle closes each connection when its request is done instead of
+	// keeping it for the next: for the many explainers of per-client roles,
+	// which must not hold a connection each while idle.
+	CloseIdle bool
 	// StatementTimeout is SET LOCAL statement_timeout for every explain
 	// transaction. Default 2s.
 	StatementTimeout time.Duration
@@ -235,6 +239,7 @@ func NewExplainer(cfg ExplainConfig) (*Explainer, error) {
 	// connections are the explainer's, which it deallocates.
 	pc.DefaultQueryExecMode = pgx.QueryExecModeDescribeExec
 	pool := newExplainPool(pc, cfg.MaxConns)
+	pool.closeIdle = cfg.CloseIdle
 	if cfg.Role != "" {
 		pool.check = func(ctx context.Context, c *pgx.Conn) error { return checkRole(ctx, c, cfg.Role) }
 	}

@@ -22,6 +22,8 @@ type explainPool struct {
 	// check, when set, vets each new connection before first use (the
 	// explainer's role check); a connection that fails it is closed.
 	check func(context.Context, *pgx.Conn) error
+	// closeIdle closes connections on release instead of keeping them.
+	closeIdle bool
 
 	mu     sync.Mutex
 	idle   []*pgx.Conn
@@ -77,7 +79,7 @@ func (p *explainPool) acquire(ctx context.Context) (*pgx.Conn, error) {
 // is closed or busy, or when the pool is closed.
 func (p *explainPool) release(c *pgx.Conn, discard bool) {
 	defer func() { <-p.slot }()
-	if !discard && !c.IsClosed() && c.PgConn().TxStatus() == 'I' && !c.PgConn().IsBusy() {
+	if !discard && !p.closeIdle && !c.IsClosed() && c.PgConn().TxStatus() == 'I' && !c.PgConn().IsBusy() {
 		p.mu.Lock()
 		if !p.closed {
 			p.idle = append(p.idle, c)

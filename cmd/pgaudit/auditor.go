@@ -126,6 +126,10 @@ type explainTarget struct {
 	// this connection, checked on every new connection; "" only for lint,
 	// which plans every logged statement as its --dsn role.
 	Role string
+	// PerClient marks a connection logged in as one client's own role:
+	// one of possibly many, so it holds one connection at most, and none
+	// while idle.
+	PerClient bool
 }
 
 // explainer returns the (lazily created) explainer for statements of a
@@ -140,8 +144,12 @@ func (a *auditor) explainer(database, user string, o auditorOptions) *analyzer.E
 	if e, ok := a.explainers[t.Key]; ok {
 		return e
 	}
-	e, err := analyzer.NewExplainer(analyzer.ExplainConfig{DSN: t.DSN, Conn: t.Conn, Role: t.Role,
-		AllowCreateExtension: o.AllowCreateExtension, Logger: o.Log})
+	ec := analyzer.ExplainConfig{DSN: t.DSN, Conn: t.Conn, Role: t.Role,
+		AllowCreateExtension: o.AllowCreateExtension, Logger: o.Log}
+	if t.PerClient {
+		ec.MaxConns, ec.CloseIdle = 1, true
+	}
+	e, err := analyzer.NewExplainer(ec)
 	if err != nil {
 		o.Log.Warn().Err(err).Str("database", database).Str("role", t.Role).Msg("EXPLAIN sampler disabled for this database and role")
 		e = nil

@@ -571,5 +571,5 @@ func (st *settings) explainTarget(database, user string) (explainTarget, bool) {
 			}
 		}
 	}
-	return explainTarget{Key: database + "\x00" + role, Conn: conn, Role: role}, true
+	return explainTarget{Key: database + "\x00" + role, Conn: conn, Role: role, PerClient: !db.ForceUser}, true
 }
