@@ -517,9 +517,31 @@ func (e *Explainer) Inspect(ctx context.Context, req ExplainRequest, opts Inspec
 			e.userCode.Add(1)
 			return nil, err
 		}
+		if where, ok := raisedInFunction(err); ok && ctx.Err() == nil {
+			// The check missed it, but the planner did run user code: say
+			// so, so that the shape is never planned again.
+			e.userCode.Add(1)
+			if s.mode == ModeParams || s.literal {
+				err = &withheldError{err: err}
+			}
+			e.log.Warn().Str("where", where).Msg("explain ran user-defined code")
+			return nil, fmt.Errorf("%w (error raised in %s): %w", ErrRunsUserCode, where, err)
+		}
 		return nil, e.classify(ctx, err, s.mode == ModeParams || s.literal)
 	}
 	return in, nil
+}
+
+// raisedInFunction reports whether err is a server error raised inside a
+// function (PL/pgSQL, SQL or another language: its context names one),
+// returning the innermost context line.
+func raisedInFunction(err error) (string, bool) {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Where == "" {
+		return "", false
+	}
+	first, _, _ := strings.Cut(pe.Where, "\n")
+	return first, strings.Contains(pe.Where, "function")
 }
 
 // classify counts and logs a failed inspection and wraps timeouts. An
@@ -590,6 +612,25 @@ func (s *explainSession) exec(ctx context.Context, sql string) error {
 }
 
 func (s *explainSession) run(ctx context.Context, opts InspectOptions) (*Inspection, error) {
+	in, err := s.plan(ctx, opts)
+	if err != nil {
+		return in, err
+	}
+	// Planning took a session advisory lock: user code ran. DISCARD ALL
+	// releases it; the shape is not planned again.
+	var locked bool
+	if err := s.conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks
+		WHERE pid = pg_catalog.pg_backend_pid() AND locktype = 'advisory')`).Scan(&locked); err != nil {
+		return nil, err
+	}
+	if locked {
+		return nil, fmt.Errorf("%w: planning took an advisory lock", ErrRunsUserCode)
+	}
+	return in, nil
+}
+
+// plan runs the inspection proper: see run.
+func (s *explainSession) plan(ctx context.Context, opts InspectOptions) (*Inspection, error) {
 	s.version = serverMajor(s.conn.PgConn().ParameterStatus("server_version"))
 	switch {
 	case s.st.NumParams == 0:

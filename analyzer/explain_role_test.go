@@ -41,6 +41,8 @@ END $$;
 CREATE FUNCTION m.evil_eq(int, int) RETURNS bool IMMUTABLE LANGUAGE plpgsql AS $$
 BEGIN RETURN m.evil($1) = $2; END $$;
 CREATE OPERATOR m.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = m.evil_eq);
+CREATE FUNCTION m.locker(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_advisory_lock(43); RETURN $1; END $$;
 CREATE FUNCTION m.harmless() RETURNS int VOLATILE LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$;
 CREATE VIEW m.evil_view AS SELECT * FROM m.t WHERE v = m.evil(1);
 CREATE VIEW m.view_of_view AS SELECT * FROM m.evil_view;
@@ -164,15 +166,22 @@ func TestExplainRoleIsolation(t *testing.T) {
 		// With the user-code check off, the function does run at plan
 		// time, but as mallory: pg_terminate_backend is refused (42501),
 		// and the advisory lock it took goes with DISCARD ALL.
+		// Both are told apart as user code (the error's context names
+		// the function; the lock is seen before the rollback).
 		e := env.explainer(t, ExplainConfig{DSN: env.malloryDSN(), Role: "mallory", skipUserCodeCheck: true})
 		_, err := e.Inspect(ctx, ExplainRequest{Query: evil}, InspectOptions{})
 		var pe *pgconn.PgError
-		if !errors.As(err, &pe) || pe.Code != "42501" {
-			t.Fatalf("Inspect: %v, want mallory's 42501 from pg_terminate_backend", err)
+		if !errors.As(err, &pe) || pe.Code != "42501" || !errors.Is(err, ErrRunsUserCode) {
+			t.Fatalf("Inspect: %v, want mallory's 42501 from pg_terminate_backend, as user code", err)
 		}
 		env.unharmed(t)
-		if c := e.Counters(); c.Discarded != 0 {
-			t.Errorf("connection discarded (%+v): DISCARD ALL should have cleaned it", c)
+		_, err = e.Inspect(ctx, ExplainRequest{Query: "SELECT * FROM m.t WHERE v = m.locker(1)"}, InspectOptions{})
+		if !errors.Is(err, ErrRunsUserCode) || !strings.Contains(err.Error(), "advisory lock") {
+			t.Fatalf("Inspect with a lock-taking function: %v, want ErrRunsUserCode", err)
+		}
+		env.unharmed(t)
+		if c := e.Counters(); c.Discarded != 0 || c.UserCode != 2 || c.Errors != 0 {
+			t.Errorf("counters %+v: want 2 user code, none discarded (DISCARD ALL cleans up)", c)
 		}
 	})
 
