@@ -19,13 +19,13 @@ type SamplerConfig struct {
 	Stats *Stats
 	// Explainer explains every shape, unless ExplainerFor is set.
 	Explainer *Explainer
-	// ExplainerFor picks the explainer for the database and user of the
-	// shape's example execution: the last one seen (either "" when unknown:
-	// the shape came from a merged snapshot, or a log without them); nil
-	// skips the shape. The planner runs user code with the privileges of
-	// the explainer's connection, so the explainer returned must be logged
-	// in as the role that execution ran as (ExplainConfig.Role), or nil.
-	// The Sampler does not close explainers.
+	// ExplainerFor picks the explainer for the database and client user
+	// the shape last ran with (either "" when unknown: the shape came from
+	// a merged snapshot, or a log without them); nil skips the shape. The
+	// planner runs user code with the privileges of the explainer's
+	// connection, so the explainer returned must be logged in as the role
+	// that execution ran as (ExplainConfig.Role), or be nil. The Sampler
+	// does not close explainers.
 	ExplainerFor func(database, user string) *Explainer
 	// Emit receives every finding (seq-scan, missing-index), on the
 	// goroutine running the round; it must not call RunOnce. Findings are
@@ -187,8 +187,7 @@ func NewSampler(cfg SamplerConfig) (*Sampler, error) {
 // becomes the example; it marks the shape denied unless an example of
 // another database or user is held (that one may still be planned as its
 // own role), until a later execution succeeds: a statement its client was
-// denied is not planned for it. It
-// implements Observer; it does no I/O.
+// denied is not planned for it. It implements Observer; it does no I/O.
 func (s *Sampler) Observe(a *Analyzed) {
 	if a.Shape == nil || a.Event == nil || a.Event.Kind != KindStatement {
 		return
