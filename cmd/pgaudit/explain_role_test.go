@@ -27,7 +27,7 @@ import (
 // superuser backend whose pid is in m.victim. For mallory's own
 // executions it does nothing, as an attacker's function would.
 const explainRoleSchema = `
-CREATE ROLE mallory LOGIN;
+CREATE ROLE mallory LOGIN PASSWORD 'mallory-pw';
 CREATE TABLE secrets (id int, v int);
 INSERT INTO secrets SELECT g, g % 1000 FROM generate_series(1, 100000) g;
 CREATE SCHEMA m AUTHORIZATION mallory;
@@ -49,7 +49,8 @@ ANALYZE secrets, m.t;
 `
 
 // TestExplainRunsAsClientRole is issue 12, hole 1: a database entry with
-// no user and no explain_dsn (clients log in upstream as themselves), the
+// no user and no explain_dsn (clients log in upstream as themselves, with
+// their password from the users file, which Postgres requires of mallory), the
 // proxy's environment pointing libpq's default user at the superuser
 // (PGUSER=postgres, as when pgaudit runs as the OS user postgres). The
 // EXPLAIN sampler must plan mallory's statements as mallory: her function
@@ -63,7 +64,12 @@ func TestExplainRunsAsClientRole(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, err := pgtest.Start(ctx, pgtest.Options{Conf: []string{"log_connections = on"}})
+	// mallory must log in with her password; everyone else is trusted.
+	c, err := pgtest.Start(ctx, pgtest.Options{Conf: []string{"log_connections = on"}, HBA: `
+local all all trust
+host all mallory 127.0.0.1/32 scram-sha-256
+host all all 127.0.0.1/32 trust
+`})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,11 +89,17 @@ func TestExplainRunsAsClientRole(t *testing.T) {
 	}
 
 	t.Setenv("PGUSER", "postgres") // libpq's default user: the superuser
-	conf := filepath.Join(t.TempDir(), "pgaudit.toml")
+	dir := t.TempDir()
+	usersFile := filepath.Join(dir, "users.txt")
+	if err := os.WriteFile(usersFile, []byte(`"mallory" "mallory-pw"`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "pgaudit.toml")
 	if err := os.WriteFile(conf, fmt.Appendf(nil, `
 [pgaudit]
 listen = "127.0.0.1:0"
-auth_type = "trust"
+auth_type = "scram-sha-256"
+auth_file = %q
 pool_mode = "transaction"
 admin_listen = ""
 
@@ -96,7 +108,7 @@ host = "127.0.0.1"
 port = %d
 dbname = "postgres"
 sslmode = "disable"
-`, c.Port), 0o600); err != nil {
+`, usersFile, c.Port), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	st, err := loadSettings(proxyFlags{configPath: conf})
@@ -125,7 +137,7 @@ sslmode = "disable"
 	}
 	defer stop()
 
-	mallory, err := pgx.Connect(ctx, fmt.Sprintf("postgres://mallory@%s/postgres?sslmode=disable", p.Addr()))
+	mallory, err := pgx.Connect(ctx, fmt.Sprintf("postgres://mallory:mallory-pw@%s/postgres?sslmode=disable", p.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
