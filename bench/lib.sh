@@ -33,9 +33,15 @@ free_port() {
 # connections, which are all fresh). Huge pages are what production
 # clusters use for shared_buffers anyway. HUGE_PAGES_USED says what
 # happened; release_huge_pages gives the reservation back.
+#
+# Other bench runs on the same machine reserve and release pages too, so
+# both steps add to or subtract from vm.nr_hugepages as it is then, never
+# write back a value read earlier: restoring the count from before our run
+# took away pages that a run started in between had reserved, and its
+# postmaster then failed with "could not map anonymous shared memory".
 HUGE_PAGES=${HUGE_PAGES:-1}
 HUGE_PAGES_USED=no
-HUGE_PAGES_BEFORE=
+HUGE_PAGES_ADDED=0
 reserve_huge_pages() {
   [[ $HUGE_PAGES == 1 ]] || { HUGE_PAGES_USED="no (HUGE_PAGES=0)"; return 0; }
   local need have free
@@ -46,26 +52,32 @@ reserve_huge_pages() {
     return 0
   fi
   have=$(cat /proc/sys/vm/nr_hugepages)
-  free=$(awk '/^HugePages_Free/ {print $2}' /proc/meminfo)
-  HUGE_PAGES_BEFORE=$have
   echo $((have + need + 2)) >/proc/sys/vm/nr_hugepages 2>/dev/null || true
-  free=$(awk '/^HugePages_Free/ {print $2}' /proc/meminfo)
+  HUGE_PAGES_ADDED=$(($(cat /proc/sys/vm/nr_hugepages) - have))
+  ((HUGE_PAGES_ADDED > 0)) || HUGE_PAGES_ADDED=0
+  # Free counts pages another cluster has mapped but not touched yet
+  # (HugePages_Rsvd): they are not ours to use.
+  free=$(awk '/^HugePages_Free/ {f = $2} /^HugePages_Rsvd/ {r = $2} END {print f - r}' /proc/meminfo)
   if [[ ${free:-0} -ge $need ]]; then
     echo "huge_pages = on" >>"$PGDATA_DIR/postgresql.conf"
     HUGE_PAGES_USED="yes ($need x 2 MB)"
     log "huge pages: reserved $need for shared memory"
   else
-    echo "$have" >/proc/sys/vm/nr_hugepages 2>/dev/null || true
-    HUGE_PAGES_BEFORE=
+    release_huge_pages
     HUGE_PAGES_USED="no (only ${free:-0} of $need could be reserved)"
     log "huge pages: only ${free:-0} of $need could be reserved; not used"
   fi
 }
-# release_huge_pages restores vm.nr_hugepages after the cluster stopped.
+# release_huge_pages takes the pages reserve_huge_pages added off
+# vm.nr_hugepages again (after the cluster stopped).
 release_huge_pages() {
-  if [[ -n $HUGE_PAGES_BEFORE ]]; then
-    echo "$HUGE_PAGES_BEFORE" >/proc/sys/vm/nr_hugepages 2>/dev/null || true
-    HUGE_PAGES_BEFORE=
+  if ((HUGE_PAGES_ADDED > 0)); then
+    local cur
+    cur=$(cat /proc/sys/vm/nr_hugepages)
+    cur=$((cur - HUGE_PAGES_ADDED))
+    ((cur > 0)) || cur=0
+    echo "$cur" >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+    HUGE_PAGES_ADDED=0
   fi
 }
 
@@ -93,8 +105,21 @@ logging_collector = off
 CONF
   reserve_huge_pages
   PG_STARTED=1
-  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$TMP/postgres.log" -w -t 60 start >/dev/null ||
-    { cat "$TMP/postgres.log" >&2; die "pg_ctl start failed"; }
+  if ! runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$TMP/postgres.log" -w -t 60 start >/dev/null; then
+    # Another run on the machine may have taken the huge pages between the
+    # check and the start: start without them rather than not at all.
+    if [[ $HUGE_PAGES_USED == yes* ]] && grep -q 'could not map anonymous shared memory' "$TMP/postgres.log"; then
+      release_huge_pages
+      echo "huge_pages = off" >>"$PGDATA_DIR/postgresql.conf"
+      HUGE_PAGES_USED="no (reserved, but taken by something else before Postgres started)"
+      log "huge pages: gone before Postgres started (another run?); starting without them"
+      runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$TMP/postgres.log" -w -t 60 start >/dev/null ||
+        { cat "$TMP/postgres.log" >&2; die "pg_ctl start failed"; }
+    else
+      cat "$TMP/postgres.log" >&2
+      die "pg_ctl start failed"
+    fi
+  fi
   export PGUSER=postgres PGDATABASE=postgres PGHOST=127.0.0.1
   PG_VERSION=$(psql -p "$PGPORT" -Atc 'show server_version')
   log "pgbench -i -s $SCALE"
