@@ -69,7 +69,6 @@ for m in $MODES; do
   case $m in on | off | none) ;; *) die "unknown mode $m (on, off, none)" ;; esac
 done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
-CLK_TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- cleanup
 TMP=$(mktemp -d /tmp/pgaudit-audit-bench.XXXXXX)
@@ -109,17 +108,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# A port nobody listens on (checked by trying to connect).
-
-wait_port() { # port, seconds
-  local i
-  for ((i = 0; i < $2 * 10; i++)); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
 
 # ---------------------------------------------------------------- pgaudit
 PGAUDIT_REV=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -174,17 +162,8 @@ start_pgaudit() { # mode
 }
 for m in $MODES; do start_pgaudit "$m"; done
 
-cpu_ticks() { # pid: utime + stime of the process (all threads), in clock ticks
-  # Field 2 (comm) may hold spaces: cut at the last ')'.
-  local s
-  s=$(cat "/proc/$1/stat") || return 1
-  s=${s##*) }
-  awk '{print $12 + $13}' <<<"$s"
-}
-metric() { # mode name: the sum of a counter from /metrics, or empty
-  curl -s -m 5 "http://127.0.0.1:${ADMIN[$1]}/metrics" 2>/dev/null |
-    awk -v n="$2" '$1 == n || index($1, n "{") == 1 {s += $2; f = 1} END {if (f) printf "%.0f", s}'
-}
+# cpu_ticks, wait_port and metric_at are in lib.sh.
+metric() { metric_at "${ADMIN[$1]}" "$2"; } # mode name
 # Busy CPU ticks of the whole machine (user, nice, system, irq, softirq, steal).
 sys_busy() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
 # "pid ticks" lines for every child of the postmaster (backends, auxiliaries).

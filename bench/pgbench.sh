@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# bench/pgbench.sh: pgbench throughput of direct Postgres, pgaudit and
-# PgBouncer, measured in the same run on the same throwaway cluster.
+# bench/pgbench.sh: pgbench throughput, latency and proxy CPU per transaction
+# of direct Postgres, pgaudit and PgBouncer (1.25.2, built once from source),
+# measured in the same run on the same throwaway cluster; pgaudit's dropped
+# audit events per cell; and the memory per idle client of both proxies.
 #
 # Usage (as root; see bench/README.md):
 #   bench/pgbench.sh                 # full run (30-45 minutes; DURATION=10: about 25)
 #   QUICK=1 bench/pgbench.sh         # smoke run: 5 s per test, 10 and 100 clients
 #   DURATION=30 TX_CLIENTS="100 1000" SECTIONS=transaction bench/pgbench.sh
+#   SECTIONS=idle IDLE_CLIENTS=10000 bench/pgbench.sh   # memory per idle client only
+#   PGBOUNCER=debian bench/pgbench.sh                   # against Debian's PgBouncer 1.18
 #
 # Environment (defaults in brackets):
 #   QUICK            1 = DURATION 5, clients 10 and 100 only            [0]
 #   DURATION         seconds per pgbench run                            [15; QUICK: 5]
 #   SCALE            pgbench -i scale factor                            [10]
 #   JOBS             pgbench -j                                         [2]
-#   SECTIONS         which sections to run: session transaction connect [all three]
+#   SECTIONS         which sections to run: session transaction connect idle [all four]
 #   TARGETS          which targets: direct pgaudit pgbouncer            [all three]
 #   SESSION_CLIENTS  client counts, session section                     [10 100]
 #   TX_CLIENTS       client counts, transaction section                 [10 100 1000; QUICK: 10 100]
@@ -20,6 +24,15 @@
 #   TX_POOL_SIZE     server pool size in transaction mode               [20]
 #   CONNECT_CLIENTS  client counts for the -C (connect per tx) section  [10]
 #   CONNECT_SLACK_MS added to -T per client and job for the initial connects [60]
+#   IDLE_CLIENTS     idle authenticated clients per proxy, idle section [10000]
+#   IDLE_SETTLE      seconds between the last idle client connecting and reading VmRSS [3]
+#   IDLE_TIMEOUT     seconds the idle clients may take to connect (and to answer the check) [300]
+#   SETTLE           seconds after each run before the proxy's CPU time is read [1]
+#   PGBOUNCER        1.25: build the release from source once (cached), debian: Debian's
+#                    package (1.18), or a path to a pgbouncer binary        [1.25]
+#   PGBOUNCER_SRC    the pgbouncer-1.25*.tar.gz, or its directory   [REPO/../shared/peers, also
+#                    next to the main checkout of a worktree; missing: falls back to debian]
+#   PGBOUNCER_CACHE_ROOT where PgBouncer builds are cached         [~/.cache/pgaudit-peers]
 #   RUN_TIMEOUT      seconds a pgbench run may overrun -T before it is killed [120]
 #   PGBIN            PostgreSQL server binaries                         [/usr/lib/postgresql/15/bin]
 #   PGAUDIT_BIN      use this pgaudit binary instead of building one    [build from repo]
@@ -45,7 +58,7 @@ fi
 DURATION=${DURATION:-15}
 SCALE=${SCALE:-10}
 JOBS=${JOBS:-2}
-SECTIONS=${SECTIONS:-"session transaction connect"}
+SECTIONS=${SECTIONS:-"session transaction connect idle"}
 TARGETS=${TARGETS:-"direct pgaudit pgbouncer"}
 SESSION_CLIENTS=${SESSION_CLIENTS:-"10 100"}
 TX_CLIENTS=${TX_CLIENTS:-"10 100 1000"}
@@ -60,6 +73,10 @@ RESULTS_DIR=${RESULTS_DIR:-$REPO_ROOT/bench/results}
 KEEP_TMP=${KEEP_TMP:-0}
 WARMUP=${WARMUP:-5}
 ROUNDS=${ROUNDS:-2}
+SETTLE=${SETTLE:-1}
+IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
+IDLE_SETTLE=${IDLE_SETTLE:-3}
+IDLE_TIMEOUT=${IDLE_TIMEOUT:-300}
 
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -82,6 +99,7 @@ PGDATA_DIR=$TMP/data
 PGAUDIT_PID=
 PGBOUNCER_PIDFILE=$TMP/pgbouncer.pid
 PG_STARTED=0
+IDLE_CLIENT_PID=
 
 stop_pgaudit() {
   if [[ -n $PGAUDIT_PID ]] && kill -0 "$PGAUDIT_PID" 2>/dev/null; then
@@ -110,6 +128,7 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   set +e
+  if [[ -n $IDLE_CLIENT_PID ]]; then kill -KILL "$IDLE_CLIENT_PID" 2>/dev/null; wait "$IDLE_CLIENT_PID" 2>/dev/null; fi
   stop_pgaudit
   stop_pgbouncer
   if [[ $PG_STARTED == 1 ]]; then
@@ -127,49 +146,19 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A port nobody listens on (checked by trying to connect).
-
-wait_port() { # port, seconds, name
-  local i
-  for ((i = 0; i < $2 * 10; i++)); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
-
 # ---------------------------------------------------------------- pgbouncer
-install_pgbouncer() {
-  if command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]]; then return; fi
-  log "installing pgbouncer"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y -q pgbouncer >"$TMP/apt.log" 2>&1; then
-    apt-get update -q >>"$TMP/apt.log" 2>&1 || true
-    apt-get install -y -q pgbouncer >>"$TMP/apt.log" 2>&1 || { cat "$TMP/apt.log" >&2; die "could not install pgbouncer"; }
-  fi
-  # Debian's package starts a system pgbouncer on 6432: stop and disable it.
-  if command -v systemctl >/dev/null && systemctl stop pgbouncer >/dev/null 2>&1; then
-    systemctl disable pgbouncer >/dev/null 2>&1 || true
-  else
-    service pgbouncer stop >/dev/null 2>&1 || true
-  fi
-  local pf
-  for pf in /run/postgresql/pgbouncer.pid /var/run/postgresql/pgbouncer.pid; do
-    if [[ -s $pf ]]; then kill -INT "$(cat "$pf")" 2>/dev/null || true; fi
-  done
-}
-
+# PGBOUNCER=1.25 (default) builds the current release once into a cache
+# directory; debian or a path also work (select_pgbouncer in lib.sh).
 if [[ " $TARGETS " == *" pgbouncer "* ]]; then
-  install_pgbouncer
-  PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-  PGBOUNCER_VERSION=$("$PGBOUNCER" --version 2>/dev/null | head -1 | awk '{print $NF}')
+  select_pgbouncer
 else
-  PGBOUNCER=
+  PGBOUNCER_BIN=
   PGBOUNCER_VERSION=none
+  PGBOUNCER_ORIGIN="not run"
 fi
 # PgBouncer learned prepared statements in transaction mode in 1.21.
 pgbouncer_has_prepared() {
-  [[ -n $PGBOUNCER ]] || return 1
+  [[ -n $PGBOUNCER_BIN ]] || return 1
   local maj min
   IFS=. read -r maj min _ <<<"$PGBOUNCER_VERSION"
   ((maj > 1 || (maj == 1 && min >= 21)))
@@ -193,22 +182,44 @@ if [[ " $TARGETS " == *" pgaudit "* ]]; then
   fi
 fi
 
+# The idle section's client (bench/idle): N connections held open.
+if [[ " $SECTIONS " == *" idle "* ]]; then
+  log "building bench/idle"
+  (cd "$REPO_ROOT" && go build -o "$TMP/idle" ./bench/idle) || die "go build ./bench/idle failed"
+  if (($(ulimit -n) < IDLE_CLIENTS + 256)); then
+    log "WARNING: open files limit $(ulimit -n) is below IDLE_CLIENTS + 256 = $((IDLE_CLIENTS + 256)): the proxies cannot accept all idle clients"
+  fi
+fi
+
 # ---------------------------------------------------------------- postgres
 start_cluster 1200 "pgaudit bench"
 
 # ---------------------------------------------------------------- proxies
 PGAUDIT_PORT=
+PGAUDIT_ADMIN_PORT=
 PGBOUNCER_PORT=
+PGBOUNCER_PID=
 CUR_PROXY_CONF=
+# Client limit of both proxies: room for the idle section's clients.
+MAX_CLIENT_CONN=$((IDLE_CLIENTS + 1000))
+if ((MAX_CLIENT_CONN < 10000)); then MAX_CLIENT_CONN=10000; fi
 
+# pgaudit runs with its defaults (analysis on, no audit log) plus an admin
+# listener on a free port, whose /metrics the bench reads for the audit
+# queue's drop counter. The config file only raises max_client_conn.
 start_pgaudit() { # mode size
   PGAUDIT_PORT=$(free_port)
-  "$PGAUDIT_BIN" proxy --listen "127.0.0.1:$PGAUDIT_PORT" \
+  PGAUDIT_ADMIN_PORT=$(free_port)
+  printf '[pgaudit]\nmax_client_conn = %d\n' "$MAX_CLIENT_CONN" >"$TMP/pgaudit.toml"
+  "$PGAUDIT_BIN" proxy --config "$TMP/pgaudit.toml" --listen "127.0.0.1:$PGAUDIT_PORT" \
+    --admin-listen "127.0.0.1:$PGAUDIT_ADMIN_PORT" \
     --upstream "postgres://postgres@127.0.0.1:$PGPORT/postgres?sslmode=disable" \
     --pool-mode "$1" --pool-size "$2" --log-level warn \
     >>"$TMP/pgaudit.log" 2>&1 &
   PGAUDIT_PID=$!
   wait_port "$PGAUDIT_PORT" 20 || { tail -20 "$TMP/pgaudit.log" >&2; die "pgaudit did not start"; }
+  wait_port "$PGAUDIT_ADMIN_PORT" 10 || log "pgaudit's admin listener 127.0.0.1:$PGAUDIT_ADMIN_PORT does not answer: events_dropped will show ?"
+  log "pgaudit $1 pool $2 on 127.0.0.1:$PGAUDIT_PORT (pid $PGAUDIT_PID, admin $PGAUDIT_ADMIN_PORT)"
 }
 
 start_pgbouncer() { # mode size
@@ -228,7 +239,7 @@ auth_type = trust
 auth_file = $TMP/userlist.txt
 pool_mode = $1
 default_pool_size = $2
-max_client_conn = 2000
+max_client_conn = $MAX_CLIENT_CONN
 max_db_connections = 0
 ignore_startup_parameters = extra_float_digits
 logfile = $TMP/pgbouncer.log
@@ -240,13 +251,14 @@ EOF
   chown postgres: "$TMP/pgbouncer.ini" "$TMP/userlist.txt"
   # runuser goes through PAM, which resets the soft fd limit to 1024: too
   # few for 1000 clients. Raise it again (up to our hard limit) as postgres.
-  runuser -u postgres -- sh -c 'ulimit -n "$1" && exec "$2" -d "$3"' sh "$(ulimit -n)" "$PGBOUNCER" "$TMP/pgbouncer.ini" \
+  runuser -u postgres -- sh -c 'ulimit -n "$1" && exec "$2" -d "$3"' sh "$(ulimit -n)" "$PGBOUNCER_BIN" "$TMP/pgbouncer.ini" \
     >>"$TMP/pgbouncer.out" 2>&1 ||
     { tail -20 "$TMP/pgbouncer.out" "$TMP/pgbouncer.log" >&2 || true; die "pgbouncer did not start"; }
   wait_port "$PGBOUNCER_PORT" 20 || { tail -20 "$TMP/pgbouncer.log" >&2; die "pgbouncer did not start"; }
+  PGBOUNCER_PID=$(cat "$PGBOUNCER_PIDFILE")
   local lim
-  lim=$(awk '/^Max open files/ {print $4}' "/proc/$(cat "$PGBOUNCER_PIDFILE")/limits" 2>/dev/null || echo "?")
-  log "pgbouncer $1 pool $2 on 127.0.0.1:$PGBOUNCER_PORT (open files limit $lim)"
+  lim=$(awk '/^Max open files/ {print $4}' "/proc/$PGBOUNCER_PID/limits" 2>/dev/null || echo "?")
+  log "pgbouncer $PGBOUNCER_VERSION $1 pool $2 on 127.0.0.1:$PGBOUNCER_PORT (pid $PGBOUNCER_PID, open files limit $lim)"
 }
 
 # (Re)start both proxies when the pool configuration changes.
@@ -282,7 +294,7 @@ STAMP=$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RESULTS_DIR"
 CSV=$RESULTS_DIR/pgbench-$STAMP.csv
 RAW=$RESULTS_DIR/pgbench-$STAMP-raw.log
-echo "section,mode,pool_size,clients,protocol,target,tps,p50_ms,p99_ms,failed,status,pgaudit_vs_direct,pgaudit_vs_pgbouncer,load1" >"$CSV"
+echo "section,mode,pool_size,clients,protocol,target,tps,p50_ms,p99_ms,failed,proxy_cpu_us_per_tx,events_dropped,status,pgaudit_vs_direct,pgaudit_vs_pgbouncer,cpu_pgaudit_vs_pgbouncer,load1" >"$CSV"
 ROWS=()      # table rows, '|' separated
 FAILURES=()  # human-readable failure notes
 
@@ -306,15 +318,27 @@ ratio() { # a b
   awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }'
 }
 
+# sum_or_mark ACC VALUE: ACC + VALUE for numbers; "-" when both are "-"
+# (not measured for this target), "?" once either is unknown.
+sum_or_mark() {
+  if [[ -z $1 || $1 == - ]] && [[ $2 == - ]]; then echo -
+  elif [[ ${1:-0} =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ ]]; then echo $((${1:-0} + $2))
+  elif [[ -z $1 && $2 =~ ^[0-9]+$ ]]; then echo "$2"
+  else echo "?"; fi
+}
+
 # run_one section mode size clients proto target connect_flag -> sets R_TPS R_FAILED R_STATUS;
 # the latency log files stay behind under $TMP/lat-TAG (see scenario)
 run_one() {
-  local section=$1 mode=$2 size=$3 clients=$4 proto=$5 target=$6 cflag=$7 port
+  local section=$1 mode=$2 size=$3 clients=$4 proto=$5 target=$6 cflag=$7 port pid=
   case $target in
     direct) port=$PGPORT ;;
-    pgaudit) port=$PGAUDIT_PORT ;;
-    pgbouncer) port=$PGBOUNCER_PORT ;;
+    pgaudit) port=$PGAUDIT_PORT pid=$PGAUDIT_PID ;;
+    pgbouncer) port=$PGBOUNCER_PORT pid=$PGBOUNCER_PID ;;
   esac
+  if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+    die "$target (pid $pid) is gone before $section/$mode c=$clients $proto"
+  fi
   local tag="$section-$mode-c$clients-$proto-$target"
   local out=$TMP/out-$tag.txt prefix=$TMP/lat-$tag
   # pgbench's -T clock includes the initial connections (tps does not):
@@ -325,14 +349,25 @@ run_one() {
   local args=(-S -n -T "$secs" -c "$clients" -j "$JOBS" -M "$proto" -l --log-prefix="$prefix" -h 127.0.0.1 -p "$port")
   if [[ -n $cflag ]]; then args+=("$cflag"); fi
   log "$section/$mode c=$clients $proto ${cflag:+$cflag }-> $target"
-  local rc attempt t0 elapsed
+  local rc attempt t0 elapsed c0='' c1='' d0='' d1=''
   for attempt in 1 2; do
     rc=0
     R_LOAD=$(cut -d' ' -f1 /proc/loadavg)
+    # The proxy's CPU time (utime + stime, all threads) around the run, and
+    # pgaudit's count of audit events dropped because the queue was full.
+    if [[ -n $pid ]]; then c0=$(cpu_ticks "$pid" || true); fi
+    if [[ $target == pgaudit ]]; then d0=$(metric_at "$PGAUDIT_ADMIN_PORT" pgaudit_audit_events_dropped_total); fi
     t0=$SECONDS
     timeout -k 10 $((secs + RUN_TIMEOUT)) pgbench "${args[@]}" >"$out" 2>&1 || rc=$?
     elapsed=$((SECONDS - t0))
-    { echo "=== $tag (load before: $R_LOAD, ${elapsed}s): pgbench ${args[*]}"; cat "$out"; echo; } >>"$RAW"
+    if [[ -n $pid ]]; then
+      # pgaudit's audit pipeline works off its queue asynchronously: give
+      # it (and PgBouncer alike) SETTLE seconds before reading the CPU time.
+      sleep "$SETTLE"
+      c1=$(cpu_ticks "$pid" || true)
+    fi
+    if [[ $target == pgaudit ]]; then d1=$(metric_at "$PGAUDIT_ADMIN_PORT" pgaudit_audit_events_dropped_total); fi
+    { echo "=== $tag (load before: $R_LOAD, ${elapsed}s, proxy CPU ticks ${c0:--}..${c1:--} at $CLK_TCK/s, audit events dropped ${d0:--}..${d1:--}): pgbench ${args[*]}"; cat "$out"; echo; } >>"$RAW"
     # The clock ran out while the clients were still connecting (slow
     # backend forks under load): retry once with room for that.
     if [[ $attempt == 1 && $rc == 0 && -z $cflag ]] &&
@@ -356,7 +391,15 @@ run_one() {
     sed -E 's/client [0-9]+/client N/g; s/127\.0\.0\.1:[0-9]+->/127.0.0.1:PORT->/g' |
     sort | uniq -c | sort -rn | head -8 || true)
   local processed
-  processed=$(awk -F': ' '/^number of transactions actually processed/ {print $2; exit}' "$out")
+  processed=$(awk -F': ' '/^number of transactions actually processed/ {split($2, a, "/"); print a[1]; exit}' "$out")
+  R_TX=${processed:-0}
+  R_TICKS=- R_DROPPED=-
+  if [[ -n $pid ]]; then
+    if [[ -n $c0 && -n $c1 ]]; then R_TICKS=$((c1 - c0)); else R_TICKS='?'; fi
+  fi
+  if [[ $target == pgaudit ]]; then
+    if [[ -n $d0 && -n $d1 ]]; then R_DROPPED=$((d1 - d0)); else R_DROPPED='?'; fi
+  fi
   if [[ $rc == 0 && ($R_FAILED == 0 || $R_FAILED == ?) && -z $errs && ${processed:-0} != 0 ]]; then
     R_STATUS=ok
   else
@@ -377,8 +420,8 @@ scenario() {
   local section=$1 mode=$2 size=$3 clients=$4 proto=$5 cflag=${6:-}
   local pname=$proto${cflag:+ $cflag}
   configure_proxies "$mode" "$size"
-  local t d_tps= a_tps= b_tps= round order lat
-  local -A tps p50 p99 failed status load
+  local t d_tps='' a_tps='' b_tps='' round order lat
+  local -A tps p50 p99 failed status load ticks txs dropped cpu
   # Rounds alternate the order of the targets (ABC, CBA, ...): what runs
   # right after direct Postgres's 1000 fresh backends exit, or after a
   # proxy's warm-up, is not always the same target. tps is the mean over
@@ -388,41 +431,134 @@ scenario() {
     if ((round % 2 == 0)); then order=$(echo "$TARGETS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
     for t in $order; do
       if [[ $t == pgbouncer && $mode == transaction && $proto == prepared ]] && ! pgbouncer_has_prepared; then
-        tps[$t]=n/a p50[$t]=n/a p99[$t]=n/a failed[$t]=n/a load[$t]=- status[$t]="n/a: PgBouncer $PGBOUNCER_VERSION has no prepared statements in transaction pools (needs 1.21+)"
+        tps[$t]=n/a p50[$t]=n/a p99[$t]=n/a failed[$t]=n/a load[$t]=- ticks[$t]=- dropped[$t]=- status[$t]="n/a: PgBouncer $PGBOUNCER_VERSION has no prepared statements in transaction pools (needs 1.21+)"
         continue
       fi
       run_one "$section" "$mode" "$size" "$clients" "$proto" "$t" "$cflag"
       tps[$t]=$(awk -v a="${tps[$t]:-0}" -v b="$R_TPS" -v n="$ROUNDS" 'BEGIN {printf "%.2f", a + b / n}')
       failed[$t]=$(awk -v a="${failed[$t]:-0}" -v b="$R_FAILED" 'BEGIN {if (b ~ /^[0-9]+$/ && a ~ /^[0-9]+$/) print a + b; else print "?"}')
       load[$t]="${load[$t]:+${load[$t]}/}$R_LOAD"
+      # Proxy CPU and transactions summed over the rounds; "?" sticks.
+      ticks[$t]=$(sum_or_mark "${ticks[$t]:-}" "$R_TICKS")
+      txs[$t]=$((${txs[$t]:-0} + R_TX))
+      dropped[$t]=$(sum_or_mark "${dropped[$t]:-}" "$R_DROPPED")
       if [[ ${status[$t]:-ok} == ok ]]; then status[$t]=$R_STATUS; fi
     done
   done
   for t in $TARGETS; do
+    # CPU per transaction: the proxy's utime + stime over all rounds of
+    # the cell divided by all their transactions, in microseconds.
+    cpu[$t]=$(awk -v t="${ticks[$t]}" -v hz="$CLK_TCK" -v n="${txs[$t]:-0}" \
+      'BEGIN {if (t ~ /^[0-9]+$/ && n > 0) printf "%.1f", t / hz * 1e6 / n; else if (t == "-" || t == "?") print t; else print "n/a"}')
     [[ ${tps[$t]} == n/a ]] && continue
     tps[$t]=$(awk -v t="${tps[$t]}" 'BEGIN{printf "%.0f", t}')
     lat=$(latency_pcts "$TMP/lat-$section-$mode-c$clients-$proto-$t")
     p50[$t]=${lat% *} p99[$t]=${lat#* }
   done
   d_tps=${tps[direct]:-n/a} a_tps=${tps[pgaudit]:-n/a} b_tps=${tps[pgbouncer]:-n/a}
-  local rd rb
+  local rd rb rc
   rd=$(ratio "$a_tps" "$d_tps")
   rb=$(ratio "$a_tps" "$b_tps")
+  rc=$(ratio "${cpu[pgaudit]:-}" "${cpu[pgbouncer]:-}")
   for t in $TARGETS; do
-    local r1=- r2=-
-    if [[ $t == pgaudit ]]; then r1=$rd r2=$rb; fi
+    local r1=- r2=- r3=-
+    if [[ $t == pgaudit ]]; then r1=$rd r2=$rb r3=$rc; fi
     local dsize=$size
     if [[ $t == direct ]]; then dsize=-; fi
-    ROWS+=("$section|$mode|$dsize|$clients|$pname|$t|${tps[$t]}|${p50[$t]}|${p99[$t]}|${failed[$t]}|$r1|$r2|${load[$t]}|${status[$t]}")
-    echo "$section,$mode,$dsize,$clients,$pname,$t,${tps[$t]},${p50[$t]},${p99[$t]},${failed[$t]},\"${status[$t]}\",$r1,$r2,${load[$t]}" >>"$CSV"
+    ROWS+=("$section|$mode|$dsize|$clients|$pname|$t|${tps[$t]}|${p50[$t]}|${p99[$t]}|${failed[$t]}|${cpu[$t]}|${dropped[$t]}|$r1|$r2|$r3|${load[$t]}|${status[$t]}")
+    echo "$section,$mode,$dsize,$clients,$pname,$t,${tps[$t]},${p50[$t]},${p99[$t]},${failed[$t]},${cpu[$t]},${dropped[$t]},\"${status[$t]}\",$r1,$r2,$r3,${load[$t]}" >>"$CSV"
   done
+}
+
+# ---------------------------------------------------------------- idle
+# idle_section: memory per idle client. Both proxies are restarted (transaction
+# mode, pool TX_POOL_SIZE) and warmed up, so that each starts from the same
+# state; then, one proxy at a time, bench/idle opens IDLE_CLIENTS connections
+# that authenticate and then send nothing. The proxy's VmRSS is read before
+# they connect and IDLE_SETTLE seconds after the last one did; the
+# difference divided by the connected clients is the KiB per idle client.
+# Afterwards every client runs SELECT 1 once (the proxy must still serve
+# them all) and they disconnect. Direct Postgres is skipped (a backend per
+# client; max_connections is 1200).
+IDLE_CSV=$RESULTS_DIR/pgbench-$STAMP-idle.csv
+IDLE_ROWS=()
+idle_section() {
+  local t port pid n=$IDLE_CLIENTS
+  local -A kib
+  CUR_PROXY_CONF=
+  configure_proxies transaction "$TX_POOL_SIZE"
+  echo "target,clients,connected,connect_s,rss_before_kib,rss_after_kib,kib_per_client,checked_ok,pgaudit_vs_pgbouncer,status" >"$IDLE_CSV"
+  for t in $TARGETS; do
+    case $t in
+      pgaudit) port=$PGAUDIT_PORT pid=$PGAUDIT_PID ;;
+      pgbouncer) port=$PGBOUNCER_PORT pid=$PGBOUNCER_PID ;;
+      *) continue ;;
+    esac
+    kill -0 "$pid" 2>/dev/null || die "$t (pid $pid) is gone before the idle section"
+    local out=$TMP/idle-$t.out err=$TMP/idle-$t.err before after i ready='' checked='' st=ok
+    sleep "$SETTLE"
+    before=$(rss_kib "$pid")
+    log "idle: $n clients -> $t (RSS before: $before KiB)"
+    "$TMP/idle" -n "$n" -dsn "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=disable" >"$out" 2>"$err" &
+    IDLE_CLIENT_PID=$!
+    for ((i = 0; i < IDLE_TIMEOUT * 5; i++)); do
+      ready=$(grep -m1 '^ready ' "$out" || true)
+      [[ -n $ready ]] && break
+      kill -0 "$IDLE_CLIENT_PID" 2>/dev/null || break
+      sleep 0.2
+    done
+    local connected=0 csecs=- ok=0
+    if [[ -n $ready ]]; then
+      connected=$(sed -E 's/.*connected=([0-9]+).*/\1/' <<<"$ready")
+      csecs=$(sed -E 's/.*seconds=([0-9.]+).*/\1/' <<<"$ready")
+      sleep "$IDLE_SETTLE"
+      after=$(rss_kib "$pid")
+      kill -USR1 "$IDLE_CLIENT_PID" 2>/dev/null || true
+      for ((i = 0; i < IDLE_TIMEOUT * 5; i++)); do
+        checked=$(grep -m1 '^checked ' "$out" || true)
+        [[ -n $checked ]] && break
+        kill -0 "$IDLE_CLIENT_PID" 2>/dev/null || break
+        sleep 0.2
+      done
+      [[ -z $checked ]] || ok=$(sed -E 's/.*ok=([0-9]+).*/\1/' <<<"$checked")
+    else
+      after=$(rss_kib "$pid")
+      st=TIMEOUT
+    fi
+    kill -TERM "$IDLE_CLIENT_PID" 2>/dev/null || true
+    for ((i = 0; i < 300; i++)); do kill -0 "$IDLE_CLIENT_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$IDLE_CLIENT_PID" 2>/dev/null || true
+    wait "$IDLE_CLIENT_PID" 2>/dev/null || true
+    IDLE_CLIENT_PID=
+    { echo "=== idle $t: $n clients, RSS ${before}..${after} KiB"; cat "$out" "$err"; echo; } >>"$RAW"
+    if [[ $st == ok && ($connected != "$n" || $ok != "$n") ]]; then st=FAILED; fi
+    if [[ $st != ok ]]; then
+      FAILURES+=("idle $t: $st: $connected of $n clients connected, $ok answered SELECT 1 afterwards"$'\n'"$(head -8 "$err")")
+    fi
+    kib[$t]=$(awk -v a="$after" -v b="$before" -v n="$connected" 'BEGIN {if (n > 0 && a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/) printf "%.2f", (a - b) / n; else print "n/a"}')
+    IDLE_ROWS+=("$t|$n|$connected|$csecs|$((before / 1024))|$((${after:-0} / 1024))|${kib[$t]}|$ok|RATIO|$st")
+    echo "$t,$n,$connected,$csecs,$before,$after,${kib[$t]},$ok,RATIO,$st" >>"$IDLE_CSV"
+    log "  $connected connected in ${csecs}s, RSS $before -> $after KiB: ${kib[$t]} KiB per idle client; $ok answered SELECT 1"
+  done
+  # The ratio goes on pgaudit's row.
+  local r
+  r=$(ratio "${kib[pgaudit]:-}" "${kib[pgbouncer]:-}")
+  for i in "${!IDLE_ROWS[@]}"; do
+    if [[ ${IDLE_ROWS[$i]} == pgaudit\|* ]]; then IDLE_ROWS[i]=${IDLE_ROWS[$i]/|RATIO|/|$r|}; else IDLE_ROWS[i]=${IDLE_ROWS[$i]/|RATIO|/|-|}; fi
+  done
+  sed -i -E "s/^(pgaudit,.*),RATIO,/\1,$r,/; s/,RATIO,/,-,/" "$IDLE_CSV"
+  # Later sections get fresh proxies.
+  CUR_PROXY_CONF=
 }
 
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 PGAUDIT_VERSION=$([[ -n $PGAUDIT_BIN ]] && "$PGAUDIT_BIN" version 2>/dev/null || echo none)
 HEADER="machine: $(nproc) cores, ${CPU_MODEL:-unknown CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)
-versions: PostgreSQL $PG_VERSION, $(pgbench --version), PgBouncer $PGBOUNCER_VERSION, pgaudit $PGAUDIT_REV ($PGAUDIT_VERSION)
-settings: duration ${DURATION}s (+ ${CONNECT_SLACK_MS} ms per client/job for connecting), scale $SCALE, pgbench -S -n -j $JOBS, transaction pool size $TX_POOL_SIZE, session pool size = clients, $ROUNDS rounds per target in alternating order (tps = mean), warm-up ${WARMUP}s per proxy start, huge pages: $HUGE_PAGES_USED"
+versions: PostgreSQL $PG_VERSION, $(pgbench --version), PgBouncer $PGBOUNCER_VERSION ($PGBOUNCER_ORIGIN), pgaudit $PGAUDIT_REV ($PGAUDIT_VERSION; default analysis on, no audit log)
+settings: duration ${DURATION}s (+ ${CONNECT_SLACK_MS} ms per client/job for connecting), scale $SCALE, pgbench -S -n -j $JOBS, transaction pool size $TX_POOL_SIZE, session pool size = clients, $ROUNDS rounds per target in alternating order (tps = mean), warm-up ${WARMUP}s per proxy start, proxy CPU read ${SETTLE}s after each run, huge pages: $HUGE_PAGES_USED"
+if [[ " $SECTIONS " == *" idle "* ]]; then
+  HEADER+=", idle: $IDLE_CLIENTS clients, RSS read ${IDLE_SETTLE}s after they connected"
+fi
 log "${HEADER//$'\n'/; }"
 
 for section in $SECTIONS; do
@@ -435,6 +571,7 @@ for section in $SECTIONS; do
       done ;;
     connect)
       for c in $CONNECT_CLIENTS; do scenario connect transaction "$TX_POOL_SIZE" "$c" simple -C; done ;;
+    idle) idle_section ;;
     *) die "unknown section $section" ;;
   esac
 done
@@ -444,11 +581,21 @@ done
   echo
   echo "$HEADER"
   echo
-  for r in "section|mode|pool|clients|protocol|target|tps|p50 ms|p99 ms|failed|pgaudit/direct|pgaudit/pgbouncer|load|status" "${ROWS[@]}"; do
-    st=${r##*|}
-    echo "${r%|*}|${st%%:*}"
-  done | column -t -s '|' 2>/dev/null || printf '%s\n' "${ROWS[@]}"
-  echo
+  if ((${#ROWS[@]})); then
+    for r in "section|mode|pool|clients|protocol|target|tps|p50 ms|p99 ms|failed|proxy CPU us/tx|events dropped|pgaudit/direct|pgaudit/pgbouncer|CPU/tx pgaudit/pgbouncer|load|status" "${ROWS[@]}"; do
+      st=${r##*|}
+      echo "${r%|*}|${st%%:*}"
+    done | column -t -s '|' 2>/dev/null || printf '%s\n' "${ROWS[@]}"
+    echo "proxy CPU us/tx: utime + stime of the proxy process (/proc/PID/stat) over the cell's runs / their transactions; events dropped: pgaudit_audit_events_dropped_total over the cell's runs (pgaudit's default queue size)"
+    echo
+  fi
+  if ((${#IDLE_ROWS[@]})); then
+    echo "idle clients (transaction pool $TX_POOL_SIZE; KiB per client = (VmRSS after - VmRSS before) / connected):"
+    for r in "target|clients|connected|connect s|RSS before MiB|RSS after MiB|KiB per client|answered SELECT 1|pgaudit/pgbouncer|status" "${IDLE_ROWS[@]}"; do
+      echo "$r"
+    done | column -t -s '|' 2>/dev/null || printf '%s\n' "${IDLE_ROWS[@]}"
+    echo
+  fi
   if ((${#FAILURES[@]})); then
     echo "FAILURES (full pgbench output in $RESULTS_DIR/pgbench-$STAMP-*.err.log):"
     printf '  %s\n' "${FAILURES[@]}"
@@ -456,11 +603,13 @@ done
     echo "no failed runs"
   fi
   for r in "${ROWS[@]}"; do
-    IFS='|' read -r _ mode _ clients proto target tps _ _ _ _ _ _ status <<<"$r"
-    if [[ $status == n/a* ]]; then echo "note: $target $mode/$proto: ${status#n/a: }"; fi
+    IFS='|' read -r _ mode _ _ proto target _ <<<"$r"
+    st=${r##*|}
+    if [[ $st == n/a* ]]; then echo "note: $target $mode/$proto: ${st#n/a: }"; fi
   done | sort -u
   echo
   echo "csv: $CSV"
+  if ((${#IDLE_ROWS[@]})); then echo "idle csv: $IDLE_CSV"; fi
   echo "raw pgbench output: $RAW"
 } | tee "$RESULTS_DIR/pgbench-$STAMP.txt"
 if [[ -s $TMP/pgaudit.log ]]; then
