@@ -22,6 +22,8 @@ type adminOptions struct {
 	Listen string
 	// Pprof serves /debug/pprof/ on the HTTP listener (pprof).
 	Pprof bool
+	// HTTPAuth is the HTTP listener's credentials and Host names.
+	HTTPAuth admin.HTTPAuth
 	// Settings holds the settings in force: SHOW DATABASES and SHOW CONFIG
 	// read it at request time; reloadProxy replaces its content.
 	Settings *atomic.Pointer[settings]
@@ -57,6 +59,7 @@ func newAdmin(opts adminOptions) *admin.Admin {
 		Reload:      opts.Reload,
 		Shutdown:    opts.Shutdown,
 		Pprof:       opts.Pprof,
+		HTTPAuth:    opts.HTTPAuth,
 		Log:         opts.Log,
 	})
 }
