@@ -30,7 +30,8 @@ const authQueryCacheMax = 10000
 //
 // Results, found or not, are cached for CacheTTL (default 10s), so a
 // password change takes effect within that time. One connection per
-// server is kept open and queries on it are serialized; Close closes them.
+// server and database is kept open and queries on it are serialized;
+// Close closes them.
 // An AuthQuery is safe for concurrent use; set its fields before the
 // first Lookup.
 type AuthQuery struct {
@@ -108,6 +109,16 @@ func (a *AuthQuery) Lookup(ctx context.Context, up *pgconn.Config, user string) 
 	defer cancel()
 	secret, found, err := a.query(ctx, ac, up, dbname, user)
 	if err != nil {
+		// Forget a target that has no connection (a database name that
+		// does not exist, through a "*" entry, say), so that clients
+		// cannot grow the map with made-up names.
+		a.mu.Lock()
+		ac.mu.Lock()
+		if ac.conn == nil && a.conns[target] == ac {
+			delete(a.conns, target)
+		}
+		ac.mu.Unlock()
+		a.mu.Unlock()
 		return wire.Secret{}, false, err
 	}
 	if ttl > 0 {

@@ -189,6 +189,36 @@ func TestAuthQuerySCRAMPassThrough(t *testing.T) {
 		}
 	})
 
+	t.Run("transaction-mode", func(t *testing.T) {
+		p := authQueryProxy(t, c, wire.AuthSCRAM, time.Second, withMode(TransactionMode, 2))
+		var wg sync.WaitGroup
+		errs := make(chan error, 6)
+		for i := 0; i < 6; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				conn, err := pgx.Connect(ctx, userDSN(p, "app_alice", "alice-pw", ""))
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer conn.Close(ctx)
+				for j := 0; j < 5; j++ {
+					var who string
+					if err := conn.QueryRow(ctx, "select current_user::text").Scan(&who); err != nil || who != "app_alice" {
+						errs <- fmt.Errorf("query %d: %q %v", j, who, err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
+
 	t.Run("md5", func(t *testing.T) {
 		p := authQueryProxy(t, c, wire.AuthMD5, time.Second)
 		for _, u := range []struct{ user, pw string }{{"app_md5", "md5-pw"}, {"app_alice", "alice-pw"}} {

@@ -173,7 +173,7 @@ func TestSecretsOutOfArgv(t *testing.T) {
 	if _, err := loadSettings(adminCfg("admin_user = \"ops\"\n")); err == nil {
 		t.Error("admin_user without admin_password accepted")
 	}
-	st, err = loadSettings(adminCfg("admin_token = \"tok-secret\"\nadmin_hosts = [\"pgaudit.internal\"]\n"))
+	st, err = loadSettings(adminCfg("admin_token = \"tok-secret\"\nadmin_hosts = [\"pgaudit.internal\"]\nauth_user = \"pgaudit_auth\"\nauth_password = \"auth-secret\"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,9 +181,14 @@ func TestSecretsOutOfArgv(t *testing.T) {
 		t.Errorf("httpAuth %+v", st.httpAuth.Hosts)
 	}
 	st.proxy.Databases["app"].Upstream.Password = "pw-secret"
+	seen := map[string]string{}
 	for _, row := range adminSettingRows(st, adminOptions{Listen: st.adminListen, HTTPAuth: st.httpAuth}) {
+		seen[row.Key] = row.Value
 		if strings.Contains(row.Value, "secret") {
 			t.Errorf("SHOW CONFIG %s = %q", row.Key, row.Value)
 		}
+	}
+	if seen["auth_user"] != "pgaudit_auth" || seen["admin_http_auth"] != "bearer" {
+		t.Errorf("SHOW CONFIG auth_user %q, admin_http_auth %q", seen["auth_user"], seen["admin_http_auth"])
 	}
 }
