@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -172,6 +174,20 @@ func TestAuthQuerySCRAMPassThrough(t *testing.T) {
 		}
 		for _, conn := range conns {
 			conn.Close(ctx)
+		}
+
+		// psql, with the password from the environment.
+		psql := exec.CommandContext(ctx, c.Bin("psql"), "-X", "-At", "-c", "select current_user",
+			fmt.Sprintf("postgres://app_alice@%s/postgres?sslmode=disable", p.Addr()))
+		psql.Env = append(os.Environ(), "PGPASSWORD=alice-pw")
+		if out, err := psql.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "app_alice" {
+			t.Errorf("psql: %v %q", err, out)
+		}
+		psql = exec.CommandContext(ctx, c.Bin("psql"), "-X", "-At", "-c", "select 1",
+			fmt.Sprintf("postgres://app_alice@%s/postgres?sslmode=disable", p.Addr()))
+		psql.Env = append(os.Environ(), "PGPASSWORD=wrong")
+		if out, err := psql.CombinedOutput(); err == nil || !strings.Contains(string(out), `password authentication failed for user "app_alice"`) {
+			t.Errorf("psql with a wrong password: %v %q", err, out)
 		}
 
 		// Wrong password and unknown user: the same 28P01.
