@@ -284,6 +284,31 @@ func TestAuthQuerySCRAMPassThrough(t *testing.T) {
 		}
 	})
 
+	// The admin console: with auth_dbname, admin users are looked up
+	// there too; without it, only the users file counts.
+	t.Run("admin-console", func(t *testing.T) {
+		admin := func(dbname string) func(*Config) {
+			return func(cfg *Config) {
+				cfg.AuthDatabase = dbname
+				cfg.AuthQuery.DBName = dbname
+				cfg.AdminUsers = []string{"app_alice"}
+				cfg.Admin = welcomeOnlyAdmin{}
+			}
+		}
+		p := authQueryProxy(t, c, wire.AuthSCRAM, time.Second, admin("postgres"))
+		conn, err := pgconn.Connect(ctx, userDSN(p, "app_alice", "alice-pw", "pgaudit"))
+		if err != nil {
+			t.Fatalf("admin console via auth_dbname: %v", err)
+		}
+		conn.Close(ctx)
+		_, err = pgconn.Connect(ctx, userDSN(p, "app_alice", "wrong", "pgaudit"))
+		wantPgError(t, err, "FATAL", "28P01", `password authentication failed for user "app_alice"`)
+
+		p = authQueryProxy(t, c, wire.AuthSCRAM, time.Second, admin(""))
+		_, err = pgconn.Connect(ctx, userDSN(p, "app_alice", "alice-pw", "pgaudit"))
+		wantPgError(t, err, "FATAL", "28P01", `password authentication failed for user "app_alice"`)
+	})
+
 	t.Run("lookup-failure", func(t *testing.T) {
 		p := authQueryProxy(t, c, wire.AuthSCRAM, time.Second, func(cfg *Config) { cfg.AuthQuery.Password = "wrong" })
 		_, err := whoAmI(ctx, userDSN(p, "app_alice", "alice-pw", ""))
@@ -318,4 +343,23 @@ select rolpassword from pg_authid where rolname = 'pgaudit_verifier'`, password)
 		t.Fatal(err)
 	}
 	return string(res[len(res)-1].Rows[0][0])
+}
+
+// welcomeOnlyAdmin is an admin console that greets the client and waits
+// for it to leave.
+type welcomeOnlyAdmin struct{}
+
+func (welcomeOnlyAdmin) ServeAdmin(_ context.Context, c *wire.Conn, _ string) error {
+	if err := c.WriteRaw(wire.AppendReadyForQuery(wire.AppendAuthOK(nil), 'I')); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return err
+	}
+	for {
+		typ, _, err := c.R.ReadMessage()
+		if err != nil || typ == 'X' {
+			return err
+		}
+	}
 }
