@@ -132,73 +132,81 @@ type databaseFile struct {
 	DBName   string `toml:"dbname"`
 	User     string `toml:"user"`
 	Password string `toml:"password"`
-	// PasswordFile holds the password (first line), so that it need
-	// not be in the config file.
-	PasswordFile string `toml:"password_file"`
-	SSLMode      string `toml:"sslmode"`
+	SSLMode  string `toml:"sslmode"`
 	// ExplainDSN is the connection the EXPLAIN sampler uses for this
 	// database (a dedicated read-only role, say); default: the upstream.
 	ExplainDSN string `toml:"explain_dsn"`
+
+	// PasswordFile holds the password (first line), so that it need
+	// not be in the config file.
+	PasswordFile string `toml:"password_file"`
 	poolFile
 }
 
 // fileConfig is the TOML file's shape.
 type fileConfig struct {
 	Pgaudit struct {
-		Listen   string `toml:"listen"`
-		AuthType string `toml:"auth_type"`
-		AuthFile string `toml:"auth_file"`
-		// auth_query (PgBouncer's): look up users missing from the
-		// users file on the server, as auth_user.
-		AuthUser         string    `toml:"auth_user"`
-		AuthPassword     string    `toml:"auth_password"`
-		AuthPasswordFile string    `toml:"auth_password_file"`
-		AuthQuery        string    `toml:"auth_query"`
-		AuthDBName       string    `toml:"auth_dbname"`
-		AuthQueryCache   *Duration `toml:"auth_query_cache"`
-		// DangerouslyAllowTrustOnNetwork permits auth_type = "trust" on
-		// a listen address that is not loopback.
-		DangerouslyAllowTrustOnNetwork bool `toml:"dangerously_allow_trust_on_network"`
-		// UpstreamPasswordFile holds the password of the --upstream DSN.
-		UpstreamPasswordFile string    `toml:"upstream_password_file"`
-		ClientTLS            string    `toml:"client_tls"`
-		ClientTLSCertFile    string    `toml:"client_tls_cert_file"`
-		ClientTLSKeyFile     string    `toml:"client_tls_key_file"`
-		MaxClientConn        int       `toml:"max_client_conn"`
-		ClientLoginTimeout   *Duration `toml:"client_login_timeout"`
-		MaxMessageSize       int       `toml:"max_message_size"`
-		AuditLog             string    `toml:"audit_log"`
-		AuditSample          string    `toml:"audit_sample"`
-		AuditSampleRate      float64   `toml:"audit_sample_rate"`
-		AuditSlowThreshold   *Duration `toml:"audit_slow_threshold"`
-		AuditLogErrors       *bool     `toml:"audit_log_errors"`
-		LogParameters        bool      `toml:"log_parameters"`
-		AuditMaxSize         int64     `toml:"audit_log_max_size"`
-		AuditMaxBackups      int       `toml:"audit_log_max_backups"`
-		StatsInterval        *Duration `toml:"stats_interval"`
-		StatsTopN            int       `toml:"stats_top_n"`
-		MaxShapes            int       `toml:"max_shapes"`
-		AuditQueueSize       int       `toml:"audit_queue_size"`
-		AuditWorkers         int       `toml:"audit_workers"`
-		Explain              *bool     `toml:"explain"`
-		ExplainInterval      *Duration `toml:"explain_interval"`
-		HypoPGCreate         bool      `toml:"hypopg_create_extension"`
-		AdminListen          *string   `toml:"admin_listen"`
-		AdminUsers           []string  `toml:"admin_users"`
-		AdminToken           string    `toml:"admin_token"`
-		AdminTokenFile       string    `toml:"admin_token_file"`
-		AdminUser            string    `toml:"admin_user"`
-		AdminPassword        string    `toml:"admin_password"`
-		AdminHosts           []string  `toml:"admin_hosts"`
-		OTLPEndpoint         string    `toml:"otlp_endpoint"`
-		OTLPInsecure         *bool     `toml:"otlp_insecure"`
-		Pprof                bool      `toml:"pprof"`
-		LogLevel             string    `toml:"log_level"`
-		ShutdownTimeout      *Duration `toml:"shutdown_timeout"`
+		Listen             string    `toml:"listen"`
+		AuthType           string    `toml:"auth_type"`
+		AuthFile           string    `toml:"auth_file"`
+		ClientTLS          string    `toml:"client_tls"`
+		ClientTLSCertFile  string    `toml:"client_tls_cert_file"`
+		ClientTLSKeyFile   string    `toml:"client_tls_key_file"`
+		MaxClientConn      int       `toml:"max_client_conn"`
+		ClientLoginTimeout *Duration `toml:"client_login_timeout"`
+		MaxMessageSize     int       `toml:"max_message_size"`
+		AuditLog           string    `toml:"audit_log"`
+		AuditSample        string    `toml:"audit_sample"`
+		AuditSampleRate    float64   `toml:"audit_sample_rate"`
+		AuditSlowThreshold *Duration `toml:"audit_slow_threshold"`
+		AuditLogErrors     *bool     `toml:"audit_log_errors"`
+		LogParameters      bool      `toml:"log_parameters"`
+		AuditMaxSize       int64     `toml:"audit_log_max_size"`
+		AuditMaxBackups    int       `toml:"audit_log_max_backups"`
+		StatsInterval      *Duration `toml:"stats_interval"`
+		StatsTopN          int       `toml:"stats_top_n"`
+		MaxShapes          int       `toml:"max_shapes"`
+		AuditQueueSize     int       `toml:"audit_queue_size"`
+		AuditWorkers       int       `toml:"audit_workers"`
+		Explain            *bool     `toml:"explain"`
+		ExplainInterval    *Duration `toml:"explain_interval"`
+		HypoPGCreate       bool      `toml:"hypopg_create_extension"`
+		AdminListen        *string   `toml:"admin_listen"`
+		AdminUsers         []string  `toml:"admin_users"`
+		OTLPEndpoint       string    `toml:"otlp_endpoint"`
+		OTLPInsecure       *bool     `toml:"otlp_insecure"`
+		Pprof              bool      `toml:"pprof"`
+		LogLevel           string    `toml:"log_level"`
+		ShutdownTimeout    *Duration `toml:"shutdown_timeout"`
 		poolFile
+		identityFile
 	} `toml:"pgaudit"`
 	Databases map[string]databaseFile `toml:"databases"`
 	Rules     rules.Config            `toml:"rules"`
+}
+
+// identityFile holds the [pgaudit] settings of who may log in and where
+// secrets come from.
+type identityFile struct {
+	// auth_query (PgBouncer's): look up users missing from the users
+	// file on the server, as auth_user.
+	AuthUser         string    `toml:"auth_user"`
+	AuthPassword     string    `toml:"auth_password"`
+	AuthPasswordFile string    `toml:"auth_password_file"`
+	AuthQuery        string    `toml:"auth_query"`
+	AuthDBName       string    `toml:"auth_dbname"`
+	AuthQueryCache   *Duration `toml:"auth_query_cache"`
+	// DangerouslyAllowTrustOnNetwork permits auth_type = "trust" on a
+	// listen address that is not loopback.
+	DangerouslyAllowTrustOnNetwork bool `toml:"dangerously_allow_trust_on_network"`
+	// UpstreamPasswordFile holds the password of the --upstream DSN.
+	UpstreamPasswordFile string `toml:"upstream_password_file"`
+	// HTTP admin credentials and Host names.
+	AdminToken     string   `toml:"admin_token"`
+	AdminTokenFile string   `toml:"admin_token_file"`
+	AdminUser      string   `toml:"admin_user"`
+	AdminPassword  string   `toml:"admin_password"`
+	AdminHosts     []string `toml:"admin_hosts"`
 }
 
 // proxyFlags are the quick-start flags; empty values leave the file alone.

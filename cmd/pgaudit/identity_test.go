@@ -161,6 +161,11 @@ func TestSecretsOutOfArgv(t *testing.T) {
 		t.Errorf("argv: %q %v, warnings %q", upstreamPW(st), err, st.warnings)
 	}
 
+	dbCfg := writeFile(t, "db.toml", fmt.Sprintf("[databases.app]\nhost = \"127.0.0.1\"\nuser = \"app\"\npassword_file = %q\n", writeFile(t, "db.pw", "db-file-pw\n")))
+	if st, err = loadSettings(proxyFlags{configPath: dbCfg, adminListen: strPtr("")}); err != nil || upstreamPW(st) != "db-file-pw" {
+		t.Errorf("[databases] password_file: %v", err)
+	}
+
 	adminCfg := func(extra string) proxyFlags {
 		fl := base
 		fl.adminListen = nil
