@@ -32,8 +32,8 @@ func (h HTTPAuth) Enabled() bool { return h.Token != "" || (h.User != "" && h.Pa
 
 // CheckListen returns an error when addr is not a loopback address and
 // no credentials are configured: the admin interface shows client
-// addresses, query shapes and pprof, and takes no actions only because it
-// is read-only, so it is not served to a network without authentication.
+// addresses, users, query shapes and Go profiles, which are not served to
+// a network without authentication. An empty addr (no listener) is fine.
 func (h HTTPAuth) CheckListen(addr string) error {
 	if addr == "" || h.Enabled() || IsLoopbackAddr(addr) {
 		return nil
