@@ -330,9 +330,9 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 		fallback := *db
 		fallback.Name = "*"
 		cfg.Databases["*"] = &fallback
-		if authFile == "" && cfg.AuthType == "" {
-			if !isLoopback(cfg.Listen) {
-				return nil, fmt.Errorf("--upstream without a users file accepts clients with trust, which is only allowed on a loopback address, not %s: set auth_file", cfg.Listen)
+		if authFile == "" && cfg.AuthType == "" && g.AuthUser == "" {
+			if !isLoopback(cfg.Listen) && !(g.DangerouslyAllowTrustOnNetwork || fl.allowTrustOnNetwork) {
+				return nil, fmt.Errorf("--upstream without a users file accepts clients with trust, which is only allowed on a loopback address, not %s: set auth_file or auth_user (auth_query)", cfg.Listen)
 			}
 			cfg.AuthType = "trust"
 		}

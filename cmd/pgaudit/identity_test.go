@@ -109,6 +109,7 @@ host = "127.0.0.1"
 		{"config, users file, all interfaces", proxyFlags{configPath: cfgFile(""), listen: ":6432"}, false},
 		{"config, opt-in", proxyFlags{configPath: cfgFile("dangerously_allow_trust_on_network = true")}, true},
 		{"flag opt-in", proxyFlags{listen: "0.0.0.0:6432", upstream: "postgres://app@127.0.0.1/app", authFile: users, authType: "trust", allowTrustOnNetwork: true}, true},
+		{"quick start, flag opt-in", proxyFlags{listen: "0.0.0.0:6432", upstream: "postgres://app@127.0.0.1/app", allowTrustOnNetwork: true}, true},
 		{"loopback", proxyFlags{listen: "127.0.0.1:6432", upstream: "postgres://app@127.0.0.1/app"}, true},
 		{"network with scram", proxyFlags{listen: "0.0.0.0:6432", upstream: "postgres://app@127.0.0.1/app", authFile: users}, true},
 	}
@@ -195,5 +196,37 @@ func TestSecretsOutOfArgv(t *testing.T) {
 	}
 	if seen["auth_user"] != "pgaudit_auth" || seen["admin_http_auth"] != "bearer" {
 		t.Errorf("SHOW CONFIG auth_user %q, admin_http_auth %q", seen["auth_user"], seen["admin_http_auth"])
+	}
+}
+
+// TestAuthQueryConfig: auth_user turns auth_query on with PgBouncer's
+// default query and scram-sha-256, with its password from a file, the
+// environment or the config, and needs no users file.
+func TestAuthQueryConfig(t *testing.T) {
+	cfg := func(extra string) proxyFlags {
+		return proxyFlags{adminListen: strPtr(""), configPath: writeFile(t, "pgaudit.toml",
+			"[pgaudit]\nlisten = \"0.0.0.0:6432\"\nauth_user = \"pgaudit_auth\"\n"+extra+"[databases.app]\nhost = \"127.0.0.1\"\n")}
+	}
+	st, err := loadSettings(cfg("auth_password = \"from-config\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	aq := st.proxy.AuthQuery
+	if aq == nil || aq.User != "pgaudit_auth" || aq.Password != "from-config" || aq.Query != pooler.DefaultAuthQuery || st.proxy.AuthType != "scram-sha-256" || st.proxy.Users != nil {
+		t.Fatalf("auth_query settings: %+v, auth_type %s", aq, st.proxy.AuthType)
+	}
+	t.Setenv("PGAUDIT_AUTH_PASSWORD", "from-env")
+	if st, err = loadSettings(cfg("auth_password = \"from-config\"\n")); err != nil || st.proxy.AuthQuery.Password != "from-env" {
+		t.Errorf("env: %v", err)
+	}
+	pw := writeFile(t, "auth.pw", "from-file\n")
+	if st, err = loadSettings(cfg(fmt.Sprintf("auth_password_file = %q\n", pw))); err != nil || st.proxy.AuthQuery.Password != "from-file" {
+		t.Errorf("file: %v", err)
+	}
+	if _, err := loadSettings(cfg("auth_dbname = \"nosuchdb\"\n")); err == nil {
+		t.Error("auth_dbname naming no database was accepted")
+	}
+	if _, err := loadSettings(proxyFlags{adminListen: strPtr(""), configPath: writeFile(t, "x.toml", "[pgaudit]\nauth_query = \"select 1\"\n[databases.app]\n")}); err == nil {
+		t.Error("auth_query without auth_user was accepted")
 	}
 }
