@@ -127,7 +127,7 @@ func AuthenticateLogin(c *Conn, method, user string, secret Secret, found bool) 
 // Reasons for a failed authentication, recorded as the Cause of the 28P01
 // Error.
 var (
-	errUnknownUser   = errors.New("user is not in the users file")
+	errUnknownUser   = errors.New("unknown user (not in the users file, no row from auth_query)")
 	errWrongPassword = errors.New("password does not match")
 	errEmptyPassword = errors.New("empty password returned by client")
 	errNoPassword    = errors.New("user has no password")
