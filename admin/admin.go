@@ -67,8 +67,13 @@ type Options struct {
 	// passes true). It is called on a new goroutine after the reply was
 	// sent, so it may close the proxy and wait for it.
 	Shutdown func(waitForClients bool)
-	// Pprof serves /debug/pprof/ on the HTTP listener.
+	// Pprof serves /debug/pprof/ on the HTTP listener (its cmdline with
+	// passwords redacted).
 	Pprof bool
+	// HTTPAuth holds the HTTP listener's credentials and accepted Host
+	// names. ListenAndServe refuses a non-loopback address without
+	// credentials.
+	HTTPAuth HTTPAuth
 	// SampleInterval is the time-series resolution (default 10s) and
 	// SampleWindow how much is kept (default one hour).
 	SampleInterval time.Duration
@@ -208,6 +213,9 @@ func (a *Admin) Start(ctx context.Context) {
 // on it in the background until Close. It returns the bound address (addr
 // may use port 0).
 func (a *Admin) ListenAndServe(addr string) (net.Addr, error) {
+	if err := a.opts.HTTPAuth.CheckListen(addr); err != nil {
+		return nil, err
+	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin listener on %s: %w", addr, err)

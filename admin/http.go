@@ -139,7 +139,11 @@ func (a *Admin) Dashboard() *Dashboard {
 //	/api/v1/queries     top shapes: ?by=total|calls|p99|mean|errors&limit=N (default total, 50)
 //	/api/v1/findings    current findings
 //	/api/v1/timeseries  the last hour in 10-second samples
-//	/debug/pprof/       Go profiles, only with Options.Pprof
+//	/debug/pprof/       Go profiles, only with Options.Pprof (cmdline redacted)
+//
+// Every path answers only a Host that is an IP literal, localhost or one
+// of Options.HTTPAuth.Hosts (421 otherwise), and, when credentials are
+// configured, every path but /healthz and /readyz needs them (401).
 func (a *Admin) Handler() http.Handler {
 	mux := http.NewServeMux()
 	sub, _ := fs.Sub(assetsFS, "assets")
@@ -221,12 +225,12 @@ func (a *Admin) Handler() http.Handler {
 	api("timeseries", func(*http.Request) (any, error) { return a.Series(), nil })
 	if a.opts.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/cmdline", cmdline) // redacted
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	return mux
+	return a.opts.HTTPAuth.guard(mux)
 }
 
 // parseBy maps the ?by= values of /api/v1/queries to sort keys.

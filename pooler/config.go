@@ -111,8 +111,17 @@ type Config struct {
 	Databases map[string]*Database
 	// AuthType is trust, password, md5 or scram-sha-256.
 	AuthType string
-	// Users maps user names to secrets (nil with trust).
+	// Users maps user names to secrets. With trust, a non-nil Users (or an
+	// AuthQuery) limits who may log in to the users it knows; others get
+	// FATAL 28000 role "NAME" does not exist, as from Postgres. A nil
+	// Users with trust admits any user name.
 	Users *wire.Users
+	// AuthQuery, when set, looks up users missing from Users on the
+	// server (PgBouncer's auth_query). For a client of an admin database
+	// it runs against the database entry named AuthDatabase; when that is
+	// empty, admin logins use Users only.
+	AuthQuery    *AuthQuery
+	AuthDatabase string
 	// TLS is the client-side TLS config (nil disables TLS).
 	TLS *tls.Config
 	// ClientTLS is disable, allow or require.

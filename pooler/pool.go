@@ -78,6 +78,9 @@ type Pool struct {
 
 	db  *Database
 	cfg *pgconn.Config
+	// login is what cfg logs in with when the database does not force a
+	// server user (see setLogin); guarded by mu.
+	login *wire.ServerLogin
 	// settings may be replaced by Reconfigure; read them with set().
 	settings atomic.Pointer[PoolSettings]
 	// upstreamGen changes when the upstream changes; servers of an older

@@ -275,6 +275,9 @@ func (p *Proxy) Close() error {
 	for _, pl := range p.Pools() {
 		pl.Close()
 	}
+	if aq := p.config().AuthQuery; aq != nil {
+		aq.Close()
+	}
 	return nil
 }
 
@@ -430,8 +433,27 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Ses
 		_ = c.SendError(e)
 		return nil, e
 	}
-	secret, found := p.config().Users.Lookup(user)
-	if err := wire.Authenticate(c, p.config().AuthType, user, secret, found); err != nil {
+	secret, found, err := p.lookupUser(ctx, dbName, user)
+	if err != nil {
+		// The lookup failed, whoever the user is: nothing about the
+		// user is revealed.
+		p.log.Error().Err(err).Str("user", user).Str("database", dbName).Msg("auth_query failed")
+		e := wire.Fatal(wire.CodeConnectionFailure, "authentication lookup failed")
+		_ = c.SendError(e)
+		return nil, e
+	}
+	cfg := p.config()
+	if cfg.AuthType == wire.AuthTrust && !found && (cfg.Users != nil || cfg.AuthQuery != nil) {
+		// trust admits the listed users only, and says what Postgres
+		// says for a missing role.
+		p.counters.authFailures.Add(1)
+		e := wire.Fatal(wire.CodeInvalidAuthorization, `role "`+user+`" does not exist`)
+		_ = c.SendError(e)
+		p.log.Warn().Str("user", user).Str("database", dbName).Str("client", c.RemoteAddr().String()).Str("code", e.Code).Msg("trust: unknown user rejected")
+		return nil, e
+	}
+	login, err := wire.AuthenticateLogin(c, cfg.AuthType, user, secret, found)
+	if err != nil {
 		p.counters.authFailures.Add(1)
 		var we *wire.Error
 		if errors.As(err, &we) {
@@ -449,7 +471,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Ses
 		_ = c.SendError(e)
 		return nil, e
 	}
-	pool, err := p.pool(db, user, secret)
+	pool, err := p.pool(db, user, login)
 	if err != nil {
 		e := wire.Fatal(wire.CodeInvalidAuthorization, err.Error())
 		_ = c.SendError(e)
@@ -667,20 +689,25 @@ func (p *Proxy) lookupDatabase(name string) *Database {
 	return nil
 }
 
-// pool returns the pool for (db, user), creating it on first use.
-func (p *Proxy) pool(db *Database, user string, secret wire.Secret) (*Pool, error) {
+// pool returns the pool for (db, user), creating it on first use. Unless
+// the database forces a server user, the pool logs in as user with login
+// (what the client's authentication left: a password, an md5 hash or
+// SCRAM keys); a newer login replaces the pool's, as PgBouncer refreshes
+// a user's SCRAM keys on each client login.
+func (p *Proxy) pool(db *Database, user string, login *wire.ServerLogin) (*Pool, error) {
 	key := poolKey{db.Name, user}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if pl, ok := p.pools[key]; ok {
+		if !db.ForceUser {
+			pl.setLogin(login)
+		}
 		return pl, nil
 	}
 	cfg := db.Upstream.Copy()
 	if !db.ForceUser {
 		cfg.User = user
-		if pw, ok := secret.PlainPassword(); ok {
-			cfg.Password = pw
-		}
+		login.Apply(cfg)
 	}
 	limit := p.dbLimits[db.Name]
 	if limit == nil {
@@ -690,6 +717,9 @@ func (p *Proxy) pool(db *Database, user string, secret wire.Secret) (*Pool, erro
 	// max_message_size limits what clients send; server messages (a row,
 	// a notice) may be as large as Postgres allows.
 	pl := newPool(db, user, cfg, limit, maxServerMessage, p.log)
+	if !db.ForceUser && !login.Empty() {
+		pl.login = login // not shared yet
+	}
 	if p.pausedAll || p.pausedDBs[pl.Database] {
 		pl.paused = true // not shared yet
 	}
@@ -981,6 +1011,9 @@ func (p *Proxy) Reload(cfg *Config) {
 		cfg.Admin = old.Admin
 	}
 	p.cfgPtr.Store(cfg)
+	if old.AuthQuery != nil && old.AuthQuery != cfg.AuthQuery {
+		old.AuthQuery.Close() // lookups under way fail; new ones use cfg's
+	}
 	for _, pl := range p.Pools() {
 		db := p.lookupDatabase(pl.Database)
 		if db == nil {
@@ -995,7 +1028,7 @@ func (p *Proxy) Reload(cfg *Config) {
 			(db.ForceUser && (want.User != cur.User || want.Password != cur.Password)) {
 			up = want.Copy()
 			if !db.ForceUser {
-				up.User, up.Password = cur.User, cur.Password
+				up.User, up.Password, up.AfterNetConnect = cur.User, cur.Password, cur.AfterNetConnect
 			}
 		}
 		pl.Reconfigure(db.Pool, up)

@@ -69,8 +69,19 @@ const maxAuthMessage = 65535
 //     io.ErrUnexpectedEOF, a routine event that should not be logged as an
 //     error.
 func Authenticate(c *Conn, method, user string, secret Secret, found bool) error {
+	_, err := AuthenticateLogin(c, method, user, secret, found)
+	return err
+}
+
+// AuthenticateLogin is Authenticate that also returns, on success, what the
+// exchange left for logging in to the server as the same user (see
+// ServerLogin): the clear-text password of the password method or of a
+// plain secret, an md5 secret, or the SCRAM ClientKey recovered from the
+// client's proof. The ServerLogin is never nil on success; it may be empty
+// (trust with a SCRAM secret, say).
+func AuthenticateLogin(c *Conn, method, user string, secret Secret, found bool) (*ServerLogin, error) {
 	if method == AuthTrust {
-		return nil
+		return loginFromSecret(secret), nil
 	}
 	if !found {
 		secret = Secret{}
@@ -81,37 +92,42 @@ func Authenticate(c *Conn, method, user string, secret Secret, found bool) error
 
 	var failure error
 	var err error
+	login := loginFromSecret(secret)
 	switch method {
 	case AuthPassword:
-		failure, err = authPassword(c, user, secret)
+		var pw string
+		pw, failure, err = authPassword(c, user, secret)
+		if failure == nil && err == nil {
+			login = &ServerLogin{password: pw}
+		}
 	case AuthMD5:
 		if secret.kind == SecretSCRAM {
-			failure, err = authSCRAM(c, user, secret)
+			failure, err = authSCRAM(c, user, secret, login)
 		} else {
 			failure, err = authMD5(c, user, secret)
 		}
 	case AuthSCRAM:
-		failure, err = authSCRAM(c, user, secret)
+		failure, err = authSCRAM(c, user, secret, login)
 	default:
-		return &Error{Severity: "FATAL", Code: CodeInvalidAuthorization,
+		return nil, &Error{Severity: "FATAL", Code: CodeInvalidAuthorization,
 			Message: fmt.Sprintf("authentication method %q is not supported", method)}
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !found {
 		failure = errUnknownUser
 	}
 	if failure != nil {
-		return authFailed(user, failure)
+		return nil, authFailed(user, failure)
 	}
-	return nil
+	return login, nil
 }
 
 // Reasons for a failed authentication, recorded as the Cause of the 28P01
 // Error.
 var (
-	errUnknownUser   = errors.New("user is not in the users file")
+	errUnknownUser   = errors.New("unknown user (not in the users file, no row from auth_query)")
 	errWrongPassword = errors.New("password does not match")
 	errEmptyPassword = errors.New("empty password returned by client")
 	errNoPassword    = errors.New("user has no password")
@@ -186,23 +202,23 @@ func readPassword(c *Conn) (string, error) {
 
 // authPassword runs cleartext password authentication. It returns a
 // non-nil failure when the password is wrong.
-func authPassword(c *Conn, user string, secret Secret) (failure, err error) {
+func authPassword(c *Conn, user string, secret Secret) (password string, failure, err error) {
 	if err := sendAuth(c, &pgproto3.AuthenticationCleartextPassword{}, "AuthenticationCleartextPassword"); err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	password, err := readPassword(c)
+	password, err = readPassword(c)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	switch {
 	case password == "":
-		return errEmptyPassword, nil
+		return "", errEmptyPassword, nil
 	case secret.kind == SecretNone:
-		return errNoPassword, nil
+		return "", errNoPassword, nil
 	case !checkPlainPassword(secret, user, password):
-		return errWrongPassword, nil
+		return "", errWrongPassword, nil
 	}
-	return nil, nil
+	return password, nil, nil
 }
 
 // checkPlainPassword reports whether password matches secret.
@@ -271,7 +287,10 @@ const (
 
 // authSCRAM runs SCRAM-SHA-256 authentication (RFC 5802, RFC 7677) as the
 // server. Secrets without a SCRAM verifier get a mock exchange that fails.
-func authSCRAM(c *Conn, user string, secret Secret) (failure, err error) {
+// On success with a SCRAM secret (a verifier that is not derived from a
+// plain password), the ClientKey recovered from the proof is stored in
+// login for the server login.
+func authSCRAM(c *Conn, user string, secret Secret, login *ServerLogin) (failure, err error) {
 	s := newSCRAMServer(user, secret)
 	if err := sendAuth(c, &pgproto3.AuthenticationSASL{AuthMechanisms: []string{scramMechanism}}, "AuthenticationSASL"); err != nil {
 		return nil, err
@@ -307,6 +326,14 @@ func authSCRAM(c *Conn, user string, secret Secret) (failure, err error) {
 	}
 	if err := sendAuth(c, &pgproto3.AuthenticationSASLFinal{Data: serverFinal}, "AuthenticationSASLFinal"); err != nil {
 		return nil, err
+	}
+	if secret.kind == SecretSCRAM && s.clientKey != nil {
+		login.scram = &scramLogin{
+			iterations: s.verifier.iterations,
+			salt:       s.verifier.salt,
+			clientKey:  s.clientKey,
+			serverKey:  s.matched.serverKey,
+		}
 	}
 	return nil, nil
 }
@@ -349,6 +376,11 @@ type scramServer struct {
 	clientFirstBare string
 	serverFirst     string
 	nonce           string // client nonce + server nonce
+
+	// clientKey and matched are the ClientKey recovered from a valid
+	// proof and the key pair it matched.
+	clientKey []byte
+	matched   scramKeys
 }
 
 // newSCRAMServer prepares an exchange for user with secret, using a mock
@@ -595,28 +627,29 @@ func (s *scramServer) handleClientFinal(data []byte) (serverFinal []byte, failur
 			Message: "invalid SCRAM response", Detail: "Nonce does not match."}
 	}
 	authMessage := []byte(s.clientFirstBare + "," + s.serverFirst + "," + m.withoutProof)
-	keys, ok := s.verifyProof(m.proof, authMessage)
+	keys, clientKey, ok := s.verifyProof(m.proof, authMessage)
 	if s.doomed != nil {
 		return nil, s.doomed, nil
 	}
 	if !ok {
 		return nil, errWrongPassword, nil
 	}
+	s.clientKey, s.matched = clientKey, keys
 	sig := hmacSHA256(keys.serverKey[:], authMessage)
 	return []byte("v=" + base64.StdEncoding.EncodeToString(sig)), nil, nil
 }
 
 // verifyProof checks a ClientProof against each key pair of the verifier:
 // ClientKey = proof XOR HMAC(StoredKey, AuthMessage) must hash to StoredKey.
-func (s *scramServer) verifyProof(proof, authMessage []byte) (scramKeys, bool) {
+func (s *scramServer) verifyProof(proof, authMessage []byte) (scramKeys, []byte, bool) {
 	for _, k := range s.verifier.keys {
 		sig := hmacSHA256(k.storedKey[:], authMessage)
 		clientKey := make([]byte, len(sig))
 		subtle.XORBytes(clientKey, proof, sig)
 		stored := sha256.Sum256(clientKey)
 		if subtle.ConstantTimeCompare(stored[:], k.storedKey[:]) == 1 {
-			return k, true
+			return k, clientKey, true
 		}
 	}
-	return scramKeys{}, false
+	return scramKeys{}, nil, false
 }

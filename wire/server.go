@@ -51,15 +51,24 @@ func ConnectServer(ctx context.Context, cfg *pgconn.Config, maxBody int) (*Serve
 		hj.Conn.Close()
 		return nil, errors.New("server sent unexpected data after ReadyForQuery")
 	}
+	nc := hj.Conn
+	if lc, ok := nc.(*loggedInConn); ok {
+		// Logged in with a ServerLogin's keys: relay on the real
+		// connection, without the wrapper.
+		if nc, err = lc.unwrap(); err != nil {
+			hj.Conn.Close()
+			return nil, err
+		}
+	}
 	sc := &ServerConn{
-		Conn:     NewConn(hj.Conn, maxBody),
+		Conn:     NewConn(nc, maxBody),
 		PID:      hj.PID,
 		Key:      hj.SecretKey,
 		Params:   hj.ParameterStatuses,
 		TxStatus: hj.TxStatus,
 		Created:  time.Now(),
 	}
-	if ra := hj.Conn.RemoteAddr(); ra != nil {
+	if ra := nc.RemoteAddr(); ra != nil {
 		sc.cancelNetwork, sc.cancelAddr = ra.Network(), ra.String()
 	}
 	if sc.cancelNetwork == "" || sc.cancelAddr == "" || sc.cancelAddr == "@" {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +23,8 @@ type adminOptions struct {
 	Listen string
 	// Pprof serves /debug/pprof/ on the HTTP listener (pprof).
 	Pprof bool
+	// HTTPAuth is the HTTP listener's credentials and Host names.
+	HTTPAuth admin.HTTPAuth
 	// Settings holds the settings in force: SHOW DATABASES and SHOW CONFIG
 	// read it at request time; reloadProxy replaces its content.
 	Settings *atomic.Pointer[settings]
@@ -57,6 +60,7 @@ func newAdmin(opts adminOptions) *admin.Admin {
 		Reload:      opts.Reload,
 		Shutdown:    opts.Shutdown,
 		Pprof:       opts.Pprof,
+		HTTPAuth:    opts.HTTPAuth,
 		Log:         opts.Log,
 	})
 }
@@ -148,6 +152,28 @@ func adminSettingRows(st *settings, opts adminOptions) []admin.Setting {
 		admin.Setting{Key: "audit_workers", Value: strconv.Itoa(orDefault(st.pipeline.Workers, 2)), Default: "2", Changeable: no},
 		admin.Setting{Key: "log_level", Value: st.logLevel, Default: "info", Changeable: no},
 		admin.Setting{Key: "shutdown_timeout", Value: st.shutdownTimeout.String(), Default: "30s", Changeable: yes},
+	)
+	// Identity settings, never their secrets.
+	var authUser, authQuery, authDB string
+	if aq := st.proxy.AuthQuery; aq != nil {
+		authUser, authQuery, authDB = aq.User, aq.Query, aq.DBName
+	}
+	httpAuth := []string{}
+	if opts.HTTPAuth.Token != "" {
+		httpAuth = append(httpAuth, "bearer")
+	}
+	if opts.HTTPAuth.User != "" {
+		httpAuth = append(httpAuth, "basic")
+	}
+	if len(httpAuth) == 0 {
+		httpAuth = append(httpAuth, "none")
+	}
+	rows = append(rows,
+		admin.Setting{Key: "auth_user", Value: authUser, Default: "", Changeable: yes},
+		admin.Setting{Key: "auth_query", Value: authQuery, Default: "", Changeable: yes},
+		admin.Setting{Key: "auth_dbname", Value: authDB, Default: "", Changeable: yes},
+		admin.Setting{Key: "admin_http_auth", Value: strings.Join(httpAuth, ","), Default: "none", Changeable: no},
+		admin.Setting{Key: "admin_hosts", Value: strings.Join(opts.HTTPAuth.Hosts, ","), Default: "", Changeable: no},
 	)
 	return rows
 }

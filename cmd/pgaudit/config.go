@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
+	"github.com/pgaudit/pgaudit/admin"
 	"github.com/pgaudit/pgaudit/analyzer"
 	"github.com/pgaudit/pgaudit/pooler"
 	"github.com/pgaudit/pgaudit/rules"
@@ -137,6 +139,10 @@ type databaseFile struct {
 	// statements that ran as that role are planned on it (the planner
 	// runs user code with the connection's privileges).
 	ExplainDSN string `toml:"explain_dsn"`
+
+	// PasswordFile holds the password (first line), so that it need
+	// not be in the config file.
+	PasswordFile string `toml:"password_file"`
 	poolFile
 }
 
@@ -176,9 +182,34 @@ type fileConfig struct {
 		LogLevel           string    `toml:"log_level"`
 		ShutdownTimeout    *Duration `toml:"shutdown_timeout"`
 		poolFile
+		identityFile
 	} `toml:"pgaudit"`
 	Databases map[string]databaseFile `toml:"databases"`
 	Rules     rules.Config            `toml:"rules"`
+}
+
+// identityFile holds the [pgaudit] settings of who may log in and where
+// secrets come from.
+type identityFile struct {
+	// auth_query (PgBouncer's): look up users missing from the users
+	// file on the server, as auth_user.
+	AuthUser         string    `toml:"auth_user"`
+	AuthPassword     string    `toml:"auth_password"`
+	AuthPasswordFile string    `toml:"auth_password_file"`
+	AuthQuery        string    `toml:"auth_query"`
+	AuthDBName       string    `toml:"auth_dbname"`
+	AuthQueryCache   *Duration `toml:"auth_query_cache"`
+	// DangerouslyAllowTrustOnNetwork permits auth_type = "trust" on a
+	// listen address that is not loopback.
+	DangerouslyAllowTrustOnNetwork bool `toml:"dangerously_allow_trust_on_network"`
+	// UpstreamPasswordFile holds the password of the --upstream DSN.
+	UpstreamPasswordFile string `toml:"upstream_password_file"`
+	// HTTP admin credentials and Host names.
+	AdminToken     string   `toml:"admin_token"`
+	AdminTokenFile string   `toml:"admin_token_file"`
+	AdminUser      string   `toml:"admin_user"`
+	AdminPassword  string   `toml:"admin_password"`
+	AdminHosts     []string `toml:"admin_hosts"`
 }
 
 // proxyFlags are the quick-start flags; empty values leave the file alone.
@@ -199,6 +230,9 @@ type proxyFlags struct {
 	adminListen   *string // set when --admin-listen was given (even empty)
 	adminUsers    string  // comma-separated
 	pprof         bool
+	// upstreamPasswordFile holds the --upstream DSN's password.
+	upstreamPasswordFile string
+	allowTrustOnNetwork  bool
 }
 
 // settings is everything `pgaudit proxy` needs.
@@ -219,6 +253,10 @@ type settings struct {
 	shutdownTimeout time.Duration
 	adminListen     string
 	pprof           bool
+	httpAuth        admin.HTTPAuth
+	// warnings are logged when the proxy starts (a password on the
+	// command line, trust on a network address).
+	warnings []string
 }
 
 // loadSettings merges the config file and flags. Flags win.
@@ -274,19 +312,30 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 		cfg.Databases[name] = db
 	}
 	authFile := firstNonEmpty(fl.authFile, g.AuthFile)
+	var warnings []string
 	if fl.upstream != "" {
 		up, force, err := parseUpstream(fl.upstream)
 		if err != nil {
 			return nil, fmt.Errorf("--upstream: %w", err)
+		}
+		if admin.RedactDSN(fl.upstream) != fl.upstream {
+			warnings = append(warnings, "the --upstream DSN holds a password, which every local user can read with ps: use PGAUDIT_UPSTREAM_PASSWORD or upstream_password_file instead")
+		}
+		pw, err := secretFrom("upstream_password_file", firstNonEmpty(fl.upstreamPasswordFile, g.UpstreamPasswordFile), "PGAUDIT_UPSTREAM_PASSWORD", "")
+		if err != nil {
+			return nil, err
+		}
+		if pw != "" {
+			up.Password = pw
 		}
 		db := &pooler.Database{Name: up.Database, Upstream: up, ForceUser: force, Pool: global}
 		cfg.Databases[up.Database] = db
 		fallback := *db
 		fallback.Name = "*"
 		cfg.Databases["*"] = &fallback
-		if authFile == "" && cfg.AuthType == "" {
-			if !isLoopback(cfg.Listen) {
-				return nil, fmt.Errorf("--upstream without a users file accepts clients with trust, which is only allowed on a loopback address, not %s: set auth_file", cfg.Listen)
+		if authFile == "" && cfg.AuthType == "" && g.AuthUser == "" {
+			if !isLoopback(cfg.Listen) && !(g.DangerouslyAllowTrustOnNetwork || fl.allowTrustOnNetwork) {
+				return nil, fmt.Errorf("--upstream without a users file accepts clients with trust, which is only allowed on a loopback address, not %s: set auth_file or auth_user (auth_query)", cfg.Listen)
 			}
 			cfg.AuthType = "trust"
 		}
@@ -304,17 +353,60 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 			cfg.AuthType = "scram-sha-256"
 		}
 	}
+	if g.AuthUser != "" {
+		pw, err := secretFrom("auth_password_file", g.AuthPasswordFile, "PGAUDIT_AUTH_PASSWORD", g.AuthPassword)
+		if err != nil {
+			return nil, err
+		}
+		if pw == "" {
+			// As PgBouncer: auth_user's password may come from the users file.
+			if sec, ok := cfg.Users.Lookup(g.AuthUser); ok {
+				pw, _ = sec.PlainPassword()
+			}
+		}
+		cfg.AuthQuery = &pooler.AuthQuery{User: g.AuthUser, Password: pw, Query: firstNonEmpty(g.AuthQuery, pooler.DefaultAuthQuery), DBName: g.AuthDBName}
+		if g.AuthQueryCache != nil {
+			cfg.AuthQuery.CacheTTL = g.AuthQueryCache.Duration
+			if cfg.AuthQuery.CacheTTL == 0 {
+				cfg.AuthQuery.CacheTTL = -1 // 0 in the file: no cache
+			}
+		}
+		cfg.AuthDatabase = g.AuthDBName
+		if g.AuthDBName != "" {
+			if _, ok := cfg.Databases[g.AuthDBName]; !ok {
+				if _, wild := cfg.Databases["*"]; !wild {
+					return nil, fmt.Errorf("auth_dbname %q is not a configured database", g.AuthDBName)
+				}
+			}
+		}
+		if cfg.AuthType == "" {
+			cfg.AuthType = "scram-sha-256"
+		}
+	} else if g.AuthQuery != "" || g.AuthDBName != "" {
+		return nil, errors.New("auth_query and auth_dbname need auth_user")
+	}
 	if cfg.AuthType == "" {
 		cfg.AuthType = "trust"
 	}
 	switch cfg.AuthType {
 	case "trust":
-		if authFile == "" && !isLoopback(cfg.Listen) {
-			return nil, fmt.Errorf("auth_type trust without a users file is only allowed on a loopback listen address, not %s", cfg.Listen)
+		if !isLoopback(cfg.Listen) {
+			if !(g.DangerouslyAllowTrustOnNetwork || fl.allowTrustOnNetwork) {
+				return nil, fmt.Errorf("auth_type trust on %s, which is not a loopback address, lets anyone who can reach it log in without a password: use auth_file or auth_user (auth_query) with scram-sha-256, or, if the network is really trusted, set dangerously_allow_trust_on_network = true", cfg.Listen)
+			}
+			warnings = append(warnings, fmt.Sprintf("DANGER: auth_type trust on the network address %s (dangerously_allow_trust_on_network): anyone who can reach it logs in without a password", cfg.Listen))
+		}
+		if cfg.Users == nil && cfg.AuthQuery == nil {
+			// No users file: when every database logs in to the
+			// server as a fixed user, only that user name is accepted
+			// (a client asking for another role would otherwise get
+			// that user's session); others get 28000 role "NAME"
+			// does not exist, as from Postgres.
+			cfg.Users = forcedUsers(cfg.Databases)
 		}
 	case "md5", "scram-sha-256", "password":
-		if cfg.Users == nil {
-			return nil, fmt.Errorf("auth_type %s needs auth_file", cfg.AuthType)
+		if cfg.Users == nil && cfg.AuthQuery == nil {
+			return nil, fmt.Errorf("auth_type %s needs auth_file or auth_user (auth_query)", cfg.AuthType)
 		}
 	default:
 		return nil, fmt.Errorf("invalid auth_type %q: want trust, password, md5 or scram-sha-256", cfg.AuthType)
@@ -334,7 +426,7 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 		}
 		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	st := &settings{proxy: cfg, auditLog: firstNonEmpty(fl.auditLog, g.AuditLog), logLevel: firstNonEmpty(fl.logLevel, g.LogLevel, "info"), shutdownTimeout: 30 * time.Second}
+	st := &settings{proxy: cfg, auditLog: firstNonEmpty(fl.auditLog, g.AuditLog), logLevel: firstNonEmpty(fl.logLevel, g.LogLevel, "info"), shutdownTimeout: 30 * time.Second, warnings: warnings}
 	if g.ShutdownTimeout != nil {
 		st.shutdownTimeout = g.ShutdownTimeout.Duration
 	}
@@ -344,6 +436,22 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 	}
 	if fl.adminListen != nil {
 		st.adminListen = *fl.adminListen
+	}
+	token, err := secretFrom("admin_token_file", g.AdminTokenFile, "PGAUDIT_ADMIN_TOKEN", g.AdminToken)
+	if err != nil {
+		return nil, err
+	}
+	st.httpAuth = admin.HTTPAuth{Token: token, User: g.AdminUser, Password: g.AdminPassword, Hosts: g.AdminHosts}
+	if (g.AdminUser == "") != (g.AdminPassword == "") {
+		return nil, errors.New("admin_user and admin_password go together")
+	}
+	if st.adminListen != "" {
+		if host, _, err := net.SplitHostPort(st.adminListen); err == nil && host != "" && net.ParseIP(host) == nil {
+			st.httpAuth.Hosts = append(st.httpAuth.Hosts, host)
+		}
+		if err := st.httpAuth.CheckListen(st.adminListen); err != nil {
+			return nil, err
+		}
 	}
 	st.pprof = g.Pprof || fl.pprof
 	cfg.AdminUsers = g.AdminUsers
@@ -453,7 +561,11 @@ func databaseFromFile(name string, df databaseFile, global pooler.PoolSettings) 
 		}
 		add("dbname", firstNonEmpty(df.DBName, name))
 		add("user", df.User)
-		add("password", df.Password)
+		pw, perr := secretFrom(fmt.Sprintf("[databases.%s] password_file", name), df.PasswordFile, "", df.Password)
+		if perr != nil {
+			return nil, perr
+		}
+		add("password", pw)
 		add("sslmode", firstNonEmpty(df.SSLMode, "prefer"))
 		up, err = pgconn.ParseConfig(strings.Join(kv, " "))
 		force = df.User != ""
@@ -485,6 +597,43 @@ func parseUpstream(dsn string) (*pgconn.Config, bool, error) {
 		cfg.Database = "postgres"
 	}
 	return cfg, force, nil
+}
+
+// secretFrom returns a secret from file (its first line), else from the
+// environment variable env, else value. Files and variables keep secrets
+// out of the command line (ps) and the config file.
+func secretFrom(what, file, env, value string) (string, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", what, err)
+		}
+		line, _, _ := strings.Cut(string(b), "\n")
+		return strings.TrimRight(line, "\r"), nil
+	}
+	if env != "" {
+		if v := os.Getenv(env); v != "" {
+			return v, nil
+		}
+	}
+	return value, nil
+}
+
+// forcedUsers returns the users file implied by trust without one: the
+// fixed server users, when every database has one; nil (any user name)
+// otherwise.
+func forcedUsers(dbs map[string]*pooler.Database) *wire.Users {
+	m := map[string]wire.Secret{}
+	for _, db := range dbs {
+		if !db.ForceUser {
+			return nil
+		}
+		m[db.Upstream.User] = wire.Secret{}
+	}
+	if len(m) == 0 {
+		return nil
+	}
+	return wire.NewUsers(m)
 }
 
 func isLoopback(addr string) bool {

@@ -120,6 +120,8 @@ func proxyCommand() *cobra.Command {
 	f.String("admin-listen", "", "HTTP admin address: dashboard, /metrics, /api/v1 (default 127.0.0.1:9930; empty turns it off)")
 	f.StringVar(&fl.adminUsers, "admin-users", "", "comma-separated users allowed on the admin console (databases pgaudit and pgbouncer)")
 	f.BoolVar(&fl.pprof, "pprof", false, "serve /debug/pprof/ on the admin listener")
+	f.StringVar(&fl.upstreamPasswordFile, "upstream-password-file", "", "file holding the --upstream DSN's password (or set PGAUDIT_UPSTREAM_PASSWORD): keeps it out of ps")
+	f.BoolVar(&fl.allowTrustOnNetwork, "dangerously-allow-trust-on-network", false, "allow auth_type trust on a non-loopback listen address: anyone who can reach it logs in without a password")
 	f.StringVar(&fl.otlpEndpoint, "otlp-endpoint", "", "OTLP/HTTP endpoint (host:4318): spans for statements with a sqlcommenter traceparent")
 	return cmd
 }
@@ -138,8 +140,11 @@ func runProxy(ctx context.Context, st *settings, reload func() (*settings, error
 	var p *pooler.Proxy
 	var console pooler.AdminHandler
 	shutdownReq := make(chan bool, 1)
+	for _, w := range st.warnings {
+		log.Warn().Msg(w)
+	}
 	adminOpts := adminOptions{
-		Listen: st.adminListen, Pprof: st.pprof, Settings: &cur, Log: log,
+		Listen: st.adminListen, Pprof: st.pprof, HTTPAuth: st.httpAuth, Settings: &cur, Log: log,
 		Reload: func() error { return reloadProxy(p, &cur, console, reload) },
 		Shutdown: func(wait bool) {
 			select {
