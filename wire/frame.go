@@ -43,13 +43,28 @@ var ErrInvalidLength = errors.New("invalid message length")
 // the next call on the Reader. Copy whatever must outlive that.
 //
 // A Reader is not safe for concurrent use.
+//
+// A message that does not fit the read buffer is assembled in a separate
+// buffer that grows with the bytes that arrive, never with the length the
+// peer declares: it starts at no more than keepBufferSize bytes and doubles
+// as it fills, up to the message's size. Growth beyond keepBufferSize is
+// charged to the Reader's MemoryBudget (see SetBudget), and such a buffer is
+// dropped, and its charge released, at the next call on the Reader (or
+// Release), so an idle connection holds no large buffer.
 type Reader struct {
 	br      *bufio.Reader
 	buf     []byte
 	maxBody int
+	budget  *MemoryBudget
+	// charged is what buf holds of budget.
+	charged int
 	// desynced is set when an error interrupted a frame part-way.
 	desynced bool
 }
+
+// keepBufferSize is the largest assembly buffer a Reader keeps between
+// messages; it is not charged to the budget, as the read buffer is not.
+const keepBufferSize = 16 << 10
 
 // InSync reports whether every error so far struck between frames, so the
 // stream can still be read (after a read deadline, say).
@@ -77,10 +92,30 @@ func (r *Reader) Buffered() int { return r.br.Buffered() }
 // SetMaxBody changes the body size cap.
 func (r *Reader) SetMaxBody(n int) { r.maxBody = n }
 
+// SetBudget makes the Reader charge the growth of its large-message buffer
+// to b, shared with other Readers (nil: no limit). When a message would
+// take b past its limit, ReadMessage returns a *BufferBudgetError. Call it
+// before the first read.
+func (r *Reader) SetBudget(b *MemoryBudget) { r.budget = b }
+
+// Release drops a large message buffer and returns its bytes to the
+// budget. The owner calls it when it stops using the Reader; the last
+// message returned becomes invalid. Reading again is allowed.
+func (r *Reader) Release() {
+	if cap(r.buf) > keepBufferSize {
+		r.buf = nil
+	}
+	if r.charged > 0 {
+		r.budget.Release(int64(r.charged))
+		r.charged = 0
+	}
+}
+
 // ReadStartup reads one untyped startup-phase packet (StartupMessage,
 // SSLRequest, GSSENCRequest or CancelRequest) and returns its body, which
 // begins with the 4-byte request code.
 func (r *Reader) ReadStartup() ([]byte, error) {
+	r.Release()
 	var hdr [4]byte
 	if _, err := io.ReadFull(r.br, hdr[:]); err != nil {
 		return nil, err
@@ -100,6 +135,9 @@ func (r *Reader) ReadStartup() ([]byte, error) {
 // frame (type byte, length, body), ready to forward unchanged. The body is
 // raw[5:]. The frame aliases the Reader's buffer.
 func (r *Reader) ReadMessage() (typ byte, raw []byte, err error) {
+	// The previous message is no longer valid: drop its large buffer
+	// before waiting for the next one.
+	r.Release()
 	hdr, err := r.br.Peek(5)
 	if err != nil {
 		if len(hdr) > 0 {
@@ -130,25 +168,59 @@ func (r *Reader) ReadMessage() (typ byte, raw []byte, err error) {
 	raw, err = r.fill(n + 1)
 	if err != nil {
 		r.desynced = true
+		var be *BufferBudgetError
+		if errors.As(err, &be) {
+			be.Type, be.Size = typ, n-4
+			return typ, nil, be
+		}
 		return typ, nil, unexpectedEOF(err)
 	}
 	return typ, raw, nil
 }
 
+// fill reads the next n bytes into the assembly buffer and returns them.
+// The buffer grows as bytes arrive (see Reader). On error the large buffer
+// is dropped at once.
 func (r *Reader) fill(n int) ([]byte, error) {
-	if cap(r.buf) < n {
-		r.buf = make([]byte, n)
+	if want := min(n, keepBufferSize); cap(r.buf) < want {
+		r.buf = make([]byte, want)
 	}
-	r.buf = r.buf[:n]
-	if _, err := io.ReadFull(r.br, r.buf); err != nil {
-		return nil, err
+	buf := r.buf[:cap(r.buf)]
+	got := 0
+	for got < n {
+		if got == len(buf) {
+			size := min(n, 2*len(buf))
+			if err := r.charge(size); err != nil {
+				r.Release()
+				return nil, err
+			}
+			grown := make([]byte, size)
+			copy(grown, buf[:got])
+			buf, r.buf = grown, grown
+		}
+		m, err := r.br.Read(buf[got:min(len(buf), n)])
+		got += m
+		if err != nil && got < n {
+			r.Release()
+			return nil, err
+		}
 	}
-	// Don't keep a huge buffer alive after one large message.
-	out := r.buf
-	if cap(r.buf) > 1<<20 {
-		r.buf = nil
+	return buf[:n], nil
+}
+
+// charge makes the budget cover an assembly buffer of size bytes.
+func (r *Reader) charge(size int) error {
+	want := 0
+	if size > keepBufferSize {
+		want = size
 	}
-	return out, nil
+	if want > r.charged {
+		if !r.budget.Reserve(int64(want - r.charged)) {
+			return &BufferBudgetError{Limit: r.budget.Limit()}
+		}
+		r.charged = want
+	}
+	return nil
 }
 
 func unexpectedEOF(err error) error {
