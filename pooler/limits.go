@@ -127,11 +127,16 @@ func (p *Proxy) endConn(ls *loginSlot) {
 }
 
 // loginFailed reports a connection that ended before logging in: an
-// evicted one gets FATAL 53300, anything else is logged.
+// evicted one gets FATAL 53300, one over client_buffer_budget FATAL 53200;
+// anything else is logged.
 func (p *Proxy) loginFailed(c *wire.Conn, ls *loginSlot, err error) {
 	p.mu.Lock()
 	evicted := ls.evicted
 	p.mu.Unlock()
+	var overBudget *wire.BufferBudgetError
+	if !evicted && errors.As(err, &overBudget) {
+		_ = c.SendError(budgetFatal(overBudget))
+	}
 	if evicted {
 		_ = c.SetDeadline(time.Now().Add(time.Second))
 		_ = c.SendError(wire.Fatal(wire.CodeTooManyConnections,

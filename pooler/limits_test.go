@@ -243,7 +243,7 @@ func TestClientBufferBudget(t *testing.T) {
 				t.Fatalf("%d bytes still charged", n)
 			}
 			// The whole budget is available again.
-			if st := bystander.query(string(lengthQuery(3<<20)[:3<<20-1])); st != 'I' {
+			if st := bystander.query(string(lengthQuery(3 << 20)[:3<<20-1])); st != 'I' {
 				t.Fatalf("a 3 MiB query after: status %q", st)
 			}
 			waitPool(t, p, 5*time.Second, "after the budget error", func(active, _ int) bool { return active <= 2 })
