@@ -89,6 +89,9 @@ func New(cfg *Config, sink analyzer.Sink, log zerolog.Logger) *Proxy {
 	if cfg.MaxLoginClients <= 0 {
 		cfg.MaxLoginClients = DefaultMaxLoginClients
 	}
+	if cfg.ClientBufferBudget <= 0 {
+		cfg.ClientBufferBudget = wire.DefaultClientBufferBudget
+	}
 	if cfg.AuthType == "" {
 		cfg.AuthType = "trust"
 	}
@@ -993,6 +996,9 @@ func (p *Proxy) Reload(cfg *Config) {
 	}
 	if cfg.MaxLoginClients <= 0 {
 		cfg.MaxLoginClients = old.MaxLoginClients
+	}
+	if cfg.ClientBufferBudget <= 0 {
+		cfg.ClientBufferBudget = old.ClientBufferBudget
 	}
 	p.budget.SetLimit(cfg.ClientBufferBudget)
 	if cfg.AuthType == "" {
