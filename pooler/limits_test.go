@@ -129,6 +129,9 @@ func TestClaimedLengthsReserveNothing(t *testing.T) {
 	if growth > 32<<20 {
 		t.Errorf("the Go heap grew by %.1f MiB for %d clients that sent a few bytes each", float64(growth)/(1<<20), clients)
 	}
+	if rssBefore > 0 && rssAfter > rssBefore+64<<20 {
+		t.Errorf("RSS grew by %.1f MiB for %d clients that sent a few bytes each", mib(rssAfter-rssBefore), clients)
+	}
 	if n := p.BufferedClientBytes(); n != 0 {
 		t.Errorf("%d bytes charged to client_buffer_budget for messages of a few bytes so far", n)
 	}

@@ -46,21 +46,33 @@ var ErrInvalidLength = errors.New("invalid message length")
 //
 // A message that does not fit the read buffer is assembled in a separate
 // buffer that grows with the bytes that arrive, never with the length the
-// peer declares: it starts at no more than keepBufferSize bytes and doubles
-// as it fills, up to the message's size. Growth beyond keepBufferSize is
-// charged to the Reader's MemoryBudget (see SetBudget), and such a buffer is
-// dropped, and its charge released, at the next call on the Reader (or
-// Release), so an idle connection holds no large buffer.
+// peer declares: it starts at keepBufferSize bytes and doubles as it fills,
+// up to the message's size, so it is never more than twice what arrived.
+// A buffer larger than keepBufferSize is charged to the Reader's
+// MemoryBudget (see SetBudget). It is kept for the next large message only
+// while the peer keeps sending (the next bytes are already buffered or
+// waiting on the socket, as in a COPY stream); a read that would wait for
+// the peer drops it first, and its charge with it, so an idle connection
+// holds no large buffer.
 type Reader struct {
-	br      *bufio.Reader
-	buf     []byte
-	maxBody int
-	budget  *MemoryBudget
-	// charged is what buf holds of budget.
+	br *bufio.Reader
+	// pending reports, without blocking, whether the source has bytes
+	// waiting (nil when the source cannot tell).
+	pending func() bool
+	// small is the assembly buffer kept between messages (keepBufferSize
+	// bytes, not charged); big is the large one, charged to budget.
+	small, big []byte
+	maxBody    int
+	budget     *MemoryBudget
+	// charged is what big holds of budget.
 	charged int
 	// desynced is set when an error interrupted a frame part-way.
 	desynced bool
 }
+
+// pendingReader is a source that can tell whether bytes are waiting
+// (rawIO: a non-blocking recv with MSG_PEEK).
+type pendingReader interface{ pending() bool }
 
 // keepBufferSize is the largest assembly buffer a Reader keeps between
 // messages; it is not charged to the budget, as the read buffer is not.
@@ -83,7 +95,11 @@ func NewReaderSize(r io.Reader, maxBody, bufSize int) *Reader {
 	if maxBody <= 0 {
 		maxBody = DefaultMaxMessageSize
 	}
-	return &Reader{br: bufio.NewReaderSize(r, bufSize), maxBody: maxBody}
+	rd := &Reader{br: bufio.NewReaderSize(r, bufSize), maxBody: maxBody}
+	if pr, ok := r.(pendingReader); ok {
+		rd.pending = pr.pending
+	}
+	return rd
 }
 
 // Buffered reports how many bytes are buffered and not yet returned.
@@ -102,9 +118,7 @@ func (r *Reader) SetBudget(b *MemoryBudget) { r.budget = b }
 // budget. The owner calls it when it stops using the Reader; the last
 // message returned becomes invalid. Reading again is allowed.
 func (r *Reader) Release() {
-	if cap(r.buf) > keepBufferSize {
-		r.buf = nil
-	}
+	r.big = nil
 	if r.charged > 0 {
 		r.budget.Release(int64(r.charged))
 		r.charged = 0
@@ -135,9 +149,10 @@ func (r *Reader) ReadStartup() ([]byte, error) {
 // frame (type byte, length, body), ready to forward unchanged. The body is
 // raw[5:]. The frame aliases the Reader's buffer.
 func (r *Reader) ReadMessage() (typ byte, raw []byte, err error) {
-	// The previous message is no longer valid: drop its large buffer
-	// before waiting for the next one.
-	r.Release()
+	// Drop the large buffer before waiting for the peer.
+	if r.big != nil && r.br.Buffered() == 0 && (r.pending == nil || !r.pending()) {
+		r.Release()
+	}
 	hdr, err := r.br.Peek(5)
 	if err != nil {
 		if len(hdr) > 0 {
@@ -178,14 +193,17 @@ func (r *Reader) ReadMessage() (typ byte, raw []byte, err error) {
 	return typ, raw, nil
 }
 
-// fill reads the next n bytes into the assembly buffer and returns them.
+// fill reads the next n bytes into an assembly buffer and returns them.
 // The buffer grows as bytes arrive (see Reader). On error the large buffer
 // is dropped at once.
 func (r *Reader) fill(n int) ([]byte, error) {
-	if want := min(n, keepBufferSize); cap(r.buf) < want {
-		r.buf = make([]byte, want)
+	if r.small == nil {
+		r.small = make([]byte, keepBufferSize)
 	}
-	buf := r.buf[:cap(r.buf)]
+	buf := r.small
+	if r.big != nil && n > keepBufferSize {
+		buf = r.big
+	}
 	got := 0
 	for got < n {
 		if got == len(buf) {
@@ -196,7 +214,7 @@ func (r *Reader) fill(n int) ([]byte, error) {
 			}
 			grown := make([]byte, size)
 			copy(grown, buf[:got])
-			buf, r.buf = grown, grown
+			buf, r.big = grown, grown
 		}
 		m, err := r.br.Read(buf[got:min(len(buf), n)])
 		got += m
@@ -208,17 +226,14 @@ func (r *Reader) fill(n int) ([]byte, error) {
 	return buf[:n], nil
 }
 
-// charge makes the budget cover an assembly buffer of size bytes.
+// charge makes the budget cover a large buffer of size bytes, which
+// replaces big.
 func (r *Reader) charge(size int) error {
-	want := 0
-	if size > keepBufferSize {
-		want = size
-	}
-	if want > r.charged {
-		if !r.budget.Reserve(int64(want - r.charged)) {
+	if size > r.charged {
+		if !r.budget.Reserve(int64(size - r.charged)) {
 			return &BufferBudgetError{Limit: r.budget.Limit()}
 		}
-		r.charged = want
+		r.charged = size
 	}
 	return nil
 }

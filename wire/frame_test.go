@@ -151,3 +151,76 @@ func TestFormatBytes(t *testing.T) {
 		}
 	}
 }
+
+// loopReader serves the same bytes forever, like a socket with a client
+// streaming messages (more is always pending).
+type loopReader struct {
+	data []byte
+	off  int
+}
+
+func (l *loopReader) pending() bool { return true }
+
+func (l *loopReader) Read(p []byte) (int, error) {
+	n := copy(p, l.data[l.off:])
+	l.off = (l.off + n) % len(l.data)
+	return n, nil
+}
+
+// BenchmarkReaderLargeMessages reads CopyData-sized messages (pgx's
+// CopyFrom sends about 64 KiB per message) through a client Reader with a
+// budget.
+func BenchmarkReaderLargeMessages(b *testing.B) {
+	for _, size := range []int{12 << 10, 64 << 10, 1 << 20} {
+		b.Run(FormatBytes(int64(size)), func(b *testing.B) {
+			frame := queryFrame(size)
+			r := NewReaderSize(&loopReader{data: frame}, 0, ClientBufferSize)
+			r.SetBudget(NewMemoryBudget(0))
+			b.SetBytes(int64(len(frame)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, _, err := r.ReadMessage(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// streamReader is a bytes.Reader that reports pending bytes, as rawIO does
+// for a socket with data waiting.
+type streamReader struct{ *bytes.Reader }
+
+func (s streamReader) pending() bool { return s.Len() > 0 }
+
+// TestReaderKeepsBufferWhileStreaming: between large messages that keep
+// coming the buffer (and its charge) is kept and reused; when the peer has
+// nothing more to send, it is dropped before the Reader waits.
+func TestReaderKeepsBufferWhileStreaming(t *testing.T) {
+	one := queryFrame(64 << 10)
+	stream := bytes.Repeat(one, 3)
+	budget := NewMemoryBudget(0)
+	r := NewReaderSize(streamReader{bytes.NewReader(stream)}, 0, ClientBufferSize)
+	r.SetBudget(budget)
+	var first []byte
+	for i := 0; i < 3; i++ {
+		_, raw, err := r.ReadMessage()
+		if err != nil || !bytes.Equal(raw, one) {
+			t.Fatalf("message %d: %d bytes, %v", i, len(raw), err)
+		}
+		if used := budget.Used(); used != int64(len(one)) {
+			t.Fatalf("message %d: %d bytes charged, want %d", i, used, len(one))
+		}
+		if i == 0 {
+			first = raw
+		} else if &raw[0] != &first[0] {
+			t.Fatalf("message %d was assembled in a new buffer", i)
+		}
+	}
+	if _, _, err := r.ReadMessage(); !errors.Is(err, io.EOF) {
+		t.Fatalf("at the end: %v", err)
+	}
+	if used := budget.Used(); used != 0 {
+		t.Fatalf("after the stream ended: %d bytes charged", used)
+	}
+}
