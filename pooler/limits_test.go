@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -135,9 +136,14 @@ func TestClaimedLengthsReserveNothing(t *testing.T) {
 	if n := p.BufferedClientBytes(); n != 0 {
 		t.Errorf("%d bytes charged to client_buffer_budget for messages of a few bytes so far", n)
 	}
-	if err := connectErr(t, proxyDSN(p, "", "")); err != nil {
-		t.Fatalf("a normal client while %d clients hang mid-message: %v", clients, err)
+	// A normal pgx client is served meanwhile.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	normal := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeCacheStatement)
+	if got := queryString(t, ctx, normal, "select 1::text"); got != "1" {
+		t.Fatalf("select 1 while %d clients hang mid-message: %q", clients, got)
 	}
+	normal.Close(ctx)
 
 	// Memory follows the bytes: 1 MiB more on one of them is charged as
 	// about 1 MiB (the buffer doubles), and the whole message, once it is

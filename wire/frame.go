@@ -46,8 +46,9 @@ var ErrInvalidLength = errors.New("invalid message length")
 //
 // A message that does not fit the read buffer is assembled in a separate
 // buffer that grows with the bytes that arrive, never with the length the
-// peer declares: it starts at keepBufferSize bytes and doubles as it fills,
-// up to the message's size, so it is never more than twice what arrived.
+// peer declares: it starts at no more than keepBufferSize bytes and doubles
+// as it fills, up to the message's size, so it is never more than twice
+// what arrived.
 // A buffer larger than keepBufferSize is charged to the Reader's
 // MemoryBudget (see SetBudget). It is kept for the next large message only
 // while the peer keeps sending (the next bytes are already buffered or
@@ -59,8 +60,9 @@ type Reader struct {
 	// pending reports, without blocking, whether the source has bytes
 	// waiting (nil when the source cannot tell).
 	pending func() bool
-	// small is the assembly buffer kept between messages (keepBufferSize
-	// bytes, not charged); big is the large one, charged to budget.
+	// small is the assembly buffer kept between messages (at most
+	// keepBufferSize bytes, not charged); big is the large one, charged to
+	// budget.
 	small, big []byte
 	maxBody    int
 	budget     *MemoryBudget
@@ -197,12 +199,15 @@ func (r *Reader) ReadMessage() (typ byte, raw []byte, err error) {
 // The buffer grows as bytes arrive (see Reader). On error the large buffer
 // is dropped at once.
 func (r *Reader) fill(n int) ([]byte, error) {
-	if r.small == nil {
-		r.small = make([]byte, keepBufferSize)
-	}
-	buf := r.small
-	if r.big != nil && n > keepBufferSize {
+	var buf []byte
+	switch want := min(n, keepBufferSize); {
+	case r.big != nil && n > keepBufferSize:
 		buf = r.big
+	case cap(r.small) < want:
+		r.small = make([]byte, want)
+		buf = r.small
+	default:
+		buf = r.small[:cap(r.small)]
 	}
 	got := 0
 	for got < n {

@@ -224,3 +224,26 @@ func TestReaderKeepsBufferWhileStreaming(t *testing.T) {
 		t.Fatalf("after the stream ended: %d bytes charged", used)
 	}
 }
+
+// TestReaderSmallBuffersStaySmall: a connection that sends only small
+// messages keeps no more than it needed (a client proxy may hold
+// thousands).
+func TestReaderSmallBuffersStaySmall(t *testing.T) {
+	st := startupBody(ProtocolVersion30, "user", "alice", "database", "db")
+	in := binary.BigEndian.AppendUint32(nil, uint32(len(st)+4))
+	in = append(in, st...)
+	in = append(in, queryFrame(9000)...)
+	r := NewReaderSize(&chunkReader{r: bytes.NewReader(in), n: 4096}, 0, ClientBufferSize)
+	if _, err := r.ReadStartup(); err != nil {
+		t.Fatal(err)
+	}
+	if c := cap(r.small); c > len(st) {
+		t.Fatalf("after a %d-byte startup packet the Reader keeps %d bytes", len(st), c)
+	}
+	if _, raw, err := r.ReadMessage(); err != nil || len(raw) != 9005 {
+		t.Fatalf("9000-byte Query: %d bytes, %v", len(raw), err)
+	}
+	if c := cap(r.small); c != 9005 || r.big != nil {
+		t.Fatalf("after a 9005-byte frame the Reader keeps %d bytes (big %d)", c, cap(r.big))
+	}
+}
