@@ -345,14 +345,13 @@ func TestSilentSocketFlood(t *testing.T) {
 	waitFor(t, 5*time.Second, func() bool { return p.authed.Load() == 0 })
 	// Every silent socket was closed: the oldest to make room (with
 	// 53300), the others when client_login_timeout passed.
+	// (Which ones were oldest is the order in which the proxy's handlers
+	// took their slots, not quite the order of the dials.)
 	evicted := 0
-	for i, nc := range silent {
-		er := readErrorAndClose(t, nc)
-		if er != nil {
+	for _, nc := range silent {
+		if er := readErrorAndClose(t, nc); er != nil {
 			wantFatal(t, er, "53300")
 			evicted++
-		} else if i < silentN-maxLogin {
-			t.Errorf("silent socket %d closed without an error", i)
 		}
 	}
 	if evicted < silentN-maxLogin {
