@@ -321,11 +321,13 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 	}
 	p.clients.Add(1)
 	defer p.clients.Add(-1)
+	// The deadline is set before the login slot is taken: an eviction
+	// (enterLogin) sets it to now, which must not be overwritten.
+	_ = nc.SetDeadline(time.Now().Add(p.config().ClientLoginTimeout))
 	ls := p.enterLogin(nc)
 	defer p.endConn(ls)
 	c := p.newClientConn(nc)
 	defer func() { c.R.Release() }() // c may become the TLS conn
-	_ = nc.SetDeadline(time.Now().Add(p.config().ClientLoginTimeout))
 	st, c, err := p.negotiate(c)
 	if err != nil {
 		p.loginFailed(c, ls, err)
