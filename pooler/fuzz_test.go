@@ -128,9 +128,9 @@ func (c *fuzzConn) SetWriteDeadline(t time.Time) error { return nil }
 // through SSLRequest/GSSENCRequest/CancelRequest negotiation, the
 // StartupMessage and the authentication exchange, with arbitrary bytes
 // over an in-memory connection that ends in EOF. conf picks auth_type
-// (bits 0-1), client TLS (bit 2: allow, bit 3: require), a small
-// client_buffer_budget (bit 4) and how many bytes each read returns (bits
-// 5-7). No database is configured, so a client that authenticates ends with
+// (bits 0-1), client TLS (bit 2: allow, bit 3: require), a 40 KiB budget
+// for connections logging in (bit 4) and how many bytes each read returns
+// (bits 5-7). No database is configured, so a client that authenticates ends with
 // 3D000 and nothing needs a server.
 //
 // Whatever the input, the handler must not panic, must return once the
@@ -190,10 +190,10 @@ func FuzzStartupAuth(f *testing.F) {
 		if conf&8 != 0 {
 			cfg.TLS, cfg.ClientTLS = fuzzFixture.tls, "require"
 		}
-		if conf&16 != 0 {
-			cfg.ClientBufferBudget = 40 << 10
-		}
 		p := New(cfg, nil, zerolog.New(&logs).Level(zerolog.WarnLevel))
+		if conf&16 != 0 {
+			p.loginBudget.SetLimit(40 << 10)
+		}
 		nc := &fuzzConn{in: data}
 		if k := conf >> 5; k > 0 {
 			nc.chunk = 1 << (k - 1) // 1 to 64 bytes per read
@@ -222,8 +222,8 @@ func FuzzStartupAuth(f *testing.F) {
 		if !nc.closed {
 			t.Fatal("the handler returned without closing the connection")
 		}
-		if n, l, a, b := p.ClientCount(), p.LoginCount(), p.authed.Load(), p.BufferedClientBytes(); n != 0 || l != 0 || a != 0 || b != 0 {
-			t.Fatalf("after the connection: %d clients, %d logging in, %d authenticated, %d bytes charged", n, l, a, b)
+		if n, l, a, b, lb := p.ClientCount(), p.LoginCount(), p.authed.Load(), p.BufferedClientBytes(), p.loginBudget.Used(); n != 0 || l != 0 || a != 0 || b != 0 || lb != 0 {
+			t.Fatalf("after the connection: %d clients, %d logging in, %d authenticated, %d+%d bytes charged", n, l, a, b, lb)
 		}
 	})
 }

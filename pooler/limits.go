@@ -107,6 +107,9 @@ func (p *Proxy) authenticated(c *wire.Conn, ls *loginSlot) error {
 		return errLoginEvicted
 	}
 	ls.authenticated = true
+	// The authentication messages have been handled: from now on the
+	// client's large messages count toward client_buffer_budget.
+	c.R.SetBudget(p.budget)
 	n := p.authed.Add(1)
 	if limit := p.config().MaxClientConn; limit > 0 && n > int64(limit) {
 		p.counters.rejected.Add(1)
@@ -135,7 +138,7 @@ func (p *Proxy) loginFailed(c *wire.Conn, ls *loginSlot, err error) {
 	p.mu.Unlock()
 	var overBudget *wire.BufferBudgetError
 	if !evicted && errors.As(err, &overBudget) {
-		_ = c.SendError(budgetFatal(overBudget))
+		_ = c.SendError(p.budgetFatal(overBudget))
 	}
 	if evicted {
 		_ = c.SetDeadline(time.Now().Add(time.Second))
@@ -159,17 +162,30 @@ func (p *Proxy) LoginCount() int {
 // connection's own.
 func (p *Proxy) BufferedClientBytes() int64 { return p.budget.Used() }
 
+// loginBufferBudget bounds what connections still logging in may hold in
+// large-message buffers, together. Real clients never use it: their
+// startup and authentication messages fit the 16 KiB every connection has;
+// Postgres's own limit for an authentication message is 65535 bytes.
+const loginBufferBudget = 16 << 20
+
 // newClientConn frames a client connection, charging its large messages to
-// the proxy's client buffer budget.
+// the budget of connections logging in until it has authenticated (see
+// authenticated), so they cannot spend client_buffer_budget.
 func (p *Proxy) newClientConn(nc net.Conn) *wire.Conn {
 	c := wire.NewConnSize(nc, 10000, wire.ClientBufferSize)
-	c.R.SetBudget(p.budget)
+	c.R.SetBudget(p.loginBudget)
 	return c
 }
 
 // budgetFatal is the error for a client whose message does not fit in
-// client_buffer_budget.
-func budgetFatal(be *wire.BufferBudgetError) *wire.Error {
+// client_buffer_budget (or, while it logs in, in loginBufferBudget).
+func (p *Proxy) budgetFatal(be *wire.BufferBudgetError) *wire.Error {
+	if be.Budget == p.loginBudget {
+		return &wire.Error{Severity: "FATAL", Code: wire.CodeOutOfMemory,
+			Message: fmt.Sprintf("pgaudit: buffered bytes of connections logging in exceed their limit (%s)", wire.FormatBytes(be.Limit)),
+			Detail:  fmt.Sprintf("A message of type %q of %d bytes was being received before authentication.", be.Type, be.Size),
+			Cause:   be}
+	}
 	return &wire.Error{Severity: "FATAL", Code: wire.CodeOutOfMemory,
 		Message: fmt.Sprintf("pgaudit: buffered client bytes exceed client_buffer_budget (%s)", wire.FormatBytes(be.Limit)),
 		Detail:  fmt.Sprintf("A message of type %q of %d bytes was being received; messages being received from all clients may hold at most %s.", be.Type, be.Size, wire.FormatBytes(be.Limit)),

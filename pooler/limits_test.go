@@ -416,3 +416,60 @@ func TestLoginSlotsSpareStartedClients(t *testing.T) {
 	}
 	s3.Close()
 }
+
+// TestLoginBufferBudget: connections that have not authenticated buffer
+// against a budget of their own: they cannot spend client_buffer_budget,
+// and the one that exceeds theirs gets FATAL 53200.
+func TestLoginBufferBudget(t *testing.T) {
+	p := testProxy(t, func(c *Config) {
+		withMode(TransactionMode, 2)(c)
+		c.AuthType = "md5"
+		c.Users = authUsers(t)
+		c.ClientBufferBudget = 4 << 20
+	})
+	p.loginBudget.SetLimit(64 << 10)
+	addr := p.Addr().String()
+	// stalled sends 40 KiB of a 60 KiB password message: its buffer grows
+	// to the message's size, charged to the login budget.
+	inAuth := func() net.Conn {
+		c := newWireConn(t, dialRaw(t, addr))
+		c.send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
+			Parameters: map[string]string{"user": plainUser, "database": "postgres"}})
+		if _, ok := c.recv().(*pgproto3.AuthenticationMD5Password); !ok {
+			t.Fatal("want AuthenticationMD5Password")
+		}
+		return c.nc
+	}
+	password := func(body int) []byte {
+		return append(binary.BigEndian.AppendUint32([]byte{'p'}, uint32(body+4)), bytes.Repeat([]byte{'x'}, 40<<10)...)
+	}
+	stalled := inAuth()
+	if _, err := stalled.Write(password(60 << 10)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool { return p.loginBudget.Used() > 32<<10 })
+	if n := p.BufferedClientBytes(); n != 0 {
+		t.Fatalf("an unauthenticated client's bytes charged %d bytes to client_buffer_budget", n)
+	}
+	offender := inAuth()
+	if _, err := offender.Write(password(60 << 10)); err != nil {
+		t.Fatal(err)
+	}
+	er := readErrorAndClose(t, offender)
+	wantFatal(t, er, "53200")
+	if want := "pgaudit: buffered bytes of connections logging in exceed their limit (64 KiB)"; er.Message != want {
+		t.Errorf("message %q, want %q", er.Message, want)
+	}
+	// Authenticated clients still have all of client_buffer_budget.
+	conn, err := pgconn.Connect(context.Background(), userDSN(p, plainUser, plainPW, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	q := string(lengthQuery(3 << 20)[:3<<20-1])
+	if _, err := conn.Exec(context.Background(), q).ReadAll(); err != nil {
+		t.Fatalf("a 3 MiB query of an authenticated client: %v", err)
+	}
+	stalled.Close()
+	waitFor(t, 5*time.Second, func() bool { return p.loginBudget.Used() == 0 && p.BufferedClientBytes() == 0 })
+}

@@ -49,9 +49,10 @@ type Proxy struct {
 
 	nextSession atomic.Uint64
 	nextPID     atomic.Uint32
-	clients     atomic.Int64 // every connection, logging in or logged in
-	authed      atomic.Int64 // authenticated connections, for max_client_conn
-	budget      *wire.MemoryBudget
+	clients     atomic.Int64       // every connection, logging in or logged in
+	authed      atomic.Int64       // authenticated connections, for max_client_conn
+	budget      *wire.MemoryBudget // client_buffer_budget
+	loginBudget *wire.MemoryBudget // connections logging in
 	wg          sync.WaitGroup
 	stopMaint   chan struct{}
 
@@ -101,7 +102,7 @@ func New(cfg *Config, sink analyzer.Sink, log zerolog.Logger) *Proxy {
 		sessions: map[uint64]*Session{}, byCancel: map[cancelKey]*Session{}, conns: map[net.Conn]struct{}{},
 		stopMaint: make(chan struct{}),
 		silent:    list.New(), started: list.New(),
-		budget: wire.NewMemoryBudget(cfg.ClientBufferBudget),
+		budget: wire.NewMemoryBudget(cfg.ClientBufferBudget), loginBudget: wire.NewMemoryBudget(loginBufferBudget),
 	}
 	p.cfgPtr.Store(cfg)
 	// Proxy-issued PIDs for transaction mode start high to stay clear of

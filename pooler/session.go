@@ -210,7 +210,7 @@ func (s *Session) clientReadError(err error) error {
 	}
 	var overBudget *wire.BufferBudgetError
 	if errors.As(err, &overBudget) {
-		return s.fatal(budgetFatal(overBudget))
+		return s.fatal(s.proxy.budgetFatal(overBudget))
 	}
 	return err
 }

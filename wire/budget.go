@@ -82,8 +82,9 @@ type BufferBudgetError struct {
 	// Type and Size are the message's type byte and declared body size.
 	Type byte
 	Size int
-	// Limit is the budget's limit in bytes.
-	Limit int64
+	// Budget is the budget that was spent; Limit is its limit in bytes.
+	Budget *MemoryBudget
+	Limit  int64
 }
 
 func (e *BufferBudgetError) Error() string {

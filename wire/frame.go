@@ -113,8 +113,13 @@ func (r *Reader) SetMaxBody(n int) { r.maxBody = n }
 // SetBudget makes the Reader charge the growth of its large-message buffer
 // to b, shared with other Readers (nil: no limit). When a message would
 // take b past its limit, ReadMessage returns a *BufferBudgetError. Call it
-// before the first read.
-func (r *Reader) SetBudget(b *MemoryBudget) { r.budget = b }
+// before the first read, or to move the Reader to another budget: it
+// releases the large buffer first, so the last message returned becomes
+// invalid.
+func (r *Reader) SetBudget(b *MemoryBudget) {
+	r.Release()
+	r.budget = b
+}
 
 // Release drops a large message buffer and returns its bytes to the
 // budget. The owner calls it when it stops using the Reader; the last
@@ -236,7 +241,7 @@ func (r *Reader) fill(n int) ([]byte, error) {
 func (r *Reader) charge(size int) error {
 	if size > r.charged {
 		if !r.budget.Reserve(int64(size - r.charged)) {
-			return &BufferBudgetError{Limit: r.budget.Limit()}
+			return &BufferBudgetError{Budget: r.budget, Limit: r.budget.Limit()}
 		}
 		r.charged = size
 	}
