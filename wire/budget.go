@@ -11,8 +11,8 @@ const DefaultClientBufferBudget = 256 << 20
 
 // MemoryBudget bounds the bytes that the Readers sharing it hold in message
 // buffers beyond their fixed per-connection buffers: a Reader charges the
-// budget as a large message's bytes arrive and releases the charge when the
-// message has been consumed. It is safe for concurrent use. A nil
+// budget as a large message's bytes arrive and releases the charge when it
+// drops the buffer (see Reader). It is safe for concurrent use. A nil
 // *MemoryBudget has no limit and counts nothing.
 type MemoryBudget struct {
 	limit atomic.Int64
@@ -59,11 +59,16 @@ func (b *MemoryBudget) Reserve(n int64) bool {
 	if b == nil || n <= 0 {
 		return true
 	}
-	if b.used.Add(n) > b.limit.Load() {
-		b.used.Add(-n)
-		return false
+	limit := b.limit.Load()
+	for {
+		used := b.used.Load()
+		if used+n > limit {
+			return false
+		}
+		if b.used.CompareAndSwap(used, used+n) {
+			return true
+		}
 	}
-	return true
 }
 
 // Release returns n bytes taken by Reserve.
