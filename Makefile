@@ -13,11 +13,14 @@ vet:
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-# Short fuzz runs of every network decoder (seed corpora live in testdata/fuzz).
+# Short fuzz runs of every network decoder and of the proxy's startup and
+# authentication handling driven as a byte stream (seed corpora live in
+# testdata/fuzz).
 fuzz:
 	$(GO) test ./wire -run XXX -fuzz FuzzParseStartup -fuzztime 20s
 	$(GO) test ./wire -run XXX -fuzz FuzzReader -fuzztime 20s
 	$(GO) test ./wire -run XXX -fuzz FuzzSCRAM -fuzztime 20s
+	$(GO) test ./pooler -run XXX -fuzz FuzzStartupAuth -fuzztime 30s
 
 bench:
 	bash bench/pgbench.sh

@@ -629,11 +629,10 @@ func (a *Admin) lists() []ListRow {
 		dbs = int64(len(cfg.Databases))
 	}
 	if p := a.proxy.Load(); p != nil {
-		cl := int64(len(p.Clients()))
-		clients = cl
-		// Connections still logging in (and admin consoles) are counted
-		// by the proxy but not listed as sessions.
-		login = max(int64(p.ClientCount())-cl, 0)
+		clients = int64(len(p.Clients()))
+		// Connections in startup or authentication, which hold
+		// max_login_clients slots rather than max_client_conn.
+		login = int64(p.LoginCount())
 	}
 	return []ListRow{
 		{"databases", dbs}, {"users", int64(len(users))}, {"pools", int64(len(ps))},

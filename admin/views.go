@@ -365,8 +365,10 @@ func SettingsFromConfig(cfg *pooler.Config) []Setting {
 		{"auth_type", cfg.AuthType, "trust", yes},
 		{"client_tls", cfg.ClientTLS, "disable", no},
 		{"max_client_conn", itoa(cfg.MaxClientConn), "10000", yes},
-		{"client_login_timeout", dur(cfg.ClientLoginTimeout), "1m0s", yes},
+		{"max_login_clients", itoa(cfg.MaxLoginClients), itoa(pooler.DefaultMaxLoginClients), yes},
+		{"client_login_timeout", dur(cfg.ClientLoginTimeout), dur(pooler.DefaultClientLoginTimeout), yes},
 		{"max_message_size", itoa(cfg.MaxMessageSize), itoa(64 << 20), yes},
+		{"client_buffer_budget", strconv.FormatInt(cfg.ClientBufferBudget, 10), itoa(256 << 20), yes},
 		{"admin_users", strings.Join(cfg.AdminUsers, ","), "", yes},
 	}
 	var pool *pooler.PoolSettings

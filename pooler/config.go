@@ -69,6 +69,12 @@ type PoolSettings struct {
 	PinOnSessionState bool
 }
 
+// Defaults of the client limits in Config.
+const (
+	DefaultMaxLoginClients    = 1024
+	DefaultClientLoginTimeout = 15 * time.Second
+)
+
 // DefaultPoolSettings returns PgBouncer-like defaults.
 func DefaultPoolSettings() PoolSettings {
 	return PoolSettings{
@@ -127,9 +133,25 @@ type Config struct {
 	// ClientTLS is disable, allow or require.
 	ClientTLS string
 
-	MaxClientConn      int
+	// MaxClientConn caps authenticated clients (admin consoles
+	// included); clients still logging in count toward MaxLoginClients
+	// instead.
+	MaxClientConn int
+	// MaxLoginClients caps connections in startup or authentication
+	// (DefaultMaxLoginClients when <= 0). When it is reached, a new
+	// connection makes the proxy close the oldest one that has not yet
+	// sent a StartupMessage (else the oldest still logging in) with FATAL
+	// 53300, so a flood of silent sockets cannot lock real clients out.
+	MaxLoginClients int
+	// ClientLoginTimeout bounds startup and authentication
+	// (DefaultClientLoginTimeout when <= 0).
 	ClientLoginTimeout time.Duration
 	MaxMessageSize     int
+	// ClientBufferBudget caps the bytes held, across all clients, in
+	// buffers for client messages larger than a connection's own small
+	// buffers (wire.DefaultClientBufferBudget when <= 0). A client whose
+	// message would exceed it gets FATAL 53200 and is closed.
+	ClientBufferBudget int64
 	// AdminDatabases are virtual database names that open the admin
 	// console instead of a server connection (default "pgaudit" and
 	// "pgbouncer"); AdminUsers may use them.

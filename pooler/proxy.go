@@ -1,6 +1,7 @@
 package pooler
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -41,10 +42,17 @@ type Proxy struct {
 	conns    map[net.Conn]struct{}
 	listener net.Listener
 	closing  bool
+	// silent and started hold the login slots (see limits.go) of
+	// connections that have not sent a StartupMessage yet and of those
+	// that have, oldest first.
+	silent, started *list.List
 
 	nextSession atomic.Uint64
 	nextPID     atomic.Uint32
-	clients     atomic.Int64
+	clients     atomic.Int64       // every connection, logging in or logged in
+	authed      atomic.Int64       // authenticated connections, for max_client_conn
+	budget      *wire.MemoryBudget // client_buffer_budget
+	loginBudget *wire.MemoryBudget // connections logging in
 	wg          sync.WaitGroup
 	stopMaint   chan struct{}
 
@@ -52,6 +60,7 @@ type Proxy struct {
 		sessionState atomic.Int64
 		authFailures atomic.Int64
 		rejected     atomic.Int64
+		loginEvicted atomic.Int64
 	}
 }
 
@@ -76,7 +85,13 @@ func New(cfg *Config, sink analyzer.Sink, log zerolog.Logger) *Proxy {
 		cfg.MaxMessageSize = wire.DefaultMaxMessageSize
 	}
 	if cfg.ClientLoginTimeout <= 0 {
-		cfg.ClientLoginTimeout = 60 * time.Second
+		cfg.ClientLoginTimeout = DefaultClientLoginTimeout
+	}
+	if cfg.MaxLoginClients <= 0 {
+		cfg.MaxLoginClients = DefaultMaxLoginClients
+	}
+	if cfg.ClientBufferBudget <= 0 {
+		cfg.ClientBufferBudget = wire.DefaultClientBufferBudget
 	}
 	if cfg.AuthType == "" {
 		cfg.AuthType = "trust"
@@ -86,6 +101,8 @@ func New(cfg *Config, sink analyzer.Sink, log zerolog.Logger) *Proxy {
 		pools: map[poolKey]*Pool{}, dbLimits: map[string]*dbCounter{}, pausedDBs: map[string]bool{},
 		sessions: map[uint64]*Session{}, byCancel: map[cancelKey]*Session{}, conns: map[net.Conn]struct{}{},
 		stopMaint: make(chan struct{}),
+		silent:    list.New(), started: list.New(),
+		budget: wire.NewMemoryBudget(cfg.ClientBufferBudget), loginBudget: wire.NewMemoryBudget(loginBufferBudget),
 	}
 	p.cfgPtr.Store(cfg)
 	// Proxy-issued PIDs for transaction mode start high to stay clear of
@@ -236,7 +253,8 @@ func (p *Proxy) PoolStats() []PoolStats {
 	return out
 }
 
-// ClientCount returns the number of connected clients.
+// ClientCount returns the number of client connections, logged in or
+// still logging in (see LoginCount).
 func (p *Proxy) ClientCount() int { return int(p.clients.Load()) }
 
 // SessionStateDetections counts statements seen in transaction mode that
@@ -305,27 +323,29 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	n := p.clients.Add(1)
+	p.clients.Add(1)
 	defer p.clients.Add(-1)
-	c := wire.NewConnSize(nc, 10000, wire.ClientBufferSize)
+	// The deadline is set before the login slot is taken: an eviction
+	// (enterLogin) sets it to now, which must not be overwritten.
 	_ = nc.SetDeadline(time.Now().Add(p.config().ClientLoginTimeout))
+	ls := p.enterLogin(nc)
+	defer p.endConn(ls)
+	c := p.newClientConn(nc)
+	defer func() { c.R.Release() }() // c may become the TLS conn
 	st, c, err := p.negotiate(c)
 	if err != nil {
-		p.logStartupError(nc, err)
+		p.loginFailed(c, ls, err)
 		return
 	}
 	if st.Kind == wire.CancelRequestKind {
+		p.leaveLogin(ls)
 		p.handleCancel(st)
 		return
 	}
-	if p.config().MaxClientConn > 0 && int(n) > p.config().MaxClientConn {
-		p.counters.rejected.Add(1)
-		_ = c.SendError(wire.Fatal(wire.CodeTooManyConnections, "no more connections allowed (max_client_conn)"))
-		return
-	}
-	s, err := p.login(ctx, c, st)
+	p.loginStarted(ls)
+	s, err := p.login(ctx, c, st, ls)
 	if err != nil {
-		p.logStartupError(nc, err)
+		p.loginFailed(c, ls, err)
 		return
 	}
 	if s == nil {
@@ -397,7 +417,7 @@ func (p *Proxy) negotiate(c *wire.Conn) (*wire.Startup, *wire.Conn, error) {
 			if err := tc.Handshake(); err != nil {
 				return nil, c, fmt.Errorf("TLS handshake: %w", err)
 			}
-			c = wire.NewConnSize(tc, 10000, wire.ClientBufferSize)
+			c = p.newClientConn(tc)
 			tlsDone = true
 		case wire.GSSENCRequestKind:
 			if _, err := c.Conn.Write([]byte{'N'}); err != nil {
@@ -422,7 +442,7 @@ func (p *Proxy) negotiate(c *wire.Conn) (*wire.Startup, *wire.Conn, error) {
 
 // login authenticates the client, finds its pool, attaches a server to
 // learn the session parameters and sends the welcome messages.
-func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Session, error) {
+func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *loginSlot) (*Session, error) {
 	user := st.Get("user")
 	dbName := st.Get("database")
 	if dbName == "" {
@@ -460,6 +480,9 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Ses
 			_ = c.SendError(we)
 			p.log.Warn().Str("user", user).Str("database", dbName).Str("client", c.RemoteAddr().String()).Str("code", we.Code).Msg("authentication failed")
 		}
+		return nil, err
+	}
+	if err := p.authenticated(c, ls); err != nil {
 		return nil, err
 	}
 	if p.isAdminDatabase(dbName) {
@@ -1004,6 +1027,13 @@ func (p *Proxy) Reload(cfg *Config) {
 	if cfg.ClientLoginTimeout <= 0 {
 		cfg.ClientLoginTimeout = old.ClientLoginTimeout
 	}
+	if cfg.MaxLoginClients <= 0 {
+		cfg.MaxLoginClients = old.MaxLoginClients
+	}
+	if cfg.ClientBufferBudget <= 0 {
+		cfg.ClientBufferBudget = old.ClientBufferBudget
+	}
+	p.budget.SetLimit(cfg.ClientBufferBudget)
 	if cfg.AuthType == "" {
 		cfg.AuthType = "trust"
 	}

@@ -208,6 +208,10 @@ func (s *Session) clientReadError(err error) error {
 	if errors.Is(err, wire.ErrInvalidLength) {
 		return s.fatal(wire.Fatal(wire.CodeProtocolViolation, "invalid message length"))
 	}
+	var overBudget *wire.BufferBudgetError
+	if errors.As(err, &overBudget) {
+		return s.fatal(s.proxy.budgetFatal(overBudget))
+	}
 	return err
 }
 

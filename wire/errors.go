@@ -17,6 +17,7 @@ const (
 	CodeInsufficientPrivilege   = "42501"
 	CodeInvalidCatalogName      = "3D000"
 	CodeTooManyConnections      = "53300"
+	CodeOutOfMemory             = "53200"
 	CodeAdminShutdown           = "57P01"
 	CodeQueryCanceled           = "57014"
 	CodeFeatureNotSupported     = "0A000"

@@ -43,13 +43,42 @@ var ErrInvalidLength = errors.New("invalid message length")
 // the next call on the Reader. Copy whatever must outlive that.
 //
 // A Reader is not safe for concurrent use.
+//
+// A message that does not fit the read buffer is assembled in a separate
+// buffer that grows with the bytes that arrive, never with the length the
+// peer declares: it starts at no more than keepBufferSize bytes and doubles
+// as it fills, up to the message's size, so it is never more than twice
+// what arrived.
+// A buffer larger than keepBufferSize is charged to the Reader's
+// MemoryBudget (see SetBudget). It is kept for the next large message only
+// while the peer keeps sending (the next bytes are already buffered or
+// waiting on the socket, as in a COPY stream); a read that would wait for
+// the peer drops it first, and its charge with it, so an idle connection
+// holds no large buffer.
 type Reader struct {
-	br      *bufio.Reader
-	buf     []byte
-	maxBody int
+	br *bufio.Reader
+	// pending reports, without blocking, whether the source has bytes
+	// waiting (nil when the source cannot tell).
+	pending func() bool
+	// small is the assembly buffer kept between messages (at most
+	// keepBufferSize bytes, not charged); big is the large one, charged to
+	// budget.
+	small, big []byte
+	maxBody    int
+	budget     *MemoryBudget
+	// charged is what big holds of budget.
+	charged int
 	// desynced is set when an error interrupted a frame part-way.
 	desynced bool
 }
+
+// pendingReader is a source that can tell whether bytes are waiting
+// (rawIO: a non-blocking recv with MSG_PEEK).
+type pendingReader interface{ pending() bool }
+
+// keepBufferSize is the largest assembly buffer a Reader keeps between
+// messages; it is not charged to the budget, as the read buffer is not.
+const keepBufferSize = 16 << 10
 
 // InSync reports whether every error so far struck between frames, so the
 // stream can still be read (after a read deadline, say).
@@ -68,7 +97,11 @@ func NewReaderSize(r io.Reader, maxBody, bufSize int) *Reader {
 	if maxBody <= 0 {
 		maxBody = DefaultMaxMessageSize
 	}
-	return &Reader{br: bufio.NewReaderSize(r, bufSize), maxBody: maxBody}
+	rd := &Reader{br: bufio.NewReaderSize(r, bufSize), maxBody: maxBody}
+	if pr, ok := r.(pendingReader); ok {
+		rd.pending = pr.pending
+	}
+	return rd
 }
 
 // Buffered reports how many bytes are buffered and not yet returned.
@@ -77,10 +110,33 @@ func (r *Reader) Buffered() int { return r.br.Buffered() }
 // SetMaxBody changes the body size cap.
 func (r *Reader) SetMaxBody(n int) { r.maxBody = n }
 
+// SetBudget makes the Reader charge the growth of its large-message buffer
+// to b, shared with other Readers (nil: no limit). When a message would
+// take b past its limit, ReadMessage returns a *BufferBudgetError. Call it
+// before the first read, or to move the Reader to another budget: it
+// releases the large buffer first, so the last message returned becomes
+// invalid.
+func (r *Reader) SetBudget(b *MemoryBudget) {
+	r.Release()
+	r.budget = b
+}
+
+// Release drops a large message buffer and returns its bytes to the
+// budget. The owner calls it when it stops using the Reader; the last
+// message returned becomes invalid. Reading again is allowed.
+func (r *Reader) Release() {
+	r.big = nil
+	if r.charged > 0 {
+		r.budget.Release(int64(r.charged))
+		r.charged = 0
+	}
+}
+
 // ReadStartup reads one untyped startup-phase packet (StartupMessage,
 // SSLRequest, GSSENCRequest or CancelRequest) and returns its body, which
 // begins with the 4-byte request code.
 func (r *Reader) ReadStartup() ([]byte, error) {
+	r.Release()
 	var hdr [4]byte
 	if _, err := io.ReadFull(r.br, hdr[:]); err != nil {
 		return nil, err
@@ -100,6 +156,10 @@ func (r *Reader) ReadStartup() ([]byte, error) {
 // frame (type byte, length, body), ready to forward unchanged. The body is
 // raw[5:]. The frame aliases the Reader's buffer.
 func (r *Reader) ReadMessage() (typ byte, raw []byte, err error) {
+	// Drop the large buffer before waiting for the peer.
+	if r.big != nil && r.br.Buffered() == 0 && (r.pending == nil || !r.pending()) {
+		r.Release()
+	}
 	hdr, err := r.br.Peek(5)
 	if err != nil {
 		if len(hdr) > 0 {
@@ -130,25 +190,62 @@ func (r *Reader) ReadMessage() (typ byte, raw []byte, err error) {
 	raw, err = r.fill(n + 1)
 	if err != nil {
 		r.desynced = true
+		var be *BufferBudgetError
+		if errors.As(err, &be) {
+			be.Type, be.Size = typ, n-4
+			return typ, nil, be
+		}
 		return typ, nil, unexpectedEOF(err)
 	}
 	return typ, raw, nil
 }
 
+// fill reads the next n bytes into an assembly buffer and returns them.
+// The buffer grows as bytes arrive (see Reader). On error the large buffer
+// is dropped at once.
 func (r *Reader) fill(n int) ([]byte, error) {
-	if cap(r.buf) < n {
-		r.buf = make([]byte, n)
+	var buf []byte
+	switch want := min(n, keepBufferSize); {
+	case r.big != nil && n > keepBufferSize:
+		buf = r.big
+	case cap(r.small) < want:
+		r.small = make([]byte, want)
+		buf = r.small
+	default:
+		buf = r.small[:cap(r.small)]
 	}
-	r.buf = r.buf[:n]
-	if _, err := io.ReadFull(r.br, r.buf); err != nil {
-		return nil, err
+	got := 0
+	for got < n {
+		if got == len(buf) {
+			size := min(n, 2*len(buf))
+			if err := r.charge(size); err != nil {
+				r.Release()
+				return nil, err
+			}
+			grown := make([]byte, size)
+			copy(grown, buf[:got])
+			buf, r.big = grown, grown
+		}
+		m, err := r.br.Read(buf[got:min(len(buf), n)])
+		got += m
+		if err != nil && got < n {
+			r.Release()
+			return nil, err
+		}
 	}
-	// Don't keep a huge buffer alive after one large message.
-	out := r.buf
-	if cap(r.buf) > 1<<20 {
-		r.buf = nil
+	return buf[:n], nil
+}
+
+// charge makes the budget cover a large buffer of size bytes, which
+// replaces big.
+func (r *Reader) charge(size int) error {
+	if size > r.charged {
+		if !r.budget.Reserve(int64(size - r.charged)) {
+			return &BufferBudgetError{Budget: r.budget, Limit: r.budget.Limit()}
+		}
+		r.charged = size
 	}
-	return out, nil
+	return nil
 }
 
 func unexpectedEOF(err error) error {

@@ -102,11 +102,14 @@ func FuzzReader(f *testing.F) {
 	startup := binary.BigEndian.AppendUint32(nil, uint32(len(startupBody(ProtocolVersion30, "user", "u"))+4))
 	startup = append(startup, startupBody(ProtocolVersion30, "user", "u")...)
 	f.Add(append(startup, two...), uint16(0), uint8(1), true)
-	f.Add([]byte{'p', 0, 0, 0}, uint16(100), uint8(0), false)              // truncated header
-	f.Add([]byte{'p', 0, 0, 0, 9, 'a'}, uint16(100), uint8(0), false)      // truncated body
-	f.Add([]byte{'p', 0x7f, 0xff, 0xff, 0xff}, uint16(0), uint8(0), false) // oversize
-	f.Add([]byte{'p', 0xff, 0xff, 0xff, 0xff}, uint16(0), uint8(0), false) // negative
-	f.Add([]byte{'p', 0, 0, 0, 3}, uint16(0), uint8(0), false)             // below 4
+	f.Add([]byte{'p', 0, 0, 0}, uint16(100), uint8(0), false)                 // truncated header
+	f.Add([]byte{'p', 0, 0, 0, 9, 'a'}, uint16(100), uint8(0), false)         // truncated body
+	f.Add([]byte{'p', 0x7f, 0xff, 0xff, 0xff}, uint16(0), uint8(0), false)    // oversize
+	f.Add([]byte{'p', 0xff, 0xff, 0xff, 0xff}, uint16(0), uint8(0), false)    // negative
+	f.Add([]byte{'p', 0, 0, 0, 3}, uint16(0), uint8(0), false)                // below 4
+	f.Add(queryFrame(100<<10), uint16(0), uint8(0), false)                    // over the 64 KiB budget
+	f.Add(queryFrame(40<<10), uint16(0), uint8(200), false)                   // charged, within the budget
+	f.Add([]byte{'Q', 4, 0, 0, 0, 's', 'e', 'l'}, uint16(0), uint8(0), false) // claims 64 MiB, sends 3 bytes
 
 	f.Fuzz(func(t *testing.T, data []byte, maxBody uint16, chunk uint8, startup bool) {
 		var src io.Reader = bytes.NewReader(data)
@@ -118,6 +121,17 @@ func FuzzReader(f *testing.F) {
 			limit = DefaultMaxMessageSize
 		}
 		r := NewReader(src, int(maxBody))
+		// Frames above 64 KiB exceed the budget (the buffer doubles from
+		// keepBufferSize, 16 KiB, and only growth beyond it is charged).
+		const budgetLimit = 64 << 10
+		budget := NewMemoryBudget(budgetLimit)
+		r.SetBudget(budget)
+		defer func() {
+			r.Release()
+			if budget.Used() != 0 {
+				t.Fatalf("%d bytes still charged after Release", budget.Used())
+			}
+		}()
 		off := 0
 		if startup {
 			body, err := r.ReadStartup()
@@ -136,7 +150,12 @@ func FuzzReader(f *testing.F) {
 			typ, raw, err := r.ReadMessage()
 			if err != nil {
 				var tooLarge *MessageTooLargeError
+				var overBudget *BufferBudgetError
 				switch {
+				case errors.As(err, &overBudget):
+					if overBudget.Size+5 <= budgetLimit || overBudget.Size > limit || overBudget.Limit != budgetLimit {
+						t.Fatalf("%v for a body of %d bytes, limit %d", err, overBudget.Size, limit)
+					}
 				case errors.Is(err, io.EOF):
 					if off != len(data) {
 						t.Fatalf("io.EOF at offset %d of %d", off, len(data))
@@ -159,6 +178,9 @@ func FuzzReader(f *testing.F) {
 			}
 			if len(raw)-5 > limit {
 				t.Fatalf("frame body of %d bytes exceeds the limit %d", len(raw)-5, limit)
+			}
+			if used := budget.Used(); used > budgetLimit {
+				t.Fatalf("%d bytes charged, over the budget", used)
 			}
 			if !bytes.Equal(raw, data[off:off+len(raw)]) {
 				t.Fatalf("frame at offset %d differs from the input", off)

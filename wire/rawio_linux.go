@@ -116,6 +116,10 @@ func (r *rawIO) Read(p []byte) (int, error) {
 	return r.rn, nil
 }
 
+// pending reports whether bytes are waiting on the socket, without
+// blocking or consuming them.
+func (r *rawIO) pending() bool { return peek(r.nc) == peekData }
+
 // Write implements io.Writer: it writes all of p or returns an error.
 func (r *rawIO) Write(p []byte) (int, error) {
 	r.wbuf, r.werrno = p, 0

@@ -49,6 +49,58 @@ func (d *Duration) UnmarshalTOML(v any) error {
 	return nil
 }
 
+// ByteSize is a TOML size: a number of bytes, or a string with a unit as
+// Postgres writes them ("256MB", "64kB", "1GB"; units are powers of 1024,
+// "MiB" and "B" are accepted too).
+type ByteSize struct{ Bytes int64 }
+
+// UnmarshalTOML accepts integers and strings.
+func (b *ByteSize) UnmarshalTOML(v any) error {
+	switch x := v.(type) {
+	case int64:
+		b.Bytes = x
+		return nil
+	case string:
+		n, err := parseByteSize(x)
+		if err != nil {
+			return err
+		}
+		b.Bytes = n
+		return nil
+	}
+	return fmt.Errorf("invalid size %v: want bytes or a string such as \"256MB\"", v)
+}
+
+func parseByteSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
+		i++
+	}
+	n, err := strconv.ParseInt(t[:i], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("invalid size %q: want bytes or a number with kB, MB, GB or TB", s)
+	}
+	var shift uint
+	switch strings.ToLower(strings.TrimSpace(t[i:])) {
+	case "", "b":
+	case "kb", "kib", "k":
+		shift = 10
+	case "mb", "mib", "m":
+		shift = 20
+	case "gb", "gib", "g":
+		shift = 30
+	case "tb", "tib", "t":
+		shift = 40
+	default:
+		return 0, fmt.Errorf("invalid size %q: want bytes or a number with kB, MB, GB or TB", s)
+	}
+	if n > (1<<63-1)>>shift {
+		return 0, fmt.Errorf("invalid size %q: too large", s)
+	}
+	return n << shift, nil
+}
+
 // poolFile holds the pool settings that may appear globally or per
 // database; nil means "not set here".
 type poolFile struct {
@@ -157,7 +209,9 @@ type fileConfig struct {
 		ClientTLSKeyFile   string    `toml:"client_tls_key_file"`
 		MaxClientConn      int       `toml:"max_client_conn"`
 		ClientLoginTimeout *Duration `toml:"client_login_timeout"`
+		MaxLoginClients    int       `toml:"max_login_clients"`
 		MaxMessageSize     int       `toml:"max_message_size"`
+		ClientBufferBudget *ByteSize `toml:"client_buffer_budget"`
 		AuditLog           string    `toml:"audit_log"`
 		AuditSample        string    `toml:"audit_sample"`
 		AuditSampleRate    float64   `toml:"audit_sample_rate"`
@@ -289,6 +343,27 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 	}
 	if g.ClientLoginTimeout != nil {
 		cfg.ClientLoginTimeout = g.ClientLoginTimeout.Duration
+	}
+	if cfg.ClientLoginTimeout <= 0 {
+		cfg.ClientLoginTimeout = pooler.DefaultClientLoginTimeout
+	}
+	cfg.MaxLoginClients = g.MaxLoginClients
+	if cfg.MaxLoginClients < 0 {
+		return nil, fmt.Errorf("max_login_clients must not be negative (0 means the default, %d)", pooler.DefaultMaxLoginClients)
+	}
+	if cfg.MaxLoginClients == 0 {
+		cfg.MaxLoginClients = pooler.DefaultMaxLoginClients
+	}
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = wire.DefaultMaxMessageSize
+	}
+	cfg.ClientBufferBudget = wire.DefaultClientBufferBudget
+	if g.ClientBufferBudget != nil {
+		cfg.ClientBufferBudget = g.ClientBufferBudget.Bytes
+	}
+	if cfg.ClientBufferBudget < int64(cfg.MaxMessageSize) {
+		return nil, fmt.Errorf("client_buffer_budget (%s) must be at least max_message_size (%s), or no message of that size could ever be received",
+			wire.FormatBytes(cfg.ClientBufferBudget), wire.FormatBytes(int64(cfg.MaxMessageSize)))
 	}
 	global := pooler.DefaultPoolSettings()
 	if err := g.poolFile.apply(&global); err != nil {

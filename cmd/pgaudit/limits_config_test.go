@@ -1,0 +1,75 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgaudit/pgaudit/pooler"
+	"github.com/pgaudit/pgaudit/wire"
+)
+
+func TestParseByteSize(t *testing.T) {
+	for in, want := range map[string]int64{
+		"268435456": 256 << 20, "256MB": 256 << 20, "256 MiB": 256 << 20, "64kB": 64 << 10,
+		"1GB": 1 << 30, "2g": 2 << 30, "1TB": 1 << 40, "100B": 100, " 7 mb ": 7 << 20,
+	} {
+		got, err := parseByteSize(in)
+		if err != nil || got != want {
+			t.Errorf("parseByteSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MB", "12XB", "-1MB", "1.5GB", "99999999999999TB"} {
+		if got, err := parseByteSize(in); err == nil {
+			t.Errorf("parseByteSize(%q) = %d, want an error", in, got)
+		}
+	}
+}
+
+// loadConfig loads a [pgaudit] section (plus a database) as `pgaudit proxy
+// --config` would.
+func loadConfig(t *testing.T, section string) (*settings, error) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "pgaudit.toml")
+	text := "[pgaudit]\n" + section + "\n[databases.app]\nhost = \"127.0.0.1\"\nport = 5432\n"
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return loadSettings(proxyFlags{configPath: path})
+}
+
+func TestClientLimitSettings(t *testing.T) {
+	st, err := loadConfig(t, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := st.proxy
+	if c.MaxLoginClients != pooler.DefaultMaxLoginClients || c.ClientLoginTimeout != pooler.DefaultClientLoginTimeout ||
+		c.ClientBufferBudget != wire.DefaultClientBufferBudget || c.MaxMessageSize != wire.DefaultMaxMessageSize {
+		t.Errorf("defaults: max_login_clients %d, client_login_timeout %v, client_buffer_budget %d, max_message_size %d",
+			c.MaxLoginClients, c.ClientLoginTimeout, c.ClientBufferBudget, c.MaxMessageSize)
+	}
+	st, err = loadConfig(t, "max_login_clients = 50\nclient_login_timeout = 5\nclient_buffer_budget = \"1GB\"")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := st.proxy; c.MaxLoginClients != 50 || c.ClientLoginTimeout != 5*time.Second || c.ClientBufferBudget != 1<<30 {
+		t.Errorf("set: max_login_clients %d, client_login_timeout %v, client_buffer_budget %d", c.MaxLoginClients, c.ClientLoginTimeout, c.ClientBufferBudget)
+	}
+	st, err = loadConfig(t, "client_buffer_budget = 134217728\nmax_message_size = 1048576")
+	if err != nil || st.proxy.ClientBufferBudget != 128<<20 || st.proxy.MaxMessageSize != 1<<20 {
+		t.Errorf("numeric budget: %v %+v", err, st)
+	}
+	for section, want := range map[string]string{
+		"client_buffer_budget = \"32MB\"": "client_buffer_budget (32 MiB) must be at least max_message_size (64 MiB)",
+		"client_buffer_budget = \"lots\"": "invalid size",
+		"max_login_clients = -1":          "max_login_clients must not be negative",
+		"client_buffer_budget = [1]":      "invalid size",
+	} {
+		if _, err := loadConfig(t, section); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want an error with %q", section, err, want)
+		}
+	}
+}
