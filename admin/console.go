@@ -100,8 +100,12 @@ func (s *consoleSession) run() error {
 		typ, raw, err := s.conn.R.ReadMessage()
 		if err != nil {
 			var tl *wire.MessageTooLargeError
-			if errors.As(err, &tl) || errors.Is(err, wire.ErrInvalidLength) {
+			var overBudget *wire.BufferBudgetError
+			switch {
+			case errors.As(err, &tl) || errors.Is(err, wire.ErrInvalidLength):
 				_ = s.conn.SendError(wire.Fatal(wire.CodeProtocolViolation, err.Error()))
+			case errors.As(err, &overBudget):
+				_ = s.conn.SendError(wire.Fatal(wire.CodeOutOfMemory, err.Error()))
 			}
 			return err
 		}
