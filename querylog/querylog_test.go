@@ -16,12 +16,10 @@ import (
 	"time"
 
 	"github.com/pgaudit/pgaudit/analyzer"
-	"go.uber.org/goleak"
+	"github.com/pgaudit/pgaudit/internal/testutil"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { testutil.Main(m) }
 
 func TestCompilePrefixErrors(t *testing.T) {
 	for _, tc := range []struct{ prefix, want string }{

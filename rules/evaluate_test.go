@@ -3,16 +3,17 @@ package rules
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgaudit/pgaudit/internal/testutil"
 )
 
-var update = flag.Bool("update", false, "rewrite golden files under testdata/")
+var update = testutil.Update
 
 func golden(t *testing.T, name string, got []byte) {
 	t.Helper()
