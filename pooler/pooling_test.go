@@ -624,7 +624,13 @@ func TestIdleServerTerminated(t *testing.T) {
 			if _, err := admin.Exec(ctx, "select pg_terminate_backend("+pid+")").ReadAll(); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(100 * time.Millisecond)
+			testutil.Eventually(t, 5*time.Second, "the terminated backend to exit", func() bool {
+				res, err := admin.Exec(ctx, "select 1 from pg_stat_activity where pid = "+pid).ReadAll()
+				return err == nil && len(res) == 1 && len(res[0].Rows) == 0
+			})
+			// The pool looks for a closed server only when it has been
+			// idle over 50 ms (Pool.checkOut): be sure it has.
+			time.Sleep(60 * time.Millisecond)
 			var got string
 			err = a.QueryRow(ctx, "select 'after'").Scan(&got)
 			if mode == TransactionMode {

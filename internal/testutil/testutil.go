@@ -31,7 +31,7 @@ var (
 
 // Cluster returns the test binary's shared Postgres cluster (default
 // options). It starts at the first call of a method that needs the server;
-// Main stops it. Tests that share it must not assume they are alone on it:
+// Main stops it, so a package that uses it has TestMain call Main. Tests that share it must not assume they are alone on it:
 // use tables, roles and databases named after the test.
 func Cluster() *pgtest.Cluster {
 	sharedOnce.Do(func() { shared = pgtest.Lazy(pgtest.Options{}) })
