@@ -674,7 +674,7 @@ func TestClientGoneMidStatement(t *testing.T) {
 			return err == nil && len(res) == 1 && len(res[0].Rows) == 1 && string(res[0].Rows[0][0]) == want
 		}
 	}
-	waitFor(t, 5*time.Second, running("1"))
+	testutil.Eventually(t, 5*time.Second, "the statement to run", running("1"))
 	_ = a.nc.Close()
 
 	start := time.Now()
@@ -686,19 +686,7 @@ func TestClientGoneMidStatement(t *testing.T) {
 		t.Fatalf("next client served after %s: the gone client's server was held", el)
 	}
 	// The abandoned statement was canceled, not left running.
-	waitFor(t, 5*time.Second, running("0"))
-}
-
-// waitFor polls cond every 20 ms until it holds, failing the test after d.
-func waitFor(t *testing.T, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Eventually(t, 5*time.Second, "the abandoned statement to be canceled", running("0"))
 }
 
 // TestPauseAppliesToNewPools: after PAUSE of all databases or of one, a
