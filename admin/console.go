@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgaudit/pgaudit/analyzer"
@@ -20,8 +21,8 @@ import (
 
 // SQLSTATE codes the console sends besides wire's.
 const (
-	codeSyntaxError     = "42601"
-	codeConfigFileError = "F0000"
+	codeSyntaxError     = pgerrcode.SyntaxError
+	codeConfigFileError = pgerrcode.ConfigFileError
 )
 
 // serverVersion is the server_version the console reports; psql reads its
@@ -333,7 +334,7 @@ func complete(tag string) []byte {
 }
 
 func notice(msg, detail string) []byte {
-	out, _ := (&pgproto3.NoticeResponse{Severity: "NOTICE", SeverityUnlocalized: "NOTICE", Code: "00000", Message: msg, Detail: detail}).Encode(nil)
+	out, _ := (&pgproto3.NoticeResponse{Severity: "NOTICE", SeverityUnlocalized: "NOTICE", Code: pgerrcode.SuccessfulCompletion, Message: msg, Detail: detail}).Encode(nil)
 	return out
 }
 

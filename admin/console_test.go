@@ -287,9 +287,23 @@ func TestPauseResumeUnderLoad(t *testing.T) {
 	if paused != 1 {
 		t.Errorf("SHOW DATABASES paused = %d after PAUSE", paused)
 	}
-	// Nothing completes while paused; clients queue up. (A transaction
-	// that committed just before PAUSE returned may still be counting.)
-	time.Sleep(50 * time.Millisecond)
+	// Nothing completes while paused; clients queue up. Once all of them
+	// wait for a server, each has counted its last transaction.
+	waitFor(t, 10*time.Second, "every client to queue up", func() bool {
+		var waiting int64
+		rows, err := admin.Query(ctx, "SHOW POOLS")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pools, err := pgx.CollectRows(rows, pgx.RowToMap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pool := range pools {
+			waiting += pool["cl_waiting"].(int64)
+		}
+		return waiting == int64(len(ops))
+	})
 	before := total()
 	time.Sleep(300 * time.Millisecond)
 	if after := total(); after != before {

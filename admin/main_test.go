@@ -3,7 +3,6 @@ package admin
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -17,39 +16,21 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
-	"go.uber.org/goleak"
 
 	"github.com/pgaudit/pgaudit/analyzer"
-	"github.com/pgaudit/pgaudit/internal/pgtest"
+	"github.com/pgaudit/pgaudit/internal/testutil"
 	"github.com/pgaudit/pgaudit/pooler"
 	"github.com/pgaudit/pgaudit/rules"
 )
 
-var update = flag.Bool("update", false, "rewrite golden files")
+// update rewrites golden files under testdata/ (go test ./admin -update).
+var update = testutil.Update
 
-// cluster is the Postgres every test in this package talks to.
-var cluster *pgtest.Cluster
+// cluster is the Postgres every test in this package talks to, started at
+// first use.
+var cluster = testutil.Cluster()
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	c, err := pgtest.Start(ctx, pgtest.Options{})
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "admin tests need PostgreSQL:", err)
-		os.Exit(1)
-	}
-	cluster = c
-	code := m.Run()
-	c.Stop()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testutil.Main(m) }
 
 // fakeFindings is a FindingsSource for tests.
 type fakeFindings struct {
@@ -108,7 +89,7 @@ type envOptions struct {
 
 func newEnv(t testing.TB, eo envOptions) *env {
 	t.Helper()
-	up, err := pgconn.ParseConfig(cluster.DSN("postgres"))
+	up, err := pgconn.ParseConfig(testutil.Shared(t).DSN("postgres"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,13 +237,7 @@ func (e *env) workload(ctx context.Context, n int) {
 // waitFor polls cond until it holds or the timeout passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Eventually(t, timeout, what, cond)
 }
 
 // pgCode returns the SQLSTATE of a Postgres error, or "".

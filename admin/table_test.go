@@ -10,6 +10,7 @@ import (
 )
 
 func TestTableOf(t *testing.T) {
+	t.Parallel()
 	type row struct {
 		Name    string     `json:"name"`
 		N       int        `json:"n"`
@@ -61,6 +62,7 @@ func TestTableOf(t *testing.T) {
 }
 
 func TestNumJSON(t *testing.T) {
+	t.Parallel()
 	b, err := json.Marshal([]Num{1.5, Num(math.NaN()), Num(math.Inf(1)), 0})
 	if err != nil || string(b) != "[1.5,null,null,0]" {
 		t.Fatalf("%s %v", b, err)

@@ -9,6 +9,7 @@ import (
 )
 
 func TestFindColumnUses(t *testing.T) {
+	t.Parallel()
 	cols := []string{"id", "category", "price", "created_at", "name", "author_id", "doc"}
 	rel := RelationRef{Schema: "public", Name: "items", Alias: "items"}
 	cases := []struct {
@@ -50,6 +51,7 @@ func TestFindColumnUses(t *testing.T) {
 }
 
 func TestIndexCandidates(t *testing.T) {
+	t.Parallel()
 	ti := &TableInfo{
 		Schema: "public", Name: "items",
 		Columns: []ColumnInfo{
@@ -87,6 +89,7 @@ func TestIndexCandidates(t *testing.T) {
 }
 
 func TestCreateIndexStatement(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		schema, table string
 		cols          []string

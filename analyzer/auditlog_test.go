@@ -124,6 +124,7 @@ func redactionEvents() []*Event {
 }
 
 func TestAuditLogRedaction(t *testing.T) {
+	t.Parallel()
 	for _, logParams := range []bool{false, true} {
 		t.Run(fmt.Sprintf("LogParameters=%v", logParams), func(t *testing.T) {
 			var out, logs syncBuffer
@@ -144,6 +145,7 @@ func TestAuditLogRedaction(t *testing.T) {
 func countStatements(s string) int { return strings.Count(s, `"record":"statement"`) }
 
 func TestAuditLogSampling(t *testing.T) {
+	t.Parallel()
 	evs := make([]*Event, 0, 2000)
 	for i := range 2000 {
 		ev := stmt("SELECT 1")
@@ -191,6 +193,7 @@ func TestAuditLogSampling(t *testing.T) {
 }
 
 func TestAuditLogRotationAndReopen(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "audit.log")
 	al, err := OpenAuditLog(AuditLogConfig{Path: path, MaxSize: 4096, MaxBackups: 2, RunID: "r", Now: fixedClock})
@@ -257,6 +260,7 @@ func TestAuditLogRotationAndReopen(t *testing.T) {
 // TestAuditLogReadBack writes events through a pipeline, reads the log
 // back, and checks the events and the statistics survive the round trip.
 func TestAuditLogReadBack(t *testing.T) {
+	t.Parallel()
 	var out syncBuffer
 	al := testAuditLog(t, &out, nil)
 	evs, _ := randomEvents(600, 5, 9)
@@ -364,6 +368,7 @@ func TestAuditLogReadBack(t *testing.T) {
 // TestAuditLogReaderRuns: two runs appended to one file keep their sessions
 // apart, and their latest stats records are merged.
 func TestAuditLogReaderRuns(t *testing.T) {
+	t.Parallel()
 	var out syncBuffer
 	for run := range 2 {
 		al := testAuditLog(t, &out, func(c *AuditLogConfig) { c.RunID = fmt.Sprintf("run-%d", run) })

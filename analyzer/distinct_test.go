@@ -6,6 +6,7 @@ import (
 )
 
 func TestDistinctSet(t *testing.T) {
+	t.Parallel()
 	seed := maphash.MakeSeed()
 	key := func(i int) uint64 { return maphash.Comparable(seed, i) }
 	tests := []struct {

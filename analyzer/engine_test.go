@@ -25,6 +25,7 @@ func sessionState(detail, text string) *Event {
 }
 
 func TestEngineTxnPoolingUnsafe(t *testing.T) {
+	t.Parallel()
 	fp := NewFingerprinter(FingerprintConfig{})
 	e := newTestEngine(t, EngineConfig{})
 	e.Observe(analyze(fp, sessionState("listen", "LISTEN jobs")))
@@ -64,6 +65,7 @@ func slowStats(slowCalls int) *Stats {
 }
 
 func TestEngineSlowQuery(t *testing.T) {
+	t.Parallel()
 	e := newTestEngine(t, EngineConfig{Stats: slowStats(20)})
 	e.EvaluateSlowQueries()
 	fs := e.Findings()
@@ -98,6 +100,7 @@ func TestEngineSlowQuery(t *testing.T) {
 }
 
 func TestEngineSlowQueryInlineIgnore(t *testing.T) {
+	t.Parallel()
 	st := NewStats(StatsConfig{})
 	e := newTestEngine(t, EngineConfig{Stats: st})
 	fp := NewFingerprinter(FingerprintConfig{})
@@ -116,6 +119,7 @@ func TestEngineSlowQueryInlineIgnore(t *testing.T) {
 }
 
 func TestEnginePoolAndAuditLog(t *testing.T) {
+	t.Parallel()
 	var out syncBuffer
 	al := testAuditLog(t, &out, nil)
 	sev := rules.Error
@@ -142,6 +146,7 @@ func TestEnginePoolAndAuditLog(t *testing.T) {
 // TestEngineReport: findings built elsewhere (the EXPLAIN sampler) go
 // through the configuration and inline ignores like any other.
 func TestEngineReport(t *testing.T) {
+	t.Parallel()
 	seq := rules.Finding{ID: "seq-scan:00000000000000ab:audit_log", Rule: rules.IDSeqScan, Severity: rules.Warning,
 		Fingerprint: "00000000000000ab", Table: "audit_log", LastSeen: t0}
 	sev := rules.Info
@@ -169,6 +174,7 @@ func TestEngineReport(t *testing.T) {
 }
 
 func TestEngineConfigInvalid(t *testing.T) {
+	t.Parallel()
 	if _, err := NewEngine(EngineConfig{Rules: rules.Config{NPlusOne: rules.NPlusOneConfig{MinRepeats: 1}}}); err == nil {
 		t.Error("invalid rules config accepted")
 	}
@@ -178,6 +184,7 @@ func TestEngineConfigInvalid(t *testing.T) {
 // audit log, as the proxy does: events of many sessions, one N+1 loop, a
 // session-state event; the audit log gets a finding record for each.
 func TestEngineInPipeline(t *testing.T) {
+	t.Parallel()
 	var out syncBuffer
 	al := testAuditLog(t, &out, func(c *AuditLogConfig) { c.Sample = SampleNone; c.StatsInterval = -1 })
 	p := NewPipeline(PipelineConfig{Workers: 2, AuditLog: al})

@@ -297,6 +297,7 @@ func TestExplainRoleIsolation(t *testing.T) {
 }
 
 func TestDSNNamesUser(t *testing.T) {
+	t.Parallel()
 	for dsn, want := range map[string]bool{
 		"postgres://u@h/db":                         true,
 		"postgresql://u:pw@h:5432/db?sslmode=off":   true,

@@ -6,6 +6,7 @@ import (
 )
 
 func TestCheckExplainable(t *testing.T) {
+	t.Parallel()
 	ok := []struct {
 		q      string
 		kind   StatementKind
@@ -77,6 +78,7 @@ func TestCheckExplainable(t *testing.T) {
 }
 
 func TestVerifySingle(t *testing.T) {
+	t.Parallel()
 	good := []struct{ sql, want string }{
 		{"EXPLAIN (FORMAT JSON, VERBOSE) SELECT * FROM t", "ExplainStmt"},
 		{"PREPARE p AS SELECT * FROM t WHERE id = $1", "PrepareStmt"},
@@ -103,6 +105,7 @@ func TestVerifySingle(t *testing.T) {
 }
 
 func TestServerMajor(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]int{"15.18 (Debian 15.18-0+deb12u1)": 15, "16beta1": 16, "9.6.24": 9, "": 0} {
 		if got := serverMajor(in); got != want {
 			t.Errorf("serverMajor(%q) = %d, want %d", in, got, want)

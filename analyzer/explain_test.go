@@ -621,6 +621,7 @@ func TestExplainerConfig(t *testing.T) {
 }
 
 func TestRateLimiter(t *testing.T) {
+	t.Parallel()
 	l := newRateLimiter(50, 1)
 	ctx := context.Background()
 	start := time.Now()

@@ -52,6 +52,7 @@ type goldenFingerprint struct {
 func renderKey(k []byte) string { return strings.ReplaceAll(string(k), "\x00", "?") }
 
 func TestFingerprintGolden(t *testing.T) {
+	t.Parallel()
 	f := NewFingerprinter(FingerprintConfig{})
 	var out bytes.Buffer
 	enc := json.NewEncoder(&out)
@@ -73,6 +74,7 @@ func TestFingerprintGolden(t *testing.T) {
 }
 
 func TestFingerprintSameShape(t *testing.T) {
+	t.Parallel()
 	groups := [][]string{
 		{
 			"SELECT * FROM users WHERE id = 1 AND name = 'alice'",
@@ -128,6 +130,7 @@ func TestFingerprintSameShape(t *testing.T) {
 // keys are equal but whose fingerprints differ are not conflated by the key
 // cache, and that really different shapes differ.
 func TestFingerprintDifferentShapes(t *testing.T) {
+	t.Parallel()
 	pairs := [][2]string{
 		{"FETCH 10 FROM c", "FETCH 20 FROM c"},
 		{"COPY t FROM '/a'", "COPY t FROM '/b'"},
@@ -157,6 +160,7 @@ func TestFingerprintDifferentShapes(t *testing.T) {
 }
 
 func TestFingerprintCacheCounts(t *testing.T) {
+	t.Parallel()
 	f := NewFingerprinter(FingerprintConfig{TextCacheSize: 4, KeyCacheSize: 4})
 	for i := range 10 {
 		f.Lookup(fmt.Sprintf("SELECT * FROM t WHERE id = %d", i), ProtocolSimple)
@@ -183,6 +187,7 @@ func TestFingerprintCacheCounts(t *testing.T) {
 }
 
 func TestFingerprintFallback(t *testing.T) {
+	t.Parallel()
 	var logBuf bytes.Buffer
 	f := NewFingerprinter(FingerprintConfig{Logger: zerolog.New(&logBuf)})
 	a, _ := f.Lookup("SELEC name FROM WHERE pw = 'hunter2'", ProtocolSimple)
@@ -222,6 +227,7 @@ func TestFingerprintFallback(t *testing.T) {
 }
 
 func TestNormalizedHasNoLiterals(t *testing.T) {
+	t.Parallel()
 	f := NewFingerprinter(FingerprintConfig{})
 	cases := []string{
 		"SELECT * FROM t WHERE pw = 'hunter2' ORDER BY 31337",
@@ -247,6 +253,7 @@ func TestNormalizedHasNoLiterals(t *testing.T) {
 }
 
 func TestSanitize(t *testing.T) {
+	t.Parallel()
 	cases := map[string]string{
 		"SELECT $1 ORDER BY 1":              "SELECT $1 ORDER BY $2",
 		"SELECT a /* c */ FROM t -- x\n":    "SELECT a FROM t",
@@ -267,6 +274,7 @@ func TestSanitize(t *testing.T) {
 }
 
 func TestLiteralKey(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		in, key string
 		safe    bool
@@ -294,6 +302,7 @@ func TestLiteralKey(t *testing.T) {
 }
 
 func TestAnnotations(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		in   string
 		want Annotations
@@ -352,6 +361,7 @@ func TestAnnotations(t *testing.T) {
 }
 
 func TestLookupKnown(t *testing.T) {
+	t.Parallel()
 	f := NewFingerprinter(FingerprintConfig{})
 	live, _ := f.Lookup("FETCH 10 FROM c /* pgaudit:ignore r1 */", ProtocolSimple)
 	back, ann := f.LookupKnown(live.Normalized+" /* pgaudit:ignore r1 */", live.Fingerprint)
@@ -367,6 +377,7 @@ func TestLookupKnown(t *testing.T) {
 }
 
 func TestFingerprintText(t *testing.T) {
+	t.Parallel()
 	for _, fp := range []Fingerprint{0, 1, 0xdeadbeef, 1<<64 - 1} {
 		b, err := json.Marshal(map[Fingerprint]Fingerprint{fp: fp})
 		if err != nil {
@@ -437,6 +448,7 @@ func BenchmarkFingerprintCache(b *testing.B) {
 // its fallback fingerprint to valid statements with the same key, nor the
 // other way round.
 func TestFingerprintNoPoisoning(t *testing.T) {
+	t.Parallel()
 	cases := [][2]string{
 		{"SELECT 'unterminated", "SELECT 'ok'"},
 		{"SELECT 1abc", "SELECT 1"},
@@ -463,6 +475,7 @@ func TestFingerprintNoPoisoning(t *testing.T) {
 // may stand for (keySafe), equal keys must mean equal pg_query
 // fingerprints. Each pair differs only in literals.
 func TestKeySafetyAgreesWithPgQuery(t *testing.T) {
+	t.Parallel()
 	pairs := [][2]string{
 		{"EXPLAIN (FORMAT 'json') SELECT 1", "EXPLAIN (FORMAT 'text') SELECT 1"},
 		{"EXPLAIN (COSTS 1) SELECT 1", "EXPLAIN (COSTS 0) SELECT 1"},

@@ -2,19 +2,16 @@ package analyzer
 
 import (
 	"bytes"
-	"flag"
 	"os"
 	"path/filepath"
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/pgaudit/pgaudit/internal/testutil"
 )
 
-var update = flag.Bool("update", false, "rewrite golden files under testdata/")
+var update = testutil.Update
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { testutil.Main(m) }
 
 // golden compares got with testdata/name, or rewrites the file with -update.
 func golden(t *testing.T, name string, got []byte) {

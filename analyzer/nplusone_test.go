@@ -344,6 +344,7 @@ func runEngine(t *testing.T, cfg EngineConfig, evs []*Event) []rules.Finding {
 }
 
 func TestNPlusOneScenarios(t *testing.T) {
+	t.Parallel()
 	var out strings.Builder
 	for _, sc := range nPlusOneScenarios {
 		t.Run(sc.name, func(t *testing.T) {
@@ -388,6 +389,7 @@ func indentJSON(t *testing.T, v any) []byte {
 // TestNPlusOneEvidence checks the numbers of the ORM loop, beyond the
 // golden file.
 func TestNPlusOneEvidence(t *testing.T) {
+	t.Parallel()
 	fs := runEngine(t, EngineConfig{}, ormExtended())
 	if len(fs) != 1 {
 		t.Fatalf("findings %+v", fs)
@@ -418,6 +420,7 @@ func TestNPlusOneEvidence(t *testing.T) {
 
 // TestNPlusOneThresholds: min_repeats and max_gap come from the config.
 func TestNPlusOneThresholds(t *testing.T) {
+	t.Parallel()
 	cfg := EngineConfig{Rules: rules.Config{NPlusOne: rules.NPlusOneConfig{MinRepeats: 25}}}
 	if fs := runEngine(t, cfg, ormExtended()); len(fs) != 0 {
 		t.Errorf("min_repeats 25 on a loop of 20: %v", fs)
@@ -431,6 +434,7 @@ func TestNPlusOneThresholds(t *testing.T) {
 // TestNPlusOneRepeatDedupes: the same loop twice is one finding counted
 // twice.
 func TestNPlusOneRepeatDedupes(t *testing.T) {
+	t.Parallel()
 	evs := ormExtended()
 	more := ormExtended()
 	for _, ev := range more {
@@ -443,6 +447,7 @@ func TestNPlusOneRepeatDedupes(t *testing.T) {
 }
 
 func TestNPlusOneInlineIgnore(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ name, comment string }{
 		{"rule", "/* pgaudit:ignore n-plus-one */ "},
 		{"all", "-- pgaudit:ignore\n"},
@@ -509,6 +514,7 @@ func TestNPlusOneSweep(t *testing.T) {
 // TestNPlusOneBoundedState: many sessions and long runs stay within the
 // configured bounds, and evicted sessions still report their loops.
 func TestNPlusOneBoundedState(t *testing.T) {
+	t.Parallel()
 	var n int
 	var mu sync.Mutex
 	d := NewNPlusOneDetector(NPlusOneDetectorConfig{MaxSessions: 32, RingSize: 8, MaxRuns: 2}, func(rules.NPlusOneFacts) {
@@ -539,6 +545,7 @@ func TestNPlusOneBoundedState(t *testing.T) {
 // TestNPlusOneEvictsLeastRecent: when a shard is full, a new session evicts
 // the session observed least recently, not the one created first.
 func TestNPlusOneEvictsLeastRecent(t *testing.T) {
+	t.Parallel()
 	d := NewNPlusOneDetector(NPlusOneDetectorConfig{MaxSessions: 2 * detectorShards, RingSize: 8}, nil)
 	fp := NewFingerprinter(FingerprintConfig{})
 	// Three session ids that share a shard (two sessions per shard).

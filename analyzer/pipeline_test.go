@@ -158,6 +158,7 @@ func TestPipelineDrainsOnStop(t *testing.T) {
 }
 
 func TestPipelineContextCancelStops(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := NewPipeline(PipelineConfig{})
 	if err := p.Start(ctx); err != nil {
@@ -184,6 +185,7 @@ func TestPipelineStopWithoutStart(t *testing.T) {
 }
 
 func TestPipelineObserverPanic(t *testing.T) {
+	t.Parallel()
 	var logs syncBuffer
 	p := NewPipeline(PipelineConfig{Workers: 1, Logger: zerolog.New(&logs)})
 	var after atomic.Int64
@@ -242,6 +244,7 @@ func TestPipelineConcurrentOfferStop(t *testing.T) {
 }
 
 func TestPipelineTraceParentFromComment(t *testing.T) {
+	t.Parallel()
 	p := NewPipeline(PipelineConfig{Workers: 1})
 	var got []string
 	var mu sync.Mutex

@@ -14,6 +14,7 @@ import (
 // it with testdata/explain/*.golden (go test ./analyzer -update rewrites
 // them).
 func TestPlanGolden(t *testing.T) {
+	t.Parallel()
 	files, err := filepath.Glob(filepath.Join("testdata", "explain", "*.json"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no captured plans: %v", err)
@@ -56,6 +57,7 @@ func TestPlanGolden(t *testing.T) {
 }
 
 func TestParsePlanErrors(t *testing.T) {
+	t.Parallel()
 	for _, in := range []string{"", "[]", "[{}]", "not json", `{"Plan": null}`} {
 		if _, err := ParsePlan([]byte(in)); err == nil {
 			t.Errorf("ParsePlan(%q): want an error", in)
@@ -68,6 +70,7 @@ func TestParsePlanErrors(t *testing.T) {
 }
 
 func TestParallelDivisor(t *testing.T) {
+	t.Parallel()
 	for w, want := range map[int]float64{0: 1, 1: 1.7, 2: 2.4, 3: 3.1, 4: 4, 8: 8} {
 		if got := parallelDivisor(w); fmt.Sprintf("%.2f", got) != fmt.Sprintf("%.2f", want) {
 			t.Errorf("parallelDivisor(%d) = %v, want %v", w, got, want)
@@ -76,6 +79,7 @@ func TestParallelDivisor(t *testing.T) {
 }
 
 func TestRedactLiterals(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{
 		"((t.v = 42) AND (t.s = 'x'::text))": "((t.v = ?) AND (t.s = ?::text))",
 		"(t.v = $1)":                         "(t.v = $1)",

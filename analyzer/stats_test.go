@@ -64,6 +64,7 @@ func exactQuantile(sorted []time.Duration, q float64) time.Duration {
 }
 
 func TestStatsPercentiles(t *testing.T) {
+	t.Parallel()
 	evs, shapes := randomEvents(20000, 1, 1)
 	s := NewStats(StatsConfig{Now: fixedClock})
 	record(s, evs, shapes)
@@ -96,6 +97,7 @@ func TestStatsPercentiles(t *testing.T) {
 }
 
 func TestStatsFields(t *testing.T) {
+	t.Parallel()
 	s := NewStats(StatsConfig{TopApps: 2, Now: fixedClock})
 	sh := shapeN(1)
 	add := func(d, wait time.Duration, app, state string, rows int64, at time.Time) {
@@ -126,6 +128,7 @@ func TestStatsFields(t *testing.T) {
 }
 
 func TestStatsCapAndOther(t *testing.T) {
+	t.Parallel()
 	s := NewStats(StatsConfig{MaxShapes: 3, Now: fixedClock})
 	for i := range 5 {
 		for range i + 1 {
@@ -188,6 +191,7 @@ func comparableSnap(t *testing.T, s *Snapshot) *Snapshot {
 }
 
 func TestStatsMergeHalves(t *testing.T) {
+	t.Parallel()
 	evs, shapes := randomEvents(6000, 7, 2)
 	whole := NewStats(StatsConfig{MaxShapes: 5, Now: fixedClock})
 	a := NewStats(StatsConfig{MaxShapes: 5, Now: fixedClock})
@@ -221,6 +225,7 @@ func TestStatsMergeHalves(t *testing.T) {
 }
 
 func TestSnapshotJSONRoundTrip(t *testing.T) {
+	t.Parallel()
 	evs, shapes := randomEvents(2000, 4, 3)
 	s := NewStats(StatsConfig{MaxShapes: 3, Now: fixedClock})
 	record(s, evs, shapes)
@@ -246,6 +251,7 @@ func TestSnapshotJSONRoundTrip(t *testing.T) {
 }
 
 func TestSketchRejectsForeignMapping(t *testing.T) {
+	t.Parallel()
 	var l LatencySketch
 	if err := json.Unmarshal([]byte(`"not base64!"`), &l); err == nil {
 		t.Error("accepted bad base64")
@@ -256,6 +262,7 @@ func TestSketchRejectsForeignMapping(t *testing.T) {
 }
 
 func TestStatsConcurrent(t *testing.T) {
+	t.Parallel()
 	evs, shapes := randomEvents(4000, 50, 4)
 	s := NewStats(StatsConfig{MaxShapes: 40, Now: fixedClock})
 	var wg sync.WaitGroup
@@ -279,6 +286,7 @@ func TestStatsConcurrent(t *testing.T) {
 }
 
 func TestParseSortKey(t *testing.T) {
+	t.Parallel()
 	for _, k := range []string{"", "total_time", "calls", "p99", "mean", "errors"} {
 		if _, err := ParseSortKey(k); err != nil {
 			t.Errorf("%q: %v", k, err)

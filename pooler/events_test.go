@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit/pgaudit/internal/testutil"
 )
 
 // eventView is the part of an Event that a golden file pins down: no
@@ -138,10 +139,9 @@ func TestStatementEvents(t *testing.T) {
 
 func waitForEvents(t *testing.T, sink *captureSink, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for len(sink.snapshot()) < n && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, 5*time.Second, fmt.Sprintf("%d events", n), func() bool { return len(sink.snapshot()) >= n })
+	// A moment more, so that a surplus event shows in the comparison
+	// (absence cannot be waited for).
 	time.Sleep(50 * time.Millisecond)
 }
 

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"github.com/pgaudit/pgaudit/internal/testutil"
 	"net"
 	"os"
 	"runtime"
@@ -297,7 +298,7 @@ func TestSilentSocketFlood(t *testing.T) {
 		silent[i] = dialRaw(t, addr)
 	}
 	// The proxy has accepted them all.
-	waitFor(t, 10*time.Second, func() bool { return p.counters.loginEvicted.Load()+int64(p.LoginCount()) >= silentN })
+	testutil.Eventually(t, 10*time.Second, "the proxy accepted every silent socket", func() bool { return p.counters.loginEvicted.Load()+int64(p.LoginCount()) >= silentN })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	// Real clients log in and query, several at once and one after another,
@@ -329,7 +330,7 @@ func TestSilentSocketFlood(t *testing.T) {
 		t.Error(err)
 	}
 	// Authenticated clients still count: max_client_conn holds.
-	waitFor(t, 5*time.Second, func() bool { return p.authed.Load() == 0 })
+	testutil.Eventually(t, 5*time.Second, "authenticated clients to leave", func() bool { return p.authed.Load() == 0 })
 	var held []*pgconn.PgConn
 	for i := 0; i < maxClients; i++ {
 		conn, err := pgconn.Connect(ctx, userDSN(p, plainUser, plainPW, ""))
@@ -342,7 +343,7 @@ func TestSilentSocketFlood(t *testing.T) {
 	for _, c := range held {
 		c.Close(ctx)
 	}
-	waitFor(t, 5*time.Second, func() bool { return p.authed.Load() == 0 })
+	testutil.Eventually(t, 5*time.Second, "authenticated clients to leave", func() bool { return p.authed.Load() == 0 })
 	// Every silent socket was closed: the oldest to make room (with
 	// 53300), the others when client_login_timeout passed.
 	// (Which ones were oldest is the order in which the proxy's handlers
@@ -393,10 +394,10 @@ func TestLoginSlotsSpareStartedClients(t *testing.T) {
 	}
 	a, b := inAuth(), inAuth()
 	s1 := dialRaw(t, addr)
-	waitFor(t, 5*time.Second, func() bool { return p.LoginCount() == 3 })
+	testutil.Eventually(t, 5*time.Second, "three logins in progress", func() bool { return p.LoginCount() == 3 })
 	s2 := dialRaw(t, addr) // displaces s1, not a or b
 	wantFatal(t, readErrorAndClose(t, s1), "53300")
-	waitFor(t, 5*time.Second, func() bool { return p.LoginCount() == 3 })
+	testutil.Eventually(t, 5*time.Second, "three logins in progress", func() bool { return p.LoginCount() == 3 })
 	c := inAuth() // displaces s2
 	wantFatal(t, readErrorAndClose(t, s2), "53300")
 	// a, b and c are still in authentication; a new connection now
@@ -447,7 +448,7 @@ func TestLoginBufferBudget(t *testing.T) {
 	if _, err := stalled.Write(password(60 << 10)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() bool { return p.loginBudget.Used() > 32<<10 })
+	testutil.Eventually(t, 10*time.Second, "login budget in use", func() bool { return p.loginBudget.Used() > 32<<10 })
 	if n := p.BufferedClientBytes(); n != 0 {
 		t.Fatalf("an unauthenticated client's bytes charged %d bytes to client_buffer_budget", n)
 	}
@@ -471,5 +472,5 @@ func TestLoginBufferBudget(t *testing.T) {
 		t.Fatalf("a 3 MiB query of an authenticated client: %v", err)
 	}
 	stalled.Close()
-	waitFor(t, 5*time.Second, func() bool { return p.loginBudget.Used() == 0 && p.BufferedClientBytes() == 0 })
+	testutil.Eventually(t, 5*time.Second, "budgets released", func() bool { return p.loginBudget.Used() == 0 && p.BufferedClientBytes() == 0 })
 }

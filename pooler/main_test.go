@@ -2,49 +2,26 @@ package pooler
 
 import (
 	"context"
-	"flag"
 	"fmt"
-	"os"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
-	"go.uber.org/goleak"
 
 	"github.com/pgaudit/pgaudit/analyzer"
-	"github.com/pgaudit/pgaudit/internal/pgtest"
+	"github.com/pgaudit/pgaudit/internal/testutil"
 )
 
-// cluster is the Postgres every test in this package talks to.
-var cluster *pgtest.Cluster
+// cluster is the Postgres every test in this package talks to, started at
+// first use: tests that need no server (go test -run TestScanStatement) run
+// without one.
+var cluster = testutil.Cluster()
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	if f := flag.Lookup("test.fuzzworker"); f != nil && f.Value.String() == "true" {
-		// A fuzz worker runs only the fuzz target (FuzzStartupAuth), which
-		// needs no server; the coordinating process has the cluster.
-		os.Exit(m.Run())
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	c, err := pgtest.Start(ctx, pgtest.Options{})
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "pooler tests need PostgreSQL:", err)
-		os.Exit(1)
-	}
-	cluster = c
-	code := m.Run()
-	c.Stop()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+// update rewrites golden files under testdata/ (go test ./pooler -update).
+var update = testutil.Update
+
+func TestMain(m *testing.M) { testutil.Main(m) }
 
 // testProxy starts a proxy in front of the test cluster; mutate adjusts the
 // config. It is closed when the test ends.
@@ -56,7 +33,7 @@ func testProxy(t testing.TB, mutate func(*Config)) *Proxy {
 // testProxyWithSink is testProxy with an event sink.
 func testProxyWithSink(t testing.TB, mutate func(*Config), sink analyzer.Sink) *Proxy {
 	t.Helper()
-	up, err := pgconn.ParseConfig(cluster.DSN("postgres"))
+	up, err := pgconn.ParseConfig(testutil.Shared(t).DSN("postgres"))
 	if err != nil {
 		t.Fatal(err)
 	}

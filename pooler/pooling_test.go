@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit/pgaudit/internal/testutil"
 )
 
 func connect(t *testing.T, ctx context.Context, dsn string, mode pgx.QueryExecMode) *pgx.Conn {
@@ -271,25 +272,18 @@ func TestIdleTransactionTimeout(t *testing.T) {
 	if _, err := c.Exec(ctx, "CREATE TABLE idle_tx_probe(x int)"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(700 * time.Millisecond)
+	// The client stays idle until the proxy has ended the transaction.
+	direct := connect(t, ctx, cluster.DSN(""), pgx.QueryExecModeSimpleProtocol)
+	idleInTx := func() string {
+		return queryString(t, ctx, direct, "select count(*)::text from pg_stat_activity where state like 'idle in transaction%'")
+	}
+	testutil.Eventually(t, 5*time.Second, "no backend left idle in transaction", func() bool { return idleInTx() == "0" })
 	_, err := c.Exec(ctx, "COMMIT")
 	if err == nil {
 		t.Fatal("COMMIT after idle_transaction_timeout succeeded")
 	}
-	direct := connect(t, ctx, cluster.DSN(""), pgx.QueryExecModeSimpleProtocol)
 	if got := queryString(t, ctx, direct, "select count(*)::text from pg_class where relname = 'idle_tx_probe'"); got != "0" {
 		t.Fatal("the timed-out transaction was committed")
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n := queryString(t, ctx, direct, "select count(*)::text from pg_stat_activity where state like 'idle in transaction%'")
-		if n == "0" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s backends left idle in transaction", n)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -558,7 +552,11 @@ func TestGracefulShutdown(t *testing.T) {
 			}
 		}(i)
 	}
-	time.Sleep(500 * time.Millisecond)
+	testutil.Eventually(t, 10*time.Second, "every client to commit", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return committed >= 8
+	})
 	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 	p.Shutdown(sctx)
 	scancel()
@@ -626,7 +624,13 @@ func TestIdleServerTerminated(t *testing.T) {
 			if _, err := admin.Exec(ctx, "select pg_terminate_backend("+pid+")").ReadAll(); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(100 * time.Millisecond)
+			testutil.Eventually(t, 5*time.Second, "the terminated backend to exit", func() bool {
+				res, err := admin.Exec(ctx, "select 1 from pg_stat_activity where pid = "+pid).ReadAll()
+				return err == nil && len(res) == 1 && len(res[0].Rows) == 0
+			})
+			// The pool looks for a closed server only when it has been
+			// idle over 50 ms (Pool.checkOut): be sure it has.
+			time.Sleep(60 * time.Millisecond)
 			var got string
 			err = a.QueryRow(ctx, "select 'after'").Scan(&got)
 			if mode == TransactionMode {
@@ -670,7 +674,7 @@ func TestClientGoneMidStatement(t *testing.T) {
 			return err == nil && len(res) == 1 && len(res[0].Rows) == 1 && string(res[0].Rows[0][0]) == want
 		}
 	}
-	waitFor(t, 5*time.Second, running("1"))
+	testutil.Eventually(t, 5*time.Second, "the statement to run", running("1"))
 	_ = a.nc.Close()
 
 	start := time.Now()
@@ -682,19 +686,7 @@ func TestClientGoneMidStatement(t *testing.T) {
 		t.Fatalf("next client served after %s: the gone client's server was held", el)
 	}
 	// The abandoned statement was canceled, not left running.
-	waitFor(t, 5*time.Second, running("0"))
-}
-
-// waitFor polls cond every 20 ms until it holds, failing the test after d.
-func waitFor(t *testing.T, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Eventually(t, 5*time.Second, "the abandoned statement to be canceled", running("0"))
 }
 
 // TestPauseAppliesToNewPools: after PAUSE of all databases or of one, a

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -21,9 +20,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
-
-// update rewrites golden files under testdata/ (go test ./pooler -update).
-var update = flag.Bool("update", false, "rewrite golden files under testdata/")
 
 // wireTimeout bounds every wait for a backend message in raw wire tests: a
 // proxy that forgets to flush fails the test instead of hanging it.

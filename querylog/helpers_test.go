@@ -2,7 +2,6 @@ package querylog
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,9 +10,10 @@ import (
 	"testing"
 
 	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit/pgaudit/internal/testutil"
 )
 
-var update = flag.Bool("update", false, "rewrite golden files under testdata/")
+var update = testutil.Update
 
 // render prints events in a stable form: grouped by session (only the
 // order within a session is defined), sessions numbered by first

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/pgaudit/pgaudit/analyzer"
 	"github.com/pgaudit/pgaudit/internal/pgtest"
+	"github.com/pgaudit/pgaudit/internal/testutil"
 )
 
 // scenario is one server logging configuration. Each runs the same
@@ -283,7 +284,12 @@ func TestPostgresRotationAndGzip(t *testing.T) {
 	if _, err := conn.Exec(ctx, "select pg_rotate_logfile()"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// The logging collector rotates when it gets the signal: statements
+	// sent once the new file exists go to it.
+	testutil.Eventually(t, 10*time.Second, "the rotated csv file", func() bool {
+		csvs, _ := filepath.Glob(filepath.Join(c.DataDir, "log", "*.csv"))
+		return len(csvs) == 2
+	})
 	for i := 3; i < 6; i++ {
 		if _, err := conn.Exec(ctx, fmt.Sprintf("select %d", i)); err != nil {
 			t.Fatal(err)

@@ -16,14 +16,13 @@ import (
 	"time"
 
 	"github.com/pgaudit/pgaudit/analyzer"
-	"go.uber.org/goleak"
+	"github.com/pgaudit/pgaudit/internal/testutil"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { testutil.Main(m) }
 
 func TestCompilePrefixErrors(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ prefix, want string }{
 		{"[%p] ", "no time"},
 		{"%m ", "no process or session id"},
@@ -94,6 +93,7 @@ func formatPrefix(prefix string, vals map[byte]string) string {
 }
 
 func TestPrefixParse(t *testing.T) {
+	t.Parallel()
 	tp := newTimeParser(nil)
 	want := time.Date(2025, 3, 4, 5, 6, 7, 123e6, time.UTC)
 	for _, prefix := range append(append([]string(nil), KnownPrefixes...),
@@ -173,6 +173,7 @@ func TestPrefixParse(t *testing.T) {
 }
 
 func TestTimeZones(t *testing.T) {
+	t.Parallel()
 	tp := newTimeParser(time.FixedZone("X", 3600))
 	for in, off := range map[string]int{
 		"2025-03-04 05:06:07.123 UTC": 0, "2025-03-04 05:06:07.123 CET": 3600, "2025-03-04 05:06:07.123 +03": 3 * 3600,
@@ -194,6 +195,7 @@ func TestTimeZones(t *testing.T) {
 }
 
 func TestParseParams(t *testing.T) {
+	t.Parallel()
 	n, h, vals, ok := parseParams([]byte(`parameters: $1 = '1', $2 = 'it''s, $3 = x', $3 = NULL`), true)
 	if !ok || n != 3 || h == 0 || fmt.Sprint(vals) != "[1 it's, $3 = x ]" {
 		t.Errorf("got %d %x %q %v", n, h, vals, ok)
@@ -237,6 +239,7 @@ func TestClassifyTx(t *testing.T) {
 // TestSyntheticFormatsAgree reads the same synthetic workload written as
 // stderr, csvlog and jsonlog.
 func TestSyntheticFormatsAgree(t *testing.T) {
+	t.Parallel()
 	recs := genSessions(7, 24, 1)
 	var skel []string
 	for _, f := range []struct {
@@ -304,6 +307,7 @@ func insertLines(data []byte, junk string, at ...int) ([]byte, []int) {
 }
 
 func TestMalformed(t *testing.T) {
+	t.Parallel()
 	recs := genSessions(3, 12, 2)
 	for _, f := range []struct {
 		name  string
@@ -364,6 +368,7 @@ func TestMalformed(t *testing.T) {
 }
 
 func TestUnknownFormat(t *testing.T) {
+	t.Parallel()
 	read := func(data string, opts Options) error {
 		_, err := Read(context.Background(), []Input{{Name: "in", R: strings.NewReader(data)}}, opts, nil)
 		return err
@@ -406,6 +411,7 @@ func TestUnknownFormat(t *testing.T) {
 }
 
 func TestGzipAndStdin(t *testing.T) {
+	t.Parallel()
 	data := genBytes(writeCSV, genSessions(4, 12, 4))
 	want, _ := readAll(t, []Input{{Name: "plain", R: bytes.NewReader(data)}}, Options{})
 	dir := t.TempDir()
@@ -436,6 +442,7 @@ func TestGzipAndStdin(t *testing.T) {
 }
 
 func TestOversizeRecord(t *testing.T) {
+	t.Parallel()
 	recs := genSessions(2, 6, 5)
 	huge := "SELECT '" + strings.Repeat("x", 5000) + "\n" + strings.Repeat("y", 5000) + "'"
 	for _, f := range []struct {
@@ -471,6 +478,7 @@ func TestOversizeRecord(t *testing.T) {
 }
 
 func TestCancelAndProgress(t *testing.T) {
+	t.Parallel()
 	data := genBytes(writeJSON, genSessions(10, 30, 6))
 	ctx, cancel := context.WithCancel(context.Background())
 	n := 0
@@ -505,6 +513,7 @@ func TestCancelAndProgress(t *testing.T) {
 // the analyzer's writer and reads them back through Read, which detects the
 // format and delegates to analyzer.AuditLogReader.
 func TestAuditLog(t *testing.T) {
+	t.Parallel()
 	evs, _ := readAll(t, []Input{{Name: "csv", R: bytes.NewReader(genBytes(writeCSV, genSessions(3, 6, 7)))}}, Options{KeepParams: true})
 	var buf bytes.Buffer
 	al, err := analyzer.OpenAuditLog(analyzer.AuditLogConfig{Writer: &buf, FlushInterval: -1, RunID: "r1", LogParameters: true})
@@ -534,6 +543,7 @@ func TestAuditLog(t *testing.T) {
 }
 
 func TestSessionsByPID(t *testing.T) {
+	t.Parallel()
 	// '%m [%p] ' has no session id: a pid reused by a new backend is a new
 	// session, found by its connection line or a line number going back.
 	p := "%m [%p] "

@@ -40,6 +40,7 @@ fingerprint = "00ab12cd34ef5678"
 // TestConfigTOML decodes the [rules] tables the way cmd does: the file's
 // top-level table holds Config under "rules".
 func TestConfigTOML(t *testing.T) {
+	t.Parallel()
 	var file struct {
 		Rules Config `toml:"rules"`
 	}
@@ -93,6 +94,7 @@ func TestConfigTOML(t *testing.T) {
 }
 
 func TestConfigDefaults(t *testing.T) {
+	t.Parallel()
 	c := DefaultConfig()
 	for _, id := range RuleIDs() {
 		if !c.Enabled(id) {
@@ -114,6 +116,7 @@ func TestConfigDefaults(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
+	t.Parallel()
 	sev := Severity(7)
 	bad := Config{
 		NPlusOne:       NPlusOneConfig{MinRepeats: 1, MaxGap: -1},
@@ -154,6 +157,7 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func TestSuppression(t *testing.T) {
+	t.Parallel()
 	f := Finding{ID: "seq-scan:00000000000000ab:public.audit_log", Rule: IDSeqScan, Fingerprint: "00000000000000ab", Table: "public.audit_log", Severity: Warning}
 	tests := []struct {
 		name   string

@@ -3,16 +3,17 @@ package rules
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgaudit/pgaudit/internal/testutil"
 )
 
-var update = flag.Bool("update", false, "rewrite golden files under testdata/")
+var update = testutil.Update
 
 func golden(t *testing.T, name string, got []byte) {
 	t.Helper()
@@ -45,6 +46,7 @@ func shape(p99 time.Duration, calls uint64) ShapeFacts {
 }
 
 func TestEvaluateSlowQuery(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name  string
 		facts ShapeFacts
@@ -86,6 +88,7 @@ func pool(util float64, p99 time.Duration) PoolFacts {
 }
 
 func TestEvaluatePoolSaturation(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name   string
 		facts  PoolFacts
@@ -127,6 +130,7 @@ func TestEvaluatePoolSaturation(t *testing.T) {
 }
 
 func TestEvaluateNPlusOne(t *testing.T) {
+	t.Parallel()
 	base := func() NPlusOneFacts {
 		return NPlusOneFacts{Fingerprint: "a1", Query: "q", Repeats: 10, DistinctParams: 10,
 			SourceFingerprint: "b2", SourceRows: 10, Form: FormRowCount, Tie: TieGap}
@@ -169,6 +173,7 @@ func TestEvaluateNPlusOne(t *testing.T) {
 }
 
 func TestEvaluateTxnPoolingUnsafe(t *testing.T) {
+	t.Parallel()
 	for _, feat := range []string{"listen", "advisory_lock", "temp_table", "with_hold", "prepare", "something_new"} {
 		f := EvaluateTxnPoolingUnsafe(SessionStateFacts{Feature: feat, Fingerprint: "c3", Query: "LISTEN jobs", SessionID: 4, At: t0}, TxnPoolingUnsafeConfig{})
 		if f == nil || f.Severity != Error || f.ID != "txn-pooling-unsafe:c3" || f.Suggestion == "" || f.Evidence["feature"] != feat {
@@ -230,6 +235,7 @@ func exampleFindings() []*Finding {
 }
 
 func TestExampleFindingsGolden(t *testing.T) {
+	t.Parallel()
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
@@ -249,6 +255,7 @@ func TestExampleFindingsGolden(t *testing.T) {
 // is registered once with a description, and every evidence key an
 // evaluator emits is documented.
 func TestRegistry(t *testing.T) {
+	t.Parallel()
 	ids := RuleIDs()
 	want := []string{IDNPlusOne, IDSeqScan, IDMissingIndex, IDPoolSaturation, IDTxnPoolingUnsafe, IDSlowQuery}
 	slices.Sort(ids)
@@ -283,6 +290,7 @@ func TestRegistry(t *testing.T) {
 // TestDocsCoverRegistry: docs/rules.md names every rule, threshold and
 // evidence key.
 func TestDocsCoverRegistry(t *testing.T) {
+	t.Parallel()
 	doc, err := os.ReadFile(filepath.Join("..", "docs", "rules.md"))
 	if err != nil {
 		t.Fatal(err)

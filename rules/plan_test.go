@@ -17,6 +17,7 @@ func seqFacts() SeqScanFacts {
 }
 
 func TestEvaluateSeqScan(t *testing.T) {
+	t.Parallel()
 	f := EvaluateSeqScan(seqFacts(), SeqScanConfig{})
 	if f == nil {
 		t.Fatal("no finding")
@@ -84,6 +85,7 @@ func idxFacts() IndexCandidateFacts {
 }
 
 func TestEvaluateMissingIndex(t *testing.T) {
+	t.Parallel()
 	f := EvaluateMissingIndex(idxFacts(), MissingIndexConfig{})
 	if f == nil {
 		t.Fatal("no finding")
@@ -127,6 +129,7 @@ func TestEvaluateMissingIndex(t *testing.T) {
 }
 
 func TestPlanHelpers(t *testing.T) {
+	t.Parallel()
 	if WriteShare(0, 0, 0, 0, 0) != 0 || WriteShare(1, 1, 1, 1, 0) != 0.75 {
 		t.Error("WriteShare")
 	}

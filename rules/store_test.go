@@ -21,6 +21,7 @@ func nPlusOne(repeats int, at time.Time) Finding {
 }
 
 func TestStoreDedupe(t *testing.T) {
+	t.Parallel()
 	s := NewStore(StoreConfig{})
 	f1, ch := s.Add(nPlusOne(20, t0))
 	if ch != New || f1.Count != 1 {
@@ -57,6 +58,7 @@ func TestStoreDedupe(t *testing.T) {
 }
 
 func TestStoreSignificance(t *testing.T) {
+	t.Parallel()
 	base := Finding{ID: "x", Rule: IDSlowQuery, Severity: Warning, Count: 10, LastSeen: t0,
 		Evidence: map[string]any{"p99_ms": 600.0, "session_id": uint64(1), "query": "a"}}
 	tests := []struct {
@@ -101,6 +103,7 @@ func TestStoreSignificance(t *testing.T) {
 }
 
 func TestStoreSetKeepsCumulativeCount(t *testing.T) {
+	t.Parallel()
 	s := NewStore(StoreConfig{})
 	f := Finding{ID: "slow-query:1", Rule: IDSlowQuery, Count: 100, FirstSeen: t0, LastSeen: t0.Add(time.Minute)}
 	s.Set(f)
@@ -112,6 +115,7 @@ func TestStoreSetKeepsCumulativeCount(t *testing.T) {
 }
 
 func TestStoreEvictionAndOrder(t *testing.T) {
+	t.Parallel()
 	s := NewStore(StoreConfig{MaxFindings: 3})
 	s.Add(Finding{ID: "a", Severity: Error, Count: 1, LastSeen: t0})
 	s.Add(Finding{ID: "b", Severity: Info, Count: 9, LastSeen: t0.Add(time.Second)})
@@ -131,6 +135,7 @@ func TestStoreEvictionAndOrder(t *testing.T) {
 }
 
 func TestStoreConcurrent(t *testing.T) {
+	t.Parallel()
 	s := NewStore(StoreConfig{})
 	var wg sync.WaitGroup
 	var mu sync.Mutex

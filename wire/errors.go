@@ -3,31 +3,37 @@ package wire
 import (
 	"errors"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
-// SQLSTATE codes the proxy itself sends.
+// SQLSTATE codes the proxy itself sends, by their names in
+// github.com/jackc/pgerrcode (Postgres's errcodes.txt); other code may use
+// pgerrcode directly.
 const (
-	CodeProtocolViolation       = "08P01"
-	CodeConnectionFailure       = "08006"
-	CodeClientUnableToConnect   = "08001"
-	CodeInvalidPassword         = "28P01"
-	CodeInvalidAuthorization    = "28000"
-	CodeInsufficientPrivilege   = "42501"
-	CodeInvalidCatalogName      = "3D000"
-	CodeTooManyConnections      = "53300"
-	CodeOutOfMemory             = "53200"
-	CodeAdminShutdown           = "57P01"
-	CodeQueryCanceled           = "57014"
-	CodeFeatureNotSupported     = "0A000"
-	CodeIdleInTransactionTimout = "25P03"
-	CodeIdleSessionTimeout      = "57P05"
-	CodeInternalError           = "XX000"
-	CodeConnectionException     = "08000"
-	CodeInvalidParameterValue   = "22023"
-	CodeObjectNotInPrerequisite = "55000"
-	CodeCannotConnectNow        = "57P03"
+	CodeProtocolViolation        = pgerrcode.ProtocolViolation
+	CodeConnectionFailure        = pgerrcode.ConnectionFailure
+	CodeClientUnableToConnect    = pgerrcode.SQLClientUnableToEstablishSQLConnection
+	CodeInvalidPassword          = pgerrcode.InvalidPassword
+	CodeInvalidAuthorization     = pgerrcode.InvalidAuthorizationSpecification
+	CodeInsufficientPrivilege    = pgerrcode.InsufficientPrivilege
+	CodeInvalidCatalogName       = pgerrcode.InvalidCatalogName
+	CodeTooManyConnections       = pgerrcode.TooManyConnections
+	CodeOutOfMemory              = pgerrcode.OutOfMemory
+	CodeAdminShutdown            = pgerrcode.AdminShutdown
+	CodeQueryCanceled            = pgerrcode.QueryCanceled
+	CodeFeatureNotSupported      = pgerrcode.FeatureNotSupported
+	CodeIdleInTransactionTimeout = pgerrcode.IdleInTransactionSessionTimeout
+	CodeIdleSessionTimeout       = pgerrcode.IdleSessionTimeout
+	CodeInternalError            = pgerrcode.InternalError
+	CodeConnectionException      = pgerrcode.ConnectionException
+	CodeInvalidParameterValue    = pgerrcode.InvalidParameterValue
+	CodeObjectNotInPrerequisite  = pgerrcode.ObjectNotInPrerequisiteState
+	CodeCannotConnectNow         = pgerrcode.CannotConnectNow
+
+	// Deprecated: misspelt; use CodeIdleInTransactionTimeout.
+	CodeIdleInTransactionTimout = CodeIdleInTransactionTimeout
 )
 
 // Error is an error with a SQLSTATE that is sent to a client as an

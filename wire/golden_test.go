@@ -1,7 +1,7 @@
 package wire
 
-import "flag"
+import "github.com/pgaudit/pgaudit/internal/testutil"
 
 // update rewrites golden files under testdata/ instead of comparing with
 // them: go test ./wire -run TestName -update
-var update = flag.Bool("update", false, "rewrite golden files under testdata/")
+var update = testutil.Update

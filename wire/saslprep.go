@@ -2,53 +2,39 @@ package wire
 
 import (
 	"strings"
-	"unicode"
 	"unicode/utf8"
 
+	"github.com/xdg-go/stringprep"
 	"golang.org/x/text/secure/precis"
-	"golang.org/x/text/unicode/norm"
 )
-
-//go:generate python3 saslprep_gen.py
 
 // saslPrep normalizes a password with SASLprep (RFC 4013) exactly as
 // Postgres's pg_saslprep does before deriving or checking a SCRAM secret:
-// ASCII passwords are left as they are; others have non-ASCII spaces mapped
-// to U+0020, the characters of RFC 3454 table B.1 removed, and NFKC applied.
-// Like Postgres, a password that is not valid UTF-8, or that then holds a
-// prohibited or (in Unicode 3.2) unassigned character, or that breaks the
-// bidirectional rule, is used as it is.
+// ASCII passwords are left as they are; others get the SASLprep profile of
+// github.com/xdg-go/stringprep (RFC 3454 tables: non-ASCII spaces mapped to
+// U+0020, table B.1 removed, NFKC, prohibited and unassigned characters and
+// the bidirectional rule checked). Like Postgres, a password that is not
+// valid UTF-8, or that SASLprep rejects, is used as it is.
 func saslPrep(password string) string {
 	if isASCII(password) || !utf8.ValidString(password) {
 		return password
 	}
+	// Two mappings first, where the library differs from Postgres (and
+	// from RFC 3454): U+200B is in both table C.1.2 and B.1, and Postgres
+	// maps it to a space, the library to nothing; U+1806 (Mongolian todo
+	// soft hyphen) is in B.1 but not in the library's copy of it.
 	mapped := strings.Map(func(r rune) rune {
 		switch {
-		case unicode.Is(saslprepNonASCIISpace, r):
-			return ' '
-		case unicode.Is(saslprepMappedToNothing, r):
+		case r == '\u1806':
 			return -1
+		case stringprep.TableC1_2.Contains(r):
+			return ' '
 		}
 		return r
 	}, password)
-	prepped := norm.NFKC.String(mapped)
-
-	var randAL, l bool
-	for _, r := range prepped {
-		if unicode.Is(saslprepProhibited, r) {
-			return password
-		}
-		randAL = randAL || unicode.Is(saslprepRandAL, r)
-		l = l || unicode.Is(saslprepL, r)
-	}
-	if randAL {
-		// RFC 3454 section 6: a string with right-to-left characters holds
-		// no left-to-right ones and begins and ends with right-to-left ones.
-		first, _ := utf8.DecodeRuneInString(prepped)
-		last, _ := utf8.DecodeLastRuneInString(prepped)
-		if l || !unicode.Is(saslprepRandAL, first) || !unicode.Is(saslprepRandAL, last) {
-			return password
-		}
+	prepped, err := stringprep.SASLprep.Prepare(mapped)
+	if err != nil {
+		return password
 	}
 	return prepped
 }

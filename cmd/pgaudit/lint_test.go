@@ -21,6 +21,7 @@ import (
 
 	"github.com/pgaudit/pgaudit/analyzer"
 	"github.com/pgaudit/pgaudit/internal/pgtest"
+	"github.com/pgaudit/pgaudit/internal/testutil"
 	"github.com/pgaudit/pgaudit/pooler"
 )
 
@@ -153,10 +154,25 @@ func TestLintPostgresLogsAndAuditLog(t *testing.T) {
 	aud.stop(log)
 	proxyFindings := aud.engine.Findings()
 
-	// Postgres writes its logs asynchronously.
-	time.Sleep(500 * time.Millisecond)
+	// Postgres writes its logs asynchronously: wait until both logs have the
+	// last statement of both workloads (three executions each).
 	csvPath := filepath.Join(c.DataDir, "log", "pg.csv")
 	stderrPath := filepath.Join(c.DataDir, "log", "pg.log")
+	testutil.Eventually(t, 10*time.Second, "Postgres to log both workloads", func() bool {
+		for _, path := range []string{csvPath, stderrPath} {
+			data, _ := os.ReadFile(path)
+			n := 0
+			for _, line := range strings.Split(string(data), "\n") {
+				if strings.Contains(line, "execute ") && strings.Contains(line, "from lint_events where kind") {
+					n++
+				}
+			}
+			if n < 6 {
+				return false
+			}
+		}
+		return true
+	})
 
 	run := func(args ...string) ([]byte, error) {
 		var out bytes.Buffer

@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -35,8 +36,9 @@ type Options struct {
 	Quiet bool
 }
 
-// Cluster is a running throwaway PostgreSQL server. Its methods are safe to
-// call from one goroutine at a time.
+// Cluster is a throwaway PostgreSQL server: running, from Start, or started
+// at first use, from Lazy. Restart, StopServer, StartServer and Stop are for
+// one goroutine at a time; the other methods may be called concurrently.
 type Cluster struct {
 	BinDir  string
 	Dir     string // data directory parent: data/, socket, log
@@ -46,6 +48,15 @@ type Cluster struct {
 	Version int // server major version
 
 	cred *syscall.Credential
+	lazy *lazyStart // nil for a cluster from Start
+}
+
+// lazyStart is how a cluster from Lazy starts: once, at first use.
+type lazyStart struct {
+	opts Options
+	hold net.Listener // keeps Port free until the server takes it
+	once sync.Once
+	err  error
 }
 
 // FindBinDir returns the directory holding initdb, pg_ctl and postgres: the
@@ -88,20 +99,77 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "pgaudit-pg-")
-	if err != nil {
-		return nil, fmt.Errorf("pgtest: temp dir: %w", err)
-	}
-	c := &Cluster{BinDir: bin, Dir: dir, DataDir: filepath.Join(dir, "data"), LogFile: filepath.Join(dir, "postgres.log")}
-	if err := c.init(ctx, opts); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	if err := c.startServer(ctx); err != nil {
-		c.Stop()
+	c := &Cluster{BinDir: bin}
+	if err := c.start(ctx, opts); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// Lazy returns a cluster that is initialized and started by the first call
+// of Ready, Host, DSN, Psql, Restart, StopServer or StartServer, so that
+// tests which never talk to Postgres never start it. Port and BinDir are
+// set at once (the port is held open until the server takes it); the other
+// fields once it has started. When the start fails, Ready returns the
+// error and the other methods panic with it. The caller must Stop the
+// cluster, which does nothing to one that never started.
+func Lazy(opts Options) *Cluster {
+	c := &Cluster{lazy: &lazyStart{opts: opts}}
+	c.BinDir, _ = FindBinDir() // no binaries: reported by Ready
+	c.Version = versionOf(c.BinDir)
+	if l, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
+		c.lazy.hold = l
+		c.Port = l.Addr().(*net.TCPAddr).Port
+	}
+	return c
+}
+
+// Ready starts a cluster from Lazy unless it has started already, and
+// returns why it could not start. It is nil for a cluster from Start.
+func (c *Cluster) Ready() error {
+	if c.lazy == nil {
+		return nil
+	}
+	c.lazy.once.Do(func() {
+		if c.BinDir == "" {
+			c.lazy.err = ErrNoBinaries
+		} else {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			c.lazy.err = c.start(ctx, c.lazy.opts)
+			cancel()
+		}
+		if c.lazy.err != nil {
+			c.lazy.err = fmt.Errorf("pgtest: start the cluster at first use: %w", c.lazy.err)
+		}
+	})
+	return c.lazy.err
+}
+
+// ready is Ready for methods with no error to return.
+func (c *Cluster) ready() {
+	if err := c.Ready(); err != nil {
+		panic(err)
+	}
+}
+
+// start initializes and starts the server in a new temporary directory.
+func (c *Cluster) start(ctx context.Context, opts Options) error {
+	dir, err := os.MkdirTemp("", "pgaudit-pg-")
+	if err != nil {
+		return fmt.Errorf("pgtest: temp dir: %w", err)
+	}
+	c.Dir, c.DataDir, c.LogFile = dir, filepath.Join(dir, "data"), filepath.Join(dir, "postgres.log")
+	if err := c.init(ctx, opts); err != nil {
+		os.RemoveAll(dir)
+		c.Dir = ""
+		return err
+	}
+	if err := c.startServer(ctx); err != nil {
+		c.stop()
+		c.Dir = ""
+		return err
+	}
+	return nil
 }
 
 func (c *Cluster) init(ctx context.Context, opts Options) error {
@@ -123,9 +191,16 @@ func (c *Cluster) init(ctx context.Context, opts Options) error {
 	if out, err := c.run(ctx, "initdb", "-D", c.DataDir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
 		return fmt.Errorf("pgtest: initdb: %w\n%s", err, out)
 	}
-	port, err := FreePort()
-	if err != nil {
-		return err
+	port := c.Port
+	if c.lazy != nil && c.lazy.hold != nil {
+		_ = c.lazy.hold.Close() // the server takes the port now
+		c.lazy.hold = nil
+	}
+	if port == 0 {
+		var err error
+		if port, err = FreePort(); err != nil {
+			return err
+		}
 	}
 	c.Port = port
 	c.Version = versionOf(c.BinDir)
@@ -189,8 +264,23 @@ func (c *Cluster) startServer(ctx context.Context) error {
 	return nil
 }
 
-// Stop shuts the server down at once and removes its directory.
+// Stop shuts the server down at once and removes its directory. A cluster
+// from Lazy that never started stays unstarted: later use panics.
 func (c *Cluster) Stop() {
+	if c.lazy != nil {
+		c.lazy.once.Do(func() { c.lazy.err = errors.New("pgtest: cluster used after Stop") })
+		if c.lazy.hold != nil {
+			_ = c.lazy.hold.Close()
+			c.lazy.hold = nil
+		}
+		if c.Dir == "" {
+			return
+		}
+	}
+	c.stop()
+}
+
+func (c *Cluster) stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, _ = c.run(ctx, "pg_ctl", "-D", c.DataDir, "-m", "immediate", "-w", "stop")
@@ -200,6 +290,9 @@ func (c *Cluster) Stop() {
 // Restart stops the server (fast mode: sessions are terminated) and starts it
 // again on the same port. pause is how long it stays down.
 func (c *Cluster) Restart(ctx context.Context, pause time.Duration) error {
+	if err := c.Ready(); err != nil {
+		return err
+	}
 	if out, err := c.run(ctx, "pg_ctl", "-D", c.DataDir, "-m", "fast", "-w", "stop"); err != nil {
 		return fmt.Errorf("pgtest: pg_ctl stop: %w\n%s", err, out)
 	}
@@ -210,6 +303,9 @@ func (c *Cluster) Restart(ctx context.Context, pause time.Duration) error {
 // StopServer stops the server without removing anything; StartServer brings
 // it back.
 func (c *Cluster) StopServer(ctx context.Context) error {
+	if err := c.Ready(); err != nil {
+		return err
+	}
 	if out, err := c.run(ctx, "pg_ctl", "-D", c.DataDir, "-m", "fast", "-w", "stop"); err != nil {
 		return fmt.Errorf("pgtest: pg_ctl stop: %w\n%s", err, out)
 	}
@@ -217,13 +313,22 @@ func (c *Cluster) StopServer(ctx context.Context) error {
 }
 
 // StartServer starts a server stopped by StopServer.
-func (c *Cluster) StartServer(ctx context.Context) error { return c.startServer(ctx) }
+func (c *Cluster) StartServer(ctx context.Context) error {
+	if err := c.Ready(); err != nil {
+		return err
+	}
+	return c.startServer(ctx)
+}
 
 // Host returns the loopback address.
-func (c *Cluster) Host() string { return "127.0.0.1" }
+func (c *Cluster) Host() string {
+	c.ready()
+	return "127.0.0.1"
+}
 
 // DSN returns a URL for user postgres on database db ("postgres" when empty).
 func (c *Cluster) DSN(db string) string {
+	c.ready()
 	if db == "" {
 		db = "postgres"
 	}
@@ -233,6 +338,9 @@ func (c *Cluster) DSN(db string) string {
 // Psql runs psql against db with the given arguments and returns its
 // combined output.
 func (c *Cluster) Psql(ctx context.Context, db string, args ...string) ([]byte, error) {
+	if err := c.Ready(); err != nil {
+		return nil, err
+	}
 	all := append([]string{"-X", "-v", "ON_ERROR_STOP=1", "-d", c.DSN(db)}, args...)
 	cmd := exec.CommandContext(ctx, filepath.Join(c.BinDir, "psql"), all...)
 	return cmd.CombinedOutput()

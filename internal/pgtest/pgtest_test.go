@@ -43,3 +43,29 @@ func TestStartQueryRestartStop(t *testing.T) {
 		t.Fatalf("psql: %v %q", err, out)
 	}
 }
+
+func TestLazy(t *testing.T) {
+	// Never used: nothing starts, Stop does nothing, later use fails.
+	idle := Lazy(Options{})
+	idle.Stop()
+	if idle.Dir != "" || idle.Ready() == nil {
+		t.Fatalf("unused lazy cluster: dir %q, Ready %v", idle.Dir, idle.Ready())
+	}
+
+	c := Lazy(Options{})
+	port := c.Port
+	if port == 0 || c.Dir != "" {
+		t.Fatalf("before use: port %d, dir %q", port, c.Dir)
+	}
+	defer c.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	conn, err := pgconn.Connect(ctx, c.DSN("")) // starts it
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	if c.Port != port || c.Dir == "" || c.Ready() != nil {
+		t.Fatalf("after use: port %d (was %d), dir %q, Ready %v", c.Port, port, c.Dir, c.Ready())
+	}
+}
