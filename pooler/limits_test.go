@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"github.com/pgaudit/pgaudit/internal/testutil"
 	"net"
 	"os"
 	"runtime"
@@ -21,6 +20,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgaudit/pgaudit/internal/testutil"
 )
 
 // goroutinesIn counts the goroutines whose stack contains fn.
