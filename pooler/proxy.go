@@ -1,13 +1,16 @@
 package pooler
 
 import (
+	"cmp"
 	"container/list"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -610,16 +613,7 @@ func (s *Session) detachIdle() {
 }
 
 func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	for i := 1; i < len(keys); i++ {
-		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
-			keys[j], keys[j-1] = keys[j-1], keys[j]
-		}
-	}
-	return keys
+	return slices.Sorted(maps.Keys(m))
 }
 
 func hostOf(a net.Addr) string {
@@ -881,11 +875,7 @@ func (p *Proxy) Clients() []ClientInfo {
 }
 
 func sortClients(cs []ClientInfo) {
-	for i := 1; i < len(cs); i++ {
-		for j := i; j > 0 && cs[j].SessionID < cs[j-1].SessionID; j-- {
-			cs[j], cs[j-1] = cs[j-1], cs[j]
-		}
-	}
+	slices.SortFunc(cs, func(a, b ClientInfo) int { return cmp.Compare(a.SessionID, b.SessionID) })
 }
 
 // ServerInfo describes one server connection, for SHOW SERVERS.
