@@ -149,9 +149,11 @@ func (a *auditor) observePools(stats []pooler.PoolStats) {
 	for _, ps := range stats {
 		a.engine.ObservePool(rules.PoolFacts{
 			Database: ps.Database, User: ps.User, Mode: ps.Mode, Size: ps.Size,
-			Utilization: ps.Utilization, Window: time.Minute, Waits: ps.Waits,
-			WaitP99: ps.WaitP99, MaxWait: ps.MaxWait, ClientsWaiting: ps.ClientsWaiting,
-			ClientsActive: ps.ClientsActive, At: now,
+			Utilization: ps.Utilization, Window: ps.Window,
+			Acquires: ps.RecentAcquires, Waits: ps.RecentWaits,
+			WaitP99: ps.RecentWaitP99, MaxWait: ps.RecentMaxWait,
+			Connects: ps.Connects, ConnectP99: ps.ConnectP99, ConnectMax: ps.ConnectMax,
+			ClientsWaiting: ps.ClientsWaiting, ClientsActive: ps.ClientsActive, At: now,
 		})
 	}
 }
