@@ -190,6 +190,38 @@ func TestAPI(t *testing.T) {
 	if len(fs) != 1 || fs[0].Suggestion != sampleFinding.Suggestion {
 		t.Errorf("findings %+v", fs)
 	}
+	// Lifecycle: a resolved finding is listed after the open one, with
+	// its status; ?status= filters.
+	e.findings.mu.Lock()
+	e.findings.fs = append(e.findings.fs, resolvedFinding)
+	e.findings.mu.Unlock()
+	decode("/api/v1/findings", &fs)
+	if len(fs) != 2 || !fs[0].Open() || fs[1].Status != rules.StatusResolved || fs[1].ResolvedAt.IsZero() || fs[1].Resolution == "" {
+		t.Errorf("findings %+v", fs)
+	}
+	decode("/api/v1/findings?status=open", &fs)
+	if len(fs) != 1 || fs[0].ID != sampleFinding.ID {
+		t.Errorf("open findings %+v", fs)
+	}
+	decode("/api/v1/findings?status=resolved", &fs)
+	if len(fs) != 1 || fs[0].ID != resolvedFinding.ID {
+		t.Errorf("resolved findings %+v", fs)
+	}
+	if r := httpGet(t, e.base+"/api/v1/findings?status=stale"); r.code != http.StatusBadRequest {
+		t.Errorf("status=stale: %d %s", r.code, r.body)
+	}
+	var dd Dashboard
+	decode("/api/v1/dashboard", &dd)
+	tiles := map[string]string{}
+	for _, s := range dd.Summary {
+		tiles[s.Label] = s.Value
+	}
+	if tiles["findings open"] != "1" || tiles["findings resolved"] != "1" {
+		t.Errorf("dashboard tiles %v", dd.Summary)
+	}
+	e.findings.mu.Lock()
+	e.findings.fs = e.findings.fs[:1]
+	e.findings.mu.Unlock()
 	waitFor(t, 5*time.Second, "two samples", func() bool { return len(e.admin.Series().T) >= 2 })
 	var ts Series
 	decode("/api/v1/timeseries", &ts)

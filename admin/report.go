@@ -197,10 +197,12 @@ func BuildReport(inputs []ReportInput, opts ReportOptions) (*Report, error) {
 		{"statements (stats)", strconv.FormatUint(merged.Calls, 10)},
 		{"statement records", strconv.Itoa(sum.Statements)},
 		{"query shapes", strconv.Itoa(len(merged.Shapes))},
-		{"total time", (merged.Total).Round(time.Millisecond).String()},
-		{"findings", strconv.Itoa(len(d.Findings))},
-		{"events dropped", strconv.FormatUint(sum.Dropped, 10)},
+		// Statement time summed over statements: concurrent statements
+		// add up, so it exceeds the wall time covered.
+		{"statement time (summed)", (merged.Total).Round(time.Millisecond).String()},
 	}
+	d.Summary = append(d.Summary, findingsSummary(d.Findings)...)
+	d.Summary = append(d.Summary, SummaryItem{"events dropped", strconv.FormatUint(sum.Dropped, 10)})
 	d.Notes = append(d.Notes, "Files: "+strings.Join(names, ", ")+".")
 	d.Notes = append(d.Notes, fmt.Sprintf("Charts: %s intervals. Throughput, latency and wait come from statement records; transactions, utilization and clients from pool records.", width))
 	if uint64(sum.Statements) < merged.Calls {

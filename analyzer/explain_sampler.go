@@ -29,6 +29,11 @@ type SamplerConfig struct {
 	// not filtered by Rules' ignore entries or severities: pass them
 	// through rules.Config.Apply.
 	Emit func(*rules.Finding)
+	// Explained, when set, is called after each shape explained
+	// successfully with its fingerprint and the ids of the findings the
+	// new plan produced (after Emit), so findings the plan no longer
+	// shows can be resolved (Engine.ResolvePlan).
+	Explained func(fingerprint string, ids []string, at time.Time)
 	// Rules supplies the seq-scan and missing-index thresholds; a rule
 	// disabled here is not evaluated (both disabled: nothing is explained).
 	Rules rules.Config
@@ -282,12 +287,17 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 			continue
 		}
 		done++
+		var ids []string
 		for _, f := range PlanFindings(&sh, ex.database, in, s.cfg.Rules) {
 			if (f.Rule == rules.IDSeqScan && !seqOn) || (f.Rule == rules.IDMissingIndex && !idxOn) {
 				continue
 			}
 			s.findings.Add(1)
+			ids = append(ids, f.ID)
 			s.cfg.Emit(f)
+		}
+		if s.cfg.Explained != nil {
+			s.cfg.Explained(sh.Fingerprint.String(), ids, s.now())
 		}
 	}
 	return done

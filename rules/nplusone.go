@@ -180,6 +180,8 @@ func EvaluateNPlusOne(f NPlusOneFacts, cfg NPlusOneConfig) *Finding {
 		Count:           1,
 		FirstSeen:       first,
 		LastSeen:        last,
+		WindowStart:     first,
+		WindowEnd:       last,
 		Database:        f.Database,
 		ApplicationName: f.ApplicationName,
 		ClientAddr:      f.ClientAddr,

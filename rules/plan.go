@@ -171,14 +171,16 @@ func EvaluateSeqScan(f SeqScanFacts, cfg SeqScanConfig) *Finding {
 		Query:       f.Query,
 		Message: fmt.Sprintf("sequential scan of %s (~%s rows) keeps ~%s rows (%s) with filter %s",
 			table, planCount(f.EstimatedRowsScanned), planCount(f.EstimatedRowsReturned), planPct(sel), f.Filter),
-		Evidence:   ev,
-		Suggestion: sugg,
-		Confidence: "high",
-		Table:      table,
-		Count:      1,
-		FirstSeen:  f.FirstSeen,
-		LastSeen:   f.LastSeen,
-		Database:   f.Database,
+		Evidence:    ev,
+		Suggestion:  sugg,
+		Confidence:  "high",
+		Table:       table,
+		Count:       1,
+		FirstSeen:   f.FirstSeen,
+		LastSeen:    f.LastSeen,
+		WindowStart: f.FirstSeen,
+		WindowEnd:   f.LastSeen,
+		Database:    f.Database,
 	}
 }
 
@@ -325,6 +327,8 @@ func EvaluateMissingIndex(f IndexCandidateFacts, cfg MissingIndexConfig) *Findin
 		Count:       1,
 		FirstSeen:   f.FirstSeen,
 		LastSeen:    f.LastSeen,
+		WindowStart: f.FirstSeen,
+		WindowEnd:   f.LastSeen,
 		Database:    f.Database,
 	}
 }

@@ -122,10 +122,12 @@ func EvaluatePoolSaturation(f PoolFacts, cfg PoolSaturationConfig) *Finding {
 			"window_s":            f.Window.Seconds(),
 			"reason":              strings.Join(reasons, ","),
 		},
-		Suggestion: sug.String(),
-		Count:      1,
-		FirstSeen:  f.At,
-		LastSeen:   f.At,
-		Database:   f.Database,
+		Suggestion:  sug.String(),
+		Count:       1,
+		FirstSeen:   f.At,
+		LastSeen:    f.At,
+		WindowStart: f.At.Add(-f.Window),
+		WindowEnd:   f.At,
+		Database:    f.Database,
 	}
 }

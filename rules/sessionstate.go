@@ -73,6 +73,8 @@ func EvaluateTxnPoolingUnsafe(f SessionStateFacts, cfg TxnPoolingUnsafeConfig) *
 		Count:           1,
 		FirstSeen:       f.At,
 		LastSeen:        f.At,
+		WindowStart:     f.At,
+		WindowEnd:       f.At,
 		Database:        f.Database,
 		ApplicationName: f.ApplicationName,
 		ClientAddr:      f.ClientAddr,

@@ -65,7 +65,7 @@ func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
 		cfg.AuditLog = al
 	}
 	a.pipeline = analyzer.NewPipeline(cfg)
-	eng, err := analyzer.NewEngine(analyzer.EngineConfig{Rules: o.Rules, Stats: a.pipeline.Stats(), AuditLog: a.log, Logger: o.Log})
+	eng, err := analyzer.NewEngine(analyzer.EngineConfig{Rules: o.Rules, Stats: a.pipeline.Stats(), AuditLog: a.log, Logger: o.Log, WholeInput: o.Lint})
 	if err != nil {
 		return nil, err
 	}
@@ -80,6 +80,7 @@ func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
 				return a.explainer(database, o)
 			},
 			Emit:            func(f *rules.Finding) { eng.Report(*f) },
+			Explained:       eng.ResolvePlan,
 			Rules:           o.Rules,
 			Interval:        o.SamplerInterval,
 			ExplainInterval: o.ExplainInterval,
