@@ -107,6 +107,15 @@ func TestReport(t *testing.T) {
 	if len(d.Findings) != 1 || d.Findings[0].Count != 42 {
 		t.Errorf("merged findings %+v", d.Findings)
 	}
+	// The time tile is summed statement time, and says so (issue 14,
+	// item 3): concurrent statements add up beyond the wall time.
+	tiles := map[string]string{}
+	for _, s := range d.Summary {
+		tiles[s.Label] = s.Value
+	}
+	if _, ok := tiles["total time"]; ok || tiles["statement time (summed)"] == "" || tiles["findings open"] != "1" {
+		t.Errorf("summary tiles %v", d.Summary)
+	}
 	if len(d.Pools) != 2 || !strings.Contains(d.Pools[0].Database, "@run-") {
 		t.Errorf("pools %+v", d.Pools)
 	}

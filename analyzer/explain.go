@@ -475,8 +475,11 @@ func (s *explainSession) run(ctx context.Context, opts InspectOptions) (*Inspect
 			continue
 		}
 		seen[key] = true
-		if s.mode == ModeParams || s.literal {
-			sc.Filter = RedactLiterals(sc.Filter)
+		switch {
+		case s.literal:
+			sc.Filter = RedactLiteralsAs(sc.Filter, literalValues(s.st.Query))
+		case s.mode == ModeParams:
+			sc.Filter = RedactLiteralsAs(sc.Filter, s.params)
 		}
 		rep := ScanReport{SeqScan: sc}
 		ti, err := s.tableInfo(ctx, sc.Schema, sc.Relation)

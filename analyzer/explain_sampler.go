@@ -338,6 +338,7 @@ func PlanFindings(sh *ShapeStats, database string, in *Inspection, cfg rules.Con
 			ScanCost:              rep.Cost,
 			PlanCost:              in.Plan.TotalCost(),
 			Parallel:              rep.Parallel,
+			RowsPerProcess:        rep.NodeRows,
 			GenericPlan:           in.Mode.Generic(),
 			PlanExcerpt:           rep.Excerpt(),
 		}

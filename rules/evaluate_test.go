@@ -315,3 +315,23 @@ func TestDocsCoverRegistry(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestSessionIDString (issue 14, item 3): session ids from Postgres logs
+// exceed 2^53; the evidence carries them as strings so JSON readers keep
+// every digit.
+func TestSessionIDString(t *testing.T) {
+	const id = uint64(9223372036854780370)
+	f := EvaluateNPlusOne(NPlusOneFacts{Fingerprint: "a1", Query: "q", Repeats: 10, DistinctParams: 10,
+		SourceFingerprint: "b2", SourceRows: 10, Form: FormRowCount, Tie: TieGap, SessionID: id}, NPlusOneConfig{})
+	b, err := json.Marshal(f.Evidence)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"session_id":"9223372036854780370"`) {
+		t.Errorf("evidence %s", b)
+	}
+	s := EvaluateTxnPoolingUnsafe(SessionStateFacts{Feature: "listen", Fingerprint: "a1", SessionID: id}, TxnPoolingUnsafeConfig{})
+	if s.Evidence["session_id"] != "9223372036854780370" {
+		t.Errorf("evidence %v", s.Evidence)
+	}
+}

@@ -114,6 +114,9 @@ type SeqScanFacts struct {
 	ScanCost, PlanCost float64
 	// Parallel is true for a parallel sequential scan.
 	Parallel bool
+	// RowsPerProcess is a parallel scan's Plan Rows as EXPLAIN prints it
+	// (per process; EstimatedRowsReturned is the total).
+	RowsPerProcess float64
 	// GenericPlan is true when the plan was made without parameter values
 	// (a generic plan for a parameterized shape).
 	GenericPlan bool
@@ -159,6 +162,11 @@ func EvaluateSeqScan(f SeqScanFacts, cfg SeqScanConfig) *Finding {
 	if f.PlanExcerpt != "" {
 		ev["plan_excerpt"] = f.PlanExcerpt
 	}
+	kept := "~" + planCount(f.EstimatedRowsReturned) + " rows"
+	if f.Parallel && f.RowsPerProcess > 0 && f.RowsPerProcess != f.EstimatedRowsReturned {
+		ev["estimated_rows_per_process"] = planRound(f.RowsPerProcess, 0)
+		kept += " in total (~" + planCount(f.RowsPerProcess) + " per parallel process)"
+	}
 	sugg := f.SuggestedIndex
 	if sugg == "" {
 		sugg = fmt.Sprintf("Add an index on the columns %s filters on (%s), or rewrite the filter so an existing index applies.", table, f.Filter)
@@ -169,8 +177,8 @@ func EvaluateSeqScan(f SeqScanFacts, cfg SeqScanConfig) *Finding {
 		Severity:    Warning,
 		Fingerprint: f.Fingerprint,
 		Query:       f.Query,
-		Message: fmt.Sprintf("sequential scan of %s (~%s rows) keeps ~%s rows (%s) with filter %s",
-			table, planCount(f.EstimatedRowsScanned), planCount(f.EstimatedRowsReturned), planPct(sel), f.Filter),
+		Message: fmt.Sprintf("sequential scan of %s (~%s rows) keeps %s (%s) with filter %s",
+			table, planCount(f.EstimatedRowsScanned), kept, planPct(sel), f.Filter),
 		Evidence:    ev,
 		Suggestion:  sugg,
 		Confidence:  "high",

@@ -145,3 +145,20 @@ func TestPlanHelpers(t *testing.T) {
 		}
 	}
 }
+
+// TestSeqScanParallelRows (issue 14, item 3): a parallel scan's message
+// gives the total the planner expects, and says how it relates to the
+// per-process rows its plan excerpt prints.
+func TestSeqScanParallelRows(t *testing.T) {
+	f := seqFacts()
+	f.Parallel, f.RowsPerProcess, f.EstimatedRowsReturned = true, 12, 20
+	f.PlanExcerpt = "Parallel Seq Scan on public.items (cost=0.00..1068.00 rows=12 per process, ~20 in total) Filter: (items.category = $1)"
+	fd := EvaluateSeqScan(f, SeqScanConfig{})
+	if !strings.Contains(fd.Message, "keeps ~20 rows in total (~12 per parallel process)") ||
+		fd.Evidence["estimated_rows_per_process"] != 12.0 || fd.Evidence["estimated_rows_returned"] != 20.0 {
+		t.Errorf("message %q evidence %v", fd.Message, fd.Evidence)
+	}
+	if fd := EvaluateSeqScan(seqFacts(), SeqScanConfig{}); fd.Evidence["estimated_rows_per_process"] != nil || strings.Contains(fd.Message, "in total") {
+		t.Errorf("serial scan: %q %v", fd.Message, fd.Evidence)
+	}
+}

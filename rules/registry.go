@@ -69,7 +69,7 @@ var registry = []Rule{
 			{Key: "rewrite", Type: "string", Description: "The repeated statement rewritten to fetch every row at once (= ANY($n)), when one can be built."},
 			{Key: "form", Type: "string", Description: `How the run was tied to its source: "row-count" (source row count known, confidence high), "in-transaction" or "after-select" (no row counts, confidence medium).`},
 			{Key: "tie", Type: "string", Description: `What holds the run together: "transaction", "trace" or "gap".`},
-			{Key: "session_id", Type: "integer", Description: "Client session the last detected run came from (matches statement records)."},
+			{Key: "session_id", Type: "string", Description: "Client session the last detected run came from, as a decimal string (ids from logs exceed JSON's exact integers; matches the session_id of statement records)."},
 		},
 	},
 	{
@@ -85,7 +85,8 @@ var registry = []Rule{
 			{Key: "schema", Type: "string", Description: "Schema of the table."},
 			{Key: "filter", Type: "string", Description: "The Seq Scan node's Filter, as EXPLAIN prints it."},
 			{Key: "estimated_rows_scanned", Type: "number", Unit: "rows", Description: "Estimated rows the scan reads (pg_class.reltuples)."},
-			{Key: "estimated_rows_returned", Type: "number", Unit: "rows", Description: "Estimated rows the filter keeps (Plan Rows)."},
+			{Key: "estimated_rows_returned", Type: "number", Unit: "rows", Description: "Estimated rows the filter keeps in total (Plan Rows; for a parallel scan scaled from per process to all processes)."},
+			{Key: "estimated_rows_per_process", Type: "number", Unit: "rows", Description: "A parallel scan's Plan Rows as EXPLAIN prints it, per process (parallel scans only)."},
 			{Key: "selectivity", Type: "number", Unit: "fraction", Description: "estimated_rows_returned / estimated_rows_scanned."},
 			{Key: "scan_cost", Type: "number", Unit: "cost units", Description: "Total Cost of the scan node."},
 			{Key: "plan_cost", Type: "number", Unit: "cost units", Description: "Total Cost of the whole plan."},
@@ -162,7 +163,7 @@ var registry = []Rule{
 		Evidence: []EvidenceKey{
 			{Key: "feature", Type: "string", Description: `The session feature: "listen", "advisory_lock", "temp_table", "with_hold" or "prepare".`},
 			{Key: "user", Type: "string", Description: "Database user of the session."},
-			{Key: "session_id", Type: "integer", Description: "Client session of the latest occurrence."},
+			{Key: "session_id", Type: "string", Description: "Client session of the latest occurrence, as a decimal string."},
 		},
 	},
 	{
