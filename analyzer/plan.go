@@ -285,7 +285,8 @@ func RedactLiteralsAs(expr string, values []string) string {
 }
 
 // literalValue returns the value a literal token spells: a plain quoted
-// string unquoted (” for '), a number as written; "" for other forms.
+// string unquoted (doubled quotes undone), a number as written; "" for
+// other forms.
 func literalValue(tok string) string {
 	if len(tok) >= 2 && tok[0] == '\'' && tok[len(tok)-1] == '\'' {
 		return strings.ReplaceAll(tok[1:len(tok)-1], "''", "'")
