@@ -331,7 +331,7 @@ func (a *AuditLog) WriteStatement(an *Analyzed) {
 	if a.cfg.LogParameters {
 		e = e.Str("text", ev.Text)
 		if ev.Params != nil {
-			e = e.Strs("params", ev.Params)
+			e = e.Strs("params", loggableParams(ev.Params))
 		}
 	}
 	e.Send()

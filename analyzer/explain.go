@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -475,11 +476,18 @@ func (s *explainSession) run(ctx context.Context, opts InspectOptions) (*Inspect
 			continue
 		}
 		seen[key] = true
-		switch {
-		case s.literal:
-			sc.Filter = RedactLiteralsAs(sc.Filter, literalValues(s.st.Query))
-		case s.mode == ModeParams:
-			sc.Filter = RedactLiteralsAs(sc.Filter, s.params)
+		if s.mode == ModeParams || s.literal {
+			// The values stand for $1..$n (the bound parameters), then
+			// for the statement's literals in order, as pg_query numbers
+			// them when it normalizes.
+			var vals []string
+			if s.mode == ModeParams {
+				vals = slices.Clone(s.params)
+			}
+			if s.literal {
+				vals = append(vals, literalValues(s.st.Query)...)
+			}
+			sc.Filter = RedactLiteralsAs(sc.Filter, vals)
 		}
 		rep := ScanReport{SeqScan: sc}
 		ti, err := s.tableInfo(ctx, sc.Schema, sc.Relation)
@@ -526,7 +534,19 @@ func (s *explainSession) explain(ctx context.Context) ([]byte, *Plan, error) {
 	switch s.mode {
 	case ModeParams:
 		// Extended protocol: one statement by construction, values bound
-		// as text with types inferred by the server.
+		// as text with types inferred by the server. Values the client
+		// sent in binary format are decoded by those types first.
+		if HasBinaryParams(s.params) {
+			sd, err := s.conn.PgConn().Prepare(ctx, "", opts+") "+s.st.Query, nil)
+			if err != nil {
+				return nil, nil, err
+			}
+			p, err := DecodeParams(s.params, sd.ParamOIDs)
+			if err != nil {
+				return nil, nil, err
+			}
+			s.params = p
+		}
 		vals := make([][]byte, len(s.params))
 		for i, p := range s.params {
 			vals[i] = []byte(p)

@@ -269,6 +269,9 @@ func RedactLiteralsAs(expr string, values []string) string {
 					if i := slices.Index(values, v); i >= 0 {
 						nums[lit] = i + 1
 						fmt.Fprintf(&b, "$%d", i+1)
+						// A bound value prints with its type's cast
+						// ('-1'::integer); the parameter does not.
+						l.pos = skipCast(expr, end)
 						continue
 					}
 				}
@@ -282,6 +285,50 @@ func RedactLiteralsAs(expr string, values []string) string {
 		}
 	}
 	return b.String()
+}
+
+// skipCast returns the position after a cast ("::integer",
+// "::timestamp with time zone", "::character varying(20)[]") starting at
+// pos in expr, or pos when there is none.
+func skipCast(expr string, pos int) int {
+	if !strings.HasPrefix(expr[pos:], "::") {
+		return pos
+	}
+	word := func(p int) int {
+		for p < len(expr) && (charClass[expr[p]]&clIdentCont != 0 || expr[p] == '"' || expr[p] == '.') {
+			p++
+		}
+		return p
+	}
+	p := word(pos + 2)
+	if p == pos+2 {
+		return pos
+	}
+	for p < len(expr) {
+		switch {
+		case strings.HasPrefix(expr[p:], "[]"):
+			p += 2
+			continue
+		case expr[p] == '(':
+			q := p + 1
+			for q < len(expr) && (expr[q] >= '0' && expr[q] <= '9' || expr[q] == ',' || expr[q] == ' ') {
+				q++
+			}
+			if q < len(expr) && expr[q] == ')' {
+				p = q + 1
+				continue
+			}
+		case expr[p] == ' ':
+			q := word(p + 1)
+			switch strings.ToLower(expr[p+1 : q]) {
+			case "with", "without", "time", "zone", "varying", "precision":
+				p = q
+				continue
+			}
+		}
+		break
+	}
+	return p
 }
 
 // literalValue returns the value a literal token spells: a plain quoted

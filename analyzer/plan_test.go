@@ -72,11 +72,15 @@ func TestParsePlanErrors(t *testing.T) {
 // the statement's own placeholder.
 func TestRedactLiteralsAs(t *testing.T) {
 	got := RedactLiteralsAs("((items.price < 100.5) AND (items.category = 42) AND (items.name = 'it''s'::text))", []string{"42", "100.5", "it's"})
-	if want := "((items.price < $2) AND (items.category = $1) AND (items.name = $3::text))"; got != want {
+	if want := "((items.price < $2) AND (items.category = $1) AND (items.name = $3))"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
 	if got := RedactLiteralsAs("(t.v = -7) AND (t.w = 8)", []string{"-7"}); got != "(t.v = $1) AND (t.w = $2)" {
 		t.Errorf("got %q", got)
+	}
+	got = RedactLiteralsAs("((t.at > '2024-01-01 00:00:00+00'::timestamp with time zone) AND (t.n = 'x'::character varying(20)) AND (t.id > '-1'::integer) AND (t.s = 'y'::text))", []string{"2024-01-01 00:00:00+00", "x", "-1"})
+	if want := "((t.at > $1) AND (t.n = $2) AND (t.id > $3) AND (t.s = $4::text))"; got != want {
+		t.Errorf("casts: got %q, want %q", got, want)
 	}
 	if got := literalValues("SELECT * FROM t WHERE a = 'x''y' AND b > 3"); !slices.Equal(got, []string{"x'y", "3"}) {
 		t.Errorf("literalValues %q", got)
