@@ -39,6 +39,14 @@ type SamplerConfig struct {
 	Rules rules.Config
 	// Interval is how often a round runs. Default 30s.
 	Interval time.Duration
+	// TriggerCost: a shape not yet explained whose statements have taken
+	// this much time altogether (since the sampler first saw it) starts a
+	// round at once, without waiting for Interval. Default 100ms; negative
+	// turns triggering off.
+	TriggerCost time.Duration
+	// MinRoundGap is the least time between the end of one round and the
+	// start of a triggered one (rate limit). Default 2s.
+	MinRoundGap time.Duration
 	// ExplainInterval is how long a shape rests after being checked.
 	// Default 10 minutes.
 	ExplainInterval time.Duration
@@ -60,6 +68,8 @@ type SamplerConfig struct {
 
 const (
 	defaultSamplerInterval = 30 * time.Second
+	defaultTriggerCost     = 100 * time.Millisecond
+	defaultMinRoundGap     = 2 * time.Second
 	defaultExplainInterval = 10 * time.Minute
 	defaultSamplerTop      = 50
 	defaultSamplerPerRound = 10
@@ -101,6 +111,11 @@ type Sampler struct {
 
 	mu      sync.Mutex // serializes rounds; guards checked
 	checked map[Fingerprint]time.Time
+	// trigger asks Run for a round now (a shape has cost TriggerCost).
+	trigger chan struct{}
+	// checkedFPs mirrors checked's keys for Observe, which must not
+	// wait for a round's lock.
+	checkedFPs sync.Map
 
 	rounds, shapes, refused, failed, timeouts, findings atomic.Uint64
 }
@@ -116,6 +131,10 @@ type shapeExample struct {
 	text string
 	// at is when the example was taken (the event's start).
 	at time.Time
+	// cost is the time the shape's statements took since the sampler saw
+	// it (nanoseconds); triggered says it already asked for a round.
+	cost      atomic.Int64
+	triggered atomic.Bool
 }
 
 // exampleRefresh is how long a shape's example with parameters is kept
@@ -159,6 +178,12 @@ func NewSampler(cfg SamplerConfig) (*Sampler, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.TriggerCost == 0 {
+		cfg.TriggerCost = defaultTriggerCost
+	}
+	if cfg.MinRoundGap <= 0 {
+		cfg.MinRoundGap = defaultMinRoundGap
+	}
 	cfg.Rules = cfg.Rules.WithDefaults()
 	return &Sampler{
 		cfg:     cfg,
@@ -166,6 +191,7 @@ func NewSampler(cfg SamplerConfig) (*Sampler, error) {
 		now:     cfg.Now,
 		seen:    newLRU[Fingerprint, *shapeExample](cfg.ExampleSlots),
 		checked: make(map[Fingerprint]time.Time),
+		trigger: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -182,17 +208,48 @@ func (s *Sampler) Observe(a *Analyzed) {
 		text = a.Event.Text
 	}
 	old, ok := s.seen.get(a.Shape.Fingerprint)
+	if ok {
+		s.account(a.Shape.Fingerprint, old, a.Event.Duration)
+	}
 	if len(a.Event.Params) > 0 && a.Event.SQLState == "" {
 		if ok && old.database == db && old.params != nil && a.Event.Start.Sub(old.at) < exampleRefresh {
 			return // a recent example with parameters is held
 		}
-		s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, params: slices.Clone(a.Event.Params), text: text, at: a.Event.Start})
+		s.seen.add(a.Shape.Fingerprint, s.carry(old, &shapeExample{database: db, params: slices.Clone(a.Event.Params), text: text, at: a.Event.Start}, ok))
 		return
 	}
 	if ok && old.database == db {
 		return // keep the example already held
 	}
-	s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, text: text, at: a.Event.Start})
+	s.seen.add(a.Shape.Fingerprint, s.carry(old, &shapeExample{database: db, text: text, at: a.Event.Start}, ok))
+}
+
+// carry moves the cost bookkeeping of the example old (when ok) to its
+// replacement ex.
+func (s *Sampler) carry(old, ex *shapeExample, ok bool) *shapeExample {
+	if ok {
+		ex.cost.Store(old.cost.Load())
+		ex.triggered.Store(old.triggered.Load())
+	}
+	return ex
+}
+
+// account adds d to the shape's cost and asks for a round when a shape not
+// yet explained crosses TriggerCost.
+func (s *Sampler) account(fp Fingerprint, ex *shapeExample, d time.Duration) {
+	if s.cfg.TriggerCost < 0 || ex.triggered.Load() {
+		return
+	}
+	if time.Duration(ex.cost.Add(int64(max(d, 0)))) < s.cfg.TriggerCost {
+		return
+	}
+	if _, done := s.checkedFPs.Load(fp); done || ex.triggered.Swap(true) {
+		return
+	}
+	select {
+	case s.trigger <- struct{}{}:
+	default: // a round is already asked for
+	}
 }
 
 // Counters returns the cumulative counters. Safe to call at any time.
@@ -203,17 +260,29 @@ func (s *Sampler) Counters() SamplerCounters {
 	}
 }
 
-// Run runs a round at once and then every Interval until ctx ends; it
-// returns nil then. A failing shape is logged and counted, never fatal.
+// Run runs a round at once, then every Interval, and sooner when a shape
+// not yet explained has cost TriggerCost (at most one round per
+// MinRoundGap), until ctx ends; it returns nil then. A failing shape is
+// logged and counted, never fatal. Shapes still pending when ctx ends are
+// left to the caller: RunOnce with a bounded context at shutdown.
 func (s *Sampler) Run(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
 	for {
 		s.RunOnce(ctx)
+		last := time.Now()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-s.trigger:
+			gap := time.NewTimer(max(s.cfg.MinRoundGap-time.Since(last), 0))
+			select {
+			case <-ctx.Done():
+				gap.Stop()
+				return nil
+			case <-gap.C:
+			}
 		}
 	}
 }
@@ -232,6 +301,11 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 	for fp, at := range s.checked {
 		if now.Sub(at) >= s.cfg.ExplainInterval {
 			delete(s.checked, fp)
+			s.checkedFPs.Delete(fp)
+			if ex, ok := s.seen.get(fp); ok {
+				ex.cost.Store(0)
+				ex.triggered.Store(false)
+			}
 		}
 	}
 	done, tried := 0, 0
@@ -245,9 +319,9 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 		if _, ok := s.checked[sh.Fingerprint]; ok {
 			continue
 		}
-		var ex shapeExample
+		ex := &shapeExample{}
 		if e, ok := s.seen.get(sh.Fingerprint); ok {
-			ex = *e
+			ex = e // its fields but the counters are never modified
 		}
 		exp := s.cfg.Explainer
 		if s.cfg.ExplainerFor != nil {
@@ -257,6 +331,7 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 			continue
 		}
 		s.checked[sh.Fingerprint] = now
+		s.checkedFPs.Store(sh.Fingerprint, struct{}{})
 		if _, err := CheckExplainable(sh.Query); err != nil {
 			s.refused.Add(1)
 			continue

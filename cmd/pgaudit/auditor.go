@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/url"
@@ -24,10 +25,15 @@ type auditorOptions struct {
 	Rules    rules.Config
 	// ExplainDSN returns the DSN the EXPLAIN sampler uses for a database,
 	// or "" to skip EXPLAIN there. Nil disables the sampler.
-	ExplainDSN           func(database string) string
-	ExplainInterval      time.Duration
-	SamplerInterval      time.Duration
-	AllowCreateExtension bool
+	ExplainDSN      func(database string) string
+	ExplainInterval time.Duration
+	SamplerInterval time.Duration
+	// ExplainTriggerCost is the sampler's TriggerCost (0: its default).
+	ExplainTriggerCost time.Duration
+	// ExplainShutdownBudget bounds the last sampler round run by stop for
+	// shapes not explained yet (proxy mode). Default 5s.
+	ExplainShutdownBudget time.Duration
+	AllowCreateExtension  bool
 	// Lint runs the engine without its wall-clock timers.
 	Lint bool
 	// Observers are registered on the pipeline before it starts (the
@@ -39,10 +45,12 @@ type auditorOptions struct {
 // auditor is the running pipeline, rules engine, EXPLAIN sampler and audit
 // log. Stop it once.
 type auditor struct {
-	pipeline *analyzer.Pipeline
-	engine   *analyzer.Engine
-	sampler  *analyzer.Sampler
-	log      *analyzer.AuditLog
+	// stopBudget bounds the shutdown sampler round; zero: none (lint).
+	stopBudget time.Duration
+	pipeline   *analyzer.Pipeline
+	engine     *analyzer.Engine
+	sampler    *analyzer.Sampler
+	log        *analyzer.AuditLog
 
 	mu         sync.Mutex
 	explainers map[string]*analyzer.Explainer
@@ -52,6 +60,9 @@ type auditor struct {
 
 func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
 	a := &auditor{explainers: map[string]*analyzer.Explainer{}}
+	if !o.Lint {
+		a.stopBudget = cmp.Or(o.ExplainShutdownBudget, defaultExplainShutdownBudget)
+	}
 	cfg := o.Pipeline
 	cfg.Logger = o.Log
 	if o.AuditLog.Path != "" || o.AuditLog.Writer != nil {
@@ -83,6 +94,7 @@ func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
 			Explained:       eng.ResolvePlan,
 			Rules:           o.Rules,
 			Interval:        o.SamplerInterval,
+			TriggerCost:     o.ExplainTriggerCost,
 			ExplainInterval: o.ExplainInterval,
 			Logger:          o.Log,
 		})
@@ -114,6 +126,9 @@ func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
 	}
 	return a, nil
 }
+
+// defaultExplainShutdownBudget bounds the sampler round at shutdown.
+const defaultExplainShutdownBudget = 5 * time.Second
 
 // explainer returns the (lazily created) explainer of a database.
 func (a *auditor) explainer(database string, o auditorOptions) *analyzer.Explainer {
@@ -171,6 +186,15 @@ func (a *auditor) stop(log zerolog.Logger) {
 	a.engine.Flush()
 	a.cancel()
 	a.wg.Wait()
+	// Shapes the sampler has not explained yet (a short run: a test suite
+	// through the proxy) get one last round, within a bounded budget.
+	if a.sampler != nil && a.stopBudget > 0 {
+		ectx, ecancel := context.WithTimeout(context.Background(), a.stopBudget)
+		if n := a.sampler.RunOnce(ectx); n > 0 {
+			log.Info().Int("shapes", n).Msg("explained pending shapes at shutdown")
+		}
+		ecancel()
+	}
 	if c := a.pipeline.Counters(); c.Dropped > 0 {
 		log.Warn().Uint64("dropped", c.Dropped).Msg("audit events dropped because the queue was full")
 	}

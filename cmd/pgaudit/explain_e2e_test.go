@@ -82,3 +82,83 @@ func TestExplainBinaryParamsThroughProxy(t *testing.T) {
 		t.Errorf("seq-scan evidence %v", seq.Evidence)
 	}
 }
+
+// TestExplainCadenceThroughProxy (issue 14, item 8): with a sampler tick of
+// an hour, a new shape that cost enough is explained within seconds, and a
+// shape never explained during a short run is explained at shutdown.
+func TestExplainCadenceThroughProxy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := pgtest.Start(ctx, pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	if out, err := c.Psql(ctx, "", "-q", "-c", lintSchema); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	up, _ := pgconn.ParseConfig(c.DSN(""))
+	log := zerolog.Nop()
+	start := func(t *testing.T, trigger time.Duration) (*auditor, string, func()) {
+		aud, err := startAuditor(ctx, auditorOptions{Rules: rules.DefaultConfig(), Log: log,
+			ExplainDSN: func(string) string { return c.DSN("") }, SamplerInterval: time.Hour, ExplainTriggerCost: trigger})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := pooler.DefaultPoolSettings()
+		st.Mode = pooler.TransactionMode
+		p := pooler.New(&pooler.Config{Listen: "127.0.0.1:0", AuthType: "trust", CaptureParams: true,
+			Databases: map[string]*pooler.Database{"postgres": {Name: "postgres", Upstream: up, Pool: st}}}, aud.pipeline, log)
+		if err := p.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { defer close(done); _ = p.Serve(ctx) }()
+		return aud, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", p.Addr()), func() { _ = p.Close(); <-done; aud.stop(log) }
+	}
+	work := func(t *testing.T, dsn string) {
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		for i := range 20 {
+			var n int64
+			if err := conn.QueryRow(ctx, "select count(*) from lint_events where kind = $1", int32(i)).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	hasSeqScan := func(aud *auditor) bool {
+		for _, f := range aud.engine.Findings() {
+			if f.Rule == rules.IDSeqScan {
+				return true
+			}
+		}
+		return false
+	}
+	t.Run("soon-after-cost", func(t *testing.T) {
+		aud, dsn, stop := start(t, 0)
+		defer stop()
+		began := time.Now()
+		work(t, dsn)
+		for !hasSeqScan(aud) {
+			if time.Since(began) > 15*time.Second {
+				t.Fatalf("no seq-scan finding 15 s after the shape cost enough: %+v", aud.sampler.Counters())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Logf("seq-scan found %s after the workload started", time.Since(began).Round(10*time.Millisecond))
+	})
+	t.Run("at-shutdown", func(t *testing.T) {
+		aud, dsn, stop := start(t, -1) // no triggered rounds
+		work(t, dsn)
+		if hasSeqScan(aud) {
+			t.Fatal("explained before shutdown")
+		}
+		stop()
+		if !hasSeqScan(aud) {
+			t.Fatalf("pending shape not explained at shutdown: %+v", aud.sampler.Counters())
+		}
+	})
+}
