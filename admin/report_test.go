@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -164,16 +165,30 @@ func TestReportEmptyAndErrors(t *testing.T) {
 	if err := os.WriteFile(p, []byte("junk\n{\"schema\":99}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := BuildReport([]ReportInput{FileInput(p)}, ReportOptions{})
+	// A file without a single audit-log record (issue 14, item 12) is an
+	// error, not an empty report.
+	if _, err := BuildReport([]ReportInput{FileInput(p)}, ReportOptions{}); !errors.Is(err, ErrNotAuditLog) || !strings.Contains(err.Error(), "junk.jsonl") {
+		t.Errorf("junk file: %v", err)
+	}
+	// Junk lines next to audit records are counted, not fatal.
+	good := filepath.Join(t.TempDir(), "audit.jsonl")
+	writeRun(t, good, "run-a", 6, 1)
+	f, err := os.OpenFile(good, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Summary.BadLineCount != 2 || len(rep.Dashboard.Queries) != 0 {
-		t.Errorf("junk report: %+v", rep.Summary)
+	_, _ = f.WriteString("junk\n")
+	_ = f.Close()
+	rep, err := BuildReport([]ReportInput{FileInput(good)}, ReportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Summary.BadLineCount != 1 {
+		t.Errorf("bad lines %d", rep.Summary.BadLineCount)
 	}
 	var buf bytes.Buffer
 	if err := rep.WriteHTML(&buf); err != nil || !strings.Contains(buf.String(), "window.PGAUDIT_DATA") {
-		t.Errorf("junk report HTML: %v", err)
+		t.Errorf("report HTML: %v", err)
 	}
 }
 

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/BurntSushi/toml"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
@@ -101,9 +100,9 @@ func runLint(ctx context.Context, fl lintFlags, args []string, stdout, stderr io
 	log := zerolog.New(stderr).Level(lvl).With().Timestamp().Logger()
 	ruleCfg := rules.DefaultConfig()
 	if fl.configPath != "" {
-		var fc fileConfig
-		if _, err := toml.DecodeFile(fl.configPath, &fc); err != nil {
-			return &exitError{2, fmt.Errorf("config %s: %w", fl.configPath, err)}
+		fc, err := readConfigFile(fl.configPath)
+		if err != nil {
+			return &exitError{2, err}
 		}
 		ruleCfg = fc.Rules.WithDefaults()
 		if err := ruleCfg.Validate(); err != nil {

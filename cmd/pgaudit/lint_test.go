@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -237,6 +238,24 @@ func TestLintPostgresLogsAndAuditLog(t *testing.T) {
 	out, _ = run("--dsn", c.DSN(""), "--config", cfg, csvPath)
 	if got := strings.Join(ruleIDs(t, out), ","); got != "missing-index" {
 		t.Fatalf("with suppression: %s", got)
+	}
+	// An unknown key is an error, as for the proxy (issue 14, item 11):
+	// a typo must not leave the default in force silently.
+	typo := filepath.Join(dir, "typo.toml")
+	_ = os.WriteFile(typo, []byte("[rules.n-plus-one]\nmin_repeat = 3\n"), 0o644)
+	if _, err := run("--config", typo, csvPath); exitCode(err) != 2 || !strings.Contains(err.Error(), "rules.n-plus-one.min_repeat") {
+		t.Fatalf("unknown config key: %v", err)
+	}
+	// pgaudit report on a Postgres log fails as lint does on bad input
+	// (issue 14, item 12); on the audit log it works.
+	if err := runReport(io.Discard, []string{csvPath}, filepath.Join(dir, "r.html"), "", 10); exitCode(err) != 2 || !strings.Contains(err.Error(), "not a pgaudit audit log") {
+		t.Fatalf("report on a Postgres log: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "r.html")); err == nil {
+		t.Fatal("report written for a Postgres log")
+	}
+	if err := runReport(io.Discard, []string{auditPath}, filepath.Join(dir, "r.html"), "", 10); err != nil {
+		t.Fatalf("report on the audit log: %v", err)
 	}
 	if _, err := run("--fail-on", "error", csvPath); exitCode(err) != 0 {
 		t.Fatalf("--fail-on error: %v", err)
