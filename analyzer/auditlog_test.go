@@ -415,3 +415,48 @@ func TestAuditLogLongLine(t *testing.T) {
 		t.Errorf("summary %+v", sum)
 	}
 }
+
+// TestAuditLogPartialLastLine (issue 14, item 15): after a crash left a
+// partial last line, reopening the log ends that line first, so the next
+// record is valid JSON on a line of its own and a reader counts exactly
+// one malformed line instead of losing the new record too.
+func TestAuditLogPartialLastLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	writeOne := func(run string) {
+		al, err := OpenAuditLog(AuditLogConfig{Path: path, RunID: run, FlushInterval: -1, Now: fixedClock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		al.WriteDrops(1, 1)
+		if err := al.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeOne("run-a")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// kill -9 in the middle of the next record.
+	if err := os.WriteFile(path, append(b, b[:len(b)/2]...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	writeOne("run-b")
+	b, _ = os.ReadFile(path)
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	if len(lines) != 3 || !json.Valid([]byte(lines[0])) || json.Valid([]byte(lines[1])) || !json.Valid([]byte(lines[2])) ||
+		!strings.Contains(lines[2], `"run-b"`) {
+		t.Fatalf("lines:\n%s", b)
+	}
+	r := &AuditLogReader{}
+	if err := r.Read(path, strings.NewReader(string(b))); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := r.Summary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.BadLineCount != 1 || len(sum.Runs) != 2 || sum.Dropped != 2 {
+		t.Errorf("summary: bad lines %d runs %v dropped %d", sum.BadLineCount, sum.Runs, sum.Dropped)
+	}
+}
