@@ -271,7 +271,10 @@ func (d *NPlusOneDetector) Observe(a *Analyzed) {
 	}
 	r := d.recentOf(a)
 	key := ev.ParamHash
-	if ev.NumParams == 0 {
+	if ev.NumParams == 0 && ev.ParamHash == 0 {
+		// Simple protocol: the literals tell executions apart (a
+		// statement read back from an audit log carries their keyed hash
+		// in ParamHash instead).
 		key = d.textKey(ev.Text)
 	}
 	sh := d.shard(ev.SessionID)
