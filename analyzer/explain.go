@@ -168,7 +168,7 @@ func NewExplainer(cfg ExplainConfig) (*Explainer, error) {
 		pc.RuntimeParams = map[string]string{}
 	}
 	if _, ok := pc.RuntimeParams["application_name"]; !ok {
-		pc.RuntimeParams["application_name"] = "pgaudit-explain"
+		pc.RuntimeParams["application_name"] = ExplainApplicationName
 	}
 	if _, ok := pc.RuntimeParams["default_transaction_read_only"]; !ok {
 		pc.RuntimeParams["default_transaction_read_only"] = "on"
@@ -411,6 +411,11 @@ func (w *withheldError) Error() string {
 
 // Unwrap returns the original error.
 func (w *withheldError) Unwrap() error { return w.err }
+
+// ExplainApplicationName is the application_name of the explainer's
+// connections (unless its DSN sets one): pgaudit lint skips statements
+// logged with it, its own EXPLAINs read back from the Postgres log.
+const ExplainApplicationName = "pgaudit-explain"
 
 // explainSession is one Inspect call on one connection.
 type explainSession struct {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -97,7 +98,9 @@ func runLint(ctx context.Context, fl lintFlags, args []string, stdout, stderr io
 	if err != nil {
 		return &exitError{2, fmt.Errorf("invalid --log-level %q", fl.logLevel)}
 	}
-	log := zerolog.New(stderr).Level(lvl).With().Timestamp().Logger()
+	// People read lint's stderr (CI logs): one readable line per message.
+	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: stderr != io.Writer(os.Stderr) || !isTerminal(os.Stderr), TimeFormat: "15:04:05"}).
+		Level(lvl).With().Timestamp().Logger()
 	ruleCfg := rules.DefaultConfig()
 	if fl.configPath != "" {
 		fc, err := readConfigFile(fl.configPath)
@@ -141,7 +144,12 @@ func runLint(ctx context.Context, fl lintFlags, args []string, stdout, stderr io
 	if isTerminal(os.Stderr) {
 		qopts.Progress = progressBar(stderr)
 	}
+	var own atomic.Int64
 	sum, err := querylog.Read(ctx, inputs, qopts, func(ev *analyzer.Event) {
+		if ev.ApplicationName == analyzer.ExplainApplicationName {
+			own.Add(1) // pgaudit's own EXPLAINs (an earlier lint --dsn), read back
+			return
+		}
 		_ = aud.pipeline.Submit(ctx, ev)
 	})
 	if qopts.Progress != nil {
@@ -178,6 +186,7 @@ func runLint(ctx context.Context, fl lintFlags, args []string, stdout, stderr io
 	report.Summary = lintSummary{
 		Format: sum.Format.String(), Lines: sum.Lines, Statements: sum.Statements, Sessions: sum.Sessions,
 		Skipped: sum.Skipped, Malformed: sum.MalformedCount, BySeverity: map[string]int{}, FailOn: failOn.String(),
+		OwnSkipped: own.Load(),
 	}
 	for _, m := range sum.Malformed {
 		report.Summary.MalformedAts = append(report.Summary.MalformedAts, fmt.Sprintf("%s:%d: %s", m.File, m.Line, m.Err))

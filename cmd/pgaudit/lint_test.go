@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -363,4 +364,79 @@ func checkSARIF(t *testing.T, s map[string]any) {
 			t.Fatalf("locations %v", locs)
 		}
 	}
+}
+
+// TestLintDSNQuietAndOwnStatements (issue 14, item 13): lint --dsn writes
+// readable lines on stderr, does not try to EXPLAIN a statement whose
+// normalization broke it (GROUP BY 1 became GROUP BY $n), and a second run
+// over the same Postgres log skips the EXPLAINs the first run left there.
+func TestLintDSNQuietAndOwnStatements(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := pgtest.Start(ctx, pgtest.Options{Conf: []string{
+		"logging_collector = on", "log_destination = 'csvlog'", "log_directory = 'log'",
+		"log_filename = 'pg.log'", "log_min_duration_statement = 0",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	if out, err := c.Psql(ctx, "", "-q", "-c", lintSchema); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for i := range 3 {
+		if out, err := c.Psql(ctx, "", "-q", "-c", fmt.Sprintf("select count(*) from lint_events where kind = %d", i),
+			"-c", fmt.Sprintf("select kind, count(*) from lint_events where id < %d group by 1 order by 2", 100+i)); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	csvPath := filepath.Join(c.DataDir, "log", "pg.csv")
+	run := func() (lintReport, string) {
+		var out, errb bytes.Buffer
+		fl := lintFlags{format: "auto", output: "json", failOn: "warning", logLevel: "warn", dsn: c.DSN("")}
+		if err := runLint(ctx, fl, []string{csvPath}, &out, &errb); exitCode(err) > 1 {
+			t.Fatalf("lint: %v\n%s", err, errb.String())
+		}
+		var r lintReport
+		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+			t.Fatal(err)
+		}
+		return r, errb.String()
+	}
+	r1, stderr1 := run()
+	if strings.Contains(stderr1, `{"level"`) || strings.Contains(stderr1, "explain failed") || strings.Contains(stderr1, "not checked") {
+		t.Errorf("stderr:\n%s", stderr1)
+	}
+	if !slices.Contains(ruleIDs(t, mustJSON(t, r1)), "seq-scan") {
+		t.Errorf("first run found no seq scan: %+v", r1.Findings)
+	}
+	time.Sleep(500 * time.Millisecond) // Postgres logs the EXPLAINs
+	r2, stderr2 := run()
+	if r2.Summary.OwnSkipped == 0 {
+		t.Errorf("own EXPLAIN statements not skipped: %+v", r2.Summary)
+	}
+	ids := func(r lintReport) string {
+		var out []string
+		for _, f := range r.Findings {
+			out = append(out, f.ID)
+			if strings.Contains(strings.ToUpper(f.Query), "EXPLAIN") {
+				t.Errorf("finding on pgaudit's own EXPLAIN: %s", f.Query)
+			}
+		}
+		sort.Strings(out)
+		return strings.Join(out, " ")
+	}
+	if ids(r1) != ids(r2) || strings.Contains(stderr2, `{"level"`) {
+		t.Errorf("second run differs: %q vs %q\n%s", ids(r1), ids(r2), stderr2)
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
