@@ -78,6 +78,10 @@ type AuditLogConfig struct {
 	// MaxBackups is how many rotated files are kept (path.1 .. path.N).
 	// Default 5; with MaxSize zero it is unused.
 	MaxBackups int
+	// LiteralKey keys the literal_hash of statement records. Default: 32
+	// random bytes per open, never written anywhere (set it only in
+	// tests, for reproducible output).
+	LiteralKey []byte
 	// Sample selects the statements that get a statement record; the zero
 	// value means SampleAll.
 	Sample SampleMode
@@ -201,7 +205,11 @@ func OpenAuditLog(cfg AuditLogConfig) (*AuditLog, error) {
 		now:   cfg.Now,
 		stop:  make(chan struct{}),
 	}
-	_, _ = rand.Read(a.litKey[:])
+	if len(cfg.LiteralKey) > 0 {
+		copy(a.litKey[:], cfg.LiteralKey)
+	} else {
+		_, _ = rand.Read(a.litKey[:])
+	}
 	if bufBytes > 0 {
 		a.flusher.Add(1)
 		go a.flushLoop(cfg.FlushInterval)
