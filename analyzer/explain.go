@@ -284,6 +284,11 @@ type TableInfo struct {
 	Deleted     int64 // n_tup_del
 	SeqTupRead  int64 // seq_tup_read
 	IdxTupFetch int64 // idx_tup_fetch (0 when NULL)
+	// StatsSeconds is the time the counters cover: since the database's
+	// statistics were reset, or since the server started when they never
+	// were (Postgres 15 keeps counters across clean restarts, so this may
+	// be short and the rates high).
+	StatsSeconds float64
 }
 
 // WriteShare is rules.WriteShare over the table's counters.
@@ -741,9 +746,12 @@ func (s *explainSession) tableInfo(ctx context.Context, schema, name string) (*T
 	}
 
 	err = s.conn.QueryRow(ctx, `SELECT n_tup_ins, n_tup_upd, n_tup_del,
-			COALESCE(seq_tup_read, 0), COALESCE(idx_tup_fetch, 0)
+			COALESCE(seq_tup_read, 0), COALESCE(idx_tup_fetch, 0),
+			EXTRACT(epoch FROM pg_catalog.now() - COALESCE(
+				(SELECT d.stats_reset FROM pg_catalog.pg_stat_database d WHERE d.datname = pg_catalog.current_database()),
+				pg_catalog.pg_postmaster_start_time()))::float8
 		FROM pg_catalog.pg_stat_user_tables WHERE relid = $1`, ti.OID).
-		Scan(&ti.Inserted, &ti.Updated, &ti.Deleted, &ti.SeqTupRead, &ti.IdxTupFetch)
+		Scan(&ti.Inserted, &ti.Updated, &ti.Deleted, &ti.SeqTupRead, &ti.IdxTupFetch, &ti.StatsSeconds)
 	switch {
 	case err == nil:
 		ti.StatsKnown = true

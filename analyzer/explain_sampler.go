@@ -452,7 +452,7 @@ func PlanFindings(sh *ShapeStats, database string, in *Inspection, cfg rules.Con
 			RowsDeleted:     ti.Deleted,
 			RowsReadSeq:     ti.SeqTupRead,
 			RowsFetchedIdx:  ti.IdxTupFetch,
-			TableWriteShare: ti.WriteShare(),
+			StatsSeconds:    ti.StatsSeconds,
 			ExistingIndexes: len(ti.Indexes),
 		}
 		if fd := rules.EvaluateMissingIndex(fi, cfg.MissingIndex); fd != nil {

@@ -196,7 +196,7 @@ func TestExplainPostgres(t *testing.T) {
 		if mi.Evidence["validated"] != false || !strings.HasPrefix(mi.Suggestion, want+"\n-- unvalidated") || mi.Severity != rules.Info {
 			t.Errorf("missing-index finding: %+v", mi)
 		}
-		if mi.Evidence["existing_indexes"] != 1 || mi.Evidence["write_share"] == nil {
+		if mi.Evidence["existing_indexes"] != 1 || mi.Evidence["writes_per_s"] == nil {
 			t.Errorf("missing-index evidence: %v", mi.Evidence)
 		}
 		t.Logf("seq-scan: %s", seq.Message)

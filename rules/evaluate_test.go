@@ -233,7 +233,7 @@ func exampleFindings() []*Finding {
 			CreateStatement: "CREATE INDEX CONCURRENTLY ON public.reviews (book_id);",
 			Validated:       true, CostBefore: 4722.5, CostAfter: 12.4, TableRows: 250000,
 			WriteStatsKnown: true, RowsInserted: 250000, RowsUpdated: 1200, RowsDeleted: 30, RowsReadSeq: 9000000, RowsFetchedIdx: 120000,
-			TableWriteShare: WriteShare(250000, 1200, 30, 9000000, 120000), ExistingIndexes: 1,
+			StatsSeconds: 30 * 86400, ExistingIndexes: 1,
 		}, MissingIndexConfig{}),
 	}
 }
