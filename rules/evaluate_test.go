@@ -105,6 +105,18 @@ func TestEvaluatePoolSaturation(t *testing.T) {
 		// queueing, a few connects of 300 ms; no finding.
 		{"idle pool, slow connects", PoolFacts{Database: "app", User: "x", Size: 20, Utilization: 0.01, Window: time.Minute,
 			Acquires: 64, Connects: 3, ConnectP99: 308 * time.Millisecond, ConnectMax: 308 * time.Millisecond, At: t0}, PoolSaturationConfig{}, ""},
+		// Fully used but nobody queued (20 clients on 20 servers): not
+		// saturated.
+		{"busy, no queue", func() PoolFacts {
+			p := pool(0.95, 0)
+			p.Waits, p.ClientsWaiting, p.MaxWait = 0, 0, 0
+			return p
+		}(), PoolSaturationConfig{}, ""},
+		{"busy, clients waiting now", func() PoolFacts {
+			p := pool(0.95, 0)
+			p.Waits, p.MaxWait = 0, 0
+			return p
+		}(), PoolSaturationConfig{}, "utilization"},
 		{"too few waits", func() PoolFacts { p := pool(0.3, time.Second); p.Waits = 19; return p }(), PoolSaturationConfig{}, ""},
 		{"configured min waits", func() PoolFacts { p := pool(0.3, time.Second); p.Waits = 5; return p }(), PoolSaturationConfig{MinWaits: 5}, "p99_wait"},
 		// A p99 above the max is capped at the max: 524 ms over a max of

@@ -46,7 +46,8 @@ const TargetUtilization = 0.7
 
 // EvaluatePoolSaturation returns a pool-saturation finding when the pool is
 // saturated over the window, or nil: its utilization is at or above
-// cfg.Utilization (reason "utilization"), or at least cfg.MinWaits
+// cfg.Utilization while clients queued for a server (reason
+// "utilization"), or at least cfg.MinWaits
 // acquisitions queued behind busy servers and their p99 time queued is
 // above cfg.P99Wait (reason "p99_wait"). Time spent opening server
 // connections never counts as waiting. Thresholds unset in cfg take their
@@ -73,7 +74,10 @@ func EvaluatePoolSaturation(f PoolFacts, cfg PoolSaturationConfig) *Finding {
 	f.WaitP99 = min(f.WaitP99, f.MaxWait)
 	f.ConnectP99 = min(f.ConnectP99, f.ConnectMax)
 	var reasons []string
-	if f.Size > 0 && f.Utilization >= util {
+	// High utilization alone is no saturation when nobody queued: with
+	// at most pool_size clients (pgbench -N, 20 clients on 20 servers)
+	// every client has a server, and a larger pool would change nothing.
+	if f.Size > 0 && f.Utilization >= util && (f.Waits > 0 || f.ClientsWaiting > 0) {
 		reasons = append(reasons, "utilization")
 	}
 	if f.Waits >= minWaits && f.WaitP99 > p99 {

@@ -134,7 +134,7 @@ var registry = []Rule{
 		Severity:    Warning,
 		Description: "A pool's servers are nearly all busy, or clients wait too long for one.",
 		Thresholds: []Threshold{
-			{Key: "utilization", Default: "0.8", Unit: "fraction", Description: "Fires when the share of pool capacity held over the window is at least this."},
+			{Key: "utilization", Default: "0.8", Unit: "fraction", Description: "Fires when the share of pool capacity held over the window is at least this while clients queued for a server."},
 			{Key: "p99_wait", Default: `"50ms"`, Unit: "duration", Description: "Fires when the p99 time clients queued for a server (connect time excluded) over the window is above this, with at least min_waits queued."},
 			{Key: "min_waits", Default: "20", Unit: "acquisitions", Description: "Queued acquisitions in the window the p99 wait needs before it counts."},
 		},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os/exec"
 	"strconv"
 	"sync"
 	"testing"
@@ -189,4 +190,59 @@ func TestPoolSaturationThroughProxy(t *testing.T) {
 			t.Errorf("p99 %v max %v", p99, mx)
 		}
 	})
+}
+
+// TestNoSaturationPgbench20on20 (issue 14, acceptance): pgbench -S and -N
+// with 20 clients on a transaction-mode pool of 20 give no pool-saturation
+// and no N+1 finding.
+func TestNoSaturationPgbench20on20(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := pgtest.Start(ctx, pgtest.Options{Conf: []string{"max_connections = 100"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	if out, err := exec.CommandContext(ctx, c.Bin("pgbench"), "-i", "-q", "-s", "1", c.DSN("")).CombinedOutput(); err != nil {
+		t.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	up, _ := pgconn.ParseConfig(c.DSN(""))
+	for _, mode := range []string{"-S", "-N"} {
+		t.Run(mode, func(t *testing.T) {
+			log := zerolog.Nop()
+			aud, err := startAuditor(ctx, auditorOptions{Rules: rules.DefaultConfig(), Log: log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st := pooler.DefaultPoolSettings()
+			st.Mode = pooler.TransactionMode
+			st.Size = 20
+			p := pooler.New(&pooler.Config{Listen: "127.0.0.1:0", AuthType: "trust",
+				Databases: map[string]*pooler.Database{"postgres": {Name: "postgres", Upstream: up, Pool: st}}}, aud.pipeline, log)
+			if err := p.Listen(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan struct{})
+			go func() { defer close(done); _ = p.Serve(ctx) }()
+			dsn := fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", p.Addr())
+			out, err := exec.CommandContext(ctx, c.Bin("pgbench"), "-n", mode, "-c", "20", "-j", "2", "-T", "4", "-M", "extended", dsn).CombinedOutput()
+			if err != nil {
+				t.Fatalf("pgbench: %v\n%s", err, out)
+			}
+			stats := p.PoolStats()
+			aud.observePools(stats)
+			_ = p.Close()
+			<-done
+			aud.stop(log)
+			for _, ps := range stats {
+				t.Logf("%s: utilization %.2f, %d of %d acquisitions queued (p99 %s), connects %d (p99 %s)", mode,
+					ps.Utilization, ps.RecentWaits, ps.RecentAcquires, ps.RecentWaitP99, ps.Connects, ps.ConnectP99)
+			}
+			for _, f := range aud.engine.Findings() {
+				if f.Rule == rules.IDPoolSaturation || f.Rule == rules.IDNPlusOne {
+					t.Errorf("%s: %s", f.Rule, f.Message)
+				}
+			}
+		})
+	}
 }
