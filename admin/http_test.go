@@ -287,8 +287,19 @@ func TestDashboardInChromium(t *testing.T) {
 		}
 		return false
 	})
+	// A resolved finding is listed below the cards, not as one (issue
+	// 14, item 4: stale findings must not dominate the page).
+	e.findings.mu.Lock()
+	e.findings.fs = append(e.findings.fs, resolvedFinding)
+	e.findings.mu.Unlock()
 	dom := chromiumDOM(t, e.base+"/")
 	checkRenderedPage(t, dom, []string{"dashboard_probe", "other_probe"})
+	if n := strings.Count(dom, `class="finding `); n != 1 {
+		t.Errorf("%d finding cards, want 1 (the open one)", n)
+	}
+	if !strings.Contains(dom, "Resolved (1)") || !strings.Contains(dom, `class="finding-resolved"`) || !strings.Contains(dom, "below the 500ms threshold") {
+		t.Errorf("resolved finding not listed:\n%s", tail(dom, 3000))
+	}
 }
 
 // checkRenderedPage checks a dashboard or report DOM after scripts ran.
