@@ -90,6 +90,36 @@ func TestSlowQueryResolves(t *testing.T) {
 	}
 }
 
+// TestSlowQueryResolvesRareShape: a shape that now runs less than
+// min_calls times per window resolves when every recent call was fast.
+func TestSlowQueryResolvesRareShape(t *testing.T) {
+	st := NewStats(StatsConfig{Now: fixedClock})
+	now := t0
+	e := newTestEngine(t, EngineConfig{Stats: st, Now: func() time.Time { return now }})
+	fp := NewFingerprinter(FingerprintConfig{})
+	run := func(from time.Time, n int, d time.Duration) {
+		for i := range n {
+			ev := stmt("SELECT * FROM reports WHERE id = 1")
+			ev.Start, ev.Duration = from.Add(time.Duration(i)*time.Second), d
+			st.Record(ev, analyze(fp, ev).Shape)
+		}
+	}
+	run(t0, 20, time.Second)
+	e.evaluate()
+	run(t0.Add(30*time.Minute), 3, 20*time.Millisecond)
+	e.evaluate()
+	if fs := e.Findings(); len(fs) != 1 || fs[0].Open() || !strings.Contains(fs[0].Resolution, "all 3 calls") {
+		t.Fatalf("findings %+v", fs)
+	}
+	// One slow call among fewer than min_calls neither resolves nor
+	// reopens: too few calls to judge a p99.
+	run(t0.Add(31*time.Minute), 1, 2*time.Second)
+	e.evaluate()
+	if fs := e.Findings(); fs[0].Open() || fs[0].Resolution == "" {
+		t.Fatalf("changed on too few calls: %+v", fs[0])
+	}
+}
+
 // TestPoolSaturationResolves: the first evaluation that finds the pool
 // below the thresholds resolves the finding.
 func TestPoolSaturationResolves(t *testing.T) {

@@ -108,7 +108,8 @@ func EvaluateSlowQuery(f ShapeFacts, cfg SlowQueryConfig) *Finding {
 
 // SlowQueryCleared returns why an open slow-query finding for the shape is
 // resolved, or "": the shape ran at least min_calls times in the window and
-// its p99 there is below p99_threshold.
+// its p99 there is below p99_threshold, or it ran fewer times and every
+// one of them (its max) was below the threshold.
 func SlowQueryCleared(f ShapeFacts, cfg SlowQueryConfig) string {
 	threshold := time.Duration(cfg.P99Threshold)
 	if threshold <= 0 {
@@ -117,6 +118,10 @@ func SlowQueryCleared(f ShapeFacts, cfg SlowQueryConfig) string {
 	minCalls := cfg.MinCalls
 	if minCalls <= 0 {
 		minCalls = DefaultSlowQueryMinCalls
+	}
+	if f.Calls > 0 && f.Calls < uint64(minCalls) && f.Max < threshold {
+		return fmt.Sprintf("all %d calls since %s UTC took less than the %s threshold (max %s)",
+			f.Calls, f.WindowStart.UTC().Format(time.DateTime), fmtDuration(threshold), fmtDuration(f.Max))
 	}
 	if f.Calls < uint64(minCalls) || f.P99 >= threshold {
 		return ""
