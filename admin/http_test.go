@@ -125,7 +125,7 @@ func TestMetrics(t *testing.T) {
 		for _, l := range m.GetLabel() {
 			labels[l.GetName()] = l.GetValue()
 		}
-		if labels["rule"] != "missing-index" || labels["severity"] != "warning" || m.GetGauge().GetValue() != 1 {
+		if labels["rule"] != "missing-index" || labels["severity"] != "warning" || labels["status"] != "open" || m.GetGauge().GetValue() != 1 {
 			t.Errorf("pgaudit_findings = %v", m)
 		}
 	}
