@@ -188,8 +188,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Server, time.Duration, error) {
 	s, queued, err := p.acquire(ctx, start)
 	now := time.Now()
 	wait := now.Sub(start)
-	p.stats.recordWait(wait)
-	p.stats.recordAcquire(now, queued)
+	p.stats.recordAcquire(now, wait, queued)
 	if err != nil {
 		return nil, wait, err
 	}

@@ -116,11 +116,24 @@ func (s *poolStats) slotLocked(now time.Time) *recentSlot {
 	return r
 }
 
-// recordAcquire counts one acquisition at now that spent queued waiting
-// behind busy servers (zero when it did not queue). Connect time is not
-// queueing: see recordConnect.
-func (s *poolStats) recordAcquire(now time.Time, queued time.Duration) {
+// recordAcquire counts one acquisition at now that took wait in all
+// (connect included: the cumulative, PgBouncer-style wait figures) and
+// spent queued waiting behind busy servers (zero when it did not queue;
+// the windowed figures). Connect time is not queueing: see recordConnect.
+// One lock per acquisition: it is on the relay's path.
+func (s *poolStats) recordAcquire(now time.Time, wait, queued time.Duration) {
+	us := uint64(wait / time.Microsecond)
+	b := bits.Len64(us)
+	if b >= waitBuckets {
+		b = waitBuckets - 1
+	}
 	s.mu.Lock()
+	s.waitHist[b]++
+	s.waitCount++
+	s.waitTotal += wait
+	if wait > s.maxWait {
+		s.maxWait = wait
+	}
 	r := s.slotLocked(now)
 	r.acquires++
 	if queued > 0 {
@@ -173,22 +186,6 @@ func (s *poolStats) init() {
 	s.started = time.Now()
 	s.lastChange = s.started
 	s.secIndex = s.started.Unix()
-}
-
-func (s *poolStats) recordWait(d time.Duration) {
-	us := uint64(d / time.Microsecond)
-	b := bits.Len64(us)
-	if b >= waitBuckets {
-		b = waitBuckets - 1
-	}
-	s.mu.Lock()
-	s.waitHist[b]++
-	s.waitCount++
-	s.waitTotal += d
-	if d > s.maxWait {
-		s.maxWait = d
-	}
-	s.mu.Unlock()
 }
 
 // accumulateLocked adds busy time since the last change into the ring.

@@ -16,7 +16,7 @@ func TestRecentWaitsWindow(t *testing.T) {
 	// idle pool with a slow server login.
 	s.recordConnect(t0, 300*time.Millisecond, false)
 	for i := 0; i < 10; i++ {
-		s.recordAcquire(t0.Add(time.Duration(i)*time.Second), 0)
+		s.recordAcquire(t0.Add(time.Duration(i)*time.Second), time.Millisecond, 0)
 	}
 	var st PoolStats
 	s.recentLocked(t0.Add(10*time.Second), &st)
@@ -28,7 +28,7 @@ func TestRecentWaitsWindow(t *testing.T) {
 	}
 	// Queued acquisitions: p99 within 19% and never above the max.
 	for i := 0; i < 100; i++ {
-		s.recordAcquire(t0.Add(20*time.Second), time.Duration(100+i)*time.Millisecond)
+		s.recordAcquire(t0.Add(20*time.Second), time.Duration(100+i)*time.Millisecond, time.Duration(100+i)*time.Millisecond)
 	}
 	st = PoolStats{}
 	s.recentLocked(t0.Add(21*time.Second), &st)
