@@ -98,7 +98,8 @@ func TestShowColumns(t *testing.T) {
 	if !foundProbe {
 		t.Errorf("SHOW QUERIES lacks the probe shape: %v", results["QUERIES"])
 	}
-	if f := results["FINDINGS"]; len(f) != 1 || f[0]["rule"] != "missing-index" || !strings.HasPrefix(f[0]["suggestion"].(string), "CREATE INDEX") {
+	if f := results["FINDINGS"]; len(f) != 1 || f[0]["rule"] != "missing-index" || !strings.HasPrefix(f[0]["suggestion"].(string), "CREATE INDEX") ||
+		f[0]["status"] != "open" || f[0]["resolved_at"] != "" {
 		t.Errorf("SHOW FINDINGS = %v", f)
 	}
 	if cl := results["CLIENTS"]; len(cl) < 1 || cl[0]["type"] != "C" {

@@ -120,7 +120,7 @@ func (a *Admin) Dashboard() *Dashboard {
 			SummaryItem{"query shapes", strconv.Itoa(pl.Stats().Len())},
 		)
 	}
-	d.Summary = append(d.Summary, SummaryItem{"findings", strconv.Itoa(len(d.Findings))})
+	d.Summary = append(d.Summary, findingsSummary(d.Findings)...)
 	return d
 }
 
@@ -215,12 +215,12 @@ func (a *Admin) Handler() http.Handler {
 		}
 		return a.Queries(by, limit), nil
 	})
-	api("findings", func(*http.Request) (any, error) {
-		fs := a.findings()
+	api("findings", func(r *http.Request) (any, error) {
+		fs, err := filterFindings(a.findings(), r.URL.Query().Get("status"))
 		if fs == nil {
 			fs = []rules.Finding{}
 		}
-		return fs, nil
+		return fs, err
 	})
 	api("timeseries", func(*http.Request) (any, error) { return a.Series(), nil })
 	if a.opts.Pprof {

@@ -126,7 +126,7 @@ func TestMetrics(t *testing.T) {
 		for _, l := range m.GetLabel() {
 			labels[l.GetName()] = l.GetValue()
 		}
-		if labels["rule"] != "missing-index" || labels["severity"] != "warning" || m.GetGauge().GetValue() != 1 {
+		if labels["rule"] != "missing-index" || labels["severity"] != "warning" || labels["status"] != "open" || m.GetGauge().GetValue() != 1 {
 			t.Errorf("pgaudit_findings = %v", m)
 		}
 	}
@@ -191,6 +191,38 @@ func TestAPI(t *testing.T) {
 	if len(fs) != 1 || fs[0].Suggestion != sampleFinding.Suggestion {
 		t.Errorf("findings %+v", fs)
 	}
+	// Lifecycle: a resolved finding is listed after the open one, with
+	// its status; ?status= filters.
+	e.findings.mu.Lock()
+	e.findings.fs = append(e.findings.fs, resolvedFinding)
+	e.findings.mu.Unlock()
+	decode("/api/v1/findings", &fs)
+	if len(fs) != 2 || !fs[0].Open() || fs[1].Status != rules.StatusResolved || fs[1].ResolvedAt.IsZero() || fs[1].Resolution == "" {
+		t.Errorf("findings %+v", fs)
+	}
+	decode("/api/v1/findings?status=open", &fs)
+	if len(fs) != 1 || fs[0].ID != sampleFinding.ID {
+		t.Errorf("open findings %+v", fs)
+	}
+	decode("/api/v1/findings?status=resolved", &fs)
+	if len(fs) != 1 || fs[0].ID != resolvedFinding.ID {
+		t.Errorf("resolved findings %+v", fs)
+	}
+	if r := httpGet(t, e.base+"/api/v1/findings?status=stale"); r.code != http.StatusBadRequest {
+		t.Errorf("status=stale: %d %s", r.code, r.body)
+	}
+	var dd Dashboard
+	decode("/api/v1/dashboard", &dd)
+	tiles := map[string]string{}
+	for _, s := range dd.Summary {
+		tiles[s.Label] = s.Value
+	}
+	if tiles["findings open"] != "1" || tiles["findings resolved"] != "1" {
+		t.Errorf("dashboard tiles %v", dd.Summary)
+	}
+	e.findings.mu.Lock()
+	e.findings.fs = e.findings.fs[:1]
+	e.findings.mu.Unlock()
 	waitFor(t, 5*time.Second, "two samples", func() bool { return len(e.admin.Series().T) >= 2 })
 	var ts Series
 	decode("/api/v1/timeseries", &ts)
@@ -256,8 +288,19 @@ func TestDashboardInChromium(t *testing.T) {
 		}
 		return false
 	})
+	// A resolved finding is listed below the cards, not as one (issue
+	// 14, item 4: stale findings must not dominate the page).
+	e.findings.mu.Lock()
+	e.findings.fs = append(e.findings.fs, resolvedFinding)
+	e.findings.mu.Unlock()
 	dom := chromiumDOM(t, e.base+"/")
 	checkRenderedPage(t, dom, []string{"dashboard_probe", "other_probe"})
+	if n := strings.Count(dom, `class="finding `); n != 1 {
+		t.Errorf("%d finding cards, want 1 (the open one)", n)
+	}
+	if !strings.Contains(dom, "Resolved (1)") || !strings.Contains(dom, `class="finding-resolved"`) || !strings.Contains(dom, "below the 500ms threshold") {
+		t.Errorf("resolved finding not listed:\n%s", tail(dom, 3000))
+	}
 }
 
 // checkRenderedPage checks a dashboard or report DOM after scripts ran.

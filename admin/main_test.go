@@ -61,6 +61,15 @@ var sampleFinding = rules.Finding{
 	FirstSeen: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), LastSeen: time.Date(2026, 1, 2, 4, 5, 6, 0, time.UTC),
 }
 
+// resolvedFinding is a finding whose condition is gone.
+var resolvedFinding = rules.Finding{
+	ID: "slow-query:def", Rule: rules.IDSlowQuery, Severity: rules.Warning, Fingerprint: "def", Query: "begin",
+	Message: "slow query: p99 882.4ms over 1767 calls (threshold 500ms, 3.0% of database time)", Count: 1767,
+	FirstSeen: time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC), LastSeen: time.Date(2026, 1, 2, 3, 10, 0, 0, time.UTC),
+	Status: rules.StatusResolved, ResolvedAt: time.Date(2026, 1, 2, 3, 20, 0, 0, time.UTC),
+	Resolution: "p99 31.9ms over 900 calls since 2026-01-02 03:15:00 UTC, below the 500ms threshold",
+}
+
 // env is a proxy in front of the test cluster with an Admin attached: its
 // console on the admin databases, its observer on the pipeline and its
 // HTTP listener on a free port.

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit/pgaudit/rules"
 )
 
 // queryDurationBuckets are the bucket bounds of pgaudit_query_duration_seconds:
@@ -191,7 +192,7 @@ var (
 	descShapes = prometheus.NewDesc("pgaudit_query_shapes",
 		"Query shapes tracked individually by the analyzer.", nil, nil)
 	descFindings = prometheus.NewDesc("pgaudit_findings",
-		"Current findings by rule and severity.", []string{"rule", "severity"}, nil)
+		"Current findings by rule, severity and status (open, or resolved: the condition is gone).", []string{"rule", "severity", "status"}, nil)
 	descExplainRounds = prometheus.NewDesc("pgaudit_explain_rounds_total",
 		"Completed rounds of the EXPLAIN sampler.", nil, nil)
 	descExplainChecked = prometheus.NewDesc("pgaudit_explain_shapes_checked_total",
@@ -275,13 +276,17 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descPanics, float64(pc.ObserverPanics))
 		gauge(descShapes, float64(pl.Stats().Len()))
 	}
-	type rs struct{ rule, sev string }
+	type rs struct{ rule, sev, status string }
 	counts := map[rs]int{}
 	for _, f := range a.findings() {
-		counts[rs{f.Rule, f.Severity.String()}]++
+		st := rules.StatusOpen
+		if !f.Open() {
+			st = rules.StatusResolved
+		}
+		counts[rs{f.Rule, f.Severity.String(), st}]++
 	}
 	for k, n := range counts {
-		gauge(descFindings, float64(n), k.rule, k.sev)
+		gauge(descFindings, float64(n), k.rule, k.sev, k.status)
 	}
 	if sc, ok := a.explainCounters(); ok {
 		counter(descExplainRounds, float64(sc.Rounds))

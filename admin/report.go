@@ -92,14 +92,19 @@ type Report struct {
 	version string
 }
 
+// ErrNotAuditLog is returned by BuildReport for an input that holds no
+// audit-log record.
+var ErrNotAuditLog = errors.New("not a pgaudit audit log")
+
 // BuildReport reads audit logs written by one or several proxies (any
 // order, rotated files included) and computes the report: shape
 // statistics merged across runs through their mergeable latency sketches,
 // throughput and latency over time from statement records, pool
 // utilization, transactions and clients over time from pool records, and
 // the findings (the latest record of each finding per run, merged across
-// runs). It fails only on an I/O error; unusable lines are counted in
-// Summary.
+// runs). It fails on an I/O error and on an input that holds no audit-log
+// record at all (a Postgres log given by mistake); other unusable lines
+// are counted in Summary.
 func BuildReport(inputs []ReportInput, opts ReportOptions) (*Report, error) {
 	if opts.Title == "" {
 		opts.Title = "pgaudit report"
@@ -119,9 +124,18 @@ func BuildReport(inputs []ReportInput, opts ReportOptions) (*Report, error) {
 	// Pass 1: time range, pool and finding records, runs with stats.
 	sc := &sideScan{findings: map[string]map[string]rules.Finding{}, statsRuns: map[string]bool{}}
 	for _, in := range inputs {
+		lines, records := sc.lines, sc.records
 		if err := readInput(in, sc.scan); err != nil {
 			return nil, err
 		}
+		if sc.lines > lines && sc.records == records {
+			// A Postgres log, or any other file: an empty report would
+			// look like a quiet proxy.
+			return nil, fmt.Errorf("report: %s is %w (%d lines, no audit-log record); Postgres logs go to pgaudit lint", in.Name, ErrNotAuditLog, sc.lines-lines)
+		}
+	}
+	if sc.records == 0 {
+		return nil, fmt.Errorf("report: the inputs hold no audit-log records: %w", ErrNotAuditLog)
 	}
 	width := pickWidth(sc.maxTS.Sub(sc.minTS), opts.MaxPoints)
 	b := newBuckets(sc.minTS, sc.maxTS, width)
@@ -197,10 +211,12 @@ func BuildReport(inputs []ReportInput, opts ReportOptions) (*Report, error) {
 		{"statements (stats)", strconv.FormatUint(merged.Calls, 10)},
 		{"statement records", strconv.Itoa(sum.Statements)},
 		{"query shapes", strconv.Itoa(len(merged.Shapes))},
-		{"total time", (merged.Total).Round(time.Millisecond).String()},
-		{"findings", strconv.Itoa(len(d.Findings))},
-		{"events dropped", strconv.FormatUint(sum.Dropped, 10)},
+		// Statement time summed over statements: concurrent statements
+		// add up, so it exceeds the wall time covered.
+		{"statement time (summed)", (merged.Total).Round(time.Millisecond).String()},
 	}
+	d.Summary = append(d.Summary, findingsSummary(d.Findings)...)
+	d.Summary = append(d.Summary, SummaryItem{"events dropped", strconv.FormatUint(sum.Dropped, 10)})
 	d.Notes = append(d.Notes, "Files: "+strings.Join(names, ", ")+".")
 	d.Notes = append(d.Notes, fmt.Sprintf("Charts: %s intervals. Throughput, latency and wait come from statement records; transactions, utilization and clients from pool records.", width))
 	if uint64(sum.Statements) < merged.Calls {
@@ -255,6 +271,9 @@ type sideScan struct {
 	// findings maps run id to finding id to the finding's latest record.
 	findings  map[string]map[string]rules.Finding
 	statsRuns map[string]bool
+	// lines and records count the lines read and the audit-log records
+	// among them.
+	lines, records int
 }
 
 type poolPoint struct {
@@ -310,7 +329,13 @@ func (sc *sideScan) scan(r io.Reader) error {
 }
 
 func (sc *sideScan) line(line []byte) {
+	if len(bytes.TrimSpace(line)) > 0 {
+		sc.lines++
+	}
 	if t, err := time.Parse(time.RFC3339Nano, stringField(line, tsKey)); err == nil {
+		if stringField(line, recordKey) != "" && stringField(line, runKey) != "" {
+			sc.records++
+		}
 		if sc.minTS.IsZero() || t.Before(sc.minTS) {
 			sc.minTS = t
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -107,6 +108,15 @@ func TestReport(t *testing.T) {
 	if len(d.Findings) != 1 || d.Findings[0].Count != 42 {
 		t.Errorf("merged findings %+v", d.Findings)
 	}
+	// The time tile is summed statement time, and says so (issue 14,
+	// item 3): concurrent statements add up beyond the wall time.
+	tiles := map[string]string{}
+	for _, s := range d.Summary {
+		tiles[s.Label] = s.Value
+	}
+	if _, ok := tiles["total time"]; ok || tiles["statement time (summed)"] == "" || tiles["findings open"] != "1" {
+		t.Errorf("summary tiles %v", d.Summary)
+	}
 	if len(d.Pools) != 2 || !strings.Contains(d.Pools[0].Database, "@run-") {
 		t.Errorf("pools %+v", d.Pools)
 	}
@@ -155,16 +165,30 @@ func TestReportEmptyAndErrors(t *testing.T) {
 	if err := os.WriteFile(p, []byte("junk\n{\"schema\":99}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := BuildReport([]ReportInput{FileInput(p)}, ReportOptions{})
+	// A file without a single audit-log record (issue 14, item 12) is an
+	// error, not an empty report.
+	if _, err := BuildReport([]ReportInput{FileInput(p)}, ReportOptions{}); !errors.Is(err, ErrNotAuditLog) || !strings.Contains(err.Error(), "junk.jsonl") {
+		t.Errorf("junk file: %v", err)
+	}
+	// Junk lines next to audit records are counted, not fatal.
+	good := filepath.Join(t.TempDir(), "audit.jsonl")
+	writeRun(t, good, "run-a", 6, 1)
+	f, err := os.OpenFile(good, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Summary.BadLineCount != 2 || len(rep.Dashboard.Queries) != 0 {
-		t.Errorf("junk report: %+v", rep.Summary)
+	_, _ = f.WriteString("junk\n")
+	_ = f.Close()
+	rep, err := BuildReport([]ReportInput{FileInput(good)}, ReportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Summary.BadLineCount != 1 {
+		t.Errorf("bad lines %d", rep.Summary.BadLineCount)
 	}
 	var buf bytes.Buffer
 	if err := rep.WriteHTML(&buf); err != nil || !strings.Contains(buf.String(), "window.PGAUDIT_DATA") {
-		t.Errorf("junk report HTML: %v", err)
+		t.Errorf("report HTML: %v", err)
 	}
 }
 

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"fmt"
 	"math"
 	"sort"
 	"strconv"
@@ -304,7 +305,10 @@ func queryRow(st analyzer.ShapeStats) QueryRow {
 
 // FindingRow is one finding: SHOW FINDINGS. /api/v1/findings serves the
 // full rules.Finding (with evidence) instead.
+// Status is "open" or "resolved" (with ResolvedAt and Resolution);
+// LastSeen is when the condition was last observed true.
 type FindingRow struct {
+	Status     string    `json:"status"`
 	Severity   string    `json:"severity"`
 	Rule       string    `json:"rule"`
 	Count      int64     `json:"count"`
@@ -314,21 +318,53 @@ type FindingRow struct {
 	Suggestion string    `json:"suggestion"`
 	FirstSeen  time.Time `json:"first_seen"`
 	LastSeen   time.Time `json:"last_seen"`
+	ResolvedAt string    `json:"resolved_at"`
+	Resolution string    `json:"resolution"`
 	ID         string    `json:"id"`
 }
 
 func findingRow(f rules.Finding) FindingRow {
-	return FindingRow{
+	r := FindingRow{
+		Status:   rules.StatusOpen,
 		Severity: f.Severity.String(), Rule: f.Rule, Count: f.Count, Database: f.Database,
 		Message: f.Message, Query: f.Query, Suggestion: f.Suggestion,
-		FirstSeen: f.FirstSeen, LastSeen: f.LastSeen, ID: f.ID,
+		FirstSeen: f.FirstSeen, LastSeen: f.LastSeen, Resolution: f.Resolution, ID: f.ID,
 	}
+	if !f.Open() {
+		r.Status = rules.StatusResolved
+	}
+	if !f.ResolvedAt.IsZero() {
+		r.ResolvedAt = f.ResolvedAt.UTC().Format(time.RFC3339)
+	}
+	return r
 }
 
-// sortFindings orders findings by severity (highest first), then count,
-// then id.
+// filterFindings keeps the findings with status ("open" or "resolved");
+// "" or "all" keeps every one.
+func filterFindings(fs []rules.Finding, status string) ([]rules.Finding, error) {
+	switch status {
+	case "", "all":
+		return fs, nil
+	case rules.StatusOpen, rules.StatusResolved:
+	default:
+		return nil, fmt.Errorf("invalid status %q: want open, resolved or all", status)
+	}
+	out := fs[:0:0]
+	for _, f := range fs {
+		if f.Open() == (status == rules.StatusOpen) {
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+// sortFindings orders findings open first, then by severity (highest
+// first), then count, then id.
 func sortFindings(fs []rules.Finding) {
 	sort.SliceStable(fs, func(i, j int) bool {
+		if fs[i].Open() != fs[j].Open() {
+			return fs[i].Open()
+		}
 		if fs[i].Severity != fs[j].Severity {
 			return fs[i].Severity > fs[j].Severity
 		}
@@ -435,4 +471,19 @@ type VersionRow struct {
 type HelpRow struct {
 	Command     string `json:"command"`
 	Description string `json:"description"`
+}
+
+// findingsSummary returns the dashboard tiles for findings: open and
+// resolved counts.
+func findingsSummary(fs []rules.Finding) []SummaryItem {
+	open := 0
+	for _, f := range fs {
+		if f.Open() {
+			open++
+		}
+	}
+	return []SummaryItem{
+		{"findings open", strconv.Itoa(open)},
+		{"findings resolved", strconv.Itoa(len(fs) - open)},
+	}
 }

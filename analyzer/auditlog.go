@@ -1,10 +1,14 @@
 package analyzer
 
 import (
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash"
 	"io"
 	mrand "math/rand/v2"
 	"net/url"
@@ -74,6 +78,10 @@ type AuditLogConfig struct {
 	// MaxBackups is how many rotated files are kept (path.1 .. path.N).
 	// Default 5; with MaxSize zero it is unused.
 	MaxBackups int
+	// LiteralKey keys the literal_hash of statement records. Default: 32
+	// random bytes per open, never written anywhere (set it only in
+	// tests, for reproducible output).
+	LiteralKey []byte
 	// Sample selects the statements that get a statement record; the zero
 	// value means SampleAll.
 	Sample SampleMode
@@ -129,6 +137,9 @@ type AuditLog struct {
 	runID string
 	now   func() time.Time
 	seq   atomic.Uint64
+	// litKey keys literal_hash (random per open, never written), so the
+	// hash tells values apart within the log without revealing them.
+	litKey [32]byte
 
 	stop     chan struct{}
 	flusher  sync.WaitGroup
@@ -193,6 +204,11 @@ func OpenAuditLog(cfg AuditLogConfig) (*AuditLog, error) {
 		runID: cfg.RunID,
 		now:   cfg.Now,
 		stop:  make(chan struct{}),
+	}
+	if len(cfg.LiteralKey) > 0 {
+		copy(a.litKey[:], cfg.LiteralKey)
+	} else {
+		_, _ = rand.Read(a.litKey[:])
 	}
 	if bufBytes > 0 {
 		a.flusher.Add(1)
@@ -311,6 +327,11 @@ func (a *AuditLog) WriteStatement(an *Analyzed) {
 	if ev.NumParams != 0 {
 		e = e.Int("num_params", ev.NumParams)
 	}
+	if ev.ParamHash == 0 && ev.NumParams == 0 && ev.Kind == KindStatement {
+		if h := literalHash(&a.litKey, ev.Text); h != 0 {
+			e = e.Bytes("literal_hash", Fingerprint(h).appendHex(scratch[:0]))
+		}
+	}
 	if an.TraceParent != "" {
 		e = e.Str("traceparent", an.TraceParent)
 	}
@@ -331,7 +352,7 @@ func (a *AuditLog) WriteStatement(an *Analyzed) {
 	if a.cfg.LogParameters {
 		e = e.Str("text", ev.Text)
 		if ev.Params != nil {
-			e = e.Strs("params", ev.Params)
+			e = e.Strs("params", loggableParams(ev.Params))
 		}
 	}
 	e.Send()
@@ -468,4 +489,33 @@ func parseHexUint(s string) (uint64, error) {
 		return 0, fmt.Errorf("invalid hex value %q: %w", s, err)
 	}
 	return v, nil
+}
+
+// literalHash returns a keyed hash (HMAC-SHA-256, 64 bits) of the literal
+// values of a statement, in order, or 0 when it has none. Statements of
+// one shape with other literals get other hashes, so lint can count the
+// distinct values of a simple-protocol N+1 loop from the audit log as the
+// proxy does from the statements; the values cannot be recovered without
+// the key, which is never written.
+func literalHash(key *[32]byte, text string) uint64 {
+	var m hash.Hash
+	l := newLexer(text)
+	for {
+		kind, s, e, ok := l.next()
+		if !ok {
+			break
+		}
+		if kind != tokString && kind != tokNumber {
+			continue
+		}
+		if m == nil {
+			m = hmac.New(sha256.New, key[:])
+		}
+		m.Write([]byte(text[s:e]))
+		m.Write([]byte{0})
+	}
+	if m == nil {
+		return 0
+	}
+	return max(binary.BigEndian.Uint64(m.Sum(nil)), 1)
 }

@@ -106,6 +106,7 @@ type auditRecord struct {
 	Fingerprint     string            `json:"fingerprint"`
 	Query           string            `json:"query"`
 	ParamHash       string            `json:"param_hash"`
+	LiteralHash     string            `json:"literal_hash"`
 	NumParams       int               `json:"num_params"`
 	TraceParent     string            `json:"traceparent"`
 	Protocol        string            `json:"protocol"`
@@ -300,6 +301,15 @@ func (rec *auditRecord) event(run uint64) (*Event, error) {
 		h, err := parseHexUint(rec.ParamHash)
 		if err != nil {
 			return nil, fmt.Errorf("statement record: param_hash: %w", err)
+		}
+		ev.ParamHash = h
+	}
+	if rec.LiteralHash != "" && rec.NumParams == 0 && ev.ParamHash == 0 {
+		// Simple protocol: the literal values' hash stands for the
+		// parameters (NumParams stays 0).
+		h, err := parseHexUint(rec.LiteralHash)
+		if err != nil {
+			return nil, fmt.Errorf("statement record: literal_hash: %w", err)
 		}
 		ev.ParamHash = h
 	}

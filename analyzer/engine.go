@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,12 +48,22 @@ type EngineConfig struct {
 	// Now is the clock for sweeps and pool facts without a time, for
 	// tests; default time.Now.
 	Now func() time.Time
+	// ResolveAfter is how long an open finding of an event-driven rule
+	// (n-plus-one, txn-pooling-unsafe), or of a shape rule (slow-query,
+	// seq-scan, missing-index) whose shape stopped running, stays open
+	// without being seen again before it is resolved. Default 15m. Only
+	// the goroutine started by Start resolves by age.
+	ResolveAfter time.Duration
+	// WholeInput (lint) judges the whole input at once: slow-query over
+	// every execution instead of the recent window, and no resolution.
+	WholeInput bool
 }
 
 const (
 	defaultEvalInterval  = 10 * time.Second
 	defaultSweepInterval = time.Second
 	defaultIgnoreCache   = 10000
+	defaultResolveAfter  = 15 * time.Minute
 )
 
 // EngineCounters are an engine's cumulative counters.
@@ -64,8 +75,11 @@ type EngineCounters struct {
 	// Suppressed counts findings dropped by a disabled rule, a config
 	// ignore entry or an inline pgaudit:ignore comment.
 	Suppressed uint64 `json:"suppressed"`
-	// Reported counts finding records written (new or changed findings).
+	// Reported counts finding records written (new, changed or resolved
+	// findings).
 	Reported uint64 `json:"reported"`
+	// Resolved counts findings resolved (their condition was gone).
+	Resolved uint64 `json:"resolved"`
 	// Sessions is the number of client sessions the N+1 detector tracks
 	// now.
 	Sessions int `json:"sessions"`
@@ -87,18 +101,20 @@ type EngineCounters struct {
 // slow-query once more) and Stop. Every method is safe for concurrent
 // use.
 type Engine struct {
-	cfg      rules.Config
-	stats    *Stats
-	audit    *AuditLog
-	store    *rules.Store
-	detector *NPlusOneDetector
-	ignores  *lru[Fingerprint, []string]
-	log      zerolog.Logger
-	now      func() time.Time
-	every    time.Duration
-	sweep    time.Duration
+	cfg          rules.Config
+	stats        *Stats
+	audit        *AuditLog
+	store        *rules.Store
+	detector     *NPlusOneDetector
+	ignores      *lru[Fingerprint, []string]
+	log          zerolog.Logger
+	now          func() time.Time
+	every        time.Duration
+	sweep        time.Duration
+	resolveAfter time.Duration
+	whole        bool
 
-	raised, suppressed, reported atomic.Uint64
+	raised, suppressed, reported, resolved atomic.Uint64
 
 	startOnce sync.Once
 	stopOnce  sync.Once
@@ -125,18 +141,23 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.ResolveAfter <= 0 {
+		cfg.ResolveAfter = defaultResolveAfter
+	}
 	e := &Engine{
-		cfg:     rc,
-		stats:   cfg.Stats,
-		audit:   cfg.AuditLog,
-		store:   rules.NewStore(cfg.Store),
-		ignores: newLRU[Fingerprint, []string](cfg.IgnoreCacheSize),
-		log:     cfg.Logger,
-		now:     cfg.Now,
-		every:   cfg.EvalInterval,
-		sweep:   cfg.SweepInterval,
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		cfg:          rc,
+		stats:        cfg.Stats,
+		audit:        cfg.AuditLog,
+		store:        rules.NewStore(cfg.Store),
+		ignores:      newLRU[Fingerprint, []string](cfg.IgnoreCacheSize),
+		log:          cfg.Logger,
+		now:          cfg.Now,
+		every:        cfg.EvalInterval,
+		sweep:        cfg.SweepInterval,
+		resolveAfter: cfg.ResolveAfter,
+		whole:        cfg.WholeInput,
+		stop:         make(chan struct{}),
+		done:         make(chan struct{}),
 	}
 	dc := cfg.Detector
 	dc.Rule = rc.NPlusOne
@@ -197,7 +218,70 @@ func (e *Engine) ObservePool(f rules.PoolFacts) {
 	if f.At.IsZero() {
 		f.At = e.now()
 	}
-	e.record(rules.EvaluatePoolSaturation(f, e.cfg.PoolSaturation), false, nil)
+	fin := rules.EvaluatePoolSaturation(f, e.cfg.PoolSaturation)
+	if fin == nil {
+		e.resolve(rules.StableID(rules.IDPoolSaturation, f.Database+"/"+f.User), f.At,
+			fmt.Sprintf("%.0f%% of %d servers busy and %d of %d acquisitions queued over the last %.0fs, below the thresholds",
+				f.Utilization*100, f.Size, f.Waits, f.Acquires, f.Window.Seconds()))
+		return
+	}
+	e.record(fin, false, nil)
+}
+
+// resolve resolves the open finding id and writes its record.
+func (e *Engine) resolve(id string, at time.Time, reason string) {
+	if f, ch := e.store.Resolve(id, at, reason); ch == rules.Resolved {
+		e.reportResolved(f)
+	}
+}
+
+func (e *Engine) reportResolved(f rules.Finding) {
+	e.resolved.Add(1)
+	e.reported.Add(1)
+	if e.audit != nil {
+		if err := e.audit.WriteFinding(f); err != nil {
+			e.log.Error().Err(err).Str("finding", f.ID).Msg("write finding record")
+		}
+	}
+}
+
+// ResolvePlan resolves the open seq-scan and missing-index findings of a
+// shape (fingerprint fp) that a new EXPLAIN of the shape, made at at, no
+// longer produced; keep holds the ids it did produce.
+func (e *Engine) ResolvePlan(fp string, keep []string, at time.Time) {
+	for _, f := range e.store.ResolveIf(at, func(f *rules.Finding) string {
+		if f.Fingerprint != fp || (f.Rule != rules.IDSeqScan && f.Rule != rules.IDMissingIndex) || slices.Contains(keep, f.ID) {
+			return ""
+		}
+		return "the shape's plan no longer shows it (explained again at " + at.UTC().Format(time.DateTime) + " UTC)"
+	}) {
+		e.reportResolved(f)
+	}
+}
+
+// ResolveStale resolves, as of now, the open findings not seen for
+// ResolveAfter: n-plus-one and txn-pooling-unsafe by their own last
+// occurrence; slow-query, seq-scan and missing-index by their shape's
+// latest execution (lastRun, from the statistics; the finding's LastSeen
+// when the shape is unknown); pool-saturation by its last evaluation.
+// Start calls it every EvalInterval.
+func (e *Engine) ResolveStale(now time.Time, lastRun map[string]time.Time) {
+	cutoff := now.Add(-e.resolveAfter)
+	for _, f := range e.store.ResolveIf(now, func(f *rules.Finding) string {
+		last := f.LastSeen
+		switch f.Rule {
+		case rules.IDSlowQuery, rules.IDSeqScan, rules.IDMissingIndex:
+			if t, ok := lastRun[f.Fingerprint]; ok && t.After(last) {
+				last = t
+			}
+		}
+		if last.IsZero() || !last.Before(cutoff) {
+			return ""
+		}
+		return fmt.Sprintf("not seen for %s (last %s UTC)", e.resolveAfter, last.UTC().Format(time.DateTime))
+	}) {
+		e.reportResolved(f)
+	}
 }
 
 // Report stores a finding built outside the engine (the EXPLAIN sampler's
@@ -214,8 +298,15 @@ func (e *Engine) EvaluateSlowQueries() {
 	if e.stats == nil || !e.cfg.SlowQuery.IsEnabled() {
 		return
 	}
-	for _, st := range e.stats.TopShapes(ByTotalTime, 0) {
-		if st.Fingerprint == 0 || st.Calls < uint64(e.cfg.SlowQuery.MinCalls) {
+	e.evaluateSlowQueries(e.stats.TopShapes(ByTotalTime, 0))
+}
+
+// evaluateSlowQueries runs slow-query over shapes: over their recent
+// window (proxy mode), resolving an open finding whose shape's recent p99
+// is below the threshold; over every execution with WholeInput (lint).
+func (e *Engine) evaluateSlowQueries(shapes []ShapeStats) {
+	for _, st := range shapes {
+		if st.Fingerprint == 0 {
 			continue
 		}
 		f := rules.ShapeFacts{
@@ -236,6 +327,23 @@ func (e *Engine) EvaluateSlowQueries() {
 		}
 		if len(st.Apps) > 0 {
 			f.ApplicationName = st.Apps[0].Name
+		}
+		if !e.whole {
+			f.TotalCalls = st.Calls
+			f.Calls, f.Total, f.Max = st.RecentCalls, st.RecentTotal, st.RecentMax
+			f.P50, f.P90, f.P99 = st.RecentP50, st.RecentP90, st.RecentP99
+			f.Mean = 0
+			if f.Calls > 0 {
+				f.Mean = f.Total / time.Duration(f.Calls)
+			}
+			f.WindowStart, f.WindowEnd = st.RecentSince, st.RecentUntil
+			if reason := rules.SlowQueryCleared(f, e.cfg.SlowQuery); reason != "" {
+				e.resolve(rules.StableID(rules.IDSlowQuery, f.Fingerprint), e.now(), reason)
+				continue
+			}
+		}
+		if f.Calls < uint64(e.cfg.SlowQuery.MinCalls) {
+			continue
 		}
 		e.record(rules.EvaluateSlowQuery(f, e.cfg.SlowQuery), true, nil)
 	}
@@ -315,6 +423,7 @@ func (e *Engine) Counters() EngineCounters {
 		Raised:     e.raised.Load(),
 		Suppressed: e.suppressed.Load(),
 		Reported:   e.reported.Load(),
+		Resolved:   e.resolved.Load(),
 		Sessions:   e.detector.Sessions(),
 	}
 }
@@ -348,9 +457,28 @@ func (e *Engine) run(ctx context.Context) {
 		case <-sweep.C:
 			e.Sweep(e.now())
 		case <-eval.C:
-			e.EvaluateSlowQueries()
+			e.evaluate()
 		}
 	}
+}
+
+// evaluate runs slow-query over the recent window and resolves stale
+// findings (proxy mode's periodic evaluation).
+func (e *Engine) evaluate() {
+	var shapes []ShapeStats
+	if e.stats != nil {
+		shapes = e.stats.TopShapes(ByTotalTime, 0)
+	}
+	if e.cfg.SlowQuery.IsEnabled() {
+		e.evaluateSlowQueries(shapes)
+	}
+	last := make(map[string]time.Time, len(shapes))
+	for _, st := range shapes {
+		if st.Fingerprint != 0 {
+			last[st.Fingerprint.String()] = st.LastSeen
+		}
+	}
+	e.ResolveStale(e.now(), last)
 }
 
 // Stop stops the goroutine started by Start and waits for it. It is

@@ -113,8 +113,10 @@ type Event struct {
 	ParamHash uint64
 	// NumParams is the number of bound parameters.
 	NumParams int
-	// Params holds the parameter values in text form, only when the
-	// operator enabled parameter capture. They must never be logged unless
+	// Params holds the parameter values, only when the operator enabled
+	// parameter capture: a text-format value as sent, a binary-format one
+	// as BinaryParamPrefix followed by its bytes (decoded by type OID
+	// before use, see DecodeParams). They must never be logged unless
 	// log_parameters is on.
 	Params []string
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -230,7 +231,7 @@ func NewExplainer(cfg ExplainConfig) (*Explainer, error) {
 		pc.RuntimeParams = map[string]string{}
 	}
 	if _, ok := pc.RuntimeParams["application_name"]; !ok {
-		pc.RuntimeParams["application_name"] = "pgaudit-explain"
+		pc.RuntimeParams["application_name"] = ExplainApplicationName
 	}
 	if _, ok := pc.RuntimeParams["default_transaction_read_only"]; !ok {
 		pc.RuntimeParams["default_transaction_read_only"] = "on"
@@ -431,6 +432,11 @@ type TableInfo struct {
 	Deleted     int64 // n_tup_del
 	SeqTupRead  int64 // seq_tup_read
 	IdxTupFetch int64 // idx_tup_fetch (0 when NULL)
+	// StatsSeconds is the time the counters cover: since the database's
+	// statistics were reset, or since the server started when they never
+	// were (Postgres 15 keeps counters across clean restarts, so this may
+	// be short and the rates high).
+	StatsSeconds float64
 }
 
 // WriteShare is rules.WriteShare over the table's counters.
@@ -590,6 +596,11 @@ func (w *withheldError) Error() string {
 // Unwrap returns the original error.
 func (w *withheldError) Unwrap() error { return w.err }
 
+// ExplainApplicationName is the application_name of the explainer's
+// connections (unless its DSN sets one): pgaudit lint skips statements
+// logged with it, its own EXPLAINs read back from the Postgres log.
+const ExplainApplicationName = "pgaudit-explain"
+
 // explainSession is one Inspect call on one connection.
 type explainSession struct {
 	e        *Explainer
@@ -681,7 +692,17 @@ func (s *explainSession) plan(ctx context.Context, opts InspectOptions) (*Inspec
 		}
 		seen[key] = true
 		if s.mode == ModeParams || s.literal {
-			sc.Filter = RedactLiterals(sc.Filter)
+			// The values stand for $1..$n (the bound parameters), then
+			// for the statement's literals in order, as pg_query numbers
+			// them when it normalizes.
+			var vals []string
+			if s.mode == ModeParams {
+				vals = slices.Clone(s.params)
+			}
+			if s.literal {
+				vals = append(vals, literalValues(s.st.Query)...)
+			}
+			sc.Filter = RedactLiteralsAs(sc.Filter, vals)
 		}
 		rep := ScanReport{SeqScan: sc}
 		ti, err := s.tableInfo(ctx, sc.Schema, sc.Relation)
@@ -728,7 +749,19 @@ func (s *explainSession) explain(ctx context.Context) ([]byte, *Plan, error) {
 	switch s.mode {
 	case ModeParams:
 		// Extended protocol: one statement by construction, values bound
-		// as text with types inferred by the server.
+		// as text with types inferred by the server. Values the client
+		// sent in binary format are decoded by those types first.
+		if HasBinaryParams(s.params) {
+			sd, err := s.conn.PgConn().Prepare(ctx, "", opts+") "+s.st.Query, nil)
+			if err != nil {
+				return nil, nil, err
+			}
+			p, err := DecodeParams(s.params, sd.ParamOIDs)
+			if err != nil {
+				return nil, nil, err
+			}
+			s.params = p
+		}
 		vals := make([][]byte, len(s.params))
 		for i, p := range s.params {
 			vals[i] = []byte(p)
@@ -1014,9 +1047,12 @@ func (s *explainSession) tableInfo(ctx context.Context, schema, name string) (*T
 	}
 
 	err = s.conn.QueryRow(ctx, `SELECT n_tup_ins, n_tup_upd, n_tup_del,
-			COALESCE(seq_tup_read, 0), COALESCE(idx_tup_fetch, 0)
+			COALESCE(seq_tup_read, 0), COALESCE(idx_tup_fetch, 0),
+			EXTRACT(epoch FROM pg_catalog.now() - COALESCE(
+				(SELECT d.stats_reset FROM pg_catalog.pg_stat_database d WHERE d.datname = pg_catalog.current_database()),
+				pg_catalog.pg_postmaster_start_time()))::float8
 		FROM pg_catalog.pg_stat_user_tables WHERE relid = $1`, ti.OID).
-		Scan(&ti.Inserted, &ti.Updated, &ti.Deleted, &ti.SeqTupRead, &ti.IdxTupFetch)
+		Scan(&ti.Inserted, &ti.Updated, &ti.Deleted, &ti.SeqTupRead, &ti.IdxTupFetch, &ti.StatsSeconds)
 	switch {
 	case err == nil:
 		ti.StatsKnown = true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,11 +33,24 @@ type SamplerConfig struct {
 	// not filtered by Rules' ignore entries or severities: pass them
 	// through rules.Config.Apply.
 	Emit func(*rules.Finding)
+	// Explained, when set, is called after each shape explained
+	// successfully with its fingerprint and the ids of the findings the
+	// new plan produced (after Emit), so findings the plan no longer
+	// shows can be resolved (Engine.ResolvePlan).
+	Explained func(fingerprint string, ids []string, at time.Time)
 	// Rules supplies the seq-scan and missing-index thresholds; a rule
 	// disabled here is not evaluated (both disabled: nothing is explained).
 	Rules rules.Config
 	// Interval is how often a round runs. Default 30s.
 	Interval time.Duration
+	// TriggerCost: a shape not yet explained whose statements have taken
+	// this much time altogether (since the sampler first saw it) starts a
+	// round at once, without waiting for Interval. Default 100ms; negative
+	// turns triggering off.
+	TriggerCost time.Duration
+	// MinRoundGap is the least time between the end of one round and the
+	// start of a triggered one (rate limit). Default 2s.
+	MinRoundGap time.Duration
 	// ExplainInterval is how long a shape rests after being checked.
 	// Default 10 minutes.
 	ExplainInterval time.Duration
@@ -58,6 +72,8 @@ type SamplerConfig struct {
 
 const (
 	defaultSamplerInterval = 30 * time.Second
+	defaultTriggerCost     = 100 * time.Millisecond
+	defaultMinRoundGap     = 2 * time.Second
 	defaultExplainInterval = 10 * time.Minute
 	defaultSamplerTop      = 50
 	defaultSamplerPerRound = 10
@@ -105,6 +121,11 @@ type Sampler struct {
 	// userCode holds the shapes whose check found user code: they are
 	// never explained again (bounded like seen).
 	userCode *lru[Fingerprint, struct{}]
+	// trigger asks Run for a round now (a shape has cost TriggerCost).
+	trigger chan struct{}
+	// checkedFPs mirrors checked's keys for Observe, which must not
+	// wait for a round's lock.
+	checkedFPs sync.Map
 
 	rounds, shapes, refused, failed, timeouts, findings, userCodeN atomic.Uint64
 }
@@ -127,6 +148,10 @@ type shapeExample struct {
 	// refused with a privilege error: not explained until that or another
 	// user runs it successfully.
 	denied bool
+	// cost is the time the shape's statements took since the sampler saw
+	// it (nanoseconds); triggered says it already asked for a round.
+	cost      atomic.Int64
+	triggered atomic.Bool
 }
 
 // exampleRefresh is how long a shape's example with parameters is kept
@@ -170,6 +195,12 @@ func NewSampler(cfg SamplerConfig) (*Sampler, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.TriggerCost == 0 {
+		cfg.TriggerCost = defaultTriggerCost
+	}
+	if cfg.MinRoundGap <= 0 {
+		cfg.MinRoundGap = defaultMinRoundGap
+	}
 	cfg.Rules = cfg.Rules.WithDefaults()
 	return &Sampler{
 		cfg:      cfg,
@@ -178,6 +209,7 @@ func NewSampler(cfg SamplerConfig) (*Sampler, error) {
 		seen:     newLRU[Fingerprint, *shapeExample](cfg.ExampleSlots),
 		userCode: newLRU[Fingerprint, struct{}](cfg.ExampleSlots),
 		checked:  make(map[Fingerprint]time.Time),
+		trigger:  make(chan struct{}, 1),
 	}, nil
 }
 
@@ -204,17 +236,20 @@ func (s *Sampler) Observe(a *Analyzed) {
 	if a.Event.SQLState == "" && len(a.Event.Text) <= maxExampleText && a.Event.Protocol != ProtocolLog {
 		text = a.Event.Text
 	}
+	if ok {
+		s.account(a.Shape.Fingerprint, old, a.Event.Duration)
+	}
 	if len(a.Event.Params) > 0 && a.Event.SQLState == "" {
 		if ok && old.database == db && old.user == user && old.params != nil && a.Event.Start.Sub(old.at) < exampleRefresh {
 			return // a recent example with parameters is held
 		}
-		s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, user: user, params: slices.Clone(a.Event.Params), text: text, at: a.Event.Start})
+		s.seen.add(a.Shape.Fingerprint, s.carry(old, &shapeExample{database: db, user: user, params: slices.Clone(a.Event.Params), text: text, at: a.Event.Start}, ok))
 		return
 	}
 	if ok && !old.denied && old.database == db && old.user == user {
 		return // keep the example already held
 	}
-	s.seen.add(a.Shape.Fingerprint, &shapeExample{database: db, user: user, text: text, at: a.Event.Start})
+	s.seen.add(a.Shape.Fingerprint, s.carry(old, &shapeExample{database: db, user: user, text: text, at: a.Event.Start}, ok))
 }
 
 // PrivilegeError reports whether a SQLSTATE is a privilege or
@@ -234,6 +269,34 @@ func PrivilegeError(sqlstate string) bool {
 	return false
 }
 
+// carry moves the cost bookkeeping of the example old (when ok) to its
+// replacement ex.
+func (s *Sampler) carry(old, ex *shapeExample, ok bool) *shapeExample {
+	if ok {
+		ex.cost.Store(old.cost.Load())
+		ex.triggered.Store(old.triggered.Load())
+	}
+	return ex
+}
+
+// account adds d to the shape's cost and asks for a round when a shape not
+// yet explained crosses TriggerCost.
+func (s *Sampler) account(fp Fingerprint, ex *shapeExample, d time.Duration) {
+	if s.cfg.TriggerCost < 0 || ex.triggered.Load() {
+		return
+	}
+	if time.Duration(ex.cost.Add(int64(max(d, 0)))) < s.cfg.TriggerCost {
+		return
+	}
+	if _, done := s.checkedFPs.Load(fp); done || ex.triggered.Swap(true) {
+		return
+	}
+	select {
+	case s.trigger <- struct{}{}:
+	default: // a round is already asked for
+	}
+}
+
 // Counters returns the cumulative counters. Safe to call at any time.
 func (s *Sampler) Counters() SamplerCounters {
 	return SamplerCounters{
@@ -243,17 +306,29 @@ func (s *Sampler) Counters() SamplerCounters {
 	}
 }
 
-// Run runs a round at once and then every Interval until ctx ends; it
-// returns nil then. A failing shape is logged and counted, never fatal.
+// Run runs a round at once, then every Interval, and sooner when a shape
+// not yet explained has cost TriggerCost (at most one round per
+// MinRoundGap), until ctx ends; it returns nil then. A failing shape is
+// logged and counted, never fatal. Shapes still pending when ctx ends are
+// left to the caller: RunOnce with a bounded context at shutdown.
 func (s *Sampler) Run(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
 	for {
 		s.RunOnce(ctx)
+		last := time.Now()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-s.trigger:
+			gap := time.NewTimer(max(s.cfg.MinRoundGap-time.Since(last), 0))
+			select {
+			case <-ctx.Done():
+				gap.Stop()
+				return nil
+			case <-gap.C:
+			}
 		}
 	}
 }
@@ -272,6 +347,11 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 	for fp, at := range s.checked {
 		if now.Sub(at) >= s.cfg.ExplainInterval {
 			delete(s.checked, fp)
+			s.checkedFPs.Delete(fp)
+			if ex, ok := s.seen.get(fp); ok {
+				ex.cost.Store(0)
+				ex.triggered.Store(false)
+			}
 		}
 	}
 	done, tried := 0, 0
@@ -288,9 +368,9 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 		if _, ok := s.userCode.get(sh.Fingerprint); ok {
 			continue
 		}
-		var ex shapeExample
+		ex := &shapeExample{}
 		if e, ok := s.seen.get(sh.Fingerprint); ok {
-			ex = *e
+			ex = e // its fields but the counters are never modified
 		}
 		if ex.denied {
 			continue
@@ -303,7 +383,14 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 			continue
 		}
 		s.checked[sh.Fingerprint] = now
+		s.checkedFPs.Store(sh.Fingerprint, struct{}{})
 		if _, err := CheckExplainable(sh.Query); err != nil {
+			s.refused.Add(1)
+			continue
+		}
+		if ex.text == "" && positionalParamRef(sh.Query) {
+			// Normalization turned GROUP BY 1 / ORDER BY 2 into $n; without
+			// the original text the statement no longer means the same.
 			s.refused.Add(1)
 			continue
 		}
@@ -335,16 +422,22 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 			if errors.Is(err, ErrExplainTimeout) {
 				s.timeouts.Add(1)
 			}
-			s.log.Warn().Err(err).Str("fingerprint", sh.Fingerprint.String()).Msg("explain sampler: shape not checked")
+			// The explainer logged the failure (once, with its SQLSTATE).
+			s.log.Debug().Err(err).Str("fingerprint", sh.Fingerprint.String()).Msg("explain sampler: shape not checked")
 			continue
 		}
 		done++
+		var ids []string
 		for _, f := range PlanFindings(&sh, ex.database, in, s.cfg.Rules) {
 			if (f.Rule == rules.IDSeqScan && !seqOn) || (f.Rule == rules.IDMissingIndex && !idxOn) {
 				continue
 			}
 			s.findings.Add(1)
+			ids = append(ids, f.ID)
 			s.cfg.Emit(f)
+		}
+		if s.cfg.Explained != nil {
+			s.cfg.Explained(sh.Fingerprint.String(), ids, s.now())
 		}
 	}
 	return done
@@ -385,6 +478,7 @@ func PlanFindings(sh *ShapeStats, database string, in *Inspection, cfg rules.Con
 			ScanCost:              rep.Cost,
 			PlanCost:              in.Plan.TotalCost(),
 			Parallel:              rep.Parallel,
+			RowsPerProcess:        rep.NodeRows,
 			GenericPlan:           in.Mode.Generic(),
 			PlanExcerpt:           rep.Excerpt(),
 		}
@@ -415,7 +509,7 @@ func PlanFindings(sh *ShapeStats, database string, in *Inspection, cfg rules.Con
 			RowsDeleted:     ti.Deleted,
 			RowsReadSeq:     ti.SeqTupRead,
 			RowsFetchedIdx:  ti.IdxTupFetch,
-			TableWriteShare: ti.WriteShare(),
+			StatsSeconds:    ti.StatsSeconds,
 			ExistingIndexes: len(ti.Indexes),
 		}
 		if fd := rules.EvaluateMissingIndex(fi, cfg.MissingIndex); fd != nil {
@@ -423,4 +517,47 @@ func PlanFindings(sh *ShapeStats, database string, in *Inspection, cfg rules.Con
 		}
 	}
 	return out
+}
+
+// positionalParamRef reports whether a normalized statement has a
+// parameter as a GROUP BY or ORDER BY item ("GROUP BY $1"): normalization
+// made it from a column position, and EXPLAIN of it would fail or mean
+// something else.
+func positionalParamRef(q string) bool {
+	l := newLexer(q)
+	var prev string // previous significant token, upper-cased when an ident
+	inList := false
+	for {
+		kind, s, e, ok := l.next()
+		if !ok {
+			return false
+		}
+		if kind == tokSpace || kind == tokComment {
+			continue
+		}
+		tok := q[s:e]
+		switch kind {
+		case tokIdent:
+			up := strings.ToUpper(tok)
+			if up == "BY" && (prev == "GROUP" || prev == "ORDER") {
+				inList = true
+			} else if inList && prev != "," && prev != "BY" {
+				switch up {
+				case "HAVING", "LIMIT", "OFFSET", "WINDOW", "FOR", "UNION", "INTERSECT", "EXCEPT", "FETCH":
+					inList = false
+				}
+			}
+			prev = up
+			continue
+		case tokParam:
+			if inList && (prev == "BY" || prev == ",") {
+				return true
+			}
+		case tokOther:
+			if tok == ")" || tok == ";" {
+				inList = false
+			}
+		}
+		prev = tok
+	}
 }

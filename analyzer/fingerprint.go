@@ -18,9 +18,12 @@ import (
 // Fingerprint identifies a query shape: pg_query's 64-bit fingerprint of the
 // statement, which ignores literal values, parameter numbers, comments,
 // whitespace and the length of constant lists (IN (1,2) and IN (1,2,3) share
-// one). A statement pg_query cannot parse gets a fallback fingerprint (see
-// Shape.Fallback). Its text form is 16 lowercase hex digits, the same as
-// pg_query.Fingerprint returns.
+// one). pg_query also gives "col = $1" and "col IN ($1, ...)" one
+// fingerprint; pgaudit keeps them apart (a point lookup repeated per row and
+// its batched form are different shapes for the rules), so a statement with
+// an IN list has pg_query's fingerprint XOR inListMix. A statement pg_query
+// cannot parse gets a fallback fingerprint (see Shape.Fallback). Its text
+// form is 16 lowercase hex digits.
 type Fingerprint uint64
 
 // String returns the fingerprint as 16 lowercase hex digits.
@@ -298,7 +301,7 @@ func (f *Fingerprinter) counted(s *Shape) *Shape {
 // one shape (other literals, case, whitespace) share its first normalized
 // text, and Normalize (a second cgo call) runs once per shape.
 func (f *Fingerprinter) parse(text string, key []byte) *Shape {
-	fp, err := pg_query.FingerprintToUInt64(text)
+	fp, err := fingerprintOf(text)
 	if err != nil {
 		f.parseErrors.Add(1)
 		ffp := keyHash(key)
@@ -361,5 +364,44 @@ func (f *Fingerprinter) Stats() FingerprintStats {
 		KeyEntries:      ke,
 		TextEvictions:   tev,
 		KeyEvictions:    kev,
+	}
+}
+
+// fingerprintOf returns the fingerprint of a statement pg_query parses:
+// pg_query's, with inListMix for an IN list.
+func fingerprintOf(text string) (uint64, error) {
+	fp, err := pg_query.FingerprintToUInt64(text)
+	if err == nil && hasInList(text) {
+		fp ^= inListMix
+	}
+	return fp, err
+}
+
+// inListMix marks the fingerprint of a statement with an IN (...) list.
+const inListMix = 0x6a09e667f3bcc909
+
+// hasInList reports whether text has the keyword IN followed by "(" (an
+// IN list or IN subquery; NOT IN included), outside literals, quoted
+// identifiers and comments.
+func hasInList(text string) bool {
+	l := newLexer(text)
+	afterIn := false
+	for {
+		kind, s, e, ok := l.next()
+		if !ok {
+			return false
+		}
+		switch kind {
+		case tokSpace, tokComment:
+			continue
+		case tokIdent:
+			afterIn = e-s == 2 && (text[s]|0x20) == 'i' && (text[s+1]|0x20) == 'n'
+			continue
+		case tokOther:
+			if afterIn && text[s] == '(' {
+				return true
+			}
+		}
+		afterIn = false
 	}
 }

@@ -109,7 +109,7 @@ func TestFingerprintSameShape(t *testing.T) {
 					t.Errorf("%v group %d: normalized %q, want %q", proto, gi, sh.Normalized, first.Normalized)
 				}
 				// The cache must agree with pg_query itself.
-				want, err := pg_query.FingerprintToUInt64(text)
+				want, err := fingerprintOf(text)
 				if err != nil || Fingerprint(want) != sh.Fingerprint {
 					t.Errorf("%v: cached fingerprint of %q is %s, pg_query says %016x (%v)", proto, text, sh.Fingerprint, want, err)
 				}
@@ -147,14 +147,53 @@ func TestFingerprintDifferentShapes(t *testing.T) {
 		for _, p := range pairs {
 			a, _ := f.Lookup(p[0], proto)
 			b, _ := f.Lookup(p[1], proto)
-			wa, _ := pg_query.FingerprintToUInt64(p[0])
-			wb, _ := pg_query.FingerprintToUInt64(p[1])
+			wa, _ := fingerprintOf(p[0])
+			wb, _ := fingerprintOf(p[1])
 			if Fingerprint(wa) != a.Fingerprint || Fingerprint(wb) != b.Fingerprint {
 				t.Errorf("%v: %q/%q → %s/%s, pg_query says %016x/%016x", proto, p[0], p[1], a.Fingerprint, b.Fingerprint, wa, wb)
 			}
 			if (wa == wb) != (a.Fingerprint == b.Fingerprint) {
 				t.Errorf("%v: %q and %q: equal fingerprints %v, want %v", proto, p[0], p[1], a.Fingerprint == b.Fingerprint, wa == wb)
 			}
+		}
+	}
+}
+
+// TestFingerprintPointVsInList (issue 14, item 6): "id = $1" and
+// "id IN ($1, ...)" are different shapes (pg_query gives them one
+// fingerprint), each with its own normalized text; IN lists of any length
+// stay one shape.
+func TestFingerprintPointVsInList(t *testing.T) {
+	for _, proto := range []Protocol{ProtocolSimple, ProtocolExtended} {
+		f := NewFingerprinter(FingerprintConfig{})
+		in1, _ := f.Lookup(`SELECT "authors".* FROM "authors" WHERE "authors"."id" IN ($1, $2, $3)`, proto)
+		eq, _ := f.Lookup(`SELECT "authors".* FROM "authors" WHERE "authors"."id" = $1`, proto)
+		in2, _ := f.Lookup(`select "authors".* from "authors" where "authors"."id" in ($1,$2)`, proto)
+		in3, _ := f.Lookup(`SELECT "authors".* FROM "authors" WHERE "authors"."id" NOT IN (1, 2)`, proto)
+		if eq.Fingerprint == in1.Fingerprint {
+			t.Errorf("%v: = and IN share fingerprint %s", proto, eq.Fingerprint)
+		}
+		if in1.Fingerprint != in2.Fingerprint {
+			t.Errorf("%v: IN lists of two lengths differ: %s %s", proto, in1.Fingerprint, in2.Fingerprint)
+		}
+		if strings.Contains(eq.Normalized, " IN ") || !strings.Contains(in1.Normalized, " IN (") {
+			t.Errorf("%v: texts %q / %q", proto, eq.Normalized, in1.Normalized)
+		}
+		if in3.Fingerprint == eq.Fingerprint || in3.Fingerprint == in1.Fingerprint {
+			t.Errorf("%v: NOT IN conflated", proto)
+		}
+	}
+	for q, want := range map[string]bool{
+		"SELECT * FROM t WHERE a IN (1)":         true,
+		"SELECT * FROM t WHERE a in(select 1)":   true,
+		"SELECT * FROM t WHERE a = 'IN ('":       false,
+		`SELECT "in" FROM t WHERE b = 1`:         false,
+		"SELECT * FROM t /* IN ( */ WHERE a = 1": false,
+		"SELECT * FROM t WHERE a = ANY($1)":      false,
+		"SELECT min(x) FROM t WHERE a = 1":       false,
+	} {
+		if got := hasInList(q); got != want {
+			t.Errorf("hasInList(%q) = %v", q, got)
 		}
 	}
 }
@@ -509,8 +548,8 @@ func TestKeySafetyAgreesWithPgQuery(t *testing.T) {
 	}
 	for _, p := range pairs {
 		r1, r2 := scanStatement(nil, p[0]), scanStatement(nil, p[1])
-		f1, _ := pg_query.FingerprintToUInt64(p[0])
-		f2, _ := pg_query.FingerprintToUInt64(p[1])
+		f1, _ := fingerprintOf(p[0])
+		f2, _ := fingerprintOf(p[1])
 		if string(r1.key) == string(r2.key) && r1.keySafe && f1 != f2 {
 			t.Errorf("key cache would conflate %q and %q", p[0], p[1])
 		}

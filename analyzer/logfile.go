@@ -67,9 +67,28 @@ func (w *logWriter) openLocked() error {
 		f.Close()
 		return fmt.Errorf("open audit log: %w", err)
 	}
+	size := st.Size()
+	if size > 0 {
+		// A crash (kill -9, power loss) may have left a partial last
+		// line: end it, so the first new record is not glued to it and
+		// every record after it stays valid (readers count the fragment
+		// as one malformed line).
+		var last [1]byte
+		if r, err := os.Open(w.path); err == nil {
+			_, rerr := r.ReadAt(last[:], size-1)
+			r.Close()
+			if rerr == nil && last[0] != '\n' {
+				if _, err := f.Write([]byte{'\n'}); err != nil {
+					f.Close()
+					return fmt.Errorf("open audit log: terminate partial last line: %w", err)
+				}
+				size++
+			}
+		}
+	}
 	w.f = f
 	w.out = f
-	w.size = st.Size()
+	w.size = size
 	if w.bw != nil {
 		w.bw.Reset(f)
 	}

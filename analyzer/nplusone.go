@@ -59,11 +59,15 @@ const (
 // traceparent trace-id), or gaps below max_gap between its statements, and
 // it follows a source statement of a different shape in the same session:
 // the nearest earlier statement, tied to the run the same way, that
-// returned at least min_repeats rows (statements returning fewer, such as
-// other lookups of the same loop, and BEGIN are stepped over; COMMIT and
-// ROLLBACK end the search). Without row counts (Rows -1, some log formats)
-// the source must be a SELECT directly before the run (and not one that
-// returns one row by its form, such as SELECT count(*)): the weaker,
+// returned at least min_repeats rows, with up to maxAltSources older such
+// statements as fallbacks (other statements, such as other lookups of the
+// same loop, and BEGIN are stepped over; COMMIT and ROLLBACK end the
+// search). When the source's shape runs again before the run reached
+// min_repeats, the source was a sibling lookup of the same outer loop and
+// the next fallback replaces it. Without row counts (Rows -1, some log
+// formats) the source must be a SELECT directly before the run (and not one
+// that returns one row by its form, such as SELECT count(*)), and no other
+// shape may repeat inside the run (two searches taking turns): the weaker,
 // medium-confidence form. A run ends when it can no longer be extended,
 // when its source shape runs again (the next iteration of an outer loop),
 // at BEGIN, COMMIT or ROLLBACK (a run never spans transactions), at
@@ -166,7 +170,22 @@ type nRun struct {
 	hasSource   bool
 	source      recent
 	immediate   bool // the source directly preceded the run
+	// alt are older source candidates (nearest first) behind source, each
+	// returning at least min_repeats rows: when source's shape runs again
+	// before the run reached min_repeats, source was a sibling lookup of
+	// the same outer loop (reviews and author per book) and the next
+	// candidate takes its place.
+	alt []recent
+	// others are shapes of other statements seen while the run was open;
+	// interleaved is set when one of them ran twice: another lookup
+	// repeats inside this loop.
+	others      [4]Fingerprint
+	nothers     int
+	interleaved bool
 }
+
+// maxAltSources bounds nRun.alt.
+const maxAltSources = 3
 
 type nSession struct {
 	lruPrev, lruNext      *nSession // sessionList links
@@ -252,7 +271,10 @@ func (d *NPlusOneDetector) Observe(a *Analyzed) {
 	}
 	r := d.recentOf(a)
 	key := ev.ParamHash
-	if ev.NumParams == 0 {
+	if ev.NumParams == 0 && ev.ParamHash == 0 {
+		// Simple protocol: the literals tell executions apart (a
+		// statement read back from an audit log carries their keyed hash
+		// in ParamHash instead).
 		key = d.textKey(ev.Text)
 	}
 	sh := d.shard(ev.SessionID)
@@ -384,6 +406,9 @@ func (d *NPlusOneDetector) observeLocked(s *nSession, r *recent, key uint64, tra
 		case d.endedBy(run, r):
 			closed = append(closed, s.closed(run))
 		default:
+			if !r.txCtl {
+				run.noteOther(fp)
+			}
 			kept = append(kept, run)
 		}
 	}
@@ -423,6 +448,20 @@ func (d *NPlusOneDetector) observeLocked(s *nSession, r *recent, key uint64, tra
 	return closed
 }
 
+// noteOther records a statement of shape fp run while the run is open.
+func (run *nRun) noteOther(fp Fingerprint) {
+	for _, o := range run.others[:run.nothers] {
+		if o == fp {
+			run.interleaved = true
+			return
+		}
+	}
+	if run.nothers < len(run.others) {
+		run.others[run.nothers] = fp
+		run.nothers++
+	}
+}
+
 // tied reports whether b, which came after a, belongs with it: same
 // transaction, same trace, or a gap below max_gap.
 func (d *NPlusOneDetector) tied(a, b *recent) bool {
@@ -449,8 +488,20 @@ func (d *NPlusOneDetector) endedBy(run *nRun, e *recent) bool {
 	if e.txCtl {
 		return true
 	}
-	if run.hasSource && run.source.rows >= 0 && e.shape.Fingerprint == run.source.shape.Fingerprint {
-		return true
+	if run.hasSource && e.shape.Fingerprint == run.source.shape.Fingerprint {
+		if run.source.rows >= 0 && run.count < d.minRepeats && len(run.alt) > 0 {
+			// The source was a sibling lookup of the loop (it runs once
+			// per outer row, as this shape does): fall back to the older
+			// candidate.
+			run.source, run.alt, run.immediate = run.alt[0], run.alt[1:], false
+		} else {
+			return true
+		}
+	}
+	for i := range run.alt {
+		if e.shape.Fingerprint == run.alt[i].shape.Fingerprint {
+			return true // the outer loop moved on
+		}
 	}
 	if !run.hasSource && !e.failed && (e.rows >= int64(d.minRepeats) || (e.rows < 0 && e.isSelect)) {
 		return true
@@ -508,11 +559,22 @@ func (d *NPlusOneDetector) startRun(s *nSession, x *recent, traceParent string) 
 		}
 		if c.rows >= 0 {
 			if c.rows >= int64(d.minRepeats) {
-				run.hasSource, run.source, run.immediate = true, *c, between == 0
-				break
+				if !run.hasSource {
+					run.hasSource, run.source, run.immediate = true, *c, between == 0
+				} else {
+					run.alt = append(run.alt, *c)
+				}
+				if len(run.alt) >= maxAltSources {
+					break
+				}
 			}
-			between++ // a sibling lookup of the same loop: step over it
+			// A sibling lookup of the same loop (or a candidate source
+			// that may turn out to be one): step over it.
+			between++
 			continue
+		}
+		if run.hasSource {
+			break
 		}
 		if between == 0 && c.isSelect {
 			run.hasSource, run.source, run.immediate = true, *c, true
@@ -664,6 +726,11 @@ func (d *NPlusOneDetector) facts(c *closedRun) (rules.NPlusOneFacts, bool) {
 			return rules.NPlusOneFacts{}, false
 		}
 		form = rules.FormRowCount
+	case run.interleaved:
+		// Without row counts, a loop that alternates with another
+		// repeated statement (two searches taking turns) cannot be told
+		// from lazy loads whose keys come from a source: no finding.
+		return rules.NPlusOneFacts{}, false
 	case run.sameTx && src.inTx && src.txSeq == run.txSeq:
 		form = rules.FormInTransaction
 	case run.immediate && src.isSelect:

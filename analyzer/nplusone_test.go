@@ -193,6 +193,50 @@ func nested() []*Event {
 	return s.events
 }
 
+// twoLazyRelations (issue 14, item 5): 80 books, then per book its
+// reviews (5 to 8 rows each) and its author, lazily: both loops are N+1s,
+// although the reviews lookup returns enough rows to look like a source.
+func twoLazyRelations() []*Event {
+	s := newSession(9, ProtocolExtended)
+	s.exec(`SELECT "books".* FROM "books" ORDER BY "books"."id" LIMIT $1`, 80, 2*time.Millisecond, small, 80)
+	for i := range 80 {
+		s.exec(`SELECT "reviews".* FROM "reviews" WHERE "reviews"."book_id" = $1`, int64(5+i%4), fast, small, uint64(i))
+		s.exec(`SELECT "authors".* FROM "authors" WHERE "authors"."id" = $1 LIMIT $2`, 1, fast, small, uint64(1000+i%37), 1)
+	}
+	return s.events
+}
+
+// eagerThenLazy (issue 14, item 6): an eager IN (...) load, then the same
+// association loaded lazily with "= $1" per row: the lazy loop is an N+1,
+// not a batch, and its query text is its own.
+func eagerThenLazy() []*Event {
+	s := newSession(10, ProtocolExtended)
+	s.exec(`SELECT "books".* FROM "books" WHERE "books"."shelf_id" = $1`, 20, time.Millisecond, small, 1)
+	s.exec(`SELECT "authors".* FROM "authors" WHERE "authors"."id" IN ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`, 10, fast, time.Second,
+		1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+	s.exec(`SELECT "books".* FROM "books" WHERE "books"."shelf_id" = $1`, 20, time.Millisecond, small, 2)
+	for i := range 20 {
+		s.exec(`SELECT "authors".* FROM "authors" WHERE "authors"."id" = $1`, 1, fast, small, uint64(100+i))
+	}
+	return s.events
+}
+
+// alternatingSearches (issue 14, item 2): a loop that alternates two
+// independent lookups whose keys come from no preceding result, in a log
+// without row counts, after an unrelated SELECT. Not an N+1.
+func alternatingSearches(rowsOK bool) func() []*Event {
+	return func() []*Event {
+		s := newSession(11, ProtocolLog)
+		s.rowsOK = rowsOK
+		s.exec("SELECT id, name FROM categories ORDER BY name", 12, time.Millisecond, small)
+		for i := range 30 {
+			s.exec(fmt.Sprintf("SELECT * FROM products WHERE sku = 'P-%d'", 7*i+1), 1, fast, small)
+			s.exec(fmt.Sprintf("SELECT * FROM customers WHERE email = 'c%d@example.com'", 3*i+2), 1, fast, small)
+		}
+		return s.events
+	}
+}
+
 func pgbenchS(proto Protocol, rowsOK bool) func() []*Event {
 	return func() []*Event {
 		s := newSession(20, proto)
@@ -303,6 +347,8 @@ var nPlusOneScenarios = []scenario{
 	{"interleaved", interleaved, 3},
 	{"nested", nested, 2},
 	{"source-then-transaction", sourceThenTransaction, 1},
+	{"two-lazy-relations", twoLazyRelations, 2},
+	{"eager-then-lazy", eagerThenLazy, 1},
 
 	{"pgbench-S-extended", pgbenchS(ProtocolExtended, true), 0},
 	{"pgbench-S-simple", pgbenchS(ProtocolSimple, true), 0},
@@ -315,6 +361,8 @@ var nPlusOneScenarios = []scenario{
 	{"across-sessions", acrossSessions, 0},
 	{"source-too-small", smallSource, 0},
 	{"wide-gaps", wideGaps, 0},
+	{"alternating-searches-log", alternatingSearches(false), 0},
+	{"alternating-searches", alternatingSearches(true), 0},
 }
 
 // analyze does what a pipeline worker does before the observers.

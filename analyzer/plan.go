@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 )
 
@@ -142,7 +143,13 @@ func (s *SeqScan) Excerpt() string {
 	if s.Alias != "" && s.Alias != s.Relation {
 		b.WriteString(" " + s.Alias)
 	}
-	fmt.Fprintf(&b, " (cost=%.2f..%.2f rows=%.0f)", s.StartupCost, s.Cost, s.NodeRows)
+	if s.Parallel && s.Rows != s.NodeRows {
+		// EXPLAIN prints a parallel scan's rows per process; say so, and
+		// give the total the finding's message uses.
+		fmt.Fprintf(&b, " (cost=%.2f..%.2f rows=%.0f per process, ~%.0f in total)", s.StartupCost, s.Cost, s.NodeRows, s.Rows)
+	} else {
+		fmt.Fprintf(&b, " (cost=%.2f..%.2f rows=%.0f)", s.StartupCost, s.Cost, s.NodeRows)
+	}
 	if s.Filter != "" {
 		b.WriteString(" Filter: " + s.Filter)
 	}
@@ -209,13 +216,35 @@ func (p *Plan) UsesIndex(name string) bool {
 }
 
 // RedactLiterals replaces every string and numeric literal in an
-// expression EXPLAIN printed (a Filter, an Index Cond) with "?", keeping
-// casts and identifiers: "((t.v = 42) AND (t.s = 'x'::text))" becomes
-// "((t.v = ?) AND (t.s = ?::text))". Plans made with example parameter
-// values print those values; findings carry only the redacted form.
-func RedactLiterals(expr string) string {
+// expression EXPLAIN printed (a Filter, an Index Cond) with a placeholder
+// $n, as in normalized statements, keeping casts and identifiers:
+// "((t.v = 42) AND (t.s = 'x'::text))" becomes
+// "((t.v = $1) AND (t.s = $2::text))". Placeholders are numbered in order
+// of appearance in the expression (the same literal gets the same number),
+// which need not be the statement's numbering. A minus sign directly before
+// a number is part of the literal. Plans made with example parameter values
+// print those values; findings carry only the redacted form.
+func RedactLiterals(expr string) string { return RedactLiteralsAs(expr, nil) }
+
+// RedactLiteralsAs is RedactLiterals for a plan made with the example
+// values values ($1 is values[0]): a literal whose value equals values[i]
+// becomes $(i+1), the statement's own placeholder; other literals are
+// numbered after them.
+func RedactLiteralsAs(expr string, values []string) string {
 	var b strings.Builder
 	l := newLexer(expr)
+	nums := map[string]int{}
+	base := 0 // placeholders already in expr keep their numbers
+	for i := 0; i < len(expr); i++ {
+		if expr[i] == '$' {
+			n, j := 0, i+1
+			for ; j < len(expr) && expr[j] >= '0' && expr[j] <= '9'; j++ {
+				n = n*10 + int(expr[j]-'0')
+			}
+			base = max(base, n)
+		}
+	}
+	base = max(base, len(values))
 	for {
 		kind, start, end, ok := l.next()
 		if !ok {
@@ -223,10 +252,110 @@ func RedactLiterals(expr string) string {
 		}
 		switch kind {
 		case tokString, tokNumber:
-			b.WriteByte('?')
+			lit := expr[start:end]
+			if kind == tokNumber {
+				if s := b.String(); strings.HasSuffix(s, "-") {
+					if p := strings.TrimRight(s[:len(s)-1], " "); p == "" || strings.ContainsAny(p[len(p)-1:], "(,=<>+-*/") {
+						lit = "-" + lit
+						rest := s[:len(s)-1]
+						b.Reset()
+						b.WriteString(rest)
+					}
+				}
+			}
+			n, ok := nums[lit]
+			if !ok {
+				if v := literalValue(lit); v != "" {
+					if i := slices.Index(values, v); i >= 0 {
+						nums[lit] = i + 1
+						fmt.Fprintf(&b, "$%d", i+1)
+						// A bound value prints with its type's cast
+						// ('-1'::integer); the parameter does not.
+						l.pos = skipCast(expr, end)
+						continue
+					}
+				}
+				base++
+				n = base
+				nums[lit] = n
+			}
+			fmt.Fprintf(&b, "$%d", n)
 		default:
 			b.WriteString(expr[start:end])
 		}
 	}
 	return b.String()
+}
+
+// skipCast returns the position after a cast ("::integer",
+// "::timestamp with time zone", "::character varying(20)[]") starting at
+// pos in expr, or pos when there is none.
+func skipCast(expr string, pos int) int {
+	if !strings.HasPrefix(expr[pos:], "::") {
+		return pos
+	}
+	word := func(p int) int {
+		for p < len(expr) && (charClass[expr[p]]&clIdentCont != 0 || expr[p] == '"' || expr[p] == '.') {
+			p++
+		}
+		return p
+	}
+	p := word(pos + 2)
+	if p == pos+2 {
+		return pos
+	}
+	for p < len(expr) {
+		switch {
+		case strings.HasPrefix(expr[p:], "[]"):
+			p += 2
+			continue
+		case expr[p] == '(':
+			q := p + 1
+			for q < len(expr) && (expr[q] >= '0' && expr[q] <= '9' || expr[q] == ',' || expr[q] == ' ') {
+				q++
+			}
+			if q < len(expr) && expr[q] == ')' {
+				p = q + 1
+				continue
+			}
+		case expr[p] == ' ':
+			q := word(p + 1)
+			switch strings.ToLower(expr[p+1 : q]) {
+			case "with", "without", "time", "zone", "varying", "precision":
+				p = q
+				continue
+			}
+		}
+		break
+	}
+	return p
+}
+
+// literalValue returns the value a literal token spells: a plain quoted
+// string unquoted (doubled quotes undone), a number as written; "" for
+// other forms.
+func literalValue(tok string) string {
+	if len(tok) >= 2 && tok[0] == '\'' && tok[len(tok)-1] == '\'' {
+		return strings.ReplaceAll(tok[1:len(tok)-1], "''", "'")
+	}
+	if tok != "" && (tok[0] == '-' || tok[0] == '.' || (tok[0] >= '0' && tok[0] <= '9')) {
+		return tok
+	}
+	return ""
+}
+
+// literalValues returns the values of a statement's literals in order (the
+// $n a normalized statement gives them).
+func literalValues(query string) []string {
+	var out []string
+	l := newLexer(query)
+	for {
+		kind, start, end, ok := l.next()
+		if !ok {
+			return out
+		}
+		if kind == tokString || kind == tokNumber {
+			out = append(out, literalValue(query[start:end]))
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -69,6 +70,25 @@ func TestParsePlanErrors(t *testing.T) {
 	}
 }
 
+// TestRedactLiteralsAs: with the example values known, a literal becomes
+// the statement's own placeholder.
+func TestRedactLiteralsAs(t *testing.T) {
+	got := RedactLiteralsAs("((items.price < 100.5) AND (items.category = 42) AND (items.name = 'it''s'::text))", []string{"42", "100.5", "it's"})
+	if want := "((items.price < $2) AND (items.category = $1) AND (items.name = $3))"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if got := RedactLiteralsAs("(t.v = -7) AND (t.w = 8)", []string{"-7"}); got != "(t.v = $1) AND (t.w = $2)" {
+		t.Errorf("got %q", got)
+	}
+	got = RedactLiteralsAs("((t.at > '2024-01-01 00:00:00+00'::timestamp with time zone) AND (t.n = 'x'::character varying(20)) AND (t.id > '-1'::integer) AND (t.s = 'y'::text))", []string{"2024-01-01 00:00:00+00", "x", "-1"})
+	if want := "((t.at > $1) AND (t.n = $2) AND (t.id > $3) AND (t.s = $4::text))"; got != want {
+		t.Errorf("casts: got %q, want %q", got, want)
+	}
+	if got := literalValues("SELECT * FROM t WHERE a = 'x''y' AND b > 3"); !slices.Equal(got, []string{"x'y", "3"}) {
+		t.Errorf("literalValues %q", got)
+	}
+}
+
 func TestParallelDivisor(t *testing.T) {
 	t.Parallel()
 	for w, want := range map[int]float64{0: 1, 1: 1.7, 2: 2.4, 3: 3.1, 4: 4, 8: 8} {
@@ -81,13 +101,15 @@ func TestParallelDivisor(t *testing.T) {
 func TestRedactLiterals(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[string]string{
-		"((t.v = 42) AND (t.s = 'x'::text))": "((t.v = ?) AND (t.s = ?::text))",
+		"((t.v = 42) AND (t.s = 'x'::text))": "((t.v = $1) AND (t.s = $2::text))",
 		"(t.v = $1)":                         "(t.v = $1)",
-		"(t.price < 100.5)":                  "(t.price < ?)",
-		"(t.a = ANY ('{1,2,3}'::integer[]))": "(t.a = ANY (?::integer[]))",
-		`("weird col1" = E'it''s')`:          `("weird col1" = ?)`,
-		"(items.category = 42)":              "(items.category = ?)",
-		"((t.created_at > '2024-01-01 00:00:00+00'::timestamp with time zone) AND (t.x2 = -7))": "((t.created_at > ?::timestamp with time zone) AND (t.x2 = -?))",
+		"(t.price < 100.5)":                  "(t.price < $1)",
+		"((t.v = $1) AND (t.w = 42))":        "((t.v = $1) AND (t.w = $2))",
+		"(t.a = ANY ('{1,2,3}'::integer[]))": "(t.a = ANY ($1::integer[]))",
+		`("weird col1" = E'it''s')`:          `("weird col1" = $1)`,
+		"(items.category = 42)":              "(items.category = $1)",
+		"((t.created_at > '2024-01-01 00:00:00+00'::timestamp with time zone) AND (t.x2 = -7))": "((t.created_at > $1::timestamp with time zone) AND (t.x2 = $2))",
+		"((t.a = 5) OR (t.b = 5) OR (t.c = (t.d - 5)))":                                         "((t.a = $1) OR (t.b = $1) OR (t.c = (t.d - $1)))",
 	} {
 		if got := RedactLiterals(in); got != want {
 			t.Errorf("RedactLiterals(%q) = %q, want %q", in, got, want)

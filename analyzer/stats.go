@@ -83,6 +83,83 @@ type shapeAcc struct {
 	sketch        *LatencySketch
 	first, last   time.Time
 	apps          appCounter
+	recent        recentLatency
+}
+
+// RecentHalf is half the recent latency window: a shape's Recent* figures
+// cover the current half (by Event.Start, RecentHalf-aligned) and the one
+// before, so between RecentHalf and 2×RecentHalf of its latest executions;
+// older executions age out.
+const RecentHalf = 5 * time.Minute
+
+// recentLatency keeps two half-window sketches, by half number (Unix time
+// / RecentHalf) modulo 2.
+type recentLatency struct {
+	epoch int64 // half of the newest execution; 0 before any
+	sk    [2]*LatencySketch
+	calls [2]uint64
+	total [2]time.Duration
+	max   [2]time.Duration
+}
+
+func (r *recentLatency) add(at time.Time, d time.Duration) {
+	if at.IsZero() {
+		return
+	}
+	e := at.Unix() / int64(RecentHalf/time.Second)
+	switch {
+	case e > r.epoch:
+		for h := r.epoch + 1; h <= e && h <= r.epoch+2; h++ {
+			i := h & 1
+			r.calls[i], r.total[i], r.max[i] = 0, 0, 0
+			if r.sk[i] != nil {
+				r.sk[i] = nil
+			}
+		}
+		r.epoch = e
+	case e < r.epoch-1:
+		return // older than the window
+	}
+	i := e & 1
+	if r.sk[i] == nil {
+		r.sk[i] = NewLatencySketch()
+	}
+	r.sk[i].Add(d)
+	r.calls[i]++
+	r.total[i] += d
+	r.max[i] = max(r.max[i], d)
+}
+
+// fill sets st's Recent* figures.
+func (r *recentLatency) fill(st *ShapeStats) {
+	if r.epoch == 0 {
+		return
+	}
+	var sk *LatencySketch
+	for _, h := range []int64{r.epoch - 1, r.epoch} {
+		i := h & 1
+		if r.calls[i] == 0 {
+			continue
+		}
+		if st.RecentSince.IsZero() {
+			st.RecentSince = time.Unix(h*int64(RecentHalf/time.Second), 0).UTC()
+		}
+		st.RecentCalls += r.calls[i]
+		st.RecentTotal += r.total[i]
+		st.RecentMax = max(st.RecentMax, r.max[i])
+		if sk == nil {
+			sk = r.sk[i].Copy()
+		} else {
+			_ = sk.Merge(r.sk[i])
+		}
+	}
+	if sk == nil {
+		return
+	}
+	clamp := func(d time.Duration) time.Duration { return min(max(d, 0), st.RecentMax) }
+	st.RecentP50 = clamp(sk.Quantile(0.50))
+	st.RecentP90 = clamp(sk.Quantile(0.90))
+	st.RecentP99 = clamp(sk.Quantile(0.99))
 }
 
 func newShapeAcc(sh *Shape, appSlots int) *shapeAcc {
@@ -171,6 +248,7 @@ func (a *shapeAcc) add(ev *Event) {
 		}
 	}
 	a.apps.add(ev.ApplicationName, 1)
+	a.recent.add(ev.Start, d)
 }
 
 // snapshot copies a (sketch included when withSketch) into a ShapeStats
@@ -196,6 +274,10 @@ func (a *shapeAcc) snapshot(topApps int, withSketch bool) ShapeStats {
 		Apps:        a.apps.top(topApps),
 	}
 	st.fillQuantiles(a.sketch)
+	if !withSketch {
+		a.recent.fill(&st)
+		st.RecentUntil = a.last
+	}
 	if withSketch {
 		st.Sketch = a.sketch.Copy()
 	}
@@ -437,6 +519,16 @@ type ShapeStats struct {
 	// Sketch holds the latency distribution for merging; nil in
 	// TopShapes results. Treat it as read-only.
 	Sketch *LatencySketch
+
+	// The Recent* figures cover the shape's latest executions only: those
+	// from RecentSince (the start of the half window before the newest
+	// execution's, see RecentHalf) to RecentUntil (LastSeen). Only
+	// TopShapes fills them (Snapshot, which is serialized and merged,
+	// leaves them zero).
+	RecentCalls                     uint64
+	RecentTotal, RecentMax          time.Duration
+	RecentP50, RecentP90, RecentP99 time.Duration
+	RecentSince, RecentUntil        time.Time
 }
 
 // fillQuantiles computes Mean and the percentiles from sk.

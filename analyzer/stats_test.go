@@ -119,9 +119,13 @@ func TestStatsFields(t *testing.T) {
 		Share:     1,
 		FirstSeen: t0, LastSeen: t0.Add(2 * time.Second),
 		Apps: []AppCount{{"cron", 2}, {"web", 2}},
+		// The recent window counts the executions with a start time.
+		RecentCalls: 4, RecentTotal: 8 * time.Millisecond, RecentMax: 3 * time.Millisecond,
+		RecentSince: t0.Truncate(RecentHalf), RecentUntil: t0.Add(2 * time.Second),
 	}
 	// Percentiles are checked elsewhere.
 	st.P50, st.P90, st.P99, st.P999 = 0, 0, 0, 0
+	st.RecentP50, st.RecentP90, st.RecentP99 = 0, 0, 0
 	if !reflect.DeepEqual(st, want) {
 		t.Errorf("got  %+v\nwant %+v", st, want)
 	}

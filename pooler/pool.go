@@ -188,16 +188,19 @@ func (p *Pool) Reconfigure(settings PoolSettings, cfg *pgconn.Config) {
 // 57P01 when the pool is closed.
 func (p *Pool) Acquire(ctx context.Context) (*Server, time.Duration, error) {
 	start := time.Now()
-	s, err := p.acquire(ctx, start)
-	wait := time.Since(start)
-	p.stats.recordWait(wait)
+	s, queued, err := p.acquire(ctx, start)
+	now := time.Now()
+	wait := now.Sub(start)
+	p.stats.recordAcquire(now, wait, queued)
 	if err != nil {
 		return nil, wait, err
 	}
 	return s, wait, nil
 }
 
-func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
+// acquire returns a server and the time spent queued (waiting for a
+// release, a back-off or RESUME), which excludes time spent connecting.
+func (p *Pool) acquire(ctx context.Context, start time.Time) (s *Server, queued time.Duration, err error) {
 	// Waits are timed by watchWaiters, not by a timer per acquire: most
 	// acquires on a busy pool wait briefly, and timers cost more than the
 	// relay itself. The deadlines count from start.
@@ -214,7 +217,7 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
-			return nil, wire.Fatal(wire.CodeAdminShutdown, "pool is shutting down")
+			return nil, queued, wire.Fatal(wire.CodeAdminShutdown, "pool is shutting down")
 		}
 		// Serve in FIFO order: a newcomer does not overtake waiters.
 		dbFull := false
@@ -225,7 +228,7 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 				p.active++
 				p.mu.Unlock()
 				if s2, ok := p.checkOut(ctx, s); ok {
-					return s2, nil
+					return s2, queued, nil
 				}
 				continue
 			}
@@ -243,9 +246,9 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 				p.mu.Unlock()
 				s, err := p.connect(ctx)
 				if err != nil {
-					return nil, err
+					return nil, queued, err
 				}
-				return s, nil
+				return s, queued, nil
 			}
 			// During a connect back-off the client waits for the next
 			// attempt (below, via the re-check timer) instead of failing
@@ -280,6 +283,7 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 			recheck = recheckTimer.C
 		}
 		var got *Server
+		queuedAt := time.Now()
 		select {
 		case got = <-w.ch:
 		case <-recheck:
@@ -289,8 +293,9 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 				p.Release(s, true)
 			}
 			waiterPool.Put(w)
-			return nil, ctx.Err()
+			return nil, queued + time.Since(queuedAt), ctx.Err()
 		}
+		queued += time.Since(queuedAt)
 		if recheckTimer != nil {
 			recheckTimer.Stop()
 		}
@@ -300,7 +305,7 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 			e := wire.Fatal(wire.CodeTooManyConnections, "query_wait_timeout")
 			e.Severity = "ERROR"
 			e.Detail = fmt.Sprintf("no server connection became free within %s (pool size %d)", p.set().QueryWaitTimeout, p.set().Size)
-			return nil, e
+			return nil, queued, e
 		case waitUseReserve:
 			useReserve = true
 		case nil:
@@ -308,7 +313,7 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (*Server, error) {
 		default:
 			woken = true
 			if s2, ok := p.checkOut(ctx, got); ok {
-				return s2, nil
+				return s2, queued, nil
 			}
 		}
 	}
@@ -409,8 +414,11 @@ func (p *Pool) connect(ctx context.Context) (*Server, error) {
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	p.stats.login.Add(1)
+	connStart := time.Now()
 	sc, err := wire.ConnectServer(cctx, cfg, p.maxBody)
+	connEnd := time.Now()
 	p.stats.login.Add(-1)
+	p.stats.recordConnect(connEnd, connEnd.Sub(connStart), err != nil)
 	p.mu.Lock()
 	if err != nil {
 		p.total--

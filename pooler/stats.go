@@ -33,16 +33,96 @@ type poolStats struct {
 	busySec  [60]float64
 	secIndex int64
 	started  time.Time
+
+	// recent holds the acquisitions of the last RecentWindow in
+	// recentSlots slots of recentSlotLen, by slot start (Unix seconds
+	// divided by the slot length): queue waits (time spent queued behind
+	// busy servers) apart from server connect time.
+	recent [recentSlots]recentSlot
 }
 
-func (s *poolStats) init() {
-	s.started = time.Now()
-	s.lastChange = s.started
-	s.secIndex = s.started.Unix()
+// RecentWindow is the length of the sliding window PoolStats' Recent*
+// figures and Utilization cover.
+const RecentWindow = 60 * time.Second
+
+const (
+	recentSlotLen = 5 // seconds
+	recentSlots   = int(RecentWindow/time.Second) / recentSlotLen
+	// fineBuckets is a log-linear histogram of microseconds: 4 buckets per
+	// power of two (within 19%), up to 2^36 µs.
+	fineSub     = 4
+	fineBuckets = 37 * fineSub
+)
+
+type recentSlot struct {
+	slot           int64 // Unix seconds / recentSlotLen; 0 = empty
+	acquires       int64
+	waits          int64 // acquisitions that queued
+	waitHist       [fineBuckets]int32
+	maxWait        time.Duration
+	connects       int64
+	connHist       [fineBuckets]int32
+	maxConnect     time.Duration
+	connectFailure int64
 }
 
-func (s *poolStats) recordWait(d time.Duration) {
-	us := uint64(d / time.Microsecond)
+// fineBucket maps a duration to its log-linear bucket.
+func fineBucket(d time.Duration) int {
+	us := uint64(max(d, 0) / time.Microsecond)
+	if us < fineSub {
+		return int(us)
+	}
+	e := bits.Len64(us) - 1 // us in [2^e, 2^(e+1))
+	m := (us >> uint(e-2)) & (fineSub - 1)
+	b := (e-1)*fineSub + int(m)
+	return min(b, fineBuckets-1)
+}
+
+// fineUpper is the exclusive upper bound of bucket b.
+func fineUpper(b int) time.Duration {
+	if b < fineSub {
+		return time.Duration(b+1) * time.Microsecond
+	}
+	e := b/fineSub + 1
+	m := uint64(b % fineSub)
+	return time.Duration((uint64(1)<<uint(e))+(m+1)<<uint(e-2)) * time.Microsecond
+}
+
+// fineQuantile returns quantile q of a histogram of n values, never above
+// hi (the largest value seen).
+func fineQuantile(h *[fineBuckets]int64, n int64, q float64, hi time.Duration) time.Duration {
+	if n == 0 {
+		return 0
+	}
+	rank := int64(math.Ceil(q * float64(n)))
+	var seen int64
+	for i, c := range h {
+		seen += c
+		if seen >= rank {
+			return min(fineUpper(i), hi)
+		}
+	}
+	return hi
+}
+
+// slotLocked returns the slot for now, clearing it when it held an older
+// slot.
+func (s *poolStats) slotLocked(now time.Time) *recentSlot {
+	k := now.Unix() / recentSlotLen
+	r := &s.recent[k%int64(recentSlots)]
+	if r.slot != k {
+		*r = recentSlot{slot: k}
+	}
+	return r
+}
+
+// recordAcquire counts one acquisition at now that took wait in all
+// (connect included: the cumulative, PgBouncer-style wait figures) and
+// spent queued waiting behind busy servers (zero when it did not queue;
+// the windowed figures). Connect time is not queueing: see recordConnect.
+// One lock per acquisition: it is on the relay's path.
+func (s *poolStats) recordAcquire(now time.Time, wait, queued time.Duration) {
+	us := uint64(wait / time.Microsecond)
 	b := bits.Len64(us)
 	if b >= waitBuckets {
 		b = waitBuckets - 1
@@ -50,11 +130,62 @@ func (s *poolStats) recordWait(d time.Duration) {
 	s.mu.Lock()
 	s.waitHist[b]++
 	s.waitCount++
-	s.waitTotal += d
-	if d > s.maxWait {
-		s.maxWait = d
+	s.waitTotal += wait
+	if wait > s.maxWait {
+		s.maxWait = wait
+	}
+	r := s.slotLocked(now)
+	r.acquires++
+	if queued > 0 {
+		r.waits++
+		r.waitHist[fineBucket(queued)]++
+		r.maxWait = max(r.maxWait, queued)
 	}
 	s.mu.Unlock()
+}
+
+// recordConnect counts one server connection attempt that took d.
+func (s *poolStats) recordConnect(now time.Time, d time.Duration, failed bool) {
+	s.mu.Lock()
+	r := s.slotLocked(now)
+	r.connects++
+	if failed {
+		r.connectFailure++
+	}
+	r.connHist[fineBucket(d)]++
+	r.maxConnect = max(r.maxConnect, d)
+	s.mu.Unlock()
+}
+
+// recentLocked fills st's Recent* and Connect* figures from the slots
+// inside the window ending at now.
+func (s *poolStats) recentLocked(now time.Time, st *PoolStats) {
+	k := now.Unix() / recentSlotLen
+	var wh, ch [fineBuckets]int64
+	for i := range s.recent {
+		r := &s.recent[i]
+		if r.slot == 0 || r.slot <= k-int64(recentSlots) || r.slot > k {
+			continue
+		}
+		st.RecentAcquires += r.acquires
+		st.RecentWaits += r.waits
+		st.RecentMaxWait = max(st.RecentMaxWait, r.maxWait)
+		st.Connects += r.connects
+		st.ConnectFailures += r.connectFailure
+		st.ConnectMax = max(st.ConnectMax, r.maxConnect)
+		for b := range wh {
+			wh[b] += int64(r.waitHist[b])
+			ch[b] += int64(r.connHist[b])
+		}
+	}
+	st.RecentWaitP99 = fineQuantile(&wh, st.RecentWaits, 0.99, st.RecentMaxWait)
+	st.ConnectP99 = fineQuantile(&ch, st.Connects, 0.99, st.ConnectMax)
+}
+
+func (s *poolStats) init() {
+	s.started = time.Now()
+	s.lastChange = s.started
+	s.secIndex = s.started.Unix()
 }
 
 // accumulateLocked adds busy time since the last change into the ring.
@@ -145,12 +276,44 @@ type PoolStats struct {
 	WaitP50     time.Duration `json:"wait_p50_ns"`
 	WaitP99     time.Duration `json:"wait_p99_ns"`
 	Utilization float64       `json:"utilization"`
+
+	// Window is the time the Recent* and Connect* figures and Utilization
+	// cover: the last RecentWindow, or less right after the pool started.
+	// They age out: an acquisition older than the window no longer counts
+	// (to the granularity of 5 s).
+	Window time.Duration `json:"window_ns"`
+	// RecentAcquires counts server acquisitions in the window;
+	// RecentWaits those that queued behind busy servers (a paused pool or
+	// a connect back-off counts too), with RecentWaitP99 and
+	// RecentMaxWait describing the time spent queued (p99 within 19%,
+	// never above the max). Time spent opening a server connection is not
+	// queueing and is not counted here.
+	RecentAcquires int64         `json:"recent_acquires"`
+	RecentWaits    int64         `json:"recent_waits"`
+	RecentWaitP99  time.Duration `json:"recent_wait_p99_ns"`
+	RecentMaxWait  time.Duration `json:"recent_maxwait_ns"`
+	// Connects counts server connections opened (or attempted:
+	// ConnectFailures of them failed) in the window; ConnectP99 and
+	// ConnectMax are the time opening them took (TCP, TLS,
+	// authentication, startup).
+	Connects        int64         `json:"connects"`
+	ConnectFailures int64         `json:"connect_failures"`
+	ConnectP99      time.Duration `json:"connect_p99_ns"`
+	ConnectMax      time.Duration `json:"connect_max_ns"`
 }
 
 // Stats returns a snapshot of the pool's statistics. Utilization is the
 // share of pool capacity (pool_size servers) held by sessions over the last
 // minute, from 0 to 1 (it can exceed 1 while the reserve pool is in use).
+// Waits, WaitTotal, MaxWait, WaitP50 and WaitP99 are cumulative since the
+// pool started and count every acquisition with its whole time to get a
+// server (connect included), as PgBouncer's wait counters; the Recent*
+// figures separate queueing from connecting over the window.
 func (p *Pool) Stats(clientsActive int) PoolStats {
+	return p.statsAt(time.Now(), clientsActive)
+}
+
+func (p *Pool) statsAt(now time.Time, clientsActive int) PoolStats {
 	p.mu.Lock()
 	st := PoolStats{
 		Database:       p.Database,
@@ -171,7 +334,6 @@ func (p *Pool) Stats(clientsActive int) PoolStats {
 	st.BytesIn = p.stats.bytesIn.Load()
 	st.BytesOut = p.stats.bytesOut.Load()
 	s := &p.stats
-	now := time.Now()
 	s.mu.Lock()
 	s.accumulateLocked(now)
 	var busy float64
@@ -181,9 +343,11 @@ func (p *Pool) Stats(clientsActive int) PoolStats {
 	st.Waits = s.waitCount
 	st.WaitTotal = s.waitTotal
 	st.MaxWait = s.maxWait
-	st.WaitP50 = histQuantile(&s.waitHist, s.waitCount, 0.50)
-	st.WaitP99 = histQuantile(&s.waitHist, s.waitCount, 0.99)
-	window := min(now.Sub(s.started), 60*time.Second)
+	st.WaitP50 = min(histQuantile(&s.waitHist, s.waitCount, 0.50), s.maxWait)
+	st.WaitP99 = min(histQuantile(&s.waitHist, s.waitCount, 0.99), s.maxWait)
+	window := max(min(now.Sub(s.started), RecentWindow), 0)
+	st.Window = window
+	s.recentLocked(now, &st)
 	s.mu.Unlock()
 	if st.Size > 0 && window > 0 {
 		st.Utilization = busy / (float64(window) * float64(st.Size))

@@ -101,9 +101,13 @@ type PoolSaturationConfig struct {
 	// Utilization: a pool fires when the share of its servers held over
 	// the window is at or above it (0..1). Default 0.8.
 	Utilization float64 `toml:"utilization" json:"utilization,omitempty"`
-	// P99Wait: a pool fires when clients' p99 wait for a server is above
-	// it. Default 50ms.
+	// P99Wait: a pool fires when clients' p99 time queued for a server
+	// (behind busy servers; connect time excluded) over the window is
+	// above it, and at least MinWaits acquisitions queued. Default 50ms.
 	P99Wait Duration `toml:"p99_wait" json:"p99_wait,omitempty"`
+	// MinWaits is the number of queued acquisitions in the window the
+	// p99 wait needs before it is trusted. Default 20.
+	MinWaits int64 `toml:"min_waits" json:"min_waits,omitempty"`
 }
 
 // SeqScanConfig configures the seq-scan rule ([rules.seq-scan]). The rule
@@ -186,6 +190,7 @@ const (
 	DefaultSlowQueryMinCalls         = 10
 	DefaultPoolUtilization           = 0.8
 	DefaultPoolP99Wait               = 50 * time.Millisecond
+	DefaultPoolMinWaits              = 20
 	DefaultSeqScanMinTableRows       = 10000
 	DefaultSeqScanMaxSelectivity     = 0.1
 	DefaultMissingIndexCostReduction = 0.5
@@ -218,6 +223,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.PoolSaturation.P99Wait == 0 {
 		c.PoolSaturation.P99Wait = Duration(DefaultPoolP99Wait)
+	}
+	if c.PoolSaturation.MinWaits == 0 {
+		c.PoolSaturation.MinWaits = DefaultPoolMinWaits
 	}
 	if c.SeqScan.MinTableRows == 0 {
 		c.SeqScan.MinTableRows = DefaultSeqScanMinTableRows
@@ -256,6 +264,9 @@ func (c Config) Validate() error {
 	}
 	if c.PoolSaturation.P99Wait < 0 {
 		bad(IDPoolSaturation, "p99_wait", "negative duration %s", c.PoolSaturation.P99Wait)
+	}
+	if c.PoolSaturation.MinWaits < 0 {
+		bad(IDPoolSaturation, "min_waits", "%d is negative", c.PoolSaturation.MinWaits)
 	}
 	if c.SeqScan.MinTableRows < 0 {
 		bad(IDSeqScan, "min_table_rows", "%d is negative", c.SeqScan.MinTableRows)

@@ -84,7 +84,7 @@ func TestEvaluateSlowQuery(t *testing.T) {
 
 func pool(util float64, p99 time.Duration) PoolFacts {
 	return PoolFacts{Database: "app", User: "web", Mode: "transaction", Size: 20, Utilization: util,
-		Window: time.Minute, Waits: 1200, WaitP99: p99, MaxWait: 3 * p99, ClientsWaiting: 7, ClientsActive: 20, At: t0}
+		Window: time.Minute, Acquires: 5000, Waits: 1200, WaitP99: p99, MaxWait: 3 * p99, ClientsWaiting: 7, ClientsActive: 20, At: t0}
 }
 
 func TestEvaluatePoolSaturation(t *testing.T) {
@@ -104,6 +104,27 @@ func TestEvaluatePoolSaturation(t *testing.T) {
 		{"configured wait", pool(0.5, 20*time.Millisecond), PoolSaturationConfig{P99Wait: Duration(10 * time.Millisecond)}, "p99_wait"},
 		{"no waits", func() PoolFacts { p := pool(0.5, time.Second); p.Waits = 0; return p }(), PoolSaturationConfig{}, ""},
 		{"disabled", pool(1, time.Second), PoolSaturationConfig{Common: Common{Enabled: ptr(false)}}, ""},
+		// An idle pool behind a slow server login (issue 14, item 1): no
+		// queueing, a few connects of 300 ms; no finding.
+		{"idle pool, slow connects", PoolFacts{Database: "app", User: "x", Size: 20, Utilization: 0.01, Window: time.Minute,
+			Acquires: 64, Connects: 3, ConnectP99: 308 * time.Millisecond, ConnectMax: 308 * time.Millisecond, At: t0}, PoolSaturationConfig{}, ""},
+		// Fully used but nobody queued (20 clients on 20 servers): not
+		// saturated.
+		{"busy, no queue", func() PoolFacts {
+			p := pool(0.95, 0)
+			p.Waits, p.ClientsWaiting, p.MaxWait = 0, 0, 0
+			return p
+		}(), PoolSaturationConfig{}, ""},
+		{"busy, clients waiting now", func() PoolFacts {
+			p := pool(0.95, 0)
+			p.Waits, p.MaxWait = 0, 0
+			return p
+		}(), PoolSaturationConfig{}, "utilization"},
+		{"too few waits", func() PoolFacts { p := pool(0.3, time.Second); p.Waits = 19; return p }(), PoolSaturationConfig{}, ""},
+		{"configured min waits", func() PoolFacts { p := pool(0.3, time.Second); p.Waits = 5; return p }(), PoolSaturationConfig{MinWaits: 5}, "p99_wait"},
+		// A p99 above the max is capped at the max: 524 ms over a max of
+		// 40 ms is not over 50 ms.
+		{"p99 capped by max", func() PoolFacts { p := pool(0.3, 524*time.Millisecond); p.MaxWait = 40 * time.Millisecond; return p }(), PoolSaturationConfig{}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -208,7 +229,7 @@ func exampleFindings() []*Finding {
 		}, SlowQueryConfig{}),
 		EvaluatePoolSaturation(PoolFacts{
 			Database: "shop", User: "web", Mode: "transaction", Size: 10, Utilization: 0.93, Window: time.Minute,
-			Waits: 5230, WaitP99: 85 * time.Millisecond, MaxWait: 410 * time.Millisecond, ClientsWaiting: 12, ClientsActive: 10, At: t0,
+			Acquires: 21400, Waits: 5230, WaitP99: 85 * time.Millisecond, MaxWait: 410 * time.Millisecond, Connects: 2, ConnectP99: 6200 * time.Microsecond, ConnectMax: 6200 * time.Microsecond, ClientsWaiting: 12, ClientsActive: 10, At: t0,
 		}, PoolSaturationConfig{}),
 		EvaluateTxnPoolingUnsafe(SessionStateFacts{
 			Feature: "advisory_lock", Fingerprint: "5b0d6c1e2f3a4b5c", Query: "SELECT pg_advisory_lock($1)",
@@ -229,7 +250,7 @@ func exampleFindings() []*Finding {
 			CreateStatement: "CREATE INDEX CONCURRENTLY ON public.reviews (book_id);",
 			Validated:       true, CostBefore: 4722.5, CostAfter: 12.4, TableRows: 250000,
 			WriteStatsKnown: true, RowsInserted: 250000, RowsUpdated: 1200, RowsDeleted: 30, RowsReadSeq: 9000000, RowsFetchedIdx: 120000,
-			TableWriteShare: WriteShare(250000, 1200, 30, 9000000, 120000), ExistingIndexes: 1,
+			StatsSeconds: 30 * 86400, ExistingIndexes: 1,
 		}, MissingIndexConfig{}),
 	}
 }
@@ -314,3 +335,23 @@ func TestDocsCoverRegistry(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestSessionIDString (issue 14, item 3): session ids from Postgres logs
+// exceed 2^53; the evidence carries them as strings so JSON readers keep
+// every digit.
+func TestSessionIDString(t *testing.T) {
+	const id = uint64(9223372036854780370)
+	f := EvaluateNPlusOne(NPlusOneFacts{Fingerprint: "a1", Query: "q", Repeats: 10, DistinctParams: 10,
+		SourceFingerprint: "b2", SourceRows: 10, Form: FormRowCount, Tie: TieGap, SessionID: id}, NPlusOneConfig{})
+	b, err := json.Marshal(f.Evidence)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"session_id":"9223372036854780370"`) {
+		t.Errorf("evidence %s", b)
+	}
+	s := EvaluateTxnPoolingUnsafe(SessionStateFacts{Feature: "listen", Fingerprint: "a1", SessionID: id}, TxnPoolingUnsafeConfig{})
+	if s.Evidence["session_id"] != "9223372036854780370" {
+		t.Errorf("evidence %v", s.Evidence)
+	}
+}

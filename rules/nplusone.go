@@ -3,6 +3,7 @@ package rules
 import (
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -141,7 +142,7 @@ func EvaluateNPlusOne(f NPlusOneFacts, cfg NPlusOneConfig) *Finding {
 		"source_rows":        f.SourceRows,
 		"form":               f.Form,
 		"tie":                f.Tie,
-		"session_id":         f.SessionID,
+		"session_id":         strconv.FormatUint(f.SessionID, 10),
 	}
 	if f.Column != "" {
 		ev["column"] = f.Column
@@ -180,6 +181,8 @@ func EvaluateNPlusOne(f NPlusOneFacts, cfg NPlusOneConfig) *Finding {
 		Count:           1,
 		FirstSeen:       first,
 		LastSeen:        last,
+		WindowStart:     first,
+		WindowEnd:       last,
 		Database:        f.Database,
 		ApplicationName: f.ApplicationName,
 		ClientAddr:      f.ClientAddr,

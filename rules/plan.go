@@ -12,11 +12,6 @@ import (
 // table's size and statistics from the catalogs, hypothetical-index costs
 // from HypoPG); the functions here only decide and format.
 
-// WriteHeavyShare is the table write share (see WriteShare) at or above
-// which a missing-index suggestion warns that the index will slow writes
-// down.
-const WriteHeavyShare = 0.5
-
 // seqScanLimits returns cfg's thresholds with defaults for unset (zero or
 // negative) fields.
 func seqScanLimits(cfg SeqScanConfig) (minRows, maxSel float64) {
@@ -114,6 +109,9 @@ type SeqScanFacts struct {
 	ScanCost, PlanCost float64
 	// Parallel is true for a parallel sequential scan.
 	Parallel bool
+	// RowsPerProcess is a parallel scan's Plan Rows as EXPLAIN prints it
+	// (per process; EstimatedRowsReturned is the total).
+	RowsPerProcess float64
 	// GenericPlan is true when the plan was made without parameter values
 	// (a generic plan for a parameterized shape).
 	GenericPlan bool
@@ -159,6 +157,11 @@ func EvaluateSeqScan(f SeqScanFacts, cfg SeqScanConfig) *Finding {
 	if f.PlanExcerpt != "" {
 		ev["plan_excerpt"] = f.PlanExcerpt
 	}
+	kept := "~" + planCount(f.EstimatedRowsReturned) + " rows"
+	if f.Parallel && f.RowsPerProcess > 0 && f.RowsPerProcess != f.EstimatedRowsReturned {
+		ev["estimated_rows_per_process"] = planRound(f.RowsPerProcess, 0)
+		kept += " in total (~" + planCount(f.RowsPerProcess) + " per parallel process)"
+	}
 	sugg := f.SuggestedIndex
 	if sugg == "" {
 		sugg = fmt.Sprintf("Add an index on the columns %s filters on (%s), or rewrite the filter so an existing index applies.", table, f.Filter)
@@ -169,16 +172,18 @@ func EvaluateSeqScan(f SeqScanFacts, cfg SeqScanConfig) *Finding {
 		Severity:    Warning,
 		Fingerprint: f.Fingerprint,
 		Query:       f.Query,
-		Message: fmt.Sprintf("sequential scan of %s (~%s rows) keeps ~%s rows (%s) with filter %s",
-			table, planCount(f.EstimatedRowsScanned), planCount(f.EstimatedRowsReturned), planPct(sel), f.Filter),
-		Evidence:   ev,
-		Suggestion: sugg,
-		Confidence: "high",
-		Table:      table,
-		Count:      1,
-		FirstSeen:  f.FirstSeen,
-		LastSeen:   f.LastSeen,
-		Database:   f.Database,
+		Message: fmt.Sprintf("sequential scan of %s (~%s rows) keeps %s (%s) with filter %s",
+			table, planCount(f.EstimatedRowsScanned), kept, planPct(sel), f.Filter),
+		Evidence:    ev,
+		Suggestion:  sugg,
+		Confidence:  "high",
+		Table:       table,
+		Count:       1,
+		FirstSeen:   f.FirstSeen,
+		LastSeen:    f.LastSeen,
+		WindowStart: f.FirstSeen,
+		WindowEnd:   f.LastSeen,
+		Database:    f.Database,
 	}
 }
 
@@ -213,10 +218,31 @@ type IndexCandidateFacts struct {
 	RowsDeleted     int64 // n_tup_del
 	RowsReadSeq     int64 // seq_tup_read
 	RowsFetchedIdx  int64 // idx_tup_fetch
-	// TableWriteShare is WriteShare of the counters above.
-	TableWriteShare float64
+	// StatsSeconds is the time the counters above cover (since the
+	// statistics were reset or, when never, since the server started);
+	// zero when unknown.
+	StatsSeconds float64
 	// ExistingIndexes is the number of indexes the table already has.
 	ExistingIndexes int
+}
+
+// WritesPerSecond is the table's rows written (inserted + updated +
+// deleted) per second over StatsSeconds, or -1 when unknown.
+func (f *IndexCandidateFacts) WritesPerSecond() float64 {
+	if !f.WriteStatsKnown || f.StatsSeconds <= 0 {
+		return -1
+	}
+	return float64(max(f.RowsInserted, 0)+max(f.RowsUpdated, 0)+max(f.RowsDeleted, 0)) / f.StatsSeconds
+}
+
+// CallsPerSecond is how often the shape ran per second between its first
+// and last execution (at least one second), or -1 when unknown: the
+// statements per second that would use the index.
+func (f *PlanShapeFacts) CallsPerSecond() float64 {
+	if f.Calls == 0 || f.FirstSeen.IsZero() || f.LastSeen.IsZero() {
+		return -1
+	}
+	return float64(f.Calls) / max(f.LastSeen.Sub(f.FirstSeen).Seconds(), 1)
 }
 
 // WriteShare is the table write share reported by missing-index findings:
@@ -252,9 +278,11 @@ func CostReduction(before, after float64) float64 {
 // Evidence keys: table, schema, columns, create_statement, validated,
 // validation_note (unvalidated only), cost_before, cost_after and
 // cost_reduction (validated only), table_rows, existing_indexes,
-// write_share, rows_inserted, rows_updated, rows_deleted, rows_read_seq,
-// rows_fetched_idx (when write statistics are known), calls,
-// total_time_ms, mean_time_ms.
+// writes_per_s, shape_calls_per_s (when known), rows_inserted,
+// rows_updated, rows_deleted, rows_read_seq, rows_fetched_idx (when write
+// statistics are known), calls, total_time_ms, mean_time_ms. When the
+// table's writes per second exceed the shape's calls per second, the
+// message and the suggestion say so.
 func EvaluateMissingIndex(f IndexCandidateFacts, cfg MissingIndexConfig) *Finding {
 	if !cfg.IsEnabled() || f.CreateStatement == "" || len(f.Columns) == 0 || f.Table == "" {
 		return nil
@@ -276,8 +304,14 @@ func EvaluateMissingIndex(f IndexCandidateFacts, cfg MissingIndexConfig) *Findin
 	if f.CostBefore > 0 {
 		ev["cost_before"] = planRound(f.CostBefore, 2)
 	}
+	writes, reads := f.WritesPerSecond(), f.CallsPerSecond()
+	if writes >= 0 {
+		ev["writes_per_s"] = planRound(writes, 2)
+	}
+	if reads >= 0 {
+		ev["shape_calls_per_s"] = planRound(reads, 2)
+	}
 	if f.WriteStatsKnown {
-		ev["write_share"] = planRound(f.TableWriteShare, 4)
 		ev["rows_inserted"] = f.RowsInserted
 		ev["rows_updated"] = f.RowsUpdated
 		ev["rows_deleted"] = f.RowsDeleted
@@ -307,9 +341,13 @@ func EvaluateMissingIndex(f IndexCandidateFacts, cfg MissingIndexConfig) *Findin
 		msg = fmt.Sprintf("an index on %s (%s) would likely serve this query (unvalidated: %s)", table, cols, note)
 		fmt.Fprintf(&b, "\n-- unvalidated: %s; compare EXPLAIN before and after creating it", note)
 	}
-	if f.WriteStatsKnown && f.TableWriteShare >= WriteHeavyShare {
-		fmt.Fprintf(&b, "\n-- note: %s of the row operations counted on %s are writes (%d existing indexes); each index slows them down and takes disk",
-			planPct(f.TableWriteShare), table, f.ExistingIndexes)
+	if writes > 0 && reads >= 0 && writes > reads {
+		// Writes dominate the reads the index would serve: every insert,
+		// non-HOT update and delete must maintain it too.
+		msg += fmt.Sprintf("; but writes dominate: %s takes %s rows written/s against %s/s of this query, and every write must also update the new index (%d existing)",
+			table, rate(writes), rate(reads), f.ExistingIndexes)
+		fmt.Fprintf(&b, "\n-- write cost: %s takes %s rows written/s (%d indexes already) against %s/s of this query; measure write throughput with and without the index before keeping it",
+			table, rate(writes), f.ExistingIndexes, rate(reads))
 	}
 	return &Finding{
 		ID:          StableID(IDMissingIndex, f.Fingerprint, table),
@@ -325,6 +363,8 @@ func EvaluateMissingIndex(f IndexCandidateFacts, cfg MissingIndexConfig) *Findin
 		Count:       1,
 		FirstSeen:   f.FirstSeen,
 		LastSeen:    f.LastSeen,
+		WindowStart: f.FirstSeen,
+		WindowEnd:   f.LastSeen,
 		Database:    f.Database,
 	}
 }
@@ -366,4 +406,15 @@ func planCount(v float64) string {
 		b.WriteRune(c)
 	}
 	return b.String()
+}
+
+// rate formats a per-second rate with sensible precision.
+func rate(v float64) string {
+	switch {
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 1:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
 }

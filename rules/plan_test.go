@@ -80,7 +80,7 @@ func idxFacts() IndexCandidateFacts {
 		CreateStatement: "CREATE INDEX CONCURRENTLY items_category_idx ON public.items (category);",
 		Validated:       true, CostBefore: 1986, CostAfter: 281.5,
 		TableRows: 100000, WriteStatsKnown: true, RowsInserted: 100000, RowsReadSeq: 300000,
-		TableWriteShare: WriteShare(100000, 0, 0, 300000, 0), ExistingIndexes: 1,
+		StatsSeconds: 1000, ExistingIndexes: 1,
 	}
 }
 
@@ -93,7 +93,7 @@ func TestEvaluateMissingIndex(t *testing.T) {
 	if f.ID != "missing-index:00ab:items" || f.Severity != Warning || f.Suggestion != idxFacts().CreateStatement {
 		t.Errorf("finding %+v", f)
 	}
-	if f.Evidence["cost_reduction"] != 0.8583 || f.Evidence["write_share"] != 0.25 || f.Evidence["existing_indexes"] != 1 {
+	if f.Evidence["cost_reduction"] != 0.8583 || f.Evidence["writes_per_s"] != 100.0 || f.Evidence["existing_indexes"] != 1 {
 		t.Errorf("evidence %v", f.Evidence)
 	}
 
@@ -114,10 +114,22 @@ func TestEvaluateMissingIndex(t *testing.T) {
 		t.Errorf("unvalidated finding %+v", f)
 	}
 
+	// Issue 14, item 10: ~4,000 writes/s on the table against 0.4 calls/s
+	// of the shape; the old write share called that 3.4 %. The message
+	// and the suggestion say that writes dominate.
 	heavy := idxFacts()
-	heavy.TableWriteShare = WriteShare(900, 50, 50, 1000, 0)
-	if f := EvaluateMissingIndex(heavy, MissingIndexConfig{}); !strings.Contains(f.Suggestion, "-- note: 50% of the row operations") {
-		t.Errorf("write-heavy note missing: %q", f.Suggestion)
+	heavy.RowsInserted, heavy.RowsReadSeq, heavy.StatsSeconds = 4_000_000, 114_000_000, 1000
+	heavy.Calls, heavy.FirstSeen, heavy.LastSeen = 400, t0, t0.Add(1000*time.Second)
+	f = EvaluateMissingIndex(heavy, MissingIndexConfig{})
+	if f.Evidence["writes_per_s"] != 4000.0 || f.Evidence["shape_calls_per_s"] != 0.4 ||
+		!strings.Contains(f.Message, "writes dominate: items takes 4000 rows written/s against 0.40/s of this query") ||
+		!strings.Contains(f.Suggestion, "\n-- write cost: items takes 4000 rows written/s (1 indexes already)") {
+		t.Errorf("write-heavy: %q / %q / %v", f.Message, f.Suggestion, f.Evidence)
+	}
+	light := idxFacts()
+	light.Calls, light.FirstSeen, light.LastSeen = 100000, t0, t0.Add(1000*time.Second)
+	if f := EvaluateMissingIndex(light, MissingIndexConfig{}); strings.Contains(f.Message, "writes dominate") || strings.Contains(f.Suggestion, "write cost") {
+		t.Errorf("read-heavy table flagged: %q", f.Message)
 	}
 	none := idxFacts()
 	none.Columns = nil
@@ -146,5 +158,22 @@ func TestPlanHelpers(t *testing.T) {
 		if got := planCount(v); got != want {
 			t.Errorf("planCount(%v) = %q, want %q", v, got, want)
 		}
+	}
+}
+
+// TestSeqScanParallelRows (issue 14, item 3): a parallel scan's message
+// gives the total the planner expects, and says how it relates to the
+// per-process rows its plan excerpt prints.
+func TestSeqScanParallelRows(t *testing.T) {
+	f := seqFacts()
+	f.Parallel, f.RowsPerProcess, f.EstimatedRowsReturned = true, 12, 20
+	f.PlanExcerpt = "Parallel Seq Scan on public.items (cost=0.00..1068.00 rows=12 per process, ~20 in total) Filter: (items.category = $1)"
+	fd := EvaluateSeqScan(f, SeqScanConfig{})
+	if !strings.Contains(fd.Message, "keeps ~20 rows in total (~12 per parallel process)") ||
+		fd.Evidence["estimated_rows_per_process"] != 12.0 || fd.Evidence["estimated_rows_returned"] != 20.0 {
+		t.Errorf("message %q evidence %v", fd.Message, fd.Evidence)
+	}
+	if fd := EvaluateSeqScan(seqFacts(), SeqScanConfig{}); fd.Evidence["estimated_rows_per_process"] != nil || strings.Contains(fd.Message, "in total") {
+		t.Errorf("serial scan: %q %v", fd.Message, fd.Evidence)
 	}
 }

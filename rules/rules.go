@@ -99,7 +99,21 @@ type Finding struct {
 
 	Count     int64     `json:"count"`
 	FirstSeen time.Time `json:"first_seen"`
-	LastSeen  time.Time `json:"last_seen"`
+	// LastSeen is when the condition was last observed true.
+	LastSeen time.Time `json:"last_seen"`
+	// WindowStart and WindowEnd bound the period the evidence numbers
+	// cover (the latest occurrence's: a loop's span, a pool's sliding
+	// minute, a shape's recent latency window); zero when unknown.
+	WindowStart time.Time `json:"window_start,omitzero"`
+	WindowEnd   time.Time `json:"window_end,omitzero"`
+	// Status is StatusOpen while the condition holds, StatusResolved once
+	// it is gone (see Store.Resolve); a new occurrence reopens it. Empty
+	// means open.
+	Status string `json:"status,omitempty"`
+	// ResolvedAt and Resolution say when and why a finding was resolved
+	// (zero and empty while open).
+	ResolvedAt time.Time `json:"resolved_at,omitzero"`
+	Resolution string    `json:"resolution,omitempty"`
 
 	Database        string            `json:"database,omitempty"`
 	ApplicationName string            `json:"application_name,omitempty"`
@@ -107,6 +121,15 @@ type Finding struct {
 	TraceParent     string            `json:"traceparent,omitempty"`
 	Tags            map[string]string `json:"tags,omitempty"`
 }
+
+// Finding statuses.
+const (
+	StatusOpen     = "open"
+	StatusResolved = "resolved"
+)
+
+// Open reports whether f is open (Status empty or StatusOpen).
+func (f *Finding) Open() bool { return f.Status != StatusResolved }
 
 // StableID builds a finding id from a rule id and the parts that identify
 // the problem (fingerprint, table).

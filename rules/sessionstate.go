@@ -2,6 +2,7 @@ package rules
 
 import (
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -56,7 +57,7 @@ func EvaluateTxnPoolingUnsafe(f SessionStateFacts, cfg TxnPoolingUnsafeConfig) *
 	}
 	ev := map[string]any{
 		"feature":    f.Feature,
-		"session_id": f.SessionID,
+		"session_id": strconv.FormatUint(f.SessionID, 10),
 	}
 	if f.User != "" {
 		ev["user"] = f.User
@@ -73,6 +74,8 @@ func EvaluateTxnPoolingUnsafe(f SessionStateFacts, cfg TxnPoolingUnsafeConfig) *
 		Count:           1,
 		FirstSeen:       f.At,
 		LastSeen:        f.At,
+		WindowStart:     f.At,
+		WindowEnd:       f.At,
 		Database:        f.Database,
 		ApplicationName: f.ApplicationName,
 		ClientAddr:      f.ClientAddr,

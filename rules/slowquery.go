@@ -6,8 +6,9 @@ import (
 	"time"
 )
 
-// ShapeFacts are one query shape's cumulative statistics, as the analyzer's
-// per-shape Stats hold them.
+// ShapeFacts are one query shape's statistics, as the analyzer's per-shape
+// Stats hold them: over a recent window (WindowStart to WindowEnd) in proxy
+// mode, over the whole input in lint mode.
 type ShapeFacts struct {
 	// Fingerprint and Query (normalized) identify the shape.
 	Fingerprint string
@@ -23,6 +24,12 @@ type ShapeFacts struct {
 	Share float64
 	// FirstSeen and LastSeen bound the executions.
 	FirstSeen, LastSeen time.Time
+	// WindowStart and WindowEnd bound the executions Calls and the latency
+	// figures cover; zero means FirstSeen to LastSeen (everything).
+	WindowStart, WindowEnd time.Time
+	// TotalCalls counts executions since statistics began (the finding's
+	// Count); zero means Calls.
+	TotalCalls uint64
 	// ApplicationName is the most frequent application of the shape.
 	ApplicationName string
 }
@@ -46,6 +53,16 @@ func EvaluateSlowQuery(f ShapeFacts, cfg SlowQueryConfig) *Finding {
 	if f.Calls < uint64(minCalls) || f.P99 < threshold {
 		return nil
 	}
+	if f.TotalCalls < f.Calls {
+		f.TotalCalls = f.Calls
+	}
+	if f.WindowStart.IsZero() {
+		f.WindowStart, f.WindowEnd = f.FirstSeen, f.LastSeen
+	}
+	over := fmt.Sprintf("%d calls", f.Calls)
+	if f.Calls != f.TotalCalls {
+		over = fmt.Sprintf("%d calls in %s to %s UTC", f.Calls, f.WindowStart.UTC().Format("15:04:05"), f.WindowEnd.UTC().Format("15:04:05"))
+	}
 	rowsPerCall := 0.0
 	if f.Calls > 0 {
 		rowsPerCall = math.Round(float64(f.Rows)/float64(f.Calls)*100) / 100
@@ -63,10 +80,11 @@ func EvaluateSlowQuery(f ShapeFacts, cfg SlowQueryConfig) *Finding {
 		Severity:    cfg.SeverityOr(DefaultSeverity(IDSlowQuery)),
 		Fingerprint: f.Fingerprint,
 		Query:       f.Query,
-		Message: fmt.Sprintf("slow query: p99 %s over %d calls (threshold %s, %.1f%% of database time)",
-			fmtDuration(f.P99), f.Calls, fmtDuration(threshold), f.Share*100),
+		Message: fmt.Sprintf("slow query: p99 %s over %s (threshold %s, %.1f%% of database time)",
+			fmtDuration(f.P99), over, fmtDuration(threshold), f.Share*100),
 		Evidence: map[string]any{
 			"calls":         int64(f.Calls),
+			"total_calls":   int64(f.TotalCalls),
 			"errors":        int64(f.Errors),
 			"p50_ms":        Millis(f.P50),
 			"p90_ms":        Millis(f.P90),
@@ -79,9 +97,35 @@ func EvaluateSlowQuery(f ShapeFacts, cfg SlowQueryConfig) *Finding {
 			"threshold_ms":  Millis(threshold),
 		},
 		Suggestion:      sug,
-		Count:           int64(f.Calls),
+		Count:           int64(f.TotalCalls),
 		FirstSeen:       f.FirstSeen,
 		LastSeen:        f.LastSeen,
+		WindowStart:     f.WindowStart,
+		WindowEnd:       f.WindowEnd,
 		ApplicationName: f.ApplicationName,
 	}
+}
+
+// SlowQueryCleared returns why an open slow-query finding for the shape is
+// resolved, or "": the shape ran at least min_calls times in the window and
+// its p99 there is below p99_threshold, or it ran fewer times and every
+// one of them (its max) was below the threshold.
+func SlowQueryCleared(f ShapeFacts, cfg SlowQueryConfig) string {
+	threshold := time.Duration(cfg.P99Threshold)
+	if threshold <= 0 {
+		threshold = DefaultSlowQueryP99
+	}
+	minCalls := cfg.MinCalls
+	if minCalls <= 0 {
+		minCalls = DefaultSlowQueryMinCalls
+	}
+	if f.Calls > 0 && f.Calls < uint64(minCalls) && f.Max < threshold {
+		return fmt.Sprintf("all %d calls since %s UTC took less than the %s threshold (max %s)",
+			f.Calls, f.WindowStart.UTC().Format(time.DateTime), fmtDuration(threshold), fmtDuration(f.Max))
+	}
+	if f.Calls < uint64(minCalls) || f.P99 >= threshold {
+		return ""
+	}
+	return fmt.Sprintf("p99 %s over %d calls since %s UTC, below the %s threshold",
+		fmtDuration(f.P99), f.Calls, f.WindowStart.UTC().Format(time.DateTime), fmtDuration(threshold))
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Change says what Store.Add or Store.Set did to the stored finding, so the
@@ -23,6 +24,8 @@ const (
 	// reported: its severity changed, its count at least doubled, or a
 	// numeric evidence value moved by at least StoreConfig.ChangeRatio.
 	Changed
+	// Resolved: Store.Resolve closed an open finding.
+	Resolved
 )
 
 // String returns "unchanged", "new" or "changed".
@@ -32,6 +35,8 @@ func (c Change) String() string {
 		return "new"
 	case Changed:
 		return "changed"
+	case Resolved:
+		return "resolved"
 	}
 	return "unchanged"
 }
@@ -109,6 +114,7 @@ func (s *Store) put(f Finding, absolute bool) (Finding, Change) {
 		f.FirstSeen = f.LastSeen
 	}
 	f = f.Clone()
+	f.Status, f.ResolvedAt, f.Resolution = StatusOpen, time.Time{}, ""
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.m[f.ID]
@@ -131,11 +137,48 @@ func (s *Store) put(f Finding, absolute bool) (Finding, Change) {
 		f.LastSeen = old.LastSeen
 	}
 	e.f = f
-	if s.significant(&e.reported, &f) {
+	if !old.Open() || s.significant(&e.reported, &f) {
+		// Reopened, or moved enough.
 		e.reported = f
 		return f.Clone(), Changed
 	}
 	return f.Clone(), Unchanged
+}
+
+// Resolve marks the open finding id resolved at at, with a reason a person
+// reads ("p99 31.9ms over the last 5m, under the 500ms threshold"). It
+// returns the stored finding and Resolved, or Unchanged when id is unknown
+// or already resolved. A later Add or Set of the same id reopens it.
+func (s *Store) Resolve(id string, at time.Time, reason string) (Finding, Change) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.m[id]
+	if !ok || !e.f.Open() {
+		return Finding{}, Unchanged
+	}
+	e.f.Status, e.f.ResolvedAt, e.f.Resolution = StatusResolved, at, reason
+	e.reported = e.f.Clone()
+	return e.f.Clone(), Resolved
+}
+
+// ResolveIf resolves every open finding for which cond returns a non-empty
+// reason, at at, and returns them.
+func (s *Store) ResolveIf(at time.Time, cond func(f *Finding) string) []Finding {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Finding
+	for _, e := range s.m {
+		if !e.f.Open() {
+			continue
+		}
+		if reason := cond(&e.f); reason != "" {
+			e.f.Status, e.f.ResolvedAt, e.f.Resolution = StatusResolved, at, reason
+			e.reported = e.f.Clone()
+			out = append(out, e.f.Clone())
+		}
+	}
+	slices.SortFunc(out, func(a, b Finding) int { return strings.Compare(a.ID, b.ID) })
+	return out
 }
 
 // significant compares the last reported version of a finding with the
@@ -191,8 +234,9 @@ func number(v any) (float64, bool) {
 func (s *Store) evictLocked() {
 	var victim *entry
 	for _, e := range s.m {
-		if victim == nil || e.f.Severity < victim.f.Severity ||
-			(e.f.Severity == victim.f.Severity && e.f.LastSeen.Before(victim.f.LastSeen)) {
+		if victim == nil || (!e.f.Open() && victim.f.Open()) ||
+			(e.f.Open() == victim.f.Open() && (e.f.Severity < victim.f.Severity ||
+				(e.f.Severity == victim.f.Severity && e.f.LastSeen.Before(victim.f.LastSeen)))) {
 			victim = e
 		}
 	}
@@ -239,10 +283,17 @@ func (s *Store) Evicted() uint64 {
 	return s.evicted
 }
 
-// Sort orders findings most important first: by severity (error first),
-// then by Count (highest first), then by ID, so the order is stable.
+// Sort orders findings most important first: open before resolved, then
+// by severity (error first), then by Count (highest first), then by ID, so
+// the order is stable.
 func Sort(fs []Finding) {
 	slices.SortFunc(fs, func(a, b Finding) int {
+		if a.Open() != b.Open() {
+			if a.Open() {
+				return -1
+			}
+			return 1
+		}
 		if a.Severity != b.Severity {
 			return int(b.Severity) - int(a.Severity)
 		}

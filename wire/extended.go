@@ -70,9 +70,16 @@ func DecodeBind(body []byte) (BindMsg, error) {
 	return BindMsg{Portal: portal, Statement: stmt, Rest: rest}, nil
 }
 
+// BinaryParamPrefix starts a value BindParams keeps for a parameter sent
+// in binary format: the prefix, then the raw bytes. A text-format value
+// never contains a NUL byte, so the prefix is unambiguous; the consumer
+// (the EXPLAIN sampler) decodes such values by their type OIDs.
+const BinaryParamPrefix = "\x00"
+
 // BindParams walks the parameters of a Bind (its Rest) and returns their
 // count and an FNV-1a hash over their values and NULL-ness; when keep is
-// true it also returns text copies of the values (NULL as "").
+// true it also returns copies of the values (NULL as ""): text-format
+// values as they are, binary-format ones as BinaryParamPrefix + bytes.
 func BindParams(rest []byte, keep bool) (n int, hash uint64, values []string, err error) {
 	if len(rest) < 2 {
 		return 0, 0, nil, ErrMalformed
@@ -82,6 +89,7 @@ func BindParams(rest []byte, keep bool) (n int, hash uint64, values []string, er
 	if len(rest) < 2*nf+2 {
 		return 0, 0, nil, ErrMalformed
 	}
+	formats := rest[:2*nf]
 	rest = rest[2*nf:]
 	n = int(binary.BigEndian.Uint16(rest))
 	rest = rest[2:]
@@ -106,7 +114,19 @@ func BindParams(rest []byte, keep bool) (n int, hash uint64, values []string, er
 		}
 		_, _ = h.Write(rest[:l])
 		if keep {
-			values = append(values, string(rest[:l]))
+			// Format codes: none (all text), one for all, or one each.
+			binaryFmt := false
+			switch {
+			case nf == 1:
+				binaryFmt = binary.BigEndian.Uint16(formats) == 1
+			case nf > 1 && i < nf:
+				binaryFmt = binary.BigEndian.Uint16(formats[2*i:]) == 1
+			}
+			if binaryFmt {
+				values = append(values, BinaryParamPrefix+string(rest[:l]))
+			} else {
+				values = append(values, string(rest[:l]))
+			}
 		}
 		rest = rest[l:]
 	}

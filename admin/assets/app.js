@@ -155,7 +155,15 @@
       host.appendChild(el('p', 'empty', 'No findings.'));
       return;
     }
-    fs.forEach(function (f) {
+    function when(t) { return t ? t.replace('T', ' ').replace(/\.\d+/, '').replace('Z', ' UTC') : ''; }
+    // Open findings are cards; resolved ones (their condition is gone) a
+    // short list below them, so stale findings never crowd the page.
+    var open = fs.filter(function (f) { return f.status !== 'resolved'; });
+    var resolved = fs.filter(function (f) { return f.status === 'resolved'; });
+    if (open.length === 0) {
+      host.appendChild(el('p', 'empty', 'No open findings.'));
+    }
+    open.forEach(function (f) {
       var sev = f.severity || 'info';
       var box = el('div', 'finding ' + sev);
       var head = el('div', 'head');
@@ -165,7 +173,8 @@
       var meta = [];
       if (f.count) { meta.push(num(f.count, 0) + '×'); }
       if (f.database) { meta.push('database ' + f.database); }
-      if (f.last_seen) { meta.push('last seen ' + f.last_seen.replace('T', ' ').replace(/\.\d+/, '')); }
+      if (f.first_seen) { meta.push('first seen ' + when(f.first_seen)); }
+      if (f.last_seen) { meta.push('last seen ' + when(f.last_seen)); }
       head.appendChild(el('span', 'muted', meta.join(' · ')));
       box.appendChild(head);
       if (f.query) { box.appendChild(el('pre', 'query', f.query)); }
@@ -175,6 +184,23 @@
       }
       host.appendChild(box);
     });
+    if (resolved.length > 0) {
+      var maxShown = 20;
+      host.appendChild(el('h3', 'resolved-title', 'Resolved (' + resolved.length + ')'));
+      var ul = el('ul', 'resolved');
+      resolved.slice(0, maxShown).forEach(function (f) {
+        var li = el('li', 'finding-resolved');
+        li.appendChild(el('strong', '', f.rule + ' '));
+        li.appendChild(el('span', '', f.message + ' '));
+        li.appendChild(el('span', 'muted', '· last seen ' + when(f.last_seen) + ' · resolved ' + when(f.resolved_at) +
+          (f.resolution ? ': ' + f.resolution : '')));
+        ul.appendChild(li);
+      });
+      if (resolved.length > maxShown) {
+        ul.appendChild(el('li', 'muted', (resolved.length - maxShown) + ' more in /api/v1/findings?status=resolved'));
+      }
+      host.appendChild(ul);
+    }
   }
 
   function renderSummary(items) {

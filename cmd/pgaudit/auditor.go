@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sync"
@@ -25,10 +26,15 @@ type auditorOptions struct {
 	// leave it unplanned. The planner runs user code with the connection's
 	// privileges, so the target must log in as the role the statement ran
 	// as (see docs/security-explain.md). Nil disables the sampler.
-	Explain              func(database, user string) (explainTarget, bool)
-	ExplainInterval      time.Duration
-	SamplerInterval      time.Duration
-	AllowCreateExtension bool
+	Explain         func(database, user string) (explainTarget, bool)
+	ExplainInterval time.Duration
+	SamplerInterval time.Duration
+	// ExplainTriggerCost is the sampler's TriggerCost (0: its default).
+	ExplainTriggerCost time.Duration
+	// ExplainShutdownBudget bounds the last sampler round run by stop for
+	// shapes not explained yet (proxy mode). Default 5s.
+	ExplainShutdownBudget time.Duration
+	AllowCreateExtension  bool
 	// Lint runs the engine without its wall-clock timers.
 	Lint bool
 	// Observers are registered on the pipeline before it starts (the
@@ -40,10 +46,12 @@ type auditorOptions struct {
 // auditor is the running pipeline, rules engine, EXPLAIN sampler and audit
 // log. Stop it once.
 type auditor struct {
-	pipeline *analyzer.Pipeline
-	engine   *analyzer.Engine
-	sampler  *analyzer.Sampler
-	log      *analyzer.AuditLog
+	// stopBudget bounds the shutdown sampler round; zero: none (lint).
+	stopBudget time.Duration
+	pipeline   *analyzer.Pipeline
+	engine     *analyzer.Engine
+	sampler    *analyzer.Sampler
+	log        *analyzer.AuditLog
 
 	mu         sync.Mutex
 	explainers map[string]*analyzer.Explainer // by explainTarget.Key
@@ -53,6 +61,9 @@ type auditor struct {
 
 func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
 	a := &auditor{explainers: map[string]*analyzer.Explainer{}}
+	if !o.Lint {
+		a.stopBudget = cmp.Or(o.ExplainShutdownBudget, defaultExplainShutdownBudget)
+	}
 	cfg := o.Pipeline
 	cfg.Logger = o.Log
 	if o.AuditLog.Path != "" || o.AuditLog.Writer != nil {
@@ -66,7 +77,7 @@ func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
 		cfg.AuditLog = al
 	}
 	a.pipeline = analyzer.NewPipeline(cfg)
-	eng, err := analyzer.NewEngine(analyzer.EngineConfig{Rules: o.Rules, Stats: a.pipeline.Stats(), AuditLog: a.log, Logger: o.Log})
+	eng, err := analyzer.NewEngine(analyzer.EngineConfig{Rules: o.Rules, Stats: a.pipeline.Stats(), AuditLog: a.log, Logger: o.Log, WholeInput: o.Lint})
 	if err != nil {
 		return nil, err
 	}
@@ -81,8 +92,10 @@ func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
 				return a.explainer(database, user, o)
 			},
 			Emit:            func(f *rules.Finding) { eng.Report(*f) },
+			Explained:       eng.ResolvePlan,
 			Rules:           o.Rules,
 			Interval:        o.SamplerInterval,
+			TriggerCost:     o.ExplainTriggerCost,
 			ExplainInterval: o.ExplainInterval,
 			Logger:          o.Log,
 		})
@@ -114,6 +127,9 @@ func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
 	}
 	return a, nil
 }
+
+// defaultExplainShutdownBudget bounds the sampler round at shutdown.
+const defaultExplainShutdownBudget = 5 * time.Second
 
 // explainTarget is a connection for the EXPLAIN sampler: DSN or Conn,
 // either naming its user explicitly, and the role it must be logged in as.
@@ -172,9 +188,11 @@ func (a *auditor) observePools(stats []pooler.PoolStats) {
 	for _, ps := range stats {
 		a.engine.ObservePool(rules.PoolFacts{
 			Database: ps.Database, User: ps.User, Mode: ps.Mode, Size: ps.Size,
-			Utilization: ps.Utilization, Window: time.Minute, Waits: ps.Waits,
-			WaitP99: ps.WaitP99, MaxWait: ps.MaxWait, ClientsWaiting: ps.ClientsWaiting,
-			ClientsActive: ps.ClientsActive, At: now,
+			Utilization: ps.Utilization, Window: ps.Window,
+			Acquires: ps.RecentAcquires, Waits: ps.RecentWaits,
+			WaitP99: ps.RecentWaitP99, MaxWait: ps.RecentMaxWait,
+			Connects: ps.Connects, ConnectP99: ps.ConnectP99, ConnectMax: ps.ConnectMax,
+			ClientsWaiting: ps.ClientsWaiting, ClientsActive: ps.ClientsActive, At: now,
 		})
 	}
 }
@@ -191,6 +209,15 @@ func (a *auditor) stop(log zerolog.Logger) {
 	a.engine.Flush()
 	a.cancel()
 	a.wg.Wait()
+	// Shapes the sampler has not explained yet (a short run: a test suite
+	// through the proxy) get one last round, within a bounded budget.
+	if a.sampler != nil && a.stopBudget > 0 {
+		ectx, ecancel := context.WithTimeout(context.Background(), a.stopBudget)
+		if n := a.sampler.RunOnce(ectx); n > 0 {
+			log.Info().Int("shapes", n).Msg("explained pending shapes at shutdown")
+		}
+		ecancel()
+	}
 	if c := a.pipeline.Counters(); c.Dropped > 0 {
 		log.Warn().Uint64("dropped", c.Dropped).Msg("audit events dropped because the queue was full")
 	}

@@ -313,20 +313,32 @@ type settings struct {
 	warnings []string
 }
 
+// readConfigFile decodes a pgaudit.toml, rejecting keys it does not know
+// (a typo must not silently leave a default in force). proxy and lint
+// read the file the same way.
+func readConfigFile(path string) (fileConfig, error) {
+	var fc fileConfig
+	md, err := toml.DecodeFile(path, &fc)
+	if err != nil {
+		return fc, fmt.Errorf("config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return fc, fmt.Errorf("config %s: unknown settings: %s", path, strings.Join(keys, ", "))
+	}
+	return fc, nil
+}
+
 // loadSettings merges the config file and flags. Flags win.
 func loadSettings(fl proxyFlags) (*settings, error) {
 	var fc fileConfig
 	if fl.configPath != "" {
-		md, err := toml.DecodeFile(fl.configPath, &fc)
-		if err != nil {
-			return nil, fmt.Errorf("config %s: %w", fl.configPath, err)
-		}
-		if und := md.Undecoded(); len(und) > 0 {
-			keys := make([]string, len(und))
-			for i, k := range und {
-				keys[i] = k.String()
-			}
-			return nil, fmt.Errorf("config %s: unknown settings: %s", fl.configPath, strings.Join(keys, ", "))
+		var err error
+		if fc, err = readConfigFile(fl.configPath); err != nil {
+			return nil, err
 		}
 	}
 	g := fc.Pgaudit

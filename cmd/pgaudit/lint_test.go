@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -241,7 +243,8 @@ func TestLintPostgresLogsAndAuditLog(t *testing.T) {
 
 	// Baseline round trip: recorded findings no longer fail the build.
 	base := filepath.Join(dir, "baseline.json")
-	if _, err := run("--dsn", c.DSN(""), "--write-baseline", base, csvPath); exitCode(err) != 1 {
+	// Writing the baseline accepts the findings: exit 0 (issue 14, item 14).
+	if _, err := run("--dsn", c.DSN(""), "--write-baseline", base, csvPath); exitCode(err) != 0 {
 		t.Fatalf("write-baseline run: %v", err)
 	}
 	if out, err := run("--dsn", c.DSN(""), "--baseline", base, csvPath); exitCode(err) != 0 {
@@ -253,6 +256,24 @@ func TestLintPostgresLogsAndAuditLog(t *testing.T) {
 	out, _ = run("--dsn", c.DSN(""), "--config", cfg, csvPath)
 	if got := strings.Join(ruleIDs(t, out), ","); got != "missing-index" {
 		t.Fatalf("with suppression: %s", got)
+	}
+	// An unknown key is an error, as for the proxy (issue 14, item 11):
+	// a typo must not leave the default in force silently.
+	typo := filepath.Join(dir, "typo.toml")
+	_ = os.WriteFile(typo, []byte("[rules.n-plus-one]\nmin_repeat = 3\n"), 0o644)
+	if _, err := run("--config", typo, csvPath); exitCode(err) != 2 || !strings.Contains(err.Error(), "rules.n-plus-one.min_repeat") {
+		t.Fatalf("unknown config key: %v", err)
+	}
+	// pgaudit report on a Postgres log fails as lint does on bad input
+	// (issue 14, item 12); on the audit log it works.
+	if err := runReport(io.Discard, []string{csvPath}, filepath.Join(dir, "r.html"), "", 10); exitCode(err) != 2 || !strings.Contains(err.Error(), "not a pgaudit audit log") {
+		t.Fatalf("report on a Postgres log: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "r.html")); err == nil {
+		t.Fatal("report written for a Postgres log")
+	}
+	if err := runReport(io.Discard, []string{auditPath}, filepath.Join(dir, "r.html"), "", 10); err != nil {
+		t.Fatalf("report on the audit log: %v", err)
 	}
 	if _, err := run("--fail-on", "error", csvPath); exitCode(err) != 0 {
 		t.Fatalf("--fail-on error: %v", err)
@@ -360,4 +381,79 @@ func checkSARIF(t *testing.T, s map[string]any) {
 			t.Fatalf("locations %v", locs)
 		}
 	}
+}
+
+// TestLintDSNQuietAndOwnStatements (issue 14, item 13): lint --dsn writes
+// readable lines on stderr, does not try to EXPLAIN a statement whose
+// normalization broke it (GROUP BY 1 became GROUP BY $n), and a second run
+// over the same Postgres log skips the EXPLAINs the first run left there.
+func TestLintDSNQuietAndOwnStatements(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := pgtest.Start(ctx, pgtest.Options{Conf: []string{
+		"logging_collector = on", "log_destination = 'csvlog'", "log_directory = 'log'",
+		"log_filename = 'pg.log'", "log_min_duration_statement = 0",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	if out, err := c.Psql(ctx, "", "-q", "-c", lintSchema); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for i := range 3 {
+		if out, err := c.Psql(ctx, "", "-q", "-c", fmt.Sprintf("select count(*) from lint_events where kind = %d", i),
+			"-c", fmt.Sprintf("select kind, count(*) from lint_events where id < %d group by 1 order by 2", 100+i)); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	csvPath := filepath.Join(c.DataDir, "log", "pg.csv")
+	run := func() (lintReport, string) {
+		var out, errb bytes.Buffer
+		fl := lintFlags{format: "auto", output: "json", failOn: "warning", logLevel: "warn", dsn: c.DSN("")}
+		if err := runLint(ctx, fl, []string{csvPath}, &out, &errb); exitCode(err) > 1 {
+			t.Fatalf("lint: %v\n%s", err, errb.String())
+		}
+		var r lintReport
+		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+			t.Fatal(err)
+		}
+		return r, errb.String()
+	}
+	r1, stderr1 := run()
+	if strings.Contains(stderr1, `{"level"`) || strings.Contains(stderr1, "explain failed") || strings.Contains(stderr1, "not checked") {
+		t.Errorf("stderr:\n%s", stderr1)
+	}
+	if !slices.Contains(ruleIDs(t, mustJSON(t, r1)), "seq-scan") {
+		t.Errorf("first run found no seq scan: %+v", r1.Findings)
+	}
+	time.Sleep(500 * time.Millisecond) // Postgres logs the EXPLAINs
+	r2, stderr2 := run()
+	if r2.Summary.OwnSkipped == 0 {
+		t.Errorf("own EXPLAIN statements not skipped: %+v", r2.Summary)
+	}
+	ids := func(r lintReport) string {
+		var out []string
+		for _, f := range r.Findings {
+			out = append(out, f.ID)
+			if strings.Contains(strings.ToUpper(f.Query), "EXPLAIN") {
+				t.Errorf("finding on pgaudit's own EXPLAIN: %s", f.Query)
+			}
+		}
+		sort.Strings(out)
+		return strings.Join(out, " ")
+	}
+	if ids(r1) != ids(r2) || strings.Contains(stderr2, `{"level"`) {
+		t.Errorf("second run differs: %q vs %q\n%s", ids(r1), ids(r2), stderr2)
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

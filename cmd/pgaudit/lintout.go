@@ -24,12 +24,15 @@ type lintReport struct {
 }
 
 type lintSummary struct {
-	Format       string         `json:"format"`
-	Lines        int64          `json:"lines"`
-	Statements   int64          `json:"statements"`
-	Sessions     int64          `json:"sessions"`
-	Skipped      int64          `json:"lines_skipped"`
-	Malformed    int64          `json:"lines_malformed"`
+	Format     string `json:"format"`
+	Lines      int64  `json:"lines"`
+	Statements int64  `json:"statements"`
+	Sessions   int64  `json:"sessions"`
+	Skipped    int64  `json:"lines_skipped"`
+	Malformed  int64  `json:"lines_malformed"`
+	// OwnSkipped counts statements of pgaudit's own EXPLAIN connections
+	// (application_name pgaudit-explain) found in the input and skipped.
+	OwnSkipped   int64          `json:"own_statements_skipped"`
 	BySeverity   map[string]int `json:"findings_by_severity"`
 	Baselined    int            `json:"baselined"`
 	FailOn       string         `json:"fail_on"`

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -48,6 +49,9 @@ func runReport(stdout io.Writer, files []string, output, title string, top int) 
 		inputs[i] = admin.FileInput(f)
 	}
 	rep, err := admin.BuildReport(inputs, admin.ReportOptions{Title: title, Version: version, TopShapes: top})
+	if errors.Is(err, admin.ErrNotAuditLog) {
+		return &exitError{2, err} // bad input, as lint reports it
+	}
 	if err != nil {
 		return &exitError{1, err}
 	}

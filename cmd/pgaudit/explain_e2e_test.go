@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rs/zerolog"
+
+	"github.com/pgaudit/pgaudit/internal/pgtest"
+	"github.com/pgaudit/pgaudit/pooler"
+	"github.com/pgaudit/pgaudit/rules"
+)
+
+// TestExplainBinaryParamsThroughProxy (issue 14, item 7): pgx sends integer
+// parameters in binary format (as GORM does through pgx); the EXPLAIN
+// sampler decodes them by type OID and explains the shape with those
+// example values instead of failing with 22021, so the seq scan is found.
+func TestExplainBinaryParamsThroughProxy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := pgtest.Start(ctx, pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	if out, err := c.Psql(ctx, "", "-q", "-c", lintSchema); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	up, _ := pgconn.ParseConfig(c.DSN(""))
+	log := zerolog.Nop()
+	aud, err := startAuditor(ctx, auditorOptions{Rules: rules.DefaultConfig(), Log: log,
+		Explain: postgresExplains(c), SamplerInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := pooler.DefaultPoolSettings()
+	st.Mode = pooler.TransactionMode
+	st.Size = 2
+	p := pooler.New(&pooler.Config{Listen: "127.0.0.1:0", AuthType: "trust", CaptureParams: true,
+		Databases: map[string]*pooler.Database{"postgres": {Name: "postgres", Upstream: up, Pool: st}}}, aud.pipeline, log)
+	if err := p.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = p.Serve(ctx) }()
+	conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", p.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		var n int64
+		// int32 and int64 arguments, encoded in binary format by pgx.
+		if err := conn.QueryRow(ctx, "select count(*) from lint_events where kind = $1 and id > $2", int32(i), int64(-1)).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn.Close(ctx)
+	deadline := time.Now().Add(10 * time.Second)
+	for aud.pipeline.Counters().Processed < 5 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	aud.explainNow(ctx)
+	sc := aud.sampler.Counters()
+	_ = p.Close()
+	<-done
+	aud.stop(log)
+	var seq *rules.Finding
+	fs := aud.engine.Findings()
+	for i := range fs {
+		if fs[i].Rule == rules.IDSeqScan {
+			seq = &fs[i]
+		}
+	}
+	if sc.Failed != 0 || seq == nil {
+		t.Fatalf("sampler %+v, findings %+v", sc, fs)
+	}
+	if seq.Evidence["generic_plan"] != false || seq.Evidence["filter"] != "((lint_events.id > $2) AND (lint_events.kind = $1))" /* as lint prints it from a generic plan */ {
+		t.Errorf("seq-scan evidence %v", seq.Evidence)
+	}
+}
+
+// TestExplainCadenceThroughProxy (issue 14, item 8): with a sampler tick of
+// an hour, a new shape that cost enough is explained within seconds, and a
+// shape never explained during a short run is explained at shutdown.
+func TestExplainCadenceThroughProxy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := pgtest.Start(ctx, pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	if out, err := c.Psql(ctx, "", "-q", "-c", lintSchema); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	up, _ := pgconn.ParseConfig(c.DSN(""))
+	log := zerolog.Nop()
+	start := func(t *testing.T, trigger time.Duration) (*auditor, string, func()) {
+		aud, err := startAuditor(ctx, auditorOptions{Rules: rules.DefaultConfig(), Log: log,
+			Explain: postgresExplains(c), SamplerInterval: time.Hour, ExplainTriggerCost: trigger})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := pooler.DefaultPoolSettings()
+		st.Mode = pooler.TransactionMode
+		p := pooler.New(&pooler.Config{Listen: "127.0.0.1:0", AuthType: "trust", CaptureParams: true,
+			Databases: map[string]*pooler.Database{"postgres": {Name: "postgres", Upstream: up, Pool: st}}}, aud.pipeline, log)
+		if err := p.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { defer close(done); _ = p.Serve(ctx) }()
+		return aud, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", p.Addr()), func() { _ = p.Close(); <-done; aud.stop(log) }
+	}
+	work := func(t *testing.T, dsn string) {
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		for i := range 20 {
+			var n int64
+			if err := conn.QueryRow(ctx, "select count(*) from lint_events where kind = $1", int32(i)).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	hasSeqScan := func(aud *auditor) bool {
+		for _, f := range aud.engine.Findings() {
+			if f.Rule == rules.IDSeqScan {
+				return true
+			}
+		}
+		return false
+	}
+	t.Run("soon-after-cost", func(t *testing.T) {
+		aud, dsn, stop := start(t, 0)
+		defer stop()
+		began := time.Now()
+		work(t, dsn)
+		for !hasSeqScan(aud) {
+			if time.Since(began) > 15*time.Second {
+				t.Fatalf("no seq-scan finding 15 s after the shape cost enough: %+v", aud.sampler.Counters())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Logf("seq-scan found %s after the workload started", time.Since(began).Round(10*time.Millisecond))
+	})
+	t.Run("at-shutdown", func(t *testing.T) {
+		aud, dsn, stop := start(t, -1) // no triggered rounds
+		work(t, dsn)
+		if hasSeqScan(aud) {
+			t.Fatal("explained before shutdown")
+		}
+		stop()
+		if !hasSeqScan(aud) {
+			t.Fatalf("pending shape not explained at shutdown: %+v", aud.sampler.Counters())
+		}
+	})
+}
+
+// postgresExplains plans the statements of clients logged in as postgres
+// (the tests' clients) on c as postgres, and nobody else's.
+func postgresExplains(c *pgtest.Cluster) func(database, user string) (explainTarget, bool) {
+	return func(_, user string) (explainTarget, bool) {
+		return explainTarget{Key: "test", DSN: c.DSN(""), Role: "postgres"}, user == "postgres"
+	}
+}
