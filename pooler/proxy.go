@@ -461,6 +461,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Ses
 		txStatus: 'I', gucs: startupGUCs(st), startupGUCs: startupGUCs(st), connected: time.Now(), stmts: map[string]*stmtDef{}, portals: map[string]*pending{},
 	}
 	s.writingDone = sync.NewCond(&s.mu)
+	c.SetWriteTimeout(pool.set().ClientWriteTimeout)
 	s.gucsKey = gucsKey(s.gucs)
 	s.log = p.log.With().Uint64("session", s.id).Str("user", user).Str("database", dbName).Logger()
 	key := make([]byte, 4)
@@ -539,7 +540,7 @@ func (s *Session) detachIdle() {
 	readerRan := s.readerActive
 	done := s.readerDone
 	if readerRan {
-		s.stopReader = true
+		s.stopReader.Store(true)
 		_ = srv.SetReadDeadline(time.Now())
 	}
 	s.mu.Unlock()
@@ -547,9 +548,9 @@ func (s *Session) detachIdle() {
 		<-done
 	}
 	s.mu.Lock()
-	s.server = nil
+	s.setServerLocked(nil)
 	rerr := s.readerErr
-	s.stopReader = false
+	s.stopReader.Store(false)
 	s.mu.Unlock()
 	inSync := srv.R.InSync()
 	if readerRan {
@@ -807,12 +808,13 @@ type ClientInfo struct {
 	Pinned          bool      `json:"pinned"`
 }
 
-// Clients lists the connected client sessions.
+// Clients lists the connected client sessions. It never waits for a
+// session's relay (see Session.infoMu).
 func (p *Proxy) Clients() []ClientInfo {
 	sessions := p.sessionList()
 	out := make([]ClientInfo, 0, len(sessions))
 	for _, s := range sessions {
-		s.mu.Lock()
+		s.infoMu.Lock()
 		ci := ClientInfo{SessionID: s.id, Database: s.database, User: s.user, ApplicationName: s.appName,
 			Addr: s.clientAddr, ConnectTime: s.connected, PID: s.cancelPID, TxStatus: string(s.txStatus), Pinned: s.pinned, State: "idle"}
 		if s.server != nil {
@@ -820,7 +822,7 @@ func (p *Proxy) Clients() []ClientInfo {
 		} else if s.acquiring {
 			ci.State = "waiting"
 		}
-		s.mu.Unlock()
+		s.infoMu.Unlock()
 		out = append(out, ci)
 	}
 	sortClients(out)
@@ -861,11 +863,11 @@ func (p *Proxy) Servers() []ServerInfo {
 	}
 	sessions := p.sessionList()
 	for _, s := range sessions {
-		s.mu.Lock()
+		s.infoMu.Lock()
 		if srv := s.server; srv != nil {
 			out = append(out, serverInfo(s.pool, srv, "active", s.id))
 		}
-		s.mu.Unlock()
+		s.infoMu.Unlock()
 	}
 	return out
 }
@@ -945,11 +947,28 @@ func (p *Proxy) Kill(db string) int {
 		}
 	}
 	p.mu.Unlock()
+	// Each victim gets its FATAL where its relay lets it within killGrace;
+	// a relay blocked writing to a client that does not read holds the
+	// session's lock, and closing the connection is what frees it.
+	var wg sync.WaitGroup
+	sent := make(chan struct{})
 	for _, s := range victims {
-		_ = s.fatal(wire.Fatal(wire.CodeAdminShutdown, "terminating connection due to administrator command (KILL)"))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = s.fatal(wire.Fatal(wire.CodeAdminShutdown, "terminating connection due to administrator command (KILL)"))
+		}()
+	}
+	go func() { wg.Wait(); close(sent) }()
+	select {
+	case <-sent:
+	case <-time.After(killGrace):
+	}
+	for _, s := range victims {
 		_ = s.client.Close()
 		s.interruptInline()
 	}
+	<-sent
 	for _, pl := range p.Pools() {
 		if pl.Database == db {
 			pl.DropIdle()
@@ -957,6 +976,10 @@ func (p *Proxy) Kill(db string) int {
 	}
 	return len(victims)
 }
+
+// killGrace is how long KILL waits to deliver its FATAL before it closes
+// the connections anyway.
+const killGrace = 250 * time.Millisecond
 
 // config returns the current configuration; Reload replaces it.
 func (p *Proxy) config() *Config { return p.cfgPtr.Load() }

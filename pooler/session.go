@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -38,7 +39,11 @@ type stmtDef struct {
 // handed off per transaction) or by a background reader (serverLoop:
 // session mode, pinned clients, open transactions, COPY FROM STDIN, Flush,
 // pipelined requests), never both at once (readerActive). mu guards the
-// fields below it and all writes to the client.
+// fields below it and all writes to the client; a write to a client that
+// does not read can hold it until client_write_timeout. Introspection
+// (SHOW CLIENTS, SHOW SERVERS) and control (KILL, cancel, the watchdog)
+// therefore never take mu: they read the fields marked "info" under
+// infoMu, and act on the attached server under ctlMu.
 type Session struct {
 	proxy  *Proxy
 	id     uint64
@@ -52,13 +57,23 @@ type Session struct {
 	cancelKey                           []byte
 	connected                           time.Time
 
+	// infoMu guards reads of the info fields by introspection and
+	// control. The info fields are written with both mu and infoMu held
+	// (mu first) and read with either. It is never held during I/O.
+	infoMu sync.Mutex
+	// ctlMu is held by control paths that act on the attached server
+	// (cancel, interruptInline) and by everything that detaches it (with
+	// mu held, before infoMu), so the server cannot change hands while a
+	// cancel is on its way to it. It is never held during client I/O.
+	ctlMu sync.Mutex
+
 	mu         sync.Mutex
-	server     *Server
-	inFlight   int  // Syncs, Queries and FunctionCalls sent and not yet answered by ReadyForQuery
-	groupOpen  bool // extended-protocol messages sent since the last Sync
-	txStatus   byte
+	server     *Server // info
+	inFlight   int     // info: Syncs, Queries and FunctionCalls sent and not yet answered by ReadyForQuery
+	groupOpen  bool    // extended-protocol messages sent since the last Sync
+	txStatus   byte    // info
 	copyActive bool
-	pinned     bool
+	pinned     bool // info
 	// skipUntilSync drops client messages after a locally raised error in
 	// an extended-protocol group, as the server does after its own errors.
 	skipUntilSync bool
@@ -68,13 +83,19 @@ type Session struct {
 	// has exited. Without one the client goroutine reads the replies
 	// itself (see awaitReplies).
 	readerActive bool
-	// inlineSince is when the client goroutine began reading its server
-	// inline (zero otherwise); the proxy's watchdog checks clients that
-	// wait long for a vanished peer (see checkInlineClients).
+	// inlineSince (info) is when the client goroutine began reading its
+	// server inline (zero otherwise); the proxy's watchdog checks clients
+	// that wait long for a vanished peer (see checkInlineClients).
 	inlineSince time.Time
 	readerDone  chan struct{}
-	stopReader  bool
-	readerErr   error
+	// stopReader tells whoever reads the server that a read deadline set
+	// on it means "stop", not "server lost". Set without mu by
+	// interruptInline.
+	stopReader atomic.Bool
+	readerErr  error
+	// writeTimedOut says a write to the client hit client_write_timeout:
+	// the client is dropped and its server connection destroyed.
+	writeTimedOut bool
 	gucDirty    bool
 	// startupGUCs are the settings from the client's startup packet: what
 	// RESET and DISCARD ALL return to on a direct connection. Read-only.
@@ -85,7 +106,7 @@ type Session struct {
 	txSeq       uint64
 	closed      bool
 	lastFatal   bool
-	acquiring   bool // waiting for a server connection
+	acquiring   bool // info: waiting for a server connection
 	// copyInExtended is set between an Execute's CopyInResponse and the
 	// client's CopyDone/CopyFail.
 	copyInExtended bool
@@ -235,11 +256,15 @@ func (s *Session) attach(ctx context.Context) (*Server, error) {
 		<-s.readerDone
 	}
 	s.mu.Lock()
+	s.infoMu.Lock()
 	s.acquiring = true
+	s.infoMu.Unlock()
 	s.mu.Unlock()
 	srv, wait, err := s.pool.Acquire(ctx)
 	s.mu.Lock()
+	s.infoMu.Lock()
 	s.acquiring = false
+	s.infoMu.Unlock()
 	s.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -249,15 +274,26 @@ func (s *Session) attach(ctx context.Context) (*Server, error) {
 		return nil, err
 	}
 	s.mu.Lock()
-	s.server = srv
+	s.setServerLocked(srv)
 	s.pendingWait += wait
-	s.stopReader = false
+	s.stopReader.Store(false)
 	s.readerErr = nil
 	if s.mode == SessionMode || s.pinned {
 		s.startReaderLocked(srv)
 	}
 	s.mu.Unlock()
 	return srv, nil
+}
+
+// setServerLocked attaches srv to the session (nil detaches it); s.mu held.
+// It waits for a cancel or interrupt in progress (ctlMu), so that it
+// reaches the server it was meant for.
+func (s *Session) setServerLocked(srv *Server) {
+	s.ctlMu.Lock()
+	s.infoMu.Lock()
+	s.server = srv
+	s.infoMu.Unlock()
+	s.ctlMu.Unlock()
 }
 
 // startReaderLocked starts the background reader of srv unless one runs;
@@ -292,11 +328,15 @@ func (s *Session) awaitReplies(srv *Server) error {
 		s.mu.Unlock()
 		return nil
 	}
+	s.infoMu.Lock()
 	s.inlineSince = time.Now()
+	s.infoMu.Unlock()
 	s.mu.Unlock()
 	err := s.pump(srv, true)
 	s.mu.Lock()
+	s.infoMu.Lock()
 	s.inlineSince = time.Time{}
+	s.infoMu.Unlock()
 	s.mu.Unlock()
 	return err
 }
@@ -333,22 +373,27 @@ func (s *Session) sendRequestLocked(srv *Server, out []byte) error {
 // its connection meanwhile: the goroutine cannot notice that itself until
 // the statement ends.
 func (s *Session) clientGoneWhileInline(d time.Duration) bool {
-	s.mu.Lock()
+	s.infoMu.Lock()
 	since := s.inlineSince
-	s.mu.Unlock()
+	s.infoMu.Unlock()
 	return !since.IsZero() && time.Since(since) > d && wire.PeerClosed(s.client.Conn)
 }
 
-// interruptInline makes a client goroutine that reads its server inline
-// stop (KILL, Close): without it a long statement would hold the session
-// until it finishes.
+// interruptInline makes whoever reads the attached server (the client
+// goroutine inline, or the background reader) stop (KILL, Close, a client
+// gone mid-statement): without it a long statement would hold the session
+// until it finishes. It does not take mu, which a write to a client that
+// does not read may hold; the caller closes the client connection first.
 func (s *Session) interruptInline() {
-	s.mu.Lock()
-	if srv := s.server; srv != nil && !s.readerActive {
-		s.stopReader = true
+	s.ctlMu.Lock()
+	s.infoMu.Lock()
+	srv := s.server
+	s.infoMu.Unlock()
+	if srv != nil {
+		s.stopReader.Store(true)
 		_ = srv.SetReadDeadline(time.Now())
 	}
-	s.mu.Unlock()
+	s.ctlMu.Unlock()
 }
 
 // gucsKey serializes settings canonically, so that equal settings (most
@@ -615,7 +660,9 @@ func (s *Session) noteFlags(flags stmtFlags, text string) {
 	}
 	if flags&sessionStateFlags != 0 {
 		if s.pool.set().PinOnSessionState && !s.pinned {
+			s.infoMu.Lock()
 			s.pinned = true
+			s.infoMu.Unlock()
 			s.log.Info().Str("feature", flags.detail()).Msg("client pinned to its server connection: statement needs a session")
 		}
 		s.proxy.sink.Offer(&analyzer.Event{
@@ -667,7 +714,9 @@ func (s *Session) dropQueuedSyncsLocked() {
 	for _, it := range q.items[q.head+1:] {
 		if it.kind == pendSync {
 			if s.inFlight > 0 {
+				s.infoMu.Lock()
 				s.inFlight--
+				s.infoMu.Unlock()
 			}
 			continue
 		}
@@ -1069,10 +1118,10 @@ func (s *Session) finish() {
 	}
 	s.closed = true
 	srv := s.server
-	clean := s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' && !s.copyActive
+	clean := s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' && !s.copyActive && !s.writeTimedOut
 	done := s.readerDone
 	readerRan := s.readerActive
-	s.stopReader = true
+	s.stopReader.Store(true)
 	if srv != nil && readerRan {
 		_ = srv.SetReadDeadline(time.Now())
 	}
@@ -1082,7 +1131,7 @@ func (s *Session) finish() {
 	}
 	s.mu.Lock()
 	srv = s.server
-	s.server = nil
+	s.setServerLocked(nil)
 	rerr := s.readerErr
 	s.mu.Unlock()
 	if srv != nil {
@@ -1127,7 +1176,7 @@ func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 			s.log.Error().Interface("panic", r).Msg("relay panic; closing session")
 			s.mu.Lock()
 			if s.server == srv {
-				s.server = nil
+				s.setServerLocked(nil)
 			}
 			s.readerActive = false
 			s.mu.Unlock()
@@ -1151,7 +1200,7 @@ func (s *Session) pump(srv *Server, inline bool) error {
 		typ, raw, err := srv.R.ReadMessage()
 		if err != nil {
 			s.mu.Lock()
-			if s.stopReader {
+			if s.stopReader.Load() {
 				s.readerErr = err
 				if !inline {
 					s.readerActive = false
@@ -1160,7 +1209,7 @@ func (s *Session) pump(srv *Server, inline bool) error {
 				return errClientGone
 			}
 			if s.server == srv {
-				s.server = nil
+				s.setServerLocked(nil)
 			}
 			if !inline {
 				s.readerActive = false
@@ -1179,6 +1228,9 @@ func (s *Session) pump(srv *Server, inline bool) error {
 		var ferr error
 		if typ == 'Z' || srv.R.Buffered() == 0 {
 			ferr = s.client.Flush()
+			if ferr != nil {
+				s.clientWriteFailedLocked(ferr)
+			}
 		}
 		if release {
 			for s.writing {
@@ -1190,7 +1242,7 @@ func (s *Session) pump(srv *Server, inline bool) error {
 		stop := false
 		switch {
 		case release:
-			s.server = nil
+			s.setServerLocked(nil)
 			s.readerActive = false
 		case !inline:
 		case typ == 'G' || typ == 'W':
@@ -1235,6 +1287,18 @@ func (s *Session) pump(srv *Server, inline bool) error {
 		if stop {
 			return nil
 		}
+	}
+}
+
+// clientWriteFailedLocked notes a failed write to the client; s.mu held.
+// After client_write_timeout the server connection is destroyed, not
+// released: it is likely in the middle of a result the client never read.
+func (s *Session) clientWriteFailedLocked(err error) {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() && !s.writeTimedOut {
+		s.writeTimedOut = true
+		s.log.Warn().Dur("client_write_timeout", s.pool.set().ClientWriteTimeout).
+			Msg("client does not read its results: closing it and its server connection")
 	}
 }
 
@@ -1363,7 +1427,9 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		// CopyDone from the server ends COPY TO STDOUT.
 	case 'Z':
 		if len(body) == 1 {
+			s.infoMu.Lock()
 			s.txStatus = body[0]
+			s.infoMu.Unlock()
 			srv.TxStatus = body[0]
 			if s.txStatus == 'I' {
 				// Explicit and implicit transactions both count.
@@ -1382,7 +1448,9 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		}
 		s.copyActive = false
 		if s.inFlight > 0 {
+			s.infoMu.Lock()
 			s.inFlight--
+			s.infoMu.Unlock()
 		}
 		if s.inFlight == 0 && s.queryTimer != nil {
 			s.queryTimer.Stop()
@@ -1402,7 +1470,9 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 // incInFlightLocked counts one more request awaiting ReadyForQuery and arms
 // query_timeout when the session becomes busy; s.mu held.
 func (s *Session) incInFlightLocked() {
+	s.infoMu.Lock()
 	s.inFlight++
+	s.infoMu.Unlock()
 	if s.inFlight == 1 && s.pool.set().QueryTimeout > 0 {
 		if s.queryTimer == nil {
 			s.queryTimer = time.AfterFunc(s.pool.set().QueryTimeout, s.queryTimedOut)
@@ -1423,7 +1493,7 @@ func (s *Session) queryTimedOut() {
 // now (transaction mode); s.mu held.
 func (s *Session) releasableLocked() bool {
 	return s.mode == TransactionMode && s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' &&
-		!s.pinned && s.queue.len() == 0 && !s.stopReader && !s.copyActive
+		!s.pinned && s.queue.len() == 0 && !s.stopReader.Load() && !s.copyActive
 }
 
 // completeExecute emits the event of an Execute.
@@ -1533,12 +1603,19 @@ func parseTag(tag []byte) (string, int64) {
 // closeIfIdle ends the session with e when it is between transactions:
 // nothing in flight, no transaction open, no COPY. It reports whether it
 // did. Any message the client sends afterwards is refused.
+//
+// A session whose lock is taken is busy, not idle: closeIfIdle does not
+// wait for it (its relay may be blocked writing to a client that does not
+// read), and its FATAL waits at most a second for a full socket.
 func (s *Session) closeIfIdle(e *wire.Error) bool {
-	s.mu.Lock()
+	if !s.mu.TryLock() {
+		return false
+	}
 	idle := !s.closed && s.inFlight == 0 && !s.groupOpen && !s.copyActive && !s.writing &&
 		s.queue.len() == 0 && (s.server == nil || s.txStatus == 'I')
 	if idle {
 		s.closed = true
+		s.client.SetWriteTimeout(time.Second)
 		_ = s.client.SendError(e)
 	}
 	s.mu.Unlock()
@@ -1550,14 +1627,17 @@ func (s *Session) closeIfIdle(e *wire.Error) bool {
 
 // cancel forwards a cancel to the server serving the session right now.
 //
-// The cancel is sent while holding s.mu, so the server cannot be released
-// to another client between the check and the send (the reader needs s.mu
-// to release). Sending is a local dial and one small write.
+// The cancel is sent while holding s.ctlMu, so the server cannot be
+// released to another client between the check and the send (detaching
+// takes ctlMu). Sending is a dial to the server and one small write. It
+// does not take mu, which a write to a client that does not read may hold.
 func (s *Session) cancel() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	srv := s.server
-	if srv == nil || s.inFlight == 0 {
+	s.ctlMu.Lock()
+	defer s.ctlMu.Unlock()
+	s.infoMu.Lock()
+	srv, busy := s.server, s.inFlight > 0
+	s.infoMu.Unlock()
+	if srv == nil || !busy {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
