@@ -96,7 +96,7 @@ type Session struct {
 	// writeTimedOut says a write to the client hit client_write_timeout:
 	// the client is dropped and its server connection destroyed.
 	writeTimedOut bool
-	gucDirty    bool
+	gucDirty      bool
 	// startupGUCs are the settings from the client's startup packet: what
 	// RESET and DISCARD ALL return to on a direct connection. Read-only.
 	startupGUCs map[string]string
