@@ -41,6 +41,10 @@ type pending struct {
 	portal    string
 	// multi-statement Query bookkeeping
 	results []stmtResult
+	// tag, for a Query the proxy rewrote (DEALLOCATE of a client's
+	// protocol-level statement), replaces the command tag of its result,
+	// whose RowDescription is dropped.
+	tag string
 }
 
 type stmtResult struct {

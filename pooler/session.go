@@ -3,6 +3,7 @@ package pooler
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -588,12 +589,16 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 	if err != nil {
 		return s.acquireFailed(err, true)
 	}
+	it := pending{kind: pendQuery, text: text, start: start}
+	out := raw
+	if s.mode == TransactionMode && flags == 0 {
+		out = s.mapPreparedRefLocked(srv, text, &it, raw)
+	}
 	if s.groupOpen {
 		s.groupOpen = false
 	} else {
 		s.incInFlightLocked()
 	}
-	it := pending{kind: pendQuery, text: text, start: start}
 	s.stampTx(&it)
 	s.queue.push(it)
 	s.noteFlags(flags, text)
@@ -608,7 +613,70 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 	if s.mode == TransactionMode {
 		delete(s.stmts, "")
 	}
-	return s.sendRequestLocked(srv, raw)
+	return s.sendRequestLocked(srv, out)
+}
+
+// mapPreparedRefLocked rewrites a SQL EXECUTE or DEALLOCATE of one of the
+// client's protocol-level statements (transaction mode), which the server
+// knows under its shared name: EXECUTE runs the shared statement
+// (prepared first when this server lacks it), DEALLOCATE forgets the
+// client's name and leaves the shared statement to the others. It returns
+// the bytes to send instead of raw; s.mu held, it not queued yet.
+func (s *Session) mapPreparedRefLocked(srv *Server, text string, it *pending, raw []byte) []byte {
+	if s.txStatus == 'E' || !containsFold(text, "execute") && !containsFold(text, "deallocate") {
+		// (In a failed transaction the server answers 25P02 whatever
+		// the name, and nothing is deallocated.)
+		return raw
+	}
+	ref, ok := scanPreparedRef(text)
+	if !ok {
+		return raw
+	}
+	def := s.stmts[ref.name]
+	if def == nil || def.serverName == "" {
+		return raw // SQL PREPAREd (the client is pinned) or unknown: the server answers
+	}
+	if !ref.execute {
+		delete(s.stmts, ref.name)
+		// A statement with the same effect on the server (none), the
+		// same errors (25P02 in a failed transaction) and a tag to
+		// replace.
+		it.tag = "DEALLOCATE"
+		return appendQuery(nil, "SELECT WHERE false")
+	}
+	var out []byte
+	if !srv.prepared.has(def.serverName) {
+		if s.groupOpen {
+			return raw
+		}
+		// Prepare it in a group of its own: an error there must not make
+		// the server skip the Query.
+		out = s.ensurePreparedLocked(srv, def)
+		out = append(out, 'S', 0, 0, 0, 4)
+		s.incInFlightLocked()
+		s.queue.push(pending{kind: pendSync, swallow: true})
+	}
+	return appendQuery(out, text[:ref.start]+quoteIdent(def.serverName)+text[ref.end:])
+}
+
+// appendQuery appends a Query message.
+func appendQuery(dst []byte, text string) []byte {
+	dst = append(dst, 'Q', 0, 0, 0, 0)
+	n := len(dst) - 4
+	dst = append(dst, text...)
+	dst = append(dst, 0)
+	binary.BigEndian.PutUint32(dst[n:], uint32(len(dst)-n))
+	return dst
+}
+
+// appendCommandComplete appends a CommandComplete message.
+func appendCommandComplete(dst []byte, tag string) []byte {
+	dst = append(dst, 'C', 0, 0, 0, 0)
+	n := len(dst) - 4
+	dst = append(dst, tag...)
+	dst = append(dst, 0)
+	binary.BigEndian.PutUint32(dst[n:], uint32(len(dst)-n))
+	return dst
 }
 
 // writeServer writes out to srv (flushing when asked) and then clears
@@ -702,7 +770,8 @@ func (s *Session) handleCopy(typ byte, raw []byte) error {
 	}
 	s.writing = true
 	s.mu.Unlock()
-	return s.writeServer(srv, raw, typ != 'd')
+	// CopyData is batched only while more client bytes are already here.
+	return s.writeServer(srv, raw, typ != 'd' || s.client.R.Buffered() == 0)
 }
 
 // dropQueuedSyncsLocked removes the Syncs queued behind the head item (an
@@ -963,9 +1032,19 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	if typ == 'S' {
 		return s.sendRequestLocked(srv, out)
 	}
+	// Never hold back what the client sent: Postgres starts
+	// statement_timeout at the first message of a statement, and a client
+	// may pause between Parse and Describe. Batch only while more client
+	// bytes are already here.
+	flush := typ == 'H' || s.client.R.Buffered() == 0
+	if flush && typ != 'H' && (len(out) > 0 || srv.W.Buffered() > 0) {
+		// Part of an open group goes out: replies may flow before its
+		// Sync (an error, or rows that fill the server's buffer).
+		s.startReaderLocked(srv)
+	}
 	s.writing = true
 	s.mu.Unlock()
-	return s.writeServer(srv, out, typ == 'H')
+	return s.writeServer(srv, out, flush)
 }
 
 // noSuchStatement is Postgres's error for a Bind or Describe of a
@@ -1244,6 +1323,11 @@ func (s *Session) pump(srv *Server, inline bool) error {
 		case release:
 			s.setServerLocked(nil)
 			s.readerActive = false
+			if s.stopReader.Load() {
+				// interruptInline came after the last reply: the server
+				// is clean, but carries its read deadline.
+				_ = srv.SetReadDeadline(time.Time{})
+			}
 		case !inline:
 		case typ == 'G' || typ == 'W':
 			// COPY FROM STDIN: the client goroutine must read the data.
@@ -1355,6 +1439,9 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		if it != nil && (it.kind == pendDescribeStmt || it.kind == pendDescribePortal) {
 			s.queue.pop()
 		}
+		if typ == 'T' && it != nil && it.kind == pendQuery && it.tag != "" {
+			forward = false
+		}
 	case 'C', 'I':
 		if it != nil {
 			switch it.kind {
@@ -1362,6 +1449,10 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 				s.completeExecute(it, body, typ == 'I', "")
 				s.queue.pop()
 			case pendQuery:
+				if it.tag != "" && typ == 'C' {
+					raw = appendCommandComplete(nil, it.tag)
+					body = raw[5:]
+				}
 				it.results = append(it.results, stmtResult{tag: string(wire.CommandTag(body)), at: time.Now()})
 				if typ == 'I' {
 					it.results[len(it.results)-1].tag = ""
@@ -1426,6 +1517,19 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 	case 'c':
 		// CopyDone from the server ends COPY TO STDOUT.
 	case 'Z':
+		if it != nil && it.kind == pendSync && it.swallow {
+			// The end of a group the proxy injected (see
+			// mapPreparedRefLocked); the client's request follows.
+			s.queue.pop()
+			s.infoMu.Lock()
+			s.inFlight--
+			if len(body) == 1 {
+				s.txStatus = body[0]
+				srv.TxStatus = body[0]
+			}
+			s.infoMu.Unlock()
+			return false
+		}
 		if len(body) == 1 {
 			s.infoMu.Lock()
 			s.txStatus = body[0]

@@ -254,3 +254,77 @@ func splitStatements(sql string) []string {
 	}
 	return out
 }
+
+// preparedRef is a statement that names a prepared statement in SQL:
+// EXECUTE name [(args)] or DEALLOCATE [PREPARE] name.
+type preparedRef struct {
+	execute bool   // EXECUTE; otherwise DEALLOCATE
+	name    string // as Postgres resolves the identifier
+	// start and end delimit the identifier in the text.
+	start, end int
+}
+
+// scanPreparedRef recognizes a Query text that is a single EXECUTE or
+// DEALLOCATE of a named prepared statement (not DEALLOCATE ALL).
+func scanPreparedRef(sql string) (preparedRef, bool) {
+	if i := strings.IndexByte(sql, ';'); i >= 0 && strings.TrimSpace(sql[i+1:]) != "" {
+		return preparedRef{}, false
+	}
+	kw, rest := firstWord(sql)
+	var ref preparedRef
+	switch {
+	case strings.EqualFold(kw, "execute"):
+		ref.execute = true
+	case strings.EqualFold(kw, "deallocate"):
+		if next, r2 := firstWord(rest); strings.EqualFold(next, "prepare") {
+			rest = r2
+		}
+	default:
+		return preparedRef{}, false
+	}
+	rest = strings.TrimLeft(rest, " \t\r\n\f")
+	ref.start = len(sql) - len(rest)
+	if strings.HasPrefix(rest, `"`) {
+		var b strings.Builder
+		i := 1
+		for ; i < len(rest); i++ {
+			if rest[i] == '"' {
+				if i+1 < len(rest) && rest[i+1] == '"' {
+					b.WriteByte('"')
+					i++
+					continue
+				}
+				break
+			}
+			b.WriteByte(rest[i])
+		}
+		if i >= len(rest) || b.Len() == 0 {
+			return preparedRef{}, false
+		}
+		ref.name, rest = b.String(), rest[i+1:]
+	} else {
+		i := 0
+		for i < len(rest) && (isIdentByte(rest[i]) || rest[i] == '$') {
+			i++
+		}
+		if i == 0 || rest[0] >= '0' && rest[0] <= '9' || rest[0] == '$' {
+			return preparedRef{}, false
+		}
+		// Postgres folds unquoted identifiers to lower case, ASCII only.
+		ref.name, rest = strings.Map(func(r rune) rune {
+			if 'A' <= r && r <= 'Z' {
+				return r + 'a' - 'A'
+			}
+			return r
+		}, rest[:i]), rest[i:]
+		if !ref.execute && ref.name == "all" {
+			return preparedRef{}, false
+		}
+	}
+	ref.end = len(sql) - len(rest)
+	tail := strings.TrimSpace(strings.TrimRight(strings.TrimSpace(rest), ";"))
+	if tail != "" && !(ref.execute && strings.HasPrefix(tail, "(")) {
+		return preparedRef{}, false
+	}
+	return ref, true
+}

@@ -439,7 +439,7 @@ var transcriptScenarios = []scenario{
 		c.recvRFQ(1)
 		c.query("show application_name")
 	}},
-	{name: "sql_deallocate", txBug: "SQL DEALLOCATE/EXECUTE of a protocol-level prepared statement fails in transaction mode: the server knows it under the proxy's pgaudit_<hash> name (ActiveRecord deallocates this way)", run: func(c *wireConn) {
+	{name: "sql_deallocate", run: func(c *wireConn) {
 		c.send(&pgproto3.Parse{Name: "a1", Query: "select $1::int as v"}, &pgproto3.Sync{})
 		c.recvRFQ(1)
 		c.query("deallocate a1")
@@ -448,7 +448,22 @@ var transcriptScenarios = []scenario{
 		c.send(&pgproto3.Parse{Name: "a1", Query: "select $1::int + 1 as v"}, &pgproto3.Sync{})
 		c.recvRFQ(1)
 		c.query("execute a1(1)")
+		c.query("execute a1 (2);")
+		c.query("begin")
+		c.query("execute a1(3)")
+		c.query("select 1/0")
+		c.query("deallocate a1")
+		c.query("rollback")
 		c.query("deallocate prepare a1")
+		c.query("deallocate a1")
+		c.query("execute a1(1)")
+		c.note("a quoted name, and a statement the client never prepared")
+		c.send(&pgproto3.Parse{Name: "Mixed Case", Query: "select 'mixed'::text as m"}, &pgproto3.Sync{})
+		c.recvRFQ(1)
+		c.query(`execute "Mixed Case"`)
+		c.query("execute mixed")
+		c.query(`deallocate "Mixed Case"`)
+		c.query("execute nope(1)")
 	}},
 	{name: "parse_error_named", txBug: "by design a named Parse from an idle transaction-mode client is answered before the server sees it: a syntax error surfaces at the Bind", run: func(c *wireConn) {
 		c.send(&pgproto3.Parse{Name: "bad", Query: "selec 1"}, &pgproto3.Sync{})
@@ -457,6 +472,25 @@ var transcriptScenarios = []scenario{
 		c.recvRFQ(1)
 		c.send(&pgproto3.Parse{Name: "bad", Query: "select 'fixed'"}, &pgproto3.Bind{PreparedStatement: "bad"}, &pgproto3.Execute{}, &pgproto3.Sync{})
 		c.recvRFQ(1)
+	}},
+	{name: "timeout_between_parse_and_describe", run: func(c *wireConn) {
+		c.note("statement_timeout starts at a statement's first message: a pause after Parse times out")
+		c.query("set statement_timeout = '100ms'")
+		c.send(&pgproto3.Parse{Query: "select 1 as one"})
+		time.Sleep(300 * time.Millisecond)
+		c.send(&pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{})
+		c.recvRFQ(1)
+		c.note("the same pause after Bind")
+		c.send(&pgproto3.Parse{Query: "select 2 as two"}, &pgproto3.Sync{})
+		c.recvRFQ(1)
+		c.send(&pgproto3.Bind{})
+		time.Sleep(300 * time.Millisecond)
+		c.send(&pgproto3.Execute{}, &pgproto3.Sync{})
+		c.recvRFQ(1)
+		c.note("no pause: no timeout")
+		c.send(&pgproto3.Parse{Query: "select 3 as three"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		c.recvRFQ(1)
+		c.query("reset statement_timeout")
 	}},
 	{name: "server_fatal", ends: true, run: func(c *wireConn) {
 		c.query("set idle_in_transaction_session_timeout = '100ms'")
