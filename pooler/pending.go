@@ -29,6 +29,8 @@ type pending struct {
 	// refers to (transaction mode), to undo cache entries on error.
 	serverStmt string
 	addedStmt  bool
+	// stmt is the client's statement a Parse prepares (transaction mode).
+	stmt *stmtDef
 
 	// audit data for Execute and Query
 	text      string
@@ -45,6 +47,11 @@ type pending struct {
 	// protocol-level statement), replaces the command tag of its result,
 	// whose RowDescription is dropped.
 	tag string
+	// holdZ: this Query may return settings to their reset values; a
+	// restore query follows it (see restoreStartupLocked), and its
+	// ParameterStatus messages and ReadyForQuery are held until that
+	// is answered.
+	holdZ bool
 }
 
 type stmtResult struct {

@@ -507,6 +507,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup) (*Ses
 	}
 	s.cancelPID, s.cancelKey = pid, key
 	s.mu.Lock()
+	s.reported = params
 	out := wire.AppendAuthOK(nil)
 	for _, name := range sortedKeys(params) {
 		out = wire.AppendParameterStatus(out, name, params[name])

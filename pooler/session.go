@@ -31,7 +31,16 @@ type stmtDef struct {
 	// text and parameter types, so every client preparing the same
 	// statement shares it. Unnamed client statements keep "".
 	serverName string
+	// verified says a server accepted the text once; failed says a
+	// server rejected it (class 42: syntax, undefined object) before
+	// that, so the client's name does not exist, as after a failed Parse
+	// on a direct connection. Both are written under s.mu.
+	verified, failed bool
 }
+
+// live reports whether def names an existing statement for the client;
+// s.mu held.
+func (def *stmtDef) live() bool { return def != nil && !def.failed }
 
 // Session relays one authenticated client. The client's goroutine runs run.
 // Replies are read from the attached server either by that goroutine
@@ -75,7 +84,7 @@ type Session struct {
 	txStatus   byte    // info
 	copyActive bool
 	pinned     bool // info
-	// skipUntilSync drops client messages after a locally raised error in
+	// skipUntilSync drops client messages after an error in
 	// an extended-protocol group, as the server does after its own errors.
 	skipUntilSync bool
 	queue         pendingQueue
@@ -103,6 +112,12 @@ type Session struct {
 	startupGUCs map[string]string
 	gucs        map[string]string
 	gucsKey     string // gucsKey(gucs), kept in step with it
+	// reported holds the ParameterStatus values the client has been
+	// sent; heldParams (name, value pairs) and heldZ are what the server
+	// said while a Query with holdZ and its restore query run.
+	reported    map[string]string
+	heldParams  []string
+	heldZ       []byte
 	pendingWait time.Duration
 	txSeq       uint64
 	closed      bool
@@ -594,13 +609,25 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 	if s.mode == TransactionMode && flags == 0 {
 		out = s.mapPreparedRefLocked(srv, text, &it, raw)
 	}
+	restore := false
+	if len(s.startupGUCs) > 0 && !s.groupOpen && !containsFold(text, "copy") {
+		if s.mode == TransactionMode {
+			restore = flags&flagResetGUC != 0
+		} else if containsFold(text, "reset") || containsFold(text, "discard") || containsFold(text, "default") {
+			restore = scanStatement(text)&flagResetGUC != 0
+		}
+	}
 	if s.groupOpen {
 		s.groupOpen = false
 	} else {
 		s.incInFlightLocked()
 	}
 	s.stampTx(&it)
+	it.holdZ = restore
 	s.queue.push(it)
+	if restore {
+		out = s.restoreStartupLocked(out)
+	}
 	s.noteFlags(flags, text)
 	if flags&(flagDiscardAll|flagDeallocateAll) != 0 && srv.prepared != nil {
 		srv.prepared.clear()
@@ -633,7 +660,7 @@ func (s *Session) mapPreparedRefLocked(srv *Server, text string, it *pending, ra
 		return raw
 	}
 	def := s.stmts[ref.name]
-	if def == nil || def.serverName == "" {
+	if !def.live() || def.serverName == "" {
 		return raw // SQL PREPAREd (the client is pinned) or unknown: the server answers
 	}
 	if !ref.execute {
@@ -657,6 +684,57 @@ func (s *Session) mapPreparedRefLocked(srv *Server, text string, it *pending, ra
 		s.queue.push(pending{kind: pendSync, swallow: true})
 	}
 	return appendQuery(out, text[:ref.start]+quoteIdent(def.serverName)+text[ref.end:])
+}
+
+// restoreStartupLocked appends to out, after a Query that may have
+// returned settings to their reset values (RESET, DISCARD ALL, SET ...
+// DEFAULT), a query that puts the client's startup values back where a
+// setting is at its reset value: on a server connection that is the
+// pool's value, while on a direct connection it is the client's startup
+// value. It runs in the same transaction state as the client's Query, so
+// a rollback undoes both. Its answers are swallowed, and the
+// ParameterStatus messages of both are merged, as Postgres reports only
+// the values that changed by the time it sends ReadyForQuery; s.mu held.
+func (s *Session) restoreStartupLocked(out []byte) []byte {
+	var sql strings.Builder
+	sql.WriteString("SELECT pg_catalog.set_config(s.name, v.setting, false) FROM pg_catalog.pg_settings s JOIN (VALUES ")
+	for i, name := range sortedKeys(s.startupGUCs) {
+		if i > 0 {
+			sql.WriteString(", ")
+		}
+		sql.WriteString("(" + quoteLiteral(name) + ", " + quoteLiteral(s.startupGUCs[name]) + ")")
+	}
+	sql.WriteString(") AS v(name, setting) ON pg_catalog.lower(s.name) = v.name WHERE s.source <> 'session'")
+	s.incInFlightLocked()
+	s.queue.push(pending{kind: pendQuery, swallow: true})
+	return appendQuery(out, sql.String())
+}
+
+// releaseHeldLocked sends what was held for a Query with holdZ: the
+// settings that changed since the client last heard of them, then its
+// ReadyForQuery; s.mu held.
+func (s *Session) releaseHeldLocked() {
+	final := map[string]string{}
+	var order []string
+	for i := 0; i+1 < len(s.heldParams); i += 2 {
+		name := s.heldParams[i]
+		if _, seen := final[name]; !seen {
+			order = append(order, name)
+		}
+		final[name] = s.heldParams[i+1]
+	}
+	for _, name := range order {
+		if v, ok := s.reported[name]; ok && v == final[name] {
+			continue
+		}
+		s.reported[name] = final[name]
+		s.sendLocked(wire.AppendParameterStatus(nil, name, final[name]))
+	}
+	s.heldParams = s.heldParams[:0]
+	if s.heldZ != nil {
+		s.sendLocked(s.heldZ)
+		s.heldZ = nil
+	}
 }
 
 // appendQuery appends a Query message.
@@ -800,7 +878,10 @@ func (s *Session) dropQueuedSyncsLocked() {
 // server-side names and prepared on demand.
 func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) error {
 	body := raw[5:]
-	if s.skipUntilSync {
+	s.mu.Lock()
+	skip := s.skipUntilSync
+	s.mu.Unlock()
+	if skip {
 		if typ != 'S' {
 			return nil
 		}
@@ -859,7 +940,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	if txMode && typ == 'P' && parse.Name != "" {
 		s.mu.Lock()
 		if s.server == nil && s.queue.len() == 0 {
-			if _, exists := s.stmts[parse.Name]; exists {
+			if s.stmts[parse.Name].live() {
 				e := &wire.Error{Severity: "ERROR", Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)}
 				s.sendLocked(e.AppendErrorResponse(nil))
 				s.skipUntilSync = true
@@ -890,11 +971,20 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		return s.acquireFailed(err, false)
 	}
 	// s.mu is held from here until the writes are planned.
+	if s.skipUntilSync {
+		// The reader saw an error of this group meanwhile: the server
+		// skips the rest of it.
+		if typ != 'S' {
+			s.mu.Unlock()
+			return nil
+		}
+		s.skipUntilSync = false
+	}
 	out := raw
 	var inject []byte
 	switch typ {
 	case 'P':
-		it := pending{kind: pendParse}
+		it := pending{kind: pendParse, text: parse.Query, start: time.Now()}
 		if txMode {
 			def := s.stmts[""]
 			if parse.Name != "" || def == nil || def.query != parse.Query || !bytes.Equal(def.types, parse.Types) {
@@ -904,13 +994,14 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			}
 			if parse.Name != "" {
 				def.serverName = serverStmtName(parse.Query, parse.Types)
-				if _, exists := s.stmts[parse.Name]; exists {
+				if s.stmts[parse.Name].live() {
 					s.localErrorLocked(&wire.Error{Severity: "ERROR", Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)})
 					s.mu.Unlock()
 					return nil
 				}
 				s.stmts[parse.Name] = def
 				it.serverStmt = def.serverName
+				it.stmt = def
 				if srv.prepared.has(def.serverName) {
 					it.synthetic = true
 					out = nil
@@ -936,7 +1027,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		var def *stmtDef
 		if txMode {
 			def = s.stmts[stmtName]
-			if def == nil {
+			if !def.live() {
 				s.localErrorLocked(noSuchStatement(stmtName))
 				s.mu.Unlock()
 				return nil
@@ -959,12 +1050,13 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			p.text = def.query
 		}
 		s.portals[string(bind.Portal)] = p
-		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def)})
+		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def), text: p.text, start: time.Now(),
+			paramHash: p.paramHash, numParams: p.numParams, params: p.params})
 	case 'D':
 		if targetKind == 'S' {
 			if txMode {
 				def := s.stmts[string(targetName)]
-				if def == nil {
+				if !def.live() {
 					s.localErrorLocked(noSuchStatement(string(targetName)))
 					s.mu.Unlock()
 					return nil
@@ -1090,14 +1182,14 @@ func (s *Session) ensurePreparedLocked(srv *Server, def *stmtDef) []byte {
 			return nil
 		}
 		srv.unnamed = def
-		s.queue.push(pending{kind: pendParse, swallow: true})
+		s.queue.push(pending{kind: pendParse, swallow: true, text: def.query, start: time.Now()})
 		return wire.AppendParse(nil, "", def.query, def.types)
 	}
 	if srv.prepared.has(def.serverName) {
 		return nil
 	}
 	out := s.closeEvictedLocked(srv, srv.prepared.add(def.serverName), def.serverName)
-	s.queue.push(pending{kind: pendParse, swallow: true, serverStmt: def.serverName, addedStmt: true})
+	s.queue.push(pending{kind: pendParse, swallow: true, serverStmt: def.serverName, addedStmt: true, stmt: def, text: def.query, start: time.Now()})
 	return wire.AppendParse(out, def.serverName, def.query, def.types)
 }
 
@@ -1165,9 +1257,17 @@ func (s *Session) emitSyntheticLocked() {
 
 // dropUntilSyncLocked discards expected responses up to the next Sync, as
 // the server skips messages after an error.
+//
+// When the group's Sync is not queued yet (the client's input ran dry
+// inside the group, so part of it went out, see handleExtended), the
+// server skips whatever the client sends up to that Sync: so does the
+// proxy (skipUntilSync), or it would wait for answers that never come.
 func (s *Session) dropUntilSyncLocked() {
 	for {
 		it := s.queue.front()
+		if it == nil && s.groupOpen {
+			s.skipUntilSync = true
+		}
 		if it == nil || it.kind == pendSync || it.kind == pendQuery || it.kind == pendFunctionCall {
 			return
 		}
@@ -1419,15 +1519,50 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		if name != "" {
 			srv.Params[name] = value
 		}
+		if it := s.queue.front(); it != nil && it.kind == pendQuery && (it.holdZ || it.swallow) {
+			s.heldParams = append(s.heldParams, name, value)
+			return false
+		}
+		if s.reported != nil {
+			s.reported[name] = value
+		}
 		s.sendLocked(raw)
 		return false
 	}
 	s.emitSyntheticLocked()
 	it := s.queue.front()
 	forward := true
+	if it != nil && it.kind == pendQuery && it.swallow {
+		// The proxy's own query (see restoreStartupLocked).
+		if typ != 'Z' {
+			if typ == 'E' {
+				_, code, msg := wire.ErrorFields(body)
+				if code != "25P02" {
+					s.log.Warn().Str("code", code).Str("error", msg).Msg("could not restore startup settings")
+				}
+			}
+			return false
+		}
+		s.queue.pop()
+		s.infoMu.Lock()
+		s.inFlight--
+		if len(body) == 1 {
+			s.txStatus = body[0]
+			srv.TxStatus = body[0]
+		}
+		s.infoMu.Unlock()
+		if s.inFlight == 0 && s.queryTimer != nil {
+			s.queryTimer.Stop()
+		}
+		s.releaseHeldLocked()
+		return s.releasableLocked()
+	}
 	switch typ {
 	case '1', '3':
 		if it != nil && (it.kind == pendParse || it.kind == pendClose) {
+			if it.stmt != nil {
+				it.stmt.verified = true
+			}
 			forward = !it.swallow
 			s.queue.pop()
 		}
@@ -1501,6 +1636,12 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 				if it.addedStmt && srv.prepared != nil {
 					srv.prepared.remove(it.serverStmt, false)
 				}
+				if it.kind == pendParse && it.stmt != nil && !it.stmt.verified && strings.HasPrefix(code, "42") {
+					it.stmt.failed = true
+				}
+				if it.kind == pendParse || it.kind == pendBind {
+					s.completeFailed(it, code)
+				}
 				s.queue.pop()
 				s.dropUntilSyncLocked()
 			}
@@ -1517,6 +1658,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 	case 'c':
 		// CopyDone from the server ends COPY TO STDOUT.
 	case 'Z':
+		hold := it != nil && it.kind == pendQuery && it.holdZ
 		if it != nil && it.kind == pendSync && it.swallow {
 			// The end of a group the proxy injected (see
 			// mapPreparedRefLocked); the client's request follows.
@@ -1559,7 +1701,11 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		if s.inFlight == 0 && s.queryTimer != nil {
 			s.queryTimer.Stop()
 		}
-		s.sendLocked(raw)
+		if hold {
+			s.heldZ = append([]byte(nil), raw...)
+		} else {
+			s.sendLocked(raw)
+		}
 		if s.pool.set().IdleTransactionTimeout > 0 && s.txStatus != 'I' && s.inFlight == 0 {
 			_ = s.client.SetReadDeadline(time.Now().Add(s.pool.set().IdleTransactionTimeout))
 		}
@@ -1630,6 +1776,39 @@ func (s *Session) completeExecute(it *pending, tagBody []byte, empty bool, sqlst
 		ev.InTransaction = true
 	}
 	ev.SQLState = sqlstate
+	s.proxy.sink.Offer(ev)
+}
+
+// completeFailed emits the event of a statement that failed at Parse or
+// Bind (its Execute, if any, is skipped by the server): failed
+// statements are always audited.
+func (s *Session) completeFailed(it *pending, sqlstate string) {
+	if it.text == "" {
+		return
+	}
+	s.queries++
+	ev := s.newEvent(it, analyzer.ProtocolExtended)
+	ev.Duration = time.Since(it.start)
+	ev.SQLState = sqlstate
+	// The transaction is the one its group's Execute was stamped with
+	// (the server skips that Execute); without one, its own.
+	stamped := false
+	for _, q := range s.queue.items[s.queue.head:] {
+		if q.kind == pendSync || q.kind == pendQuery || q.kind == pendFunctionCall {
+			break
+		}
+		if q.kind == pendExecute {
+			ev.TxSeq, ev.InTransaction, stamped = q.txSeq, q.inTx, true
+			break
+		}
+	}
+	if !stamped {
+		ev.InTransaction = s.txStatus != 'I' && s.txStatus != 0
+		if !ev.InTransaction {
+			s.txSeq++
+		}
+		ev.TxSeq = s.txSeq
+	}
 	s.proxy.sink.Offer(ev)
 }
 
@@ -1708,13 +1887,12 @@ func parseTag(tag []byte) (string, int64) {
 // nothing in flight, no transaction open, no COPY. It reports whether it
 // did. Any message the client sends afterwards is refused.
 //
-// A session whose lock is taken is busy, not idle: closeIfIdle does not
-// wait for it (its relay may be blocked writing to a client that does not
-// read), and its FATAL waits at most a second for a full socket.
+// It waits for the session's lock, which is what catches a busy client
+// between two transactions; a relay blocked writing to a client that does
+// not read holds it until client_write_timeout. Its own FATAL waits at
+// most a second for a full socket.
 func (s *Session) closeIfIdle(e *wire.Error) bool {
-	if !s.mu.TryLock() {
-		return false
-	}
+	s.mu.Lock()
 	idle := !s.closed && s.inFlight == 0 && !s.groupOpen && !s.copyActive && !s.writing &&
 		s.queue.len() == 0 && (s.server == nil || s.txStatus == 'I')
 	if idle {

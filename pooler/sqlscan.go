@@ -19,6 +19,7 @@ const (
 	flagTempTable                           // CREATE TEMP TABLE / SELECT INTO TEMP
 	flagWithHold                            // DECLARE ... WITH HOLD
 	flagPrepare                             // SQL-level PREPARE
+	flagResetGUC                            // RESET, DISCARD ALL, SET ... DEFAULT: settings may go to their reset values
 )
 
 const sessionStateFlags = flagListen | flagAdvisoryLock | flagTempTable | flagWithHold | flagPrepare
@@ -78,12 +79,15 @@ func scanOne(stmt string, f stmtFlags) stmtFlags {
 		if !is(next, "local") && !is(next, "transaction") && !is(next, "constraints") {
 			f |= flagSetGUC
 		}
+		if containsFold(rest, "default") {
+			f |= flagResetGUC
+		}
 	case is(kw, "reset"):
-		f |= flagSetGUC
+		f |= flagSetGUC | flagResetGUC
 	case is(kw, "discard"):
 		next, _ := firstWord(rest)
 		if is(next, "all") {
-			f |= flagDiscardAll | flagSetGUC
+			f |= flagDiscardAll | flagSetGUC | flagResetGUC
 		} else if is(next, "temp") || is(next, "temporary") {
 			f |= flagSetGUC
 		}
