@@ -44,9 +44,14 @@ type Proxy struct {
 
 	nextSession atomic.Uint64
 	nextPID     atomic.Uint32
-	clients     atomic.Int64
-	wg          sync.WaitGroup
-	stopMaint   chan struct{}
+	// ddlEpoch counts schema changes seen (DDL sent through the proxy,
+	// stale-plan errors from servers); it is part of the shared names of
+	// protocol-level statements, so a Parse after a schema change never
+	// binds to a server statement prepared before it.
+	ddlEpoch  atomic.Uint64
+	clients   atomic.Int64
+	wg        sync.WaitGroup
+	stopMaint chan struct{}
 
 	counters struct {
 		sessionState atomic.Int64

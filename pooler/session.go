@@ -107,6 +107,8 @@ type Session struct {
 	// the client is dropped and its server connection destroyed.
 	writeTimedOut bool
 	gucDirty      bool
+	// ddlSent says the transaction running now sent DDL (see noteDDLLocked).
+	ddlSent bool
 	// startupGUCs are the settings from the client's startup packet: what
 	// RESET and DISCARD ALL return to on a direct connection. Read-only.
 	startupGUCs map[string]string
@@ -604,6 +606,9 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 	if err != nil {
 		return s.acquireFailed(err, true)
 	}
+	if s.mode == SessionMode && firstWordIsDDL(text) {
+		s.noteDDLLocked()
+	}
 	it := pending{kind: pendQuery, text: text, start: start}
 	out := raw
 	if s.mode == TransactionMode && flags == 0 {
@@ -804,6 +809,9 @@ func (s *Session) noteFlags(flags stmtFlags, text string) {
 	if flags&flagSetGUC != 0 {
 		s.gucDirty = true
 	}
+	if flags&flagDDL != 0 {
+		s.noteDDLLocked()
+	}
 	if flags&sessionStateFlags != 0 {
 		if s.pool.set().PinOnSessionState && !s.pinned {
 			s.infoMu.Lock()
@@ -945,7 +953,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 				s.sendLocked(e.AppendErrorResponse(nil))
 				s.skipUntilSync = true
 			} else {
-				s.stmts[parse.Name] = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), serverName: serverStmtName(parse.Query, parse.Types)}
+				s.stmts[parse.Name] = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), serverName: s.serverStmtName(parse.Query, parse.Types)}
 				s.noteFlags(flags, parse.Query)
 				s.sendLocked([]byte{'1', 0, 0, 0, 4})
 			}
@@ -993,7 +1001,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 				def = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...)}
 			}
 			if parse.Name != "" {
-				def.serverName = serverStmtName(parse.Query, parse.Types)
+				def.serverName = s.serverStmtName(parse.Query, parse.Types)
 				if s.stmts[parse.Name].live() {
 					s.localErrorLocked(&wire.Error{Severity: "ERROR", Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)})
 					s.mu.Unlock()
@@ -1054,6 +1062,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			paramHash: p.paramHash, numParams: p.numParams, params: p.params})
 	case 'D':
 		if targetKind == 'S' {
+			it := pending{kind: pendDescribeStmt}
 			if txMode {
 				def := s.stmts[string(targetName)]
 				if !def.live() {
@@ -1064,8 +1073,9 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 				inject = s.ensurePreparedLocked(srv, def)
 				out = wire.AppendTarget(inject, 'D', 'S', def.serverName)
 				inject = nil
+				it.serverStmt = def.serverName
 			}
-			s.queue.push(pending{kind: pendDescribeStmt})
+			s.queue.push(it)
 		} else {
 			s.queue.push(pending{kind: pendDescribePortal})
 		}
@@ -1165,13 +1175,30 @@ func serverNameOf(def *stmtDef) string {
 	return def.serverName
 }
 
-// serverStmtName derives the shared server-side name of a statement.
-func serverStmtName(query string, types []byte) string {
+// serverStmtName derives the shared server-side name of a statement the
+// client parses now: from its text, parameter types and the proxy's DDL
+// epoch, so that after a schema change a Parse gets a server statement
+// prepared after it (a type or column changed or re-created under the
+// same name gives "cached plan must not change result type", "cache
+// lookup failed for type" or a parameter type frozen at the old type on a
+// statement prepared before).
+func (s *Session) serverStmtName(query string, types []byte) string {
 	h := fnv.New64a()
 	_, _ = h.Write([]byte(query))
 	_, _ = h.Write([]byte{0})
 	_, _ = h.Write(types)
+	var e [8]byte
+	binary.BigEndian.PutUint64(e[:], s.proxy.ddlEpoch.Load())
+	_, _ = h.Write(e[:])
 	return "pgaudit_" + strconv.FormatUint(h.Sum64(), 36)
+}
+
+// noteDDLLocked records a schema change sent by the client: the epoch
+// moves now and again when its transaction ends (when the change becomes
+// visible to Parses on other connections); s.mu held.
+func (s *Session) noteDDLLocked() {
+	s.ddlSent = true
+	s.proxy.ddlEpoch.Add(1)
 }
 
 // ensurePreparedLocked returns the messages to inject before a Bind or
@@ -1506,6 +1533,14 @@ func (s *Session) serverLost(srv *Server, err error, alreadyFatal bool) {
 	_ = s.client.Close()
 }
 
+// staleStatement says whether an error means the server statement was
+// prepared before a schema change: its result type changed, or a type it
+// uses was dropped.
+func staleStatement(code, msg string) bool {
+	return code == "0A000" && strings.Contains(msg, "cached plan must not change result type") ||
+		code == "XX000" && strings.Contains(msg, "cache lookup failed for type")
+}
+
 // relayLocked forwards one server message, keeps the queue and statuses,
 // emits audit events, and says whether the server can be released now.
 func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) {
@@ -1629,9 +1664,12 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			case pendSync, pendFunctionCall:
 				// An error at commit time or of a function call.
 			default:
-				if code == "0A000" && strings.Contains(msg, "cached plan must not change result type") && it.serverStmt != "" && srv.prepared != nil {
-					// Re-prepare next time instead of failing forever.
+				if staleStatement(code, msg) && it.serverStmt != "" && srv.prepared != nil {
+					// Re-prepare next time instead of failing forever,
+					// and let later Parses use new server statements (the
+					// schema changed behind the proxy's back).
 					srv.prepared.remove(it.serverStmt, true)
+					s.proxy.ddlEpoch.Add(1)
 				}
 				if it.addedStmt && srv.prepared != nil {
 					srv.prepared.remove(it.serverStmt, false)
@@ -1678,6 +1716,10 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			s.infoMu.Unlock()
 			srv.TxStatus = body[0]
 			if s.txStatus == 'I' {
+				if s.ddlSent {
+					s.ddlSent = false
+					s.proxy.ddlEpoch.Add(1)
+				}
 				// Explicit and implicit transactions both count.
 				s.xacts++
 				if !s.xactStart.IsZero() {

@@ -20,6 +20,7 @@ const (
 	flagWithHold                            // DECLARE ... WITH HOLD
 	flagPrepare                             // SQL-level PREPARE
 	flagResetGUC                            // RESET, DISCARD ALL, SET ... DEFAULT: settings may go to their reset values
+	flagDDL                                 // CREATE, ALTER, DROP (not of an index): prepared statements may go stale
 )
 
 const sessionStateFlags = flagListen | flagAdvisoryLock | flagTempTable | flagWithHold | flagPrepare
@@ -113,8 +114,14 @@ func scanOne(stmt string, f stmtFlags) stmtFlags {
 			next, _ = firstWord(r2)
 		}
 		if is(next, "temp") || is(next, "temporary") {
+			// Visible to its own (pinned) session only.
 			f |= flagTempTable
+		} else {
+			f |= ddlFlag(next, r2)
 		}
+	case is(kw, "alter") || is(kw, "drop"):
+		next, r2 := firstWord(rest)
+		f |= ddlFlag(next, r2)
 	case is(kw, "select"):
 		if containsFold(stmt, " into temp") {
 			f |= flagTempTable
@@ -331,4 +338,25 @@ func scanPreparedRef(sql string) (preparedRef, bool) {
 		return preparedRef{}, false
 	}
 	return ref, true
+}
+
+// ddlFlag says whether a CREATE, ALTER or DROP of object kind kw (the
+// word after the verb) may change what statements prepared earlier
+// return or accept: anything but indexes, which Postgres's plan cache
+// handles by replanning.
+func ddlFlag(kw, rest string) stmtFlags {
+	if strings.EqualFold(kw, "unique") {
+		kw, _ = firstWord(rest)
+	}
+	if strings.EqualFold(kw, "index") {
+		return 0
+	}
+	return flagDDL
+}
+
+// firstWordIsDDL is the cheap test of session mode, where statements are
+// not scanned: does text start with CREATE, ALTER or DROP?
+func firstWordIsDDL(text string) bool {
+	kw, _ := firstWord(text)
+	return len(kw) >= 4 && len(kw) <= 6 && (strings.EqualFold(kw, "create") || strings.EqualFold(kw, "alter") || strings.EqualFold(kw, "drop"))
 }
