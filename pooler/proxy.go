@@ -48,7 +48,10 @@ type Proxy struct {
 	// stale-plan errors from servers); it is part of the shared names of
 	// protocol-level statements, so a Parse after a schema change never
 	// binds to a server statement prepared before it.
-	ddlEpoch  atomic.Uint64
+	ddlEpoch atomic.Uint64
+	// admins counts admin-console connections (in ClientCount, not
+	// sessions).
+	admins    atomic.Int64
 	clients   atomic.Int64
 	wg        sync.WaitGroup
 	stopMaint chan struct{}
@@ -243,6 +246,10 @@ func (p *Proxy) PoolStats() []PoolStats {
 
 // ClientCount returns the number of connected clients.
 func (p *Proxy) ClientCount() int { return int(p.clients.Load()) }
+
+// AdminClientCount returns the number of clients using the admin console
+// (part of ClientCount).
+func (p *Proxy) AdminClientCount() int { return int(p.admins.Load()) }
 
 // SessionStateDetections counts statements seen in transaction mode that
 // need a session.
@@ -792,6 +799,8 @@ func (p *Proxy) serveAdmin(ctx context.Context, c *wire.Conn, user, dbName strin
 		return e
 	}
 	_ = c.SetDeadline(time.Time{})
+	p.admins.Add(1)
+	defer p.admins.Add(-1)
 	err := p.config().Admin.ServeAdmin(ctx, c, user)
 	if err != nil && isRoutineDisconnect(err) {
 		return nil

@@ -150,6 +150,8 @@ type Session struct {
 
 	bytesIn, bytesOut int64
 	queries, xacts    int64
+	// Parse and Bind messages (s.mu), moved to the pool by flushStats.
+	clientParses, serverParses, binds int64
 	// xactStart is when the running transaction's first statement went
 	// out (zero between transactions); xactTime sums finished ones.
 	xactStart time.Time
@@ -954,6 +956,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 				s.skipUntilSync = true
 			} else {
 				s.stmts[parse.Name] = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), serverName: s.serverStmtName(parse.Query, parse.Types)}
+				s.clientParses++
 				s.noteFlags(flags, parse.Query)
 				s.sendLocked([]byte{'1', 0, 0, 0, 4})
 			}
@@ -992,6 +995,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	var inject []byte
 	switch typ {
 	case 'P':
+		s.clientParses++
 		it := pending{kind: pendParse, text: parse.Query, start: time.Now()}
 		if txMode {
 			def := s.stmts[""]
@@ -1029,8 +1033,12 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			// for the audit events of later Executes.
 			s.stmts[parse.Name] = &stmtDef{query: parse.Query}
 		}
+		if out != nil {
+			s.serverParses++
+		}
 		s.queue.push(it)
 	case 'B':
+		s.binds++
 		stmtName := string(bind.Statement)
 		var def *stmtDef
 		if txMode {
@@ -1209,12 +1217,14 @@ func (s *Session) ensurePreparedLocked(srv *Server, def *stmtDef) []byte {
 			return nil
 		}
 		srv.unnamed = def
+		s.serverParses++
 		s.queue.push(pending{kind: pendParse, swallow: true, text: def.query, start: time.Now()})
 		return wire.AppendParse(nil, "", def.query, def.types)
 	}
 	if srv.prepared.has(def.serverName) {
 		return nil
 	}
+	s.serverParses++
 	out := s.closeEvictedLocked(srv, srv.prepared.add(def.serverName), def.serverName)
 	s.queue.push(pending{kind: pendParse, swallow: true, serverStmt: def.serverName, addedStmt: true, stmt: def, text: def.query, start: time.Now()})
 	return wire.AppendParse(out, def.serverName, def.query, def.types)
@@ -1368,7 +1378,11 @@ func (s *Session) flushStats() {
 	st.queries.Add(s.queries)
 	st.xacts.Add(s.xacts)
 	st.xactNs.Add(int64(s.xactTime))
+	st.clientParses.Add(s.clientParses)
+	st.serverParses.Add(s.serverParses)
+	st.binds.Add(s.binds)
 	s.bytesOut, s.queries, s.xacts, s.xactTime = 0, 0, 0, 0
+	s.clientParses, s.serverParses, s.binds = 0, 0, 0
 }
 
 // serverLoop is the background reader: it relays server messages to the
