@@ -47,10 +47,11 @@ type pending struct {
 	// protocol-level statement), replaces the command tag of its result,
 	// whose RowDescription is dropped.
 	tag string
-	// holdZ: this Query may return settings to their reset values; a
-	// restore query follows it (see restoreStartupLocked), and its
-	// ParameterStatus messages and ReadyForQuery are held until that
-	// is answered.
+	// holdZ: this Query or Sync (of a group with such an Execute) may
+	// return settings to their reset values; a restore query follows it
+	// (see restoreStartupLocked), and its ParameterStatus messages and
+	// ReadyForQuery are held until that is answered. On a portal: its
+	// statement may reset settings.
 	holdZ bool
 }
 

@@ -36,6 +36,16 @@ type stmtDef struct {
 	// that, so the client's name does not exist, as after a failed Parse
 	// on a direct connection. Both are written under s.mu.
 	verified, failed bool
+	// resets says the statement may return settings to their reset
+	// values (see restoreStartupLocked).
+	resets bool
+}
+
+// mayReset is the scan for flagResetGUC where statements are not scanned
+// otherwise (session mode).
+func mayReset(text string) bool {
+	return (containsFold(text, "reset") || containsFold(text, "discard") || containsFold(text, "default")) &&
+		scanStatement(text)&flagResetGUC != 0
 }
 
 // live reports whether def names an existing statement for the client;
@@ -143,6 +153,9 @@ type Session struct {
 	// groupStamped says an Execute of the current Sync group already
 	// opened a transaction number (the group is one implicit transaction).
 	groupStamped bool
+	// groupResets says an Execute of the current group may have returned
+	// settings to their reset values (see restoreStartupLocked).
+	groupResets bool
 
 	// client goroutine only
 	stmts   map[string]*stmtDef
@@ -620,8 +633,8 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 	if len(s.startupGUCs) > 0 && !s.groupOpen && !containsFold(text, "copy") {
 		if s.mode == TransactionMode {
 			restore = flags&flagResetGUC != 0
-		} else if containsFold(text, "reset") || containsFold(text, "discard") || containsFold(text, "default") {
-			restore = scanStatement(text)&flagResetGUC != 0
+		} else {
+			restore = mayReset(text)
 		}
 	}
 	if s.groupOpen {
@@ -955,7 +968,8 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 				s.sendLocked(e.AppendErrorResponse(nil))
 				s.skipUntilSync = true
 			} else {
-				s.stmts[parse.Name] = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), serverName: s.serverStmtName(parse.Query, parse.Types)}
+				s.stmts[parse.Name] = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), serverName: s.serverStmtName(parse.Query, parse.Types),
+					resets: flags&flagResetGUC != 0}
 				s.clientParses++
 				s.noteFlags(flags, parse.Query)
 				s.sendLocked([]byte{'1', 0, 0, 0, 4})
@@ -1002,7 +1016,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			if parse.Name != "" || def == nil || def.query != parse.Query || !bytes.Equal(def.types, parse.Types) {
 				// (A client re-parsing the same unnamed statement, as
 				// pgbench -M extended does, keeps its definition.)
-				def = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...)}
+				def = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), resets: flags&flagResetGUC != 0}
 			}
 			if parse.Name != "" {
 				def.serverName = s.serverStmtName(parse.Query, parse.Types)
@@ -1031,7 +1045,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		} else {
 			// Session mode forwards names unchanged; the text is kept
 			// for the audit events of later Executes.
-			s.stmts[parse.Name] = &stmtDef{query: parse.Query}
+			s.stmts[parse.Name] = &stmtDef{query: parse.Query, resets: len(s.startupGUCs) > 0 && mayReset(parse.Query)}
 		}
 		if out != nil {
 			s.serverParses++
@@ -1063,7 +1077,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		}
 		p := &pending{paramHash: h, numParams: n, params: params}
 		if def != nil {
-			p.text = def.query
+			p.text, p.holdZ = def.query, def.resets
 		}
 		s.portals[string(bind.Portal)] = p
 		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def), text: p.text, start: time.Now(),
@@ -1097,6 +1111,9 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		it := pending{kind: pendExecute, start: time.Now(), portal: portal}
 		if p := s.portals[portal]; p != nil {
 			it.text, it.paramHash, it.numParams, it.params = p.text, p.paramHash, p.numParams, p.params
+			if p.holdZ {
+				s.groupResets = true
+			}
 		}
 		s.stampTx(&it)
 		s.queue.push(it)
@@ -1125,7 +1142,16 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		}
 		s.groupOpen = false
 		s.groupStamped = false
-		s.queue.push(pending{kind: pendSync})
+		sync := pending{kind: pendSync}
+		if s.groupResets && len(s.startupGUCs) > 0 {
+			// As after a simple Query (see handleQuery).
+			sync.holdZ = true
+		}
+		s.groupResets = false
+		s.queue.push(sync)
+		if sync.holdZ {
+			out = s.restoreStartupLocked(out)
+		}
 	case 'H':
 		// Synthetic answers at the head are due now: the client waits.
 		s.emitSyntheticLocked()
@@ -1568,7 +1594,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		if name != "" {
 			srv.Params[name] = value
 		}
-		if it := s.queue.front(); it != nil && it.kind == pendQuery && (it.holdZ || it.swallow) {
+		if it := s.queue.front(); it != nil && (it.holdZ || it.kind == pendQuery && it.swallow) {
 			s.heldParams = append(s.heldParams, name, value)
 			return false
 		}
@@ -1710,7 +1736,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 	case 'c':
 		// CopyDone from the server ends COPY TO STDOUT.
 	case 'Z':
-		hold := it != nil && it.kind == pendQuery && it.holdZ
+		hold := it != nil && it.holdZ && (it.kind == pendQuery || it.kind == pendSync)
 		if it != nil && it.kind == pendSync && it.swallow {
 			// The end of a group the proxy injected (see
 			// mapPreparedRefLocked); the client's request follows.

@@ -359,6 +359,17 @@ var transcriptScenarios = []scenario{
 		c.query("reset all")
 		c.query("rollback")
 		c.query("show application_name")
+		c.note("through the extended protocol")
+		c.send(&pgproto3.Parse{Query: "set application_name = 'ext'"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		c.recvRFQ(1)
+		c.send(&pgproto3.Parse{Query: "reset application_name"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		c.recvRFQ(1)
+		c.send(&pgproto3.Parse{Name: "rs", Query: "set DateStyle to default"}, &pgproto3.Sync{})
+		c.recvRFQ(1)
+		c.query("set DateStyle = 'German'")
+		c.send(&pgproto3.Bind{PreparedStatement: "rs"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		c.recvRFQ(1)
+		c.query("select current_setting('application_name'), current_setting('DateStyle')")
 	}},
 	{name: "multi_statement_error", run: func(c *wireConn) {
 		c.query("select 1; select 1/0; select 3")
