@@ -2,10 +2,12 @@ package pooler
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,6 +27,32 @@ func stallClient(t testing.TB, addr string) net.Conn {
 	c := dialWire(t, addr, map[string]string{"application_name": "stalled"})
 	c.send(&pgproto3.Query{String: hugeQuery})
 	return c.nc
+}
+
+// stallClientTLS is stallClient over TLS (sslmode=require): the proxy's
+// writes then go through crypto/tls, not raw socket calls.
+func stallClientTLS(t testing.TB, p *Proxy) net.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dsn := strings.Replace(proxyDSN(p, "", "&application_name=stalled"), "sslmode=disable", "sslmode=require", 1)
+	conn, err := pgconn.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, err := conn.Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = hc.Conn.Close() })
+	if _, ok := hc.Conn.(*tls.Conn); !ok {
+		t.Fatalf("not a TLS connection: %T", hc.Conn)
+	}
+	q, _ := (&pgproto3.Query{String: hugeQuery}).Encode(nil)
+	if _, err := hc.Conn.Write(q); err != nil {
+		t.Fatal(err)
+	}
+	return hc.Conn
 }
 
 // stalledBackend waits until the backend running hugeQuery is blocked
@@ -98,18 +126,35 @@ func timed(t testing.TB, what string, f func()) time.Duration {
 // after client_write_timeout the client is dropped and its server
 // connection destroyed: the backend, blocked sending the result, ends.
 func TestClientNotReading(t *testing.T) {
-	for _, mode := range []PoolMode{SessionMode, TransactionMode} {
-		t.Run(string(mode), func(t *testing.T) {
+	cert := selfSignedTLS(t)
+	for _, tc := range []struct {
+		mode PoolMode
+		tls  bool
+	}{{SessionMode, false}, {TransactionMode, false}, {TransactionMode, true}} {
+		mode := tc.mode
+		name := string(mode)
+		if tc.tls {
+			name += "-tls"
+		}
+		t.Run(name, func(t *testing.T) {
 			const writeTimeout = 1500 * time.Millisecond
 			p := testProxy(t, func(c *Config) {
 				withMode(mode, 2)(c)
 				for _, db := range c.Databases {
 					db.Pool.ClientWriteTimeout = writeTimeout
 				}
+				if tc.tls {
+					c.TLS, c.ClientTLS = cert, "allow"
+				}
 			})
 			direct := directConn(t)
 			start := time.Now()
-			nc := stallClient(t, p.Addr().String())
+			var nc net.Conn
+			if tc.tls {
+				nc = stallClientTLS(t, p)
+			} else {
+				nc = stallClient(t, p.Addr().String())
+			}
 			pid := stalledBackend(t, direct)
 
 			var clients []ClientInfo
