@@ -359,6 +359,7 @@ func (a *Admin) Queries(by analyzer.SortKey, n int) []QueryRow {
 // dbTotals are the cumulative counters of one database.
 type dbTotals struct {
 	assignments, xacts, queries, recv, sent int64
+	clientParses, serverParses, binds       int64
 	waitTime                                time.Duration
 	queryTime                               time.Duration
 	xactTime                                time.Duration
@@ -369,6 +370,9 @@ func (t *dbTotals) add(o dbTotals) {
 	t.assignments += o.assignments
 	t.xacts += o.xacts
 	t.queries += o.queries
+	t.clientParses += o.clientParses
+	t.serverParses += o.serverParses
+	t.binds += o.binds
 	t.recv += o.recv
 	t.sent += o.sent
 	t.xactTime += o.xactTime
@@ -383,7 +387,8 @@ func (a *Admin) totalsByDB(ps []pooler.PoolStats) map[string]dbTotals {
 	out := map[string]dbTotals{}
 	for _, s := range ps {
 		t := out[s.Database]
-		t.add(dbTotals{assignments: s.Waits, xacts: s.Transactions, queries: s.Queries, recv: s.BytesIn, sent: s.BytesOut, waitTime: s.WaitTotal, xactTime: s.XactTime})
+		t.add(dbTotals{assignments: s.Waits, xacts: s.Transactions, queries: s.Queries, recv: s.BytesIn, sent: s.BytesOut, waitTime: s.WaitTotal, xactTime: s.XactTime,
+			clientParses: s.ClientParses, serverParses: s.ServerParses, binds: s.Binds})
 		out[s.Database] = t
 	}
 	for db, qt := range a.obs.totals() {
@@ -434,7 +439,8 @@ func (a *Admin) Stats() []StatsRow {
 			TotalServerAssignmentCount: c.assignments, TotalXactCount: c.xacts, TotalQueryCount: c.queries,
 			TotalReceived: c.recv, TotalSent: c.sent,
 			TotalQueryTime: c.queryTime.Microseconds(), TotalWaitTime: c.waitTime.Microseconds(),
-			TotalXactTime: c.xactTime.Microseconds(),
+			TotalXactTime:         c.xactTime.Microseconds(),
+			TotalClientParseCount: c.clientParses, TotalServerParseCount: c.serverParses, TotalBindCount: c.binds,
 		}
 		if secs > 0 {
 			p := prev[db]
@@ -442,6 +448,9 @@ func (a *Admin) Stats() []StatsRow {
 			r.AvgServerAssignmentCount = rate(c.assignments, p.assignments)
 			r.AvgXactCount = rate(c.xacts, p.xacts)
 			r.AvgQueryCount = rate(c.queries, p.queries)
+			r.AvgClientParseCount = rate(c.clientParses, p.clientParses)
+			r.AvgServerParseCount = rate(c.serverParses, p.serverParses)
+			r.AvgBindCount = rate(c.binds, p.binds)
 			r.AvgRecv = rate(c.recv, p.recv)
 			r.AvgSent = rate(c.sent, p.sent)
 			if n := c.xacts - p.xacts; n > 0 {

@@ -440,6 +440,7 @@ func SettingsFromConfig(cfg *pooler.Config) []Setting {
 		Setting{"server_login_retry", dur(pool.ServerLoginRetry), dur(def.ServerLoginRetry), yes},
 		Setting{"idle_transaction_timeout", dur(pool.IdleTransactionTimeout), dur(def.IdleTransactionTimeout), yes},
 		Setting{"client_idle_timeout", dur(pool.ClientIdleTimeout), dur(def.ClientIdleTimeout), yes},
+		Setting{"client_write_timeout", dur(pool.ClientWriteTimeout), dur(def.ClientWriteTimeout), yes},
 		Setting{"query_timeout", dur(pool.QueryTimeout), dur(def.QueryTimeout), yes},
 		Setting{"max_prepared_statements", itoa(pool.MaxPreparedStatements), itoa(def.MaxPreparedStatements), yes},
 		Setting{"pin_on_session_state", boolStr(pool.PinOnSessionState), boolStr(def.PinOnSessionState), yes},

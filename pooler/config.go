@@ -60,7 +60,11 @@ type PoolSettings struct {
 	ServerLoginRetry       time.Duration
 	IdleTransactionTimeout time.Duration
 	ClientIdleTimeout      time.Duration
-	QueryTimeout           time.Duration
+	// ClientWriteTimeout drops a client whose socket stays full (it does
+	// not read what it asked for) this long, and destroys its server
+	// connection; zero waits forever, as PgBouncer does.
+	ClientWriteTimeout time.Duration
+	QueryTimeout       time.Duration
 	// MaxPreparedStatements caps the protocol-level prepared statements kept
 	// per server connection in transaction mode (an LRU).
 	MaxPreparedStatements int
@@ -89,6 +93,7 @@ func DefaultPoolSettings() PoolSettings {
 		ServerCheckDelay:      30 * time.Second,
 		ServerCheckQuery:      "select 1",
 		ServerLoginRetry:      250 * time.Millisecond,
+		ClientWriteTimeout:    60 * time.Second,
 		MaxPreparedStatements: 200,
 		PinOnSessionState:     true,
 	}

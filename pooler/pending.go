@@ -29,6 +29,8 @@ type pending struct {
 	// refers to (transaction mode), to undo cache entries on error.
 	serverStmt string
 	addedStmt  bool
+	// stmt is the client's statement a Parse prepares (transaction mode).
+	stmt *stmtDef
 
 	// audit data for Execute and Query
 	text      string
@@ -41,6 +43,16 @@ type pending struct {
 	portal    string
 	// multi-statement Query bookkeeping
 	results []stmtResult
+	// tag, for a Query the proxy rewrote (DEALLOCATE of a client's
+	// protocol-level statement), replaces the command tag of its result,
+	// whose RowDescription is dropped.
+	tag string
+	// holdZ: this Query or Sync (of a group with such an Execute) may
+	// return settings to their reset values; a restore query follows it
+	// (see restoreStartupLocked), and its ParameterStatus messages and
+	// ReadyForQuery are held until that is answered. On a portal: its
+	// statement may reset settings.
+	holdZ bool
 }
 
 type stmtResult struct {

@@ -99,7 +99,6 @@ type Pool struct {
 	lastErr  error
 	failures int
 	retryAt  time.Time
-	nextID   uint64
 	paused   bool
 	// watching says a watchWaiters goroutine runs.
 	watching bool
@@ -447,8 +446,7 @@ func (p *Pool) connect(ctx context.Context) (*Server, error) {
 	p.failures = 0
 	p.lastErr = nil
 	p.retryAt = time.Time{}
-	p.nextID++
-	s := &Server{ServerConn: sc, pool: p, id: p.nextID, lastUsed: time.Now(), gucs: map[string]string{}, gen: gen}
+	s := &Server{ServerConn: sc, pool: p, id: serverIDs.Add(1), lastUsed: time.Now(), gucs: map[string]string{}, gen: gen}
 	// Every server gets a statement cache: a reload may switch the pool
 	// to transaction mode.
 	s.prepared = newStmtCache(p.set().MaxPreparedStatements)
@@ -523,6 +521,10 @@ func (p *Pool) Reset(ctx context.Context, s *Server) bool {
 	}
 	return true
 }
+
+// serverIDs numbers server connections across pools (SHOW SERVERS ptr,
+// SHOW CLIENTS link).
+var serverIDs atomic.Uint64
 
 // destroy closes a held server and frees its slot.
 func (p *Pool) destroy(s *Server) {

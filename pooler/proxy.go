@@ -52,6 +52,14 @@ type Proxy struct {
 
 	nextSession atomic.Uint64
 	nextPID     atomic.Uint32
+	// ddlEpoch counts schema changes seen (DDL sent through the proxy,
+	// stale-plan errors from servers); it is part of the shared names of
+	// protocol-level statements, so a Parse after a schema change never
+	// binds to a server statement prepared before it.
+	ddlEpoch atomic.Uint64
+	// admins counts admin-console connections (in ClientCount, not
+	// sessions).
+	admins      atomic.Int64
 	clients     atomic.Int64       // every connection, logging in or logged in
 	authed      atomic.Int64       // authenticated connections, for max_client_conn
 	budget      *wire.MemoryBudget // client_buffer_budget
@@ -259,6 +267,10 @@ func (p *Proxy) PoolStats() []PoolStats {
 // ClientCount returns the number of client connections, logged in or
 // still logging in (see LoginCount).
 func (p *Proxy) ClientCount() int { return int(p.clients.Load()) }
+
+// AdminClientCount returns the number of clients using the admin console
+// (part of ClientCount).
+func (p *Proxy) AdminClientCount() int { return int(p.admins.Load()) }
 
 // SessionStateDetections counts statements seen in transaction mode that
 // need a session.
@@ -509,6 +521,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 		txStatus: 'I', gucs: startupGUCs(st), startupGUCs: startupGUCs(st), connected: time.Now(), stmts: map[string]*stmtDef{}, portals: map[string]*pending{},
 	}
 	s.writingDone = sync.NewCond(&s.mu)
+	c.SetWriteTimeout(pool.set().ClientWriteTimeout)
 	s.gucsKey = gucsKey(s.gucs)
 	s.log = p.log.With().Uint64("session", s.id).Str("user", user).Str("database", dbName).Logger()
 	key := make([]byte, 4)
@@ -554,6 +567,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	}
 	s.cancelPID, s.cancelKey = pid, key
 	s.mu.Lock()
+	s.reported = params
 	out := wire.AppendAuthOK(nil)
 	for _, name := range sortedKeys(params) {
 		out = wire.AppendParameterStatus(out, name, params[name])
@@ -587,7 +601,7 @@ func (s *Session) detachIdle() {
 	readerRan := s.readerActive
 	done := s.readerDone
 	if readerRan {
-		s.stopReader = true
+		s.stopReader.Store(true)
 		_ = srv.SetReadDeadline(time.Now())
 	}
 	s.mu.Unlock()
@@ -595,9 +609,9 @@ func (s *Session) detachIdle() {
 		<-done
 	}
 	s.mu.Lock()
-	s.server = nil
+	s.setServerLocked(nil)
 	rerr := s.readerErr
-	s.stopReader = false
+	s.stopReader.Store(false)
 	s.mu.Unlock()
 	inSync := srv.R.InSync()
 	if readerRan {
@@ -832,6 +846,8 @@ func (p *Proxy) serveAdmin(ctx context.Context, c *wire.Conn, user, dbName strin
 		return e
 	}
 	_ = c.SetDeadline(time.Time{})
+	p.admins.Add(1)
+	defer p.admins.Add(-1)
 	err := p.config().Admin.ServeAdmin(ctx, c, user)
 	if err != nil && isRoutineDisconnect(err) {
 		return nil
@@ -854,12 +870,13 @@ type ClientInfo struct {
 	Pinned          bool      `json:"pinned"`
 }
 
-// Clients lists the connected client sessions.
+// Clients lists the connected client sessions. It never waits for a
+// session's relay (see Session.infoMu).
 func (p *Proxy) Clients() []ClientInfo {
 	sessions := p.sessionList()
 	out := make([]ClientInfo, 0, len(sessions))
 	for _, s := range sessions {
-		s.mu.Lock()
+		s.infoMu.Lock()
 		ci := ClientInfo{SessionID: s.id, Database: s.database, User: s.user, ApplicationName: s.appName,
 			Addr: s.clientAddr, ConnectTime: s.connected, PID: s.cancelPID, TxStatus: string(s.txStatus), Pinned: s.pinned, State: "idle"}
 		if s.server != nil {
@@ -867,7 +884,7 @@ func (p *Proxy) Clients() []ClientInfo {
 		} else if s.acquiring {
 			ci.State = "waiting"
 		}
-		s.mu.Unlock()
+		s.infoMu.Unlock()
 		out = append(out, ci)
 	}
 	sortClients(out)
@@ -904,11 +921,11 @@ func (p *Proxy) Servers() []ServerInfo {
 	}
 	sessions := p.sessionList()
 	for _, s := range sessions {
-		s.mu.Lock()
+		s.infoMu.Lock()
 		if srv := s.server; srv != nil {
 			out = append(out, serverInfo(s.pool, srv, "active", s.id))
 		}
-		s.mu.Unlock()
+		s.infoMu.Unlock()
 	}
 	return out
 }
@@ -988,11 +1005,28 @@ func (p *Proxy) Kill(db string) int {
 		}
 	}
 	p.mu.Unlock()
+	// Each victim gets its FATAL where its relay lets it within killGrace;
+	// a relay blocked writing to a client that does not read holds the
+	// session's lock, and closing the connection is what frees it.
+	var wg sync.WaitGroup
+	sent := make(chan struct{})
 	for _, s := range victims {
-		_ = s.fatal(wire.Fatal(wire.CodeAdminShutdown, "terminating connection due to administrator command (KILL)"))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = s.fatal(wire.Fatal(wire.CodeAdminShutdown, "terminating connection due to administrator command (KILL)"))
+		}()
+	}
+	go func() { wg.Wait(); close(sent) }()
+	select {
+	case <-sent:
+	case <-time.After(killGrace):
+	}
+	for _, s := range victims {
 		_ = s.client.Close()
 		s.interruptInline()
 	}
+	<-sent
 	for _, pl := range p.Pools() {
 		if pl.Database == db {
 			pl.DropIdle()
@@ -1000,6 +1034,10 @@ func (p *Proxy) Kill(db string) int {
 	}
 	return len(victims)
 }
+
+// killGrace is how long KILL waits to deliver its FATAL before it closes
+// the connections anyway.
+const killGrace = 250 * time.Millisecond
 
 // config returns the current configuration; Reload replaces it.
 func (p *Proxy) config() *Config { return p.cfgPtr.Load() }

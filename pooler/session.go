@@ -3,6 +3,7 @@ package pooler
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -29,7 +31,26 @@ type stmtDef struct {
 	// text and parameter types, so every client preparing the same
 	// statement shares it. Unnamed client statements keep "".
 	serverName string
+	// verified says a server accepted the text once; failed says a
+	// server rejected it (class 42: syntax, undefined object) before
+	// that, so the client's name does not exist, as after a failed Parse
+	// on a direct connection. Both are written under s.mu.
+	verified, failed bool
+	// resets says the statement may return settings to their reset
+	// values (see restoreStartupLocked).
+	resets bool
 }
+
+// mayReset is the scan for flagResetGUC where statements are not scanned
+// otherwise (session mode).
+func mayReset(text string) bool {
+	return (containsFold(text, "reset") || containsFold(text, "discard") || containsFold(text, "default")) &&
+		scanStatement(text)&flagResetGUC != 0
+}
+
+// live reports whether def names an existing statement for the client;
+// s.mu held.
+func (def *stmtDef) live() bool { return def != nil && !def.failed }
 
 // Session relays one authenticated client. The client's goroutine runs run.
 // Replies are read from the attached server either by that goroutine
@@ -38,7 +59,11 @@ type stmtDef struct {
 // handed off per transaction) or by a background reader (serverLoop:
 // session mode, pinned clients, open transactions, COPY FROM STDIN, Flush,
 // pipelined requests), never both at once (readerActive). mu guards the
-// fields below it and all writes to the client.
+// fields below it and all writes to the client; a write to a client that
+// does not read can hold it until client_write_timeout. Introspection
+// (SHOW CLIENTS, SHOW SERVERS) and control (KILL, cancel, the watchdog)
+// therefore never take mu: they read the fields marked "info" under
+// infoMu, and act on the attached server under ctlMu.
 type Session struct {
 	proxy  *Proxy
 	id     uint64
@@ -52,14 +77,24 @@ type Session struct {
 	cancelKey                           []byte
 	connected                           time.Time
 
+	// infoMu guards reads of the info fields by introspection and
+	// control. The info fields are written with both mu and infoMu held
+	// (mu first) and read with either. It is never held during I/O.
+	infoMu sync.Mutex
+	// ctlMu is held by control paths that act on the attached server
+	// (cancel, interruptInline) and by everything that detaches it (with
+	// mu held, before infoMu), so the server cannot change hands while a
+	// cancel is on its way to it. It is never held during client I/O.
+	ctlMu sync.Mutex
+
 	mu         sync.Mutex
-	server     *Server
-	inFlight   int  // Syncs, Queries and FunctionCalls sent and not yet answered by ReadyForQuery
-	groupOpen  bool // extended-protocol messages sent since the last Sync
-	txStatus   byte
+	server     *Server // info
+	inFlight   int     // info: Syncs, Queries and FunctionCalls sent and not yet answered by ReadyForQuery
+	groupOpen  bool    // extended-protocol messages sent since the last Sync
+	txStatus   byte    // info
 	copyActive bool
-	pinned     bool
-	// skipUntilSync drops client messages after a locally raised error in
+	pinned     bool // info
+	// skipUntilSync drops client messages after an error in
 	// an extended-protocol group, as the server does after its own errors.
 	skipUntilSync bool
 	queue         pendingQueue
@@ -68,24 +103,38 @@ type Session struct {
 	// has exited. Without one the client goroutine reads the replies
 	// itself (see awaitReplies).
 	readerActive bool
-	// inlineSince is when the client goroutine began reading its server
-	// inline (zero otherwise); the proxy's watchdog checks clients that
-	// wait long for a vanished peer (see checkInlineClients).
+	// inlineSince (info) is when the client goroutine began reading its
+	// server inline (zero otherwise); the proxy's watchdog checks clients
+	// that wait long for a vanished peer (see checkInlineClients).
 	inlineSince time.Time
 	readerDone  chan struct{}
-	stopReader  bool
-	readerErr   error
-	gucDirty    bool
+	// stopReader tells whoever reads the server that a read deadline set
+	// on it means "stop", not "server lost". Set without mu by
+	// interruptInline.
+	stopReader atomic.Bool
+	readerErr  error
+	// writeTimedOut says a write to the client hit client_write_timeout:
+	// the client is dropped and its server connection destroyed.
+	writeTimedOut bool
+	gucDirty      bool
+	// ddlSent says the transaction running now sent DDL (see noteDDLLocked).
+	ddlSent bool
 	// startupGUCs are the settings from the client's startup packet: what
 	// RESET and DISCARD ALL return to on a direct connection. Read-only.
 	startupGUCs map[string]string
 	gucs        map[string]string
 	gucsKey     string // gucsKey(gucs), kept in step with it
+	// reported holds the ParameterStatus values the client has been
+	// sent; heldParams (name, value pairs) and heldZ are what the server
+	// said while a Query with holdZ and its restore query run.
+	reported    map[string]string
+	heldParams  []string
+	heldZ       []byte
 	pendingWait time.Duration
 	txSeq       uint64
 	closed      bool
 	lastFatal   bool
-	acquiring   bool // waiting for a server connection
+	acquiring   bool // info: waiting for a server connection
 	// copyInExtended is set between an Execute's CopyInResponse and the
 	// client's CopyDone/CopyFail.
 	copyInExtended bool
@@ -104,6 +153,9 @@ type Session struct {
 	// groupStamped says an Execute of the current Sync group already
 	// opened a transaction number (the group is one implicit transaction).
 	groupStamped bool
+	// groupResets says an Execute of the current group may have returned
+	// settings to their reset values (see restoreStartupLocked).
+	groupResets bool
 
 	// client goroutine only
 	stmts   map[string]*stmtDef
@@ -111,6 +163,8 @@ type Session struct {
 
 	bytesIn, bytesOut int64
 	queries, xacts    int64
+	// Parse and Bind messages (s.mu), moved to the pool by flushStats.
+	clientParses, serverParses, binds int64
 	// xactStart is when the running transaction's first statement went
 	// out (zero between transactions); xactTime sums finished ones.
 	xactStart time.Time
@@ -239,11 +293,15 @@ func (s *Session) attach(ctx context.Context) (*Server, error) {
 		<-s.readerDone
 	}
 	s.mu.Lock()
+	s.infoMu.Lock()
 	s.acquiring = true
+	s.infoMu.Unlock()
 	s.mu.Unlock()
 	srv, wait, err := s.pool.Acquire(ctx)
 	s.mu.Lock()
+	s.infoMu.Lock()
 	s.acquiring = false
+	s.infoMu.Unlock()
 	s.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -253,15 +311,26 @@ func (s *Session) attach(ctx context.Context) (*Server, error) {
 		return nil, err
 	}
 	s.mu.Lock()
-	s.server = srv
+	s.setServerLocked(srv)
 	s.pendingWait += wait
-	s.stopReader = false
+	s.stopReader.Store(false)
 	s.readerErr = nil
 	if s.mode == SessionMode || s.pinned {
 		s.startReaderLocked(srv)
 	}
 	s.mu.Unlock()
 	return srv, nil
+}
+
+// setServerLocked attaches srv to the session (nil detaches it); s.mu held.
+// It waits for a cancel or interrupt in progress (ctlMu), so that it
+// reaches the server it was meant for.
+func (s *Session) setServerLocked(srv *Server) {
+	s.ctlMu.Lock()
+	s.infoMu.Lock()
+	s.server = srv
+	s.infoMu.Unlock()
+	s.ctlMu.Unlock()
 }
 
 // startReaderLocked starts the background reader of srv unless one runs;
@@ -296,11 +365,15 @@ func (s *Session) awaitReplies(srv *Server) error {
 		s.mu.Unlock()
 		return nil
 	}
+	s.infoMu.Lock()
 	s.inlineSince = time.Now()
+	s.infoMu.Unlock()
 	s.mu.Unlock()
 	err := s.pump(srv, true)
 	s.mu.Lock()
+	s.infoMu.Lock()
 	s.inlineSince = time.Time{}
+	s.infoMu.Unlock()
 	s.mu.Unlock()
 	return err
 }
@@ -337,22 +410,27 @@ func (s *Session) sendRequestLocked(srv *Server, out []byte) error {
 // its connection meanwhile: the goroutine cannot notice that itself until
 // the statement ends.
 func (s *Session) clientGoneWhileInline(d time.Duration) bool {
-	s.mu.Lock()
+	s.infoMu.Lock()
 	since := s.inlineSince
-	s.mu.Unlock()
+	s.infoMu.Unlock()
 	return !since.IsZero() && time.Since(since) > d && wire.PeerClosed(s.client.Conn)
 }
 
-// interruptInline makes a client goroutine that reads its server inline
-// stop (KILL, Close): without it a long statement would hold the session
-// until it finishes.
+// interruptInline makes whoever reads the attached server (the client
+// goroutine inline, or the background reader) stop (KILL, Close, a client
+// gone mid-statement): without it a long statement would hold the session
+// until it finishes. It does not take mu, which a write to a client that
+// does not read may hold; the caller closes the client connection first.
 func (s *Session) interruptInline() {
-	s.mu.Lock()
-	if srv := s.server; srv != nil && !s.readerActive {
-		s.stopReader = true
+	s.ctlMu.Lock()
+	s.infoMu.Lock()
+	srv := s.server
+	s.infoMu.Unlock()
+	if srv != nil {
+		s.stopReader.Store(true)
 		_ = srv.SetReadDeadline(time.Now())
 	}
-	s.mu.Unlock()
+	s.ctlMu.Unlock()
 }
 
 // gucsKey serializes settings canonically, so that equal settings (most
@@ -547,14 +625,33 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 	if err != nil {
 		return s.acquireFailed(err, true)
 	}
+	if s.mode == SessionMode && firstWordIsDDL(text) {
+		s.noteDDLLocked()
+	}
+	it := pending{kind: pendQuery, text: text, start: start}
+	out := raw
+	if s.mode == TransactionMode && flags == 0 {
+		out = s.mapPreparedRefLocked(srv, text, &it, raw)
+	}
+	restore := false
+	if len(s.startupGUCs) > 0 && !s.groupOpen && !containsFold(text, "copy") {
+		if s.mode == TransactionMode {
+			restore = flags&flagResetGUC != 0
+		} else {
+			restore = mayReset(text)
+		}
+	}
 	if s.groupOpen {
 		s.groupOpen = false
 	} else {
 		s.incInFlightLocked()
 	}
-	it := pending{kind: pendQuery, text: text, start: start}
 	s.stampTx(&it)
+	it.holdZ = restore
 	s.queue.push(it)
+	if restore {
+		out = s.restoreStartupLocked(out)
+	}
 	s.noteFlags(flags, text)
 	if flags&(flagDiscardAll|flagDeallocateAll) != 0 && srv.prepared != nil {
 		srv.prepared.clear()
@@ -567,7 +664,121 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 	if s.mode == TransactionMode {
 		delete(s.stmts, "")
 	}
-	return s.sendRequestLocked(srv, raw)
+	return s.sendRequestLocked(srv, out)
+}
+
+// mapPreparedRefLocked rewrites a SQL EXECUTE or DEALLOCATE of one of the
+// client's protocol-level statements (transaction mode), which the server
+// knows under its shared name: EXECUTE runs the shared statement
+// (prepared first when this server lacks it), DEALLOCATE forgets the
+// client's name and leaves the shared statement to the others. It returns
+// the bytes to send instead of raw; s.mu held, it not queued yet.
+func (s *Session) mapPreparedRefLocked(srv *Server, text string, it *pending, raw []byte) []byte {
+	if s.txStatus == 'E' || !containsFold(text, "execute") && !containsFold(text, "deallocate") {
+		// (In a failed transaction the server answers 25P02 whatever
+		// the name, and nothing is deallocated.)
+		return raw
+	}
+	ref, ok := scanPreparedRef(text)
+	if !ok {
+		return raw
+	}
+	def := s.stmts[ref.name]
+	if !def.live() || def.serverName == "" {
+		return raw // SQL PREPAREd (the client is pinned) or unknown: the server answers
+	}
+	if !ref.execute {
+		delete(s.stmts, ref.name)
+		// A statement with the same effect on the server (none), the
+		// same errors (25P02 in a failed transaction) and a tag to
+		// replace.
+		it.tag = "DEALLOCATE"
+		return appendQuery(nil, "SELECT WHERE false")
+	}
+	var out []byte
+	if !srv.prepared.has(def.serverName) {
+		if s.groupOpen {
+			return raw
+		}
+		// Prepare it in a group of its own: an error there must not make
+		// the server skip the Query.
+		out = s.ensurePreparedLocked(srv, def)
+		out = append(out, 'S', 0, 0, 0, 4)
+		s.incInFlightLocked()
+		s.queue.push(pending{kind: pendSync, swallow: true})
+	}
+	return appendQuery(out, text[:ref.start]+quoteIdent(def.serverName)+text[ref.end:])
+}
+
+// restoreStartupLocked appends to out, after a Query that may have
+// returned settings to their reset values (RESET, DISCARD ALL, SET ...
+// DEFAULT), a query that puts the client's startup values back where a
+// setting is at its reset value: on a server connection that is the
+// pool's value, while on a direct connection it is the client's startup
+// value. It runs in the same transaction state as the client's Query, so
+// a rollback undoes both. Its answers are swallowed, and the
+// ParameterStatus messages of both are merged, as Postgres reports only
+// the values that changed by the time it sends ReadyForQuery; s.mu held.
+func (s *Session) restoreStartupLocked(out []byte) []byte {
+	var sql strings.Builder
+	sql.WriteString("SELECT pg_catalog.set_config(s.name, v.setting, false) FROM pg_catalog.pg_settings s JOIN (VALUES ")
+	for i, name := range sortedKeys(s.startupGUCs) {
+		if i > 0 {
+			sql.WriteString(", ")
+		}
+		sql.WriteString("(" + quoteLiteral(name) + ", " + quoteLiteral(s.startupGUCs[name]) + ")")
+	}
+	sql.WriteString(") AS v(name, setting) ON pg_catalog.lower(s.name) = v.name WHERE s.source <> 'session'")
+	s.incInFlightLocked()
+	s.queue.push(pending{kind: pendQuery, swallow: true})
+	return appendQuery(out, sql.String())
+}
+
+// releaseHeldLocked sends what was held for a Query with holdZ: the
+// settings that changed since the client last heard of them, then its
+// ReadyForQuery; s.mu held.
+func (s *Session) releaseHeldLocked() {
+	final := map[string]string{}
+	var order []string
+	for i := 0; i+1 < len(s.heldParams); i += 2 {
+		name := s.heldParams[i]
+		if _, seen := final[name]; !seen {
+			order = append(order, name)
+		}
+		final[name] = s.heldParams[i+1]
+	}
+	for _, name := range order {
+		if v, ok := s.reported[name]; ok && v == final[name] {
+			continue
+		}
+		s.reported[name] = final[name]
+		s.sendLocked(wire.AppendParameterStatus(nil, name, final[name]))
+	}
+	s.heldParams = s.heldParams[:0]
+	if s.heldZ != nil {
+		s.sendLocked(s.heldZ)
+		s.heldZ = nil
+	}
+}
+
+// appendQuery appends a Query message.
+func appendQuery(dst []byte, text string) []byte {
+	dst = append(dst, 'Q', 0, 0, 0, 0)
+	n := len(dst) - 4
+	dst = append(dst, text...)
+	dst = append(dst, 0)
+	binary.BigEndian.PutUint32(dst[n:], uint32(len(dst)-n))
+	return dst
+}
+
+// appendCommandComplete appends a CommandComplete message.
+func appendCommandComplete(dst []byte, tag string) []byte {
+	dst = append(dst, 'C', 0, 0, 0, 0)
+	n := len(dst) - 4
+	dst = append(dst, tag...)
+	dst = append(dst, 0)
+	binary.BigEndian.PutUint32(dst[n:], uint32(len(dst)-n))
+	return dst
 }
 
 // writeServer writes out to srv (flushing when asked) and then clears
@@ -617,9 +828,14 @@ func (s *Session) noteFlags(flags stmtFlags, text string) {
 	if flags&flagSetGUC != 0 {
 		s.gucDirty = true
 	}
+	if flags&flagDDL != 0 {
+		s.noteDDLLocked()
+	}
 	if flags&sessionStateFlags != 0 {
 		if s.pool.set().PinOnSessionState && !s.pinned {
+			s.infoMu.Lock()
 			s.pinned = true
+			s.infoMu.Unlock()
 			s.log.Info().Str("feature", flags.detail()).Msg("client pinned to its server connection: statement needs a session")
 		}
 		s.proxy.sink.Offer(&analyzer.Event{
@@ -659,7 +875,8 @@ func (s *Session) handleCopy(typ byte, raw []byte) error {
 	}
 	s.writing = true
 	s.mu.Unlock()
-	return s.writeServer(srv, raw, typ != 'd')
+	// CopyData is batched only while more client bytes are already here.
+	return s.writeServer(srv, raw, typ != 'd' || s.client.R.Buffered() == 0)
 }
 
 // dropQueuedSyncsLocked removes the Syncs queued behind the head item (an
@@ -671,7 +888,9 @@ func (s *Session) dropQueuedSyncsLocked() {
 	for _, it := range q.items[q.head+1:] {
 		if it.kind == pendSync {
 			if s.inFlight > 0 {
+				s.infoMu.Lock()
 				s.inFlight--
+				s.infoMu.Unlock()
 			}
 			continue
 		}
@@ -686,7 +905,10 @@ func (s *Session) dropQueuedSyncsLocked() {
 // server-side names and prepared on demand.
 func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) error {
 	body := raw[5:]
-	if s.skipUntilSync {
+	s.mu.Lock()
+	skip := s.skipUntilSync
+	s.mu.Unlock()
+	if skip {
 		if typ != 'S' {
 			return nil
 		}
@@ -745,12 +967,14 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	if txMode && typ == 'P' && parse.Name != "" {
 		s.mu.Lock()
 		if s.server == nil && s.queue.len() == 0 {
-			if _, exists := s.stmts[parse.Name]; exists {
+			if s.stmts[parse.Name].live() {
 				e := &wire.Error{Severity: "ERROR", Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)}
 				s.sendLocked(e.AppendErrorResponse(nil))
 				s.skipUntilSync = true
 			} else {
-				s.stmts[parse.Name] = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), serverName: serverStmtName(parse.Query, parse.Types)}
+				s.stmts[parse.Name] = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), serverName: s.serverStmtName(parse.Query, parse.Types),
+					resets: flags&flagResetGUC != 0}
+				s.clientParses++
 				s.noteFlags(flags, parse.Query)
 				s.sendLocked([]byte{'1', 0, 0, 0, 4})
 			}
@@ -776,27 +1000,38 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		return s.acquireFailed(err, false)
 	}
 	// s.mu is held from here until the writes are planned.
+	if s.skipUntilSync {
+		// The reader saw an error of this group meanwhile: the server
+		// skips the rest of it.
+		if typ != 'S' {
+			s.mu.Unlock()
+			return nil
+		}
+		s.skipUntilSync = false
+	}
 	out := raw
 	var inject []byte
 	switch typ {
 	case 'P':
-		it := pending{kind: pendParse}
+		s.clientParses++
+		it := pending{kind: pendParse, text: parse.Query, start: time.Now()}
 		if txMode {
 			def := s.stmts[""]
 			if parse.Name != "" || def == nil || def.query != parse.Query || !bytes.Equal(def.types, parse.Types) {
 				// (A client re-parsing the same unnamed statement, as
 				// pgbench -M extended does, keeps its definition.)
-				def = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...)}
+				def = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), resets: flags&flagResetGUC != 0}
 			}
 			if parse.Name != "" {
-				def.serverName = serverStmtName(parse.Query, parse.Types)
-				if _, exists := s.stmts[parse.Name]; exists {
+				def.serverName = s.serverStmtName(parse.Query, parse.Types)
+				if s.stmts[parse.Name].live() {
 					s.localErrorLocked(&wire.Error{Severity: "ERROR", Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)})
 					s.mu.Unlock()
 					return nil
 				}
 				s.stmts[parse.Name] = def
 				it.serverStmt = def.serverName
+				it.stmt = def
 				if srv.prepared.has(def.serverName) {
 					it.synthetic = true
 					out = nil
@@ -814,15 +1049,19 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		} else {
 			// Session mode forwards names unchanged; the text is kept
 			// for the audit events of later Executes.
-			s.stmts[parse.Name] = &stmtDef{query: parse.Query}
+			s.stmts[parse.Name] = &stmtDef{query: parse.Query, resets: len(s.startupGUCs) > 0 && mayReset(parse.Query)}
+		}
+		if out != nil {
+			s.serverParses++
 		}
 		s.queue.push(it)
 	case 'B':
+		s.binds++
 		stmtName := string(bind.Statement)
 		var def *stmtDef
 		if txMode {
 			def = s.stmts[stmtName]
-			if def == nil {
+			if !def.live() {
 				s.localErrorLocked(noSuchStatement(stmtName))
 				s.mu.Unlock()
 				return nil
@@ -842,15 +1081,17 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		}
 		p := &pending{paramHash: h, numParams: n, params: params}
 		if def != nil {
-			p.text = def.query
+			p.text, p.holdZ = def.query, def.resets
 		}
 		s.portals[string(bind.Portal)] = p
-		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def)})
+		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def), text: p.text, start: time.Now(),
+			paramHash: p.paramHash, numParams: p.numParams, params: p.params})
 	case 'D':
 		if targetKind == 'S' {
+			it := pending{kind: pendDescribeStmt}
 			if txMode {
 				def := s.stmts[string(targetName)]
-				if def == nil {
+				if !def.live() {
 					s.localErrorLocked(noSuchStatement(string(targetName)))
 					s.mu.Unlock()
 					return nil
@@ -858,8 +1099,9 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 				inject = s.ensurePreparedLocked(srv, def)
 				out = wire.AppendTarget(inject, 'D', 'S', def.serverName)
 				inject = nil
+				it.serverStmt = def.serverName
 			}
-			s.queue.push(pending{kind: pendDescribeStmt})
+			s.queue.push(it)
 		} else {
 			s.queue.push(pending{kind: pendDescribePortal})
 		}
@@ -873,6 +1115,9 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		it := pending{kind: pendExecute, start: time.Now(), portal: portal}
 		if p := s.portals[portal]; p != nil {
 			it.text, it.paramHash, it.numParams, it.params = p.text, p.paramHash, p.numParams, p.params
+			if p.holdZ {
+				s.groupResets = true
+			}
 		}
 		s.stampTx(&it)
 		s.queue.push(it)
@@ -901,7 +1146,16 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		}
 		s.groupOpen = false
 		s.groupStamped = false
-		s.queue.push(pending{kind: pendSync})
+		sync := pending{kind: pendSync}
+		if s.groupResets && len(s.startupGUCs) > 0 {
+			// As after a simple Query (see handleQuery).
+			sync.holdZ = true
+		}
+		s.groupResets = false
+		s.queue.push(sync)
+		if sync.holdZ {
+			out = s.restoreStartupLocked(out)
+		}
 	case 'H':
 		// Synthetic answers at the head are due now: the client waits.
 		s.emitSyntheticLocked()
@@ -918,9 +1172,19 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	if typ == 'S' {
 		return s.sendRequestLocked(srv, out)
 	}
+	// Never hold back what the client sent: Postgres starts
+	// statement_timeout at the first message of a statement, and a client
+	// may pause between Parse and Describe. Batch only while more client
+	// bytes are already here.
+	flush := typ == 'H' || s.client.R.Buffered() == 0
+	if flush && typ != 'H' && (len(out) > 0 || srv.W.Buffered() > 0) {
+		// Part of an open group goes out: replies may flow before its
+		// Sync (an error, or rows that fill the server's buffer).
+		s.startReaderLocked(srv)
+	}
 	s.writing = true
 	s.mu.Unlock()
-	return s.writeServer(srv, out, typ == 'H')
+	return s.writeServer(srv, out, flush)
 }
 
 // noSuchStatement is Postgres's error for a Bind or Describe of a
@@ -949,13 +1213,30 @@ func serverNameOf(def *stmtDef) string {
 	return def.serverName
 }
 
-// serverStmtName derives the shared server-side name of a statement.
-func serverStmtName(query string, types []byte) string {
+// serverStmtName derives the shared server-side name of a statement the
+// client parses now: from its text, parameter types and the proxy's DDL
+// epoch, so that after a schema change a Parse gets a server statement
+// prepared after it (a type or column changed or re-created under the
+// same name gives "cached plan must not change result type", "cache
+// lookup failed for type" or a parameter type frozen at the old type on a
+// statement prepared before).
+func (s *Session) serverStmtName(query string, types []byte) string {
 	h := fnv.New64a()
 	_, _ = h.Write([]byte(query))
 	_, _ = h.Write([]byte{0})
 	_, _ = h.Write(types)
+	var e [8]byte
+	binary.BigEndian.PutUint64(e[:], s.proxy.ddlEpoch.Load())
+	_, _ = h.Write(e[:])
 	return "pgaudit_" + strconv.FormatUint(h.Sum64(), 36)
+}
+
+// noteDDLLocked records a schema change sent by the client: the epoch
+// moves now and again when its transaction ends (when the change becomes
+// visible to Parses on other connections); s.mu held.
+func (s *Session) noteDDLLocked() {
+	s.ddlSent = true
+	s.proxy.ddlEpoch.Add(1)
 }
 
 // ensurePreparedLocked returns the messages to inject before a Bind or
@@ -966,14 +1247,16 @@ func (s *Session) ensurePreparedLocked(srv *Server, def *stmtDef) []byte {
 			return nil
 		}
 		srv.unnamed = def
-		s.queue.push(pending{kind: pendParse, swallow: true})
+		s.serverParses++
+		s.queue.push(pending{kind: pendParse, swallow: true, text: def.query, start: time.Now()})
 		return wire.AppendParse(nil, "", def.query, def.types)
 	}
 	if srv.prepared.has(def.serverName) {
 		return nil
 	}
+	s.serverParses++
 	out := s.closeEvictedLocked(srv, srv.prepared.add(def.serverName), def.serverName)
-	s.queue.push(pending{kind: pendParse, swallow: true, serverStmt: def.serverName, addedStmt: true})
+	s.queue.push(pending{kind: pendParse, swallow: true, serverStmt: def.serverName, addedStmt: true, stmt: def, text: def.query, start: time.Now()})
 	return wire.AppendParse(out, def.serverName, def.query, def.types)
 }
 
@@ -1041,9 +1324,17 @@ func (s *Session) emitSyntheticLocked() {
 
 // dropUntilSyncLocked discards expected responses up to the next Sync, as
 // the server skips messages after an error.
+//
+// When the group's Sync is not queued yet (the client's input ran dry
+// inside the group, so part of it went out, see handleExtended), the
+// server skips whatever the client sends up to that Sync: so does the
+// proxy (skipUntilSync), or it would wait for answers that never come.
 func (s *Session) dropUntilSyncLocked() {
 	for {
 		it := s.queue.front()
+		if it == nil && s.groupOpen {
+			s.skipUntilSync = true
+		}
 		if it == nil || it.kind == pendSync || it.kind == pendQuery || it.kind == pendFunctionCall {
 			return
 		}
@@ -1073,10 +1364,10 @@ func (s *Session) finish() {
 	}
 	s.closed = true
 	srv := s.server
-	clean := s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' && !s.copyActive
+	clean := s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' && !s.copyActive && !s.writeTimedOut
 	done := s.readerDone
 	readerRan := s.readerActive
-	s.stopReader = true
+	s.stopReader.Store(true)
 	if srv != nil && readerRan {
 		_ = srv.SetReadDeadline(time.Now())
 	}
@@ -1086,7 +1377,7 @@ func (s *Session) finish() {
 	}
 	s.mu.Lock()
 	srv = s.server
-	s.server = nil
+	s.setServerLocked(nil)
 	rerr := s.readerErr
 	s.mu.Unlock()
 	if srv != nil {
@@ -1117,7 +1408,11 @@ func (s *Session) flushStats() {
 	st.queries.Add(s.queries)
 	st.xacts.Add(s.xacts)
 	st.xactNs.Add(int64(s.xactTime))
+	st.clientParses.Add(s.clientParses)
+	st.serverParses.Add(s.serverParses)
+	st.binds.Add(s.binds)
 	s.bytesOut, s.queries, s.xacts, s.xactTime = 0, 0, 0, 0
+	s.clientParses, s.serverParses, s.binds = 0, 0, 0
 }
 
 // serverLoop is the background reader: it relays server messages to the
@@ -1131,7 +1426,7 @@ func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 			s.log.Error().Interface("panic", r).Msg("relay panic; closing session")
 			s.mu.Lock()
 			if s.server == srv {
-				s.server = nil
+				s.setServerLocked(nil)
 			}
 			s.readerActive = false
 			s.mu.Unlock()
@@ -1155,7 +1450,7 @@ func (s *Session) pump(srv *Server, inline bool) error {
 		typ, raw, err := srv.R.ReadMessage()
 		if err != nil {
 			s.mu.Lock()
-			if s.stopReader {
+			if s.stopReader.Load() {
 				s.readerErr = err
 				if !inline {
 					s.readerActive = false
@@ -1164,7 +1459,7 @@ func (s *Session) pump(srv *Server, inline bool) error {
 				return errClientGone
 			}
 			if s.server == srv {
-				s.server = nil
+				s.setServerLocked(nil)
 			}
 			if !inline {
 				s.readerActive = false
@@ -1183,6 +1478,9 @@ func (s *Session) pump(srv *Server, inline bool) error {
 		var ferr error
 		if typ == 'Z' || srv.R.Buffered() == 0 {
 			ferr = s.client.Flush()
+			if ferr != nil {
+				s.clientWriteFailedLocked(ferr)
+			}
 		}
 		if release {
 			for s.writing {
@@ -1194,8 +1492,13 @@ func (s *Session) pump(srv *Server, inline bool) error {
 		stop := false
 		switch {
 		case release:
-			s.server = nil
+			s.setServerLocked(nil)
 			s.readerActive = false
+			if s.stopReader.Load() {
+				// interruptInline came after the last reply: the server
+				// is clean, but carries its read deadline.
+				_ = srv.SetReadDeadline(time.Time{})
+			}
 		case !inline:
 		case typ == 'G' || typ == 'W':
 			// COPY FROM STDIN: the client goroutine must read the data.
@@ -1242,6 +1545,18 @@ func (s *Session) pump(srv *Server, inline bool) error {
 	}
 }
 
+// clientWriteFailedLocked notes a failed write to the client; s.mu held.
+// After client_write_timeout the server connection is destroyed, not
+// released: it is likely in the middle of a result the client never read.
+func (s *Session) clientWriteFailedLocked(err error) {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() && !s.writeTimedOut {
+		s.writeTimedOut = true
+		s.log.Warn().Dur("client_write_timeout", s.pool.set().ClientWriteTimeout).
+			Msg("client does not read its results: closing it and its server connection")
+	}
+}
+
 // serverLost handles a server connection that failed while attached.
 func (s *Session) serverLost(srv *Server, err error, alreadyFatal bool) {
 	if !isRoutineDisconnect(err) {
@@ -1262,6 +1577,14 @@ func (s *Session) serverLost(srv *Server, err error, alreadyFatal bool) {
 	_ = s.client.Close()
 }
 
+// staleStatement says whether an error means the server statement was
+// prepared before a schema change: its result type changed, or a type it
+// uses was dropped.
+func staleStatement(code, msg string) bool {
+	return code == "0A000" && strings.Contains(msg, "cached plan must not change result type") ||
+		code == "XX000" && strings.Contains(msg, "cache lookup failed for type")
+}
+
 // relayLocked forwards one server message, keeps the queue and statuses,
 // emits audit events, and says whether the server can be released now.
 func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) {
@@ -1275,15 +1598,50 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		if name != "" {
 			srv.Params[name] = value
 		}
+		if it := s.queue.front(); it != nil && (it.holdZ || it.kind == pendQuery && it.swallow) {
+			s.heldParams = append(s.heldParams, name, value)
+			return false
+		}
+		if s.reported != nil {
+			s.reported[name] = value
+		}
 		s.sendLocked(raw)
 		return false
 	}
 	s.emitSyntheticLocked()
 	it := s.queue.front()
 	forward := true
+	if it != nil && it.kind == pendQuery && it.swallow {
+		// The proxy's own query (see restoreStartupLocked).
+		if typ != 'Z' {
+			if typ == 'E' {
+				_, code, msg := wire.ErrorFields(body)
+				if code != "25P02" {
+					s.log.Warn().Str("code", code).Str("error", msg).Msg("could not restore startup settings")
+				}
+			}
+			return false
+		}
+		s.queue.pop()
+		s.infoMu.Lock()
+		s.inFlight--
+		if len(body) == 1 {
+			s.txStatus = body[0]
+			srv.TxStatus = body[0]
+		}
+		s.infoMu.Unlock()
+		if s.inFlight == 0 && s.queryTimer != nil {
+			s.queryTimer.Stop()
+		}
+		s.releaseHeldLocked()
+		return s.releasableLocked()
+	}
 	switch typ {
 	case '1', '3':
 		if it != nil && (it.kind == pendParse || it.kind == pendClose) {
+			if it.stmt != nil {
+				it.stmt.verified = true
+			}
 			forward = !it.swallow
 			s.queue.pop()
 		}
@@ -1295,6 +1653,9 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		if it != nil && (it.kind == pendDescribeStmt || it.kind == pendDescribePortal) {
 			s.queue.pop()
 		}
+		if typ == 'T' && it != nil && it.kind == pendQuery && it.tag != "" {
+			forward = false
+		}
 	case 'C', 'I':
 		if it != nil {
 			switch it.kind {
@@ -1302,6 +1663,10 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 				s.completeExecute(it, body, typ == 'I', "")
 				s.queue.pop()
 			case pendQuery:
+				if it.tag != "" && typ == 'C' {
+					raw = appendCommandComplete(nil, it.tag)
+					body = raw[5:]
+				}
 				it.results = append(it.results, stmtResult{tag: string(wire.CommandTag(body)), at: time.Now()})
 				if typ == 'I' {
 					it.results[len(it.results)-1].tag = ""
@@ -1343,12 +1708,21 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			case pendSync, pendFunctionCall:
 				// An error at commit time or of a function call.
 			default:
-				if code == "0A000" && strings.Contains(msg, "cached plan must not change result type") && it.serverStmt != "" && srv.prepared != nil {
-					// Re-prepare next time instead of failing forever.
+				if staleStatement(code, msg) && it.serverStmt != "" && srv.prepared != nil {
+					// Re-prepare next time instead of failing forever,
+					// and let later Parses use new server statements (the
+					// schema changed behind the proxy's back).
 					srv.prepared.remove(it.serverStmt, true)
+					s.proxy.ddlEpoch.Add(1)
 				}
 				if it.addedStmt && srv.prepared != nil {
 					srv.prepared.remove(it.serverStmt, false)
+				}
+				if it.kind == pendParse && it.stmt != nil && !it.stmt.verified && strings.HasPrefix(code, "42") {
+					it.stmt.failed = true
+				}
+				if it.kind == pendParse || it.kind == pendBind {
+					s.completeFailed(it, code)
 				}
 				s.queue.pop()
 				s.dropUntilSyncLocked()
@@ -1366,10 +1740,30 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 	case 'c':
 		// CopyDone from the server ends COPY TO STDOUT.
 	case 'Z':
+		hold := it != nil && it.holdZ && (it.kind == pendQuery || it.kind == pendSync)
+		if it != nil && it.kind == pendSync && it.swallow {
+			// The end of a group the proxy injected (see
+			// mapPreparedRefLocked); the client's request follows.
+			s.queue.pop()
+			s.infoMu.Lock()
+			s.inFlight--
+			if len(body) == 1 {
+				s.txStatus = body[0]
+				srv.TxStatus = body[0]
+			}
+			s.infoMu.Unlock()
+			return false
+		}
 		if len(body) == 1 {
+			s.infoMu.Lock()
 			s.txStatus = body[0]
+			s.infoMu.Unlock()
 			srv.TxStatus = body[0]
 			if s.txStatus == 'I' {
+				if s.ddlSent {
+					s.ddlSent = false
+					s.proxy.ddlEpoch.Add(1)
+				}
 				// Explicit and implicit transactions both count.
 				s.xacts++
 				if !s.xactStart.IsZero() {
@@ -1386,12 +1780,18 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		}
 		s.copyActive = false
 		if s.inFlight > 0 {
+			s.infoMu.Lock()
 			s.inFlight--
+			s.infoMu.Unlock()
 		}
 		if s.inFlight == 0 && s.queryTimer != nil {
 			s.queryTimer.Stop()
 		}
-		s.sendLocked(raw)
+		if hold {
+			s.heldZ = append([]byte(nil), raw...)
+		} else {
+			s.sendLocked(raw)
+		}
 		if s.pool.set().IdleTransactionTimeout > 0 && s.txStatus != 'I' && s.inFlight == 0 {
 			_ = s.client.SetReadDeadline(time.Now().Add(s.pool.set().IdleTransactionTimeout))
 		}
@@ -1406,7 +1806,9 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 // incInFlightLocked counts one more request awaiting ReadyForQuery and arms
 // query_timeout when the session becomes busy; s.mu held.
 func (s *Session) incInFlightLocked() {
+	s.infoMu.Lock()
 	s.inFlight++
+	s.infoMu.Unlock()
 	if s.inFlight == 1 && s.pool.set().QueryTimeout > 0 {
 		if s.queryTimer == nil {
 			s.queryTimer = time.AfterFunc(s.pool.set().QueryTimeout, s.queryTimedOut)
@@ -1427,7 +1829,7 @@ func (s *Session) queryTimedOut() {
 // now (transaction mode); s.mu held.
 func (s *Session) releasableLocked() bool {
 	return s.mode == TransactionMode && s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' &&
-		!s.pinned && s.queue.len() == 0 && !s.stopReader && !s.copyActive
+		!s.pinned && s.queue.len() == 0 && !s.stopReader.Load() && !s.copyActive
 }
 
 // completeExecute emits the event of an Execute.
@@ -1460,6 +1862,39 @@ func (s *Session) completeExecute(it *pending, tagBody []byte, empty bool, sqlst
 		ev.InTransaction = true
 	}
 	ev.SQLState = sqlstate
+	s.proxy.sink.Offer(ev)
+}
+
+// completeFailed emits the event of a statement that failed at Parse or
+// Bind (its Execute, if any, is skipped by the server): failed
+// statements are always audited.
+func (s *Session) completeFailed(it *pending, sqlstate string) {
+	if it.text == "" {
+		return
+	}
+	s.queries++
+	ev := s.newEvent(it, analyzer.ProtocolExtended)
+	ev.Duration = time.Since(it.start)
+	ev.SQLState = sqlstate
+	// The transaction is the one its group's Execute was stamped with
+	// (the server skips that Execute); without one, its own.
+	stamped := false
+	for _, q := range s.queue.items[s.queue.head:] {
+		if q.kind == pendSync || q.kind == pendQuery || q.kind == pendFunctionCall {
+			break
+		}
+		if q.kind == pendExecute {
+			ev.TxSeq, ev.InTransaction, stamped = q.txSeq, q.inTx, true
+			break
+		}
+	}
+	if !stamped {
+		ev.InTransaction = s.txStatus != 'I' && s.txStatus != 0
+		if !ev.InTransaction {
+			s.txSeq++
+		}
+		ev.TxSeq = s.txSeq
+	}
 	s.proxy.sink.Offer(ev)
 }
 
@@ -1537,12 +1972,18 @@ func parseTag(tag []byte) (string, int64) {
 // closeIfIdle ends the session with e when it is between transactions:
 // nothing in flight, no transaction open, no COPY. It reports whether it
 // did. Any message the client sends afterwards is refused.
+//
+// It waits for the session's lock, which is what catches a busy client
+// between two transactions; a relay blocked writing to a client that does
+// not read holds it until client_write_timeout. Its own FATAL waits at
+// most a second for a full socket.
 func (s *Session) closeIfIdle(e *wire.Error) bool {
 	s.mu.Lock()
 	idle := !s.closed && s.inFlight == 0 && !s.groupOpen && !s.copyActive && !s.writing &&
 		s.queue.len() == 0 && (s.server == nil || s.txStatus == 'I')
 	if idle {
 		s.closed = true
+		s.client.SetWriteTimeout(time.Second)
 		_ = s.client.SendError(e)
 	}
 	s.mu.Unlock()
@@ -1554,14 +1995,17 @@ func (s *Session) closeIfIdle(e *wire.Error) bool {
 
 // cancel forwards a cancel to the server serving the session right now.
 //
-// The cancel is sent while holding s.mu, so the server cannot be released
-// to another client between the check and the send (the reader needs s.mu
-// to release). Sending is a local dial and one small write.
+// The cancel is sent while holding s.ctlMu, so the server cannot be
+// released to another client between the check and the send (detaching
+// takes ctlMu). Sending is a dial to the server and one small write. It
+// does not take mu, which a write to a client that does not read may hold.
 func (s *Session) cancel() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	srv := s.server
-	if srv == nil || s.inFlight == 0 {
+	s.ctlMu.Lock()
+	defer s.ctlMu.Unlock()
+	s.infoMu.Lock()
+	srv, busy := s.server, s.inFlight > 0
+	s.infoMu.Unlock()
+	if srv == nil || !busy {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -19,6 +19,8 @@ const (
 	flagTempTable                           // CREATE TEMP TABLE / SELECT INTO TEMP
 	flagWithHold                            // DECLARE ... WITH HOLD
 	flagPrepare                             // SQL-level PREPARE
+	flagResetGUC                            // RESET, DISCARD ALL, SET ... DEFAULT: settings may go to their reset values
+	flagDDL                                 // CREATE, ALTER, DROP (not of an index): prepared statements may go stale
 )
 
 const sessionStateFlags = flagListen | flagAdvisoryLock | flagTempTable | flagWithHold | flagPrepare
@@ -78,12 +80,15 @@ func scanOne(stmt string, f stmtFlags) stmtFlags {
 		if !is(next, "local") && !is(next, "transaction") && !is(next, "constraints") {
 			f |= flagSetGUC
 		}
+		if containsFold(rest, "default") {
+			f |= flagResetGUC
+		}
 	case is(kw, "reset"):
-		f |= flagSetGUC
+		f |= flagSetGUC | flagResetGUC
 	case is(kw, "discard"):
 		next, _ := firstWord(rest)
 		if is(next, "all") {
-			f |= flagDiscardAll | flagSetGUC
+			f |= flagDiscardAll | flagSetGUC | flagResetGUC
 		} else if is(next, "temp") || is(next, "temporary") {
 			f |= flagSetGUC
 		}
@@ -109,8 +114,14 @@ func scanOne(stmt string, f stmtFlags) stmtFlags {
 			next, _ = firstWord(r2)
 		}
 		if is(next, "temp") || is(next, "temporary") {
+			// Visible to its own (pinned) session only.
 			f |= flagTempTable
+		} else {
+			f |= ddlFlag(next, r2)
 		}
+	case is(kw, "alter") || is(kw, "drop"):
+		next, r2 := firstWord(rest)
+		f |= ddlFlag(next, r2)
 	case is(kw, "select"):
 		if containsFold(stmt, " into temp") {
 			f |= flagTempTable
@@ -253,4 +264,99 @@ func splitStatements(sql string) []string {
 		}
 	}
 	return out
+}
+
+// preparedRef is a statement that names a prepared statement in SQL:
+// EXECUTE name [(args)] or DEALLOCATE [PREPARE] name.
+type preparedRef struct {
+	execute bool   // EXECUTE; otherwise DEALLOCATE
+	name    string // as Postgres resolves the identifier
+	// start and end delimit the identifier in the text.
+	start, end int
+}
+
+// scanPreparedRef recognizes a Query text that is a single EXECUTE or
+// DEALLOCATE of a named prepared statement (not DEALLOCATE ALL).
+func scanPreparedRef(sql string) (preparedRef, bool) {
+	if i := strings.IndexByte(sql, ';'); i >= 0 && strings.TrimSpace(sql[i+1:]) != "" {
+		return preparedRef{}, false
+	}
+	kw, rest := firstWord(sql)
+	var ref preparedRef
+	switch {
+	case strings.EqualFold(kw, "execute"):
+		ref.execute = true
+	case strings.EqualFold(kw, "deallocate"):
+		if next, r2 := firstWord(rest); strings.EqualFold(next, "prepare") {
+			rest = r2
+		}
+	default:
+		return preparedRef{}, false
+	}
+	rest = strings.TrimLeft(rest, " \t\r\n\f")
+	ref.start = len(sql) - len(rest)
+	if strings.HasPrefix(rest, `"`) {
+		var b strings.Builder
+		i := 1
+		for ; i < len(rest); i++ {
+			if rest[i] == '"' {
+				if i+1 < len(rest) && rest[i+1] == '"' {
+					b.WriteByte('"')
+					i++
+					continue
+				}
+				break
+			}
+			b.WriteByte(rest[i])
+		}
+		if i >= len(rest) || b.Len() == 0 {
+			return preparedRef{}, false
+		}
+		ref.name, rest = b.String(), rest[i+1:]
+	} else {
+		i := 0
+		for i < len(rest) && (isIdentByte(rest[i]) || rest[i] == '$') {
+			i++
+		}
+		if i == 0 || rest[0] >= '0' && rest[0] <= '9' || rest[0] == '$' {
+			return preparedRef{}, false
+		}
+		// Postgres folds unquoted identifiers to lower case, ASCII only.
+		ref.name, rest = strings.Map(func(r rune) rune {
+			if 'A' <= r && r <= 'Z' {
+				return r + 'a' - 'A'
+			}
+			return r
+		}, rest[:i]), rest[i:]
+		if !ref.execute && ref.name == "all" {
+			return preparedRef{}, false
+		}
+	}
+	ref.end = len(sql) - len(rest)
+	tail := strings.TrimSpace(strings.TrimRight(strings.TrimSpace(rest), ";"))
+	if tail != "" && !(ref.execute && strings.HasPrefix(tail, "(")) {
+		return preparedRef{}, false
+	}
+	return ref, true
+}
+
+// ddlFlag says whether a CREATE, ALTER or DROP of object kind kw (the
+// word after the verb) may change what statements prepared earlier
+// return or accept: anything but indexes, which Postgres's plan cache
+// handles by replanning.
+func ddlFlag(kw, rest string) stmtFlags {
+	if strings.EqualFold(kw, "unique") {
+		kw, _ = firstWord(rest)
+	}
+	if strings.EqualFold(kw, "index") {
+		return 0
+	}
+	return flagDDL
+}
+
+// firstWordIsDDL is the cheap test of session mode, where statements are
+// not scanned: does text start with CREATE, ALTER or DROP?
+func firstWordIsDDL(text string) bool {
+	kw, _ := firstWord(text)
+	return len(kw) >= 4 && len(kw) <= 6 && (strings.EqualFold(kw, "create") || strings.EqualFold(kw, "alter") || strings.EqualFold(kw, "drop"))
 }

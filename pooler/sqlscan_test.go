@@ -15,8 +15,8 @@ func TestScanStatement(t *testing.T) {
 		{"set search_path = a", flagSetGUC},
 		{"SET LOCAL search_path = a", 0},
 		{"set transaction isolation level serializable", 0},
-		{"Reset all", flagSetGUC},
-		{"DISCARD ALL", flagDiscardAll | flagSetGUC},
+		{"Reset all", flagSetGUC | flagResetGUC},
+		{"DISCARD ALL", flagDiscardAll | flagSetGUC | flagResetGUC},
 		{"discard temp", flagSetGUC},
 		{"DEALLOCATE PREPARE ALL", flagDeallocateAll},
 		{"deallocate all", flagDeallocateAll},
@@ -27,7 +27,12 @@ func TestScanStatement(t *testing.T) {
 		{"declare c cursor for select 1", 0},
 		{"CREATE GLOBAL TEMPORARY TABLE t (a int)", flagTempTable},
 		{"create temp table t (a int)", flagTempTable},
-		{"create table t (a int)", 0},
+		{"create table t (a int)", flagDDL},
+		{"alter table t alter column a type text", flagDDL},
+		{"DROP TYPE mood", flagDDL},
+		{"create unique index on t (a)", 0},
+		{"drop index t_a", 0},
+		{"set datestyle to default", flagSetGUC | flagResetGUC},
 		{"select pg_advisory_lock(1)", flagAdvisoryLock},
 		{"SELECT PG_TRY_ADVISORY_LOCK(1)", flagAdvisoryLock},
 		{"select pg_advisory_xact_lock(1)", 0},
@@ -47,5 +52,47 @@ func BenchmarkScanStatement(b *testing.B) {
 	for b.Loop() {
 		scanStatement("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;")
 		scanStatement("SELECT abalance FROM pgbench_accounts WHERE aid = 12345")
+	}
+}
+
+// TestScanPreparedRef: which Query texts name a prepared statement, and
+// the name as Postgres resolves it.
+func TestScanPreparedRef(t *testing.T) {
+	tests := []struct {
+		sql     string
+		ok      bool
+		execute bool
+		name    string
+	}{
+		{"execute a1(1)", true, true, "a1"},
+		{"EXECUTE A1 (1, 'x;y')", false, false, ""}, // a semicolon inside: left to the server
+		{"execute \"Mixed Case\"", true, true, "Mixed Case"},
+		{"execute \"a\"\"b\";", true, true, `a"b`},
+		{"  /* c */ Deallocate Prepare S_1 ;", true, false, "s_1"},
+		{"deallocate all", false, false, ""},
+		{"deallocate prepare all", false, false, ""},
+		{"deallocate x y", false, false, ""},
+		{"execute", false, false, ""},
+		{"execute 1a", false, false, ""},
+		{"select 1", false, false, ""},
+		{"execute a; select 1", false, false, ""},
+	}
+	for _, tt := range tests {
+		ref, ok := scanPreparedRef(tt.sql)
+		if ok != tt.ok || ok && (ref.execute != tt.execute || ref.name != tt.name) {
+			t.Errorf("scanPreparedRef(%q) = %+v, %v; want execute=%v name=%q ok=%v", tt.sql, ref, ok, tt.execute, tt.name, tt.ok)
+			continue
+		}
+		if ok && !tt.execute {
+			continue
+		}
+		if ok {
+			// The identifier's bytes are where the rewrite puts the
+			// server's name.
+			rewritten := tt.sql[:ref.start] + "X" + tt.sql[ref.end:]
+			if again, ok := scanPreparedRef(rewritten); !ok || again.name != "x" {
+				t.Errorf("rewrite of %q gives %q", tt.sql, rewritten)
+			}
+		}
 	}
 }

@@ -13,13 +13,18 @@ import (
 const waitBuckets = 40
 
 type poolStats struct {
-	xacts    atomic.Int64
-	xactNs   atomic.Int64 // time in transactions, nanoseconds
-	queries  atomic.Int64
-	bytesIn  atomic.Int64
-	bytesOut atomic.Int64
-	login    atomic.Int64
-	waiting  atomic.Int64
+	xacts   atomic.Int64
+	xactNs  atomic.Int64 // time in transactions, nanoseconds
+	queries atomic.Int64
+	// Parse messages from clients, Parse messages sent to servers (a
+	// shared statement is prepared once per server), Bind messages.
+	clientParses atomic.Int64
+	serverParses atomic.Int64
+	binds        atomic.Int64
+	bytesIn      atomic.Int64
+	bytesOut     atomic.Int64
+	login        atomic.Int64
+	waiting      atomic.Int64
 
 	mu         sync.Mutex
 	waitHist   [waitBuckets]int64
@@ -264,8 +269,13 @@ type PoolStats struct {
 	// transaction included), as PgBouncer's total_xact_time.
 	XactTime time.Duration `json:"xact_time_ns"`
 	Queries  int64         `json:"query_count"`
-	BytesIn  int64         `json:"bytes_received"`
-	BytesOut int64         `json:"bytes_sent"`
+	// ClientParses, ServerParses and Binds count Parse messages from
+	// clients, Parse messages sent to servers and Bind messages.
+	ClientParses int64 `json:"client_parse_count"`
+	ServerParses int64 `json:"server_parse_count"`
+	Binds        int64 `json:"bind_count"`
+	BytesIn      int64 `json:"bytes_received"`
+	BytesOut     int64 `json:"bytes_sent"`
 
 	Waits     int64         `json:"wait_count"`
 	WaitTotal time.Duration `json:"wait_total_ns"`
@@ -331,6 +341,9 @@ func (p *Pool) statsAt(now time.Time, clientsActive int) PoolStats {
 	st.Transactions = p.stats.xacts.Load()
 	st.XactTime = time.Duration(p.stats.xactNs.Load())
 	st.Queries = p.stats.queries.Load()
+	st.ClientParses = p.stats.clientParses.Load()
+	st.ServerParses = p.stats.serverParses.Load()
+	st.Binds = p.stats.binds.Load()
 	st.BytesIn = p.stats.bytesIn.Load()
 	st.BytesOut = p.stats.bytesOut.Load()
 	s := &p.stats

@@ -1,11 +1,16 @@
 package pooler
 
-import "container/list"
+import (
+	"container/list"
+	"sync/atomic"
+)
 
 // stmtCache is the LRU of protocol-level prepared statements that exist on
 // one server connection in transaction mode, keyed by server-side name.
-// Owned by whoever holds the server; not synchronized.
+// Owned by whoever holds the server; not synchronized, except len, which
+// SHOW SERVERS may call at any time.
 type stmtCache struct {
+	n     atomic.Int32 // ll.Len(), for len
 	max   int
 	ll    *list.List
 	items map[string]*list.Element
@@ -44,6 +49,7 @@ func (c *stmtCache) add(name string) (evicted string) {
 		evicted = last.Value.(string)
 		delete(c.items, evicted)
 	}
+	c.n.Store(int32(c.ll.Len()))
 	return evicted
 }
 
@@ -52,18 +58,20 @@ func (c *stmtCache) remove(name string, stillOnServer bool) {
 	if e, ok := c.items[name]; ok {
 		c.ll.Remove(e)
 		delete(c.items, name)
+		c.n.Store(int32(c.ll.Len()))
 	}
 	if stillOnServer {
 		c.toClose[name] = true
 	}
 }
 
-func (c *stmtCache) len() int { return c.ll.Len() }
+func (c *stmtCache) len() int { return int(c.n.Load()) }
 
 // clear forgets everything (after DISCARD ALL or DEALLOCATE ALL ran on the
 // server).
 func (c *stmtCache) clear() {
 	c.ll.Init()
+	c.n.Store(0)
 	clear(c.items)
 	clear(c.toClose)
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"net"
+	"time"
 )
 
 // Conn is a framed protocol connection: a net.Conn with a message Reader and
@@ -11,8 +12,9 @@ import (
 // one goroutine for reading and at most one for writing at a time.
 type Conn struct {
 	net.Conn
-	R *Reader
-	W *bufio.Writer
+	R  *Reader
+	W  *bufio.Writer
+	tw *timedWriter
 }
 
 // DefaultBufferSize is the read and write buffer size of NewConn, for
@@ -34,10 +36,41 @@ func NewConn(nc net.Conn, maxBody int) *Conn {
 // NewConnSize is NewConn with read and write buffers of bufSize bytes.
 func NewConnSize(nc net.Conn, maxBody, bufSize int) *Conn {
 	var rw io.ReadWriter = nc
+	tw := &timedWriter{nc: nc, w: nc}
 	if r := newRawIO(nc); r != nil {
-		rw = r
+		rw, tw.w, tw.raw = r, r, r
 	}
-	return &Conn{Conn: nc, R: NewReaderSize(rw, maxBody, bufSize), W: bufio.NewWriterSize(rw, bufSize)}
+	return &Conn{Conn: nc, R: NewReaderSize(rw, maxBody, bufSize), W: bufio.NewWriterSize(tw, bufSize), tw: tw}
+}
+
+// SetWriteTimeout bounds every later write (WriteRaw that fills the
+// buffer, Flush): a write that cannot hand its bytes to the kernel within
+// d, because the peer does not read, fails with a timeout error
+// (os.ErrDeadlineExceeded), and the writer stays failed. Zero turns the
+// bound off. On plain sockets the clock starts only when the socket buffer
+// is full, so writes that do not block cost nothing extra. It must be
+// called by the goroutine that writes (or with writes excluded otherwise).
+func (c *Conn) SetWriteTimeout(d time.Duration) { c.tw.d = d }
+
+// timedWriter is the writer under W: it applies SetWriteTimeout.
+type timedWriter struct {
+	nc  net.Conn
+	w   io.Writer
+	raw *rawIO // nil unless w is raw socket I/O
+	d   time.Duration
+}
+
+func (t *timedWriter) Write(p []byte) (int, error) {
+	if t.d <= 0 {
+		return t.w.Write(p)
+	}
+	if t.raw != nil {
+		return t.raw.writeWithin(p, t.d)
+	}
+	_ = t.nc.SetWriteDeadline(time.Now().Add(t.d))
+	n, err := t.w.Write(p)
+	_ = t.nc.SetWriteDeadline(time.Time{})
+	return n, err
 }
 
 // WriteRaw buffers b, a complete encoded message.

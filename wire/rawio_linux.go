@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -39,6 +40,9 @@ type rawIO struct {
 	wbuf    []byte
 	werrno  syscall.Errno
 	writeFn func(fd uintptr) bool
+	// noWait makes writeFn give up at EAGAIN instead of letting the
+	// netpoller wait (see writeWithin).
+	noWait bool
 }
 
 // newRawIO returns raw I/O over nc when nc is a plain TCP or Unix socket,
@@ -84,7 +88,7 @@ func newRawIO(nc net.Conn) *rawIO {
 			case syscall.EINTR:
 				continue
 			case syscall.EAGAIN:
-				return false
+				return r.noWait
 			default:
 				r.werrno = errno
 				return true
@@ -124,6 +128,30 @@ func (r *rawIO) pending() bool { return peek(r.nc) == peekData }
 func (r *rawIO) Write(p []byte) (int, error) {
 	r.wbuf, r.werrno = p, 0
 	err := r.rc.Write(r.writeFn)
+	written := len(p) - len(r.wbuf)
+	r.wbuf = nil
+	if err != nil {
+		return written, r.opError("write", err)
+	}
+	if r.werrno != 0 {
+		return written, r.opError("write", os.NewSyscallError("write", r.werrno))
+	}
+	return written, nil
+}
+
+// writeWithin is Write bounded by d, counted from the moment the socket
+// buffer is full: it tries without waiting first, and only a write that
+// would block arms a write deadline (a runtime timer) for the rest.
+func (r *rawIO) writeWithin(p []byte, d time.Duration) (int, error) {
+	r.wbuf, r.werrno = p, 0
+	r.noWait = true
+	err := r.rc.Write(r.writeFn)
+	r.noWait = false
+	if err == nil && r.werrno == 0 && len(r.wbuf) > 0 {
+		_ = r.nc.SetWriteDeadline(time.Now().Add(d))
+		err = r.rc.Write(r.writeFn)
+		_ = r.nc.SetWriteDeadline(time.Time{})
+	}
 	written := len(p) - len(r.wbuf)
 	r.wbuf = nil
 	if err != nil {

@@ -121,6 +121,7 @@ type poolFile struct {
 	ServerLoginRetry       *Duration `toml:"server_login_retry"`
 	IdleTransactionTimeout *Duration `toml:"idle_transaction_timeout"`
 	ClientIdleTimeout      *Duration `toml:"client_idle_timeout"`
+	ClientWriteTimeout     *Duration `toml:"client_write_timeout"`
 	QueryTimeout           *Duration `toml:"query_timeout"`
 	MaxPreparedStatements  *int      `toml:"max_prepared_statements"`
 	PinOnSessionState      *bool     `toml:"pin_on_session_state"`
@@ -164,6 +165,7 @@ func (f *poolFile) apply(s *pooler.PoolSettings) error {
 	setDur(&s.ServerLoginRetry, f.ServerLoginRetry)
 	setDur(&s.IdleTransactionTimeout, f.IdleTransactionTimeout)
 	setDur(&s.ClientIdleTimeout, f.ClientIdleTimeout)
+	setDur(&s.ClientWriteTimeout, f.ClientWriteTimeout)
 	setDur(&s.QueryTimeout, f.QueryTimeout)
 	setInt(&s.MaxPreparedStatements, f.MaxPreparedStatements)
 	if f.PinOnSessionState != nil {
