@@ -437,6 +437,12 @@ type TableInfo struct {
 	// were (Postgres 15 keeps counters across clean restarts, so this may
 	// be short and the rates high).
 	StatsSeconds float64
+	// WriteRateWindow and WritesInWindow are the table's current write
+	// rate as rows written between two readings of its counters
+	// WriteRateWindow seconds apart; filled by the Sampler, which keeps
+	// the readings (zero: not measured yet).
+	WriteRateWindow float64
+	WritesInWindow  int64
 }
 
 // WriteShare is rules.WriteShare over the table's counters.

@@ -121,6 +121,9 @@ type Sampler struct {
 	// userCode holds the shapes whose check found user code: they are
 	// never explained again (bounded like seen).
 	userCode *lru[Fingerprint, struct{}]
+	// writeReadings holds, per table, the reading of its write counters
+	// that the next write rate is measured from (guarded by mu).
+	writeReadings map[tableRef]writeReading
 	// trigger asks Run for a round now (a shape has cost TriggerCost).
 	trigger chan struct{}
 	// checkedFPs mirrors checked's keys for Observe, which must not
@@ -427,6 +430,7 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 			continue
 		}
 		done++
+		s.measureWrites(ex.database, in)
 		var ids []string
 		for _, f := range PlanFindings(&sh, ex.database, in, s.cfg.Rules) {
 			if (f.Rule == rules.IDSeqScan && !seqOn) || (f.Rule == rules.IDMissingIndex && !idxOn) {
@@ -510,6 +514,8 @@ func PlanFindings(sh *ShapeStats, database string, in *Inspection, cfg rules.Con
 			RowsReadSeq:     ti.SeqTupRead,
 			RowsFetchedIdx:  ti.IdxTupFetch,
 			StatsSeconds:    ti.StatsSeconds,
+			WriteRateWindow: ti.WriteRateWindow,
+			WritesInWindow:  ti.WritesInWindow,
 			ExistingIndexes: len(ti.Indexes),
 		}
 		if fd := rules.EvaluateMissingIndex(fi, cfg.MissingIndex); fd != nil {
@@ -559,5 +565,59 @@ func positionalParamRef(q string) bool {
 			}
 		}
 		prev = tok
+	}
+}
+
+// tableRef names a table across databases.
+type tableRef struct {
+	database string
+	oid      uint32
+}
+
+// writeReading is a table's rows written (inserted + updated + deleted,
+// cumulative) at a moment.
+type writeReading struct {
+	total int64
+	at    time.Time
+}
+
+const (
+	// minWriteRateWindow is the shortest span a write rate is measured
+	// over; readings closer together are too noisy.
+	minWriteRateWindow = 10 * time.Second
+	// maxWriteRateWindow is when a reading is replaced, so the rate
+	// follows the table's recent writes rather than its whole history.
+	maxWriteRateWindow = 10 * time.Minute
+	// maxWriteReadings bounds writeReadings.
+	maxWriteReadings = 10000
+)
+
+// measureWrites fills the write rate of each table the inspection read
+// from the readings this sampler took before, and records new readings.
+// The caller holds s.mu.
+func (s *Sampler) measureWrites(database string, in *Inspection) {
+	if s.writeReadings == nil || len(s.writeReadings) >= maxWriteReadings {
+		s.writeReadings = make(map[tableRef]writeReading)
+	}
+	now := s.now()
+	for i := range in.Scans {
+		ti := in.Scans[i].Table
+		if ti == nil || !ti.StatsKnown {
+			continue
+		}
+		ref := tableRef{database, ti.OID}
+		total := max(ti.Inserted, 0) + max(ti.Updated, 0) + max(ti.Deleted, 0)
+		prev, ok := s.writeReadings[ref]
+		switch {
+		case !ok || total < prev.total || now.Before(prev.at):
+			// First reading, or the statistics were reset.
+			s.writeReadings[ref] = writeReading{total, now}
+		case now.Sub(prev.at) >= minWriteRateWindow:
+			ti.WriteRateWindow = now.Sub(prev.at).Seconds()
+			ti.WritesInWindow = total - prev.total
+			if now.Sub(prev.at) >= maxWriteRateWindow {
+				s.writeReadings[ref] = writeReading{total, now}
+			}
+		}
 	}
 }

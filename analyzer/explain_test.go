@@ -196,7 +196,9 @@ func TestExplainPostgres(t *testing.T) {
 		if mi.Evidence["validated"] != false || !strings.HasPrefix(mi.Suggestion, want+"\n-- unvalidated") || mi.Severity != rules.Info {
 			t.Errorf("missing-index finding: %+v", mi)
 		}
-		if mi.Evidence["existing_indexes"] != 1 || mi.Evidence["writes_per_s"] == nil {
+		// The table was bulk-loaded on a cluster started seconds ago: that
+		// is not a write rate, and no rate is claimed from one reading.
+		if mi.Evidence["existing_indexes"] != 1 || mi.Evidence["writes_per_s"] != nil || mi.Evidence["rows_inserted"] == nil {
 			t.Errorf("missing-index evidence: %v", mi.Evidence)
 		}
 		t.Logf("seq-scan: %s", seq.Message)
@@ -642,5 +644,46 @@ func TestRateLimiter(t *testing.T) {
 	_ = slow.wait(ctx)
 	if err := slow.wait(cctx); err == nil {
 		t.Error("wait on a cancelled context succeeded")
+	}
+}
+
+// TestMeasureWrites: the write rate is the difference between two readings
+// of a table's counters at least minWriteRateWindow apart; a first reading,
+// a reading too soon after it and a statistics reset give none.
+func TestMeasureWrites(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	s := &Sampler{now: func() time.Time { return now }}
+	read := func(ins, upd, del int64) *TableInfo {
+		ti := &TableInfo{OID: 42, StatsKnown: true, Inserted: ins, Updated: upd, Deleted: del}
+		s.measureWrites("db", &Inspection{Scans: []ScanReport{{Table: ti}}})
+		return ti
+	}
+	steps := []struct {
+		advance       time.Duration
+		ins, upd, del int64
+		window        float64
+		written       int64
+	}{
+		{0, 300000, 0, 0, 0, 0},                     // first reading: the bulk load is no rate
+		{5 * time.Second, 300050, 0, 0, 0, 0},       // too soon after it
+		{15 * time.Second, 300100, 50, 50, 20, 200}, // 20 s after the first reading
+		{10 * time.Minute, 301000, 50, 50, 620, 1100},
+		{time.Second, 302000, 50, 50, 0, 0}, // the reading was renewed 1 s ago
+		{20 * time.Second, 10, 0, 0, 0, 0},  // statistics reset
+		{20 * time.Second, 410, 0, 0, 20, 400},
+	}
+	for i, st := range steps {
+		now = now.Add(st.advance)
+		ti := read(st.ins, st.upd, st.del)
+		if ti.WriteRateWindow != st.window || ti.WritesInWindow != st.written {
+			t.Errorf("step %d: window %v s, %d written; want %v s, %d", i, ti.WriteRateWindow, ti.WritesInWindow, st.window, st.written)
+		}
+	}
+	// Another database's table of the same OID has readings of its own.
+	other := &TableInfo{OID: 42, StatsKnown: true, Inserted: 5}
+	s.measureWrites("other", &Inspection{Scans: []ScanReport{{Table: other}}})
+	if other.WriteRateWindow != 0 {
+		t.Errorf("reading shared across databases: %+v", other)
 	}
 }

@@ -222,17 +222,38 @@ type IndexCandidateFacts struct {
 	// statistics were reset or, when never, since the server started);
 	// zero when unknown.
 	StatsSeconds float64
+	// WriteRateWindow, when positive, is the time in seconds between two
+	// readings of the table's counters by this process, and
+	// WritesInWindow the rows written (inserted + updated + deleted)
+	// between them: the table's current write rate.
+	WriteRateWindow float64
+	WritesInWindow  int64
 	// ExistingIndexes is the number of indexes the table already has.
 	ExistingIndexes int
 }
 
+// MinLifetimeStatsSeconds is how long pg_stat_user_tables' counters must
+// cover before their lifetime average stands in for a write rate this
+// process has not measured yet. Over a shorter span a bulk load (a
+// restore, a seed script, the demo's data) reads as a write-heavy table.
+const MinLifetimeStatsSeconds = 3600
+
 // WritesPerSecond is the table's rows written (inserted + updated +
-// deleted) per second over StatsSeconds, or -1 when unknown.
-func (f *IndexCandidateFacts) WritesPerSecond() float64 {
-	if !f.WriteStatsKnown || f.StatsSeconds <= 0 {
-		return -1
+// deleted) per second, and the span in seconds it was measured over: the
+// rate between two readings of the counters (WriteRateWindow) when there
+// were two, else the counters' lifetime average when they cover at least
+// MinLifetimeStatsSeconds, else -1 (not measured yet).
+func (f *IndexCandidateFacts) WritesPerSecond() (rate, window float64) {
+	if !f.WriteStatsKnown {
+		return -1, 0
 	}
-	return float64(max(f.RowsInserted, 0)+max(f.RowsUpdated, 0)+max(f.RowsDeleted, 0)) / f.StatsSeconds
+	if f.WriteRateWindow > 0 {
+		return float64(max(f.WritesInWindow, 0)) / f.WriteRateWindow, f.WriteRateWindow
+	}
+	if f.StatsSeconds < MinLifetimeStatsSeconds {
+		return -1, 0
+	}
+	return float64(max(f.RowsInserted, 0)+max(f.RowsUpdated, 0)+max(f.RowsDeleted, 0)) / f.StatsSeconds, f.StatsSeconds
 }
 
 // CallsPerSecond is how often the shape ran per second between its first
@@ -278,7 +299,7 @@ func CostReduction(before, after float64) float64 {
 // Evidence keys: table, schema, columns, create_statement, validated,
 // validation_note (unvalidated only), cost_before, cost_after and
 // cost_reduction (validated only), table_rows, existing_indexes,
-// writes_per_s, shape_calls_per_s (when known), rows_inserted,
+// writes_per_s and write_rate_window_s, shape_calls_per_s (when known), rows_inserted,
 // rows_updated, rows_deleted, rows_read_seq, rows_fetched_idx (when write
 // statistics are known), calls, total_time_ms, mean_time_ms. When the
 // table's writes per second exceed the shape's calls per second, the
@@ -304,9 +325,11 @@ func EvaluateMissingIndex(f IndexCandidateFacts, cfg MissingIndexConfig) *Findin
 	if f.CostBefore > 0 {
 		ev["cost_before"] = planRound(f.CostBefore, 2)
 	}
-	writes, reads := f.WritesPerSecond(), f.CallsPerSecond()
+	writes, writeWindow := f.WritesPerSecond()
+	reads := f.CallsPerSecond()
 	if writes >= 0 {
 		ev["writes_per_s"] = planRound(writes, 2)
+		ev["write_rate_window_s"] = planRound(writeWindow, 0)
 	}
 	if reads >= 0 {
 		ev["shape_calls_per_s"] = planRound(reads, 2)

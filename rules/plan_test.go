@@ -80,7 +80,7 @@ func idxFacts() IndexCandidateFacts {
 		CreateStatement: "CREATE INDEX CONCURRENTLY items_category_idx ON public.items (category);",
 		Validated:       true, CostBefore: 1986, CostAfter: 281.5,
 		TableRows: 100000, WriteStatsKnown: true, RowsInserted: 100000, RowsReadSeq: 300000,
-		StatsSeconds: 1000, ExistingIndexes: 1,
+		StatsSeconds: 1000, WriteRateWindow: 1000, WritesInWindow: 100000, ExistingIndexes: 1,
 	}
 }
 
@@ -119,12 +119,29 @@ func TestEvaluateMissingIndex(t *testing.T) {
 	// and the suggestion say that writes dominate.
 	heavy := idxFacts()
 	heavy.RowsInserted, heavy.RowsReadSeq, heavy.StatsSeconds = 4_000_000, 114_000_000, 1000
+	heavy.WriteRateWindow, heavy.WritesInWindow = 1000, 4_000_000
 	heavy.Calls, heavy.FirstSeen, heavy.LastSeen = 400, t0, t0.Add(1000*time.Second)
 	f = EvaluateMissingIndex(heavy, MissingIndexConfig{})
 	if f.Evidence["writes_per_s"] != 4000.0 || f.Evidence["shape_calls_per_s"] != 0.4 ||
 		!strings.Contains(f.Message, "writes dominate: items takes 4000 rows written/s against 0.40/s of this query") ||
 		!strings.Contains(f.Suggestion, "\n-- write cost: items takes 4000 rows written/s (1 indexes already)") {
 		t.Errorf("write-heavy: %q / %q / %v", f.Message, f.Suggestion, f.Evidence)
+	}
+	// A bulk load just before (the demo's 300,000 rows, 13 s after the
+	// server started) is not a write rate: with no second reading of the
+	// counters and a lifetime under MinLifetimeStatsSeconds, the rate is
+	// unknown and nothing says writes dominate.
+	loaded := idxFacts()
+	loaded.RowsInserted, loaded.StatsSeconds, loaded.WriteRateWindow, loaded.WritesInWindow = 300_000, 13, 0, 0
+	loaded.Calls, loaded.FirstSeen, loaded.LastSeen = 42, t0, t0.Add(2*time.Second)
+	if f := EvaluateMissingIndex(loaded, MissingIndexConfig{}); f.Evidence["writes_per_s"] != nil || strings.Contains(f.Message, "writes dominate") {
+		t.Errorf("bulk load read as a write rate: %q %v", f.Message, f.Evidence)
+	}
+	// Over a long lifetime the average stands in until a rate is measured.
+	old := idxFacts()
+	old.WriteRateWindow, old.WritesInWindow, old.StatsSeconds = 0, 0, 2*MinLifetimeStatsSeconds
+	if f := EvaluateMissingIndex(old, MissingIndexConfig{}); f.Evidence["writes_per_s"] != 13.89 || f.Evidence["write_rate_window_s"] != 2.0*MinLifetimeStatsSeconds {
+		t.Errorf("lifetime rate: %v", f.Evidence)
 	}
 	light := idxFacts()
 	light.Calls, light.FirstSeen, light.LastSeen = 100000, t0, t0.Add(1000*time.Second)
