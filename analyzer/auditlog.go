@@ -316,20 +316,20 @@ func (a *AuditLog) WriteStatement(an *Analyzed) {
 		e = e.Str("sqlstate", ev.SQLState)
 	}
 	if an.Shape != nil {
-		e = e.Bytes("fingerprint", an.Shape.Fingerprint.appendHex(scratch[:0])).Str("query", an.Shape.Normalized)
+		e = e.Bytes("fingerprint", an.Shape.Fingerprint.AppendHex(scratch[:0])).Str("query", an.Shape.Normalized)
 		if an.Shape.Fallback {
 			e = e.Bool("fallback", true)
 		}
 	}
 	if ev.ParamHash != 0 {
-		e = e.Bytes("param_hash", Fingerprint(ev.ParamHash).appendHex(scratch[:0]))
+		e = e.Bytes("param_hash", Fingerprint(ev.ParamHash).AppendHex(scratch[:0]))
 	}
 	if ev.NumParams != 0 {
 		e = e.Int("num_params", ev.NumParams)
 	}
 	if ev.ParamHash == 0 && ev.NumParams == 0 && ev.Kind == KindStatement {
 		if h := literalHash(&a.litKey, ev.Text); h != 0 {
-			e = e.Bytes("literal_hash", Fingerprint(h).appendHex(scratch[:0]))
+			e = e.Bytes("literal_hash", Fingerprint(h).AppendHex(scratch[:0]))
 		}
 	}
 	if an.TraceParent != "" {

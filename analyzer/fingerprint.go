@@ -3,9 +3,7 @@ package analyzer
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"hash/maphash"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,60 +12,6 @@ import (
 	"github.com/pganalyze/pg_query_go/v6/parser"
 	"github.com/rs/zerolog"
 )
-
-// Fingerprint identifies a query shape: pg_query's 64-bit fingerprint of the
-// statement, which ignores literal values, parameter numbers, comments,
-// whitespace and the length of constant lists (IN (1,2) and IN (1,2,3) share
-// one). pg_query also gives "col = $1" and "col IN ($1, ...)" one
-// fingerprint; pgaudit keeps them apart (a point lookup repeated per row and
-// its batched form are different shapes for the rules), so a statement with
-// an IN list has pg_query's fingerprint XOR inListMix. A statement pg_query
-// cannot parse gets a fallback fingerprint (see Shape.Fallback). Its text
-// form is 16 lowercase hex digits.
-type Fingerprint uint64
-
-// String returns the fingerprint as 16 lowercase hex digits.
-func (f Fingerprint) String() string {
-	var b [16]byte
-	return string(f.appendHex(b[:0]))
-}
-
-func (f Fingerprint) appendHex(dst []byte) []byte {
-	const hexDigits = "0123456789abcdef"
-	for i := 60; i >= 0; i -= 4 {
-		dst = append(dst, hexDigits[(uint64(f)>>uint(i))&0xf])
-	}
-	return dst
-}
-
-// MarshalText implements encoding.TextMarshaler (16 hex digits), so a
-// Fingerprint is a JSON string and may be a JSON object key.
-func (f Fingerprint) MarshalText() ([]byte, error) {
-	return f.appendHex(make([]byte, 0, 16)), nil
-}
-
-// UnmarshalText implements encoding.TextUnmarshaler; see ParseFingerprint.
-func (f *Fingerprint) UnmarshalText(b []byte) error {
-	v, err := ParseFingerprint(string(b))
-	if err != nil {
-		return err
-	}
-	*f = v
-	return nil
-}
-
-// ParseFingerprint parses the hex form written by Fingerprint.String (1 to
-// 16 hex digits).
-func ParseFingerprint(s string) (Fingerprint, error) {
-	if s == "" || len(s) > 16 {
-		return 0, fmt.Errorf("invalid fingerprint %q: want 1 to 16 hex digits", s)
-	}
-	v, err := strconv.ParseUint(s, 16, 64)
-	if err != nil {
-		return 0, fmt.Errorf("invalid fingerprint %q: %w", s, err)
-	}
-	return Fingerprint(v), nil
-}
 
 // Shape is the identity of a query shape. Shapes are shared between every
 // event of that shape and are immutable: callers may keep the pointer but

@@ -4,7 +4,7 @@
 // prepared-statement mapping and session-state tracking in transaction mode,
 // cancel-key mapping, the server connection lifecycle and pool statistics.
 // It never parses SQL beyond the cheap scans in sqlscan.go, and it never
-// waits on the analyzer: events go to an analyzer.Sink that does not block.
+// waits on the analyzer: events go to an event.Sink that does not block.
 package pooler
 
 import (

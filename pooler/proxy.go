@@ -19,7 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
-	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit/pgaudit/internal/event"
 	"github.com/pgaudit/pgaudit/wire"
 )
 
@@ -28,7 +28,7 @@ import (
 // Shutdown or Close.
 type Proxy struct {
 	cfgPtr atomic.Pointer[Config]
-	sink   analyzer.Sink
+	sink   event.Sink
 	log    zerolog.Logger
 
 	mu       sync.Mutex
@@ -88,9 +88,9 @@ type cancelKey struct {
 
 // New returns a Proxy for cfg that sends statement events to sink (nil
 // disables auditing).
-func New(cfg *Config, sink analyzer.Sink, log zerolog.Logger) *Proxy {
+func New(cfg *Config, sink event.Sink, log zerolog.Logger) *Proxy {
 	if sink == nil {
-		sink = analyzer.DiscardSink{}
+		sink = event.DiscardSink{}
 	}
 	if cfg.MaxMessageSize <= 0 {
 		cfg.MaxMessageSize = wire.DefaultMaxMessageSize

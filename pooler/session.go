@@ -19,7 +19,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit/pgaudit/internal/event"
 	"github.com/pgaudit/pgaudit/wire"
 )
 
@@ -838,8 +838,8 @@ func (s *Session) noteFlags(flags stmtFlags, text string) {
 			s.infoMu.Unlock()
 			s.log.Info().Str("feature", flags.detail()).Msg("client pinned to its server connection: statement needs a session")
 		}
-		s.proxy.sink.Offer(&analyzer.Event{
-			Kind: analyzer.KindSessionState, Detail: flags.detail(), Text: text, SessionID: s.id,
+		s.proxy.sink.Offer(&event.Event{
+			Kind: event.KindSessionState, Detail: flags.detail(), Text: text, SessionID: s.id,
 			Database: s.database, User: s.user, ApplicationName: s.appName, ClientAddr: s.clientAddr,
 			Start: time.Now(), Rows: -1,
 		})
@@ -1847,7 +1847,7 @@ func (s *Session) completeExecute(it *pending, tagBody []byte, empty bool, sqlst
 	if it.text == "" || empty {
 		return
 	}
-	ev := s.newEvent(it, analyzer.ProtocolExtended)
+	ev := s.newEvent(it, event.ProtocolExtended)
 	ev.Duration = d
 	if tagBody != nil {
 		ev.Command, ev.Rows = parseTag(wire.CommandTag(tagBody))
@@ -1873,7 +1873,7 @@ func (s *Session) completeFailed(it *pending, sqlstate string) {
 		return
 	}
 	s.queries++
-	ev := s.newEvent(it, analyzer.ProtocolExtended)
+	ev := s.newEvent(it, event.ProtocolExtended)
 	ev.Duration = time.Since(it.start)
 	ev.SQLState = sqlstate
 	// The transaction is the one its group's Execute was stamped with
@@ -1916,7 +1916,7 @@ func (s *Session) completeQuery(it *pending) {
 		if i >= len(texts) || (r.tag == "" && r.sqlstate == "") {
 			continue
 		}
-		ev := s.newEvent(it, analyzer.ProtocolSimple)
+		ev := s.newEvent(it, event.ProtocolSimple)
 		ev.Text = texts[i]
 		ev.Start = r.at.Add(-d)
 		ev.Duration = d
@@ -1939,9 +1939,9 @@ func (s *Session) completeQuery(it *pending) {
 	}
 }
 
-func (s *Session) newEvent(it *pending, proto analyzer.Protocol) *analyzer.Event {
-	ev := &analyzer.Event{
-		Kind: analyzer.KindStatement, Protocol: proto, Text: it.text, SessionID: s.id,
+func (s *Session) newEvent(it *pending, proto event.Protocol) *event.Event {
+	ev := &event.Event{
+		Kind: event.KindStatement, Protocol: proto, Text: it.text, SessionID: s.id,
 		TxSeq: it.txSeq, InTransaction: it.inTx, Database: s.database, User: s.user,
 		ApplicationName: s.appName, ClientAddr: s.clientAddr, Start: it.start,
 		ParamHash: it.paramHash, NumParams: it.numParams, Params: it.params, Rows: -1,
