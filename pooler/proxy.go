@@ -52,15 +52,17 @@ type Proxy struct {
 	silent, started *list.List
 
 	nextSession atomic.Uint64
-	// resultSeed keys the result hashes of every session (see
-	// Config.ResultSampleEvery), so they compare across sessions.
-	resultSeed maphash.Seed
-	nextPID    atomic.Uint32
+	nextPID     atomic.Uint32
 	// ddlEpoch counts schema changes seen (DDL sent through the proxy,
 	// stale-plan errors from servers); it is part of the shared names of
 	// protocol-level statements, so a Parse after a schema change never
 	// binds to a server statement prepared before it.
 	ddlEpoch atomic.Uint64
+
+	// resultSeed keys the result hashes of every session (see
+	// Config.ResultSampleEvery), so they compare across sessions.
+	resultSeed maphash.Seed
+
 	// admins counts admin-console connections (in ClientCount, not
 	// sessions).
 	admins      atomic.Int64
@@ -115,10 +117,11 @@ func New(cfg *Config, sink analyzer.Sink, log zerolog.Logger) *Proxy {
 		sink: sink, log: log,
 		pools: map[poolKey]*Pool{}, dbLimits: map[string]*dbCounter{}, pausedDBs: map[string]bool{},
 		sessions: map[uint64]*Session{}, byCancel: map[cancelKey]*Session{}, conns: map[net.Conn]struct{}{},
-		stopMaint: make(chan struct{}), resultSeed: maphash.MakeSeed(),
-		silent: list.New(), started: list.New(),
+		stopMaint: make(chan struct{}),
+		silent:    list.New(), started: list.New(),
 		budget: wire.NewMemoryBudget(cfg.ClientBufferBudget), loginBudget: wire.NewMemoryBudget(loginBufferBudget),
 	}
+	p.resultSeed = maphash.MakeSeed()
 	p.cfgPtr.Store(cfg)
 	// Proxy-issued PIDs for transaction mode start high to stay clear of
 	// real backend PIDs.
