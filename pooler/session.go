@@ -1978,10 +1978,15 @@ const (
 
 // hashRowLocked feeds one DataRow body to the result hash, deciding first
 // whether the statement is sampled.
+// The skipping case is small enough to inline into the relay.
 func (s *Session) hashRowLocked(body []byte) {
+	if s.resState != resSkipping {
+		s.hashRowSlowLocked(body)
+	}
+}
+
+func (s *Session) hashRowSlowLocked(body []byte) {
 	switch s.resState {
-	case resSkipping:
-		return
 	case resUndecided:
 		every := s.proxy.config().ResultSampleEvery
 		if every == 0 {
