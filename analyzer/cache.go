@@ -17,6 +17,7 @@ import (
 const (
 	cacheMaxShapes = 2000
 	cacheMaxKeys   = 4096
+	cacheMaxAll    = 100000 // parameter sets over all shapes (~12 MB)
 	cacheMaxTables = 10000
 	cacheMaxUses   = 10000
 )
@@ -127,6 +128,7 @@ type CacheDetector struct {
 
 	mu     sync.Mutex
 	start  time.Time // window start
+	nkeys  int       // parameter sets tracked in the window
 	shapes map[Fingerprint]*cacheShape
 	tables map[string]*cacheTable
 }
@@ -258,9 +260,10 @@ func (d *CacheDetector) Observe(a *Analyzed) {
 	}
 	k := s.keys[key]
 	if k == nil {
-		if len(s.keys) >= cacheMaxKeys {
+		if len(s.keys) >= cacheMaxKeys || d.nkeys >= cacheMaxAll {
 			return // counted as a miss of every TTL
 		}
+		d.nkeys++
 		k = &ccEntry{rows: ev.Rows, hash: ev.ResultHash}
 		for i := range k.fill {
 			k.fill[i] = at
@@ -367,6 +370,7 @@ func (d *CacheDetector) Evaluate(now time.Time) []CacheVerdict {
 	if !d.whole && !d.start.IsZero() && now.Sub(d.start) >= window {
 		d.shapes = map[Fingerprint]*cacheShape{}
 		d.start = time.Time{}
+		d.nkeys = 0
 	}
 	return out
 }

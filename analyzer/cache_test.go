@@ -2,6 +2,7 @@ package analyzer
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -118,5 +119,36 @@ func TestCacheDetectorVerdicts(t *testing.T) {
 	d.Evaluate(t0.Add(2 * time.Minute))
 	if len(d.shapes) != 0 {
 		t.Errorf("window over: %d shapes kept", len(d.shapes))
+	}
+}
+
+// TestCacheCandidateLifecycle: the engine opens a cache-candidate finding
+// and resolves it, saying why, once writes to the table start.
+func TestCacheCandidateLifecycle(t *testing.T) {
+	t.Parallel()
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	e, err := NewEngine(EngineConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := &Shape{Fingerprint: 1, Normalized: "SELECT name FROM countries WHERE code = $1"}
+	write := &Shape{Fingerprint: 2, Normalized: "UPDATE countries SET name = $1 WHERE code = $2"}
+	for i := 0; i < 200; i++ {
+		e.Observe(&Analyzed{Shape: read, Event: &Event{Start: t0.Add(time.Duration(i) * 10 * time.Millisecond),
+			Rows: 1, NumParams: 1, ParamHash: uint64(i % 5), ResultHash: uint64(i%5) + 1}})
+	}
+	e.EvaluateCacheCandidates(t0.Add(10 * time.Second))
+	fs := e.Findings()
+	if len(fs) != 1 || fs[0].Rule != rules.IDCacheCandidate || !fs[0].Open() {
+		t.Fatalf("findings %+v", fs)
+	}
+	for i := 0; i < 20; i++ {
+		e.Observe(&Analyzed{Shape: write, Event: &Event{Start: t0.Add(11*time.Second + time.Duration(i)*time.Second),
+			Rows: 1, NumParams: 2, ParamHash: 3}})
+	}
+	e.EvaluateCacheCandidates(t0.Add(40 * time.Second))
+	fs = e.Findings()
+	if len(fs) != 1 || fs[0].Open() || !strings.Contains(fs[0].Resolution, "20 writes to countries") {
+		t.Fatalf("after writes: %+v", fs)
 	}
 }
