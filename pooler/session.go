@@ -1668,6 +1668,9 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			switch it.kind {
 			case pendExecute:
 				it.resultHash = s.endResultLocked()
+				if _, ok := s.suspended[it.portal]; ok {
+					it.resultHash = 0 // a portal run in parts is not sampled
+				}
 				s.completeExecute(it, body, typ == 'I', "")
 				s.queue.pop()
 			case pendQuery:
@@ -1689,7 +1692,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			s.hashRowLocked(body)
 		}
 	case 's':
-		s.endResultLocked() // a portal run in parts is not sampled
+		s.endResultLocked()
 		if it != nil && it.kind == pendExecute {
 			if s.suspended == nil {
 				s.suspended = map[string]suspendedPortal{}
