@@ -1,9 +1,11 @@
 package pooler
 
 import (
+	"context"
 	"fmt"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
 )
 
@@ -57,5 +59,35 @@ func BenchmarkResultHash(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// BenchmarkRelayResultHash runs a 100-row query (about 60 bytes a row)
+// through the proxy on the real Postgres with result hashing off, at the
+// default sampling and for every statement: the end-to-end relay cost of
+// the cache-candidate rule's sampling.
+func BenchmarkRelayResultHash(b *testing.B) {
+	for _, every := range []int{-1, DefaultResultSampleEvery, 1} {
+		b.Run(fmt.Sprintf("every=%d", every), func(b *testing.B) {
+			p := testProxy(b, func(c *Config) { c.ResultSampleEvery = every })
+			ctx := context.Background()
+			conn, err := pgx.Connect(ctx, proxyDSN(p, "", ""))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close(ctx)
+			const q = "select g, repeat('x', 50) from generate_series(1, 100) g"
+			for b.Loop() {
+				rows, err := conn.Query(ctx, q)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for rows.Next() {
+				}
+				if rows.Err() != nil {
+					b.Fatal(rows.Err())
+				}
+			}
+		})
 	}
 }
