@@ -106,6 +106,7 @@ type Engine struct {
 	audit        *AuditLog
 	store        *rules.Store
 	detector     *NPlusOneDetector
+	cache        *CacheDetector
 	ignores      *lru[Fingerprint, []string]
 	log          zerolog.Logger
 	now          func() time.Time
@@ -162,6 +163,7 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 	dc := cfg.Detector
 	dc.Rule = rc.NPlusOne
 	e.detector = NewNPlusOneDetector(dc, e.onNPlusOne)
+	e.cache = NewCacheDetector(CacheDetectorConfig{Rule: rc.CacheCandidate, WholeInput: cfg.WholeInput})
 	return e, nil
 }
 
@@ -195,6 +197,28 @@ func (e *Engine) Observe(a *Analyzed) {
 	}
 	if e.cfg.NPlusOne.IsEnabled() {
 		e.detector.Observe(a)
+	}
+	if e.cfg.CacheCandidate.IsEnabled() {
+		e.cache.Observe(a)
+	}
+}
+
+// EvaluateCacheCandidates runs the cache-candidate rule over the read
+// shapes seen in its window, as of now: it records the shapes that meet
+// every threshold and resolves the open findings of those that no longer
+// do. Start calls it every EvalInterval; Flush once more.
+func (e *Engine) EvaluateCacheCandidates(now time.Time) {
+	if !e.cfg.CacheCandidate.IsEnabled() {
+		return
+	}
+	for _, v := range e.cache.Evaluate(now) {
+		if v.Finding != nil {
+			e.record(v.Finding, true, nil)
+			continue
+		}
+		if !e.whole {
+			e.resolve(rules.StableID(rules.IDCacheCandidate, v.Fingerprint), now, v.Clear)
+		}
 	}
 }
 
@@ -261,7 +285,7 @@ func (e *Engine) ResolvePlan(fp string, keep []string, at time.Time) {
 
 // ResolveStale resolves, as of now, the open findings not seen for
 // ResolveAfter: n-plus-one and txn-pooling-unsafe by their own last
-// occurrence; slow-query, seq-scan and missing-index by their shape's
+// occurrence; slow-query, seq-scan, missing-index and cache-candidate by their shape's
 // latest execution (lastRun, from the statistics; the finding's LastSeen
 // when the shape is unknown); pool-saturation by its last evaluation.
 // Start calls it every EvalInterval.
@@ -270,7 +294,7 @@ func (e *Engine) ResolveStale(now time.Time, lastRun map[string]time.Time) {
 	for _, f := range e.store.ResolveIf(now, func(f *rules.Finding) string {
 		last := f.LastSeen
 		switch f.Rule {
-		case rules.IDSlowQuery, rules.IDSeqScan, rules.IDMissingIndex:
+		case rules.IDSlowQuery, rules.IDSeqScan, rules.IDMissingIndex, rules.IDCacheCandidate:
 			if t, ok := lastRun[f.Fingerprint]; ok && t.After(last) {
 				last = t
 			}
@@ -359,6 +383,7 @@ func (e *Engine) Sweep(now time.Time) { e.detector.Sweep(now) }
 func (e *Engine) Flush() {
 	e.detector.Flush()
 	e.EvaluateSlowQueries()
+	e.EvaluateCacheCandidates(e.now())
 }
 
 // record applies configuration and suppression to f and stores it;
@@ -472,6 +497,7 @@ func (e *Engine) evaluate() {
 	if e.cfg.SlowQuery.IsEnabled() {
 		e.evaluateSlowQueries(shapes)
 	}
+	e.EvaluateCacheCandidates(e.now())
 	last := make(map[string]time.Time, len(shapes))
 	for _, st := range shapes {
 		if st.Fingerprint != 0 {

@@ -167,7 +167,16 @@ type Config struct {
 	// CaptureParams keeps bind parameter values on events (for EXPLAIN
 	// samples); they are never logged unless the audit log says so.
 	CaptureParams bool
+	// ResultSampleEvery makes each session hash the result rows (DataRow
+	// bytes, with a keyed per-process hash) of about one statement in
+	// ResultSampleEvery, picked at random, for the cache-candidate rule
+	// (event.Event.ResultHash). 0 means DefaultResultSampleEvery; a
+	// negative value turns result hashing off.
+	ResultSampleEvery int
 }
+
+// DefaultResultSampleEvery is the default of Config.ResultSampleEvery.
+const DefaultResultSampleEvery = 16
 
 // AdminHandler serves a client connected to an admin database. The proxy
 // has authenticated the client and checked it is an admin user; Serve sends

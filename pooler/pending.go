@@ -41,6 +41,9 @@ type pending struct {
 	inTx      bool
 	txSeq     uint64
 	portal    string
+	// resultHash is an Execute's sampled result hash (see
+	// Session.endResultLocked), set when its CommandComplete arrives.
+	resultHash uint64
 	// multi-statement Query bookkeeping
 	results []stmtResult
 	// tag, for a Query the proxy rewrote (DEALLOCATE of a client's
@@ -56,9 +59,10 @@ type pending struct {
 }
 
 type stmtResult struct {
-	tag      string
-	sqlstate string
-	at       time.Time
+	tag        string
+	sqlstate   string
+	at         time.Time
+	resultHash uint64 // see Session.endResultLocked
 }
 
 // pendingQueue is a FIFO of pending items with amortized O(1) operations.

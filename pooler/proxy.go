@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"maps"
 	"net"
 	"slices"
@@ -57,6 +58,11 @@ type Proxy struct {
 	// protocol-level statements, so a Parse after a schema change never
 	// binds to a server statement prepared before it.
 	ddlEpoch atomic.Uint64
+
+	// resultSeed keys the result hashes of every session (see
+	// Config.ResultSampleEvery), so they compare across sessions.
+	resultSeed maphash.Seed
+
 	// admins counts admin-console connections (in ClientCount, not
 	// sessions).
 	admins      atomic.Int64
@@ -115,6 +121,7 @@ func New(cfg *Config, sink event.Sink, log zerolog.Logger) *Proxy {
 		silent:    list.New(), started: list.New(),
 		budget: wire.NewMemoryBudget(cfg.ClientBufferBudget), loginBudget: wire.NewMemoryBudget(loginBufferBudget),
 	}
+	p.resultSeed = maphash.MakeSeed()
 	p.cfgPtr.Store(cfg)
 	// Proxy-issued PIDs for transaction mode start high to stay clear of
 	// real backend PIDs.

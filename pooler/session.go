@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"hash/maphash"
 	"io"
 	"net"
 	"os"
@@ -150,6 +151,12 @@ type Session struct {
 	suspended map[string]suspendedPortal
 	// partRows counts DataRows of the Execute at the head of the queue.
 	partRows int64
+	// resHash hashes the DataRows of a sampled statement (resState
+	// resSampling); see hashRowLocked and endResultLocked.
+	resHash   maphash.Hash
+	resState  uint8
+	resSeeded bool
+	resRand   uint64 // xorshift state picking the sampled statements
 	// groupStamped says an Execute of the current Sync group already
 	// opened a transaction number (the group is one implicit transaction).
 	groupStamped bool
@@ -1660,6 +1667,10 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		if it != nil {
 			switch it.kind {
 			case pendExecute:
+				it.resultHash = s.endResultLocked()
+				if _, ok := s.suspended[it.portal]; ok {
+					it.resultHash = 0 // a portal run in parts is not sampled
+				}
 				s.completeExecute(it, body, typ == 'I', "")
 				s.queue.pop()
 			case pendQuery:
@@ -1667,7 +1678,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 					raw = appendCommandComplete(nil, it.tag)
 					body = raw[5:]
 				}
-				it.results = append(it.results, stmtResult{tag: string(wire.CommandTag(body)), at: time.Now()})
+				it.results = append(it.results, stmtResult{tag: string(wire.CommandTag(body)), at: time.Now(), resultHash: s.endResultLocked()})
 				if typ == 'I' {
 					it.results[len(it.results)-1].tag = ""
 				}
@@ -1677,7 +1688,11 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		if it != nil && it.kind == pendExecute {
 			s.partRows++
 		}
+		if it != nil && (it.kind == pendExecute || it.kind == pendQuery) {
+			s.hashRowLocked(body)
+		}
 	case 's':
+		s.endResultLocked()
 		if it != nil && it.kind == pendExecute {
 			if s.suspended == nil {
 				s.suspended = map[string]suspendedPortal{}
@@ -1693,6 +1708,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			s.queue.pop()
 		}
 	case 'E':
+		s.endResultLocked()
 		sev, code, msg := wire.ErrorFields(body)
 		if sev == "FATAL" || sev == "PANIC" {
 			s.lastFatal = true
@@ -1932,6 +1948,7 @@ func (s *Session) completeQuery(it *pending) {
 			inTx = false
 		}
 		ev.SQLState = r.sqlstate
+		ev.ResultHash = r.resultHash
 		if i > 0 {
 			ev.Wait = 0
 		}
@@ -1945,10 +1962,74 @@ func (s *Session) newEvent(it *pending, proto event.Protocol) *event.Event {
 		TxSeq: it.txSeq, InTransaction: it.inTx, Database: s.database, User: s.user,
 		ApplicationName: s.appName, ClientAddr: s.clientAddr, Start: it.start,
 		ParamHash: it.paramHash, NumParams: it.numParams, Params: it.params, Rows: -1,
-		Wait: s.pendingWait,
+		Wait: s.pendingWait, ResultHash: it.resultHash,
 	}
 	s.pendingWait = 0
 	return ev
+}
+
+// Result hashing for the cache-candidate rule. A statement's first DataRow
+// decides, at random, whether its result is hashed (about one statement in
+// Config.ResultSampleEvery); the rows of a sampled one go through maphash
+// keyed with the proxy's seed. Statements not sampled cost one branch per
+// row and one xorshift step per statement.
+const (
+	resUndecided uint8 = iota
+	resSampling
+	resSkipping
+)
+
+// hashRowLocked feeds one DataRow body to the result hash, deciding first
+// whether the statement is sampled.
+// The skipping case is small enough to inline into the relay.
+func (s *Session) hashRowLocked(body []byte) {
+	if s.resState != resSkipping {
+		s.hashRowSlowLocked(body)
+	}
+}
+
+func (s *Session) hashRowSlowLocked(body []byte) {
+	switch s.resState {
+	case resUndecided:
+		every := s.proxy.config().ResultSampleEvery
+		if every == 0 {
+			every = DefaultResultSampleEvery
+		}
+		if every < 0 {
+			s.resState = resSkipping
+			return
+		}
+		if s.resRand == 0 {
+			s.resRand = s.id*0x9e3779b97f4a7c15 | 1
+		}
+		s.resRand ^= s.resRand << 13
+		s.resRand ^= s.resRand >> 7
+		s.resRand ^= s.resRand << 17
+		if every > 1 && s.resRand%uint64(every) != 0 {
+			s.resState = resSkipping
+			return
+		}
+		s.resState = resSampling
+		if !s.resSeeded {
+			s.resHash.SetSeed(s.proxy.resultSeed)
+			s.resSeeded = true
+		} else {
+			s.resHash.Reset()
+		}
+	}
+	s.resHash.Write(body)
+}
+
+// endResultLocked ends the current statement's result: it returns its
+// hash when it was sampled (never zero), else zero, and resets the state
+// for the next statement.
+func (s *Session) endResultLocked() uint64 {
+	var h uint64
+	if s.resState == resSampling {
+		h = s.resHash.Sum64() | 1
+	}
+	s.resState = resUndecided
+	return h
 }
 
 // parseTag splits a command tag into its verb and row count.

@@ -177,6 +177,8 @@ type Config struct {
 	MissingIndex MissingIndexConfig `toml:"missing-index" json:"missing-index"`
 	// TxnPoolingUnsafe is [rules.txn-pooling-unsafe].
 	TxnPoolingUnsafe TxnPoolingUnsafeConfig `toml:"txn-pooling-unsafe" json:"txn-pooling-unsafe"`
+	// CacheCandidate is [rules.cache-candidate].
+	CacheCandidate CacheCandidateConfig `toml:"cache-candidate" json:"cache-candidate"`
 	// Ignore lists suppressions by id, rule, fingerprint and table.
 	Ignore []Ignore `toml:"ignore" json:"ignore,omitempty"`
 }
@@ -236,6 +238,7 @@ func (c Config) WithDefaults() Config {
 	if c.MissingIndex.MinCostReduction == 0 {
 		c.MissingIndex.MinCostReduction = DefaultMissingIndexCostReduction
 	}
+	c.CacheCandidate = c.CacheCandidate.withDefaults()
 	return c
 }
 
@@ -277,6 +280,7 @@ func (c Config) Validate() error {
 	if r := c.MissingIndex.MinCostReduction; r < 0 || r >= 1 {
 		bad(IDMissingIndex, "min_cost_reduction", "%g is outside 0..1 (exclusive of 1)", r)
 	}
+	c.CacheCandidate.validate(bad)
 	for id, cm := range c.commons() {
 		if cm.Severity != nil && (*cm.Severity < Info || *cm.Severity > Error) {
 			bad(id, "severity", "invalid severity %d", int(*cm.Severity))
@@ -309,6 +313,7 @@ func (c *Config) commons() map[string]*Common {
 		IDSeqScan:          &c.SeqScan.Common,
 		IDMissingIndex:     &c.MissingIndex.Common,
 		IDTxnPoolingUnsafe: &c.TxnPoolingUnsafe.Common,
+		IDCacheCandidate:   &c.CacheCandidate.Common,
 	}
 }
 

@@ -278,7 +278,7 @@ func TestExampleFindingsGolden(t *testing.T) {
 func TestRegistry(t *testing.T) {
 	t.Parallel()
 	ids := RuleIDs()
-	want := []string{IDNPlusOne, IDSeqScan, IDMissingIndex, IDPoolSaturation, IDTxnPoolingUnsafe, IDSlowQuery}
+	want := []string{IDNPlusOne, IDSeqScan, IDMissingIndex, IDPoolSaturation, IDTxnPoolingUnsafe, IDSlowQuery, IDCacheCandidate}
 	slices.Sort(ids)
 	slices.Sort(want)
 	if !slices.Equal(ids, want) {

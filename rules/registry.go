@@ -191,6 +191,38 @@ var registry = []Rule{
 			{Key: "threshold_ms", Type: "number", Unit: "ms", Description: "The p99_threshold in force."},
 		},
 	},
+
+	{
+		ID:          IDCacheCandidate,
+		Severity:    Info,
+		Description: "A read shape runs again and again with the same parameter values and returns the same result from tables that are rarely written: a cache-aside layer would answer most calls (proxy only: it needs result hashes).",
+		Thresholds: []Threshold{
+			{Key: "min_calls", Default: "100", Unit: "calls", Description: "Executions of the shape in the window before it is judged."},
+			{Key: "min_repeat_share", Default: "0.5", Unit: "fraction", Description: "Share of executions whose parameter values (keyed hash) were already seen in the window."},
+			{Key: "min_same_result", Default: "0.95", Unit: "fraction", Description: "Share of repeats with the same row count, and of sampled repeats with the same result hash, as the previous execution with the same parameters."},
+			{Key: "min_result_samples", Default: "2", Unit: "comparisons", Description: "Sampled result-hash comparisons (two sampled executions with the same parameters) needed."},
+			{Key: "max_write_rate", Default: "0.1", Unit: "writes/s", Description: "Most statements per second writing rows to the tables read, over the window."},
+			{Key: "min_hit_rate", Default: "0.5", Unit: "fraction", Description: "Simulated cache-aside hit rate with a 60s TTL."},
+			{Key: "window", Default: `"10m"`, Unit: "duration", Description: "How long the facts accumulate before they start afresh."},
+		},
+		Evidence: []EvidenceKey{
+			{Key: "calls", Type: "integer", Unit: "calls", Description: "Executions of the shape in the window (the finding's count)."},
+			{Key: "repeat_share", Type: "number", Unit: "fraction", Description: "Share of executions whose parameter values were seen before in the window."},
+			{Key: "distinct_params", Type: "integer", Unit: "parameter sets", Description: "Distinct parameter values tracked in the window (at most 4096 per shape)."},
+			{Key: "same_rows_share", Type: "number", Unit: "fraction", Description: "Share of repeats that returned as many rows as the previous execution with the same parameters."},
+			{Key: "result_samples", Type: "integer", Unit: "comparisons", Description: "Sampled result hashes compared with the previous sampled one of the same parameters."},
+			{Key: "same_result_share", Type: "number", Unit: "fraction", Description: "Share of result_samples that were equal."},
+			{Key: "tables", Type: "array of strings", Description: "Tables the shape reads (from the parse tree): a cache must be invalidated on writes to them."},
+			{Key: "invalidating_writes", Type: "integer", Unit: "statements", Description: "Statements seen through the proxy that wrote rows to those tables in the window."},
+			{Key: "writes_per_s", Type: "number", Unit: "writes/s", Description: "invalidating_writes per second of the window."},
+			{Key: "hit_rate_1s", Type: "number", Unit: "fraction", Description: "Share of calls a cache-aside layer with a 1 s TTL (invalidated on every write to the tables) would have answered."},
+			{Key: "hit_rate_10s", Type: "number", Unit: "fraction", Description: "The same with a 10 s TTL."},
+			{Key: "hit_rate_60s", Type: "number", Unit: "fraction", Description: "The same with a 60 s TTL."},
+			{Key: "saved_ms", Type: "number", Unit: "ms", Description: "Database time the 60 s cache would have saved (total_ms × hit_rate_60s)."},
+			{Key: "total_ms", Type: "number", Unit: "ms", Description: "Time the executions in the window took together."},
+			{Key: "window_s", Type: "number", Unit: "s", Description: "Time the figures cover: from the window's first execution of the shape to the evaluation."},
+		},
+	},
 }
 
 // Rules returns every rule's metadata in a fixed order (the order of

@@ -71,6 +71,7 @@ const (
 	IDPoolSaturation   = "pool-saturation"
 	IDTxnPoolingUnsafe = "txn-pooling-unsafe"
 	IDSlowQuery        = "slow-query"
+	IDCacheCandidate   = "cache-candidate"
 )
 
 // Finding is one problem found, with the numbers that justify it. It is a

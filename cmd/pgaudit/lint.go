@@ -179,6 +179,7 @@ func runLint(ctx context.Context, fl lintFlags, args []string, stdout, stderr io
 		skipped[rules.IDMissingIndex] = why
 	}
 	skipped[rules.IDPoolSaturation] = "needs a live proxy's pool statistics"
+	skipped[rules.IDCacheCandidate] = "needs result hashes, which only the proxy samples (logs record no results)"
 	if sum.Format != querylog.FormatAudit {
 		skipped[rules.IDTxnPoolingUnsafe] = "needs the session-state events of a transaction-mode proxy (pgaudit audit log)"
 	}

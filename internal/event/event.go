@@ -125,6 +125,15 @@ type Event struct {
 	// log_parameters is on.
 	Params []string
 
+	// ResultHash is a keyed hash (hash/maphash, one random seed per proxy
+	// process) of the DataRow messages the statement returned, for the
+	// cache-candidate rule. The proxy computes it for a random sample of
+	// executions only (see pooler.Config.ResultSampleEvery); zero means not
+	// sampled, no rows, or a source that cannot see results (logs). It is
+	// comparable only between events of one proxy process, and never
+	// reveals the data.
+	ResultHash uint64
+
 	// TraceParent is the W3C traceparent of a sqlcommenter comment on the
 	// statement, when present.
 	TraceParent string
