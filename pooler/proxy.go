@@ -65,7 +65,10 @@ type Proxy struct {
 
 	// admins counts admin-console connections (in ClientCount, not
 	// sessions).
-	admins      atomic.Int64
+	admins atomic.Int64
+	// draining is set by Shutdown: a session that reads a message while
+	// between transactions ends instead of starting another.
+	draining    atomic.Bool
 	clients     atomic.Int64       // every connection, logging in or logged in
 	authed      atomic.Int64       // authenticated connections, for max_client_conn
 	budget      *wire.MemoryBudget // client_buffer_budget
@@ -798,6 +801,7 @@ func (p *Proxy) handleCancel(st *wire.Startup) {
 // client has left or ctx ends; the caller then calls Close, which cuts
 // whatever is left.
 func (p *Proxy) Shutdown(ctx context.Context) {
+	p.draining.Store(true)
 	p.mu.Lock()
 	l := p.listener
 	p.mu.Unlock()
@@ -809,7 +813,7 @@ func (p *Proxy) Shutdown(ctx context.Context) {
 	for p.clients.Load() > 0 {
 		sessions := p.sessionList()
 		for _, s := range sessions {
-			s.closeIfIdle(wire.Fatal(wire.CodeAdminShutdown, "terminating connection because pgaudit is shutting down"))
+			s.closeIfIdle(shutdownError())
 		}
 		select {
 		case <-ctx.Done():
@@ -817,6 +821,12 @@ func (p *Proxy) Shutdown(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// shutdownError is what Shutdown sends a client it ends between
+// transactions.
+func shutdownError() *wire.Error {
+	return wire.Fatal(wire.CodeAdminShutdown, "terminating connection because pgaudit is shutting down")
 }
 
 func (p *Proxy) isAdminDatabase(name string) bool {

@@ -222,6 +222,13 @@ func (s *Session) run(ctx context.Context) error {
 		if idleTimeout > 0 || s.pool.set().IdleTransactionTimeout > 0 {
 			_ = s.client.SetReadDeadline(time.Time{})
 		}
+		// During Shutdown, a client that sends its next statement while
+		// between transactions is ended instead (Shutdown's own poll
+		// catches only clients that stay idle, and a busy client is
+		// almost never idle when it looks).
+		if typ != 'X' && s.proxy.draining.Load() && s.closeIfIdle(shutdownError()) {
+			return nil
+		}
 		s.bytesIn += int64(len(raw))
 		if typ == 'Q' || typ == 'S' {
 			s.pool.stats.bytesIn.Add(s.bytesIn)
