@@ -15,14 +15,15 @@ vet:
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-# Short fuzz runs of every network decoder and of the proxy's startup and
+# Short fuzz runs of every network decoder, of the proxy's startup and
 # authentication handling driven as a byte stream (seed corpora live in
-# testdata/fuzz).
+# testdata/fuzz), and of the shared SQL scanner.
 fuzz:
 	$(GO) test ./wire -run XXX -fuzz FuzzParseStartup -fuzztime 20s
 	$(GO) test ./wire -run XXX -fuzz FuzzReader -fuzztime 20s
 	$(GO) test ./wire -run XXX -fuzz FuzzSCRAM -fuzztime 20s
 	$(GO) test ./pooler -run XXX -fuzz FuzzStartupAuth -fuzztime 30s
+	$(GO) test ./internal/sqlscan -run XXX -fuzz FuzzScan -fuzztime 20s
 
 bench:
 	bash bench/pgbench.sh

@@ -306,7 +306,7 @@ func (a *Admin) Pools() []PoolRow {
 	ps := a.poolStats()
 	out := make([]PoolRow, len(ps))
 	for i, s := range ps {
-		out[i] = poolRow(s)
+		out[i] = PoolRowOf(s)
 	}
 	return out
 }
@@ -321,7 +321,7 @@ func (a *Admin) findings() []rules.Finding {
 		return nil
 	}
 	fs := append([]rules.Finding(nil), src.Findings()...)
-	sortFindings(fs)
+	SortFindings(fs)
 	return fs
 }
 
@@ -351,7 +351,7 @@ func (a *Admin) Queries(by analyzer.SortKey, n int) []QueryRow {
 	shapes := pl.Stats().TopShapes(by, n)
 	out := make([]QueryRow, len(shapes))
 	for i, st := range shapes {
-		out[i] = queryRow(st)
+		out[i] = QueryRowOf(st)
 	}
 	return out
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -127,10 +128,10 @@ func TestConsoleErrors(t *testing.T) {
 
 	_, err := c.Exec(ctx, "show nonsense")
 	var pe *pgconn.PgError
-	if !errors.As(err, &pe) || pe.Code != "42601" || !strings.Contains(pe.Hint, "SHOW POOLS") {
+	if !errors.As(err, &pe) || pe.Code != pgerrcode.SyntaxError || !strings.Contains(pe.Hint, "SHOW POOLS") {
 		t.Errorf("SHOW nonsense: %v (hint %q)", err, hintOf(err))
 	}
-	if _, err := c.Exec(ctx, "select 1"); pgCode(err) != "42601" {
+	if _, err := c.Exec(ctx, "select 1"); pgCode(err) != pgerrcode.SyntaxError {
 		t.Errorf("select 1: %v", err)
 	}
 	// The connection is still usable; several commands in one message.
@@ -153,11 +154,11 @@ func TestConsoleErrors(t *testing.T) {
 	}
 	defer ext.Close(ctx)
 	_, err = ext.PgConn().Prepare(ctx, "", "SHOW POOLS", nil)
-	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Message, "simple query protocol only") {
+	if !errors.As(err, &pe) || pe.Code != pgerrcode.FeatureNotSupported || !strings.Contains(pe.Message, "simple query protocol only") {
 		t.Errorf("extended protocol (Parse/Describe/Sync): %v", err)
 	}
 	res2 := ext.PgConn().ExecParams(ctx, "SHOW POOLS", nil, nil, nil, nil).Read()
-	if pgCode(res2.Err) != "0A000" {
+	if pgCode(res2.Err) != pgerrcode.FeatureNotSupported {
 		t.Errorf("extended protocol (Parse/Bind/Execute/Sync): %v", res2.Err)
 	}
 	rows, err := ext.Query(ctx, "SHOW POOLS")
@@ -165,7 +166,7 @@ func TestConsoleErrors(t *testing.T) {
 		rows.Close()
 		err = rows.Err()
 	}
-	if pgCode(err) != "0A000" {
+	if pgCode(err) != pgerrcode.FeatureNotSupported {
 		t.Errorf("pgx default exec mode: %v", err)
 	}
 	if _, err := ext.Exec(ctx, "SHOW POOLS", pgx.QueryExecModeSimpleProtocol); err != nil {
@@ -214,7 +215,7 @@ func TestAdminDenied(t *testing.T) {
 			c.Close(ctx)
 			t.Fatalf("%s: ordinary user got into the admin console", db)
 		}
-		if pgCode(err) != "42501" {
+		if pgCode(err) != pgerrcode.InsufficientPrivilege {
 			t.Errorf("%s: %v, want SQLSTATE 42501", db, err)
 		}
 	}
@@ -342,10 +343,10 @@ func TestPauseResumeUnderLoad(t *testing.T) {
 	for _, err := range errs {
 		t.Error(err)
 	}
-	if _, err := admin.Exec(ctx, "PAUSE nosuchdb"); pgCode(err) != "3D000" {
+	if _, err := admin.Exec(ctx, "PAUSE nosuchdb"); pgCode(err) != pgerrcode.InvalidCatalogName {
 		t.Errorf("PAUSE nosuchdb: %v", err)
 	}
-	if _, err := admin.Exec(ctx, "PAUSE pgaudit"); pgCode(err) != "55000" {
+	if _, err := admin.Exec(ctx, "PAUSE pgaudit"); pgCode(err) != pgerrcode.ObjectNotInPrerequisiteState {
 		t.Errorf("PAUSE pgaudit: %v", err)
 	}
 }
@@ -376,7 +377,7 @@ func TestReloadShutdownKill(t *testing.T) {
 	if _, err := victim.Exec(ctx, "select 1"); err == nil {
 		t.Error("client survived KILL")
 	}
-	if _, err := admin.Exec(ctx, "KILL"); pgCode(err) != "42601" {
+	if _, err := admin.Exec(ctx, "KILL"); pgCode(err) != pgerrcode.SyntaxError {
 		t.Errorf("KILL without database: %v", err)
 	}
 

@@ -1,8 +1,9 @@
 // Package admin is pgaudit's operator interface: the SQL admin console that
 // PgBouncer users know (SHOW POOLS, SHOW STATS, PAUSE, RELOAD, ...), the HTTP
 // listener with Prometheus metrics, health checks, profiling and a JSON API,
-// the live dashboard served from the binary, and the self-contained HTML
-// report built from audit logs.
+// and the live dashboard served from the binary. The offline HTML report
+// built from audit logs is package report, which renders the same page
+// (WriteSelfContained).
 //
 // Everything here reads state at request time from the pooler.Proxy, the
 // analyzer.Pipeline and a FindingsSource; nothing here runs on the relay

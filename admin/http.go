@@ -62,6 +62,14 @@ func renderPage(w io.Writer, title, version string, d *Dashboard) error {
 	return pageTemplate.Execute(w, pd)
 }
 
+// WriteSelfContained writes d as one self-contained HTML page: the
+// dashboard's page with the data, the styles, the script and uPlot inline,
+// so that it opens without a network (pgaudit report). version is printed
+// in the footer.
+func WriteSelfContained(w io.Writer, version string, d *Dashboard) error {
+	return renderPage(w, d.Title, version, d)
+}
+
 // SummaryItem is one tile at the top of the dashboard.
 type SummaryItem struct {
 	Label string `json:"label"`
@@ -120,7 +128,7 @@ func (a *Admin) Dashboard() *Dashboard {
 			SummaryItem{"query shapes", strconv.Itoa(pl.Stats().Len())},
 		)
 	}
-	d.Summary = append(d.Summary, findingsSummary(d.Findings)...)
+	d.Summary = append(d.Summary, FindingsSummary(d.Findings)...)
 	return d
 }
 

@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -258,45 +255,13 @@ func pgCode(err error) string {
 	return ""
 }
 
-// chromiumDOM loads url in headless Chromium and returns the DOM after
-// scripts ran. It skips the test when Chromium is not installed.
-func chromiumDOM(t *testing.T, url string) string {
-	t.Helper()
-	bin := ""
-	for _, cand := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(cand); err == nil {
-			bin = p
-			break
-		}
-	}
-	if bin == "" {
-		t.Skip("Chromium is not installed (apt-get install -y chromium): skipping the browser rendering check")
-	}
-	dir, err := os.MkdirTemp("", "pgaudit-chromium-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-		"--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--disable-dev-shm-usage", "--user-data-dir="+dir, "--virtual-time-budget=5000", "--dump-dom", url)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("chromium: %v\n%s", err, tail(stderr.String(), 3000))
-	}
-	return string(out)
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}
+// chromiumDOM, tail and checkRenderedPage are shared with the report's
+// tests, which render the same page.
+var (
+	chromiumDOM       = testutil.ChromiumDOM
+	tail              = testutil.Tail
+	checkRenderedPage = testutil.CheckDashboardDOM
+)
 
 // freePort reports whether nothing listens on addr.
 func closedPort(addr string) bool {

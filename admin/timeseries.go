@@ -33,7 +33,9 @@ func (n *Num) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-var nan = Num(math.NaN())
+// NaN is the chart value of an interval where nothing was measured (JSON
+// null).
+var NaN = Num(math.NaN())
 
 // Series is the time series the dashboard and the report chart, in
 // columns: T[i] is the end of interval i (Unix seconds) and every other
@@ -171,7 +173,9 @@ func (ts *timeSeries) series(interval time.Duration) Series {
 // Series returns the live time series (the last SampleWindow).
 func (a *Admin) Series() Series { return a.series.series(a.opts.SampleInterval) }
 
-func msNum(d time.Duration) Num { return Num(round(float64(d)/float64(time.Millisecond), 3)) }
+// MillisNum is d in milliseconds, rounded to the microsecond, as a chart
+// value.
+func MillisNum(d time.Duration) Num { return Num(round(float64(d)/float64(time.Millisecond), 3)) }
 
 // sample takes one time-series sample; the sampler goroutine calls it
 // every SampleInterval.
@@ -189,15 +193,15 @@ func (a *Admin) sample() {
 		secs = a.opts.SampleInterval.Seconds()
 	}
 	s := sample{t: now, qps: Num(round(float64(iv.count)/secs, 3)), eps: Num(round(float64(iv.errors)/secs, 3)),
-		p50: nan, p99: nan, mean: nan, utilAvg: nan, utilMax: nan, waitP50: nan, waitP99: nan, tps: nan}
+		p50: NaN, p99: NaN, mean: NaN, utilAvg: NaN, utilMax: NaN, waitP50: NaN, waitP99: NaN, tps: NaN}
 	if iv.count > 0 {
-		s.p50 = msNum(iv.lat.Quantile(0.5))
-		s.p99 = msNum(iv.lat.Quantile(0.99))
-		s.mean = msNum(iv.total / time.Duration(iv.count))
+		s.p50 = MillisNum(iv.lat.Quantile(0.5))
+		s.p99 = MillisNum(iv.lat.Quantile(0.99))
+		s.mean = MillisNum(iv.total / time.Duration(iv.count))
 	}
 	if iv.wait.Count() > 0 {
-		s.waitP50 = msNum(iv.wait.Quantile(0.5))
-		s.waitP99 = msNum(iv.wait.Quantile(0.99))
+		s.waitP50 = MillisNum(iv.wait.Quantile(0.5))
+		s.waitP99 = MillisNum(iv.wait.Quantile(0.99))
 	}
 	var busy, size, umax float64
 	var waiting int
@@ -224,7 +228,7 @@ func (a *Admin) sample() {
 		s.clients = Num(p.ClientCount())
 		s.waiting = Num(waiting)
 	} else {
-		s.clients, s.waiting = nan, nan
+		s.clients, s.waiting = NaN, NaN
 	}
 	s.totals = a.totalsByDB(ps)
 	a.series.add(s)

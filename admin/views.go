@@ -64,8 +64,9 @@ type PoolRow struct {
 	Utilization float64 `json:"utilization"`
 }
 
-// poolRow converts the pooler's statistics of one pool.
-func poolRow(ps pooler.PoolStats) PoolRow {
+// PoolRowOf converts the pooler's statistics of one pool (SHOW POOLS, the
+// dashboard and the report).
+func PoolRowOf(ps pooler.PoolStats) PoolRow {
 	return PoolRow{
 		Database: ps.Database, User: ps.User,
 		ClActive: ps.ClientsActive, ClWaiting: ps.ClientsWaiting,
@@ -286,8 +287,9 @@ func round(f float64, digits int) float64 {
 	return math.Round(f*p) / p
 }
 
-// queryRow converts one shape's statistics.
-func queryRow(st analyzer.ShapeStats) QueryRow {
+// QueryRowOf converts one shape's statistics (the dashboard and the
+// report).
+func QueryRowOf(st analyzer.ShapeStats) QueryRow {
 	fp := ""
 	if st.Fingerprint != 0 {
 		fp = st.Fingerprint.String()
@@ -358,9 +360,9 @@ func filterFindings(fs []rules.Finding, status string) ([]rules.Finding, error) 
 	return out, nil
 }
 
-// sortFindings orders findings open first, then by severity (highest
+// SortFindings orders findings open first, then by severity (highest
 // first), then count, then id.
-func sortFindings(fs []rules.Finding) {
+func SortFindings(fs []rules.Finding) {
 	sort.SliceStable(fs, func(i, j int) bool {
 		if fs[i].Open() != fs[j].Open() {
 			return fs[i].Open()
@@ -474,9 +476,9 @@ type HelpRow struct {
 	Description string `json:"description"`
 }
 
-// findingsSummary returns the dashboard tiles for findings: open and
+// FindingsSummary returns the dashboard tiles for findings: open and
 // resolved counts.
-func findingsSummary(fs []rules.Finding) []SummaryItem {
+func FindingsSummary(fs []rules.Finding) []SummaryItem {
 	open := 0
 	for _, f := range fs {
 		if f.Open() {

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgaudit/pgaudit/rules"
@@ -563,7 +564,7 @@ func (e *Explainer) classify(ctx context.Context, err error, withParams bool) er
 		return fmt.Errorf("explainer: %w", ctx.Err())
 	}
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && (pe.Code == "57014" || pe.Code == "55P03") {
+	if errors.As(err, &pe) && (pe.Code == pgerrcode.QueryCanceled || pe.Code == pgerrcode.LockNotAvailable) {
 		e.timeouts.Add(1)
 		e.log.Warn().Str("sqlstate", pe.Code).Str("error", pe.Message).Msg("explain timed out")
 		return fmt.Errorf("%w: %s (SQLSTATE %s)", ErrExplainTimeout, pe.Message, pe.Code)
@@ -853,7 +854,7 @@ func (s *explainSession) cleanup() (discard bool) {
 	for _, name := range s.prepared {
 		if err := s.exec(ctx, "DEALLOCATE "+name); err != nil {
 			var pe *pgconn.PgError
-			if !errors.As(err, &pe) || pe.Code != "26000" { // 26000: never prepared
+			if !errors.As(err, &pe) || pe.Code != pgerrcode.InvalidSQLStatementName { // never prepared
 				return true
 			}
 		}

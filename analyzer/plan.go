@@ -271,7 +271,7 @@ func RedactLiteralsAs(expr string, values []string) string {
 						fmt.Fprintf(&b, "$%d", i+1)
 						// A bound value prints with its type's cast
 						// ('-1'::integer); the parameter does not.
-						l.pos = skipCast(expr, end)
+						l.Seek(skipCast(expr, end))
 						continue
 					}
 				}
@@ -295,7 +295,7 @@ func skipCast(expr string, pos int) int {
 		return pos
 	}
 	word := func(p int) int {
-		for p < len(expr) && (charClass[expr[p]]&clIdentCont != 0 || expr[p] == '"' || expr[p] == '.') {
+		for p < len(expr) && (isIdentCont(expr[p]) || expr[p] == '"' || expr[p] == '.') {
 			p++
 		}
 		return p

@@ -1,11 +1,17 @@
 package pooler
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/pgaudit/pgaudit/internal/sqlscan"
+)
 
 // The cheap scans below run on the relay path, so they look at bytes, never
 // build a parse tree, and only run in transaction mode (plus statement
 // splitting for multi-statement queries). Their job is to notice statements
-// that change session state; the analyzer does real parsing later.
+// that change session state; the analyzer does real parsing later. The
+// lexical rules (comments, quotes, dollar quotes, identifiers) are
+// internal/sqlscan's, shared with the analyzer and the log readers.
 
 // stmtFlags describe what a statement does to the session.
 type stmtFlags uint16
@@ -153,118 +159,16 @@ func containsFold(s, lower string) bool {
 	return false
 }
 
-// firstWord skips whitespace and comments and returns the first word (as
-// written; compare it with strings.EqualFold) and the text after it.
-func firstWord(s string) (string, string) {
-	s = skipSpaceAndComments(s)
-	i := 0
-	for i < len(s) && (isIdentByte(s[i])) {
-		i++
-	}
-	return s[:i], s[i:]
-}
-
-func isIdentByte(c byte) bool {
-	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c >= 0x80
-}
-
-func skipSpaceAndComments(s string) string {
-	for {
-		s = strings.TrimLeft(s, " \t\r\n\f(")
-		switch {
-		case strings.HasPrefix(s, "--"):
-			if i := strings.IndexByte(s, '\n'); i >= 0 {
-				s = s[i+1:]
-			} else {
-				return ""
-			}
-		case strings.HasPrefix(s, "/*"):
-			if i := strings.Index(s[2:], "*/"); i >= 0 {
-				s = s[i+4:]
-			} else {
-				return ""
-			}
-		default:
-			return s
-		}
-	}
-}
+// firstWord skips whitespace, comments and opening parentheses and returns
+// the first word (as written; compare it with strings.EqualFold) and the
+// text after it (sqlscan.FirstWord).
+func firstWord(s string) (string, string) { return sqlscan.FirstWord(s) }
 
 // splitStatements splits a simple-protocol query string at top-level
 // semicolons, honouring quotes, dollar quotes and comments. Empty statements
-// are dropped; the pieces keep their own whitespace trimmed.
-func splitStatements(sql string) []string {
-	if strings.IndexByte(sql, ';') < 0 {
-		return []string{strings.TrimSpace(sql)}
-	}
-	var out []string
-	start := 0
-	for i := 0; i < len(sql); i++ {
-		switch c := sql[i]; c {
-		case '\'', '"':
-			j := i + 1
-			for j < len(sql) {
-				if sql[j] == c {
-					if j+1 < len(sql) && sql[j+1] == c {
-						j += 2
-						continue
-					}
-					break
-				}
-				j++
-			}
-			i = j
-		case '-':
-			if i+1 < len(sql) && sql[i+1] == '-' {
-				for i < len(sql) && sql[i] != '\n' {
-					i++
-				}
-			}
-		case '/':
-			if i+1 < len(sql) && sql[i+1] == '*' {
-				depth := 1
-				i += 2
-				for i < len(sql) && depth > 0 {
-					if sql[i] == '/' && i+1 < len(sql) && sql[i+1] == '*' {
-						depth++
-						i += 2
-					} else if sql[i] == '*' && i+1 < len(sql) && sql[i+1] == '/' {
-						depth--
-						i += 2
-					} else {
-						i++
-					}
-				}
-				i--
-			}
-		case '$':
-			// $tag$ ... $tag$ (tag may be empty); $1 is a parameter.
-			j := i + 1
-			for j < len(sql) && (sql[j] == '_' || sql[j] >= 'a' && sql[j] <= 'z' || sql[j] >= 'A' && sql[j] <= 'Z' || (j > i+1 && sql[j] >= '0' && sql[j] <= '9')) {
-				j++
-			}
-			if j < len(sql) && sql[j] == '$' && (i == 0 || !isIdentByte(sql[i-1])) {
-				tag := sql[i : j+1]
-				if k := strings.Index(sql[j+1:], tag); k >= 0 {
-					i = j + 1 + k + len(tag) - 1
-				} else {
-					i = len(sql)
-				}
-			}
-		case ';':
-			if s := strings.TrimSpace(sql[start:i]); s != "" {
-				out = append(out, s)
-			}
-			start = i + 1
-		}
-	}
-	if start < len(sql) {
-		if s := strings.TrimSpace(sql[start:]); s != "" {
-			out = append(out, s)
-		}
-	}
-	return out
-}
+// are dropped; the pieces keep their own whitespace trimmed
+// (sqlscan.SplitStatements).
+func splitStatements(sql string) []string { return sqlscan.SplitStatements(sql) }
 
 // preparedRef is a statement that names a prepared statement in SQL:
 // EXECUTE name [(args)] or DEALLOCATE [PREPARE] name.
@@ -315,7 +219,7 @@ func scanPreparedRef(sql string) (preparedRef, bool) {
 		ref.name, rest = b.String(), rest[i+1:]
 	} else {
 		i := 0
-		for i < len(rest) && (isIdentByte(rest[i]) || rest[i] == '$') {
+		for i < len(rest) && sqlscan.IsIdentCont(rest[i]) {
 			i++
 		}
 		if i == 0 || rest[0] >= '0' && rest[0] <= '9' || rest[0] == '$' {

@@ -55,6 +55,24 @@ func BenchmarkScanStatement(b *testing.B) {
 	}
 }
 
+// BenchmarkScanStatementMulti: a multi-statement Query with comments and
+// quotes, which takes the splitting path.
+func BenchmarkScanStatementMulti(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		scanStatement("/* app */ BEGIN; UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 7 AND note <> 'a;b'; -- x\nCOMMIT")
+	}
+}
+
+// BenchmarkFirstWordIsDDL: the session-mode test run on every statement.
+func BenchmarkFirstWordIsDDL(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		firstWordIsDDL("SELECT abalance FROM pgbench_accounts WHERE aid = 12345")
+		firstWordIsDDL("  /* c */ create table t (a int)")
+	}
+}
+
 // TestScanPreparedRef: which Query texts name a prepared statement, and
 // the name as Postgres resolves it.
 func TestScanPreparedRef(t *testing.T) {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgaudit/pgaudit/internal/sqlscan"
 )
 
 // entryKind says what a log entry means for statement assembly.
@@ -309,48 +311,12 @@ const (
 )
 
 // keywords appends up to cap(out) leading keywords of a statement,
-// upper-cased, to out, skipping white space and comments.
+// upper-cased, to out, skipping white space and comments (sqlscan.Words).
 func keywords(s string, out []string) []string {
-	n := cap(out)
-	i := 0
-	for len(out) < n && i < len(s) {
-		c := s[i]
-		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
-			i++
-		case c == '-' && i+1 < len(s) && s[i+1] == '-':
-			for i < len(s) && s[i] != '\n' {
-				i++
-			}
-		case c == '/' && i+1 < len(s) && s[i+1] == '*':
-			depth := 0
-			for i+1 < len(s) {
-				if s[i] == '/' && s[i+1] == '*' {
-					depth++
-					i += 2
-				} else if s[i] == '*' && s[i+1] == '/' {
-					depth--
-					i += 2
-					if depth == 0 {
-						break
-					}
-				} else {
-					i++
-				}
-			}
-			if depth > 0 {
-				i = len(s)
-			}
-		default:
-			st := i
-			for i < len(s) && (s[i] >= 'a' && s[i] <= 'z' || s[i] >= 'A' && s[i] <= 'Z' || s[i] == '_') {
-				i++
-			}
-			if st == i {
-				return out
-			}
-			out = append(out, upperASCII(s[st:i]))
-		}
+	n := len(out)
+	out = sqlscan.Words(s, out)
+	for i := n; i < len(out); i++ {
+		out[i] = upperASCII(out[i])
 	}
 	return out
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
@@ -209,12 +210,12 @@ func TestAuthQuerySCRAMPassThrough(t *testing.T) {
 
 		// Wrong password and unknown user: the same 28P01.
 		_, err := whoAmI(ctx, userDSN(p, "app_alice", "wrong", ""))
-		wantPgError(t, err, "FATAL", "28P01", `password authentication failed for user "app_alice"`)
+		wantPgError(t, err, "FATAL", pgerrcode.InvalidPassword, `password authentication failed for user "app_alice"`)
 		_, err = whoAmI(ctx, userDSN(p, "nosuchrole", "x", ""))
-		wantPgError(t, err, "FATAL", "28P01", `password authentication failed for user "nosuchrole"`)
+		wantPgError(t, err, "FATAL", pgerrcode.InvalidPassword, `password authentication failed for user "nosuchrole"`)
 		// An md5 role cannot authenticate with SCRAM, as in Postgres.
 		_, err = whoAmI(ctx, userDSN(p, "app_md5", "md5-pw", ""))
-		wantPgError(t, err, "FATAL", "28P01", `password authentication failed for user "app_md5"`)
+		wantPgError(t, err, "FATAL", pgerrcode.InvalidPassword, `password authentication failed for user "app_md5"`)
 		for _, st := range p.PoolStats() {
 			if st.User != "app_alice" {
 				t.Errorf("pool for %q: failed logins must not create pools", st.User)
@@ -264,7 +265,7 @@ func TestAuthQuerySCRAMPassThrough(t *testing.T) {
 			}
 		}
 		_, err := whoAmI(ctx, userDSN(p, "app_md5", "wrong", ""))
-		wantPgError(t, err, "FATAL", "28P01", `password authentication failed for user "app_md5"`)
+		wantPgError(t, err, "FATAL", pgerrcode.InvalidPassword, `password authentication failed for user "app_md5"`)
 	})
 
 	t.Run("password-change", func(t *testing.T) {
@@ -280,7 +281,7 @@ func TestAuthQuerySCRAMPassThrough(t *testing.T) {
 		}()
 		time.Sleep(100 * time.Millisecond) // the cached secret expires
 		_, err := whoAmI(ctx, userDSN(p, "app_alice", "alice-pw", ""))
-		wantPgError(t, err, "FATAL", "28P01", `password authentication failed for user "app_alice"`)
+		wantPgError(t, err, "FATAL", pgerrcode.InvalidPassword, `password authentication failed for user "app_alice"`)
 		p.Pools()[0].DropIdle() // new server logins use the new keys
 		who, err := whoAmI(ctx, userDSN(p, "app_alice", "alice-pw2", ""))
 		if err != nil || who != "app_alice/app_alice" {
@@ -301,7 +302,7 @@ select rolpassword from pg_authid where rolname = 'pgaudit_verifier'`).ReadAll()
 		users := writeFile(t, "users.txt", fmt.Sprintf("\"app_alice\" %q\n", res[len(res)-1].Rows[0][0]))
 		p := startConfigured(t, fmt.Sprintf("[pgaudit]\nlisten = \"127.0.0.1:0\"\nauth_file = %q\n[databases.postgres]\nhost = \"127.0.0.1\"\nport = %d\nsslmode = \"disable\"\n", users, c.Port))
 		_, err = whoAmI(ctx, userDSN(p, "app_alice", "alice-pw", ""))
-		pe := wantPgError(t, err, "FATAL", "28P01", "")
+		pe := wantPgError(t, err, "FATAL", pgerrcode.InvalidPassword, "")
 		if !strings.Contains(pe.Message, "SCRAM secret") {
 			t.Errorf("message %q does not explain the stale secret", pe.Message)
 		}
@@ -323,9 +324,9 @@ select rolpassword from pg_authid where rolname = 'pgaudit_verifier'`).ReadAll()
 		if err := showVersion(p, "alice-pw"); err != nil {
 			t.Fatalf("admin console via auth_dbname: %v", err)
 		}
-		wantPgError(t, showVersion(p, "wrong"), "FATAL", "28P01", `password authentication failed for user "app_alice"`)
+		wantPgError(t, showVersion(p, "wrong"), "FATAL", pgerrcode.InvalidPassword, `password authentication failed for user "app_alice"`)
 		p = startConfigured(t, authQueryConfig(t, c, "scram-sha-256", "1s", "session", "auth-pw", ""))
-		wantPgError(t, showVersion(p, "alice-pw"), "FATAL", "28P01", `password authentication failed for user "app_alice"`)
+		wantPgError(t, showVersion(p, "alice-pw"), "FATAL", pgerrcode.InvalidPassword, `password authentication failed for user "app_alice"`)
 	})
 
 	t.Run("lookup-failure", func(t *testing.T) {

@@ -202,46 +202,56 @@ type databaseFile struct {
 
 // fileConfig is the TOML file's shape.
 type fileConfig struct {
-	Pgaudit struct {
-		Listen             string    `toml:"listen"`
-		AuthType           string    `toml:"auth_type"`
-		AuthFile           string    `toml:"auth_file"`
-		ClientTLS          string    `toml:"client_tls"`
-		ClientTLSCertFile  string    `toml:"client_tls_cert_file"`
-		ClientTLSKeyFile   string    `toml:"client_tls_key_file"`
-		MaxClientConn      int       `toml:"max_client_conn"`
-		ClientLoginTimeout *Duration `toml:"client_login_timeout"`
-		MaxLoginClients    int       `toml:"max_login_clients"`
-		MaxMessageSize     int       `toml:"max_message_size"`
-		ClientBufferBudget *ByteSize `toml:"client_buffer_budget"`
-		AuditLog           string    `toml:"audit_log"`
-		AuditSample        string    `toml:"audit_sample"`
-		AuditSampleRate    float64   `toml:"audit_sample_rate"`
-		AuditSlowThreshold *Duration `toml:"audit_slow_threshold"`
-		AuditLogErrors     *bool     `toml:"audit_log_errors"`
-		LogParameters      bool      `toml:"log_parameters"`
-		AuditMaxSize       int64     `toml:"audit_log_max_size"`
-		AuditMaxBackups    int       `toml:"audit_log_max_backups"`
-		StatsInterval      *Duration `toml:"stats_interval"`
-		StatsTopN          int       `toml:"stats_top_n"`
-		MaxShapes          int       `toml:"max_shapes"`
-		AuditQueueSize     int       `toml:"audit_queue_size"`
-		AuditWorkers       int       `toml:"audit_workers"`
-		Explain            *bool     `toml:"explain"`
-		ExplainInterval    *Duration `toml:"explain_interval"`
-		HypoPGCreate       bool      `toml:"hypopg_create_extension"`
-		AdminListen        *string   `toml:"admin_listen"`
-		AdminUsers         []string  `toml:"admin_users"`
-		OTLPEndpoint       string    `toml:"otlp_endpoint"`
-		OTLPInsecure       *bool     `toml:"otlp_insecure"`
-		Pprof              bool      `toml:"pprof"`
-		LogLevel           string    `toml:"log_level"`
-		ShutdownTimeout    *Duration `toml:"shutdown_timeout"`
-		poolFile
-		identityFile
-	} `toml:"pgaudit"`
+	Pgaudit   pgauditFile             `toml:"pgaudit"`
 	Databases map[string]databaseFile `toml:"databases"`
 	Rules     rules.Config            `toml:"rules"`
+}
+
+// pgauditFile is the [pgaudit] section.
+type pgauditFile struct {
+	Listen             string    `toml:"listen"`
+	AuthType           string    `toml:"auth_type"`
+	AuthFile           string    `toml:"auth_file"`
+	ClientTLS          string    `toml:"client_tls"`
+	ClientTLSCertFile  string    `toml:"client_tls_cert_file"`
+	ClientTLSKeyFile   string    `toml:"client_tls_key_file"`
+	MaxClientConn      int       `toml:"max_client_conn"`
+	ClientLoginTimeout *Duration `toml:"client_login_timeout"`
+	MaxLoginClients    int       `toml:"max_login_clients"`
+	MaxMessageSize     int       `toml:"max_message_size"`
+	ClientBufferBudget *ByteSize `toml:"client_buffer_budget"`
+	AuditLog           string    `toml:"audit_log"`
+	AuditSample        string    `toml:"audit_sample"`
+	AuditSampleRate    float64   `toml:"audit_sample_rate"`
+	AuditSlowThreshold *Duration `toml:"audit_slow_threshold"`
+	AuditLogErrors     *bool     `toml:"audit_log_errors"`
+	LogParameters      bool      `toml:"log_parameters"`
+	AuditMaxSize       int64     `toml:"audit_log_max_size"`
+	AuditMaxBackups    int       `toml:"audit_log_max_backups"`
+	StatsInterval      *Duration `toml:"stats_interval"`
+	StatsTopN          int       `toml:"stats_top_n"`
+	MaxShapes          int       `toml:"max_shapes"`
+	AuditQueueSize     int       `toml:"audit_queue_size"`
+	AuditWorkers       int       `toml:"audit_workers"`
+	Explain            *bool     `toml:"explain"`
+	ExplainInterval    *Duration `toml:"explain_interval"`
+	HypoPGCreate       bool      `toml:"hypopg_create_extension"`
+	AdminListen        *string   `toml:"admin_listen"`
+	AdminUsers         []string  `toml:"admin_users"`
+	OTLPEndpoint       string    `toml:"otlp_endpoint"`
+	OTLPInsecure       *bool     `toml:"otlp_insecure"`
+	Pprof              bool      `toml:"pprof"`
+	LogLevel           string    `toml:"log_level"`
+	ShutdownTimeout    *Duration `toml:"shutdown_timeout"`
+	poolFile
+	identityFile
+}
+
+// rulesConfig is the [rules] section with defaults filled in, validated;
+// proxy and lint read it alike.
+func (fc *fileConfig) rulesConfig() (rules.Config, error) {
+	c := fc.Rules.WithDefaults()
+	return c, c.Validate()
 }
 
 // identityFile holds the [pgaudit] settings of who may log in and where
@@ -334,24 +344,69 @@ func readConfigFile(path string) (fileConfig, error) {
 	return fc, nil
 }
 
-// loadSettings merges the config file and flags. Flags win.
+// loadSettings merges the config file and flags. Flags win. Each section or
+// concern of the file has its applier in settingsAppliers.
 func loadSettings(fl proxyFlags) (*settings, error) {
-	var fc fileConfig
+	l := &settingsLoader{fl: fl}
 	if fl.configPath != "" {
 		var err error
-		if fc, err = readConfigFile(fl.configPath); err != nil {
+		if l.fc, err = readConfigFile(fl.configPath); err != nil {
 			return nil, err
 		}
 	}
-	g := fc.Pgaudit
-	cfg := &pooler.Config{
-		Listen:         firstNonEmpty(fl.listen, g.Listen, "127.0.0.1:6432"),
-		AuthType:       firstNonEmpty(fl.authType, g.AuthType),
-		ClientTLS:      firstNonEmpty(g.ClientTLS, "disable"),
-		MaxClientConn:  g.MaxClientConn,
-		MaxMessageSize: g.MaxMessageSize,
-		Databases:      map[string]*pooler.Database{},
+	l.g = &l.fc.Pgaudit
+	l.cfg = &pooler.Config{Databases: map[string]*pooler.Database{}}
+	l.st = &settings{proxy: l.cfg}
+	for _, apply := range settingsAppliers {
+		if err := apply(l); err != nil {
+			return nil, err
+		}
 	}
+	return l.st, nil
+}
+
+// settingsLoader is the state loadSettings' appliers share: the inputs
+// (flags, file) and what they build.
+type settingsLoader struct {
+	fl  proxyFlags
+	fc  fileConfig
+	g   *pgauditFile // &fc.Pgaudit
+	cfg *pooler.Config
+	st  *settings // st.proxy == cfg
+	// global is the pool settings of [pgaudit] and the flags, the
+	// defaults of each database.
+	global pooler.PoolSettings
+}
+
+// settingsAppliers apply the config file's sections and the flags, one
+// concern each, in this order: an applier may read what an earlier one
+// set, and the first error wins.
+var settingsAppliers = []func(*settingsLoader) error{
+	(*settingsLoader).applyClientLimits, // [pgaudit] listener and client limits
+	(*settingsLoader).applyPools,        // [pgaudit] pool settings, --pool-mode, --pool-size, [databases.NAME]
+	(*settingsLoader).applyUpstream,     // --upstream
+	(*settingsLoader).applyUsers,        // auth_file, auth_user and auth_query
+	(*settingsLoader).applyAuthType,     // auth_type
+	(*settingsLoader).applyClientTLS,    // client_tls
+	(*settingsLoader).applyProcess,      // process: audit_log path, log_level, shutdown_timeout
+	(*settingsLoader).applyAdmin,        // admin interfaces
+	(*settingsLoader).applyAudit,        // audit log and pipeline
+	(*settingsLoader).applyRules,        // [rules]
+	(*settingsLoader).applyTracing,      // tracing
+	(*settingsLoader).applyExplain,      // EXPLAIN sampler and explain_dsn
+}
+
+// authFile is the users file, from the flag or the file.
+func (l *settingsLoader) authFile() string { return firstNonEmpty(l.fl.authFile, l.g.AuthFile) }
+
+// applyClientLimits: listen address, client connection and message limits.
+func (l *settingsLoader) applyClientLimits() error {
+	cfg, g, fl := l.cfg, l.g, l.fl
+	cfg.Listen = firstNonEmpty(fl.listen, g.Listen, "127.0.0.1:6432")
+	cfg.AuthType = firstNonEmpty(fl.authType, g.AuthType)
+	cfg.ClientTLS = firstNonEmpty(g.ClientTLS, "disable")
+	cfg.MaxClientConn = g.MaxClientConn
+	cfg.MaxMessageSize = g.MaxMessageSize
 	if cfg.MaxClientConn == 0 {
 		cfg.MaxClientConn = 10000
 	}
@@ -363,7 +418,7 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 	}
 	cfg.MaxLoginClients = g.MaxLoginClients
 	if cfg.MaxLoginClients < 0 {
-		return nil, fmt.Errorf("max_login_clients must not be negative (0 means the default, %d)", pooler.DefaultMaxLoginClients)
+		return fmt.Errorf("max_login_clients must not be negative (0 means the default, %d)", pooler.DefaultMaxLoginClients)
 	}
 	if cfg.MaxLoginClients == 0 {
 		cfg.MaxLoginClients = pooler.DefaultMaxLoginClients
@@ -376,66 +431,84 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 		cfg.ClientBufferBudget = g.ClientBufferBudget.Bytes
 	}
 	if cfg.ClientBufferBudget < int64(cfg.MaxMessageSize) {
-		return nil, fmt.Errorf("client_buffer_budget (%s) must be at least max_message_size (%s), or no message of that size could ever be received",
+		return fmt.Errorf("client_buffer_budget (%s) must be at least max_message_size (%s), or no message of that size could ever be received",
 			wire.FormatBytes(cfg.ClientBufferBudget), wire.FormatBytes(int64(cfg.MaxMessageSize)))
 	}
-	global := pooler.DefaultPoolSettings()
-	if err := g.poolFile.apply(&global); err != nil {
-		return nil, fmt.Errorf("config [pgaudit]: %w", err)
+	return nil
+}
+
+// applyPools: the global pool settings ([pgaudit], then the flags) and the
+// [databases.NAME] tables.
+func (l *settingsLoader) applyPools() error {
+	l.global = pooler.DefaultPoolSettings()
+	if err := l.g.poolFile.apply(&l.global); err != nil {
+		return fmt.Errorf("config [pgaudit]: %w", err)
 	}
-	if fl.poolMode != "" {
-		m, err := pooler.ParsePoolMode(fl.poolMode)
+	if l.fl.poolMode != "" {
+		m, err := pooler.ParsePoolMode(l.fl.poolMode)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		global.Mode = m
+		l.global.Mode = m
 	}
-	if fl.poolSize > 0 {
-		global.Size = fl.poolSize
+	if l.fl.poolSize > 0 {
+		l.global.Size = l.fl.poolSize
 	}
-	for name, df := range fc.Databases {
-		db, err := databaseFromFile(name, df, global)
+	for name, df := range l.fc.Databases {
+		db, err := databaseFromFile(name, df, l.global)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		cfg.Databases[name] = db
+		l.cfg.Databases[name] = db
 	}
-	authFile := firstNonEmpty(fl.authFile, g.AuthFile)
-	var warnings []string
+	return nil
+}
+
+// applyUpstream: the --upstream DSN, its password and the trust it implies
+// without a users file; then at least one database must be configured.
+func (l *settingsLoader) applyUpstream() error {
+	cfg, g, fl := l.cfg, l.g, l.fl
 	if fl.upstream != "" {
 		up, force, err := parseUpstream(fl.upstream)
 		if err != nil {
-			return nil, fmt.Errorf("--upstream: %w", err)
+			return fmt.Errorf("--upstream: %w", err)
 		}
 		if admin.RedactDSN(fl.upstream) != fl.upstream {
-			warnings = append(warnings, "the --upstream DSN holds a password, which every local user can read with ps: use PGAUDIT_UPSTREAM_PASSWORD or upstream_password_file instead")
+			l.st.warnings = append(l.st.warnings, "the --upstream DSN holds a password, which every local user can read with ps: use PGAUDIT_UPSTREAM_PASSWORD or upstream_password_file instead")
 		}
 		pw, err := secretFrom("upstream_password_file", firstNonEmpty(fl.upstreamPasswordFile, g.UpstreamPasswordFile), "PGAUDIT_UPSTREAM_PASSWORD", "")
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if pw != "" {
 			up.Password = pw
 		}
-		db := &pooler.Database{Name: up.Database, Upstream: up, ForceUser: force, Pool: global}
+		db := &pooler.Database{Name: up.Database, Upstream: up, ForceUser: force, Pool: l.global}
 		cfg.Databases[up.Database] = db
 		fallback := *db
 		fallback.Name = "*"
 		cfg.Databases["*"] = &fallback
-		if authFile == "" && cfg.AuthType == "" && g.AuthUser == "" {
+		if l.authFile() == "" && cfg.AuthType == "" && g.AuthUser == "" {
 			if !isLoopback(cfg.Listen) && !(g.DangerouslyAllowTrustOnNetwork || fl.allowTrustOnNetwork) {
-				return nil, fmt.Errorf("--upstream without a users file accepts clients with trust, which is only allowed on a loopback address, not %s: set auth_file or auth_user (auth_query)", cfg.Listen)
+				return fmt.Errorf("--upstream without a users file accepts clients with trust, which is only allowed on a loopback address, not %s: set auth_file or auth_user (auth_query)", cfg.Listen)
 			}
 			cfg.AuthType = "trust"
 		}
 	}
 	if len(cfg.Databases) == 0 {
-		return nil, errors.New("no databases configured: pass --upstream DSN or add [databases] to the config file")
+		return errors.New("no databases configured: pass --upstream DSN or add [databases] to the config file")
 	}
-	if authFile != "" {
+	return nil
+}
+
+// applyUsers: the users file and auth_query (auth_user, its password,
+// auth_dbname, the cache).
+func (l *settingsLoader) applyUsers() error {
+	cfg, g := l.cfg, l.g
+	if authFile := l.authFile(); authFile != "" {
 		users, err := wire.LoadUsers(authFile)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		cfg.Users = users
 		if cfg.AuthType == "" {
@@ -445,7 +518,7 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 	if g.AuthUser != "" {
 		pw, err := secretFrom("auth_password_file", g.AuthPasswordFile, "PGAUDIT_AUTH_PASSWORD", g.AuthPassword)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if pw == "" {
 			// As PgBouncer: auth_user's password may come from the users file.
@@ -464,7 +537,7 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 		if g.AuthDBName != "" {
 			if _, ok := cfg.Databases[g.AuthDBName]; !ok {
 				if _, wild := cfg.Databases["*"]; !wild {
-					return nil, fmt.Errorf("auth_dbname %q is not a configured database", g.AuthDBName)
+					return fmt.Errorf("auth_dbname %q is not a configured database", g.AuthDBName)
 				}
 			}
 		}
@@ -472,8 +545,14 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 			cfg.AuthType = "scram-sha-256"
 		}
 	} else if g.AuthQuery != "" || g.AuthDBName != "" {
-		return nil, errors.New("auth_query and auth_dbname need auth_user")
+		return errors.New("auth_query and auth_dbname need auth_user")
 	}
+	return nil
+}
+
+// applyAuthType: the default (trust), and what each auth_type needs.
+func (l *settingsLoader) applyAuthType() error {
+	cfg, g, fl := l.cfg, l.g, l.fl
 	if cfg.AuthType == "" {
 		cfg.AuthType = "trust"
 	}
@@ -481,9 +560,9 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 	case "trust":
 		if !isLoopback(cfg.Listen) {
 			if !(g.DangerouslyAllowTrustOnNetwork || fl.allowTrustOnNetwork) {
-				return nil, fmt.Errorf("auth_type trust on %s, which is not a loopback address, lets anyone who can reach it log in without a password: use auth_file or auth_user (auth_query) with scram-sha-256, or, if the network is really trusted, set dangerously_allow_trust_on_network = true", cfg.Listen)
+				return fmt.Errorf("auth_type trust on %s, which is not a loopback address, lets anyone who can reach it log in without a password: use auth_file or auth_user (auth_query) with scram-sha-256, or, if the network is really trusted, set dangerously_allow_trust_on_network = true", cfg.Listen)
 			}
-			warnings = append(warnings, fmt.Sprintf("DANGER: auth_type trust on the network address %s (dangerously_allow_trust_on_network): anyone who can reach it logs in without a password", cfg.Listen))
+			l.st.warnings = append(l.st.warnings, fmt.Sprintf("DANGER: auth_type trust on the network address %s (dangerously_allow_trust_on_network): anyone who can reach it logs in without a password", cfg.Listen))
 		}
 		if cfg.Users == nil && cfg.AuthQuery == nil {
 			// No users file: when every database logs in to the
@@ -495,30 +574,52 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 		}
 	case "md5", "scram-sha-256", "password":
 		if cfg.Users == nil && cfg.AuthQuery == nil {
-			return nil, fmt.Errorf("auth_type %s needs auth_file or auth_user (auth_query)", cfg.AuthType)
+			return fmt.Errorf("auth_type %s needs auth_file or auth_user (auth_query)", cfg.AuthType)
 		}
 	default:
-		return nil, fmt.Errorf("invalid auth_type %q: want trust, password, md5 or scram-sha-256", cfg.AuthType)
+		return fmt.Errorf("invalid auth_type %q: want trust, password, md5 or scram-sha-256", cfg.AuthType)
 	}
+	return nil
+}
+
+// applyClientTLS: client_tls and its certificate.
+func (l *settingsLoader) applyClientTLS() error {
+	cfg, g := l.cfg, l.g
 	switch cfg.ClientTLS {
 	case "disable", "allow", "require":
 	default:
-		return nil, fmt.Errorf("invalid client_tls %q: want disable, allow or require", cfg.ClientTLS)
+		return fmt.Errorf("invalid client_tls %q: want disable, allow or require", cfg.ClientTLS)
 	}
 	if cfg.ClientTLS != "disable" {
 		if g.ClientTLSCertFile == "" || g.ClientTLSKeyFile == "" {
-			return nil, errors.New("client_tls needs client_tls_cert_file and client_tls_key_file")
+			return errors.New("client_tls needs client_tls_cert_file and client_tls_key_file")
 		}
 		cert, err := tls.LoadX509KeyPair(g.ClientTLSCertFile, g.ClientTLSKeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("client TLS: %w", err)
+			return fmt.Errorf("client TLS: %w", err)
 		}
 		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	st := &settings{proxy: cfg, auditLog: firstNonEmpty(fl.auditLog, g.AuditLog), logLevel: firstNonEmpty(fl.logLevel, g.LogLevel, "info"), shutdownTimeout: 30 * time.Second, warnings: warnings}
+	return nil
+}
+
+// applyProcess: the audit log's path, the log level and the shutdown
+// timeout.
+func (l *settingsLoader) applyProcess() error {
+	st, g, fl := l.st, l.g, l.fl
+	st.auditLog = firstNonEmpty(fl.auditLog, g.AuditLog)
+	st.logLevel = firstNonEmpty(fl.logLevel, g.LogLevel, "info")
+	st.shutdownTimeout = 30 * time.Second
 	if g.ShutdownTimeout != nil {
 		st.shutdownTimeout = g.ShutdownTimeout.Duration
 	}
+	return nil
+}
+
+// applyAdmin: the HTTP admin listener and its credentials, pprof, and the
+// users of the SQL admin console.
+func (l *settingsLoader) applyAdmin() error {
+	st, cfg, g, fl := l.st, l.cfg, l.g, l.fl
 	st.adminListen = "127.0.0.1:9930"
 	if g.AdminListen != nil {
 		st.adminListen = *g.AdminListen
@@ -528,18 +629,18 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 	}
 	token, err := secretFrom("admin_token_file", g.AdminTokenFile, "PGAUDIT_ADMIN_TOKEN", g.AdminToken)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	st.httpAuth = admin.HTTPAuth{Token: token, User: g.AdminUser, Password: g.AdminPassword, Hosts: g.AdminHosts}
 	if (g.AdminUser == "") != (g.AdminPassword == "") {
-		return nil, errors.New("admin_user and admin_password go together")
+		return errors.New("admin_user and admin_password go together")
 	}
 	if st.adminListen != "" {
 		if host, _, err := net.SplitHostPort(st.adminListen); err == nil && host != "" && net.ParseIP(host) == nil {
 			st.httpAuth.Hosts = append(st.httpAuth.Hosts, host)
 		}
 		if err := st.httpAuth.CheckListen(st.adminListen); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	st.pprof = g.Pprof || fl.pprof
@@ -552,9 +653,16 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 			cfg.AdminUsers = []string{db.Upstream.User}
 		}
 	}
+	return nil
+}
+
+// applyAudit: the audit log's sampling, rotation and statistics, and the
+// analysis pipeline.
+func (l *settingsLoader) applyAudit() error {
+	st, g, fl := l.st, l.g, l.fl
 	sample, err := analyzer.ParseSampleMode(firstNonEmpty(fl.auditSample, g.AuditSample))
 	if err != nil {
-		return nil, fmt.Errorf("audit_sample: %w", err)
+		return fmt.Errorf("audit_sample: %w", err)
 	}
 	st.audit = analyzer.AuditLogConfig{
 		Path:          st.auditLog,
@@ -581,36 +689,53 @@ func loadSettings(fl proxyFlags) (*settings, error) {
 	st.pipeline = analyzer.PipelineConfig{QueueSize: g.AuditQueueSize, Workers: g.AuditWorkers, Stats: analyzer.StatsConfig{MaxShapes: g.MaxShapes}}
 	// Example parameter values for EXPLAIN are kept in memory only; they
 	// reach the audit log only with log_parameters.
-	cfg.CaptureParams = true
-	st.rules = fc.Rules.WithDefaults()
-	if err := st.rules.Validate(); err != nil {
-		return nil, fmt.Errorf("config [rules]: %w", err)
-	}
+	l.cfg.CaptureParams = true
 	st.noAudit = fl.noAudit
-	st.otlpEndpoint = firstNonEmpty(fl.otlpEndpoint, g.OTLPEndpoint)
-	st.otlpInsecure = g.OTLPInsecure == nil || *g.OTLPInsecure
-	st.explain = (g.Explain == nil || *g.Explain) && !fl.noAudit
+	return nil
+}
+
+// applyRules: the [rules] section, as lint reads it.
+func (l *settingsLoader) applyRules() error {
+	var err error
+	if l.st.rules, err = l.fc.rulesConfig(); err != nil {
+		return fmt.Errorf("config [rules]: %w", err)
+	}
+	return nil
+}
+
+// applyTracing: where OpenTelemetry spans go.
+func (l *settingsLoader) applyTracing() error {
+	l.st.otlpEndpoint = firstNonEmpty(l.fl.otlpEndpoint, l.g.OTLPEndpoint)
+	l.st.otlpInsecure = l.g.OTLPInsecure == nil || *l.g.OTLPInsecure
+	return nil
+}
+
+// applyExplain: the EXPLAIN sampler, hypopg consent and each database's
+// explain_dsn.
+func (l *settingsLoader) applyExplain() error {
+	st, cfg, g := l.st, l.cfg, l.g
+	st.explain = (g.Explain == nil || *g.Explain) && !l.fl.noAudit
 	if g.ExplainInterval != nil {
 		st.explainInterval = g.ExplainInterval.Duration
 	}
 	st.hypopgCreate = g.HypoPGCreate
 	st.explainDSNs = map[string]explainDSN{}
-	for name, df := range fc.Databases {
+	for name, df := range l.fc.Databases {
 		if df.ExplainDSN == "" {
 			continue
 		}
 		ed, err := parseExplainDSN(df.ExplainDSN)
 		if err != nil {
-			return nil, fmt.Errorf("config [databases.%s] explain_dsn: %w", name, err)
+			return fmt.Errorf("config [databases.%s] explain_dsn: %w", name, err)
 		}
 		if db := cfg.Databases[name]; db != nil && db.ForceUser && db.Upstream.User != ed.role {
-			return nil, fmt.Errorf("config [databases.%s] explain_dsn: logs in as %q, but every statement of this database runs as %q; "+
+			return fmt.Errorf("config [databases.%s] explain_dsn: logs in as %q, but every statement of this database runs as %q; "+
 				"statements are only planned as the role that ran them (the planner runs user code), so use user %q or drop explain_dsn",
 				name, ed.role, db.Upstream.User, db.Upstream.User)
 		}
 		st.explainDSNs[name] = ed
 	}
-	return st, nil
+	return nil
 }
 
 // explainDSN is a database's explain_dsn and the role it logs in as.

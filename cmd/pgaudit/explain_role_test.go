@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
@@ -155,7 +156,7 @@ sslmode = "disable"
 		// A table she has no grant on: 42501 every time.
 		_, err := mallory.Exec(ctx, fmt.Sprintf("SELECT * FROM secrets WHERE v = %d", i), pgx.QueryExecModeSimpleProtocol)
 		var pe *pgconn.PgError
-		if !errors.As(err, &pe) || pe.Code != "42501" {
+		if !errors.As(err, &pe) || pe.Code != pgerrcode.InsufficientPrivilege {
 			t.Fatalf("SELECT from secrets as mallory: %v, want 42501", err)
 		}
 		// A plain seq scan of her own table: planned, as her.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
@@ -73,7 +74,7 @@ func TestQuickStartUserMustBeUpstreamUser(t *testing.T) {
 	if pp.Severity != pd.Severity || pp.Code != pd.Code || pp.Message != pd.Message {
 		t.Errorf("through the proxy: %s %s %q; Postgres: %s %s %q", pp.Severity, pp.Code, pp.Message, pd.Severity, pd.Code, pd.Message)
 	}
-	if pp.Code != "28000" || pp.Message != `role "nosuchrole" does not exist` {
+	if pp.Code != pgerrcode.InvalidAuthorizationSpecification || pp.Message != `role "nosuchrole" does not exist` {
 		t.Errorf("got %s %q", pp.Code, pp.Message)
 	}
 	for _, ps := range p.PoolStats() {

@@ -73,3 +73,14 @@ func TestClientLimitSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigUnknownKey: proxy rejects a key it does not know in any section,
+// through the same readConfigFile that lint uses (TestLint checks lint).
+func TestConfigUnknownKey(t *testing.T) {
+	for _, section := range []string{"max_client_conns = 5", "pool_mod = \"session\"", "[rules.n-plus-one]\nmin_repeat = 3"} {
+		_, err := loadConfig(t, section)
+		if err == nil || !strings.Contains(err.Error(), "unknown settings") {
+			t.Errorf("%q: %v", section, err)
+		}
+	}
+}

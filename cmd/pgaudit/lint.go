@@ -107,8 +107,7 @@ func runLint(ctx context.Context, fl lintFlags, args []string, stdout, stderr io
 		if err != nil {
 			return &exitError{2, err}
 		}
-		ruleCfg = fc.Rules.WithDefaults()
-		if err := ruleCfg.Validate(); err != nil {
+		if ruleCfg, err = fc.rulesConfig(); err != nil {
 			return &exitError{2, fmt.Errorf("config %s [rules]: %w", fl.configPath, err)}
 		}
 	}

@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgaudit/pgaudit/admin"
+	"github.com/pgaudit/pgaudit/report"
 )
 
 // reportCommand is `pgaudit report`: one self-contained HTML file from
@@ -41,15 +41,15 @@ The file needs no network to open.`,
 // runReport builds the report from files and writes it to output (via a
 // temporary file renamed into place).
 func runReport(stdout io.Writer, files []string, output, title string, top int) error {
-	inputs := make([]admin.ReportInput, len(files))
+	inputs := make([]report.Input, len(files))
 	for i, f := range files {
 		if _, err := os.Stat(f); err != nil {
 			return &exitError{2, err}
 		}
-		inputs[i] = admin.FileInput(f)
+		inputs[i] = report.FileInput(f)
 	}
-	rep, err := admin.BuildReport(inputs, admin.ReportOptions{Title: title, Version: version, TopShapes: top})
-	if errors.Is(err, admin.ErrNotAuditLog) {
+	rep, err := report.Build(inputs, report.Options{Title: title, Version: version, TopShapes: top})
+	if errors.Is(err, report.ErrNotAuditLog) {
 		return &exitError{2, err} // bad input, as lint reports it
 	}
 	if err != nil {

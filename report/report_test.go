@@ -1,9 +1,8 @@
-package admin
+package report
 
 import (
 	"bytes"
 	"compress/gzip"
-	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -11,41 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgaudit/pgaudit/analyzer"
-	"github.com/pgaudit/pgaudit/pooler"
+	"github.com/pgaudit/pgaudit/internal/testutil"
 )
-
-// writeRun runs a proxy with an audit log at path: n rounds of the test
-// workload, a few pool records and one finding record with count
-// findingCount.
-func writeRun(t *testing.T, path, runID string, n int, findingCount int64) {
-	t.Helper()
-	al, err := analyzer.OpenAuditLog(analyzer.AuditLogConfig{Path: path, RunID: runID, StatsInterval: 150 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := newEnv(t, envOptions{mode: pooler.TransactionMode, size: 2, auditLog: al})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	for i := 0; i < 3; i++ {
-		e.workload(ctx, n/3+1)
-		for _, ps := range e.proxy.PoolStats() {
-			if err := al.WritePool(ps); err != nil {
-				t.Fatal(err)
-			}
-		}
-		time.Sleep(120 * time.Millisecond)
-	}
-	f := sampleFinding
-	f.Count = findingCount
-	if err := al.WriteFinding(f); err != nil {
-		t.Fatal(err)
-	}
-	e.stop() // the pipeline writes its final stats record
-	if err := al.Close(); err != nil {
-		t.Fatal(err)
-	}
-}
 
 func gzipCopy(t *testing.T, src string) string {
 	t.Helper()
@@ -80,7 +46,7 @@ func TestReport(t *testing.T) {
 	_ = f.Close()
 	bz := gzipCopy(t, b)
 
-	rep, err := BuildReport([]ReportInput{FileInput(a), FileInput(bz)}, ReportOptions{Version: "test"})
+	rep, err := Build([]Input{FileInput(a), FileInput(bz)}, Options{Version: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,17 +114,17 @@ func TestReport(t *testing.T) {
 	if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	dom := chromiumDOM(t, "file://"+out)
-	checkRenderedPage(t, dom, []string{"dashboard_probe", "other_probe", "failing_probe"})
+	dom := testutil.ChromiumDOM(t, "file://"+out)
+	testutil.CheckDashboardDOM(t, dom, []string{"dashboard_probe", "other_probe", "failing_probe"})
 }
 
 // TestReportEmptyAndErrors: no inputs is an error, a missing file is an
 // I/O error, and a log with only bad lines still renders.
 func TestReportEmptyAndErrors(t *testing.T) {
-	if _, err := BuildReport(nil, ReportOptions{}); err == nil {
+	if _, err := Build(nil, Options{}); err == nil {
 		t.Error("no inputs accepted")
 	}
-	if _, err := BuildReport([]ReportInput{FileInput("/nonexistent/audit.jsonl")}, ReportOptions{}); err == nil {
+	if _, err := Build([]Input{FileInput("/nonexistent/audit.jsonl")}, Options{}); err == nil {
 		t.Error("missing file accepted")
 	}
 	p := filepath.Join(t.TempDir(), "junk.jsonl")
@@ -167,7 +133,7 @@ func TestReportEmptyAndErrors(t *testing.T) {
 	}
 	// A file without a single audit-log record (issue 14, item 12) is an
 	// error, not an empty report.
-	if _, err := BuildReport([]ReportInput{FileInput(p)}, ReportOptions{}); !errors.Is(err, ErrNotAuditLog) || !strings.Contains(err.Error(), "junk.jsonl") {
+	if _, err := Build([]Input{FileInput(p)}, Options{}); !errors.Is(err, ErrNotAuditLog) || !strings.Contains(err.Error(), "junk.jsonl") {
 		t.Errorf("junk file: %v", err)
 	}
 	// Junk lines next to audit records are counted, not fatal.
@@ -179,7 +145,7 @@ func TestReportEmptyAndErrors(t *testing.T) {
 	}
 	_, _ = f.WriteString("junk\n")
 	_ = f.Close()
-	rep, err := BuildReport([]ReportInput{FileInput(good)}, ReportOptions{})
+	rep, err := Build([]Input{FileInput(good)}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,12 @@
-package admin
+// Package report builds pgaudit's offline HTML report (pgaudit report) from
+// audit logs written by one or several proxy runs: shape statistics merged
+// through their latency sketches, throughput, latency, pool utilization and
+// clients over time, and the findings. The page is admin's dashboard page
+// with the data and every asset inline, so it opens without a network.
+//
+// It reads files only; the live interfaces (SQL console, HTTP API,
+// dashboard) are package admin.
+package report
 
 import (
 	"bufio"
@@ -8,31 +16,33 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/pgaudit/pgaudit/admin"
 	"github.com/pgaudit/pgaudit/analyzer"
 	"github.com/pgaudit/pgaudit/pooler"
 	"github.com/pgaudit/pgaudit/rules"
 )
 
-// ReportInput is one audit log for BuildReport. Open is called twice (the
+// Input is one audit log for Build. Open is called twice (the
 // report reads each log in two passes) and must return the same content
 // each time; the caller's reader is closed after each pass.
-type ReportInput struct {
+type Input struct {
 	// Name labels the input in bad-line reports and the page.
 	Name string
 	// Open returns the log's content.
 	Open func() (io.ReadCloser, error)
 }
 
-// FileInput returns the ReportInput of a file; a name ending in ".gz" is
+// FileInput returns the Input of a file; a name ending in ".gz" is
 // decompressed.
-func FileInput(path string) ReportInput {
-	return ReportInput{Name: path, Open: func() (io.ReadCloser, error) {
+func FileInput(path string) Input {
+	return Input{Name: path, Open: func() (io.ReadCloser, error) {
 		f, err := os.Open(path)
 		if err != nil {
 			return nil, err
@@ -60,8 +70,8 @@ func (g gzipFile) Close() error {
 	return g.f.Close()
 }
 
-// ReportOptions configure BuildReport. The zero value is usable.
-type ReportOptions struct {
+// Options configure Build. The zero value is usable.
+type Options struct {
 	// Title heads the page; default "pgaudit report".
 	Title string
 	// Version is printed in the page footer.
@@ -76,11 +86,11 @@ type ReportOptions struct {
 	Now func() time.Time
 }
 
-// Report is what BuildReport computed; WriteHTML renders it.
+// Report is what Build computed; WriteHTML renders it.
 type Report struct {
 	// Dashboard is the page's data (the same shape the live dashboard
 	// uses).
-	Dashboard *Dashboard
+	Dashboard *admin.Dashboard
 	// Summary is the audit log reader's summary: record counts, runs, bad
 	// lines and the statistics merged across runs.
 	Summary *analyzer.AuditLogSummary
@@ -92,11 +102,11 @@ type Report struct {
 	version string
 }
 
-// ErrNotAuditLog is returned by BuildReport for an input that holds no
+// ErrNotAuditLog is returned by Build for an input that holds no
 // audit-log record.
 var ErrNotAuditLog = errors.New("not a pgaudit audit log")
 
-// BuildReport reads audit logs written by one or several proxies (any
+// Build reads audit logs written by one or several proxies (any
 // order, rotated files included) and computes the report: shape
 // statistics merged across runs through their mergeable latency sketches,
 // throughput and latency over time from statement records, pool
@@ -105,7 +115,7 @@ var ErrNotAuditLog = errors.New("not a pgaudit audit log")
 // runs). It fails on an I/O error and on an input that holds no audit-log
 // record at all (a Postgres log given by mistake); other unusable lines
 // are counted in Summary.
-func BuildReport(inputs []ReportInput, opts ReportOptions) (*Report, error) {
+func Build(inputs []Input, opts Options) (*Report, error) {
 	if opts.Title == "" {
 		opts.Title = "pgaudit report"
 	}
@@ -189,12 +199,12 @@ func BuildReport(inputs []ReportInput, opts ReportOptions) (*Report, error) {
 	b.addPools(sc.pools)
 
 	r := &Report{Summary: sum, Stats: merged, version: opts.Version}
-	d := &Dashboard{Title: opts.Title, Generated: opts.Now().UTC(), Series: b.series()}
+	d := &admin.Dashboard{Title: opts.Title, Generated: opts.Now().UTC(), Series: b.series()}
 	for _, st := range merged.Top(analyzer.ByTotalTime, opts.TopShapes) {
-		d.Queries = append(d.Queries, queryRow(st))
+		d.Queries = append(d.Queries, admin.QueryRowOf(st))
 	}
 	if merged.Other != nil && merged.Other.Calls > 0 {
-		d.Queries = append(d.Queries, queryRow(*merged.Other))
+		d.Queries = append(d.Queries, admin.QueryRowOf(*merged.Other))
 	}
 	d.Findings = sc.mergedFindings()
 	d.Pools = sc.lastPools(len(sum.Runs) > 1)
@@ -205,18 +215,18 @@ func BuildReport(inputs []ReportInput, opts ReportOptions) (*Report, error) {
 	if !sc.minTS.IsZero() {
 		d.Subtitle = fmt.Sprintf("%s to %s UTC", sc.minTS.UTC().Format("2006-01-02 15:04:05"), sc.maxTS.UTC().Format("2006-01-02 15:04:05"))
 	}
-	d.Summary = []SummaryItem{
-		{"audit logs", strconv.Itoa(len(inputs))},
-		{"proxy runs", strconv.Itoa(len(sum.Runs))},
-		{"statements (stats)", strconv.FormatUint(merged.Calls, 10)},
-		{"statement records", strconv.Itoa(sum.Statements)},
-		{"query shapes", strconv.Itoa(len(merged.Shapes))},
+	d.Summary = []admin.SummaryItem{
+		{Label: "audit logs", Value: strconv.Itoa(len(inputs))},
+		{Label: "proxy runs", Value: strconv.Itoa(len(sum.Runs))},
+		{Label: "statements (stats)", Value: strconv.FormatUint(merged.Calls, 10)},
+		{Label: "statement records", Value: strconv.Itoa(sum.Statements)},
+		{Label: "query shapes", Value: strconv.Itoa(len(merged.Shapes))},
 		// Statement time summed over statements: concurrent statements
 		// add up, so it exceeds the wall time covered.
-		{"statement time (summed)", (merged.Total).Round(time.Millisecond).String()},
+		{Label: "statement time (summed)", Value: (merged.Total).Round(time.Millisecond).String()},
 	}
-	d.Summary = append(d.Summary, findingsSummary(d.Findings)...)
-	d.Summary = append(d.Summary, SummaryItem{"events dropped", strconv.FormatUint(sum.Dropped, 10)})
+	d.Summary = append(d.Summary, admin.FindingsSummary(d.Findings)...)
+	d.Summary = append(d.Summary, admin.SummaryItem{Label: "events dropped", Value: strconv.FormatUint(sum.Dropped, 10)})
 	d.Notes = append(d.Notes, "Files: "+strings.Join(names, ", ")+".")
 	d.Notes = append(d.Notes, fmt.Sprintf("Charts: %s intervals. Throughput, latency and wait come from statement records; transactions, utilization and clients from pool records.", width))
 	if uint64(sum.Statements) < merged.Calls {
@@ -234,13 +244,13 @@ func BuildReport(inputs []ReportInput, opts ReportOptions) (*Report, error) {
 		d.Notes = append(d.Notes, msg+".")
 	}
 	if d.Queries == nil {
-		d.Queries = []QueryRow{}
+		d.Queries = []admin.QueryRow{}
 	}
 	if d.Findings == nil {
 		d.Findings = []rules.Finding{}
 	}
 	if d.Pools == nil {
-		d.Pools = []PoolRow{}
+		d.Pools = []admin.PoolRow{}
 	}
 	r.Dashboard = d
 	return r, nil
@@ -250,10 +260,10 @@ func BuildReport(inputs []ReportInput, opts ReportOptions) (*Report, error) {
 // the styles, the dashboard script and uPlot are inline, so it opens
 // without a network.
 func (r *Report) WriteHTML(w io.Writer) error {
-	return renderPage(w, r.Dashboard.Title, r.version, r.Dashboard)
+	return admin.WriteSelfContained(w, r.version, r.Dashboard)
 }
 
-func readInput(in ReportInput, f func(io.Reader) error) error {
+func readInput(in Input, f func(io.Reader) error) error {
 	rc, err := in.Open()
 	if err != nil {
 		return fmt.Errorf("report: %w", err)
@@ -397,7 +407,7 @@ func (sc *sideScan) mergedFindings() []rules.Finding {
 	for _, f := range byID {
 		out = append(out, f)
 	}
-	sortFindings(out)
+	admin.SortFindings(out)
 	return out
 }
 
@@ -417,7 +427,7 @@ func maxTime(a, b time.Time) time.Time {
 
 // lastPools returns the latest pool record of each (run, database, user);
 // with several runs the run id is appended to the database name.
-func (sc *sideScan) lastPools(manyRuns bool) []PoolRow {
+func (sc *sideScan) lastPools(manyRuns bool) []admin.PoolRow {
 	type key struct{ run, db, user string }
 	last := map[key]poolPoint{}
 	for _, p := range sc.pools {
@@ -426,9 +436,9 @@ func (sc *sideScan) lastPools(manyRuns bool) []PoolRow {
 			last[k] = p
 		}
 	}
-	out := make([]PoolRow, 0, len(last))
+	out := make([]admin.PoolRow, 0, len(last))
 	for k, p := range last {
-		r := poolRow(p.ps)
+		r := admin.PoolRowOf(p.ps)
 		if manyRuns {
 			run := k.run
 			if len(run) > 8 {
@@ -583,49 +593,55 @@ func (b *buckets) spread(from, to time.Time, v float64) {
 	}
 }
 
-func (b *buckets) series() Series {
-	s := Series{IntervalS: b.width.Seconds()}
+func (b *buckets) series() admin.Series {
+	s := admin.Series{IntervalS: b.width.Seconds()}
 	secs := b.width.Seconds()
 	for i := range b.b {
 		k := &b.b[i]
 		s.T = append(s.T, b.t0.Add(time.Duration(i+1)*b.width).Unix())
-		s.QPS = append(s.QPS, Num(round(float64(k.count)/secs, 3)))
-		s.EPS = append(s.EPS, Num(round(float64(k.errors)/secs, 3)))
-		tps := nan
+		s.QPS = append(s.QPS, admin.Num(round(float64(k.count)/secs, 3)))
+		s.EPS = append(s.EPS, admin.Num(round(float64(k.errors)/secs, 3)))
+		tps := admin.NaN
 		if k.xactsCovered {
-			tps = Num(round(k.xacts/secs, 3))
+			tps = admin.Num(round(k.xacts/secs, 3))
 		}
 		s.TPS = append(s.TPS, tps)
-		p50, p99, mean, w50, w99 := nan, nan, nan, nan, nan
+		p50, p99, mean, w50, w99 := admin.NaN, admin.NaN, admin.NaN, admin.NaN, admin.NaN
 		if k.count > 0 {
-			p50, p99 = msNum(k.lat.Quantile(0.5)), msNum(k.lat.Quantile(0.99))
-			mean = msNum(k.total / time.Duration(k.count))
+			p50, p99 = admin.MillisNum(k.lat.Quantile(0.5)), admin.MillisNum(k.lat.Quantile(0.99))
+			mean = admin.MillisNum(k.total / time.Duration(k.count))
 		}
 		if k.wait != nil && k.wait.Count() > 0 {
-			w50, w99 = msNum(k.wait.Quantile(0.5)), msNum(k.wait.Quantile(0.99))
+			w50, w99 = admin.MillisNum(k.wait.Quantile(0.5)), admin.MillisNum(k.wait.Quantile(0.99))
 		}
 		s.P50MS = append(s.P50MS, p50)
 		s.P99MS = append(s.P99MS, p99)
 		s.MeanMS = append(s.MeanMS, mean)
 		s.WaitP50MS = append(s.WaitP50MS, w50)
 		s.WaitP99MS = append(s.WaitP99MS, w99)
-		ua, um := nan, nan
+		ua, um := admin.NaN, admin.NaN
 		if k.utilSeen && k.size > 0 {
-			ua, um = Num(round(k.busy/k.size, 4)), Num(round(k.utilMax, 4))
+			ua, um = admin.Num(round(k.busy/k.size, 4)), admin.Num(round(k.utilMax, 4))
 		}
 		s.UtilAvg = append(s.UtilAvg, ua)
 		s.UtilMax = append(s.UtilMax, um)
-		cl, wt := nan, nan
+		cl, wt := admin.NaN, admin.NaN
 		if k.clients != nil {
 			var c, w int
 			for _, v := range k.clients {
 				c += v[0]
 				w += v[1]
 			}
-			cl, wt = Num(c), Num(w)
+			cl, wt = admin.Num(c), admin.Num(w)
 		}
 		s.Clients = append(s.Clients, cl)
 		s.Waiting = append(s.Waiting, wt)
 	}
 	return s
+}
+
+// round rounds f to digits decimal places, as the dashboard's values are.
+func round(f float64, digits int) float64 {
+	p := math.Pow(10, float64(digits))
+	return math.Round(f*p) / p
 }
