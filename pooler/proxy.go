@@ -57,6 +57,12 @@ type Proxy struct {
 	// protocol-level statements, so a Parse after a schema change never
 	// binds to a server statement prepared before it.
 	ddlEpoch atomic.Uint64
+	// stmtGens (base name hash -> generation) moves the shared name of
+	// one statement text when a client abandons its statement after a
+	// stale-type error (see Session.serverStmtName); stmtGenCount bounds
+	// it.
+	stmtGens     sync.Map
+	stmtGenCount atomic.Int64
 	// admins counts admin-console connections (in ClientCount, not
 	// sessions).
 	admins      atomic.Int64
