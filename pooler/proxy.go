@@ -60,8 +60,9 @@ type Proxy struct {
 	// stmtGens (base name hash -> generation) moves the shared name of
 	// one statement text when a client abandons its statement after a
 	// stale-type error (see Session.serverStmtName); stmtGenCount bounds
-	// it.
+	// it. Generations move under stmtGenMu.
 	stmtGens     sync.Map
+	stmtGenMu    sync.Mutex
 	stmtGenCount atomic.Int64
 	// admins counts admin-console connections (in ClientCount, not
 	// sessions).

@@ -179,9 +179,10 @@ type Session struct {
 	// client goroutine only
 	stmts   map[string]*stmtDef
 	portals map[string]*pending
-	// abandoned holds server names of statements the client closed after
-	// a stale-type error (see serverStmtName).
-	abandoned map[string]bool
+	// abandoned holds the texts (stmtBase) of statements the client
+	// closed, with the DDL epoch and the text's generation then (see
+	// serverStmtName).
+	abandoned map[uint64][2]uint64
 
 	bytesIn, bytesOut int64
 	queries, xacts    int64
@@ -972,17 +973,21 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	// nothing pending are answered locally without a server.
 	if txMode && typ == 'C' && targetKind == 'S' {
 		s.mu.Lock()
-		if def := s.stmts[string(targetName)]; def.live() && def.serverName != "" && (def.staleErr || def.shape != "" && !def.bound) {
-			// Closed after an error a schema change explains, or described
-			// and dropped unused (pgx does that when it cannot encode an
-			// argument for the parameter types it was told): a Parse of
-			// the same text gets a server statement prepared anew, where a
-			// parameter type inferred before an ALTER COLUMN ... TYPE run
-			// directly against Postgres is inferred again.
+		if def := s.stmts[string(targetName)]; def.live() && def.serverName != "" {
+			// A client closes a statement and parses the same text again
+			// when it believes the statement went stale: pgx does after
+			// any error, including one it raises itself when it cannot
+			// encode an argument for the parameter types it was told. That
+			// Parse gets a server statement prepared anew (see
+			// serverStmtName), where a parameter type inferred before an
+			// ALTER COLUMN ... TYPE run directly is inferred again. (A
+			// client that closes and prepares again as a habit pays what
+			// it pays on a direct connection: a Parse each time.)
 			if s.abandoned == nil || len(s.abandoned) > 1000 {
-				s.abandoned = map[string]bool{}
+				s.abandoned = map[uint64][2]uint64{}
 			}
-			s.abandoned[def.serverName] = true
+			base := stmtBase(def.query, def.types)
+			s.abandoned[base] = [2]uint64{s.proxy.ddlEpoch.Load(), s.proxy.stmtGen(base)}
 		}
 		delete(s.stmts, string(targetName))
 		if s.server == nil && s.queue.len() == 0 {
@@ -1297,33 +1302,36 @@ func serverNameOf(def *stmtDef) string {
 // lookup failed for type" or a parameter type frozen at the old type on a
 // statement prepared before).
 //
-// A client that closes its statement after a stale-type error and parses
-// the same text again (see abandoned) moves the text's generation: the
-// statement is prepared anew on every server, as that client's Parse
-// would do on a direct connection.
+// A client that closes its statement and parses the same text again (see
+// abandoned) moves the text's generation: the statement is prepared anew
+// on every server, as that client's Parse would do on a direct
+// connection.
 func (s *Session) serverStmtName(query string, types []byte) string {
 	h := fnv.New64a()
 	_, _ = h.Write([]byte(query))
 	_, _ = h.Write([]byte{0})
 	_, _ = h.Write(types)
 	base := h.Sum64()
-	var gen uint64
-	if v, ok := s.proxy.stmtGens.Load(base); ok {
-		gen = v.(uint64)
-	}
-	name := stmtNameOf(h, s.proxy.ddlEpoch.Load(), gen)
-	if s.abandoned[name] {
-		delete(s.abandoned, name)
-		if s.proxy.stmtGenCount.Add(1) > 100000 {
-			// Bounded: start over, under a new epoch so that no name
-			// comes back.
-			s.proxy.stmtGens.Clear()
-			s.proxy.stmtGenCount.Store(0)
-			s.proxy.ddlEpoch.Add(1)
-			gen = 0
+	p := s.proxy
+	gen := p.stmtGen(base)
+	name := stmtNameOf(h, p.ddlEpoch.Load(), gen)
+	if at, ok := s.abandoned[base]; ok {
+		delete(s.abandoned, base)
+		p.stmtGenMu.Lock()
+		// Unless the epoch or the generation moved since the close (the
+		// name is newer than that), move the generation; generations
+		// only grow, so a name never comes back.
+		if gen = p.stmtGen(base); gen == at[1] && p.ddlEpoch.Load() == at[0] {
+			if p.stmtGenCount.Add(1) > 100000 {
+				// Bounded: start over, under a new epoch.
+				p.stmtGens.Clear()
+				p.stmtGenCount.Store(0)
+				p.ddlEpoch.Add(1)
+			}
+			gen++
+			p.stmtGens.Store(base, gen)
 		}
-		gen++
-		s.proxy.stmtGens.Store(base, gen)
+		p.stmtGenMu.Unlock()
 		h.Reset()
 		_, _ = h.Write([]byte(query))
 		_, _ = h.Write([]byte{0})
@@ -1331,6 +1339,24 @@ func (s *Session) serverStmtName(query string, types []byte) string {
 		name = stmtNameOf(h, s.proxy.ddlEpoch.Load(), gen)
 	}
 	return name
+}
+
+// stmtBase hashes a statement's text and parameter types, as the start of
+// its shared name.
+func stmtBase(query string, types []byte) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(query))
+	_, _ = h.Write([]byte{0})
+	_, _ = h.Write(types)
+	return h.Sum64()
+}
+
+// stmtGen returns the generation of the statement text hashed to base.
+func (p *Proxy) stmtGen(base uint64) uint64 {
+	if v, ok := p.stmtGens.Load(base); ok {
+		return v.(uint64)
+	}
+	return 0
 }
 
 // stmtNameOf finishes a shared name from h (text and parameter types

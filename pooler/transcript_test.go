@@ -605,7 +605,7 @@ var transcriptScenarios = []scenario{
 			"drop table ddl_st; drop type ddl_st_pair; create type ddl_st_pair as (x text, y int); create table ddl_st(p ddl_st_pair); insert into ddl_st values (row('z', 3))")
 		c.query("drop table ddl_st; drop type if exists ddl_st_mood; drop type if exists ddl_st_pair")
 	}},
-	{name: "ddl_frozen_parameter", txDiffers: "a Parse after ALTER COLUMN ... TYPE run directly gets the parameter type of a server statement prepared before it, until an error",
+	{name: "ddl_frozen_parameter", txDiffers: "a client's first Parse after ALTER COLUMN ... TYPE run directly can get the parameter type of a server statement prepared before it, until an error",
 		run: func(c *wireConn) {
 			c.note("a parameter type inferred before ALTER COLUMN ... TYPE run directly")
 			c.query("drop table if exists ddl_fp; create table ddl_fp(a int, b int); insert into ddl_fp values (1, 2)")
@@ -616,16 +616,25 @@ var transcriptScenarios = []scenario{
 			d := dialWire(c.t, directAddr(), nil)
 			d.query("alter table ddl_fp alter column b type text")
 			d.terminate()
-			c.note("prepared again without an error before: the proxy's server statement keeps the old parameter type")
-			reprepare := func() {
-				c.send(&pgproto3.Close{ObjectType: 'S', Name: "fp"}, &pgproto3.Parse{Name: "fp", Query: "select a from ddl_fp where b = $1"}, &pgproto3.Describe{ObjectType: 'S', Name: "fp"},
+			prepare := func(c *wireConn, close bool) {
+				var msgs []pgproto3.FrontendMessage
+				if close {
+					msgs = append(msgs, &pgproto3.Close{ObjectType: 'S', Name: "fp"})
+				}
+				msgs = append(msgs, &pgproto3.Parse{Name: "fp", Query: "select a from ddl_fp where b = $1"}, &pgproto3.Describe{ObjectType: 'S', Name: "fp"},
 					&pgproto3.Bind{PreparedStatement: "fp", Parameters: [][]byte{[]byte("x")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+				c.send(msgs...)
 				c.recvRFQ(1)
 			}
-			reprepare()
-			c.note("after that error, prepared again: the new parameter type")
-			reprepare()
-			reprepare()
+			c.note("another client prepares it for the first time (through the proxy: on the server connection that has it from before)")
+			other := dialWire(c.t, c.addr, nil)
+			prepare(other, false)
+			other.note("and again, after that error")
+			prepare(other, true)
+			other.terminate()
+			c.lines = append(c.lines, other.lines...)
+			c.note("the first client prepares it again: the new parameter type")
+			prepare(c, true)
 			c.send(&pgproto3.Close{ObjectType: 'S', Name: "fp"}, &pgproto3.Sync{})
 			c.recvRFQ(1)
 			c.query("drop table ddl_fp")
