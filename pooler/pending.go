@@ -35,8 +35,8 @@ type pending struct {
 	addedStmt  bool
 	// probe marks the Describe of a shape probe (see shapegate.go).
 	probe bool
-	// stmt is the client's statement a Parse prepares, a Bind binds or a
-	// Describe describes (transaction mode).
+	// stmt is the client's statement a Parse prepares or a Describe
+	// describes (transaction mode).
 	stmt *stmtDef
 
 	// audit data for Execute and Query

@@ -41,13 +41,8 @@ type stmtDef struct {
 	// values (see restoreStartupLocked).
 	resets bool
 	// shape is the result shape (rowShape) the client was last told in a
-	// Describe reply, "" before; see shapegate.go. bound says a Bind of
-	// it went out; staleErr that a server failed one of its Binds or
-	// Describes in a way a schema change explains (see Close in
-	// handleExtended). Written under s.mu.
-	shape    string
-	bound    bool
-	staleErr bool
+	// Describe reply, "" before; see shapegate.go. Under s.mu.
+	shape string
 	// paramShape is the parameter types (paramShape) the client was last
 	// told, "" before, and toldTypes the same as a Parse's types: a
 	// server connection that never had the statement prepares it with
@@ -1119,7 +1114,6 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 				}
 				mismatch = verdict == probeMismatch
 			}
-			def.bound = true
 			if mismatch {
 				out = s.shapeMismatchLocked(def, false)
 				s.writing = true
@@ -1144,7 +1138,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			p.text, p.holdZ = def.query, def.resets
 		}
 		s.portals[string(bind.Portal)] = p
-		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def), stmt: def, text: p.text, start: time.Now(),
+		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def), text: p.text, start: time.Now(),
 			paramHash: p.paramHash, numParams: p.numParams, params: p.params})
 	case 'D':
 		if targetKind == 'S' {
@@ -1745,13 +1739,6 @@ func staleRevalidation(code string) bool {
 	return code == "42804" || code == "42883"
 }
 
-// staleType says whether an error at Bind may come from a parameter type
-// inferred before a column's type changed (the value does not fit the old
-// type), besides staleRevalidation.
-func staleType(code string) bool {
-	return staleRevalidation(code) || code == "22P02" || code == "22P03" || code == "22003"
-}
-
 // relayLocked forwards one server message, keeps the queue and statuses,
 // emits audit events, and says whether the server can be released now.
 func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) {
@@ -1922,11 +1909,6 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 				s.queue.pop()
 				s.dropUntilSyncLocked()
 			default:
-				if it.stmt != nil && (it.kind == pendBind || it.kind == pendDescribeStmt) && (staleStatement(code, msg) || staleType(code)) {
-					// Closed and parsed again, it gets a new server
-					// statement (see serverStmtName).
-					it.stmt.staleErr = true
-				}
 				if (staleStatement(code, msg) || (it.kind == pendBind || it.kind == pendDescribeStmt) && staleRevalidation(code)) && it.serverStmt != "" && srv.prepared != nil {
 					// Re-prepare next time instead of failing forever,
 					// and let later Parses use new server statements (the
