@@ -51,6 +51,7 @@ type stmtDef struct {
 	// a column's type changed. Under s.mu.
 	paramShape string
 	toldTypes  []byte
+	key        string // shape + "|" + paramShape (setShapes)
 }
 
 // mayReset is the scan for flagResetGUC where statements are not scanned
@@ -1813,7 +1814,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		}
 		if it != nil && it.kind == pendDescribeStmt && it.stmt != nil {
 			if ps := paramShape(body); ps != "" {
-				it.stmt.paramShape = ps
+				it.stmt.setShapes("", ps)
 				it.stmt.toldTypes = append(it.stmt.toldTypes[:0], body...)
 			}
 		}
@@ -1831,7 +1832,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			s.queue.pop()
 		} else if it != nil && (it.kind == pendDescribeStmt || it.kind == pendDescribePortal) {
 			if shape := rowShape(typ, body); shape != "" && it.stmt != nil {
-				it.stmt.shape = shape
+				it.stmt.setShapes(shape, "")
 				if it.kind == pendDescribeStmt && it.serverStmt != "" && srv.prepared != nil {
 					// What this server statement has: a Describe of it.
 					srv.prepared.setShape(it.serverStmt, it.stmt.shapeKey())

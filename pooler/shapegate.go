@@ -102,7 +102,19 @@ func paramShape(body []byte) string {
 
 // shapeKey is what a server statement must have for def: its result and
 // parameter shapes as the client was told them.
-func (def *stmtDef) shapeKey() string { return def.shape + "|" + def.paramShape }
+func (def *stmtDef) shapeKey() string { return def.key }
+
+// setShapes records what the client was told of def ("" leaves a part as
+// it is); s.mu held.
+func (def *stmtDef) setShapes(shape, params string) {
+	if shape != "" {
+		def.shape = shape
+	}
+	if params != "" {
+		def.paramShape = params
+	}
+	def.key = def.shape + "|" + def.paramShape
+}
 
 // shapeMatches says whether key (a server statement's shapes) is what the
 // client was told for def; parameter types count only where it was told
