@@ -15,6 +15,10 @@ const (
 	pendSync
 	pendQuery
 	pendFunctionCall
+	// pendGate is the Bind the proxy sends instead of a client's Bind or
+	// Describe after a shape probe found another shape (see shapegate.go):
+	// its error becomes 0A000, after params[0] if set.
+	pendGate
 )
 
 // pending is one expected response, in the order the server will send them.
@@ -29,7 +33,10 @@ type pending struct {
 	// refers to (transaction mode), to undo cache entries on error.
 	serverStmt string
 	addedStmt  bool
-	// stmt is the client's statement a Parse prepares (transaction mode).
+	// probe marks the Describe of a shape probe (see shapegate.go).
+	probe bool
+	// stmt is the client's statement a Parse prepares or a Describe
+	// describes (transaction mode).
 	stmt *stmtDef
 
 	// audit data for Execute and Query

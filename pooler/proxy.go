@@ -58,7 +58,13 @@ type Proxy struct {
 	// protocol-level statements, so a Parse after a schema change never
 	// binds to a server statement prepared before it.
 	ddlEpoch atomic.Uint64
-
+	// stmtGens (base name hash -> generation) moves the shared name of
+	// one statement text when a client abandons its statement after a
+	// stale-type error (see Session.serverStmtName); stmtGenCount bounds
+	// it. Generations move under stmtGenMu.
+	stmtGens     sync.Map
+	stmtGenMu    sync.Mutex
+	stmtGenCount atomic.Int64
 	// resultSeed keys the result hashes of every session (see
 	// Config.ResultSampleEvery), so they compare across sessions.
 	resultSeed maphash.Seed

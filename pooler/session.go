@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/fnv"
 	"hash/maphash"
 	"io"
@@ -40,6 +41,18 @@ type stmtDef struct {
 	// resets says the statement may return settings to their reset
 	// values (see restoreStartupLocked).
 	resets bool
+	// shape is the result shape (rowShape) the client was last told in a
+	// Describe reply, "" before; see shapegate.go. Under s.mu.
+	shape string
+	// paramShape is the parameter types (paramShape) the client was last
+	// told, "" before, and toldTypes the same as a Parse's types: a
+	// server connection that never had the statement prepares it with
+	// them, so that its parameters keep the types the client encodes
+	// for, as the client's statement does on a direct connection after
+	// a column's type changed. Under s.mu.
+	paramShape string
+	toldTypes  []byte
+	key        string // shape + "|" + paramShape (setShapes)
 }
 
 // mayReset is the scan for flagResetGUC where statements are not scanned
@@ -120,6 +133,8 @@ type Session struct {
 	gucDirty      bool
 	// ddlSent says the transaction running now sent DDL (see noteDDLLocked).
 	ddlSent bool
+	// probe is the shape probe in flight (see shapegate.go).
+	probe *shapeProbe
 	// startupGUCs are the settings from the client's startup packet: what
 	// RESET and DISCARD ALL return to on a direct connection. Read-only.
 	startupGUCs map[string]string
@@ -167,6 +182,10 @@ type Session struct {
 	// client goroutine only
 	stmts   map[string]*stmtDef
 	portals map[string]*pending
+	// abandoned holds the texts (stmtBase) of statements the client
+	// closed, with the DDL epoch and the text's generation then (see
+	// serverStmtName).
+	abandoned map[uint64][2]uint64
 
 	bytesIn, bytesOut int64
 	queries, xacts    int64
@@ -963,8 +982,24 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	// A Close of a client statement in transaction mode and a Flush with
 	// nothing pending are answered locally without a server.
 	if txMode && typ == 'C' && targetKind == 'S' {
-		delete(s.stmts, string(targetName))
 		s.mu.Lock()
+		if def := s.stmts[string(targetName)]; def.live() && def.serverName != "" {
+			// A client closes a statement and parses the same text again
+			// when it believes the statement went stale: pgx does after
+			// any error, including one it raises itself when it cannot
+			// encode an argument for the parameter types it was told. That
+			// Parse gets a server statement prepared anew (see
+			// serverStmtName), where a parameter type inferred before an
+			// ALTER COLUMN ... TYPE run directly is inferred again. (A
+			// client that closes and prepares again as a habit pays what
+			// it pays on a direct connection: a Parse each time.)
+			if s.abandoned == nil || len(s.abandoned) > 1000 {
+				s.abandoned = map[uint64][2]uint64{}
+			}
+			base := stmtBase(def.query, def.types)
+			s.abandoned[base] = [2]uint64{s.proxy.ddlEpoch.Load(), s.proxy.stmtGen(base)}
+		}
+		delete(s.stmts, string(targetName))
 		if s.server == nil && s.queue.len() == 0 {
 			s.sendLocked([]byte{'3', 0, 0, 0, 4})
 			s.mu.Unlock()
@@ -1080,6 +1115,26 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 				s.mu.Unlock()
 				return nil
 			}
+			mismatch := false
+			if s.needProbeLocked(srv, def) {
+				verdict, err := s.probeLocked(ctx, srv, def)
+				if err != nil {
+					return err
+				}
+				if verdict == probeFailed {
+					// The error went to the client; the server skips the
+					// rest of the group.
+					s.mu.Unlock()
+					return nil
+				}
+				mismatch = verdict == probeMismatch
+			}
+			if mismatch {
+				out = s.shapeMismatchLocked(def, false)
+				s.writing = true
+				s.mu.Unlock()
+				return s.writeServer(srv, out, s.client.R.Buffered() == 0)
+			}
 			inject = s.ensurePreparedLocked(srv, def)
 			if inject != nil || def.serverName != string(bind.Statement) {
 				out = wire.AppendBind(inject, bind.Portal, def.serverName, bind.Rest)
@@ -1093,7 +1148,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			s.mu.Unlock()
 			return wire.Fatal(wire.CodeProtocolViolation, "invalid Bind message")
 		}
-		p := &pending{paramHash: h, numParams: n, params: params}
+		p := &pending{paramHash: h, numParams: n, params: params, stmt: def}
 		if def != nil {
 			p.text, p.holdZ = def.query, def.resets
 		}
@@ -1110,14 +1165,35 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 					s.mu.Unlock()
 					return nil
 				}
+				if s.needProbeLocked(srv, def) {
+					verdict, err := s.probeLocked(ctx, srv, def)
+					if err != nil {
+						return err
+					}
+					if verdict == probeFailed {
+						s.mu.Unlock()
+						return nil
+					}
+					if verdict == probeMismatch {
+						out = s.shapeMismatchLocked(def, true)
+						s.writing = true
+						s.mu.Unlock()
+						return s.writeServer(srv, out, s.client.R.Buffered() == 0)
+					}
+				}
 				inject = s.ensurePreparedLocked(srv, def)
 				out = wire.AppendTarget(inject, 'D', 'S', def.serverName)
 				inject = nil
 				it.serverStmt = def.serverName
+				it.stmt = def
 			}
 			s.queue.push(it)
 		} else {
-			s.queue.push(pending{kind: pendDescribePortal})
+			it := pending{kind: pendDescribePortal}
+			if p := s.portals[string(targetName)]; p != nil && txMode {
+				it.stmt, it.serverStmt = p.stmt, serverNameOf(p.stmt)
+			}
+			s.queue.push(it)
 		}
 	case 'E':
 		portal := ""
@@ -1234,14 +1310,74 @@ func serverNameOf(def *stmtDef) string {
 // same name gives "cached plan must not change result type", "cache
 // lookup failed for type" or a parameter type frozen at the old type on a
 // statement prepared before).
+//
+// A client that closes its statement and parses the same text again (see
+// abandoned) moves the text's generation: the statement is prepared anew
+// on every server, as that client's Parse would do on a direct
+// connection.
 func (s *Session) serverStmtName(query string, types []byte) string {
 	h := fnv.New64a()
 	_, _ = h.Write([]byte(query))
 	_, _ = h.Write([]byte{0})
 	_, _ = h.Write(types)
+	base := h.Sum64()
+	p := s.proxy
+	gen := p.stmtGen(base)
+	name := stmtNameOf(h, p.ddlEpoch.Load(), gen)
+	if at, ok := s.abandoned[base]; ok {
+		delete(s.abandoned, base)
+		p.stmtGenMu.Lock()
+		// Unless the epoch or the generation moved since the close (the
+		// name is newer than that), move the generation; generations
+		// only grow, so a name never comes back.
+		if gen = p.stmtGen(base); gen == at[1] && p.ddlEpoch.Load() == at[0] {
+			if p.stmtGenCount.Add(1) > 100000 {
+				// Bounded: start over, under a new epoch.
+				p.stmtGens.Clear()
+				p.stmtGenCount.Store(0)
+				p.ddlEpoch.Add(1)
+			}
+			gen++
+			p.stmtGens.Store(base, gen)
+		}
+		p.stmtGenMu.Unlock()
+		h.Reset()
+		_, _ = h.Write([]byte(query))
+		_, _ = h.Write([]byte{0})
+		_, _ = h.Write(types)
+		name = stmtNameOf(h, s.proxy.ddlEpoch.Load(), gen)
+	}
+	return name
+}
+
+// stmtBase hashes a statement's text and parameter types, as the start of
+// its shared name.
+func stmtBase(query string, types []byte) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(query))
+	_, _ = h.Write([]byte{0})
+	_, _ = h.Write(types)
+	return h.Sum64()
+}
+
+// stmtGen returns the generation of the statement text hashed to base.
+func (p *Proxy) stmtGen(base uint64) uint64 {
+	if v, ok := p.stmtGens.Load(base); ok {
+		return v.(uint64)
+	}
+	return 0
+}
+
+// stmtNameOf finishes a shared name from h (text and parameter types
+// written), the DDL epoch and the text's generation.
+func stmtNameOf(h hash.Hash64, epoch, gen uint64) string {
 	var e [8]byte
-	binary.BigEndian.PutUint64(e[:], s.proxy.ddlEpoch.Load())
+	binary.BigEndian.PutUint64(e[:], epoch)
 	_, _ = h.Write(e[:])
+	if gen > 0 {
+		binary.BigEndian.PutUint64(e[:], gen)
+		_, _ = h.Write(e[:])
+	}
 	return "pgaudit_" + strconv.FormatUint(h.Sum64(), 36)
 }
 
@@ -1271,7 +1407,11 @@ func (s *Session) ensurePreparedLocked(srv *Server, def *stmtDef) []byte {
 	s.serverParses++
 	out := s.closeEvictedLocked(srv, srv.prepared.add(def.serverName), def.serverName)
 	s.queue.push(pending{kind: pendParse, swallow: true, serverStmt: def.serverName, addedStmt: true, stmt: def, text: def.query, start: time.Now()})
-	return wire.AppendParse(out, def.serverName, def.query, def.types)
+	types := def.types
+	if def.toldTypes != nil {
+		types = def.toldTypes
+	}
+	return wire.AppendParse(out, def.serverName, def.query, types)
 }
 
 // closeEvictedLocked returns Close messages for statements that must go
@@ -1355,6 +1495,9 @@ func (s *Session) dropUntilSyncLocked() {
 		if it.addedStmt && s.server != nil && s.server.prepared != nil {
 			s.server.prepared.remove(it.serverStmt, false)
 		}
+		if it.probe {
+			s.endProbeLocked("")
+		}
 		s.queue.pop()
 	}
 }
@@ -1364,6 +1507,7 @@ func (s *Session) serverWriteFailed(srv *Server, err error) error {
 	// The reader will see the broken connection and end the session.
 	s.mu.Lock()
 	s.closed = true
+	s.endProbeLocked("")
 	s.mu.Unlock()
 	_ = srv.Close()
 	return wire.Fatal(wire.CodeConnectionFailure, "server connection lost")
@@ -1377,6 +1521,7 @@ func (s *Session) finish() {
 		s.queryTimer.Stop()
 	}
 	s.closed = true
+	s.endProbeLocked("")
 	srv := s.server
 	clean := s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' && !s.copyActive && !s.writeTimedOut
 	done := s.readerDone
@@ -1482,6 +1627,7 @@ func (s *Session) pump(srv *Server, inline bool) error {
 			// already sent must not run on another connection outside the
 			// transaction they belonged to.
 			s.closed = true
+			s.endProbeLocked("")
 			lastFatal := s.lastFatal
 			s.mu.Unlock()
 			s.serverLost(srv, err, lastFatal)
@@ -1599,6 +1745,15 @@ func staleStatement(code, msg string) bool {
 		code == "XX000" && strings.Contains(msg, "cache lookup failed for type")
 }
 
+// staleRevalidation says whether an error at Bind or Describe of a server
+// statement that parsed before means the schema changed since: Postgres
+// analyzed the statement again, with its parameter types as inferred
+// then, and found a type mismatch (a column's type changed under a
+// parameter).
+func staleRevalidation(code string) bool {
+	return code == "42804" || code == "42883"
+}
+
 // relayLocked forwards one server message, keeps the queue and statuses,
 // emits audit events, and says whether the server can be released now.
 func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) {
@@ -1661,10 +1816,42 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		}
 	case '2':
 		if it != nil && it.kind == pendBind {
+			forward = !it.swallow
 			s.queue.pop()
 		}
+	case 't':
+		if it != nil && it.kind == pendDescribeStmt && it.probe {
+			if s.probe != nil {
+				s.probe.params = paramShape(body)
+			}
+			forward = false
+		}
+		if it != nil && it.kind == pendDescribeStmt && it.stmt != nil {
+			if ps := paramShape(body); ps != "" {
+				it.stmt.setShapes("", ps)
+				it.stmt.toldTypes = append(it.stmt.toldTypes[:0], body...)
+			}
+		}
 	case 'T', 'n':
-		if it != nil && (it.kind == pendDescribeStmt || it.kind == pendDescribePortal) {
+		if it != nil && it.probe {
+			key := ""
+			if shape := rowShape(typ, body); shape != "" && s.probe != nil {
+				key = shape + "|" + s.probe.params
+				if srv.prepared != nil {
+					srv.prepared.setShape(it.serverStmt, key)
+				}
+			}
+			s.endProbeLocked(key)
+			forward = false
+			s.queue.pop()
+		} else if it != nil && (it.kind == pendDescribeStmt || it.kind == pendDescribePortal) {
+			if shape := rowShape(typ, body); shape != "" && it.stmt != nil {
+				it.stmt.setShapes(shape, "")
+				if it.kind == pendDescribeStmt && it.serverStmt != "" && srv.prepared != nil {
+					// What this server statement has: a Describe of it.
+					srv.prepared.setShape(it.serverStmt, it.stmt.shapeKey())
+				}
+			}
 			s.queue.pop()
 		}
 		if typ == 'T' && it != nil && it.kind == pendQuery && it.tag != "" {
@@ -1730,8 +1917,23 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 				s.dropUntilSyncLocked()
 			case pendSync, pendFunctionCall:
 				// An error at commit time or of a function call.
+			case pendGate:
+				if code == "26000" {
+					// In place of a statement that would return another
+					// shape than the client was told: what Postgres says
+					// on a direct connection. The schema changed, maybe
+					// behind the proxy's back.
+					forward = false
+					if len(it.params) > 0 {
+						s.sendLocked([]byte(it.params[0]))
+					}
+					s.sendLocked(shapeMismatch().AppendErrorResponse(nil))
+					s.proxy.ddlEpoch.Add(1)
+				}
+				s.queue.pop()
+				s.dropUntilSyncLocked()
 			default:
-				if staleStatement(code, msg) && it.serverStmt != "" && srv.prepared != nil {
+				if (staleStatement(code, msg) || (it.kind == pendBind || it.kind == pendDescribeStmt) && staleRevalidation(code)) && it.serverStmt != "" && srv.prepared != nil {
 					// Re-prepare next time instead of failing forever,
 					// and let later Parses use new server statements (the
 					// schema changed behind the proxy's back).
@@ -1746,6 +1948,9 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 				}
 				if it.kind == pendParse || it.kind == pendBind {
 					s.completeFailed(it, code)
+				}
+				if it.probe {
+					s.endProbeLocked("")
 				}
 				s.queue.pop()
 				s.dropUntilSyncLocked()
@@ -2071,6 +2276,7 @@ func (s *Session) closeIfIdle(e *wire.Error) bool {
 		s.queue.len() == 0 && (s.server == nil || s.txStatus == 'I')
 	if idle {
 		s.closed = true
+		s.endProbeLocked("")
 		s.client.SetWriteTimeout(time.Second)
 		_ = s.client.SendError(e)
 	}

@@ -17,13 +17,17 @@ type stmtCache struct {
 	// toClose lists names dropped from the cache that still exist on the
 	// server; they are closed before the name is prepared again.
 	toClose map[string]bool
+	// shapes holds the result shape (see rowShape) of statements whose
+	// shape the proxy learned on this server: a server statement's result
+	// shape never changes (Postgres fails it with 0A000 instead).
+	shapes map[string]string
 }
 
 func newStmtCache(max int) *stmtCache {
 	if max <= 0 {
 		max = 200
 	}
-	return &stmtCache{max: max, ll: list.New(), items: map[string]*list.Element{}, toClose: map[string]bool{}}
+	return &stmtCache{max: max, ll: list.New(), items: map[string]*list.Element{}, toClose: map[string]bool{}, shapes: map[string]string{}}
 }
 
 // has reports whether name is prepared and marks it recently used.
@@ -48,6 +52,7 @@ func (c *stmtCache) add(name string) (evicted string) {
 		c.ll.Remove(last)
 		evicted = last.Value.(string)
 		delete(c.items, evicted)
+		delete(c.shapes, evicted)
 	}
 	c.n.Store(int32(c.ll.Len()))
 	return evicted
@@ -60,12 +65,23 @@ func (c *stmtCache) remove(name string, stillOnServer bool) {
 		delete(c.items, name)
 		c.n.Store(int32(c.ll.Len()))
 	}
+	delete(c.shapes, name)
 	if stillOnServer {
 		c.toClose[name] = true
 	}
 }
 
 func (c *stmtCache) len() int { return int(c.n.Load()) }
+
+// shape returns the result shape learned for name ("" if unknown).
+func (c *stmtCache) shape(name string) string { return c.shapes[name] }
+
+// setShape records the result shape of name, if it is prepared.
+func (c *stmtCache) setShape(name, shape string) {
+	if _, ok := c.items[name]; ok && shape != "" {
+		c.shapes[name] = shape
+	}
+}
 
 // clear forgets everything (after DISCARD ALL or DEALLOCATE ALL ran on the
 // server).
@@ -74,4 +90,5 @@ func (c *stmtCache) clear() {
 	c.n.Store(0)
 	clear(c.items)
 	clear(c.toClose)
+	clear(c.shapes)
 }

@@ -34,6 +34,9 @@ type wireConn struct {
 	fe *pgproto3.Frontend
 
 	lines []string
+	// addr is where the connection goes (the proxy or Postgres), for
+	// scenarios that open a second client.
+	addr string
 	// startup results
 	pid    uint32
 	key    []byte
@@ -64,6 +67,7 @@ func newWireConn(t testing.TB, nc net.Conn) *wireConn {
 func dialWire(t testing.TB, addr string, params map[string]string) *wireConn {
 	t.Helper()
 	c := newWireConn(t, dialRaw(t, addr))
+	c.addr = addr
 	all := map[string]string{"user": "postgres", "database": "postgres"}
 	for k, v := range params {
 		all[k] = v
@@ -247,12 +251,20 @@ func transcriptLine(m any) string {
 		}
 		v = cp
 	case *pgproto3.RowDescription:
-		// Table OIDs differ between runs that create the same table.
+		// Table OIDs differ between runs that create the same table, so
+		// do the OIDs of types a scenario creates.
 		cp := pgproto3.RowDescription{Fields: append([]pgproto3.FieldDescription(nil), m.Fields...)}
 		for i := range cp.Fields {
 			if cp.Fields[i].TableOID != 0 {
 				cp.Fields[i].TableOID = 1
 			}
+			cp.Fields[i].DataTypeOID = userOID(cp.Fields[i].DataTypeOID)
+		}
+		v = cp
+	case *pgproto3.ParameterDescription:
+		cp := pgproto3.ParameterDescription{ParameterOIDs: make([]uint32, len(m.ParameterOIDs))}
+		for i, oid := range m.ParameterOIDs {
+			cp.ParameterOIDs[i] = userOID(oid)
 		}
 		v = cp
 	case *pgproto3.NotificationResponse:
@@ -283,6 +295,13 @@ func transcriptLine(m any) string {
 		s = name + " " + s
 	}
 	return s
+}
+
+// userOID maps the OIDs of objects created after initdb (types a scenario
+// creates) to the first such OID.
+func userOID(oid uint32) uint32 {
+	const firstNormalObjectID = 16384
+	return min(oid, firstNormalObjectID)
 }
 
 var htmlUnescaper = strings.NewReplacer(`\u003c`, "<", `\u003e`, ">", `\u0026`, "&")
@@ -558,6 +577,68 @@ var transcriptScenarios = []scenario{
 		c.recvRFQ(1)
 		c.query("drop table ddl_tr, ddl_tr2; drop type ddl_mood")
 	}},
+	{name: "ddl_stale_statement", run: func(c *wireConn) {
+		ddlStaleScenario(c, "table re-created through the client's connection", func(string) *wireConn { return c },
+			"drop table if exists ddl_st; create table ddl_st(a int); insert into ddl_st values (1)",
+			"select * from ddl_st where $1::int > 0", []byte("1"),
+			"drop table ddl_st; create table ddl_st(a text, b int); insert into ddl_st values ('x', 2)")
+		direct := func(string) *wireConn { return dialWire(c.t, directAddr(), nil) }
+		ddlStaleScenario(c, "table re-created directly", direct,
+			"drop table if exists ddl_st; create table ddl_st(a int); insert into ddl_st values (1)",
+			"select * from ddl_st where $1::int > 0", []byte("1"),
+			"drop table ddl_st; create table ddl_st(a text, b int); insert into ddl_st values ('x', 2)")
+		ddlStaleScenario(c, "ALTER COLUMN ... TYPE through the client's connection", func(string) *wireConn { return c },
+			"drop table if exists ddl_st; create table ddl_st(a int, b int); insert into ddl_st values (1, 2)",
+			"select a, b from ddl_st where b = $1", []byte("2"),
+			"alter table ddl_st alter column a type text")
+		ddlStaleScenario(c, "ALTER COLUMN ... TYPE directly", direct,
+			"drop table if exists ddl_st; create table ddl_st(a int, b int); insert into ddl_st values (1, 2)",
+			"select a, b from ddl_st where b = $1", []byte("2"),
+			"alter table ddl_st alter column a type bigint")
+		ddlStaleScenario(c, "enum type re-created directly", direct,
+			"drop table if exists ddl_st; drop type if exists ddl_st_mood; create type ddl_st_mood as enum ('a', 'b'); create table ddl_st(m ddl_st_mood); insert into ddl_st values ('a')",
+			"select m from ddl_st where $1::int > 0", []byte("1"),
+			"drop table ddl_st; drop type ddl_st_mood; create type ddl_st_mood as enum ('b', 'a'); create table ddl_st(m ddl_st_mood); insert into ddl_st values ('b')")
+		ddlStaleScenario(c, "composite type re-created through the client's connection", func(string) *wireConn { return c },
+			"drop table if exists ddl_st; drop type if exists ddl_st_pair; create type ddl_st_pair as (x int, y int); create table ddl_st(p ddl_st_pair); insert into ddl_st values (row(1, 2))",
+			"select (p).* from ddl_st where $1::int > 0", []byte("1"),
+			"drop table ddl_st; drop type ddl_st_pair; create type ddl_st_pair as (x text, y int); create table ddl_st(p ddl_st_pair); insert into ddl_st values (row('z', 3))")
+		c.query("drop table ddl_st; drop type if exists ddl_st_mood; drop type if exists ddl_st_pair")
+	}},
+	{name: "ddl_frozen_parameter", txDiffers: "a client's first Parse after ALTER COLUMN ... TYPE run directly can get the parameter type of a server statement prepared before it, until an error",
+		run: func(c *wireConn) {
+			c.note("a parameter type inferred before ALTER COLUMN ... TYPE run directly")
+			c.query("drop table if exists ddl_fp; create table ddl_fp(a int, b int); insert into ddl_fp values (1, 2)")
+			c.send(&pgproto3.Parse{Name: "fp", Query: "select a from ddl_fp where b = $1"}, &pgproto3.Describe{ObjectType: 'S', Name: "fp"}, &pgproto3.Sync{})
+			c.recvRFQ(1)
+			c.send(&pgproto3.Bind{PreparedStatement: "fp", Parameters: [][]byte{[]byte("2")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+			c.recvRFQ(1)
+			d := dialWire(c.t, directAddr(), nil)
+			d.query("alter table ddl_fp alter column b type text")
+			d.terminate()
+			prepare := func(c *wireConn, close bool) {
+				var msgs []pgproto3.FrontendMessage
+				if close {
+					msgs = append(msgs, &pgproto3.Close{ObjectType: 'S', Name: "fp"})
+				}
+				msgs = append(msgs, &pgproto3.Parse{Name: "fp", Query: "select a from ddl_fp where b = $1"}, &pgproto3.Describe{ObjectType: 'S', Name: "fp"},
+					&pgproto3.Bind{PreparedStatement: "fp", Parameters: [][]byte{[]byte("x")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+				c.send(msgs...)
+				c.recvRFQ(1)
+			}
+			c.note("another client prepares it for the first time (through the proxy: on the server connection that has it from before)")
+			other := dialWire(c.t, c.addr, nil)
+			prepare(other, false)
+			other.note("and again, after that error")
+			prepare(other, true)
+			other.terminate()
+			c.lines = append(c.lines, other.lines...)
+			c.note("the first client prepares it again: the new parameter type")
+			prepare(c, true)
+			c.send(&pgproto3.Close{ObjectType: 'S', Name: "fp"}, &pgproto3.Sync{})
+			c.recvRFQ(1)
+			c.query("drop table ddl_fp")
+		}},
 	{name: "server_fatal", ends: true, run: func(c *wireConn) {
 		c.query("set idle_in_transaction_session_timeout = '100ms'")
 		c.query("begin")
@@ -1024,4 +1105,45 @@ func testStartupParameters(t *testing.T, params map[string]string) {
 			}
 		})
 	}
+}
+
+// ddlStaleScenario: a statement prepared and described before a schema
+// change (ddl, sent on the connection ddlConn returns) and run after it,
+// outside and inside a transaction, then prepared again. Postgres fails
+// the stale statement with 0A000 ("cached plan must not change result
+// type"), inside a transaction aborting it. Through a transaction pool
+// the statement must fail the same way on a server connection that never
+// had it: a second client holds the server connection that prepared it
+// (the pool hands out the most recently used first), so the client runs
+// it on the other one.
+func ddlStaleScenario(c *wireConn, what string, ddlConn func(string) *wireConn, setup, query string, param []byte, ddl string) {
+	c.note(what)
+	c.query(setup)
+	c.send(&pgproto3.Parse{Name: "st", Query: query}, &pgproto3.Describe{ObjectType: 'S', Name: "st"}, &pgproto3.Sync{})
+	c.recvRFQ(1)
+	c.send(&pgproto3.Bind{PreparedStatement: "st", Parameters: [][]byte{param}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	c.recvRFQ(1)
+	other := dialWire(c.t, c.addr, nil)
+	other.query("begin; select 1")
+	d := ddlConn(ddl)
+	d.query(ddl)
+	if d != c {
+		d.terminate()
+	}
+	c.send(&pgproto3.Bind{PreparedStatement: "st", Parameters: [][]byte{param}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	c.recvRFQ(1)
+	c.send(&pgproto3.Describe{ObjectType: 'S', Name: "st"}, &pgproto3.Sync{})
+	c.recvRFQ(1)
+	c.query("begin")
+	c.send(&pgproto3.Bind{PreparedStatement: "st", Parameters: [][]byte{param}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	c.recvRFQ(1)
+	c.query("rollback")
+	c.note("prepared again: the new shape")
+	c.send(&pgproto3.Close{ObjectType: 'S', Name: "st"}, &pgproto3.Parse{Name: "st", Query: query}, &pgproto3.Describe{ObjectType: 'S', Name: "st"},
+		&pgproto3.Bind{PreparedStatement: "st", Parameters: [][]byte{param}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	c.recvRFQ(1)
+	c.send(&pgproto3.Close{ObjectType: 'S', Name: "st"}, &pgproto3.Sync{})
+	c.recvRFQ(1)
+	other.query("commit")
+	other.terminate()
 }
