@@ -218,6 +218,7 @@ type pgauditFile struct {
 	MaxClientConn      int       `toml:"max_client_conn"`
 	ClientLoginTimeout *Duration `toml:"client_login_timeout"`
 	MaxLoginClients    int       `toml:"max_login_clients"`
+	ResultSampleEvery  int       `toml:"result_sample_every"`
 	MaxMessageSize     int       `toml:"max_message_size"`
 	ClientBufferBudget *ByteSize `toml:"client_buffer_budget"`
 	AuditLog           string    `toml:"audit_log"`
@@ -423,6 +424,9 @@ func (l *settingsLoader) applyClientLimits() error {
 	if cfg.MaxLoginClients == 0 {
 		cfg.MaxLoginClients = pooler.DefaultMaxLoginClients
 	}
+	// 0: the default (1 in 16); negative: no result hashing, so the
+	// cache-candidate rule sees no results.
+	cfg.ResultSampleEvery = g.ResultSampleEvery
 	if cfg.MaxMessageSize <= 0 {
 		cfg.MaxMessageSize = wire.DefaultMaxMessageSize
 	}
@@ -489,7 +493,7 @@ func (l *settingsLoader) applyUpstream() error {
 		fallback.Name = "*"
 		cfg.Databases["*"] = &fallback
 		if l.authFile() == "" && cfg.AuthType == "" && g.AuthUser == "" {
-			if !isLoopback(cfg.Listen) && !(g.DangerouslyAllowTrustOnNetwork || fl.allowTrustOnNetwork) {
+			if !admin.IsLoopbackAddr(cfg.Listen) && !(g.DangerouslyAllowTrustOnNetwork || fl.allowTrustOnNetwork) {
 				return fmt.Errorf("--upstream without a users file accepts clients with trust, which is only allowed on a loopback address, not %s: set auth_file or auth_user (auth_query)", cfg.Listen)
 			}
 			cfg.AuthType = "trust"
@@ -558,7 +562,7 @@ func (l *settingsLoader) applyAuthType() error {
 	}
 	switch cfg.AuthType {
 	case "trust":
-		if !isLoopback(cfg.Listen) {
+		if !admin.IsLoopbackAddr(cfg.Listen) {
 			if !(g.DangerouslyAllowTrustOnNetwork || fl.allowTrustOnNetwork) {
 				return fmt.Errorf("auth_type trust on %s, which is not a loopback address, lets anyone who can reach it log in without a password: use auth_file or auth_user (auth_query) with scram-sha-256, or, if the network is really trusted, set dangerously_allow_trust_on_network = true", cfg.Listen)
 			}
@@ -848,18 +852,6 @@ func forcedUsers(dbs map[string]*pooler.Database) *wire.Users {
 		return nil
 	}
 	return wire.NewUsers(m)
-}
-
-func isLoopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 func firstNonEmpty(vals ...string) string {

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
+	"github.com/pgaudit/pgaudit/admin"
 	"github.com/pgaudit/pgaudit/internal/pgtest"
 	"github.com/pgaudit/pgaudit/pooler"
 )
@@ -129,7 +130,7 @@ host = "127.0.0.1"
 			t.Errorf("%s: %v", tc.name, err)
 			continue
 		}
-		if st.proxy.AuthType == "trust" && !isLoopback(st.proxy.Listen) && !strings.Contains(strings.Join(st.warnings, "\n"), "DANGER") {
+		if st.proxy.AuthType == "trust" && !admin.IsLoopbackAddr(st.proxy.Listen) && !strings.Contains(strings.Join(st.warnings, "\n"), "DANGER") {
 			t.Errorf("%s: no loud warning for trust on %s", tc.name, st.proxy.Listen)
 		}
 	}

@@ -84,3 +84,17 @@ func TestConfigUnknownKey(t *testing.T) {
 		}
 	}
 }
+
+// TestResultSampleEverySetting: [pgaudit] result_sample_every reaches the
+// proxy's config (0 = the pooler's default, negative = off).
+func TestResultSampleEverySetting(t *testing.T) {
+	for in, want := range map[string]int{"": 0, "result_sample_every = 4": 4, "result_sample_every = -1": -1} {
+		st, err := loadConfig(t, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.proxy.ResultSampleEvery != want {
+			t.Errorf("%q: result_sample_every %d, want %d", in, st.proxy.ResultSampleEvery, want)
+		}
+	}
+}
