@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/rs/zerolog"
 
 	"github.com/pgaudit/pgaudit/internal/event"
@@ -284,7 +285,7 @@ func (s *Session) clientReadError(err error) error {
 		inTx := s.server != nil && s.txStatus != 'I' && s.inFlight == 0
 		s.mu.Unlock()
 		if inTx {
-			return s.fatal(wire.Fatal(wire.CodeIdleInTransactionTimout, "terminating connection due to idle-in-transaction timeout"))
+			return s.fatal(wire.Fatal(wire.CodeIdleInTransactionTimeout, "terminating connection due to idle-in-transaction timeout"))
 		}
 		return s.fatal(wire.Fatal(wire.CodeIdleSessionTimeout, "terminating connection due to idle-session timeout"))
 	}
@@ -1017,7 +1018,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		s.mu.Lock()
 		if s.server == nil && s.queue.len() == 0 {
 			if s.stmts[parse.Name].live() {
-				e := &wire.Error{Severity: "ERROR", Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)}
+				e := &wire.Error{Severity: "ERROR", Code: pgerrcode.DuplicatePreparedStatement, Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)}
 				s.sendLocked(e.AppendErrorResponse(nil))
 				s.skipUntilSync = true
 			} else {
@@ -1074,7 +1075,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			if parse.Name != "" {
 				def.serverName = s.serverStmtName(parse.Query, parse.Types)
 				if s.stmts[parse.Name].live() {
-					s.localErrorLocked(&wire.Error{Severity: "ERROR", Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)})
+					s.localErrorLocked(&wire.Error{Severity: "ERROR", Code: pgerrcode.DuplicatePreparedStatement, Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)})
 					s.mu.Unlock()
 					return nil
 				}
@@ -1284,7 +1285,7 @@ func noSuchStatement(name string) *wire.Error {
 	if name == "" {
 		msg = "unnamed prepared statement does not exist"
 	}
-	return &wire.Error{Severity: "ERROR", Code: "26000", Message: msg}
+	return &wire.Error{Severity: "ERROR", Code: pgerrcode.InvalidSQLStatementName, Message: msg}
 }
 
 func indexZero(b []byte) int {
@@ -1741,8 +1742,8 @@ func (s *Session) serverLost(srv *Server, err error, alreadyFatal bool) {
 // prepared before a schema change: its result type changed, or a type it
 // uses was dropped.
 func staleStatement(code, msg string) bool {
-	return code == "0A000" && strings.Contains(msg, "cached plan must not change result type") ||
-		code == "XX000" && strings.Contains(msg, "cache lookup failed for type")
+	return code == pgerrcode.FeatureNotSupported && strings.Contains(msg, "cached plan must not change result type") ||
+		code == pgerrcode.InternalError && strings.Contains(msg, "cache lookup failed for type")
 }
 
 // staleRevalidation says whether an error at Bind or Describe of a server
@@ -1751,7 +1752,7 @@ func staleStatement(code, msg string) bool {
 // then, and found a type mismatch (a column's type changed under a
 // parameter).
 func staleRevalidation(code string) bool {
-	return code == "42804" || code == "42883"
+	return code == pgerrcode.DatatypeMismatch || code == pgerrcode.UndefinedFunction
 }
 
 // relayLocked forwards one server message, keeps the queue and statuses,
@@ -1785,7 +1786,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		if typ != 'Z' {
 			if typ == 'E' {
 				_, code, msg := wire.ErrorFields(body)
-				if code != "25P02" {
+				if code != pgerrcode.InFailedSQLTransaction {
 					s.log.Warn().Str("code", code).Str("error", msg).Msg("could not restore startup settings")
 				}
 			}

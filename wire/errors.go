@@ -31,9 +31,6 @@ const (
 	CodeInvalidParameterValue    = pgerrcode.InvalidParameterValue
 	CodeObjectNotInPrerequisite  = pgerrcode.ObjectNotInPrerequisiteState
 	CodeCannotConnectNow         = pgerrcode.CannotConnectNow
-
-	// Deprecated: misspelt; use CodeIdleInTransactionTimeout.
-	CodeIdleInTransactionTimout = CodeIdleInTransactionTimeout
 )
 
 // Error is an error with a SQLSTATE that is sent to a client as an
