@@ -1,4 +1,4 @@
-module github.com/pgaudit/pgaudit
+module github.com/pgaudit-proxy/pgaudit
 
 go 1.26.8
 

@@ -16,7 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgaudit/pgaudit/pooler"
+	"github.com/pgaudit-proxy/pgaudit/pooler"
 )
 
 const hugeQuery = "SELECT repeat('x', 1000000) FROM generate_series(1, 600)"

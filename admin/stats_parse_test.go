@@ -11,7 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgaudit/pgaudit/pooler"
+	"github.com/pgaudit-proxy/pgaudit/pooler"
 )
 
 // showRows runs a SHOW command on the console and returns its rows as

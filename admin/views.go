@@ -8,9 +8,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pgaudit/pgaudit/analyzer"
-	"github.com/pgaudit/pgaudit/pooler"
-	"github.com/pgaudit/pgaudit/rules"
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/pooler"
+	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
 // The row types below are what the console's SHOW commands and the JSON API

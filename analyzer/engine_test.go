@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgaudit/pgaudit/rules"
+	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
 func newTestEngine(t *testing.T, cfg EngineConfig) *Engine {

@@ -4,7 +4,7 @@
 // where its events came from.
 package analyzer
 
-import "github.com/pgaudit/pgaudit/internal/event"
+import "github.com/pgaudit-proxy/pgaudit/internal/event"
 
 // The contract between event sources and the analysis lives in the leaf
 // package internal/event, so that the relay (pooler) does not link the

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/pgaudit/pgaudit/internal/pgtest"
-	"github.com/pgaudit/pgaudit/rules"
+	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
 // The tests below run against a real Postgres started by internal/pgtest:

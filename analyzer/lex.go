@@ -4,7 +4,7 @@ import (
 	"hash/fnv"
 	"strconv"
 
-	"github.com/pgaudit/pgaudit/internal/sqlscan"
+	"github.com/pgaudit-proxy/pgaudit/internal/sqlscan"
 )
 
 // This file holds the analyzer's uses of internal/sqlscan, the one SQL

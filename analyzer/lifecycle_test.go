@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgaudit/pgaudit/rules"
+	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
 // findingRecords decodes the finding records of an audit log.

@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/pgaudit/pgaudit/internal/testutil"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
 var update = testutil.Update

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pgaudit/pgaudit/rules"
+	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
 // NPlusOneDetectorConfig configures an NPlusOneDetector. The zero value is

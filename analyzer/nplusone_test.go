@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgaudit/pgaudit/rules"
+	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
 // session builds the Event sequence of one client session with a moving

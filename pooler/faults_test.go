@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
-	"github.com/pgaudit/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
 )
 
 // TestIntegrityUnderFaults moves money between accounts from 100 clients

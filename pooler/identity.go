@@ -3,7 +3,7 @@ package pooler
 import (
 	"context"
 
-	"github.com/pgaudit/pgaudit/wire"
+	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
 // lookupUser returns the secret of user for a login to database dbName:

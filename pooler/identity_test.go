@@ -3,7 +3,7 @@ package pooler
 import (
 	"testing"
 
-	"github.com/pgaudit/pgaudit/wire"
+	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
 // TestTrustAdmitsOnlyListedUsers: with auth_type trust and a users file, a

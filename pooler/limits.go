@@ -7,7 +7,7 @@ import (
 	"net"
 	"time"
 
-	"github.com/pgaudit/pgaudit/wire"
+	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
 // Client limits. A connection is "logging in" from accept until it has

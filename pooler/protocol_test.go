@@ -16,8 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgaudit/pgaudit/internal/pgtest"
-	"github.com/pgaudit/pgaudit/wire"
+	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
 // waitActive waits until a backend runs a statement containing marker; it

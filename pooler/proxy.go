@@ -20,8 +20,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
-	"github.com/pgaudit/pgaudit/internal/event"
-	"github.com/pgaudit/pgaudit/wire"
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
+	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
 // Proxy accepts client connections, authenticates them and relays them to

@@ -22,8 +22,8 @@ import (
 	"github.com/jackc/pgerrcode"
 	"github.com/rs/zerolog"
 
-	"github.com/pgaudit/pgaudit/internal/event"
-	"github.com/pgaudit/pgaudit/wire"
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
+	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
 // stmtDef is a client's protocol-level prepared statement.

@@ -3,7 +3,7 @@ package pooler
 import (
 	"strings"
 
-	"github.com/pgaudit/pgaudit/internal/sqlscan"
+	"github.com/pgaudit-proxy/pgaudit/internal/sqlscan"
 )
 
 // The cheap scans below run on the relay path, so they look at bytes, never

@@ -4,7 +4,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
 )
 
 // maxLiveSessions bounds the sessions the assembler keeps state for; past

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pgaudit/pgaudit/internal/sqlscan"
+	"github.com/pgaudit-proxy/pgaudit/internal/sqlscan"
 )
 
 // entryKind says what a log entry means for statement assembly.

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgaudit/pgaudit/analyzer"
-	"github.com/pgaudit/pgaudit/internal/testutil"
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
 func TestMain(m *testing.M) { testutil.Main(m) }

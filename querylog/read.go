@@ -37,7 +37,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
 )
 
 // Format is a log format.

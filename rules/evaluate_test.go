@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgaudit/pgaudit/internal/testutil"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
 var update = testutil.Update

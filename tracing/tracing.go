@@ -18,7 +18,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
 )
 
 // Observer is an analyzer.Observer that emits spans. It is safe for
@@ -29,7 +29,7 @@ type Observer struct {
 
 // New returns an Observer that creates spans with tp.
 func New(tp trace.TracerProvider) *Observer {
-	return &Observer{tracer: tp.Tracer("github.com/pgaudit/pgaudit")}
+	return &Observer{tracer: tp.Tracer("github.com/pgaudit-proxy/pgaudit")}
 }
 
 // Observe creates the spans of one statement when it carries a valid

@@ -13,7 +13,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
-	"github.com/pgaudit/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
 )
 
 // TestSpansFromTraceparent runs events through a real pipeline: a

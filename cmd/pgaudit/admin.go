@@ -9,9 +9,9 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/pgaudit/pgaudit/admin"
-	"github.com/pgaudit/pgaudit/analyzer"
-	"github.com/pgaudit/pgaudit/pooler"
+	"github.com/pgaudit-proxy/pgaudit/admin"
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/pooler"
 )
 
 // adminOptions configure the admin console, the HTTP admin listener and the

@@ -10,9 +10,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
-	"github.com/pgaudit/pgaudit/analyzer"
-	"github.com/pgaudit/pgaudit/pooler"
-	"github.com/pgaudit/pgaudit/rules"
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/pooler"
+	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
 // auditorOptions configure the analysis side shared by proxy, demo and lint.

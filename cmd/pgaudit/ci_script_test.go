@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgaudit/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
 )
 
 // TestMain lets the test binary stand in for the pgaudit command (for the

@@ -15,11 +15,11 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
-	"github.com/pgaudit/pgaudit/admin"
-	"github.com/pgaudit/pgaudit/analyzer"
-	"github.com/pgaudit/pgaudit/pooler"
-	"github.com/pgaudit/pgaudit/rules"
-	"github.com/pgaudit/pgaudit/wire"
+	"github.com/pgaudit-proxy/pgaudit/admin"
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/pooler"
+	"github.com/pgaudit-proxy/pgaudit/rules"
+	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
 // Duration is a TOML duration: a Go duration string ("250ms", "5m") or a

@@ -15,10 +15,10 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
-	"github.com/pgaudit/pgaudit/analyzer"
-	"github.com/pgaudit/pgaudit/internal/pgtest"
-	"github.com/pgaudit/pgaudit/pooler"
-	"github.com/pgaudit/pgaudit/rules"
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/pooler"
+	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
 // explainRoleSchema is issue 12's setup: a superuser-owned table mallory

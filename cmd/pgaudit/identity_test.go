@@ -14,9 +14,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
-	"github.com/pgaudit/pgaudit/admin"
-	"github.com/pgaudit/pgaudit/internal/pgtest"
-	"github.com/pgaudit/pgaudit/pooler"
+	"github.com/pgaudit-proxy/pgaudit/admin"
+	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/pooler"
 )
 
 func strPtr(s string) *string { return &s }

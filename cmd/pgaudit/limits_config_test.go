@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgaudit/pgaudit/pooler"
-	"github.com/pgaudit/pgaudit/wire"
+	"github.com/pgaudit-proxy/pgaudit/pooler"
+	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
 func TestParseByteSize(t *testing.T) {

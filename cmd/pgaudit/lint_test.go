@@ -21,10 +21,10 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
-	"github.com/pgaudit/pgaudit/analyzer"
-	"github.com/pgaudit/pgaudit/internal/pgtest"
-	"github.com/pgaudit/pgaudit/internal/testutil"
-	"github.com/pgaudit/pgaudit/pooler"
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
+	"github.com/pgaudit-proxy/pgaudit/pooler"
 )
 
 // lintWorkload is an application with an N+1 loop inside a transaction, a

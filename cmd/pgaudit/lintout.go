@@ -7,7 +7,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/pgaudit/pgaudit/rules"
+	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
 // lintReport is what every lint output format renders.
@@ -281,7 +281,7 @@ func sarifLevel(s rules.Severity) string {
 // writeSARIF renders a SARIF 2.1.0 log with rule metadata and the stable
 // finding id in partialFingerprints.
 func writeSARIF(w io.Writer, r *lintReport) error {
-	run := sarifRun{Tool: sarifTool{Driver: sarifDriver{Name: "pgaudit", Version: version, InformationURI: "https://github.com/pgaudit/pgaudit"}}, Results: []sarifResult{}}
+	run := sarifRun{Tool: sarifTool{Driver: sarifDriver{Name: "pgaudit", Version: version, InformationURI: "https://github.com/pgaudit-proxy/pgaudit"}}, Results: []sarifResult{}}
 	index := map[string]int{}
 	for i, rule := range rules.Rules() {
 		index[rule.ID] = i

@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgaudit/pgaudit/report"
+	"github.com/pgaudit-proxy/pgaudit/report"
 )
 
 // reportCommand is `pgaudit report`: one self-contained HTML file from

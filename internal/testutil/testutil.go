@@ -17,7 +17,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/pgaudit/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
 )
 
 // Update is the -update flag: tests rewrite their golden files under
