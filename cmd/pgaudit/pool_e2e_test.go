@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,9 +18,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
-	"github.com/pgaudit/pgaudit/internal/pgtest"
-	"github.com/pgaudit/pgaudit/pooler"
-	"github.com/pgaudit/pgaudit/rules"
+	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/pooler"
+	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
 // slowLogin forwards TCP connections to addr after a delay, like a server
@@ -192,9 +195,9 @@ func TestPoolSaturationThroughProxy(t *testing.T) {
 	})
 }
 
-// TestNoSaturationPgbench20on20 (issue 14, acceptance): pgbench -S and -N
-// with 20 clients on a transaction-mode pool of 20 give no pool-saturation
-// and no N+1 finding.
+// TestNoSaturationPgbench20on20 (issue 14, acceptance): pgbench -S, -N and
+// a sysbench-like OLTP read/write script with 20 clients on a
+// transaction-mode pool of 20 give no pool-saturation and no N+1 finding.
 func TestNoSaturationPgbench20on20(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -207,7 +210,29 @@ func TestNoSaturationPgbench20on20(t *testing.T) {
 		t.Fatalf("pgbench -i: %v\n%s", err, out)
 	}
 	up, _ := pgconn.ParseConfig(c.DSN(""))
-	for _, mode := range []string{"-S", "-N"} {
+	// oltp is sysbench's oltp_read_write transaction on pgbench's tables:
+	// ten point selects, four range selects (plain, sum, ordered,
+	// distinct), two updates, a delete and an insert.
+	oltp := filepath.Join(t.TempDir(), "oltp.sql")
+	var script strings.Builder
+	script.WriteString("\\set r random(1, 100000 * :scale - 100)\n\\set u random(1, 100000 * :scale)\nBEGIN;\n")
+	for i := 0; i < 10; i++ {
+		fmt.Fprintf(&script, "\\set a%d random(1, 100000 * :scale)\nSELECT abalance FROM pgbench_accounts WHERE aid = :a%d;\n", i, i)
+	}
+	script.WriteString(`SELECT filler FROM pgbench_accounts WHERE aid BETWEEN :r AND :r + 99;
+SELECT sum(abalance) FROM pgbench_accounts WHERE aid BETWEEN :r AND :r + 99;
+SELECT filler FROM pgbench_accounts WHERE aid BETWEEN :r AND :r + 99 ORDER BY filler;
+SELECT DISTINCT filler FROM pgbench_accounts WHERE aid BETWEEN :r AND :r + 99 ORDER BY filler;
+UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :a0;
+UPDATE pgbench_accounts SET filler = md5(:u::text) WHERE aid = :u;
+DELETE FROM pgbench_history WHERE aid = :u;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, :u, 1, now());
+END;
+`)
+	if err := os.WriteFile(oltp, []byte(script.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{"-S", "-N", "oltp"} {
 		t.Run(mode, func(t *testing.T) {
 			log := zerolog.Nop()
 			aud, err := startAuditor(ctx, auditorOptions{Rules: rules.DefaultConfig(), Log: log})
@@ -225,7 +250,12 @@ func TestNoSaturationPgbench20on20(t *testing.T) {
 			done := make(chan struct{})
 			go func() { defer close(done); _ = p.Serve(ctx) }()
 			dsn := fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", p.Addr())
-			out, err := exec.CommandContext(ctx, c.Bin("pgbench"), "-n", mode, "-c", "20", "-j", "2", "-T", "4", "-M", "extended", dsn).CombinedOutput()
+			script := []string{mode}
+			if mode == "oltp" {
+				script = []string{"-f", oltp}
+			}
+			args := append(append([]string{"-n"}, script...), "-c", "20", "-j", "2", "-T", "4", "-M", "extended", dsn)
+			out, err := exec.CommandContext(ctx, c.Bin("pgbench"), args...).CombinedOutput()
 			if err != nil {
 				t.Fatalf("pgbench: %v\n%s", err, out)
 			}
