@@ -172,7 +172,15 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		}
 		l = p.listener
 	}
+	// wg.Add under mu, after checking closing: Close sets closing under
+	// mu before it waits, so an Add never races its Wait.
+	p.mu.Lock()
+	if p.closing {
+		p.mu.Unlock()
+		return nil
+	}
 	p.wg.Add(1)
+	p.mu.Unlock()
 	go p.maintainLoop(ctx)
 	p.log.Info().Str("listen", l.Addr().String()).Msg("proxy listening")
 	var delay time.Duration
