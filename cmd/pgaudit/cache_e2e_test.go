@@ -2,14 +2,11 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
@@ -30,48 +27,16 @@ insert into countries values ('de', 'Germany'), ('fr', 'France'), ('it', 'Italy'
 func TestCacheCandidateThroughProxy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, err := pgtest.Start(ctx, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Stop()
-	if out, err := c.Psql(ctx, "", "-q", "-c", cacheSchema); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	if out, err := exec.CommandContext(ctx, c.Bin("pgbench"), "-i", "-q", "-s", "1", c.DSN("")).CombinedOutput(); err != nil {
-		t.Fatalf("pgbench -i: %v\n%s", err, out)
-	}
-	up, _ := pgconn.ParseConfig(c.DSN(""))
+	c := startE2ECluster(t, ctx, pgtest.Options{}, cacheSchema, true)
 
 	// startProxy returns a proxy DSN and a function that stops everything
 	// and returns the cache-candidate findings.
 	startProxy := func(t *testing.T, sampleEvery int) (string, func() []rules.Finding) {
-		log := zerolog.Nop()
-		aud, err := startAuditor(ctx, auditorOptions{Rules: rules.DefaultConfig(), Log: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		st := pooler.DefaultPoolSettings()
-		st.Mode = pooler.TransactionMode
-		st.Size = 4
-		p := pooler.New(&pooler.Config{Listen: "127.0.0.1:0", AuthType: "trust", ResultSampleEvery: sampleEvery,
-			Databases: map[string]*pooler.Database{"postgres": {Name: "postgres", Upstream: up, Pool: st}}}, aud.pipeline, log)
-		if err := p.Listen(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { defer close(done); _ = p.Serve(ctx) }()
-		return fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", p.Addr()), func() []rules.Finding {
-			_ = p.Close()
-			<-done
-			aud.stop(log)
-			var out []rules.Finding
-			for _, f := range aud.engine.Findings() {
-				if f.Rule == rules.IDCacheCandidate {
-					out = append(out, f)
-				}
-			}
-			return out
+		e := startE2EProxy(t, ctx, c, auditorOptions{Rules: rules.DefaultConfig()}, 4,
+			func(cfg *pooler.Config) { cfg.ResultSampleEvery = sampleEvery })
+		return e.DSN, func() []rules.Finding {
+			e.stop()
+			return e.findings(rules.IDCacheCandidate)
 		}
 	}
 	codes := []string{"de", "fr", "it", "es", "pt"}

@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
@@ -22,32 +19,11 @@ import (
 func TestExplainBinaryParamsThroughProxy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, err := pgtest.Start(ctx, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Stop()
-	if out, err := c.Psql(ctx, "", "-q", "-c", lintSchema); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	up, _ := pgconn.ParseConfig(c.DSN(""))
-	log := zerolog.Nop()
-	aud, err := startAuditor(ctx, auditorOptions{Rules: rules.DefaultConfig(), Log: log,
-		Explain: postgresExplains(c), SamplerInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := pooler.DefaultPoolSettings()
-	st.Mode = pooler.TransactionMode
-	st.Size = 2
-	p := pooler.New(&pooler.Config{Listen: "127.0.0.1:0", AuthType: "trust", CaptureParams: true,
-		Databases: map[string]*pooler.Database{"postgres": {Name: "postgres", Upstream: up, Pool: st}}}, aud.pipeline, log)
-	if err := p.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Serve(ctx) }()
-	conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", p.Addr()))
+	c := startE2ECluster(t, ctx, pgtest.Options{}, lintSchema, false)
+	e := startE2EProxy(t, ctx, c, auditorOptions{Rules: rules.DefaultConfig(), Explain: postgresExplains(c), SamplerInterval: time.Hour}, 2,
+		func(cfg *pooler.Config) { cfg.CaptureParams = true })
+	aud := e.aud
+	conn, err := pgx.Connect(ctx, e.DSN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,9 +41,7 @@ func TestExplainBinaryParamsThroughProxy(t *testing.T) {
 	}
 	aud.explainNow(ctx)
 	sc := aud.sampler.Counters()
-	_ = p.Close()
-	<-done
-	aud.stop(log)
+	e.stop()
 	var seq *rules.Finding
 	fs := aud.engine.Findings()
 	for i := range fs {
@@ -89,32 +63,11 @@ func TestExplainBinaryParamsThroughProxy(t *testing.T) {
 func TestExplainCadenceThroughProxy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, err := pgtest.Start(ctx, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Stop()
-	if out, err := c.Psql(ctx, "", "-q", "-c", lintSchema); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	up, _ := pgconn.ParseConfig(c.DSN(""))
-	log := zerolog.Nop()
+	c := startE2ECluster(t, ctx, pgtest.Options{}, lintSchema, false)
 	start := func(t *testing.T, trigger time.Duration) (*auditor, string, func()) {
-		aud, err := startAuditor(ctx, auditorOptions{Rules: rules.DefaultConfig(), Log: log,
-			Explain: postgresExplains(c), SamplerInterval: time.Hour, ExplainTriggerCost: trigger})
-		if err != nil {
-			t.Fatal(err)
-		}
-		st := pooler.DefaultPoolSettings()
-		st.Mode = pooler.TransactionMode
-		p := pooler.New(&pooler.Config{Listen: "127.0.0.1:0", AuthType: "trust", CaptureParams: true,
-			Databases: map[string]*pooler.Database{"postgres": {Name: "postgres", Upstream: up, Pool: st}}}, aud.pipeline, log)
-		if err := p.Listen(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { defer close(done); _ = p.Serve(ctx) }()
-		return aud, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", p.Addr()), func() { _ = p.Close(); <-done; aud.stop(log) }
+		e := startE2EProxy(t, ctx, c, auditorOptions{Rules: rules.DefaultConfig(), Explain: postgresExplains(c),
+			SamplerInterval: time.Hour, ExplainTriggerCost: trigger}, 0, func(cfg *pooler.Config) { cfg.CaptureParams = true })
+		return e.aud, e.DSN, e.stop
 	}
 	work := func(t *testing.T, dsn string) {
 		conn, err := pgx.Connect(ctx, dsn)

@@ -201,15 +201,7 @@ func TestPoolSaturationThroughProxy(t *testing.T) {
 func TestNoSaturationPgbench20on20(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, err := pgtest.Start(ctx, pgtest.Options{Conf: []string{"max_connections = 100"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Stop()
-	if out, err := exec.CommandContext(ctx, c.Bin("pgbench"), "-i", "-q", "-s", "1", c.DSN("")).CombinedOutput(); err != nil {
-		t.Fatalf("pgbench -i: %v\n%s", err, out)
-	}
-	up, _ := pgconn.ParseConfig(c.DSN(""))
+	c := startE2ECluster(t, ctx, pgtest.Options{Conf: []string{"max_connections = 100"}}, "", true)
 	// oltp is sysbench's oltp_read_write transaction on pgbench's tables:
 	// ten point selects, four range selects (plain, sum, ordered,
 	// distinct), two updates, a delete and an insert.
@@ -234,22 +226,8 @@ END;
 	}
 	for _, mode := range []string{"-S", "-N", "oltp"} {
 		t.Run(mode, func(t *testing.T) {
-			log := zerolog.Nop()
-			aud, err := startAuditor(ctx, auditorOptions{Rules: rules.DefaultConfig(), Log: log})
-			if err != nil {
-				t.Fatal(err)
-			}
-			st := pooler.DefaultPoolSettings()
-			st.Mode = pooler.TransactionMode
-			st.Size = 20
-			p := pooler.New(&pooler.Config{Listen: "127.0.0.1:0", AuthType: "trust",
-				Databases: map[string]*pooler.Database{"postgres": {Name: "postgres", Upstream: up, Pool: st}}}, aud.pipeline, log)
-			if err := p.Listen(); err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan struct{})
-			go func() { defer close(done); _ = p.Serve(ctx) }()
-			dsn := fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", p.Addr())
+			e := startE2EProxy(t, ctx, c, auditorOptions{Rules: rules.DefaultConfig()}, 20, nil)
+			dsn := e.DSN
 			script := []string{mode}
 			if mode == "oltp" {
 				script = []string{"-f", oltp}
@@ -259,16 +237,14 @@ END;
 			if err != nil {
 				t.Fatalf("pgbench: %v\n%s", err, out)
 			}
-			stats := p.PoolStats()
-			aud.observePools(stats)
-			_ = p.Close()
-			<-done
-			aud.stop(log)
+			stats := e.proxy.PoolStats()
+			e.aud.observePools(stats)
+			e.stop()
 			for _, ps := range stats {
 				t.Logf("%s: utilization %.2f, %d of %d acquisitions queued (p99 %s), connects %d (p99 %s)", mode,
 					ps.Utilization, ps.RecentWaits, ps.RecentAcquires, ps.RecentWaitP99, ps.Connects, ps.ConnectP99)
 			}
-			for _, f := range aud.engine.Findings() {
+			for _, f := range e.findings("") {
 				if f.Rule == rules.IDPoolSaturation || f.Rule == rules.IDNPlusOne {
 					t.Errorf("%s: %s", f.Rule, f.Message)
 				}
