@@ -50,3 +50,21 @@ func (p *Pool) setLogin(l *wire.ServerLogin) {
 	p.cfg = cfg
 	p.login = l
 }
+
+// ServerLogin returns the credentials the pool of database and user logs
+// in to its server with (what the last authenticated client of that user
+// left: a password, an md5 hash or SCRAM keys), or nil when there is no
+// such pool or it has none. The EXPLAIN sampler uses it to log in as the
+// client's own role when the users file holds no plain-text password.
+// Safe to call at any time; the result is immutable.
+func (p *Proxy) ServerLogin(database, user string) *wire.ServerLogin {
+	p.mu.Lock()
+	pl := p.pools[poolKey{database, user}]
+	p.mu.Unlock()
+	if pl == nil {
+		return nil
+	}
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	return pl.login
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -304,6 +305,9 @@ type proxyFlags struct {
 
 // settings is everything `pgaudit proxy` needs.
 type settings struct {
+	// proxyLogin is the proxy whose pools hold client credentials, for
+	// per-client EXPLAIN logins (see attachProxy).
+	proxyLogin      atomic.Pointer[pooler.Proxy]
 	proxy           *pooler.Config
 	auditLog        string
 	audit           analyzer.AuditLogConfig
@@ -925,6 +929,29 @@ func (st *settings) explainTarget(database, user string) (explainTarget, bool) {
 				conn.Password = pw
 			}
 		}
+		// A SCRAM verifier or md5 hash in the users file (or from
+		// auth_query): log in with what the client's own login left in
+		// its pool, as the pool's server connections do.
+		if conn.Password == "" {
+			if l := st.serverLogin(database, user); !l.Empty() {
+				l.Apply(conn)
+			}
+		}
 	}
 	return explainTarget{Key: database + "\x00" + role, Conn: conn, Role: role, PerClient: !db.ForceUser}, true
+}
+
+// attachProxy lets the EXPLAIN sampler's per-client connections log in
+// with the credentials p's pools hold (SCRAM keys passed through from the
+// client's login). Call it once, before p serves clients.
+func (st *settings) attachProxy(p *pooler.Proxy) {
+	st.proxyLogin.Store(p)
+}
+
+// serverLogin is attachProxy's Proxy.ServerLogin, or nil before it.
+func (st *settings) serverLogin(database, user string) *wire.ServerLogin {
+	if p := st.proxyLogin.Load(); p != nil {
+		return p.ServerLogin(database, user)
+	}
+	return nil
 }

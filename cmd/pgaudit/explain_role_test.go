@@ -60,6 +60,14 @@ ANALYZE secrets, m.t;
 // finding, and the sampler's connections are mallory's, not the default
 // user's.
 func TestExplainRunsAsClientRole(t *testing.T) {
+	t.Run("PlainPassword", func(t *testing.T) { testExplainRunsAsClientRole(t, false) })
+	// The users file holds mallory's SCRAM verifier, as copied from
+	// pg_authid: the sampler logs in with the keys her own login left
+	// in her pool (SCRAM pass-through), still as mallory.
+	t.Run("SCRAMVerifier", func(t *testing.T) { testExplainRunsAsClientRole(t, true) })
+}
+
+func testExplainRunsAsClientRole(t *testing.T, scramFile bool) {
 	if testing.Short() {
 		t.Skip("needs a real Postgres; skipped with -short")
 	}
@@ -92,7 +100,13 @@ host all all 127.0.0.1/32 trust
 	t.Setenv("PGUSER", "postgres") // libpq's default user: the superuser
 	dir := t.TempDir()
 	usersFile := filepath.Join(dir, "users.txt")
-	if err := os.WriteFile(usersFile, []byte(`"mallory" "mallory-pw"`+"\n"), 0o600); err != nil {
+	secret := "mallory-pw"
+	if scramFile {
+		if err := victim.QueryRow(ctx, "SELECT rolpassword FROM pg_authid WHERE rolname = 'mallory'").Scan(&secret); err != nil || !strings.HasPrefix(secret, "SCRAM-SHA-256$") {
+			t.Fatalf("mallory's verifier: %q, %v", secret, err)
+		}
+	}
+	if err := os.WriteFile(usersFile, []byte(fmt.Sprintf("%q %q\n", "mallory", secret)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	conf := filepath.Join(dir, "pgaudit.toml")
@@ -122,6 +136,7 @@ sslmode = "disable"
 		t.Fatal(err)
 	}
 	p := pooler.New(st.proxy, aud.pipeline, log)
+	st.attachProxy(p)
 	if err := p.Listen(); err != nil {
 		t.Fatal(err)
 	}

@@ -183,6 +183,7 @@ func runProxy(ctx context.Context, st *settings, reload func() (*settings, error
 		sink = analyzer.DiscardSink{}
 	}
 	p = pooler.New(st.proxy, sink, log)
+	st.attachProxy(p)
 	if err := p.Listen(); err != nil {
 		return &exitError{1, err}
 	}
