@@ -300,8 +300,8 @@ func (a *Log) Sampled(ev *event.Event) bool {
 type Statement struct {
 	// Event is the statement as the proxy saw it.
 	Event *event.Event
-	// HasShape says the fields below Fingerprint..Fallback are set (the
-	// analyzer had a query shape for the event).
+	// HasShape says the analyzer had a query shape for the event: only
+	// then are Fingerprint, Query and Fallback written.
 	HasShape bool
 	// Fingerprint and Query are the shape's fingerprint and normalized
 	// text; Fallback marks a shape from the fallback normalizer.
