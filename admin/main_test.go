@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
@@ -89,7 +90,7 @@ type envOptions struct {
 	mode       pooler.PoolMode
 	size       int
 	adminUsers []string
-	auditLog   *analyzer.AuditLog
+	auditLog   *auditlog.Log
 	adminOpts  func(*Options)
 }
 

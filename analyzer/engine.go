@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -26,7 +27,7 @@ type EngineConfig struct {
 	// AuditLog, when set, receives a finding record for every finding that
 	// is new or changed significantly (see rules.Store). The engine does
 	// not close it.
-	AuditLog *AuditLog
+	AuditLog *auditlog.Log
 	// Store bounds the findings kept and sets what counts as a significant
 	// change.
 	Store rules.StoreConfig
@@ -103,7 +104,7 @@ type EngineCounters struct {
 type Engine struct {
 	cfg          rules.Config
 	stats        *Stats
-	audit        *AuditLog
+	audit        *auditlog.Log
 	store        *rules.Store
 	detector     *NPlusOneDetector
 	cache        *CacheDetector

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -186,7 +187,7 @@ func TestEngineConfigInvalid(t *testing.T) {
 func TestEngineInPipeline(t *testing.T) {
 	t.Parallel()
 	var out syncBuffer
-	al := testAuditLog(t, &out, func(c *AuditLogConfig) { c.Sample = SampleNone; c.StatsInterval = -1 })
+	al := testAuditLog(t, &out, func(c *auditlog.Config) { c.Sample = auditlog.SampleNone; c.StatsInterval = -1 })
 	p := NewPipeline(PipelineConfig{Workers: 2, AuditLog: al})
 	// The clock stands at the events' time, as in a live proxy.
 	e := newTestEngine(t, EngineConfig{Stats: p.Stats(), AuditLog: al, SweepInterval: time.Millisecond, EvalInterval: time.Millisecond,

@@ -8,12 +8,12 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
 )
 
-// BinaryParamPrefix starts an Event.Params value the client sent in binary
-// format (the raw bytes follow). It is wire.BinaryParamPrefix: a text value
-// never contains a NUL byte.
-const BinaryParamPrefix = "\x00"
+// BinaryParamPrefix is event.BinaryParamPrefix.
+const BinaryParamPrefix = event.BinaryParamPrefix
 
 // HasBinaryParams reports whether any value is in binary format.
 func HasBinaryParams(params []string) bool {
@@ -84,21 +84,4 @@ func decodeBinary(m *pgtype.Map, oid uint32, raw []byte) (string, error) {
 		return "", err
 	}
 	return string(b), nil
-}
-
-// loggableParams renders params for the audit log: binary-format values as
-// \x followed by their bytes in hex (a NUL byte is no text).
-func loggableParams(params []string) []string {
-	if !HasBinaryParams(params) {
-		return params
-	}
-	out := make([]string, len(params))
-	for i, p := range params {
-		if raw, ok := strings.CutPrefix(p, BinaryParamPrefix); ok {
-			out[i] = `\x` + hex.EncodeToString([]byte(raw))
-		} else {
-			out[i] = p
-		}
-	}
-	return out
 }

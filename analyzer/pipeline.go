@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 )
 
 // Analyzed is one event after analysis, as observers see it.
@@ -68,7 +70,7 @@ type PipelineConfig struct {
 	// config) for every event after the observers, periodic and final
 	// stats records, and drops records. The pipeline does not close it:
 	// close it after Stop returns.
-	AuditLog *AuditLog
+	AuditLog *auditlog.Log
 	// BatchDelay is how long a worker woken by a new event waits for more
 	// before it drains its queue (it goes at once when the queue is half
 	// full or the pipeline stops). Batching saves a wake-up per statement
@@ -127,7 +129,7 @@ type Pipeline struct {
 	fp         *Fingerprinter
 	stats      *Stats
 	observers  []Observer
-	audit      *AuditLog
+	audit      *auditlog.Log
 	log        zerolog.Logger
 	dropEvery  time.Duration
 
@@ -390,7 +392,7 @@ func (p *Pipeline) writeStats(final bool) {
 	if p.audit == nil {
 		return
 	}
-	if err := p.audit.WriteStats(p.stats.Snapshot(), final); err != nil {
+	if err := writeAuditStats(p.audit, p.stats.Snapshot(), final); err != nil {
 		p.log.Error().Err(err).Msg("write stats record")
 	}
 }
@@ -413,7 +415,7 @@ func (p *Pipeline) process(ev *Event) {
 		p.observe(o, &a)
 	}
 	if p.audit != nil {
-		p.observe(p.audit, &a)
+		p.observe(auditObserver{p.audit}, &a)
 	}
 	p.processed.Add(1)
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 )
 
 // syncBuffer is a bytes.Buffer safe for concurrent writers.
@@ -58,7 +60,7 @@ func TestPipelineBackpressure(t *testing.T) {
 	const queue, offers = 16, 1000
 	var logs syncBuffer
 	var audit syncBuffer
-	al, err := OpenAuditLog(AuditLogConfig{Writer: &audit, Sample: SampleNone, FlushInterval: -1})
+	al, err := auditlog.Open(auditlog.Config{Writer: &audit, Sample: auditlog.SampleNone, FlushInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +271,7 @@ func TestPipelineTraceParentFromComment(t *testing.T) {
 
 func TestPipelinePeriodicStats(t *testing.T) {
 	var out syncBuffer
-	al := testAuditLog(t, &out, func(c *AuditLogConfig) { c.StatsInterval = 5 * time.Millisecond; c.Sample = SampleNone })
+	al := testAuditLog(t, &out, func(c *auditlog.Config) { c.StatsInterval = 5 * time.Millisecond; c.Sample = auditlog.SampleNone })
 	p := NewPipeline(PipelineConfig{AuditLog: al})
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)

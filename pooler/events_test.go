@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
@@ -152,7 +153,7 @@ func TestAuditLogThroughProxy(t *testing.T) {
 	for _, logParams := range []bool{false, true} {
 		t.Run(fmt.Sprint("log_parameters=", logParams), func(t *testing.T) {
 			var buf lockedBuffer
-			al, err := analyzer.OpenAuditLog(analyzer.AuditLogConfig{Writer: &buf, LogParameters: logParams, FlushInterval: -1})
+			al, err := auditlog.Open(auditlog.Config{Writer: &buf, LogParameters: logParams, FlushInterval: -1})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -4,7 +4,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
 )
 
 // maxLiveSessions bounds the sessions the assembler keeps state for; past
@@ -18,7 +18,7 @@ var maxLiveSessions = 1 << 15
 // transactions. It runs on one goroutine, the one that calls emit.
 type assembler struct {
 	opts   *Options
-	emit   func(*analyzer.Event)
+	emit   func(*event.Event)
 	sum    *Summary
 	format Format
 	file   string
@@ -39,7 +39,7 @@ type session struct {
 	user, db, app, client string // from connection lines
 	open                  *entry // stderr: waits for its DETAIL/STATEMENT lines
 	pending               *entry // a log_statement statement waiting for its duration
-	held                  *analyzer.Event
+	held                  *event.Event
 	txSeq                 uint64
 	inBlock               bool
 	blockVx               uint64 // vxid of the open block, 0 when unknown
@@ -47,7 +47,7 @@ type session struct {
 	lastLineNum, lastTick int64
 }
 
-func newAssembler(opts *Options, sum *Summary, emit func(*analyzer.Event)) *assembler {
+func newAssembler(opts *Options, sum *Summary, emit func(*event.Event)) *assembler {
 	return &assembler{
 		opts: opts, emit: emit, sum: sum,
 		sessions: make(map[uint64]*session),
@@ -263,9 +263,9 @@ func nonEmpty(v, fallback string) string {
 // statement builds the event of a statement and passes it through the
 // transaction stage.
 func (a *assembler) statement(s *session, e *entry, start time.Time, dur time.Duration, state string) {
-	ev := &analyzer.Event{
-		Kind:            analyzer.KindStatement,
-		Protocol:        analyzer.ProtocolLog,
+	ev := &event.Event{
+		Kind:            event.KindStatement,
+		Protocol:        event.ProtocolLog,
 		Text:            e.text,
 		SessionID:       s.id,
 		Database:        nonEmpty(e.db, s.db),
@@ -293,7 +293,7 @@ func (a *assembler) statement(s *session, e *entry, start time.Time, dur time.Du
 // tx numbers transactions and marks statements inside them, then releases
 // the session's previous statement and holds this one: whether a statement
 // ran in a transaction can depend on the next one sharing its vxid.
-func (a *assembler) tx(s *session, ev *analyzer.Event, word txWord, vx uint64, known bool) {
+func (a *assembler) tx(s *session, ev *event.Event, word txWord, vx uint64, known bool) {
 	same := known && s.lastVx == vx
 	if s.inBlock && known && s.blockVx != 0 && vx != s.blockVx && word != txBegin {
 		s.inBlock, s.blockVx = false, 0 // the block ended without a logged COMMIT

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
@@ -18,7 +18,7 @@ var update = testutil.Update
 // render prints events in a stable form: grouped by session (only the
 // order within a session is defined), sessions numbered by first
 // appearance, times reduced to whether they are set.
-func render(evs []*analyzer.Event) string {
+func render(evs []*event.Event) string {
 	ids := map[uint64]int{}
 	var per []*strings.Builder
 	for _, ev := range evs {
@@ -51,10 +51,10 @@ func render(evs []*analyzer.Event) string {
 }
 
 // readAll reads inputs and returns the events.
-func readAll(t testing.TB, inputs []Input, opts Options) ([]*analyzer.Event, Summary) {
+func readAll(t testing.TB, inputs []Input, opts Options) ([]*event.Event, Summary) {
 	t.Helper()
-	var evs []*analyzer.Event
-	sum, err := Read(context.Background(), inputs, opts, func(ev *analyzer.Event) { evs = append(evs, ev) })
+	var evs []*event.Event
+	sum, err := Read(context.Background(), inputs, opts, func(ev *event.Event) { evs = append(evs, ev) })
 	if err != nil {
 		t.Fatalf("Read: %v", err)
 	}

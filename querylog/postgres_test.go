@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
@@ -171,7 +171,7 @@ func logFiles(ctx context.Context, t *testing.T, c *pgtest.Cluster) map[string]s
 // differ (stderr entries wait for their DETAIL and STATEMENT lines), and
 // whether a statement failed is left out (a stderr log without %e in its
 // prefix does not say).
-func skeleton(evs []*analyzer.Event) string {
+func skeleton(evs []*event.Event) string {
 	per := map[uint64]*strings.Builder{}
 	for _, ev := range evs {
 		b := per[ev.SessionID]
@@ -244,7 +244,7 @@ func TestPostgresLogs(t *testing.T) {
 }
 
 // checkEvents checks what golden files do not show: times, protocol, rows.
-func checkEvents(t *testing.T, evs []*analyzer.Event, began time.Time) {
+func checkEvents(t *testing.T, evs []*event.Event, began time.Time) {
 	t.Helper()
 	if len(evs) == 0 {
 		t.Fatal("no events")
@@ -253,7 +253,7 @@ func checkEvents(t *testing.T, evs []*analyzer.Event, began time.Time) {
 		if ev.Start.Before(began.Add(-2*time.Second)) || ev.Start.After(time.Now().Add(time.Second)) {
 			t.Errorf("%q: start %v outside the test (began %v)", ev.Text, ev.Start, began)
 		}
-		if ev.Protocol != analyzer.ProtocolLog || ev.Rows != -1 || ev.Kind != analyzer.KindStatement {
+		if ev.Protocol != event.ProtocolLog || ev.Rows != -1 || ev.Kind != event.KindStatement {
 			t.Errorf("%q: protocol %v rows %d kind %v", ev.Text, ev.Protocol, ev.Rows, ev.Kind)
 		}
 		if ev.SessionID == 0 || ev.TxSeq == 0 {

@@ -15,7 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
@@ -483,7 +484,7 @@ func TestCancelAndProgress(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := 0
 	_, err := Read(ctx, []Input{{Name: "j", R: bytes.NewReader(data), Size: int64(len(data))}}, Options{ChunkSize: 1024, Workers: 3},
-		func(*analyzer.Event) {
+		func(*event.Event) {
 			if n++; n == 10 {
 				cancel()
 			}
@@ -510,18 +511,18 @@ func TestCancelAndProgress(t *testing.T) {
 }
 
 // TestAuditLog writes events read from a log to a pgaudit audit log with
-// the analyzer's writer and reads them back through Read, which detects the
-// format and delegates to analyzer.AuditLogReader.
+// internal/auditlog's writer and reads them back through Read, which detects the
+// format and delegates to auditlog.Reader.
 func TestAuditLog(t *testing.T) {
 	t.Parallel()
 	evs, _ := readAll(t, []Input{{Name: "csv", R: bytes.NewReader(genBytes(writeCSV, genSessions(3, 6, 7)))}}, Options{KeepParams: true})
 	var buf bytes.Buffer
-	al, err := analyzer.OpenAuditLog(analyzer.AuditLogConfig{Writer: &buf, FlushInterval: -1, RunID: "r1", LogParameters: true})
+	al, err := auditlog.Open(auditlog.Config{Writer: &buf, FlushInterval: -1, RunID: "r1", LogParameters: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, ev := range evs {
-		al.WriteStatement(&analyzer.Analyzed{Event: ev})
+		al.WriteStatement(&auditlog.Statement{Event: ev})
 	}
 	if err := al.Close(); err != nil {
 		t.Fatal(err)
@@ -610,7 +611,7 @@ func BenchmarkReadCSV(b *testing.B) {
 	cpu0 := cpuTime()
 	for range b.N {
 		n := 0
-		_, err := Read(context.Background(), []Input{{Name: "bench.csv", R: bytes.NewReader(data)}}, Options{}, func(*analyzer.Event) { n++ })
+		_, err := Read(context.Background(), []Input{{Name: "bench.csv", R: bytes.NewReader(data)}}, Options{}, func(*event.Event) { n++ })
 		if err != nil || n == 0 {
 			b.Fatal(err, n)
 		}
@@ -654,7 +655,7 @@ func TestBoundedMemory(t *testing.T) {
 	var peak uint64
 	var ms runtime.MemStats
 	n := 0
-	sum, err := Read(context.Background(), []Input{{Name: "big.csv", R: &genReader{left: size}}}, Options{}, func(*analyzer.Event) {
+	sum, err := Read(context.Background(), []Input{{Name: "big.csv", R: &genReader{left: size}}}, Options{}, func(*event.Event) {
 		if n++; n%20000 == 0 {
 			runtime.ReadMemStats(&ms)
 			peak = max(peak, ms.HeapAlloc)

@@ -1,7 +1,7 @@
-// Package querylog reads query logs into analyzer events for pgaudit lint:
+// Package querylog reads query logs into Events (internal/event) for pgaudit lint:
 // Postgres stderr logs (any log_line_prefix with a time and a process or
 // session id), csvlog, jsonlog, and pgaudit's own audit log (through
-// analyzer.AuditLogReader). Inputs may be gzip-compressed and "-" reads
+// auditlog.Reader). Inputs may be gzip-compressed and "-" reads
 // standard input.
 //
 // Statements come from log_min_duration_statement ("duration: ... ms
@@ -37,7 +37,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
 )
 
 // Format is a log format.
@@ -229,7 +230,7 @@ type Summary struct {
 	ErrorsWithoutSQLState int64 `json:"errors_without_sqlstate,omitempty"`
 	// Audit is the audit log reader's summary (with the proxy's merged
 	// statistics) when an input was a pgaudit audit log.
-	Audit *analyzer.AuditLogSummary `json:"-"`
+	Audit *auditlog.Summary `json:"-"`
 }
 
 // reader is the state of one Read call.
@@ -237,11 +238,11 @@ type reader struct {
 	opts   Options
 	sum    Summary
 	asm    *assembler
-	emit   func(*analyzer.Event)
+	emit   func(*event.Event)
 	prefix *Prefix // from Options.Prefix
 
 	base, total int64
-	audit       *analyzer.AuditLogReader
+	audit       *auditlog.Reader
 }
 
 // Read reads inputs in order and calls emit with each statement event. emit
@@ -255,10 +256,10 @@ type reader struct {
 // an input of which no line reads as the given or detected format (it
 // wraps ErrUnknownFormat), and when ctx is done; malformed lines are only
 // counted in the Summary.
-func Read(ctx context.Context, inputs []Input, opts Options, emit func(*analyzer.Event)) (Summary, error) {
+func Read(ctx context.Context, inputs []Input, opts Options, emit func(*event.Event)) (Summary, error) {
 	opts.defaults()
 	if emit == nil {
-		emit = func(*analyzer.Event) {}
+		emit = func(*event.Event) {}
 	}
 	r := &reader{opts: opts, emit: emit}
 	r.asm = newAssembler(&r.opts, &r.sum, emit)
@@ -645,13 +646,13 @@ func (r *reader) scoreStderr(sample []byte) (*Prefix, int) {
 	return best, bestN
 }
 
-// readAudit delegates an audit log to the analyzer's reader.
+// readAudit delegates an audit log to internal/auditlog's reader.
 func (r *reader) readAudit(ctx context.Context, in *openInput) error {
 	if r.audit == nil {
-		r.audit = &analyzer.AuditLogReader{}
+		r.audit = &auditlog.Reader{}
 	}
 	n := 0
-	r.audit.OnEvent = func(ev *analyzer.Event) error {
+	r.audit.OnEvent = func(ev *event.Event) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -666,17 +667,11 @@ func (r *reader) readAudit(ctx context.Context, in *openInput) error {
 		}
 		return nil
 	}
-	before, err := r.audit.Summary()
-	if err != nil {
-		return err
-	}
+	before := r.audit.Summary()
 	if err := r.audit.Read(in.name, in.r); err != nil {
 		return err
 	}
-	after, err := r.audit.Summary()
-	if err != nil {
-		return err
-	}
+	after := r.audit.Summary()
 	in.fs.Lines = int64(after.Lines - before.Lines)
 	r.progress(in.read.Load())
 	if after.Lines > before.Lines && after.BadLineCount-before.BadLineCount == after.Lines-before.Lines {
@@ -690,10 +685,7 @@ func (r *reader) finishAudit() error {
 	if r.audit == nil {
 		return nil
 	}
-	as, err := r.audit.Summary()
-	if err != nil {
-		return err
-	}
+	as := r.audit.Summary()
 	r.sum.Audit = as
 	r.sum.Lines += int64(as.Lines)
 	r.sum.Skipped += int64(as.Lines - as.Statements - as.BadLineCount)

@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
@@ -34,7 +35,7 @@ var sampleFinding = rules.Finding{
 // count findingCount.
 func writeRun(t *testing.T, path, runID string, n int, findingCount int64) {
 	t.Helper()
-	al, err := analyzer.OpenAuditLog(analyzer.AuditLogConfig{Path: path, RunID: runID, StatsInterval: 150 * time.Millisecond})
+	al, err := auditlog.Open(auditlog.Config{Path: path, RunID: runID, StatsInterval: 150 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

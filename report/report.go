@@ -25,6 +25,7 @@ import (
 
 	"github.com/pgaudit-proxy/pgaudit/admin"
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -93,7 +94,7 @@ type Report struct {
 	Dashboard *admin.Dashboard
 	// Summary is the audit log reader's summary: record counts, runs, bad
 	// lines and the statistics merged across runs.
-	Summary *analyzer.AuditLogSummary
+	Summary *auditlog.Summary
 	// Stats are the shape statistics the table is drawn from: the latest
 	// stats record of each run merged through the latency sketches, plus,
 	// for runs without a stats record, statistics rebuilt from their
@@ -153,7 +154,7 @@ func Build(inputs []Input, opts Options) (*Report, error) {
 	// Pass 2: statements through the audit log reader.
 	fp := analyzer.NewFingerprinter(analyzer.FingerprintConfig{})
 	runStats := map[uint64]*analyzer.Stats{}
-	rd := &analyzer.AuditLogReader{OnEvent: func(ev *analyzer.Event) error {
+	rd := &auditlog.Reader{OnEvent: func(ev *analyzer.Event) error {
 		if ev.Kind != analyzer.KindStatement {
 			return nil
 		}
@@ -179,11 +180,12 @@ func Build(inputs []Input, opts Options) (*Report, error) {
 			return nil, err
 		}
 	}
-	sum, err := rd.Summary()
+	sum := rd.Summary()
+	recorded, err := analyzer.MergeAuditStats(sum.RunStats)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("report: %w", err)
 	}
-	snaps := []*analyzer.Snapshot{sum.Stats}
+	snaps := []*analyzer.Snapshot{recorded}
 	for idx, id := range sum.Runs {
 		if sc.statsRuns[id] {
 			continue
@@ -353,7 +355,7 @@ func (sc *sideScan) line(line []byte) {
 			sc.maxTS = t
 		}
 		switch stringField(line, recordKey) {
-		case analyzer.RecordPool:
+		case auditlog.RecordPool:
 			var rec struct {
 				RunID string           `json:"run_id"`
 				Pool  pooler.PoolStats `json:"pool"`
@@ -361,7 +363,7 @@ func (sc *sideScan) line(line []byte) {
 			if json.Unmarshal(line, &rec) == nil {
 				sc.pools = append(sc.pools, poolPoint{t: t, run: rec.RunID, ps: rec.Pool})
 			}
-		case analyzer.RecordFinding:
+		case auditlog.RecordFinding:
 			var rec struct {
 				RunID   string        `json:"run_id"`
 				Finding rules.Finding `json:"finding"`
@@ -376,7 +378,7 @@ func (sc *sideScan) line(line []byte) {
 					m[rec.Finding.ID] = rec.Finding
 				}
 			}
-		case analyzer.RecordStats:
+		case auditlog.RecordStats:
 			sc.statsRuns[stringField(line, runKey)] = true
 		}
 	}

@@ -10,7 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/admin"
-	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 )
 
@@ -132,7 +132,7 @@ func adminSettingRows(st *settings, opts adminOptions) []admin.Setting {
 	}
 	sample := string(ac.Sample)
 	if sample == "" {
-		sample = string(analyzer.SampleAll)
+		sample = string(auditlog.SampleAll)
 	}
 	rows = append(rows,
 		admin.Setting{Key: "admin_listen", Value: opts.Listen, Default: "127.0.0.1:9930", Changeable: no},

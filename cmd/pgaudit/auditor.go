@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -19,7 +20,7 @@ import (
 type auditorOptions struct {
 	Pipeline analyzer.PipelineConfig
 	// AuditLog, when its Path or Writer is set, receives the records.
-	AuditLog analyzer.AuditLogConfig
+	AuditLog auditlog.Config
 	Rules    rules.Config
 	// Explain returns how the EXPLAIN sampler connects to plan a statement
 	// that ran on database for client user ("" when unknown), or false to
@@ -51,7 +52,7 @@ type auditor struct {
 	pipeline   *analyzer.Pipeline
 	engine     *analyzer.Engine
 	sampler    *analyzer.Sampler
-	log        *analyzer.AuditLog
+	log        *auditlog.Log
 
 	mu         sync.Mutex
 	explainers map[string]*analyzer.Explainer // by explainTarget.Key
@@ -69,7 +70,7 @@ func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
 	if o.AuditLog.Path != "" || o.AuditLog.Writer != nil {
 		ac := o.AuditLog
 		ac.Logger = o.Log
-		al, err := analyzer.OpenAuditLog(ac)
+		al, err := auditlog.Open(ac)
 		if err != nil {
 			return nil, fmt.Errorf("audit log: %w", err)
 		}

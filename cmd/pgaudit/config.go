@@ -18,6 +18,7 @@ import (
 
 	"github.com/pgaudit-proxy/pgaudit/admin"
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 	"github.com/pgaudit-proxy/pgaudit/wire"
@@ -310,7 +311,7 @@ type settings struct {
 	proxyLogin      atomic.Pointer[pooler.Proxy]
 	proxy           *pooler.Config
 	auditLog        string
-	audit           analyzer.AuditLogConfig
+	audit           auditlog.Config
 	pipeline        analyzer.PipelineConfig
 	rules           rules.Config
 	noAudit         bool
@@ -668,11 +669,11 @@ func (l *settingsLoader) applyAdmin() error {
 // analysis pipeline.
 func (l *settingsLoader) applyAudit() error {
 	st, g, fl := l.st, l.g, l.fl
-	sample, err := analyzer.ParseSampleMode(firstNonEmpty(fl.auditSample, g.AuditSample))
+	sample, err := auditlog.ParseSampleMode(firstNonEmpty(fl.auditSample, g.AuditSample))
 	if err != nil {
 		return fmt.Errorf("audit_sample: %w", err)
 	}
-	st.audit = analyzer.AuditLogConfig{
+	st.audit = auditlog.Config{
 		Path:          st.auditLog,
 		MaxSize:       g.AuditMaxSize,
 		MaxBackups:    g.AuditMaxBackups,

@@ -21,7 +21,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
-	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
@@ -326,8 +326,8 @@ func validateSARIFSchema(t *testing.T, out []byte) {
 	}
 }
 
-func auditLogFile(path string) analyzer.AuditLogConfig {
-	return analyzer.AuditLogConfig{Path: path, FlushInterval: -1}
+func auditLogFile(path string) auditlog.Config {
+	return auditlog.Config{Path: path, FlushInterval: -1}
 }
 
 // checkSARIF checks the parts of the SARIF 2.1.0 schema that consumers

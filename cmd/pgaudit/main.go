@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/tracing"
 )
@@ -291,7 +292,7 @@ func reportPools(ctx context.Context, p *pooler.Proxy, a *auditor, every time.Du
 	}
 }
 
-func writePoolSnapshot(p *pooler.Proxy, al *analyzer.AuditLog, log zerolog.Logger) {
+func writePoolSnapshot(p *pooler.Proxy, al *auditlog.Log, log zerolog.Logger) {
 	for _, ps := range p.PoolStats() {
 		log.Info().Str("database", ps.Database).Str("user", ps.User).Str("pool_mode", ps.Mode).
 			Int("cl_active", ps.ClientsActive).Int("cl_waiting", ps.ClientsWaiting).

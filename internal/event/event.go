@@ -146,6 +146,11 @@ type Event struct {
 	Fingerprint Fingerprint
 }
 
+// BinaryParamPrefix starts an Event.Params value the client sent in binary
+// format (the raw bytes follow). It is wire.BinaryParamPrefix: a text value
+// never contains a NUL byte.
+const BinaryParamPrefix = "\x00"
+
 // Sink receives events. Offer must never block: an implementation that
 // cannot take the event drops it and counts the drop. Offer is called
 // concurrently from many client sessions.

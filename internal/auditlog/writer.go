@@ -1,4 +1,11 @@
-package analyzer
+// Package auditlog owns pgaudit's JSON-lines audit log (docs/audit-log.md):
+// the writer with size-based rotation and SIGHUP reopen, used by the proxy's
+// analysis pipeline, and the reader that rebuilds Events and a summary from
+// log files, used by lint (querylog) and report. It depends only on the
+// event contract (internal/event) and the pure-Go SQL scanner, not on the
+// analyzer: the analyzer hands it plain values (Statement, any JSON value
+// for stats and findings), so the log readers build without cgo.
+package auditlog
 
 import (
 	"crypto/hmac"
@@ -19,13 +26,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
+	"github.com/pgaudit-proxy/pgaudit/internal/sqlscan"
 	"github.com/rs/zerolog"
 )
 
-// AuditSchemaVersion is the value of the "schema" field of every audit log
+// SchemaVersion is the value of the "schema" field of every audit log
 // record. It changes only when a field changes meaning or is removed; new
 // fields and record types may be added within a version.
-const AuditSchemaVersion = 1
+const SchemaVersion = 1
 
 // Record types: the value of the "record" field.
 const (
@@ -63,8 +72,8 @@ func ParseSampleMode(s string) (SampleMode, error) {
 	return "", fmt.Errorf("invalid audit sample mode %q: want all, none, rate or slow", s)
 }
 
-// AuditLogConfig configures an AuditLog.
-type AuditLogConfig struct {
+// Config configures a Log.
+type Config struct {
 	// Path is the file to append to, or "-" for standard output. Ignored
 	// when Writer is set.
 	Path string
@@ -124,14 +133,14 @@ const (
 	auditBufferSize      = 64 << 10
 )
 
-// AuditLog writes the JSON-lines audit log described in docs/audit-log.md.
+// Log writes the JSON-lines audit log described in docs/audit-log.md.
 //
 // Every method is safe for concurrent use. Methods do file I/O under a lock,
 // so they must be called from analyzer workers and timers, never from the
-// proxy's relay path. An AuditLog is an Observer: register it with a
-// Pipeline (PipelineConfig.AuditLog) to get statement records.
-type AuditLog struct {
-	cfg   AuditLogConfig
+// proxy's relay path. Register a Log with the analyzer's Pipeline
+// (PipelineConfig.AuditLog) to get statement and stats records.
+type Log struct {
+	cfg   Config
 	w     *logWriter
 	zl    zerolog.Logger
 	runID string
@@ -147,10 +156,10 @@ type AuditLog struct {
 	isClosed bool
 }
 
-// OpenAuditLog opens (creating or appending) the audit log and, when
+// Open opens (creating or appending) the audit log and, when
 // buffering is on, starts a goroutine that flushes it periodically; Close
 // stops it.
-func OpenAuditLog(cfg AuditLogConfig) (*AuditLog, error) {
+func Open(cfg Config) (*Log, error) {
 	if cfg.Sample == "" {
 		cfg.Sample = SampleAll
 	}
@@ -197,7 +206,7 @@ func OpenAuditLog(cfg AuditLogConfig) (*AuditLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &AuditLog{
+	a := &Log{
 		cfg:   cfg,
 		w:     w,
 		zl:    zerolog.New(w),
@@ -217,7 +226,7 @@ func OpenAuditLog(cfg AuditLogConfig) (*AuditLog, error) {
 	return a, nil
 }
 
-func (a *AuditLog) flushLoop(every time.Duration) {
+func (a *Log) flushLoop(every time.Duration) {
 	defer a.flusher.Done()
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -234,20 +243,24 @@ func (a *AuditLog) flushLoop(every time.Duration) {
 }
 
 // RunID returns the run id written on this log's records.
-func (a *AuditLog) RunID() string { return a.runID }
+func (a *Log) RunID() string { return a.runID }
 
 // StatsInterval returns the configured interval between stats records
 // (negative when periodic records are off).
-func (a *AuditLog) StatsInterval() time.Duration { return a.cfg.StatsInterval }
+func (a *Log) StatsInterval() time.Duration { return a.cfg.StatsInterval }
+
+// StatsTopN returns how many shapes a stats record lists (negative: all);
+// the pipeline truncates its snapshot to it before WriteStats.
+func (a *Log) StatsTopN() int { return a.cfg.StatsTopN }
 
 // WriteErrors returns how many records could not be written.
-func (a *AuditLog) WriteErrors() uint64 { return a.w.errs.Load() }
+func (a *Log) WriteErrors() uint64 { return a.w.errs.Load() }
 
 // begin starts a record with the fields every record has.
-func (a *AuditLog) begin(record string) *zerolog.Event {
+func (a *Log) begin(record string) *zerolog.Event {
 	var ts [40]byte
 	return a.zl.Log().
-		Int("schema", AuditSchemaVersion).
+		Int("schema", SchemaVersion).
 		Bytes("ts", appendTime(ts[:0], a.now())).
 		Str("record", record).
 		Str("run_id", a.runID)
@@ -259,9 +272,11 @@ func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 // written once per statement).
 func appendTime(dst []byte, t time.Time) []byte { return t.UTC().AppendFormat(dst, time.RFC3339Nano) }
 
-// sampled reports whether ev gets a statement record.
-func (a *AuditLog) sampled(ev *Event) bool {
-	if ev.Kind == KindSessionState {
+// Sampled reports whether ev gets a statement record under the configured
+// sampling (session-state events and, with LogErrors, failed statements
+// always do).
+func (a *Log) Sampled(ev *event.Event) bool {
+	if ev.Kind == event.KindSessionState {
 		return true
 	}
 	if a.cfg.LogErrors && ev.SQLState != "" {
@@ -279,19 +294,33 @@ func (a *AuditLog) sampled(ev *Event) bool {
 	}
 }
 
-// Observe writes a statement record for an analyzed event when sampling
-// selects it (session-state events are always written). Called by pipeline
-// workers.
-func (a *AuditLog) Observe(an *Analyzed) {
-	if a.sampled(an.Event) {
-		a.WriteStatement(an)
-	}
+// Statement is what a statement record holds besides the Event: the
+// analyzer's view of it. The analyzer's pipeline fills it from its analyzed
+// event; the Log keeps nothing of it after WriteStatement returns.
+type Statement struct {
+	// Event is the statement as the proxy saw it.
+	Event *event.Event
+	// HasShape says the analyzer had a query shape for the event: only
+	// then are Fingerprint, Query and Fallback written.
+	HasShape bool
+	// Fingerprint and Query are the shape's fingerprint and normalized
+	// text; Fallback marks a shape from the fallback normalizer.
+	Fingerprint event.Fingerprint
+	Query       string
+	Fallback    bool
+	// TraceParent is the event's W3C traceparent, from the event or from
+	// its sqlcommenter comment.
+	TraceParent string
+	// Tags and Ignore are the statement's sqlcommenter tags and
+	// pgaudit:ignore directives.
+	Tags   map[string]string
+	Ignore []string
 }
 
-// WriteStatement writes a statement record for an analyzed event, whatever
-// the sampling. The record carries the normalized text only; the raw text
-// and parameter values are added only with LogParameters.
-func (a *AuditLog) WriteStatement(an *Analyzed) {
+// WriteStatement writes a statement record, whatever the sampling (see
+// Sampled). The record carries the normalized text only; the raw text and
+// parameter values are added only with LogParameters.
+func (a *Log) WriteStatement(an *Statement) {
 	ev := an.Event
 	var scratch [40]byte
 	e := a.begin(RecordStatement).
@@ -315,21 +344,21 @@ func (a *AuditLog) WriteStatement(an *Analyzed) {
 	if ev.SQLState != "" {
 		e = e.Str("sqlstate", ev.SQLState)
 	}
-	if an.Shape != nil {
-		e = e.Bytes("fingerprint", an.Shape.Fingerprint.AppendHex(scratch[:0])).Str("query", an.Shape.Normalized)
-		if an.Shape.Fallback {
+	if an.HasShape {
+		e = e.Bytes("fingerprint", an.Fingerprint.AppendHex(scratch[:0])).Str("query", an.Query)
+		if an.Fallback {
 			e = e.Bool("fallback", true)
 		}
 	}
 	if ev.ParamHash != 0 {
-		e = e.Bytes("param_hash", Fingerprint(ev.ParamHash).AppendHex(scratch[:0]))
+		e = e.Bytes("param_hash", event.Fingerprint(ev.ParamHash).AppendHex(scratch[:0]))
 	}
 	if ev.NumParams != 0 {
 		e = e.Int("num_params", ev.NumParams)
 	}
-	if ev.ParamHash == 0 && ev.NumParams == 0 && ev.Kind == KindStatement {
+	if ev.ParamHash == 0 && ev.NumParams == 0 && ev.Kind == event.KindStatement {
 		if h := literalHash(&a.litKey, ev.Text); h != 0 {
-			e = e.Bytes("literal_hash", Fingerprint(h).AppendHex(scratch[:0]))
+			e = e.Bytes("literal_hash", event.Fingerprint(h).AppendHex(scratch[:0]))
 		}
 	}
 	if an.TraceParent != "" {
@@ -339,15 +368,15 @@ func (a *AuditLog) WriteStatement(an *Analyzed) {
 	if ev.Detail != "" {
 		e = e.Str("detail", ev.Detail)
 	}
-	if len(an.Annotations.Tags) > 0 {
+	if len(an.Tags) > 0 {
 		d := zerolog.Dict()
-		for _, k := range sortedKeys(an.Annotations.Tags) {
-			d = d.Str(k, an.Annotations.Tags[k])
+		for _, k := range sortedKeys(an.Tags) {
+			d = d.Str(k, an.Tags[k])
 		}
 		e = e.Dict("tags", d)
 	}
-	if len(an.Annotations.Ignore) > 0 {
-		e = e.Strs("ignore", an.Annotations.Ignore)
+	if len(an.Ignore) > 0 {
+		e = e.Strs("ignore", an.Ignore)
 	}
 	if a.cfg.LogParameters {
 		e = e.Str("text", ev.Text)
@@ -367,19 +396,13 @@ func sortedKeys(m map[string]string) []string {
 	return keys
 }
 
-// WriteStats writes a stats record: snap truncated to the StatsTopN shapes
-// by total time (the rest folded into "other"), with a sequence number
-// increasing per AuditLog. Stats snapshots are cumulative since the run
-// started; final marks the one written at shutdown.
-func (a *AuditLog) WriteStats(snap *Snapshot, final bool) error {
-	if snap == nil {
-		return nil
-	}
-	t, err := snap.Truncate(ByTotalTime, a.cfg.StatsTopN)
-	if err != nil {
-		return fmt.Errorf("write stats record: %w", err)
-	}
-	body, err := json.Marshal(t)
+// WriteStats writes a stats record with v (any value encoding/json can
+// marshal, normally the analyzer's statistics snapshot truncated to
+// StatsTopN shapes) under "stats", with a sequence number increasing per
+// Log. Stats snapshots are cumulative since the run started; final marks
+// the one written at shutdown, after which the log is flushed.
+func (a *Log) WriteStats(v any, final bool) error {
+	body, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("write stats record: %w", err)
 	}
@@ -397,7 +420,7 @@ func (a *AuditLog) WriteStats(snap *Snapshot, final bool) error {
 // WriteFinding writes a finding record with v (any value encoding/json can
 // marshal, normally a rules finding) under "finding". It is for the rules
 // engine, called from analyzer workers or timers.
-func (a *AuditLog) WriteFinding(v any) error {
+func (a *Log) WriteFinding(v any) error {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("write finding record: %w", err)
@@ -409,7 +432,7 @@ func (a *AuditLog) WriteFinding(v any) error {
 // WritePool writes a pool record with v (the pooler's pool statistics, any
 // value encoding/json can marshal) under "pool". Call it from the pooler's
 // statistics timer, not from the relay path.
-func (a *AuditLog) WritePool(v any) error {
+func (a *Log) WritePool(v any) error {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("write pool record: %w", err)
@@ -420,7 +443,7 @@ func (a *AuditLog) WritePool(v any) error {
 
 // WriteDrops writes a drops record: delta events were dropped since the
 // last one, total since the run started.
-func (a *AuditLog) WriteDrops(delta, total uint64) {
+func (a *Log) WriteDrops(delta, total uint64) {
 	a.begin(RecordDrops).
 		Str("source", "analyzer_queue").
 		Uint64("dropped", delta).
@@ -429,16 +452,16 @@ func (a *AuditLog) WriteDrops(delta, total uint64) {
 }
 
 // Flush writes buffered records out.
-func (a *AuditLog) Flush() error { return a.w.Flush() }
+func (a *Log) Flush() error { return a.w.Flush() }
 
 // Reopen flushes and reopens the log file at its path, for logrotate's
 // "move then signal" (the proxy calls it on SIGHUP). A no-op for standard
 // output and Writer.
-func (a *AuditLog) Reopen() error { return a.w.Reopen() }
+func (a *Log) Reopen() error { return a.w.Reopen() }
 
 // Close flushes and closes the log and stops the flush goroutine. Records
 // written after Close are counted as write errors. Close is idempotent.
-func (a *AuditLog) Close() error {
+func (a *Log) Close() error {
 	a.closeMu.Lock()
 	if a.isClosed {
 		a.closeMu.Unlock()
@@ -451,7 +474,10 @@ func (a *AuditLog) Close() error {
 	return a.w.Close()
 }
 
-var _ Observer = (*AuditLog)(nil)
+// IgnoreDirective is the comment word that suppresses rules for one
+// statement; it must equal analyzer.IgnoreDirective (a test checks it). The
+// reader writes it back into rebuilt statements' text.
+const IgnoreDirective = "pgaudit:ignore"
 
 // annotationComments renders annotations as comments to append to a
 // statement's text, so that an Event rebuilt from an audit log carries its
@@ -499,13 +525,13 @@ func parseHexUint(s string) (uint64, error) {
 // the key, which is never written.
 func literalHash(key *[32]byte, text string) uint64 {
 	var m hash.Hash
-	l := newLexer(text)
+	l := sqlscan.New(text)
 	for {
-		kind, s, e, ok := l.next()
+		kind, s, e, ok := l.Next()
 		if !ok {
 			break
 		}
-		if kind != tokString && kind != tokNumber {
+		if kind != sqlscan.String && kind != sqlscan.Number {
 			continue
 		}
 		if m == nil {
@@ -518,4 +544,21 @@ func literalHash(key *[32]byte, text string) uint64 {
 		return 0
 	}
 	return max(binary.BigEndian.Uint64(m.Sum(nil)), 1)
+}
+
+// loggableParams renders params for the audit log: binary-format values as
+// \x followed by their bytes in hex (a NUL byte is no text).
+func loggableParams(params []string) []string {
+	if !slices.ContainsFunc(params, func(p string) bool { return strings.HasPrefix(p, event.BinaryParamPrefix) }) {
+		return params
+	}
+	out := make([]string, len(params))
+	for i, p := range params {
+		if raw, ok := strings.CutPrefix(p, event.BinaryParamPrefix); ok {
+			out[i] = `\x` + hex.EncodeToString([]byte(raw))
+		} else {
+			out[i] = p
+		}
+	}
+	return out
 }

@@ -1,4 +1,4 @@
-package analyzer
+package auditlog
 
 import (
 	"bufio"
@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
 )
 
 // BadLine is an audit log line that could not be used.
 type BadLine struct {
-	// File is the name given to AuditLogReader.Read.
+	// File is the name given to Reader.Read.
 	File string `json:"file,omitempty"`
 	// Line is the 1-based line number.
 	Line int `json:"line"`
@@ -20,8 +22,8 @@ type BadLine struct {
 	Err string `json:"error"`
 }
 
-// AuditLogSummary is what reading audit logs produced besides events.
-type AuditLogSummary struct {
+// Summary is what reading audit logs produced besides events.
+type Summary struct {
 	// Lines counts non-empty lines read.
 	Lines int `json:"lines"`
 	// Statements, StatsRecords, Findings, Pools and DropRecords count
@@ -38,23 +40,25 @@ type AuditLogSummary struct {
 	Dropped uint64 `json:"dropped"`
 	// Runs lists the run ids seen, in order of first appearance.
 	Runs []string `json:"runs"`
-	// Stats merges, for each run, its latest stats record (stats records
-	// are cumulative per run); nil when there was none.
-	Stats *Snapshot `json:"-"`
+	// RunStats holds the "stats" field of the latest stats record of each
+	// run that had one (stats records are cumulative per run), in the order
+	// of Runs. The analyzer decodes and merges them
+	// (analyzer.MergeAuditStats).
+	RunStats []json.RawMessage `json:"-"`
 	// BadLines holds the first MaxBadLines unusable lines (invalid JSON,
 	// unsupported schema, bad field values); BadLineCount counts them all.
 	BadLines     []BadLine `json:"bad_lines,omitempty"`
 	BadLineCount int       `json:"bad_line_count"`
 }
 
-// MaxBadLines bounds AuditLogSummary.BadLines.
+// MaxBadLines bounds Summary.BadLines.
 const MaxBadLines = 100
 
 // maxAuditLine bounds one audit log line; longer lines are reported bad.
 // A variable for tests.
 var maxAuditLine = 64 << 20
 
-// AuditLogReader rebuilds events and statistics from one or more audit log
+// Reader rebuilds events and statistics from one or more audit log
 // files (for example a log and its rotated predecessors) so that lint mode
 // can analyze what a proxy saw. Statement records become Events with
 // Protocol ProtocolLog, Text set to the normalized query (or the raw text
@@ -63,24 +67,24 @@ var maxAuditLine = 64 << 20
 // re-analysis yields the proxy's shapes. Session ids of the second and later
 // runs are offset by run<<48 so sessions of different processes stay apart.
 //
-// An AuditLogReader is not safe for concurrent use.
-type AuditLogReader struct {
+// An Reader is not safe for concurrent use.
+type Reader struct {
 	// OnEvent receives each rebuilt Event in file order; nil discards them.
 	// An error stops Read, which returns it wrapped.
-	OnEvent func(*Event) error
+	OnEvent func(*event.Event) error
 	// OnFinding and OnPool, when set, receive the raw JSON of the
 	// "finding" and "pool" fields of those records.
 	OnFinding func(json.RawMessage) error
 	OnPool    func(json.RawMessage) error
 
-	sum    AuditLogSummary
+	sum    Summary
 	runIdx map[string]uint64
 	latest map[string]*statsAt
 }
 
 type statsAt struct {
-	seq  uint64
-	snap *Snapshot
+	seq   uint64
+	stats json.RawMessage
 }
 
 // auditRecord is the union of every record's fields.
@@ -126,7 +130,7 @@ type auditRecord struct {
 	Pool    json.RawMessage `json:"pool"`
 }
 
-func (r *AuditLogReader) bad(file string, line int, err error) {
+func (r *Reader) bad(file string, line int, err error) {
 	r.sum.BadLineCount++
 	if len(r.sum.BadLines) < MaxBadLines {
 		r.sum.BadLines = append(r.sum.BadLines, BadLine{File: file, Line: line, Err: err.Error()})
@@ -137,7 +141,7 @@ func (r *AuditLogReader) bad(file string, line int, err error) {
 // not valid JSON or not usable records are counted and reported in the
 // summary, not fatal. Read returns an error only for an I/O error or an
 // error from a callback.
-func (r *AuditLogReader) Read(name string, rd io.Reader) error {
+func (r *Reader) Read(name string, rd io.Reader) error {
 	if r.runIdx == nil {
 		r.runIdx = make(map[string]uint64)
 		r.latest = make(map[string]*statsAt)
@@ -184,7 +188,7 @@ func (r *AuditLogReader) Read(name string, rd io.Reader) error {
 }
 
 // line handles one line; it returns only callback errors.
-func (r *AuditLogReader) line(file string, n int, line []byte) error {
+func (r *Reader) line(file string, n int, line []byte) error {
 	line = bytes.TrimSpace(line)
 	if len(line) == 0 {
 		return nil
@@ -199,7 +203,7 @@ func (r *AuditLogReader) line(file string, n int, line []byte) error {
 		r.bad(file, n, errors.New("not an audit log record: no schema field"))
 		return nil
 	}
-	if *rec.Schema != AuditSchemaVersion {
+	if *rec.Schema != SchemaVersion {
 		r.bad(file, n, fmt.Errorf("unsupported schema version %d", *rec.Schema))
 		return nil
 	}
@@ -223,14 +227,13 @@ func (r *AuditLogReader) line(file string, n int, line []byte) error {
 			}
 		}
 	case RecordStats:
-		var snap Snapshot
-		if err := json.Unmarshal(rec.Stats, &snap); err != nil {
-			r.bad(file, n, err)
+		if len(rec.Stats) == 0 || rec.Stats[0] != '{' {
+			r.bad(file, n, errors.New("stats record: no stats object"))
 			return nil
 		}
 		r.sum.StatsRecords++
 		if cur := r.latest[rec.RunID]; cur == nil || rec.Seq >= cur.seq {
-			r.latest[rec.RunID] = &statsAt{seq: rec.Seq, snap: &snap}
+			r.latest[rec.RunID] = &statsAt{seq: rec.Seq, stats: bytes.Clone(rec.Stats)}
 		}
 	case RecordFinding:
 		r.sum.Findings++
@@ -256,9 +259,9 @@ func (r *AuditLogReader) line(file string, n int, line []byte) error {
 }
 
 // event rebuilds the Event of a statement record.
-func (rec *auditRecord) event(run uint64) (*Event, error) {
-	ev := &Event{
-		Protocol:        ProtocolLog,
+func (rec *auditRecord) event(run uint64) (*event.Event, error) {
+	ev := &event.Event{
+		Protocol:        event.ProtocolLog,
 		Detail:          rec.Detail,
 		SessionID:       rec.SessionID | run<<48,
 		TxSeq:           rec.TxSeq,
@@ -278,9 +281,9 @@ func (rec *auditRecord) event(run uint64) (*Event, error) {
 	}
 	switch rec.Kind {
 	case "", "statement":
-		ev.Kind = KindStatement
+		ev.Kind = event.KindStatement
 	case "session_state":
-		ev.Kind = KindSessionState
+		ev.Kind = event.KindSessionState
 	default:
 		return nil, fmt.Errorf("statement record: unknown kind %q", rec.Kind)
 	}
@@ -291,7 +294,7 @@ func (rec *auditRecord) event(run uint64) (*Event, error) {
 		ev.Rows = *rec.Rows
 	}
 	if rec.Fingerprint != "" {
-		fp, err := ParseFingerprint(rec.Fingerprint)
+		fp, err := event.ParseFingerprint(rec.Fingerprint)
 		if err != nil {
 			return nil, fmt.Errorf("statement record: %w", err)
 		}
@@ -322,35 +325,27 @@ func (rec *auditRecord) event(run uint64) (*Event, error) {
 	return ev, nil
 }
 
-// Summary returns the counts so far and merges the latest stats record of
-// each run into Stats. It may be called more than once.
-func (r *AuditLogReader) Summary() (*AuditLogSummary, error) {
+// Summary returns the counts so far and the latest stats record of each
+// run. It may be called more than once.
+func (r *Reader) Summary() *Summary {
 	sum := r.sum
 	sum.Runs = append([]string(nil), r.sum.Runs...)
 	sum.BadLines = append([]BadLine(nil), r.sum.BadLines...)
-	if len(r.latest) > 0 {
-		var snaps []*Snapshot
-		for _, id := range r.sum.Runs {
-			if s := r.latest[id]; s != nil {
-				snaps = append(snaps, s.snap)
-			}
+	for _, id := range r.sum.Runs {
+		if s := r.latest[id]; s != nil {
+			sum.RunStats = append(sum.RunStats, s.stats)
 		}
-		merged, err := MergeSnapshots(snaps...)
-		if err != nil {
-			return nil, fmt.Errorf("merge audit log stats: %w", err)
-		}
-		sum.Stats = merged
 	}
-	return &sum, nil
+	return &sum
 }
 
-// ReadAuditLog reads one audit log stream, passing each rebuilt Event to
-// onEvent (nil discards them), and returns the summary with the merged
-// statistics. See AuditLogReader for several files.
-func ReadAuditLog(rd io.Reader, onEvent func(*Event) error) (*AuditLogSummary, error) {
-	r := &AuditLogReader{OnEvent: onEvent}
+// Read reads one audit log stream, passing each rebuilt Event to onEvent
+// (nil discards them), and returns the summary. See Reader for several
+// files.
+func Read(rd io.Reader, onEvent func(*event.Event) error) (*Summary, error) {
+	r := &Reader{OnEvent: onEvent}
 	if err := r.Read("", rd); err != nil {
 		return nil, err
 	}
-	return r.Summary()
+	return r.Summary(), nil
 }
