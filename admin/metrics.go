@@ -17,6 +17,40 @@ var queryDurationBuckets = []float64{
 	0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 }
 
+// poolWaitBuckets are the bucket bounds of pgaudit_pool_wait_seconds:
+// 4^k µs for k = 0..12 (1 µs to 16.8 s), every other bound of the pool's
+// power-of-two microsecond histogram. They are constants, the same in every
+// instance, so the buckets of a fleet add up with sum by (le).
+var poolWaitBuckets = func() []float64 {
+	b := make([]float64, 0, 13)
+	for k := 0; k <= 24; k += 2 {
+		b = append(b, float64(uint64(1)<<k)*1e-6)
+	}
+	return b
+}()
+
+// poolWaitHistogram returns the cumulative counts of wait (the pool's
+// power-of-two microsecond buckets, see pooler.PoolStats.WaitHist) at
+// poolWaitBuckets. A wait that took exactly a bound counts in the next
+// bucket up.
+func poolWaitHistogram(wait []int64) map[float64]uint64 {
+	out := make(map[float64]uint64, len(poolWaitBuckets))
+	var cum int64
+	next := 0
+	for i, c := range wait {
+		cum += max(c, 0)
+		// Bucket i holds waits under 2^i µs.
+		for next < len(poolWaitBuckets) && 2*next == i {
+			out[poolWaitBuckets[next]] = uint64(cum)
+			next++
+		}
+	}
+	for ; next < len(poolWaitBuckets); next++ {
+		out[poolWaitBuckets[next]] = uint64(cum)
+	}
+	return out
+}
+
 // otherLabel is the database label of databases beyond the label cap.
 const otherLabel = "other"
 
@@ -176,7 +210,7 @@ var (
 	descPoolSent = prometheus.NewDesc("pgaudit_pool_bytes_sent_total",
 		"Bytes sent to a pool's clients.", poolLabels, nil)
 	descPoolWait = prometheus.NewDesc("pgaudit_pool_wait_seconds",
-		"Time clients waited for a server connection, per acquire, since the pool started. Quantiles are the upper bounds of the pool's power-of-two microsecond buckets.", poolLabels, nil)
+		"Time clients waited for a server connection (connect included), per acquire, since the pool started; fixed buckets 4^k µs, k = 0..12, the same in every instance.", poolLabels, nil)
 	descPoolWaitMax = prometheus.NewDesc("pgaudit_pool_wait_max_seconds",
 		"Longest time a client waited for a server connection since the pool started.", poolLabels, nil)
 	descDatabasePaused = prometheus.NewDesc("pgaudit_database_paused",
@@ -252,8 +286,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descPoolQueries, float64(s.Queries), db, user)
 		counter(descPoolRecv, float64(s.BytesIn), db, user)
 		counter(descPoolSent, float64(s.BytesOut), db, user)
-		ch <- prometheus.MustNewConstSummary(descPoolWait, uint64(max(s.Waits, 0)), s.WaitTotal.Seconds(),
-			map[float64]float64{0.5: min(s.WaitP50, s.MaxWait).Seconds(), 0.99: min(s.WaitP99, s.MaxWait).Seconds()}, db, user)
+		ch <- prometheus.MustNewConstHistogram(descPoolWait, uint64(max(s.Waits, 0)), s.WaitTotal.Seconds(),
+			poolWaitHistogram(s.WaitHist[:]), db, user)
 		gauge(descPoolWaitMax, s.MaxWait.Seconds(), db, user)
 	}
 	if cfg := a.proxyConfig(); cfg != nil {

@@ -282,10 +282,15 @@ type PoolStats struct {
 	MaxWait   time.Duration `json:"maxwait_ns"`
 	// OldestWait is how long the oldest waiting client has been waiting
 	// now (PgBouncer's maxwait); zero when nobody waits.
-	OldestWait  time.Duration `json:"oldest_wait_ns"`
-	WaitP50     time.Duration `json:"wait_p50_ns"`
-	WaitP99     time.Duration `json:"wait_p99_ns"`
-	Utilization float64       `json:"utilization"`
+	OldestWait time.Duration `json:"oldest_wait_ns"`
+	WaitP50    time.Duration `json:"wait_p50_ns"`
+	WaitP99    time.Duration `json:"wait_p99_ns"`
+	// WaitHist counts the acquisitions behind Waits by time to get a
+	// server: WaitHist[i] holds waits in [2^(i-1), 2^i) µs, WaitHist[0]
+	// waits under 1 µs, the last bucket everything longer. Cumulative
+	// since the pool started; /metrics exports it as a histogram.
+	WaitHist    [waitBuckets]int64 `json:"-"`
+	Utilization float64            `json:"utilization"`
 
 	// Window is the time the Recent* and Connect* figures and Utilization
 	// cover: the last RecentWindow, or less right after the pool started.
@@ -356,6 +361,7 @@ func (p *Pool) statsAt(now time.Time, clientsActive int) PoolStats {
 	st.Waits = s.waitCount
 	st.WaitTotal = s.waitTotal
 	st.MaxWait = s.maxWait
+	st.WaitHist = s.waitHist
 	st.WaitP50 = min(histQuantile(&s.waitHist, s.waitCount, 0.50), s.maxWait)
 	st.WaitP99 = min(histQuantile(&s.waitHist, s.waitCount, 0.99), s.maxWait)
 	window := max(min(now.Sub(s.started), RecentWindow), 0)

@@ -1,0 +1,187 @@
+package admin
+
+import (
+	"bufio"
+	"context"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgaudit-proxy/pgaudit/pooler"
+)
+
+// fleetHistograms are the histograms a fleet aggregates with sum by (le),
+// with their labels and their documented, constant bucket bounds.
+var fleetHistograms = map[string]struct {
+	labels []string
+	bounds []string
+}{
+	"pgaudit_query_duration_seconds": {
+		labels: []string{"database"},
+		bounds: []string{"0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
+			"0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "+Inf"},
+	},
+	"pgaudit_pool_wait_seconds": {
+		labels: []string{"database", "user"},
+		// 4^k µs, k = 0..12.
+		bounds: []string{"1e-06", "4e-06", "1.6e-05", "6.4e-05", "0.000256", "0.001024", "0.004096",
+			"0.016384", "0.065536", "0.262144", "1.048576", "4.194304", "16.777216", "+Inf"},
+	},
+}
+
+// sampleLine is one line of the text exposition.
+var sampleLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$`)
+var labelPair = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
+
+// histSeries is one labelled series of a classic histogram as exposed.
+type histSeries struct {
+	les     []string
+	buckets []float64
+	count   float64
+	hasCnt  bool
+	labels  []string // label names, le excluded
+}
+
+// scrapeHistograms reads the text exposition and groups the _bucket and
+// _count samples of the named histograms by series (labels without le).
+func scrapeHistograms(t *testing.T, body string, names map[string]bool) map[string]map[string]*histSeries {
+	t.Helper()
+	out := map[string]map[string]*histSeries{}
+	sc := bufio.NewScanner(strings.NewReader(body))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") || line == "" {
+			continue
+		}
+		m := sampleLine.FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("unparsable /metrics line %q", line)
+		}
+		metric, suffix := m[1], ""
+		for _, s := range []string{"_bucket", "_count"} {
+			if strings.HasSuffix(metric, s) && names[strings.TrimSuffix(metric, s)] {
+				metric, suffix = strings.TrimSuffix(metric, s), s
+			}
+		}
+		if suffix == "" {
+			continue
+		}
+		v, err := strconv.ParseFloat(m[3], 64)
+		if err != nil {
+			t.Fatalf("value in %q: %v", line, err)
+		}
+		var key, le []string
+		var lnames []string
+		for _, p := range labelPair.FindAllStringSubmatch(m[2], -1) {
+			if p[1] == "le" {
+				le = append(le, p[2])
+				continue
+			}
+			key = append(key, p[1]+"="+p[2])
+			lnames = append(lnames, p[1])
+		}
+		k := strings.Join(key, ",")
+		if out[metric] == nil {
+			out[metric] = map[string]*histSeries{}
+		}
+		s := out[metric][k]
+		if s == nil {
+			s = &histSeries{labels: lnames}
+			out[metric][k] = s
+		}
+		if suffix == "_count" {
+			s.count, s.hasCnt = v, true
+			continue
+		}
+		if len(le) != 1 {
+			t.Fatalf("bucket without one le: %q", line)
+		}
+		s.les = append(s.les, le[0])
+		s.buckets = append(s.buckets, v)
+	}
+	return out
+}
+
+// TestMetricsFleetHistograms scrapes /metrics of a running proxy and checks
+// that the wait and latency histograms aggregate across instances: classic
+// cumulative buckets at the documented constant bounds, ending in +Inf
+// equal to _count, labelled by database (and pool user) only.
+func TestMetricsFleetHistograms(t *testing.T) {
+	e := newEnv(t, envOptions{mode: pooler.TransactionMode, size: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e.workload(ctx, 5)
+	resp := httpGet(t, e.base+"/metrics")
+	if resp.code != 200 {
+		t.Fatalf("/metrics: %d %s", resp.code, resp.body)
+	}
+	names := map[string]bool{}
+	for n := range fleetHistograms {
+		names[n] = true
+	}
+	got := scrapeHistograms(t, string(resp.body), names)
+	for name, want := range fleetHistograms {
+		series := got[name]
+		if len(series) == 0 {
+			t.Errorf("%s: no series", name)
+			continue
+		}
+		for key, s := range series {
+			if !slices.Equal(s.labels, want.labels) {
+				t.Errorf("%s{%s}: labels %v, want %v", name, key, s.labels, want.labels)
+			}
+			if !slices.Equal(s.les, want.bounds) {
+				t.Errorf("%s{%s}: bounds %v, want %v", name, key, s.les, want.bounds)
+			}
+			for i := 1; i < len(s.buckets); i++ {
+				if s.buckets[i] < s.buckets[i-1] {
+					t.Errorf("%s{%s}: bucket le=%s = %v below le=%s = %v (not cumulative)",
+						name, key, s.les[i], s.buckets[i], s.les[i-1], s.buckets[i-1])
+				}
+			}
+			if !s.hasCnt || len(s.buckets) == 0 || s.buckets[len(s.buckets)-1] != s.count {
+				t.Errorf("%s{%s}: +Inf bucket %v != _count %v", name, key, s.buckets, s.count)
+			}
+			if s.count == 0 {
+				t.Errorf("%s{%s}: no observations after the workload", name, key)
+			}
+		}
+	}
+}
+
+// TestPoolWaitHistogram checks the mapping of the pool's power-of-two
+// microsecond buckets onto the exported bounds.
+func TestPoolWaitHistogram(t *testing.T) {
+	var h [40]int64
+	h[0] = 3  // < 1 µs
+	h[1] = 2  // [1, 2) µs
+	h[3] = 5  // [4, 8) µs
+	h[11] = 7 // [1024, 2048) µs
+	h[39] = 1 // saturated
+	got := poolWaitHistogram(h[:])
+	want := map[float64]uint64{}
+	for i, b := range poolWaitBuckets {
+		switch {
+		case i == 0:
+			want[b] = 3 // < 1 µs
+		case i == 1:
+			want[b] = 5 // < 4 µs
+		case i <= 5:
+			want[b] = 10 // < 1024 µs
+		default:
+			want[b] = 17
+		}
+	}
+	for b, n := range want {
+		if got[b] != n {
+			t.Errorf("le=%g: %d, want %d", b, got[b], n)
+		}
+	}
+	if len(got) != len(poolWaitBuckets) || len(poolWaitBuckets) != 13 {
+		t.Errorf("%d buckets, want 13", len(got))
+	}
+}
