@@ -3,12 +3,17 @@ package admin
 import (
 	"bufio"
 	"context"
+	"io"
+	"net/http"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 )
@@ -183,5 +188,68 @@ func TestPoolWaitHistogram(t *testing.T) {
 	}
 	if len(got) != len(poolWaitBuckets) || len(poolWaitBuckets) != 13 {
 		t.Errorf("%d buckets, want 13", len(got))
+	}
+}
+
+// TestMetricsNativeHistogram scrapes /metrics as Prometheus does when
+// native histograms are on (delimited protobuf) and checks the query
+// latency histogram carries both a native schema with spans and the
+// classic buckets.
+func TestMetricsNativeHistogram(t *testing.T) {
+	e := newEnv(t, envOptions{mode: pooler.TransactionMode, size: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e.workload(ctx, 5)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.base+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	format := expfmt.ResponseFormat(resp.Header)
+	if format.FormatType() != expfmt.TypeProtoDelim {
+		t.Fatalf("Content-Type %q, want delimited protobuf", resp.Header.Get("Content-Type"))
+	}
+	dec := expfmt.NewDecoder(resp.Body, format)
+	var found bool
+	for {
+		var mf dto.MetricFamily
+		if err := dec.Decode(&mf); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if mf.GetName() != "pgaudit_query_duration_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			h := m.GetHistogram()
+			found = true
+			if h.Schema == nil || h.GetSchema() != 3 {
+				t.Errorf("schema %v, want 3 (factor %v)", h.Schema, nativeBucketFactor)
+			}
+			if len(h.GetPositiveSpan()) == 0 || len(h.GetPositiveDelta()) == 0 {
+				t.Errorf("no native spans or deltas: %v", h)
+			}
+			var native uint64 = h.GetZeroCount()
+			var cur int64
+			for _, d := range h.GetPositiveDelta() {
+				cur += d
+				native += uint64(cur)
+			}
+			if native != h.GetSampleCount() {
+				t.Errorf("native buckets hold %d observations, count %d", native, h.GetSampleCount())
+			}
+			if len(h.GetBucket()) != len(queryDurationBuckets) {
+				t.Errorf("%d classic buckets alongside, want %d", len(h.GetBucket()), len(queryDurationBuckets))
+			}
+		}
+	}
+	if !found {
+		t.Fatal("pgaudit_query_duration_seconds not in the protobuf scrape")
 	}
 }
