@@ -6,8 +6,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -53,6 +56,66 @@ func poolWaitHistogram(wait []int64) map[float64]uint64 {
 		out[poolWaitBuckets[next]] = uint64(cum)
 	}
 	return out
+}
+
+// poolWaitMetric is one pool's pgaudit_pool_wait_seconds: classic buckets
+// at poolWaitBuckets and, for a protobuf scrape, the native buckets the
+// pool keeps (pooler.NativeWaitSchema), both from the same acquisitions.
+type poolWaitMetric struct {
+	desc   *prometheus.Desc
+	labels []*dto.LabelPair
+	h      *dto.Histogram
+}
+
+func (m *poolWaitMetric) Desc() *prometheus.Desc { return m.desc }
+
+func (m *poolWaitMetric) Write(out *dto.Metric) error {
+	out.Label = m.labels
+	out.Histogram = m.h
+	return nil
+}
+
+// newPoolWaitMetric builds the wait histogram of one pool.
+func newPoolWaitMetric(s *pooler.PoolStats) prometheus.Metric {
+	h := &dto.Histogram{
+		SampleCount:   proto.Uint64(uint64(max(s.Waits, 0))),
+		SampleSum:     proto.Float64(s.WaitTotal.Seconds()),
+		Schema:        proto.Int32(pooler.NativeWaitSchema),
+		ZeroThreshold: proto.Float64(pooler.NativeWaitZeroThreshold),
+		ZeroCount:     proto.Uint64(uint64(max(s.WaitZero, 0))),
+	}
+	classic := poolWaitHistogram(s.WaitHist[:])
+	for _, b := range poolWaitBuckets {
+		h.Bucket = append(h.Bucket, &dto.Bucket{UpperBound: proto.Float64(b), CumulativeCount: proto.Uint64(classic[b])})
+	}
+	// Spans of consecutive non-empty buckets, counts as deltas.
+	var prev int64
+	end := 0 // index after the last span
+	for i := 0; i < len(s.WaitNative); {
+		if s.WaitNative[i] == 0 {
+			i++
+			continue
+		}
+		j := i
+		for j < len(s.WaitNative) && s.WaitNative[j] != 0 {
+			h.PositiveDelta = append(h.PositiveDelta, s.WaitNative[j]-prev)
+			prev = s.WaitNative[j]
+			j++
+		}
+		off := i - end
+		if len(h.PositiveSpan) == 0 {
+			off = i + pooler.NativeWaitFirst
+		}
+		h.PositiveSpan = append(h.PositiveSpan, &dto.BucketSpan{Offset: proto.Int32(int32(off)), Length: proto.Uint32(uint32(j - i))})
+		end = j
+		i = j
+	}
+	if len(h.PositiveSpan) == 0 {
+		// An empty span marks the histogram native even with no
+		// observations (as client_golang does).
+		h.PositiveSpan = []*dto.BucketSpan{{Offset: proto.Int32(0), Length: proto.Uint32(0)}}
+	}
+	return &poolWaitMetric{desc: descPoolWait, labels: prometheus.MakeLabelPairs(descPoolWait, []string{s.Database, s.User}), h: h}
 }
 
 // otherLabel is the database label of databases beyond the label cap.
@@ -222,7 +285,7 @@ var (
 	descPoolSent = prometheus.NewDesc("pgaudit_pool_bytes_sent_total",
 		"Bytes sent to a pool's clients.", poolLabels, nil)
 	descPoolWait = prometheus.NewDesc("pgaudit_pool_wait_seconds",
-		"Time clients waited for a server connection (connect included), per acquire, since the pool started; fixed buckets 4^k µs, k = 0..12, the same in every instance.", poolLabels, nil)
+		"Time clients waited for a server connection (connect included), per acquire, since the pool started; fixed buckets 4^k µs, k = 0..12, the same in every instance (native: schema 2).", poolLabels, nil)
 	descPoolWaitMax = prometheus.NewDesc("pgaudit_pool_wait_max_seconds",
 		"Longest time a client waited for a server connection since the pool started.", poolLabels, nil)
 	descDatabasePaused = prometheus.NewDesc("pgaudit_database_paused",
@@ -298,8 +361,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descPoolQueries, float64(s.Queries), db, user)
 		counter(descPoolRecv, float64(s.BytesIn), db, user)
 		counter(descPoolSent, float64(s.BytesOut), db, user)
-		ch <- prometheus.MustNewConstHistogram(descPoolWait, uint64(max(s.Waits, 0)), s.WaitTotal.Seconds(),
-			poolWaitHistogram(s.WaitHist[:]), db, user)
+		ch <- newPoolWaitMetric(&s)
 		gauge(descPoolWaitMax, s.MaxWait.Seconds(), db, user)
 	}
 	if cfg := a.proxyConfig(); cfg != nil {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"math"
 	"net/http"
 	"regexp"
 	"slices"
@@ -191,10 +192,32 @@ func TestPoolWaitHistogram(t *testing.T) {
 	}
 }
 
+// nativeBuckets decodes a native histogram's positive spans and deltas to
+// counts by bucket index.
+func nativeBuckets(h *dto.Histogram) map[int]int64 {
+	out := map[int]int64{}
+	idx, d := 0, 0
+	var cur int64
+	for i, sp := range h.GetPositiveSpan() {
+		if i == 0 {
+			idx = int(sp.GetOffset())
+		} else {
+			idx += int(sp.GetOffset())
+		}
+		for range sp.GetLength() {
+			cur += h.GetPositiveDelta()[d]
+			d++
+			out[idx] = cur
+			idx++
+		}
+	}
+	return out
+}
+
 // TestMetricsNativeHistogram scrapes /metrics as Prometheus does when
-// native histograms are on (delimited protobuf) and checks the query
-// latency histogram carries both a native schema with spans and the
-// classic buckets.
+// native histograms are on (delimited protobuf) and checks both histograms
+// carry a native schema with spans holding every observation, and the
+// classic buckets alongside.
 func TestMetricsNativeHistogram(t *testing.T) {
 	e := newEnv(t, envOptions{mode: pooler.TransactionMode, size: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -214,8 +237,15 @@ func TestMetricsNativeHistogram(t *testing.T) {
 	if format.FormatType() != expfmt.TypeProtoDelim {
 		t.Fatalf("Content-Type %q, want delimited protobuf", resp.Header.Get("Content-Type"))
 	}
+	want := map[string]struct {
+		schema  int32
+		classic int
+	}{
+		"pgaudit_query_duration_seconds": {3, len(queryDurationBuckets)},
+		"pgaudit_pool_wait_seconds":      {pooler.NativeWaitSchema, len(poolWaitBuckets)},
+	}
+	found := map[string]bool{}
 	dec := expfmt.NewDecoder(resp.Body, format)
-	var found bool
 	for {
 		var mf dto.MetricFamily
 		if err := dec.Decode(&mf); err == io.EOF {
@@ -223,33 +253,90 @@ func TestMetricsNativeHistogram(t *testing.T) {
 		} else if err != nil {
 			t.Fatal(err)
 		}
-		if mf.GetName() != "pgaudit_query_duration_seconds" {
+		w, ok := want[mf.GetName()]
+		if !ok {
 			continue
+		}
+		if mf.GetType() != dto.MetricType_HISTOGRAM {
+			t.Errorf("%s is %v", mf.GetName(), mf.GetType())
 		}
 		for _, m := range mf.GetMetric() {
 			h := m.GetHistogram()
-			found = true
-			if h.Schema == nil || h.GetSchema() != 3 {
-				t.Errorf("schema %v, want 3 (factor %v)", h.Schema, nativeBucketFactor)
+			found[mf.GetName()] = true
+			if h.Schema == nil || h.GetSchema() != w.schema {
+				t.Errorf("%s: schema %v, want %d", mf.GetName(), h.Schema, w.schema)
 			}
 			if len(h.GetPositiveSpan()) == 0 || len(h.GetPositiveDelta()) == 0 {
-				t.Errorf("no native spans or deltas: %v", h)
+				t.Errorf("%s: no native spans or deltas: %v", mf.GetName(), h)
 			}
-			var native uint64 = h.GetZeroCount()
-			var cur int64
-			for _, d := range h.GetPositiveDelta() {
-				cur += d
-				native += uint64(cur)
+			native := h.GetZeroCount()
+			for _, c := range nativeBuckets(h) {
+				if c < 0 {
+					t.Errorf("%s: negative bucket in %v", mf.GetName(), h)
+				}
+				native += uint64(c)
 			}
-			if native != h.GetSampleCount() {
-				t.Errorf("native buckets hold %d observations, count %d", native, h.GetSampleCount())
+			if native != h.GetSampleCount() || native == 0 {
+				t.Errorf("%s: native buckets hold %d observations, count %d", mf.GetName(), native, h.GetSampleCount())
 			}
-			if len(h.GetBucket()) != len(queryDurationBuckets) {
-				t.Errorf("%d classic buckets alongside, want %d", len(h.GetBucket()), len(queryDurationBuckets))
+			if len(h.GetBucket()) != w.classic {
+				t.Errorf("%s: %d classic buckets alongside, want %d", mf.GetName(), len(h.GetBucket()), w.classic)
 			}
 		}
 	}
-	if !found {
-		t.Fatal("pgaudit_query_duration_seconds not in the protobuf scrape")
+	for name := range want {
+		if !found[name] {
+			t.Errorf("%s not in the protobuf scrape", name)
+		}
+	}
+}
+
+// TestPoolWaitNative checks the native buckets of the pool wait histogram
+// against the waits recorded: each lands in the bucket whose bounds hold
+// it, spans with gaps decode back.
+func TestPoolWaitNative(t *testing.T) {
+	waits := []time.Duration{0, 500 * time.Nanosecond, 3 * time.Microsecond, 3 * time.Microsecond,
+		200 * time.Microsecond, 2 * time.Millisecond, time.Second, 2 * time.Second, 3 * time.Hour}
+	var s pooler.PoolStats
+	s.Database, s.User = "db", "u"
+	wantNative := map[int]int64{}
+	var wantZero uint64
+	for _, w := range waits {
+		s.Waits++
+		s.WaitTotal += w
+		v := w.Seconds()
+		if v <= pooler.NativeWaitZeroThreshold {
+			s.WaitZero++
+			wantZero++
+			continue
+		}
+		// Bucket i holds (2^((i-1)/4), 2^(i/4)].
+		i := int(math.Ceil(4 * math.Log2(v)))
+		i = min(i, 48)
+		if lo, hi := math.Pow(2, float64(i-1)/4), math.Pow(2, float64(i)/4); i < 48 && !(v > lo && v <= hi) {
+			t.Fatalf("%v: bucket %d (%g, %g]", w, i, lo, hi)
+		}
+		wantNative[i]++
+		s.WaitNative[i-pooler.NativeWaitFirst]++
+	}
+	var m dto.Metric
+	if err := newPoolWaitMetric(&s).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	h := m.GetHistogram()
+	if h.GetZeroCount() != wantZero || h.GetZeroThreshold() != pooler.NativeWaitZeroThreshold {
+		t.Errorf("zero bucket %d (threshold %g), want %d", h.GetZeroCount(), h.GetZeroThreshold(), wantZero)
+	}
+	got := nativeBuckets(h)
+	for i, c := range got {
+		if c != wantNative[i] {
+			t.Errorf("bucket %d: %d, want %d", i, c, wantNative[i])
+		}
+	}
+	if len(got) != len(wantNative) || len(h.GetPositiveSpan()) < 3 {
+		t.Errorf("buckets %v (spans %v), want %v", got, h.GetPositiveSpan(), wantNative)
+	}
+	if len(m.GetLabel()) != 2 || m.GetLabel()[0].GetValue() != "db" || m.GetLabel()[1].GetValue() != "u" {
+		t.Errorf("labels %v", m.GetLabel())
 	}
 }

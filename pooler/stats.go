@@ -12,6 +12,30 @@ import (
 // holds waits in [2^(i-1), 2^i) µs, bucket 0 holds waits under 1 µs.
 const waitBuckets = 40
 
+// Native histogram of wait times, in seconds, as Prometheus lays it out at
+// schema 2: bucket i holds waits in (2^((i-1)/4), 2^(i/4)] s, 19% apart.
+// Waits up to NativeWaitZeroThreshold (2^-20 s, about 0.95 µs) go to the
+// zero bucket, waits past 2^12 s (68 min) to the last bucket.
+const (
+	NativeWaitSchema        = 2
+	NativeWaitZeroThreshold = 1.0 / (1 << 20)
+	// NativeWaitFirst is the index of PoolStats.WaitNative[0].
+	NativeWaitFirst   = -20*4 + 1
+	nativeWaitLast    = 12 * 4
+	nativeWaitBuckets = nativeWaitLast - NativeWaitFirst + 1
+)
+
+// nativeWaitIndex returns the position in WaitNative of wait, or -1 for
+// the zero bucket.
+func nativeWaitIndex(wait time.Duration) int {
+	v := wait.Seconds()
+	if v <= NativeWaitZeroThreshold {
+		return -1
+	}
+	i := int(math.Ceil(math.Log2(v) * (1 << NativeWaitSchema)))
+	return min(max(i, NativeWaitFirst), nativeWaitLast) - NativeWaitFirst
+}
+
 type poolStats struct {
 	xacts   atomic.Int64
 	xactNs  atomic.Int64 // time in transactions, nanoseconds
@@ -28,6 +52,8 @@ type poolStats struct {
 
 	mu         sync.Mutex
 	waitHist   [waitBuckets]int64
+	waitNative [nativeWaitBuckets]int64
+	waitZero   int64 // waits in the native histogram's zero bucket
 	waitCount  int64
 	waitTotal  time.Duration
 	maxWait    time.Duration
@@ -132,8 +158,14 @@ func (s *poolStats) recordAcquire(now time.Time, wait, queued time.Duration) {
 	if b >= waitBuckets {
 		b = waitBuckets - 1
 	}
+	n := nativeWaitIndex(wait)
 	s.mu.Lock()
 	s.waitHist[b]++
+	if n < 0 {
+		s.waitZero++
+	} else {
+		s.waitNative[n]++
+	}
 	s.waitCount++
 	s.waitTotal += wait
 	if wait > s.maxWait {
@@ -289,8 +321,12 @@ type PoolStats struct {
 	// server: WaitHist[i] holds waits in [2^(i-1), 2^i) µs, WaitHist[0]
 	// waits under 1 µs, the last bucket everything longer. Cumulative
 	// since the pool started; /metrics exports it as a histogram.
-	WaitHist    [waitBuckets]int64 `json:"-"`
-	Utilization float64            `json:"utilization"`
+	WaitHist [waitBuckets]int64 `json:"-"`
+	// WaitNative and WaitZero are the same waits as a native histogram
+	// (see NativeWaitSchema): WaitNative[i] is bucket NativeWaitFirst+i.
+	WaitNative  [nativeWaitBuckets]int64 `json:"-"`
+	WaitZero    int64                    `json:"-"`
+	Utilization float64                  `json:"utilization"`
 
 	// Window is the time the Recent* and Connect* figures and Utilization
 	// cover: the last RecentWindow, or less right after the pool started.
@@ -362,6 +398,8 @@ func (p *Pool) statsAt(now time.Time, clientsActive int) PoolStats {
 	st.WaitTotal = s.waitTotal
 	st.MaxWait = s.maxWait
 	st.WaitHist = s.waitHist
+	st.WaitNative = s.waitNative
+	st.WaitZero = s.waitZero
 	st.WaitP50 = min(histQuantile(&s.waitHist, s.waitCount, 0.50), s.maxWait)
 	st.WaitP99 = min(histQuantile(&s.waitHist, s.waitCount, 0.99), s.maxWait)
 	window := max(min(now.Sub(s.started), RecentWindow), 0)
