@@ -26,13 +26,27 @@ const (
 )
 
 // nativeWaitIndex returns the position in WaitNative of wait, or -1 for
-// the zero bucket.
+// the zero bucket. Without a logarithm (it runs on every acquire): with
+// v = frac * 2^exp, frac in [0.5, 1), the bucket is 4*exp + k for the
+// first k in -3..0 with frac <= 2^(k/4); frac = 0.5 is v = 2^(exp-1), the
+// upper bound of bucket 4*exp - 4.
 func nativeWaitIndex(wait time.Duration) int {
 	v := wait.Seconds()
 	if v <= NativeWaitZeroThreshold {
 		return -1
 	}
-	i := int(math.Ceil(math.Log2(v) * (1 << NativeWaitSchema)))
+	frac, exp := math.Frexp(v)
+	i := 4 * exp
+	switch {
+	case frac == 0.5:
+		i -= 4
+	case frac <= 0.5946035575013605: // 2^(-3/4)
+		i -= 3
+	case frac <= 0.7071067811865476: // 2^(-2/4)
+		i -= 2
+	case frac <= 0.8408964152537145: // 2^(-1/4)
+		i--
+	}
 	return min(max(i, NativeWaitFirst), nativeWaitLast) - NativeWaitFirst
 }
 

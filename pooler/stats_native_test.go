@@ -30,3 +30,27 @@ func TestNativeWaitIndex(t *testing.T) {
 		}
 	}
 }
+
+// TestNativeWaitIndexDense compares the index with ceil(4 log2 v) over a
+// dense range of waits, away from the irrational bounds' rounding.
+func TestNativeWaitIndexDense(t *testing.T) {
+	for w := time.Duration(1); w < 5000*time.Second; w = w*21/20 + 1 {
+		v := w.Seconds()
+		if v <= NativeWaitZeroThreshold {
+			continue
+		}
+		want := min(max(int(math.Ceil(4*math.Log2(v))), NativeWaitFirst), nativeWaitLast) - NativeWaitFirst
+		if got := nativeWaitIndex(w); got != want {
+			t.Errorf("%v: %d, want %d", w, got, want)
+		}
+	}
+	for e := -19; e <= 12; e++ {
+		w := time.Duration(math.Ldexp(1, e) * 1e9)
+		if math.Ldexp(1, e)*1e9 != float64(w) {
+			continue // not a whole number of nanoseconds
+		}
+		if got, want := nativeWaitIndex(w), min(4*e, nativeWaitLast)-NativeWaitFirst; got != want {
+			t.Errorf("2^%d s: %d, want %d", e, got, want)
+		}
+	}
+}
