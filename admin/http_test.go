@@ -63,7 +63,7 @@ func TestMetrics(t *testing.T) {
 		"pgaudit_pool_queries_total":            "COUNTER",
 		"pgaudit_pool_bytes_received_total":     "COUNTER",
 		"pgaudit_pool_bytes_sent_total":         "COUNTER",
-		"pgaudit_pool_wait_seconds":             "SUMMARY",
+		"pgaudit_pool_wait_seconds":             "HISTOGRAM",
 		"pgaudit_pool_wait_max_seconds":         "GAUGE",
 		"pgaudit_database_paused":               "GAUGE",
 		"pgaudit_query_duration_seconds":        "HISTOGRAM",
@@ -130,7 +130,7 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("pgaudit_findings = %v", m)
 		}
 	}
-	if f := fams["pgaudit_pool_wait_seconds"]; f != nil && f.GetMetric()[0].GetSummary().GetSampleCount() == 0 {
+	if f := fams["pgaudit_pool_wait_seconds"]; f != nil && f.GetMetric()[0].GetHistogram().GetSampleCount() == 0 {
 		t.Error("pgaudit_pool_wait_seconds has no acquisitions")
 	}
 }

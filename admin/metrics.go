@@ -6,8 +6,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -15,6 +18,104 @@ import (
 // 100µs to 30s, roughly 2.5x apart.
 var queryDurationBuckets = []float64{
 	0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+}
+
+// nativeBucketFactor is the growth factor of native histogram buckets:
+// 1.1 picks schema 3.
+const nativeBucketFactor = 1.1
+
+// poolWaitBuckets are the bucket bounds of pgaudit_pool_wait_seconds:
+// 4^k µs for k = 0..12 (1 µs to 16.8 s), every other bound of the pool's
+// power-of-two microsecond histogram. They are constants, the same in every
+// instance, so the buckets of a fleet add up with sum by (le).
+var poolWaitBuckets = func() []float64 {
+	b := make([]float64, 0, 13)
+	for k := 0; k <= 24; k += 2 {
+		b = append(b, float64(uint64(1)<<k)*1e-6)
+	}
+	return b
+}()
+
+// poolWaitHistogram returns the cumulative counts of wait (the pool's
+// power-of-two microsecond buckets, see pooler.PoolStats.WaitHist) at
+// poolWaitBuckets. A wait that took exactly a bound counts in the next
+// bucket up.
+func poolWaitHistogram(wait []int64) map[float64]uint64 {
+	out := make(map[float64]uint64, len(poolWaitBuckets))
+	var cum int64
+	next := 0
+	for i, c := range wait {
+		cum += max(c, 0)
+		// Bucket i holds waits under 2^i µs.
+		for next < len(poolWaitBuckets) && 2*next == i {
+			out[poolWaitBuckets[next]] = uint64(cum)
+			next++
+		}
+	}
+	for ; next < len(poolWaitBuckets); next++ {
+		out[poolWaitBuckets[next]] = uint64(cum)
+	}
+	return out
+}
+
+// poolWaitMetric is one pool's pgaudit_pool_wait_seconds: classic buckets
+// at poolWaitBuckets and, for a protobuf scrape, the native buckets the
+// pool keeps (pooler.NativeWaitSchema), both from the same acquisitions.
+type poolWaitMetric struct {
+	desc   *prometheus.Desc
+	labels []*dto.LabelPair
+	h      *dto.Histogram
+}
+
+func (m *poolWaitMetric) Desc() *prometheus.Desc { return m.desc }
+
+func (m *poolWaitMetric) Write(out *dto.Metric) error {
+	out.Label = m.labels
+	out.Histogram = m.h
+	return nil
+}
+
+// newPoolWaitMetric builds the wait histogram of one pool.
+func newPoolWaitMetric(s *pooler.PoolStats) prometheus.Metric {
+	h := &dto.Histogram{
+		SampleCount:   proto.Uint64(uint64(max(s.Waits, 0))),
+		SampleSum:     proto.Float64(s.WaitTotal.Seconds()),
+		Schema:        proto.Int32(pooler.NativeWaitSchema),
+		ZeroThreshold: proto.Float64(pooler.NativeWaitZeroThreshold),
+		ZeroCount:     proto.Uint64(uint64(max(s.WaitZero, 0))),
+	}
+	classic := poolWaitHistogram(s.WaitHist[:])
+	for _, b := range poolWaitBuckets {
+		h.Bucket = append(h.Bucket, &dto.Bucket{UpperBound: proto.Float64(b), CumulativeCount: proto.Uint64(classic[b])})
+	}
+	// Spans of consecutive non-empty buckets, counts as deltas.
+	var prev int64
+	end := 0 // index after the last span
+	for i := 0; i < len(s.WaitNative); {
+		if s.WaitNative[i] == 0 {
+			i++
+			continue
+		}
+		j := i
+		for j < len(s.WaitNative) && s.WaitNative[j] != 0 {
+			h.PositiveDelta = append(h.PositiveDelta, s.WaitNative[j]-prev)
+			prev = s.WaitNative[j]
+			j++
+		}
+		off := i - end
+		if len(h.PositiveSpan) == 0 {
+			off = i + pooler.NativeWaitFirst
+		}
+		h.PositiveSpan = append(h.PositiveSpan, &dto.BucketSpan{Offset: proto.Int32(int32(off)), Length: proto.Uint32(uint32(j - i))})
+		end = j
+		i = j
+	}
+	if len(h.PositiveSpan) == 0 {
+		// An empty span marks the histogram native even with no
+		// observations (as client_golang does).
+		h.PositiveSpan = []*dto.BucketSpan{{Offset: proto.Int32(0), Length: proto.Uint32(0)}}
+	}
+	return &poolWaitMetric{desc: descPoolWait, labels: prometheus.MakeLabelPairs(descPoolWait, []string{s.Database, s.User}), h: h}
 }
 
 // otherLabel is the database label of databases beyond the label cap.
@@ -59,6 +160,14 @@ func newQueryObserver(maxDB int) *queryObserver {
 			Name:    "pgaudit_query_duration_seconds",
 			Help:    "Duration of statements relayed by the proxy, from the client's message to CommandComplete or ErrorResponse, by client-visible database.",
 			Buckets: queryDurationBuckets,
+			// Also a native histogram for a Prometheus scraping protobuf:
+			// factor 1.1 is schema 3 (2^(1/8) apart, within 4.4%). Past
+			// 160 buckets the histogram halves its resolution (to schema 2,
+			// 1...) rather than grow; Prometheus sums native histograms of
+			// different schemas at the coarsest, so a fleet still adds up.
+			NativeHistogramBucketFactor:     nativeBucketFactor,
+			NativeHistogramMaxBucketNumber:  160,
+			NativeHistogramMinResetDuration: time.Hour,
 		}, []string{"database"}),
 		errs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgaudit_query_errors_total",
@@ -176,7 +285,7 @@ var (
 	descPoolSent = prometheus.NewDesc("pgaudit_pool_bytes_sent_total",
 		"Bytes sent to a pool's clients.", poolLabels, nil)
 	descPoolWait = prometheus.NewDesc("pgaudit_pool_wait_seconds",
-		"Time clients waited for a server connection, per acquire, since the pool started. Quantiles are the upper bounds of the pool's power-of-two microsecond buckets.", poolLabels, nil)
+		"Time clients waited for a server connection (connect included), per acquire, since the pool started; fixed buckets 4^k µs, k = 0..12, the same in every instance (native: schema 2).", poolLabels, nil)
 	descPoolWaitMax = prometheus.NewDesc("pgaudit_pool_wait_max_seconds",
 		"Longest time a client waited for a server connection since the pool started.", poolLabels, nil)
 	descDatabasePaused = prometheus.NewDesc("pgaudit_database_paused",
@@ -252,8 +361,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descPoolQueries, float64(s.Queries), db, user)
 		counter(descPoolRecv, float64(s.BytesIn), db, user)
 		counter(descPoolSent, float64(s.BytesOut), db, user)
-		ch <- prometheus.MustNewConstSummary(descPoolWait, uint64(max(s.Waits, 0)), s.WaitTotal.Seconds(),
-			map[float64]float64{0.5: min(s.WaitP50, s.MaxWait).Seconds(), 0.99: min(s.WaitP99, s.MaxWait).Seconds()}, db, user)
+		ch <- newPoolWaitMetric(&s)
 		gauge(descPoolWaitMax, s.MaxWait.Seconds(), db, user)
 	}
 	if cfg := a.proxyConfig(); cfg != nil {

@@ -12,6 +12,44 @@ import (
 // holds waits in [2^(i-1), 2^i) µs, bucket 0 holds waits under 1 µs.
 const waitBuckets = 40
 
+// Native histogram of wait times, in seconds, as Prometheus lays it out at
+// schema 2: bucket i holds waits in (2^((i-1)/4), 2^(i/4)] s, 19% apart.
+// Waits up to NativeWaitZeroThreshold (2^-20 s, about 0.95 µs) go to the
+// zero bucket, waits past 2^12 s (68 min) to the last bucket.
+const (
+	NativeWaitSchema        = 2
+	NativeWaitZeroThreshold = 1.0 / (1 << 20)
+	// NativeWaitFirst is the index of PoolStats.WaitNative[0].
+	NativeWaitFirst   = -20*4 + 1
+	nativeWaitLast    = 12 * 4
+	nativeWaitBuckets = nativeWaitLast - NativeWaitFirst + 1
+)
+
+// nativeWaitIndex returns the position in WaitNative of wait, or -1 for
+// the zero bucket. Without a logarithm (it runs on every acquire): with
+// v = frac * 2^exp, frac in [0.5, 1), the bucket is 4*exp + k for the
+// first k in -3..0 with frac <= 2^(k/4); frac = 0.5 is v = 2^(exp-1), the
+// upper bound of bucket 4*exp - 4.
+func nativeWaitIndex(wait time.Duration) int {
+	v := wait.Seconds()
+	if v <= NativeWaitZeroThreshold {
+		return -1
+	}
+	frac, exp := math.Frexp(v)
+	i := 4 * exp
+	switch {
+	case frac == 0.5:
+		i -= 4
+	case frac <= 0.5946035575013605: // 2^(-3/4)
+		i -= 3
+	case frac <= 0.7071067811865476: // 2^(-2/4)
+		i -= 2
+	case frac <= 0.8408964152537145: // 2^(-1/4)
+		i--
+	}
+	return min(max(i, NativeWaitFirst), nativeWaitLast) - NativeWaitFirst
+}
+
 type poolStats struct {
 	xacts   atomic.Int64
 	xactNs  atomic.Int64 // time in transactions, nanoseconds
@@ -28,6 +66,8 @@ type poolStats struct {
 
 	mu         sync.Mutex
 	waitHist   [waitBuckets]int64
+	waitNative [nativeWaitBuckets]int64
+	waitZero   int64 // waits in the native histogram's zero bucket
 	waitCount  int64
 	waitTotal  time.Duration
 	maxWait    time.Duration
@@ -132,8 +172,14 @@ func (s *poolStats) recordAcquire(now time.Time, wait, queued time.Duration) {
 	if b >= waitBuckets {
 		b = waitBuckets - 1
 	}
+	n := nativeWaitIndex(wait)
 	s.mu.Lock()
 	s.waitHist[b]++
+	if n < 0 {
+		s.waitZero++
+	} else {
+		s.waitNative[n]++
+	}
 	s.waitCount++
 	s.waitTotal += wait
 	if wait > s.maxWait {
@@ -282,10 +328,19 @@ type PoolStats struct {
 	MaxWait   time.Duration `json:"maxwait_ns"`
 	// OldestWait is how long the oldest waiting client has been waiting
 	// now (PgBouncer's maxwait); zero when nobody waits.
-	OldestWait  time.Duration `json:"oldest_wait_ns"`
-	WaitP50     time.Duration `json:"wait_p50_ns"`
-	WaitP99     time.Duration `json:"wait_p99_ns"`
-	Utilization float64       `json:"utilization"`
+	OldestWait time.Duration `json:"oldest_wait_ns"`
+	WaitP50    time.Duration `json:"wait_p50_ns"`
+	WaitP99    time.Duration `json:"wait_p99_ns"`
+	// WaitHist counts the acquisitions behind Waits by time to get a
+	// server: WaitHist[i] holds waits in [2^(i-1), 2^i) µs, WaitHist[0]
+	// waits under 1 µs, the last bucket everything longer. Cumulative
+	// since the pool started; /metrics exports it as a histogram.
+	WaitHist [waitBuckets]int64 `json:"-"`
+	// WaitNative and WaitZero are the same waits as a native histogram
+	// (see NativeWaitSchema): WaitNative[i] is bucket NativeWaitFirst+i.
+	WaitNative  [nativeWaitBuckets]int64 `json:"-"`
+	WaitZero    int64                    `json:"-"`
+	Utilization float64                  `json:"utilization"`
 
 	// Window is the time the Recent* and Connect* figures and Utilization
 	// cover: the last RecentWindow, or less right after the pool started.
@@ -356,6 +411,9 @@ func (p *Pool) statsAt(now time.Time, clientsActive int) PoolStats {
 	st.Waits = s.waitCount
 	st.WaitTotal = s.waitTotal
 	st.MaxWait = s.maxWait
+	st.WaitHist = s.waitHist
+	st.WaitNative = s.waitNative
+	st.WaitZero = s.waitZero
 	st.WaitP50 = min(histQuantile(&s.waitHist, s.waitCount, 0.50), s.maxWait)
 	st.WaitP99 = min(histQuantile(&s.waitHist, s.waitCount, 0.99), s.maxWait)
 	window := max(min(now.Sub(s.started), RecentWindow), 0)
