@@ -117,6 +117,11 @@ type Database struct {
 // builds it from flags and the TOML file.
 type Config struct {
 	Listen string
+	// SoReuseport opens the listener with SO_REUSEPORT (so_reuseport), so
+	// several pgaudit processes can listen on one host:port; the kernel
+	// spreads new connections across them. Set PeerID and Peers too, or
+	// a CancelRequest may reach a process that does not know its client.
+	SoReuseport bool
 	// Databases by client-visible name. "*" is a fallback entry used for
 	// any name, whose Upstream.Database is replaced by the client's.
 	Databases map[string]*Database

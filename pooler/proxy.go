@@ -139,8 +139,14 @@ func New(cfg *Config, sink event.Sink, log zerolog.Logger) *Proxy {
 }
 
 // Listen opens the listening socket. Addr returns it afterwards.
+// With SoReuseport the socket gets SO_REUSEPORT, so other processes with
+// the option may listen on the same address.
 func (p *Proxy) Listen() error {
-	l, err := net.Listen("tcp", p.config().Listen)
+	var lc net.ListenConfig
+	if p.config().SoReuseport {
+		lc.Control = reusePortControl
+	}
+	l, err := lc.Listen(context.Background(), "tcp", p.config().Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", p.config().Listen, err)
 	}

@@ -210,6 +210,7 @@ type fileConfig struct {
 // pgauditFile is the [pgaudit] section.
 type pgauditFile struct {
 	Listen             string    `toml:"listen"`
+	SoReuseport        bool      `toml:"so_reuseport"`
 	AuthType           string    `toml:"auth_type"`
 	AuthFile           string    `toml:"auth_file"`
 	ClientTLS          string    `toml:"client_tls"`
@@ -404,6 +405,7 @@ func (l *settingsLoader) authFile() string { return firstNonEmpty(l.fl.authFile,
 func (l *settingsLoader) applyClientLimits() error {
 	cfg, g, fl := l.cfg, l.g, l.fl
 	cfg.Listen = firstNonEmpty(fl.listen, g.Listen, "127.0.0.1:6432")
+	cfg.SoReuseport = g.SoReuseport
 	cfg.AuthType = firstNonEmpty(fl.authType, g.AuthType)
 	cfg.ClientTLS = firstNonEmpty(g.ClientTLS, "disable")
 	cfg.MaxClientConn = g.MaxClientConn

@@ -98,3 +98,17 @@ func TestResultSampleEverySetting(t *testing.T) {
 		}
 	}
 }
+
+// TestSoReuseportSetting: [pgaudit] so_reuseport reaches the proxy's config
+// (default off).
+func TestSoReuseportSetting(t *testing.T) {
+	for in, want := range map[string]bool{"": false, "so_reuseport = true": true} {
+		st, err := loadConfig(t, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.proxy.SoReuseport != want {
+			t.Errorf("%q: so_reuseport %v, want %v", in, st.proxy.SoReuseport, want)
+		}
+	}
+}
