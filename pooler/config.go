@@ -122,6 +122,12 @@ type Config struct {
 	// spreads new connections across them. Set PeerID and Peers too, or
 	// a CancelRequest may reach a process that does not know its client.
 	SoReuseport bool
+	// PeerID (peer_id, 1..MaxPeerID; 0 = off) is encoded in every cancel
+	// key this process hands out, and Peers maps the other processes' ids
+	// to an address of theirs (host:port, or a unix socket path) where a
+	// CancelRequest for one of their clients is forwarded (peers.go).
+	PeerID int
+	Peers  map[int]string
 	// Databases by client-visible name. "*" is a fallback entry used for
 	// any name, whose Upstream.Database is replaced by the client's.
 	Databases map[string]*Database

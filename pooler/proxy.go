@@ -595,6 +595,10 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	if s.mode == TransactionMode {
 		pid = p.nextPID.Add(1)
 	}
+	if peer := p.config().PeerID; peer != 0 {
+		pid, key = newPeerCancelKey(peer)
+		s.cancelPeered = true
+	}
 	s.cancelPID, s.cancelKey = pid, key
 	s.mu.Lock()
 	s.reported = params
@@ -788,25 +792,62 @@ func (p *Proxy) pool(db *Database, user string, login *wire.ServerLogin) (*Pool,
 	return pl, nil
 }
 
+// byCancelKey is the byCancel entry of s: a peered session's key without
+// its TTL bits, which forwarding changes.
+func (s *Session) byCancelKey() cancelKey {
+	if s.cancelPeered {
+		return cancelKey{s.cancelPID, withoutTTL(s.cancelKey)}
+	}
+	return cancelKey{s.cancelPID, string(s.cancelKey)}
+}
+
 func (p *Proxy) register(s *Session) {
 	p.mu.Lock()
 	p.sessions[s.id] = s
-	p.byCancel[cancelKey{s.cancelPID, string(s.cancelKey)}] = s
+	p.byCancel[s.byCancelKey()] = s
 	p.mu.Unlock()
 }
 
 func (p *Proxy) unregister(s *Session) {
 	p.mu.Lock()
 	delete(p.sessions, s.id)
-	delete(p.byCancel, cancelKey{s.cancelPID, string(s.cancelKey)})
+	if k := s.byCancelKey(); p.byCancel[k] == s {
+		delete(p.byCancel, k)
+	}
 	p.mu.Unlock()
 }
 
 // handleCancel forwards a CancelRequest whose (pid, key) matches a live
-// session to the server serving it now. Nothing is ever sent back.
+// session to the server serving it now. With a peer id set, a request
+// whose key carries another peer's id goes to that peer (peers.go); an
+// unknown peer's is dropped. Nothing is ever sent back.
 func (p *Proxy) handleCancel(st *wire.Startup) {
+	cfg := p.config()
+	peered := cfg.PeerID != 0 && len(st.Key) == 4
+	if peered {
+		if peer := cancelPeerOf(st.PID); peer != cfg.PeerID {
+			addr, ok := cfg.Peers[peer]
+			if !ok {
+				p.log.Info().Uint32("pid", st.PID).Int("peer", peer).Msg("cancel request for an unknown peer ignored")
+				return
+			}
+			sent, err := forwardCancel(addr, st.PID, st.Key)
+			switch {
+			case !sent:
+				p.log.Warn().Int("peer", peer).Msg("cancel request not forwarded: its TTL is spent (do peers forward to each other in a loop?)")
+			case err != nil:
+				p.log.Warn().Err(err).Int("peer", peer).Str("addr", addr).Msg("forwarding a cancel request to a peer failed")
+			default:
+				p.log.Debug().Int("peer", peer).Str("addr", addr).Msg("cancel request forwarded to its peer")
+			}
+			return
+		}
+	}
 	p.mu.Lock()
 	s := p.byCancel[cancelKey{st.PID, string(st.Key)}]
+	if s == nil && peered {
+		s = p.byCancel[cancelKey{st.PID, withoutTTL(st.Key)}]
+	}
 	p.mu.Unlock()
 	if s == nil {
 		p.log.Info().Uint32("pid", st.PID).Msg("cancel request with unknown key ignored")

@@ -1,0 +1,121 @@
+package pooler
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+)
+
+// Peering, as PgBouncer's peer_id and [peers]: several pgaudit processes
+// behind one address (so_reuseport or a TCP load balancer) each get a peer
+// id, and a CancelRequest that reaches the wrong process is forwarded to
+// the one whose id its key carries.
+//
+// The key layout is PgBouncer's (1.21 and later). Of the 8 bytes a client
+// gets in BackendKeyData (4-byte PID, 4-byte secret):
+//
+//	byte 0     random, sign bit cleared (some clients want a positive PID)
+//	byte 1     peer id, low byte
+//	byte 2     peer id, high byte (peer ids are at most 16383)
+//	byte 3..6  random
+//	byte 7     random, except the low 2 bits: the forwarding TTL (3)
+//
+// 45 bits stay random. A process forwards a cancel for another peer's id
+// with the TTL decremented and drops one whose TTL is 0, so a
+// misconfigured ring cannot loop; it never forwards a cancel carrying its
+// own id. With a peer id set, sessions in session mode too get a
+// proxy-issued PID rather than their server's, as under PgBouncer.
+
+// MaxPeerID is the highest peer_id, as in PgBouncer.
+const MaxPeerID = 16383
+
+// cancelTTLMask is the TTL's bits in the secret's last byte.
+const cancelTTLMask = 0x03
+
+// peerCancelDialTimeout bounds forwarding a cancel to a peer.
+const peerCancelDialTimeout = 5 * time.Second
+
+// ValidatePeers checks peer_id and the [peers] map.
+func ValidatePeers(id int, peers map[int]string) error {
+	if id < 0 || id > MaxPeerID {
+		return fmt.Errorf("peer_id %d out of range: want 0 (off) or 1..%d", id, MaxPeerID)
+	}
+	if len(peers) > 0 && id == 0 {
+		return fmt.Errorf("[peers] is set but peer_id is 0: give this process its own peer_id")
+	}
+	for pid, addr := range peers {
+		if pid < 1 || pid > MaxPeerID {
+			return fmt.Errorf("[peers] id %d out of range 1..%d", pid, MaxPeerID)
+		}
+		if strings.TrimSpace(addr) == "" {
+			return fmt.Errorf("[peers] %d: empty address", pid)
+		}
+	}
+	return nil
+}
+
+// newPeerCancelKey returns a proxy-issued (pid, secret) carrying peerID.
+func newPeerCancelKey(peerID int) (uint32, []byte) {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	b[0] &= 0x7f
+	b[1] = byte(peerID)
+	b[2] = byte(peerID >> 8)
+	b[7] |= cancelTTLMask
+	return binary.BigEndian.Uint32(b[:4]), b[4:8:8]
+}
+
+// cancelPeerOf returns the peer id a cancel key's PID carries.
+func cancelPeerOf(pid uint32) int {
+	return int(pid>>16&0xff) | int(pid>>8&0xff)<<8
+}
+
+// withoutTTL returns key with the TTL bits cleared: the form peered
+// sessions are registered under, since forwarding changes the TTL.
+func withoutTTL(key []byte) string {
+	if len(key) != 4 {
+		return string(key)
+	}
+	k := [4]byte(key)
+	k[3] &^= cancelTTLMask
+	return string(k[:])
+}
+
+// peerNetwork returns the network of a peer address: unix for a path.
+func peerNetwork(addr string) string {
+	if strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, "@") {
+		return "unix"
+	}
+	return "tcp"
+}
+
+// forwardCancel sends a CancelRequest for (pid, key) to the peer at addr
+// with its TTL decremented, then waits (bounded) for the peer to close the
+// connection, so the client's own wait for the close still means the
+// cancel was delivered. It returns false when the TTL is spent.
+func forwardCancel(addr string, pid uint32, key []byte) (bool, error) {
+	if len(key) != 4 || key[3]&cancelTTLMask == 0 {
+		return false, nil
+	}
+	var msg [16]byte
+	binary.BigEndian.PutUint32(msg[0:], 16)
+	binary.BigEndian.PutUint32(msg[4:], 80877102)
+	binary.BigEndian.PutUint32(msg[8:], pid)
+	copy(msg[12:], key)
+	msg[15]--
+	c, err := net.DialTimeout(peerNetwork(addr), addr, peerCancelDialTimeout)
+	if err != nil {
+		return true, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(peerCancelDialTimeout))
+	if _, err := c.Write(msg[:]); err != nil {
+		return true, err
+	}
+	_, _ = io.Copy(io.Discard, c)
+	return true, nil
+}
