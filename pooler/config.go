@@ -128,6 +128,11 @@ type Config struct {
 	// CancelRequest for one of their clients is forwarded (peers.go).
 	PeerID int
 	Peers  map[int]string
+	// PeerListen (peer_listen) is this process's own address for cancels
+	// forwarded by its peers (host:port, or a unix socket path): with
+	// so_reuseport the shared listen address cannot tell processes apart.
+	// It reads only a plain 16-byte CancelRequest.
+	PeerListen string
 	// Databases by client-visible name. "*" is a fallback entry used for
 	// any name, whose Upstream.Database is replaced by the client's.
 	Databases map[string]*Database

@@ -1,13 +1,17 @@
 package pooler
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strings"
 	"time"
+
+	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
 // Peering, as PgBouncer's peer_id and [peers]: several pgaudit processes
@@ -118,4 +122,66 @@ func forwardCancel(addr string, pid uint32, key []byte) (bool, error) {
 	}
 	_, _ = io.Copy(io.Discard, c)
 	return true, nil
+}
+
+// listenPeer opens the peer_listen address: this process's own address
+// (tcp host:port or a unix socket path) that its peers forward cancels to,
+// needed when the listen address is shared with so_reuseport.
+func listenPeer(addr string) (net.Listener, error) {
+	l, err := net.Listen(peerNetwork(addr), addr)
+	if err != nil {
+		return nil, fmt.Errorf("peer_listen on %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// servePeers accepts forwarded cancels on the peer listener until it is
+// closed. Only a plain 16-byte CancelRequest is read there; anything else
+// is closed unanswered. Shutdown leaves it open, so cancels still reach
+// the clients that are draining.
+func (p *Proxy) servePeers(l net.Listener) {
+	defer p.wg.Done()
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return
+		}
+		p.mu.Lock()
+		if p.closing {
+			p.mu.Unlock()
+			_ = nc.Close()
+			return
+		}
+		p.wg.Add(1)
+		p.mu.Unlock()
+		go func() {
+			defer p.wg.Done()
+			defer nc.Close()
+			_ = nc.SetDeadline(time.Now().Add(peerCancelDialTimeout))
+			var msg [16]byte
+			if _, err := io.ReadFull(nc, msg[:]); err != nil {
+				return
+			}
+			if binary.BigEndian.Uint32(msg[0:]) != 16 || binary.BigEndian.Uint32(msg[4:]) != 80877102 {
+				p.log.Info().Str("peer", nc.RemoteAddr().String()).Msg("peer_listen: not a CancelRequest; closed")
+				return
+			}
+			p.handleCancel(&wire.Startup{Kind: wire.CancelRequestKind, PID: binary.BigEndian.Uint32(msg[8:]), Key: bytes.Clone(msg[12:16])})
+		}()
+	}
+}
+
+// PeerAddr returns the peer listener's address, or nil without one.
+func (p *Proxy) PeerAddr() net.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.peerListener == nil {
+		return nil
+	}
+	return p.peerListener.Addr()
 }

@@ -112,3 +112,60 @@ func TestPeerCancelLoop(t *testing.T) {
 		t.Errorf("looping cancel took %v", d)
 	}
 }
+
+// TestPeerCancelReusePort: A (peer 1) and B (peer 2) share one port with
+// so_reuseport and each has its own peer_listen address in the other's
+// [peers]. For a client of each, a cancel sent to the other process's
+// peer address, and one sent to the shared address, both land.
+func TestPeerCancelReusePort(t *testing.T) {
+	if !reusePortSupported {
+		t.Skip("no SO_REUSEPORT on this platform")
+	}
+	peerA, peerB := freeAddr(t), freeAddr(t)
+	a := testProxy(t, func(c *Config) {
+		withMode(TransactionMode, 2)(c)
+		c.SoReuseport, c.PeerID, c.PeerListen, c.Peers = true, 1, peerA, map[int]string{2: peerB}
+	})
+	shared := a.Addr().String()
+	b := testProxy(t, func(c *Config) {
+		withMode(TransactionMode, 2)(c)
+		c.Listen, c.SoReuseport, c.PeerID, c.PeerListen, c.Peers = shared, true, 2, peerB, map[int]string{1: peerA}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// One client on each process (the kernel picks; the key tells which).
+	on := map[int]*pgconn.PgConn{}
+	for i := 0; i < 64 && len(on) < 2; i++ {
+		conn, err := pgconn.Connect(ctx, proxyDSN(a, "", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close(context.Background()) })
+		if peer := cancelPeerOf(conn.PID()); on[peer] == nil {
+			on[peer] = conn
+		}
+	}
+	if on[1] == nil || on[2] == nil {
+		t.Fatalf("64 clients did not reach both processes: %v", on)
+	}
+	otherPeerAddr := map[int]string{1: b.PeerAddr().String(), 2: a.PeerAddr().String()}
+	for peer, conn := range on {
+		for _, via := range []string{otherPeerAddr[peer], shared} {
+			marker := fmt.Sprintf("peer_rp_%d_%d", peer, time.Now().UnixNano())
+			done := runAsync(conn, fmt.Sprintf("select pg_sleep(30) /* %s */", marker))
+			waitActive(t, marker, done)
+			sendCancel(t, via, conn.PID(), conn.SecretKey())
+			select {
+			case r := <-done:
+				wantPgError(t, r.err, "ERROR", "57014", "")
+			case <-time.After(5 * time.Second):
+				t.Fatalf("client of peer %d: cancel via %s did not land within 5s", peer, via)
+			}
+		}
+	}
+
+	// The peer address takes no logins.
+	if _, err := pgconn.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable&connect_timeout=5", a.PeerAddr())); err == nil {
+		t.Error("a login on peer_listen succeeded")
+	}
+}

@@ -45,7 +45,9 @@ type Proxy struct {
 	// can end those still in startup.
 	conns    map[net.Conn]struct{}
 	listener net.Listener
-	closing  bool
+	// peerListener accepts cancels forwarded by peers (peer_listen).
+	peerListener net.Listener
+	closing      bool
 	// silent and started hold the login slots (see limits.go) of
 	// connections that have not sent a StartupMessage yet and of those
 	// that have, oldest first.
@@ -150,8 +152,15 @@ func (p *Proxy) Listen() error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", p.config().Listen, err)
 	}
+	var pl net.Listener
+	if addr := p.config().PeerListen; addr != "" {
+		if pl, err = listenPeer(addr); err != nil {
+			_ = l.Close()
+			return err
+		}
+	}
 	p.mu.Lock()
-	p.listener = l
+	p.listener, p.peerListener = l, pl
 	p.mu.Unlock()
 	return nil
 }
@@ -186,8 +195,15 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		return nil
 	}
 	p.wg.Add(1)
+	pl := p.peerListener
+	if pl != nil {
+		p.wg.Add(1)
+	}
 	p.mu.Unlock()
 	go p.maintainLoop(ctx)
+	if pl != nil {
+		go p.servePeers(pl)
+	}
 	p.log.Info().Str("listen", l.Addr().String()).Msg("proxy listening")
 	var delay time.Duration
 	for {
@@ -316,7 +332,7 @@ func (p *Proxy) Close() error {
 		return nil
 	}
 	p.closing = true
-	l := p.listener
+	l, pl := p.listener, p.peerListener
 	sessions := p.sessionListLocked()
 	conns := make([]net.Conn, 0, len(p.conns))
 	for c := range p.conns {
@@ -326,6 +342,9 @@ func (p *Proxy) Close() error {
 	close(p.stopMaint)
 	if l != nil {
 		_ = l.Close()
+	}
+	if pl != nil {
+		_ = pl.Close()
 	}
 	for _, s := range sessions {
 		_ = s.client.Close()

@@ -216,6 +216,7 @@ type pgauditFile struct {
 	Listen             string    `toml:"listen"`
 	SoReuseport        bool      `toml:"so_reuseport"`
 	PeerID             int       `toml:"peer_id"`
+	PeerListen         string    `toml:"peer_listen"`
 	AuthType           string    `toml:"auth_type"`
 	AuthFile           string    `toml:"auth_file"`
 	ClientTLS          string    `toml:"client_tls"`
@@ -409,6 +410,10 @@ func (l *settingsLoader) authFile() string { return firstNonEmpty(l.fl.authFile,
 // applyPeers: peer_id and [peers], for cancels across processes.
 func (l *settingsLoader) applyPeers() error {
 	l.cfg.PeerID = l.g.PeerID
+	l.cfg.PeerListen = l.g.PeerListen
+	if l.cfg.PeerListen != "" && l.cfg.PeerID == 0 {
+		return fmt.Errorf("peer_listen is set but peer_id is 0: give this process its own peer_id")
+	}
 	if len(l.fc.Peers) > 0 {
 		l.cfg.Peers = make(map[int]string, len(l.fc.Peers))
 		for k, addr := range l.fc.Peers {

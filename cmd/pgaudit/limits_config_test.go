@@ -116,15 +116,16 @@ func TestSoReuseportSetting(t *testing.T) {
 // TestPeerSettings: peer_id and [peers] reach the proxy's config and are
 // checked.
 func TestPeerSettings(t *testing.T) {
-	st, err := loadConfig(t, "peer_id = 2\n[peers]\n1 = \"127.0.0.1:7001\"\n3 = \"/run/pgaudit/p3.sock\"")
+	st, err := loadConfig(t, "peer_id = 2\npeer_listen = \"127.0.0.1:7002\"\n[peers]\n1 = \"127.0.0.1:7001\"\n3 = \"/run/pgaudit/p3.sock\"")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := st.proxy; c.PeerID != 2 || len(c.Peers) != 2 || c.Peers[1] != "127.0.0.1:7001" || c.Peers[3] != "/run/pgaudit/p3.sock" {
+	if c := st.proxy; c.PeerID != 2 || c.PeerListen != "127.0.0.1:7002" || len(c.Peers) != 2 || c.Peers[1] != "127.0.0.1:7001" || c.Peers[3] != "/run/pgaudit/p3.sock" {
 		t.Errorf("peer_id %d, peers %v", c.PeerID, c.Peers)
 	}
 	for section, want := range map[string]string{
 		"peer_id = 16384":                   "peer_id 16384 out of range",
+		"peer_listen = \"127.0.0.1:7002\"":  "peer_listen is set but peer_id is 0",
 		"[peers]\n1 = \"127.0.0.1:7001\"":   "peer_id is 0",
 		"peer_id = 1\n[peers]\nx = \"a:1\"": "[peers] key \"x\"",
 		"peer_id = 1\n[peers]\n0 = \"a:1\"": "[peers] id 0 out of range",
