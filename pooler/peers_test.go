@@ -3,11 +3,15 @@ package pooler
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
 // freeAddr returns a loopback address that was free a moment ago.
@@ -113,30 +117,40 @@ func TestPeerCancelLoop(t *testing.T) {
 	}
 }
 
-// TestPeerCancelReusePort: A (peer 1) and B (peer 2) share one port with
-// so_reuseport and each has its own peer_listen address in the other's
-// [peers]. For a client of each, a cancel sent to the other process's
-// peer address, and one sent to the shared address, both land.
+// TestPeerCancelReusePort: three proxies (peers 1..3) share one port with
+// so_reuseport, each with its own peer_listen address (peer 3's a unix
+// socket) in the others' [peers]. For a client of every process, a cancel
+// sent to each other process's peer address, and cancels sent to the
+// shared address (landing on whichever process the kernel picks), all
+// end its statement with 57014.
 func TestPeerCancelReusePort(t *testing.T) {
 	if !reusePortSupported {
 		t.Skip("no SO_REUSEPORT on this platform")
 	}
-	peerA, peerB := freeAddr(t), freeAddr(t)
-	a := testProxy(t, func(c *Config) {
-		withMode(TransactionMode, 2)(c)
-		c.SoReuseport, c.PeerID, c.PeerListen, c.Peers = true, 1, peerA, map[int]string{2: peerB}
-	})
-	shared := a.Addr().String()
-	b := testProxy(t, func(c *Config) {
-		withMode(TransactionMode, 2)(c)
-		c.Listen, c.SoReuseport, c.PeerID, c.PeerListen, c.Peers = shared, true, 2, peerB, map[int]string{1: peerA}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	const n = 3
+	peerAddrs := map[int]string{1: freeAddr(t), 2: freeAddr(t), 3: filepath.Join(t.TempDir(), "peer3.sock")}
+	proxies := map[int]*Proxy{}
+	shared := "127.0.0.1:0"
+	for id := 1; id <= n; id++ {
+		peers := map[int]string{}
+		for other, addr := range peerAddrs {
+			if other != id {
+				peers[other] = addr
+			}
+		}
+		p := testProxy(t, func(c *Config) {
+			withMode(TransactionMode, 2)(c)
+			c.Listen, c.SoReuseport, c.PeerID, c.PeerListen, c.Peers = shared, true, id, peerAddrs[id], peers
+		})
+		shared = p.Addr().String()
+		proxies[id] = p
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	// One client on each process (the kernel picks; the key tells which).
 	on := map[int]*pgconn.PgConn{}
-	for i := 0; i < 64 && len(on) < 2; i++ {
-		conn, err := pgconn.Connect(ctx, proxyDSN(a, "", ""))
+	for i := 0; i < 128 && len(on) < n; i++ {
+		conn, err := pgconn.Connect(ctx, proxyDSN(proxies[1], "", ""))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -145,27 +159,54 @@ func TestPeerCancelReusePort(t *testing.T) {
 			on[peer] = conn
 		}
 	}
-	if on[1] == nil || on[2] == nil {
-		t.Fatalf("64 clients did not reach both processes: %v", on)
+	if len(on) != n {
+		t.Fatalf("128 clients reached only peers %v", on)
 	}
-	otherPeerAddr := map[int]string{1: b.PeerAddr().String(), 2: a.PeerAddr().String()}
 	for peer, conn := range on {
-		for _, via := range []string{otherPeerAddr[peer], shared} {
+		via := []string{shared, shared, shared}
+		for other, p := range proxies {
+			if other != peer {
+				via = append(via, p.PeerAddr().String())
+			}
+		}
+		for _, addr := range via {
 			marker := fmt.Sprintf("peer_rp_%d_%d", peer, time.Now().UnixNano())
 			done := runAsync(conn, fmt.Sprintf("select pg_sleep(30) /* %s */", marker))
 			waitActive(t, marker, done)
-			sendCancel(t, via, conn.PID(), conn.SecretKey())
+			if peerNetwork(addr) == "unix" {
+				sendCancelUnix(t, addr, conn.PID(), conn.SecretKey())
+			} else {
+				sendCancel(t, addr, conn.PID(), conn.SecretKey())
+			}
 			select {
 			case r := <-done:
 				wantPgError(t, r.err, "ERROR", "57014", "")
 			case <-time.After(5 * time.Second):
-				t.Fatalf("client of peer %d: cancel via %s did not land within 5s", peer, via)
+				t.Fatalf("client of peer %d: cancel via %s did not land within 5s", peer, addr)
 			}
 		}
 	}
 
-	// The peer address takes no logins.
-	if _, err := pgconn.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable&connect_timeout=5", a.PeerAddr())); err == nil {
+	// A peer address takes no logins.
+	if _, err := pgconn.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable&connect_timeout=5", proxies[1].PeerAddr())); err == nil {
 		t.Error("a login on peer_listen succeeded")
+	}
+}
+
+// sendCancelUnix sends a CancelRequest over a unix socket and expects the
+// connection closed without a reply.
+func sendCancelUnix(t testing.TB, path string, pid uint32, key []byte) {
+	t.Helper()
+	nc, err := net.DialTimeout("unix", path, wireTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(wireTimeout))
+	if _, err := nc.Write(wire.AppendCancelRequest(nil, pid, key)); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(nc); len(b) != 0 || err != nil {
+		t.Errorf("CancelRequest answered with %q, %v", b, err)
 	}
 }
