@@ -185,3 +185,22 @@ func (p *Proxy) PeerAddr() net.Addr {
 	}
 	return p.peerListener.Addr()
 }
+
+// forwardToPeer sends a CancelRequest for another peer's client to that
+// peer, or drops it when the peer is unknown or its TTL is spent.
+func (p *Proxy) forwardToPeer(cfg *Config, peer int, st *wire.Startup) {
+	addr, ok := cfg.Peers[peer]
+	if !ok {
+		p.log.Info().Uint32("pid", st.PID).Int("peer", peer).Msg("cancel request for an unknown peer ignored")
+		return
+	}
+	sent, err := forwardCancel(addr, st.PID, st.Key)
+	switch {
+	case !sent:
+		p.log.Warn().Int("peer", peer).Msg("cancel request not forwarded: its TTL is spent (do peers forward to each other in a loop?)")
+	case err != nil:
+		p.log.Warn().Err(err).Int("peer", peer).Str("addr", addr).Msg("forwarding a cancel request to a peer failed")
+	default:
+		p.log.Debug().Int("peer", peer).Str("addr", addr).Msg("cancel request forwarded to its peer")
+	}
+}

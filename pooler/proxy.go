@@ -843,31 +843,20 @@ func (p *Proxy) unregister(s *Session) {
 func (p *Proxy) handleCancel(st *wire.Startup) {
 	cfg := p.config()
 	peered := cfg.PeerID != 0 && len(st.Key) == 4
-	if peered {
-		if peer := cancelPeerOf(st.PID); peer != cfg.PeerID {
-			addr, ok := cfg.Peers[peer]
-			if !ok {
-				p.log.Info().Uint32("pid", st.PID).Int("peer", peer).Msg("cancel request for an unknown peer ignored")
-				return
-			}
-			sent, err := forwardCancel(addr, st.PID, st.Key)
-			switch {
-			case !sent:
-				p.log.Warn().Int("peer", peer).Msg("cancel request not forwarded: its TTL is spent (do peers forward to each other in a loop?)")
-			case err != nil:
-				p.log.Warn().Err(err).Int("peer", peer).Str("addr", addr).Msg("forwarding a cancel request to a peer failed")
-			default:
-				p.log.Debug().Int("peer", peer).Str("addr", addr).Msg("cancel request forwarded to its peer")
-			}
-			return
-		}
-	}
+	// A local session first: its key may carry an id from before a reload
+	// changed peer_id.
 	p.mu.Lock()
 	s := p.byCancel[cancelKey{st.PID, string(st.Key)}]
 	if s == nil && peered {
 		s = p.byCancel[cancelKey{st.PID, withoutTTL(st.Key)}]
 	}
 	p.mu.Unlock()
+	if s == nil && peered {
+		if peer := cancelPeerOf(st.PID); peer != cfg.PeerID {
+			p.forwardToPeer(cfg, peer, st)
+			return
+		}
+	}
 	if s == nil {
 		p.log.Info().Uint32("pid", st.PID).Msg("cancel request with unknown key ignored")
 		return
