@@ -117,6 +117,22 @@ type Database struct {
 // builds it from flags and the TOML file.
 type Config struct {
 	Listen string
+	// SoReuseport opens the listener with SO_REUSEPORT (so_reuseport), so
+	// several pgaudit processes can listen on one host:port; the kernel
+	// spreads new connections across them. Set PeerID and Peers too, or
+	// a CancelRequest may reach a process that does not know its client.
+	SoReuseport bool
+	// PeerID (peer_id, 1..MaxPeerID; 0 = off) is encoded in every cancel
+	// key this process hands out, and Peers maps the other processes' ids
+	// to an address of theirs (host:port, or a unix socket path) where a
+	// CancelRequest for one of their clients is forwarded (peers.go).
+	PeerID int
+	Peers  map[int]string
+	// PeerListen (peer_listen) is this process's own address for cancels
+	// forwarded by its peers (host:port, or a unix socket path): with
+	// so_reuseport the shared listen address cannot tell processes apart.
+	// It reads only a plain 16-byte CancelRequest.
+	PeerListen string
 	// Databases by client-visible name. "*" is a fallback entry used for
 	// any name, whose Upstream.Database is replaced by the client's.
 	Databases map[string]*Database

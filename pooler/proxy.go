@@ -45,7 +45,9 @@ type Proxy struct {
 	// can end those still in startup.
 	conns    map[net.Conn]struct{}
 	listener net.Listener
-	closing  bool
+	// peerListener accepts cancels forwarded by peers (peer_listen).
+	peerListener net.Listener
+	closing      bool
 	// silent and started hold the login slots (see limits.go) of
 	// connections that have not sent a StartupMessage yet and of those
 	// that have, oldest first.
@@ -139,13 +141,26 @@ func New(cfg *Config, sink event.Sink, log zerolog.Logger) *Proxy {
 }
 
 // Listen opens the listening socket. Addr returns it afterwards.
+// With SoReuseport the socket gets SO_REUSEPORT, so other processes with
+// the option may listen on the same address.
 func (p *Proxy) Listen() error {
-	l, err := net.Listen("tcp", p.config().Listen)
+	var lc net.ListenConfig
+	if p.config().SoReuseport {
+		lc.Control = reusePortControl
+	}
+	l, err := lc.Listen(context.Background(), "tcp", p.config().Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", p.config().Listen, err)
 	}
+	var pl net.Listener
+	if addr := p.config().PeerListen; addr != "" {
+		if pl, err = listenPeer(addr); err != nil {
+			_ = l.Close()
+			return err
+		}
+	}
 	p.mu.Lock()
-	p.listener = l
+	p.listener, p.peerListener = l, pl
 	p.mu.Unlock()
 	return nil
 }
@@ -180,8 +195,15 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		return nil
 	}
 	p.wg.Add(1)
+	pl := p.peerListener
+	if pl != nil {
+		p.wg.Add(1)
+	}
 	p.mu.Unlock()
 	go p.maintainLoop(ctx)
+	if pl != nil {
+		go p.servePeers(pl)
+	}
 	p.log.Info().Str("listen", l.Addr().String()).Msg("proxy listening")
 	var delay time.Duration
 	for {
@@ -310,7 +332,7 @@ func (p *Proxy) Close() error {
 		return nil
 	}
 	p.closing = true
-	l := p.listener
+	l, pl := p.listener, p.peerListener
 	sessions := p.sessionListLocked()
 	conns := make([]net.Conn, 0, len(p.conns))
 	for c := range p.conns {
@@ -320,6 +342,9 @@ func (p *Proxy) Close() error {
 	close(p.stopMaint)
 	if l != nil {
 		_ = l.Close()
+	}
+	if pl != nil {
+		_ = pl.Close()
 	}
 	for _, s := range sessions {
 		_ = s.client.Close()
@@ -589,6 +614,10 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	if s.mode == TransactionMode {
 		pid = p.nextPID.Add(1)
 	}
+	if peer := p.config().PeerID; peer != 0 {
+		pid, key = newPeerCancelKey(peer)
+		s.cancelPeered = true
+	}
 	s.cancelPID, s.cancelKey = pid, key
 	s.mu.Lock()
 	s.reported = params
@@ -782,26 +811,52 @@ func (p *Proxy) pool(db *Database, user string, login *wire.ServerLogin) (*Pool,
 	return pl, nil
 }
 
+// byCancelKey is the byCancel entry of s: a peered session's key without
+// its TTL bits, which forwarding changes.
+func (s *Session) byCancelKey() cancelKey {
+	if s.cancelPeered {
+		return cancelKey{s.cancelPID, withoutTTL(s.cancelKey)}
+	}
+	return cancelKey{s.cancelPID, string(s.cancelKey)}
+}
+
 func (p *Proxy) register(s *Session) {
 	p.mu.Lock()
 	p.sessions[s.id] = s
-	p.byCancel[cancelKey{s.cancelPID, string(s.cancelKey)}] = s
+	p.byCancel[s.byCancelKey()] = s
 	p.mu.Unlock()
 }
 
 func (p *Proxy) unregister(s *Session) {
 	p.mu.Lock()
 	delete(p.sessions, s.id)
-	delete(p.byCancel, cancelKey{s.cancelPID, string(s.cancelKey)})
+	if k := s.byCancelKey(); p.byCancel[k] == s {
+		delete(p.byCancel, k)
+	}
 	p.mu.Unlock()
 }
 
 // handleCancel forwards a CancelRequest whose (pid, key) matches a live
-// session to the server serving it now. Nothing is ever sent back.
+// session to the server serving it now. With a peer id set, a request
+// whose key carries another peer's id goes to that peer (peers.go); an
+// unknown peer's is dropped. Nothing is ever sent back.
 func (p *Proxy) handleCancel(st *wire.Startup) {
+	cfg := p.config()
+	peered := cfg.PeerID != 0 && len(st.Key) == 4
+	// A local session first: its key may carry an id from before a reload
+	// changed peer_id.
 	p.mu.Lock()
 	s := p.byCancel[cancelKey{st.PID, string(st.Key)}]
+	if s == nil && peered {
+		s = p.byCancel[cancelKey{st.PID, withoutTTL(st.Key)}]
+	}
 	p.mu.Unlock()
+	if s == nil && peered {
+		if peer := cancelPeerOf(st.PID); peer != cfg.PeerID {
+			p.forwardToPeer(cfg, peer, st)
+			return
+		}
+	}
 	if s == nil {
 		p.log.Info().Uint32("pid", st.PID).Msg("cancel request with unknown key ignored")
 		return

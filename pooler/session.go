@@ -90,6 +90,7 @@ type Session struct {
 	database, user, appName, clientAddr string
 	cancelPID                           uint32
 	cancelKey                           []byte
+	cancelPeered                        bool // cancel key from newPeerCancelKey
 	connected                           time.Time
 
 	// infoMu guards reads of the info fields by introspection and

@@ -207,11 +207,18 @@ type fileConfig struct {
 	Pgaudit   pgauditFile             `toml:"pgaudit"`
 	Databases map[string]databaseFile `toml:"databases"`
 	Rules     rules.Config            `toml:"rules"`
+	// Peers is PgBouncer's [peers]: peer id = address (host:port or a
+	// unix socket path) of each other pgaudit process sharing the
+	// listen address, where cancels for its clients are forwarded.
+	Peers map[string]string `toml:"peers"`
 }
 
 // pgauditFile is the [pgaudit] section.
 type pgauditFile struct {
 	Listen             string    `toml:"listen"`
+	SoReuseport        bool      `toml:"so_reuseport"`
+	PeerID             int       `toml:"peer_id"`
+	PeerListen         string    `toml:"peer_listen"`
 	AuthType           string    `toml:"auth_type"`
 	AuthFile           string    `toml:"auth_file"`
 	ClientTLS          string    `toml:"client_tls"`
@@ -405,10 +412,34 @@ var settingsAppliers = []func(*settingsLoader) error{
 // authFile is the users file, from the flag or the file.
 func (l *settingsLoader) authFile() string { return firstNonEmpty(l.fl.authFile, l.g.AuthFile) }
 
+// applyPeers: peer_id and [peers], for cancels across processes.
+func (l *settingsLoader) applyPeers() error {
+	l.cfg.PeerID = l.g.PeerID
+	l.cfg.PeerListen = l.g.PeerListen
+	if l.cfg.PeerListen != "" && l.cfg.PeerID == 0 {
+		return fmt.Errorf("peer_listen is set but peer_id is 0: give this process its own peer_id")
+	}
+	if len(l.fc.Peers) > 0 {
+		l.cfg.Peers = make(map[int]string, len(l.fc.Peers))
+		for k, addr := range l.fc.Peers {
+			id, err := strconv.Atoi(k)
+			if err != nil {
+				return fmt.Errorf("[peers] key %q: want a peer id (1..%d)", k, pooler.MaxPeerID)
+			}
+			l.cfg.Peers[id] = addr
+		}
+	}
+	return pooler.ValidatePeers(l.cfg.PeerID, l.cfg.Peers)
+}
+
 // applyClientLimits: listen address, client connection and message limits.
 func (l *settingsLoader) applyClientLimits() error {
 	cfg, g, fl := l.cfg, l.g, l.fl
 	cfg.Listen = firstNonEmpty(fl.listen, g.Listen, "127.0.0.1:6432")
+	cfg.SoReuseport = g.SoReuseport
+	if err := l.applyPeers(); err != nil {
+		return err
+	}
 	cfg.AuthType = firstNonEmpty(fl.authType, g.AuthType)
 	cfg.ClientTLS = firstNonEmpty(g.ClientTLS, "disable")
 	cfg.MaxClientConn = g.MaxClientConn

@@ -98,3 +98,40 @@ func TestResultSampleEverySetting(t *testing.T) {
 		}
 	}
 }
+
+// TestSoReuseportSetting: [pgaudit] so_reuseport reaches the proxy's config
+// (default off).
+func TestSoReuseportSetting(t *testing.T) {
+	for in, want := range map[string]bool{"": false, "so_reuseport = true": true} {
+		st, err := loadConfig(t, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.proxy.SoReuseport != want {
+			t.Errorf("%q: so_reuseport %v, want %v", in, st.proxy.SoReuseport, want)
+		}
+	}
+}
+
+// TestPeerSettings: peer_id and [peers] reach the proxy's config and are
+// checked.
+func TestPeerSettings(t *testing.T) {
+	st, err := loadConfig(t, "peer_id = 2\npeer_listen = \"127.0.0.1:7002\"\n[peers]\n1 = \"127.0.0.1:7001\"\n3 = \"/run/pgaudit/p3.sock\"")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := st.proxy; c.PeerID != 2 || c.PeerListen != "127.0.0.1:7002" || len(c.Peers) != 2 || c.Peers[1] != "127.0.0.1:7001" || c.Peers[3] != "/run/pgaudit/p3.sock" {
+		t.Errorf("peer_id %d, peers %v", c.PeerID, c.Peers)
+	}
+	for section, want := range map[string]string{
+		"peer_id = 16384":                   "peer_id 16384 out of range",
+		"peer_listen = \"127.0.0.1:7002\"":  "peer_listen is set but peer_id is 0",
+		"[peers]\n1 = \"127.0.0.1:7001\"":   "peer_id is 0",
+		"peer_id = 1\n[peers]\nx = \"a:1\"": "[peers] key \"x\"",
+		"peer_id = 1\n[peers]\n0 = \"a:1\"": "[peers] id 0 out of range",
+	} {
+		if _, err := loadConfig(t, section); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want an error with %q", section, err, want)
+		}
+	}
+}
