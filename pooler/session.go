@@ -1117,25 +1117,8 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 				s.mu.Unlock()
 				return nil
 			}
-			mismatch := false
-			if s.needProbeLocked(srv, def) {
-				verdict, err := s.probeLocked(ctx, srv, def)
-				if err != nil {
-					return err
-				}
-				if verdict == probeFailed {
-					// The error went to the client; the server skips the
-					// rest of the group.
-					s.mu.Unlock()
-					return nil
-				}
-				mismatch = verdict == probeMismatch
-			}
-			if mismatch {
-				out = s.shapeMismatchLocked(def, false)
-				s.writing = true
-				s.mu.Unlock()
-				return s.writeServer(srv, out, s.client.R.Buffered() == 0)
+			if done, err := s.gateShapeLocked(ctx, srv, def, false); done || err != nil {
+				return err
 			}
 			inject = s.ensurePreparedLocked(srv, def)
 			if inject != nil || def.serverName != string(bind.Statement) {
@@ -1167,21 +1150,8 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 					s.mu.Unlock()
 					return nil
 				}
-				if s.needProbeLocked(srv, def) {
-					verdict, err := s.probeLocked(ctx, srv, def)
-					if err != nil {
-						return err
-					}
-					if verdict == probeFailed {
-						s.mu.Unlock()
-						return nil
-					}
-					if verdict == probeMismatch {
-						out = s.shapeMismatchLocked(def, true)
-						s.writing = true
-						s.mu.Unlock()
-						return s.writeServer(srv, out, s.client.R.Buffered() == 0)
-					}
+				if done, err := s.gateShapeLocked(ctx, srv, def, true); done || err != nil {
+					return err
 				}
 				inject = s.ensurePreparedLocked(srv, def)
 				out = wire.AppendTarget(inject, 'D', 'S', def.serverName)

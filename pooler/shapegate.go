@@ -135,6 +135,33 @@ func (s *Session) needProbeLocked(srv *Server, def *stmtDef) bool {
 		s.queue.len() == 0 && !s.copyInExtended && !s.skipUntilSync
 }
 
+// gateShapeLocked runs before the client's Bind (describe false) or
+// Describe of statement def is sent to srv: when def may have a different
+// shape on srv, it probes it. done reports that the message was answered
+// here instead: the probe's error was relayed (the server skips the rest of
+// the group), or the shapes differ and the 0A000 Postgres would give was
+// sent; s.mu is then released. With done false and err nil, s.mu is still
+// held and the message goes on as usual; with err, s.mu is released.
+func (s *Session) gateShapeLocked(ctx context.Context, srv *Server, def *stmtDef, describe bool) (done bool, err error) {
+	if !s.needProbeLocked(srv, def) {
+		return false, nil
+	}
+	verdict, err := s.probeLocked(ctx, srv, def)
+	switch {
+	case err != nil:
+		return true, err
+	case verdict == probeFailed:
+		s.mu.Unlock()
+		return true, nil
+	case verdict == probeMismatch:
+		out := s.shapeMismatchLocked(def, describe)
+		s.writing = true
+		s.mu.Unlock()
+		return true, s.writeServer(srv, out, s.client.R.Buffered() == 0)
+	}
+	return false, nil
+}
+
 // probe verdicts
 const (
 	probeMatch    = iota // the server statement has the client's shape
