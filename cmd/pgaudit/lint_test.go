@@ -17,14 +17,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/rs/zerolog"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
-	"github.com/pgaudit-proxy/pgaudit/pooler"
 )
 
 // lintWorkload is an application with an N+1 loop inside a transaction, a
@@ -119,42 +116,20 @@ func exitCode(err error) int {
 func TestLintPostgresLogsAndAuditLog(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, err := pgtest.Start(ctx, pgtest.Options{Conf: []string{
+	c := startE2ECluster(t, ctx, pgtest.Options{Conf: []string{
 		"logging_collector = on", "log_destination = 'stderr,csvlog'", "log_directory = 'log'",
 		"log_filename = 'pg.log'", "log_min_duration_statement = 0",
 		"log_line_prefix = '%m [%p] %q%u@%d '",
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Stop()
-	if out, err := c.Psql(ctx, "", "-q", "-c", lintSchema); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
+	}}, lintSchema, false)
 	lintWorkload(t, ctx, c.DSN(""))
 
 	// The same workload through the proxy, with an audit log.
 	dir := t.TempDir()
 	auditPath := filepath.Join(dir, "audit.jsonl")
-	up, _ := pgconn.ParseConfig(c.DSN(""))
-	st := pooler.DefaultPoolSettings()
-	st.Mode = pooler.TransactionMode
-	st.Size = 2
-	log := zerolog.Nop()
-	aud, err := startAuditor(ctx, auditorOptions{AuditLog: auditLogFile(auditPath), Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := pooler.New(&pooler.Config{Listen: "127.0.0.1:0", AuthType: "trust",
-		Databases: map[string]*pooler.Database{"postgres": {Name: "postgres", Upstream: up, Pool: st}}}, aud.pipeline, log)
-	if err := p.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = p.Serve(ctx) }()
-	lintWorkload(t, ctx, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", p.Addr()))
-	_ = p.Close()
-	aud.stop(log)
-	proxyFindings := aud.engine.Findings()
+	e := startE2EProxy(t, ctx, c, auditorOptions{AuditLog: auditLogFile(auditPath)}, 2, nil)
+	lintWorkload(t, ctx, e.DSN)
+	e.stop()
+	proxyFindings := e.findings("")
 
 	// Postgres writes its logs asynchronously: wait until both logs have the
 	// last statement of both workloads (three executions each).

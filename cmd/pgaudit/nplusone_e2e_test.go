@@ -12,11 +12,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
-	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -130,42 +127,18 @@ func ormPatterns(t *testing.T, ctx context.Context, dsn string) {
 func TestNPlusOneORMPatterns(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, err := pgtest.Start(ctx, pgtest.Options{Conf: []string{
+	c := startE2ECluster(t, ctx, pgtest.Options{Conf: []string{
 		"logging_collector = on", "log_destination = 'stderr,csvlog,jsonlog'", "log_directory = 'log'",
 		"log_filename = 'pg.log'", "log_min_duration_statement = 0",
 		"log_line_prefix = '%m [%p] %q%u@%d '",
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Stop()
-	if out, err := c.Psql(ctx, "", "-q", "-c", ormSchema); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
+	}}, ormSchema, false)
 	ormPatterns(t, ctx, c.DSN(""))
 
 	dir := t.TempDir()
 	auditPath := filepath.Join(dir, "audit.jsonl")
-	up, _ := pgconn.ParseConfig(c.DSN(""))
-	st := pooler.DefaultPoolSettings()
-	st.Mode = pooler.TransactionMode
-	st.Size = 4
-	log := zerolog.Nop()
-	aud, err := startAuditor(ctx, auditorOptions{AuditLog: auditLogFile(auditPath), Rules: rules.DefaultConfig(), Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := pooler.New(&pooler.Config{Listen: "127.0.0.1:0", AuthType: "trust",
-		Databases: map[string]*pooler.Database{"postgres": {Name: "postgres", Upstream: up, Pool: st}}}, aud.pipeline, log)
-	if err := p.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Serve(ctx) }()
-	ormPatterns(t, ctx, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", p.Addr()))
-	_ = p.Close()
-	<-done
-	aud.stop(log)
+	e := startE2EProxy(t, ctx, c, auditorOptions{AuditLog: auditLogFile(auditPath), Rules: rules.DefaultConfig()}, 4, nil)
+	ormPatterns(t, ctx, e.DSN)
+	e.stop()
 
 	tables := func(fs []rules.Finding) string {
 		var out []string
@@ -188,7 +161,7 @@ func TestNPlusOneORMPatterns(t *testing.T) {
 		}
 		return r.Findings
 	}
-	proxy := aud.engine.Findings()
+	proxy := e.findings("")
 	// Through the proxy: reviews and authors per book (two loops in one
 	// pass), and the lazy authors loop after an eager IN load: the same
 	// authors shape "= $1", found once, with its own text; the searches
