@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/fleet"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -85,6 +86,15 @@ type Options struct {
 	// query metrics; later databases are counted under "other" (default
 	// 100).
 	MaxDatabaseLabels int
+	// FleetPeers are other pgaudit instances' admin URLs
+	// ("http://host:9930", fleet_peers): the dashboard and /api/v1/fleet
+	// then show this instance and the peers merged. FleetAuth is sent to
+	// them; FleetTimeout bounds each fetch (default 2s) and FleetCacheTTL
+	// how long a merged view is reused (default 5s).
+	FleetPeers    []string
+	FleetAuth     fleet.Auth
+	FleetTimeout  time.Duration
+	FleetCacheTTL time.Duration
 	// Log receives operational messages (console commands, HTTP server
 	// errors).
 	Log zerolog.Logger
@@ -104,6 +114,7 @@ type Admin struct {
 	reg     *prometheus.Registry
 
 	shuttingDown atomic.Bool
+	fleet        fleetCache
 
 	runMu    sync.Mutex
 	stopRun  context.CancelFunc
@@ -130,6 +141,12 @@ func New(opts Options) *Admin {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.FleetTimeout <= 0 {
+		opts.FleetTimeout = 2 * time.Second
+	}
+	if opts.FleetCacheTTL <= 0 {
+		opts.FleetCacheTTL = 5 * time.Second
 	}
 	if opts.Version == "" {
 		opts.Version = "dev"

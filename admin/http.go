@@ -2,6 +2,7 @@ package admin
 
 import (
 	"bytes"
+	"context"
 	"embed"
 	"encoding/json"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/fleet"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -88,13 +90,18 @@ type Dashboard struct {
 	Findings  []rules.Finding `json:"findings"`
 	Pools     []PoolRow       `json:"pools"`
 	Notes     []string        `json:"notes,omitempty"`
+	// Fleet is the merged view of this instance and its fleet peers
+	// (fleet_peers), or of the instances a report was built from; nil
+	// when there is none.
+	Fleet *fleet.View `json:"fleet,omitempty"`
 }
 
 // dashboardShapes is how many shapes the dashboard lists.
 const dashboardShapes = 25
 
-// Dashboard returns the live dashboard's data.
-func (a *Admin) Dashboard() *Dashboard {
+// Dashboard returns the live dashboard's data, the fleet view included
+// when fleet peers are configured (see FleetView).
+func (a *Admin) Dashboard(ctx context.Context) *Dashboard {
 	now := a.now()
 	d := &Dashboard{
 		Title:     "pgaudit",
@@ -104,6 +111,7 @@ func (a *Admin) Dashboard() *Dashboard {
 		Queries:   a.Queries(analyzer.ByTotalTime, dashboardShapes),
 		Findings:  a.findings(),
 		Pools:     a.Pools(),
+		Fleet:     a.FleetView(ctx),
 	}
 	if d.Findings == nil {
 		d.Findings = []rules.Finding{}
@@ -147,6 +155,8 @@ func (a *Admin) Dashboard() *Dashboard {
 //	/api/v1/queries     top shapes: ?by=total|calls|p99|mean|errors&limit=N (default total, 50)
 //	/api/v1/findings    current findings
 //	/api/v1/timeseries  the last hour in 10-second samples
+//	/api/v1/export      this instance's shapes (sketch bins included), findings and pools, versioned (docs/export.md)
+//	/api/v1/fleet       this instance and its fleet_peers merged (404 without peers)
 //	/debug/pprof/       Go profiles, only with Options.Pprof (cmdline redacted)
 //
 // Every path answers only a Host that is an IP literal, localhost or one
@@ -190,7 +200,16 @@ func (a *Admin) Handler() http.Handler {
 			writeJSON(w, http.StatusOK, v)
 		})
 	}
-	api("dashboard", func(*http.Request) (any, error) { return a.Dashboard(), nil })
+	api("dashboard", func(r *http.Request) (any, error) { return a.Dashboard(r.Context()), nil })
+	api("export", func(*http.Request) (any, error) { return a.Export(), nil })
+	mux.HandleFunc("GET /api/v1/fleet", func(w http.ResponseWriter, r *http.Request) {
+		v := a.FleetView(r.Context())
+		if v == nil {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no fleet_peers configured"})
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
 	api("pools", func(*http.Request) (any, error) { return a.Pools(), nil })
 	api("stats", func(*http.Request) (any, error) { return a.Stats(), nil })
 	api("databases", func(*http.Request) (any, error) { return a.Databases(), nil })

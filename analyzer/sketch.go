@@ -1,10 +1,12 @@
 package analyzer
 
 import (
+	"cmp"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/DataDog/sketches-go/ddsketch"
@@ -133,4 +135,92 @@ func (l *LatencySketch) UnmarshalJSON(data []byte) error {
 		return fmt.Errorf("decode latency sketch: %w", err)
 	}
 	return l.UnmarshalBinary(b)
+}
+
+// SketchBins is a LatencySketch's content as plain numbers: the index
+// mapping's parameters and the bin counts, so that another program (or
+// another pgaudit) can rebuild the sketch exactly (see
+// LatencySketchFromBins) and merge it bin by bin. Values are microseconds.
+// A value v lands in bin floor(log(v)/log(Gamma) + IndexOffset), as the
+// DDSketch logarithmic mapping defines it: bin i covers
+// [Gamma^(i-IndexOffset), Gamma^(i+1-IndexOffset)) and reads back as its
+// lower bound times 1+RelativeAccuracy; values below
+// MinIndexableValue (and zero durations) are counted in Zero.
+type SketchBins struct {
+	// RelativeAccuracy is the sketch's relative accuracy α;
+	// Gamma = (1+α)/(1-α).
+	RelativeAccuracy float64
+	Gamma            float64
+	IndexOffset      float64
+	// MinIndexableValue is the smallest value that gets a bin.
+	MinIndexableValue float64
+	// Zero counts zero (and too small) values.
+	Zero uint64
+	// Positive lists the non-empty bins in ascending index order.
+	Positive []SketchBin
+}
+
+// SketchBin is one bin of a sketch: its index and count.
+type SketchBin struct {
+	Index int
+	Count uint64
+}
+
+// Count returns the number of values the bins hold.
+func (b *SketchBins) Count() uint64 {
+	n := b.Zero
+	for _, x := range b.Positive {
+		n += x.Count
+	}
+	return n
+}
+
+// Bins returns the sketch's mapping parameters and bins. The result is a
+// copy owned by the caller.
+func (l *LatencySketch) Bins() SketchBins {
+	pb := sketchMapping.ToProto()
+	out := SketchBins{
+		RelativeAccuracy:  SketchRelativeAccuracy,
+		Gamma:             pb.Gamma,
+		IndexOffset:       pb.IndexOffset,
+		MinIndexableValue: sketchMapping.MinIndexableValue(),
+		Zero:              uint64(math.Round(l.s.GetZeroCount())),
+	}
+	l.s.GetPositiveValueStore().ForEach(func(index int, count float64) bool {
+		if count > 0 {
+			out.Positive = append(out.Positive, SketchBin{Index: index, Count: uint64(math.Round(count))})
+		}
+		return false
+	})
+	slices.SortFunc(out.Positive, func(a, b SketchBin) int { return cmp.Compare(a.Index, b.Index) })
+	return out
+}
+
+// LatencySketchFromBins rebuilds a sketch from Bins' output. The mapping
+// must be this build's (Gamma and IndexOffset within 1e-12 of
+// SketchRelativeAccuracy's mapping); otherwise bins of the two could not
+// be merged exactly and an error is returned. Rebuilding is exact: the
+// result has the same bins, so the same quantiles, as the sketch that was
+// exported.
+func LatencySketchFromBins(b SketchBins) (*LatencySketch, error) {
+	m, err := mapping.NewLogarithmicMappingWithGamma(b.Gamma, b.IndexOffset)
+	if err != nil {
+		return nil, fmt.Errorf("latency sketch: %w", err)
+	}
+	if !m.Equals(sketchMapping) {
+		return nil, fmt.Errorf("latency sketch: mapping gamma %v, index offset %v differs from this build's (relative accuracy %v)", b.Gamma, b.IndexOffset, SketchRelativeAccuracy)
+	}
+	l := NewLatencySketch()
+	if b.Zero > 0 {
+		if err := l.s.AddWithCount(0, float64(b.Zero)); err != nil {
+			return nil, fmt.Errorf("latency sketch: %w", err)
+		}
+	}
+	st := l.s.GetPositiveValueStore()
+	for _, x := range b.Positive {
+		if x.Count > 0 {
+			st.AddWithCount(x.Index, float64(x.Count))
+		}
+	}
+	return l, nil
 }

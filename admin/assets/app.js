@@ -220,6 +220,45 @@
     (notes || []).forEach(function (n) { host.appendChild(el('li', '', n)); });
   }
 
+  // renderFleet shows the merged fleet (fleet_peers, or report --from):
+  // each source's status, the merged shapes and findings, each row with
+  // the number of instances behind it.
+  function renderFleet(f) {
+    var host = document.getElementById('fleet');
+    if (!f) { host.hidden = true; return; }
+    host.hidden = false;
+    document.getElementById('fleet-sub').textContent =
+      f.instances + ' instance' + (f.instances === 1 ? '' : 's') + (f.failed ? ', ' + f.failed + ' failed' : '');
+    table(document.getElementById('fleet-sources'), [
+      ['source', 'source', 'text'],
+      ['status', function (s) { return s.ok ? 'ok' : 'failed: ' + s.error; }, 'text'],
+      ['host', function (s) { return s.instance ? s.instance.hostname : ''; }, 'text'],
+      ['listen', function (s) { return s.instance ? s.instance.listen : ''; }, 'text'],
+      ['shapes', 'shapes', 0],
+      ['findings', 'findings', 0]
+    ], f.sources, 'No sources.');
+    table(document.getElementById('fleet-queries'), [
+      ['query', 'query', 'sql'],
+      ['instances', 'instances', 0],
+      ['calls', 'calls', 0],
+      ['total ms', function (r) { return r.total_us / 1000; }, 1],
+      ['share %', 'share_pct', 1],
+      ['p50 ms', function (r) { return r.p50_us / 1000; }],
+      ['p99 ms', function (r) { return r.p99_us / 1000; }],
+      ['rows', 'rows', 0],
+      ['errors', 'errors', 0]
+    ], f.shapes, 'No statements seen yet.');
+    table(document.getElementById('fleet-findings'), [
+      ['severity', 'severity', 'text'],
+      ['rule', 'rule', 'text'],
+      ['instances', 'instances', 0],
+      ['count', 'count', 0],
+      ['message', 'message', 'text'],
+      ['first seen', 'first_seen', 'text'],
+      ['last seen', 'last_seen', 'text']
+    ], f.findings, 'No findings.');
+  }
+
   function render(d) {
     document.getElementById('subtitle').textContent = d.subtitle || '';
     renderSummary(d.summary);
@@ -227,6 +266,7 @@
     renderQueries(d.queries);
     renderFindings(d.findings);
     renderPools(d.pools);
+    renderFleet(d.fleet);
     renderNotes(d.notes);
   }
 
