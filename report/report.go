@@ -25,6 +25,7 @@ import (
 
 	"github.com/pgaudit-proxy/pgaudit/admin"
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/fleet"
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
@@ -85,6 +86,12 @@ type Options struct {
 	TopShapes int
 	// Now is the clock for the "generated" time, for tests.
 	Now func() time.Time
+	// Fleet are live instances' exports (pgaudit report --from), failed
+	// fetches included (they are listed as failed). Their shapes and
+	// findings are merged with the audit logs' (the logs count as one
+	// source) and the page gets a fleet section with the number of
+	// sources behind each row.
+	Fleet []fleet.Source
 }
 
 // Report is what Build computed; WriteHTML renders it.
@@ -99,7 +106,10 @@ type Report struct {
 	// stats record of each run merged through the latency sketches, plus,
 	// for runs without a stats record, statistics rebuilt from their
 	// statement records.
-	Stats   *analyzer.Snapshot
+	Stats *analyzer.Snapshot
+	// Fleet is the merged view of the live instances and the logs, when
+	// Options.Fleet was given; nil otherwise.
+	Fleet   *fleet.View
 	version string
 }
 
@@ -129,8 +139,8 @@ func Build(inputs []Input, opts Options) (*Report, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if len(inputs) == 0 {
-		return nil, errors.New("report: no audit logs given")
+	if len(inputs) == 0 && len(opts.Fleet) == 0 {
+		return nil, errors.New("report: no audit logs or instances given")
 	}
 	// Pass 1: time range, pool and finding records, runs with stats.
 	sc := &sideScan{findings: map[string]map[string]rules.Finding{}, statsRuns: map[string]bool{}}
@@ -145,7 +155,7 @@ func Build(inputs []Input, opts Options) (*Report, error) {
 			return nil, fmt.Errorf("report: %s is %w (%d lines, no audit-log record); Postgres logs go to pgaudit lint", in.Name, ErrNotAuditLog, sc.lines-lines)
 		}
 	}
-	if sc.records == 0 {
+	if sc.records == 0 && len(inputs) > 0 {
 		return nil, fmt.Errorf("report: the inputs hold no audit-log records: %w", ErrNotAuditLog)
 	}
 	width := pickWidth(sc.maxTS.Sub(sc.minTS), opts.MaxPoints)
@@ -199,8 +209,28 @@ func Build(inputs []Input, opts Options) (*Report, error) {
 		return nil, fmt.Errorf("report: %w", err)
 	}
 	b.addPools(sc.pools)
+	findings := sc.mergedFindings()
+	var fleetView *fleet.View
+	if len(opts.Fleet) > 0 {
+		srcs := make([]fleet.Source, 0, len(opts.Fleet)+1)
+		if len(inputs) > 0 {
+			inst := fleet.Instance{Hostname: "audit logs", PgauditVersion: opts.Version, Exported: opts.Now().UTC()}
+			srcs = append(srcs, fleet.Source{Name: "audit logs", Doc: fleet.Export(inst, merged, findings, nil)})
+		}
+		srcs = append(srcs, opts.Fleet...)
+		m, err := fleet.Merge(srcs)
+		if err != nil {
+			return nil, fmt.Errorf("report: %w", err)
+		}
+		merged = m.Stats
+		findings = make([]rules.Finding, len(m.Findings))
+		for i, f := range m.Findings {
+			findings[i] = f.Finding
+		}
+		fleetView = m.View(opts.TopShapes, opts.Now())
+	}
 
-	r := &Report{Summary: sum, Stats: merged, version: opts.Version}
+	r := &Report{Summary: sum, Stats: merged, Fleet: fleetView, version: opts.Version}
 	d := &admin.Dashboard{Title: opts.Title, Generated: opts.Now().UTC(), Series: b.series()}
 	for _, st := range merged.Top(analyzer.ByTotalTime, opts.TopShapes) {
 		d.Queries = append(d.Queries, admin.QueryRowOf(st))
@@ -208,7 +238,8 @@ func Build(inputs []Input, opts Options) (*Report, error) {
 	if merged.Other != nil && merged.Other.Calls > 0 {
 		d.Queries = append(d.Queries, admin.QueryRowOf(*merged.Other))
 	}
-	d.Findings = sc.mergedFindings()
+	d.Findings = findings
+	d.Fleet = fleetView
 	d.Pools = sc.lastPools(len(sum.Runs) > 1)
 	names := make([]string, len(inputs))
 	for i, in := range inputs {
@@ -217,7 +248,14 @@ func Build(inputs []Input, opts Options) (*Report, error) {
 	if !sc.minTS.IsZero() {
 		d.Subtitle = fmt.Sprintf("%s to %s UTC", sc.minTS.UTC().Format("2006-01-02 15:04:05"), sc.maxTS.UTC().Format("2006-01-02 15:04:05"))
 	}
-	d.Summary = []admin.SummaryItem{
+	d.Summary = []admin.SummaryItem{}
+	if fleetView != nil {
+		d.Summary = append(d.Summary, admin.SummaryItem{Label: "instances", Value: strconv.Itoa(fleetView.Instances)})
+		if fleetView.Failed > 0 {
+			d.Summary = append(d.Summary, admin.SummaryItem{Label: "instances failed", Value: strconv.Itoa(fleetView.Failed)})
+		}
+	}
+	d.Summary = append(d.Summary, []admin.SummaryItem{
 		{Label: "audit logs", Value: strconv.Itoa(len(inputs))},
 		{Label: "proxy runs", Value: strconv.Itoa(len(sum.Runs))},
 		{Label: "statements (stats)", Value: strconv.FormatUint(merged.Calls, 10)},
@@ -226,10 +264,15 @@ func Build(inputs []Input, opts Options) (*Report, error) {
 		// Statement time summed over statements: concurrent statements
 		// add up, so it exceeds the wall time covered.
 		{Label: "statement time (summed)", Value: (merged.Total).Round(time.Millisecond).String()},
-	}
+	}...)
 	d.Summary = append(d.Summary, admin.FindingsSummary(d.Findings)...)
 	d.Summary = append(d.Summary, admin.SummaryItem{Label: "events dropped", Value: strconv.FormatUint(sum.Dropped, 10)})
-	d.Notes = append(d.Notes, "Files: "+strings.Join(names, ", ")+".")
+	if len(names) > 0 {
+		d.Notes = append(d.Notes, "Files: "+strings.Join(names, ", ")+".")
+	}
+	if fleetView != nil {
+		d.Notes = append(d.Notes, fmt.Sprintf("Live instances: %d answered, %d failed. Shapes and findings merge them with the audit logs (which count as one source); the charts come from the audit logs only.", fleetView.Instances, fleetView.Failed))
+	}
 	d.Notes = append(d.Notes, fmt.Sprintf("Charts: %s intervals. Throughput, latency and wait come from statement records; transactions, utilization and clients from pool records.", width))
 	if uint64(sum.Statements) < merged.Calls {
 		d.Notes = append(d.Notes, fmt.Sprintf("The logs hold %d statement records for %d statements counted in stats records: statement records were sampled (audit_sample), so the throughput chart shows sampled statements while the shape table counts all.", sum.Statements, merged.Calls))

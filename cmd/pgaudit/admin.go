@@ -25,6 +25,9 @@ type adminOptions struct {
 	Pprof bool
 	// HTTPAuth is the HTTP listener's credentials and Host names.
 	HTTPAuth admin.HTTPAuth
+	// Fleet is fleet_peers and how to reach them (the dashboard's fleet
+	// view).
+	Fleet fleetSettings
 	// Settings holds the settings in force: SHOW DATABASES and SHOW CONFIG
 	// read it at request time; reloadProxy replaces its content.
 	Settings *atomic.Pointer[settings]
@@ -54,14 +57,17 @@ func newAdmin(opts adminOptions) *admin.Admin {
 		rows = func() []admin.Setting { return adminSettingRows(opts.Settings.Load(), opts) }
 	}
 	return admin.New(admin.Options{
-		Version:     version,
-		ProxyConfig: proxyConfig,
-		Settings:    rows,
-		Reload:      opts.Reload,
-		Shutdown:    opts.Shutdown,
-		Pprof:       opts.Pprof,
-		HTTPAuth:    opts.HTTPAuth,
-		Log:         opts.Log,
+		Version:      version,
+		ProxyConfig:  proxyConfig,
+		Settings:     rows,
+		Reload:       opts.Reload,
+		Shutdown:     opts.Shutdown,
+		Pprof:        opts.Pprof,
+		HTTPAuth:     opts.HTTPAuth,
+		FleetPeers:   opts.Fleet.peers,
+		FleetAuth:    opts.Fleet.auth,
+		FleetTimeout: opts.Fleet.timeout,
+		Log:          opts.Log,
 	})
 }
 
@@ -174,6 +180,7 @@ func adminSettingRows(st *settings, opts adminOptions) []admin.Setting {
 		admin.Setting{Key: "auth_dbname", Value: authDB, Default: "", Changeable: yes},
 		admin.Setting{Key: "admin_http_auth", Value: strings.Join(httpAuth, ","), Default: "none", Changeable: no},
 		admin.Setting{Key: "admin_hosts", Value: strings.Join(opts.HTTPAuth.Hosts, ","), Default: "", Changeable: no},
+		admin.Setting{Key: "fleet_peers", Value: strings.Join(opts.Fleet.peers, ","), Default: "", Changeable: no},
 	)
 	return rows
 }

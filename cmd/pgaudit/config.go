@@ -255,6 +255,7 @@ type pgauditFile struct {
 	ShutdownTimeout    *Duration `toml:"shutdown_timeout"`
 	poolFile
 	identityFile
+	fleetFile
 }
 
 // rulesConfig is the [rules] section with defaults filled in, validated;
@@ -333,6 +334,7 @@ type settings struct {
 	adminListen     string
 	pprof           bool
 	httpAuth        admin.HTTPAuth
+	fleet           fleetSettings
 	// warnings are logged when the proxy starts (a password on the
 	// command line, trust on a network address).
 	warnings []string
@@ -407,6 +409,7 @@ var settingsAppliers = []func(*settingsLoader) error{
 	(*settingsLoader).applyRules,        // [rules]
 	(*settingsLoader).applyTracing,      // tracing
 	(*settingsLoader).applyExplain,      // EXPLAIN sampler and explain_dsn
+	(*settingsLoader).applyFleet,        // fleet_peers (after applyAdmin: its credentials are the default)
 }
 
 // authFile is the users file, from the flag or the file.

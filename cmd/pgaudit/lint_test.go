@@ -241,13 +241,13 @@ func TestLintPostgresLogsAndAuditLog(t *testing.T) {
 	}
 	// pgaudit report on a Postgres log fails as lint does on bad input
 	// (issue 14, item 12); on the audit log it works.
-	if err := runReport(io.Discard, []string{csvPath}, filepath.Join(dir, "r.html"), "", 10); exitCode(err) != 2 || !strings.Contains(err.Error(), "not a pgaudit audit log") {
+	if err := runReport(context.Background(), io.Discard, io.Discard, []string{csvPath}, reportFlags{output: filepath.Join(dir, "r.html"), format: "html", top: 10}); exitCode(err) != 2 || !strings.Contains(err.Error(), "not a pgaudit audit log") {
 		t.Fatalf("report on a Postgres log: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "r.html")); err == nil {
 		t.Fatal("report written for a Postgres log")
 	}
-	if err := runReport(io.Discard, []string{auditPath}, filepath.Join(dir, "r.html"), "", 10); err != nil {
+	if err := runReport(context.Background(), io.Discard, io.Discard, []string{auditPath}, reportFlags{output: filepath.Join(dir, "r.html"), format: "html", top: 10}); err != nil {
 		t.Fatalf("report on the audit log: %v", err)
 	}
 	if _, err := run("--fail-on", "error", csvPath); exitCode(err) != 0 {

@@ -145,7 +145,7 @@ func runProxy(ctx context.Context, st *settings, reload func() (*settings, error
 		log.Warn().Msg(w)
 	}
 	adminOpts := adminOptions{
-		Listen: st.adminListen, Pprof: st.pprof, HTTPAuth: st.httpAuth, Settings: &cur, Log: log,
+		Listen: st.adminListen, Pprof: st.pprof, HTTPAuth: st.httpAuth, Fleet: st.fleet, Settings: &cur, Log: log,
 		Reload: func() error { return reloadProxy(p, &cur, console, reload) },
 		Shutdown: func(wait bool) {
 			select {
