@@ -281,3 +281,40 @@ func TestDecodeRejects(t *testing.T) {
 		})
 	}
 }
+
+// TestExportDocExample: the example in docs/export.md is a valid document
+// (every field known, sketches decodable) and matches the golden file.
+func TestExportDocExample(t *testing.T) {
+	raw, err := os.ReadFile("../docs/export.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := bytes.Cut(raw, []byte("```json\n"))
+	block, _, ok2 := bytes.Cut(rest, []byte("```"))
+	if !ok || !ok2 {
+		t.Fatal("docs/export.md has no ```json example")
+	}
+	dec := json.NewDecoder(bytes.NewReader(block))
+	dec.DisallowUnknownFields()
+	var ex Document
+	if err := dec.Decode(&ex); err != nil {
+		t.Fatalf("docs/export.md example: %v", err)
+	}
+	if err := ex.Check(); err != nil {
+		t.Fatalf("docs/export.md example: %v", err)
+	}
+	gb, err := os.ReadFile(filepath.Join("testdata", "export.golden.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g Document
+	if err := json.Unmarshal(gb, &g); err != nil {
+		t.Fatal(err)
+	}
+	g.Shapes = g.Shapes[:1]
+	a, _ := json.Marshal(&ex)
+	b, _ := json.Marshal(&g)
+	if !bytes.Equal(a, b) {
+		t.Errorf("docs/export.md example differs from the golden file's (first shape):\n%s\n%s", a, b)
+	}
+}
