@@ -33,7 +33,7 @@ type fleetSettings struct {
 func (l *settingsLoader) applyFleet() error {
 	g, st := l.g, l.st
 	for _, p := range g.FleetPeers {
-		if err := checkPeerURL(p); err != nil {
+		if err := checkPeerURL(p, "fleet_token_file or $PGAUDIT_FLEET_TOKEN"); err != nil {
 			return fmt.Errorf("fleet_peers: %w", err)
 		}
 	}
@@ -60,9 +60,9 @@ func (l *settingsLoader) applyFleet() error {
 }
 
 // checkPeerURL accepts an http or https URL with a host and without
-// credentials (they belong in fleet_token_file, not in a URL that ends up
-// in error messages and the dashboard).
-func checkPeerURL(s string) error {
+// credentials (they belong in a file or the environment, named by hint,
+// not in a URL that ends up in argv, error messages and the dashboard).
+func checkPeerURL(s, hint string) error {
 	u, err := url.Parse(s)
 	if err != nil {
 		return fmt.Errorf("%q: %w", s, err)
@@ -74,7 +74,7 @@ func checkPeerURL(s string) error {
 		return fmt.Errorf("%q: no host", s)
 	}
 	if u.User != nil {
-		return fmt.Errorf("%q: credentials in the URL: use fleet_token_file or PGAUDIT_FLEET_TOKEN", u.Redacted())
+		return fmt.Errorf("%q: credentials in the URL: use %s", u.Redacted(), hint)
 	}
 	return nil
 }

@@ -108,7 +108,7 @@ func reportAuth(rf reportFlags) (fleet.Auth, error) {
 // all is an error either way when there are no files.
 func fetchInstances(ctx context.Context, stderr io.Writer, rf reportFlags, haveFiles bool) ([]fleet.Source, error) {
 	for _, u := range rf.from {
-		if err := checkPeerURL(u); err != nil {
+		if err := checkPeerURL(u, "--admin-token-file, $PGAUDIT_ADMIN_TOKEN or --admin-user with --admin-password-file"); err != nil {
 			return nil, &exitError{2, fmt.Errorf("--from: %w", err)}
 		}
 	}
