@@ -18,13 +18,15 @@ test: vet
 
 # Short fuzz runs of every network decoder, of the proxy's startup and
 # authentication handling driven as a byte stream (seed corpora live in
-# testdata/fuzz), and of the shared SQL scanner.
+# testdata/fuzz), of the shared SQL scanner, and of the fleet export decoder
+# (what a peer answers).
 fuzz:
 	$(GO) test ./wire -run XXX -fuzz FuzzParseStartup -fuzztime 20s
 	$(GO) test ./wire -run XXX -fuzz FuzzReader -fuzztime 20s
 	$(GO) test ./wire -run XXX -fuzz FuzzSCRAM -fuzztime 20s
 	$(GO) test ./pooler -run XXX -fuzz FuzzStartupAuth -fuzztime 30s
 	$(GO) test ./internal/sqlscan -run XXX -fuzz FuzzScan -fuzztime 20s
+	$(GO) test ./fleet -run XXX -fuzz FuzzDecodeExport -fuzztime 20s
 
 bench:
 	bash bench/pgbench.sh
