@@ -140,23 +140,104 @@ func (b Bins) MarshalJSON() ([]byte, error) {
 	return append(out, '}'), nil
 }
 
-// UnmarshalJSON reads the object written by MarshalJSON (any key order).
+// UnmarshalJSON reads the object written by MarshalJSON (any key order;
+// a repeated index is an error).
 func (b *Bins) UnmarshalJSON(data []byte) error {
-	var m map[string]uint64
-	if err := json.Unmarshal(data, &m); err != nil {
-		return fmt.Errorf("decode sketch bins: %w", err)
-	}
-	out := make(Bins, 0, len(m))
-	for k, v := range m {
-		i, err := strconv.ParseInt(k, 10, 32)
-		if err != nil {
-			return fmt.Errorf("decode sketch bins: bin index %q: %w", k, err)
+	out, ok := parseBins(data)
+	if !ok {
+		// Escapes, exponents or anything else unusual: the slow way.
+		var m map[string]uint64
+		if err := json.Unmarshal(data, &m); err != nil {
+			return fmt.Errorf("decode sketch bins: %w", err)
 		}
-		out = append(out, analyzer.SketchBin{Index: int(i), Count: v})
+		out = make(Bins, 0, len(m))
+		for k, v := range m {
+			i, err := strconv.ParseInt(k, 10, 32)
+			if err != nil {
+				return fmt.Errorf("decode sketch bins: bin index %q: %w", k, err)
+			}
+			out = append(out, analyzer.SketchBin{Index: int(i), Count: v})
+		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Index < out[j].Index })
+	if !sort.SliceIsSorted(out, func(i, j int) bool { return out[i].Index < out[j].Index }) {
+		sort.Slice(out, func(i, j int) bool { return out[i].Index < out[j].Index })
+	}
+	for i := 1; i < len(out); i++ {
+		if out[i].Index == out[i-1].Index {
+			return fmt.Errorf("decode sketch bins: bin index %d repeated", out[i].Index)
+		}
+	}
 	*b = out
 	return nil
+}
+
+// parseBins reads {"int": uint, ...} as MarshalJSON writes it (whitespace
+// allowed), without a map; ok is false on anything else.
+func parseBins(data []byte) (out Bins, ok bool) {
+	i := 0
+	ws := func() {
+		for i < len(data) && (data[i] == ' ' || data[i] == '\n' || data[i] == '\t' || data[i] == '\r') {
+			i++
+		}
+	}
+	until := func(stop func(c byte) bool) []byte {
+		j := i
+		for i < len(data) && !stop(data[i]) {
+			i++
+		}
+		return data[j:i]
+	}
+	ws()
+	if i >= len(data) || data[i] != '{' {
+		return nil, false
+	}
+	i++
+	ws()
+	if i < len(data) && data[i] == '}' {
+		return Bins{}, true
+	}
+	for {
+		if i >= len(data) || data[i] != '"' {
+			return nil, false
+		}
+		i++
+		key := until(func(c byte) bool { return c == '"' || c == '\\' })
+		if i >= len(data) || data[i] != '"' {
+			return nil, false
+		}
+		i++
+		idx, err := strconv.ParseInt(string(key), 10, 32)
+		if err != nil {
+			return nil, false
+		}
+		ws()
+		if i >= len(data) || data[i] != ':' {
+			return nil, false
+		}
+		i++
+		ws()
+		num := until(func(c byte) bool { return c == ',' || c == '}' || c == ' ' || c == '\n' || c == '\t' || c == '\r' })
+		n, err := strconv.ParseUint(string(num), 10, 64)
+		if err != nil {
+			return nil, false
+		}
+		out = append(out, analyzer.SketchBin{Index: int(idx), Count: n})
+		ws()
+		if i >= len(data) {
+			return nil, false
+		}
+		switch data[i] {
+		case ',':
+			i++
+			ws()
+		case '}':
+			i++
+			ws()
+			return out, i == len(data)
+		default:
+			return nil, false
+		}
+	}
 }
 
 // Pool is one pool's counters that add up across instances (gauges of the
@@ -271,15 +352,8 @@ func poolOf(p pooler.PoolStats) Pool {
 // Check validates a decoded document: its version and every sketch's
 // mapping (which must be this build's, so that bins merge exactly).
 func (d *Document) Check() error {
-	if d.Version != Version {
-		return fmt.Errorf("export version %d is not supported (this build reads version %d)", d.Version, Version)
-	}
-	for i := range d.Shapes {
-		if _, err := d.Shapes[i].Stats(); err != nil {
-			return err
-		}
-	}
-	return nil
+	_, err := d.snapshot()
+	return err
 }
 
 // Stats converts the shape back to analyzer statistics, the latency
@@ -327,6 +401,20 @@ func (s *Shape) Stats() (analyzer.ShapeStats, error) {
 // snapshot (sketches rebuilt exactly), ready to merge with
 // analyzer.MergeSnapshots.
 func (d *Document) Snapshot() (*analyzer.Snapshot, error) {
+	snap, err := d.snapshot()
+	if err != nil {
+		return nil, err
+	}
+	// MergeSnapshots recomputes totals, shares and percentiles.
+	return analyzer.MergeSnapshots(snap)
+}
+
+// snapshot is Snapshot without totals and percentiles (for a merge, which
+// computes them once).
+func (d *Document) snapshot() (*analyzer.Snapshot, error) {
+	if d.Version != Version {
+		return nil, fmt.Errorf("export version %d is not supported (this build reads version %d)", d.Version, Version)
+	}
 	snap := &analyzer.Snapshot{Since: d.Instance.StatsSince, Taken: d.Instance.Exported, Overflow: d.Overflow}
 	for i := range d.Shapes {
 		st, err := d.Shapes[i].Stats()
@@ -343,6 +431,5 @@ func (d *Document) Snapshot() (*analyzer.Snapshot, error) {
 		st.Fingerprint, st.Query = 0, ""
 		snap.Other = &st
 	}
-	// MergeSnapshots recomputes totals, shares and percentiles.
-	return analyzer.MergeSnapshots(snap)
+	return snap, nil
 }

@@ -318,3 +318,49 @@ func TestExportDocExample(t *testing.T) {
 		t.Errorf("docs/export.md example differs from the golden file's (first shape):\n%s\n%s", a, b)
 	}
 }
+
+// TestBinsJSON: the bins object decodes in any key order and with any
+// whitespace, through the fast path and the fallback alike; a repeated
+// index and a non-integer are refused.
+func TestBinsJSON(t *testing.T) {
+	b := func(pairs ...int) Bins {
+		out := Bins{}
+		for i := 0; i < len(pairs); i += 2 {
+			out = append(out, analyzer.SketchBin{Index: pairs[i], Count: uint64(pairs[i+1])})
+		}
+		return out
+	}
+	cases := []struct {
+		in   string
+		want Bins
+		err  bool
+	}{
+		{in: `{}`, want: b()},
+		{in: ` { } `, want: b()},
+		{in: `{"-3":1,"10":4,"365":2}`, want: b(-3, 1, 10, 4, 365, 2)},
+		{in: "{\n  \"365\": 2,\n  \"-3\" : 1 ,\"10\":4\n}", want: b(-3, 1, 10, 4, 365, 2)},
+		{in: `{"\u0031\u0030":4}`, want: b(10, 4)}, // escaped key: fallback
+		{in: `{"10":4e0}`, err: true},
+		{in: `{"10":4,"10":5}`, err: true},
+		{in: `{"1.5":1}`, err: true},
+		{in: `{"99999999999":1}`, err: true},
+		{in: `{"1":-1}`, err: true},
+		{in: `[1,2]`, err: true},
+	}
+	for _, tc := range cases {
+		var got Bins
+		err := json.Unmarshal([]byte(tc.in), &got)
+		if tc.err {
+			if err == nil {
+				t.Errorf("%s: decoded %v, want an error", tc.in, got)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+		if out, _ := json.Marshal(got); tc.in == `{"-3":1,"10":4,"365":2}` && string(out) != tc.in {
+			t.Errorf("encoded %s, want %s", out, tc.in)
+		}
+	}
+}

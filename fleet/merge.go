@@ -85,16 +85,13 @@ func Merge(sources []Source) (*Merged, error) {
 			continue
 		}
 		d := src.Doc
-		if err := d.Check(); err != nil {
+		snap, err := d.snapshot()
+		if err != nil {
 			return nil, fmt.Errorf("%s: %w", src.Name, err)
 		}
 		inst := d.Instance
 		st.Instance, st.Shapes, st.Findings = &inst, len(d.Shapes), len(d.Findings)
 		m.Sources = append(m.Sources, st)
-		snap, err := d.Snapshot()
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", src.Name, err)
-		}
 		snaps = append(snaps, snap)
 		for i := range snap.Shapes {
 			if snap.Shapes[i].Calls > 0 {
