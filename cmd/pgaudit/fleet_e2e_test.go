@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -87,8 +88,12 @@ func TestFleetMergedP99(t *testing.T) {
 				fi.mu.Unlock()
 			}
 		})
-		fi.e = startE2EProxy(t, ctx, c, auditorOptions{Observers: []analyzer.Observer{obs}}, 4, func(cfg *pooler.Config) { cfg.PeerID = k + 1 })
-		aopts := adminOptions{HTTPAuth: auth, Log: zerolog.Nop()}
+		var cur atomic.Pointer[settings]
+		fi.e = startE2EProxy(t, ctx, c, auditorOptions{Observers: []analyzer.Observer{obs}}, 4, func(cfg *pooler.Config) {
+			cfg.PeerID = k + 1
+			cur.Store(&settings{proxy: cfg})
+		})
+		aopts := adminOptions{HTTPAuth: auth, Settings: &cur, Log: zerolog.Nop()}
 		if k == 0 {
 			aopts.Fleet = fleetSettings{peers: []string{insts[1].url, insts[2].url, deadURL}, auth: fleet.Auth{Token: token}, timeout: 2 * time.Second}
 		}
@@ -211,6 +216,11 @@ func TestFleetMergedP99(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
 	checkView("report --from", &v, 3, 0)
+	for k, s := range v.Sources {
+		if s.Instance == nil || s.Instance.PeerID != k+1 || s.Instance.Listen != insts[k].e.proxy.Addr().String() || s.Instance.Hostname == "" || s.Instance.Started.IsZero() {
+			t.Errorf("source %d (%s): instance %+v, want peer_id %d, listen %s", k, s.Name, s.Instance, k+1, insts[k].e.proxy.Addr())
+		}
+	}
 
 	// A dead instance: an error naming it, or with --allow-partial a
 	// report that lists it as failed.
