@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgaudit-proxy/pgaudit/wire"
@@ -171,9 +172,44 @@ func (p *Proxy) servePeers(l net.Listener) {
 				p.log.Info().Str("peer", nc.RemoteAddr().String()).Msg("peer_listen: not a CancelRequest; closed")
 				return
 			}
+			p.counters.cancels.fromPeers.Add(1)
 			p.handleCancel(&wire.Startup{Kind: wire.CancelRequestKind, PID: binary.BigEndian.Uint32(msg[8:]), Key: bytes.Clone(msg[12:16])})
 		}()
 	}
+}
+
+// cancelCounters counts what became of CancelRequests (CancelCounts).
+type cancelCounters struct {
+	local, forwarded, forwardFailed, unknown, fromPeers atomic.Int64
+}
+
+// CancelCounts says what became of the CancelRequests this process
+// received since it started, from clients and from peers alike. Every
+// request is counted once in exactly one of Local, Forwarded,
+// ForwardFailed and Unknown; FromPeers counts, in addition, those that
+// came in on peer_listen.
+type CancelCounts struct {
+	// Local: the key matched a session of this process (the cancel went
+	// to its server if a statement was running).
+	Local int64
+	// Forwarded: the key carried another peer's id and was handed to
+	// that peer.
+	Forwarded int64
+	// ForwardFailed: the key carried another peer's id, but the peer is
+	// not in [peers], its address did not answer, or the TTL was spent.
+	ForwardFailed int64
+	// Unknown: the key matched nothing here and named no other peer.
+	Unknown int64
+	// FromPeers: requests that arrived on peer_listen, forwarded by a
+	// peer.
+	FromPeers int64
+}
+
+// CancelCounts returns the cancel counters; safe from any goroutine.
+func (p *Proxy) CancelCounts() CancelCounts {
+	c := &p.counters.cancels
+	return CancelCounts{Local: c.local.Load(), Forwarded: c.forwarded.Load(),
+		ForwardFailed: c.forwardFailed.Load(), Unknown: c.unknown.Load(), FromPeers: c.fromPeers.Load()}
 }
 
 // PeerAddr returns the peer listener's address, or nil without one.
@@ -191,10 +227,16 @@ func (p *Proxy) PeerAddr() net.Addr {
 func (p *Proxy) forwardToPeer(cfg *Config, peer int, st *wire.Startup) {
 	addr, ok := cfg.Peers[peer]
 	if !ok {
+		p.counters.cancels.forwardFailed.Add(1)
 		p.log.Info().Uint32("pid", st.PID).Int("peer", peer).Msg("cancel request for an unknown peer ignored")
 		return
 	}
 	sent, err := forwardCancel(addr, st.PID, st.Key)
+	if sent && err == nil {
+		p.counters.cancels.forwarded.Add(1)
+	} else {
+		p.counters.cancels.forwardFailed.Add(1)
+	}
 	switch {
 	case !sent:
 		p.log.Warn().Int("peer", peer).Msg("cancel request not forwarded: its TTL is spent (do peers forward to each other in a loop?)")

@@ -98,6 +98,18 @@ func TestPeerCancel(t *testing.T) {
 			if _, err := conn.Exec(ctx, "select 1").ReadAll(); err != nil {
 				t.Fatalf("after cancel: %v", err)
 			}
+			// What became of each request, as /metrics shows it: B forwarded
+			// the wrong-key and the right-key request to A, dropped the one
+			// for unknown peer 7 and found nothing for its own id; A (no
+			// peer_listen here, so the forwards came in on its listen
+			// address) matched one to nothing and two to its client (the
+			// forward and stillRunning's own cancel).
+			if got, want := b.CancelCounts(), (CancelCounts{Forwarded: 2, ForwardFailed: 1, Unknown: 1}); got != want {
+				t.Errorf("B's cancel counts %+v, want %+v", got, want)
+			}
+			if got, want := a.CancelCounts(), (CancelCounts{Local: 2, Unknown: 1}); got != want {
+				t.Errorf("A's cancel counts %+v, want %+v", got, want)
+			}
 			// And A still cancels its own clients directly.
 			checkCancel(t, proxyDSN(a, "", ""))
 		})

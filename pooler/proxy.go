@@ -89,6 +89,7 @@ type Proxy struct {
 		authFailures atomic.Int64
 		rejected     atomic.Int64
 		loginEvicted atomic.Int64
+		cancels      cancelCounters // see peers.go
 	}
 }
 
@@ -858,9 +859,11 @@ func (p *Proxy) handleCancel(st *wire.Startup) {
 		}
 	}
 	if s == nil {
+		p.counters.cancels.unknown.Add(1)
 		p.log.Info().Uint32("pid", st.PID).Msg("cancel request with unknown key ignored")
 		return
 	}
+	p.counters.cancels.local.Add(1)
 	s.cancel()
 }
 
