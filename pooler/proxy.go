@@ -867,39 +867,7 @@ func (p *Proxy) handleCancel(st *wire.Startup) {
 	s.cancel()
 }
 
-// Shutdown stops accepting new clients, then ends each client session as
-// soon as it is between transactions (FATAL 57P01 "pgaudit is shutting
-// down"), so no transaction is cut in the middle. It returns when every
-// client has left or ctx ends; the caller then calls Close, which cuts
-// whatever is left.
-func (p *Proxy) Shutdown(ctx context.Context) {
-	p.draining.Store(true)
-	p.mu.Lock()
-	l := p.listener
-	p.mu.Unlock()
-	if l != nil {
-		_ = l.Close()
-	}
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for p.clients.Load() > 0 {
-		sessions := p.sessionList()
-		for _, s := range sessions {
-			s.closeIfIdle(shutdownError())
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// shutdownError is what Shutdown sends a client it ends between
-// transactions.
-func shutdownError() *wire.Error {
-	return wire.Fatal(wire.CodeAdminShutdown, "terminating connection because pgaudit is shutting down")
-}
+// Shutdown and the drain it runs live in drain.go.
 
 func (p *Proxy) isAdminDatabase(name string) bool {
 	dbs := p.config().AdminDatabases
