@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pgaudit-proxy/pgaudit/wire"
@@ -128,12 +130,39 @@ func forwardCancel(addr string, pid uint32, key []byte) (bool, error) {
 // listenPeer opens the peer_listen address: this process's own address
 // (tcp host:port or a unix socket path) that its peers forward cancels to,
 // needed when the listen address is shared with so_reuseport.
+//
+// A unix socket file left behind by a process that did not close its
+// listener (killed, crashed) is removed first when nothing accepts on it,
+// so the restart of a slot (systemd's Restart=on-failure) does not fail
+// with "address already in use"; one a live process serves is kept, and
+// the listen then fails.
 func listenPeer(addr string) (net.Listener, error) {
+	if peerNetwork(addr) == "unix" && !strings.HasPrefix(addr, "@") {
+		removeStaleSocket(addr)
+	}
 	l, err := net.Listen(peerNetwork(addr), addr)
 	if err != nil {
 		return nil, fmt.Errorf("peer_listen on %s: %w", addr, err)
 	}
 	return l, nil
+}
+
+// removeStaleSocket removes the unix socket at path when a connection to it
+// is refused (no process listens there any more). Anything else at path
+// (a regular file, a live socket, nothing) is left alone.
+func removeStaleSocket(path string) {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		_ = c.Close()
+		return
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		_ = os.Remove(path)
+	}
 }
 
 // servePeers accepts forwarded cancels on the peer listener until it is
