@@ -214,6 +214,31 @@ func sumCancels(t *testing.T, procs []*fleetProc) map[string]int {
 	return sum
 }
 
+// cmdWaiter owns the goroutine waiting for a started command.
+type cmdWaiter struct {
+	ch  chan error
+	got bool
+	err error
+}
+
+// waiter starts waiting for cmd (already started).
+func waiter(cmd *exec.Cmd) *cmdWaiter {
+	w := &cmdWaiter{ch: make(chan error, 1)}
+	go func() { w.ch <- cmd.Wait() }()
+	return w
+}
+
+// wait returns the command's exit error, waiting for it once.
+func (w *cmdWaiter) wait() error {
+	if !w.got {
+		w.err, w.got = <-w.ch, true
+	}
+	return w.err
+}
+
+// done reports whether wait has returned.
+func (w *cmdWaiter) done() bool { return w.got }
+
 // peerOfPID returns the peer id a proxy-issued BackendKeyData PID carries
 // (PgBouncer's layout: bytes 1 and 2, low byte first).
 func peerOfPID(pid uint32) int { return int(pid>>16&0xff) | int(pid>>8&0xff)<<8 }
@@ -332,12 +357,11 @@ func TestFleetCancelAcrossProcesses(t *testing.T) {
 	if err := pgb.Start(); err != nil {
 		t.Fatal(err)
 	}
-	benchDone := make(chan error, 1)
-	go func() { benchDone <- pgb.Wait() }()
+	benchWait := waiter(pgb)
 	defer func() {
-		if pgb.ProcessState == nil {
+		if !benchWait.done() {
 			_ = pgb.Process.Kill()
-			<-benchDone
+			_ = benchWait.wait()
 		}
 	}()
 
@@ -364,12 +388,22 @@ func TestFleetCancelAcrossProcesses(t *testing.T) {
 	}
 
 	var local, forwarded []time.Duration
+	sent := 0
 	for _, id := range fs.ids {
 		for i, conn := range on[id] {
 			before := sumCancels(t, procs)["forwarded"]
 			took, err := sleepAndCancel(t, ctx, c, conn, fmt.Sprintf("p%d_c%d", id, i))
 			wantCanceled(t, err, fmt.Sprintf("client %d of process %d", i, id))
-			if sumCancels(t, procs)["forwarded"] > before {
+			sent++
+			// The forwarding process counts its forward once the peer has
+			// closed the forwarded request's connection, which may be
+			// after the client saw 57014.
+			var after map[string]int
+			testutil.Eventually(t, 5*time.Second, "the cancel counters to settle", func() bool {
+				after = sumCancels(t, procs)
+				return after["local"] >= sent && after["forwarded"] == after["from_peers"]
+			})
+			if after["forwarded"] > before {
 				forwarded = append(forwarded, took)
 			} else {
 				local = append(local, took)
@@ -398,7 +432,7 @@ func TestFleetCancelAcrossProcesses(t *testing.T) {
 		t.Errorf("no CancelRequest reached a process other than its client's: %v", sum)
 	}
 
-	if err := <-benchDone; err != nil {
+	if err := benchWait.wait(); err != nil {
 		t.Fatalf("pgbench through the shared port: %v\n%s", err, bench.String())
 	}
 	out := bench.String()
@@ -557,24 +591,23 @@ func TestFleetRollingRestart(t *testing.T) {
 		}
 	}
 	defer stopWorkers()
+	time.Sleep(2 * time.Second)
+
 	// And pgbench, connecting anew for each transaction (-C), as a
 	// client that reconnects does; it aborts on any error.
 	var bench bytes.Buffer
-	pgb := exec.CommandContext(ctx, c.Bin("pgbench"), "-n", "-C", "-c", "4", "-j", "2", "-T", "12", shared)
+	pgb := exec.CommandContext(ctx, c.Bin("pgbench"), "-n", "-C", "-c", "4", "-j", "2", "-T", "10", shared)
 	pgb.Stdout, pgb.Stderr = &bench, &bench
 	if err := pgb.Start(); err != nil {
 		t.Fatal(err)
 	}
-	benchDone := make(chan error, 1)
-	go func() { benchDone <- pgb.Wait() }()
+	benchWait := waiter(pgb)
 	defer func() {
-		if pgb.ProcessState == nil {
+		if !benchWait.done() {
 			_ = pgb.Process.Kill()
-			<-benchDone
+			_ = benchWait.wait()
 		}
 	}()
-	time.Sleep(2 * time.Second)
-
 	// 2. The replacement.
 	repl := startFleetProc(t, ctx, fs, 2)
 	time.Sleep(time.Second)
@@ -620,9 +653,9 @@ func TestFleetRollingRestart(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the draining process's client: not canceled within 5s")
 	}
-	if got := repl.cancels(t)["forwarded"]; got != before+1 {
-		t.Errorf("process 2 forwarded %d cancels, want %d", got-before, 1)
-	}
+	testutil.Eventually(t, 5*time.Second, "process 2 to count its forward to process 1", func() bool {
+		return repl.cancels(t)["forwarded"] == before+1
+	})
 	// Now idle, the sleeper is ended with 57P01 (at once by the drain
 	// poll, or at its next statement).
 	testutil.Eventually(t, 5*time.Second, "the idle client of the draining process to be ended", func() bool {
@@ -708,7 +741,7 @@ func TestFleetRollingRestart(t *testing.T) {
 	if n := repl.metric(t, "pgaudit_pool_transactions_total", `database="postgres",user="postgres"`); n == 0 {
 		t.Error("the replacement process carried no transactions")
 	}
-	if err := <-benchDone; err != nil {
+	if err := benchWait.wait(); err != nil {
 		t.Fatalf("pgbench -C across the restart: %v\n%s", err, bench.String())
 	}
 	if out := bench.String(); !strings.Contains(out, "number of failed transactions: 0") {
