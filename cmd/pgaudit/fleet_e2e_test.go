@@ -95,11 +95,11 @@ func startFleetProc(t *testing.T, ctx context.Context, fs fleetSpec, id int) *fl
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The same [peers] in every file, this process's own id included (as
+	// docs/deploy.md suggests): a process never forwards to itself.
 	var peers strings.Builder
 	for _, other := range fs.ids {
-		if other != id {
-			fmt.Fprintf(&peers, "%d = %q\n", other, fs.peerSock(other))
-		}
+		fmt.Fprintf(&peers, "%d = %q\n", other, fs.peerSock(other))
 	}
 	conf := fmt.Sprintf(`[pgaudit]
 listen = "127.0.0.1:%d"
@@ -324,8 +324,8 @@ func median(ds []time.Duration) time.Duration {
 }
 
 // TestFleetCancelAcrossProcesses (issue 17, section 1): three pgaudit
-// processes share one port with so_reuseport, each with its own peer_id,
-// peer_listen socket and the others in [peers]. Under a pgbench run
+// processes share one port with so_reuseport, each with its own peer_id
+// and peer_listen socket, and all three in [peers]. Under a pgbench run
 // through the shared port, three clients of every process each run
 // pg_sleep(30) and cancel it through the shared port: every cancel lands
 // (57014 within 5 s) on whichever process the kernel hands the
