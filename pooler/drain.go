@@ -47,9 +47,10 @@ func (s *Session) endForDrain() bool {
 // Shutdown stops accepting new clients, then ends each client session as
 // soon as it is between transactions (FATAL 57P01 "pgaudit is shutting
 // down"), so no transaction is cut in the middle. It returns when every
-// client has left or ctx ends; on ctx's end the sessions left get FATAL
-// 57P01 (delivered within killGrace where their relays let it) before it
-// returns. The caller then calls Close, which cuts whatever is left.
+// client but the admin consoles has left or ctx ends; on ctx's end the
+// sessions left get FATAL 57P01 (delivered within killGrace where their
+// relays let it) before it returns. The caller then calls Close, which
+// cuts whatever is left.
 func (p *Proxy) Shutdown(ctx context.Context) {
 	p.draining.Store(true)
 	p.mu.Lock()
@@ -60,7 +61,10 @@ func (p *Proxy) Shutdown(ctx context.Context) {
 	}
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
-	for p.clients.Load() > 0 {
+	// Admin consoles are not waited for: the one that sent SHUTDOWN
+	// WAIT_FOR_CLIENTS, or a pgbouncer_exporter's, stays connected and
+	// would hold every drain until shutdown_timeout. Close cuts them.
+	for p.clients.Load()-p.admins.Load() > 0 {
 		for _, s := range p.sessionList() {
 			s.endForDrain()
 		}

@@ -6,6 +6,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
 // TestDrain: during Shutdown, a client idle since before the drain is
@@ -61,4 +64,60 @@ func TestDrain(t *testing.T) {
 	}
 	_, err = holder.Exec(ctx, "select 1")
 	wantPgError(t, err, "FATAL", "57P01", "terminating connection because pgaudit is shutting down and shutdown_timeout has passed")
+}
+
+// idleConsole is an AdminHandler that logs the user in and then reads
+// until the client leaves, like an admin console nobody types into.
+type idleConsole struct{}
+
+func (idleConsole) ServeAdmin(_ context.Context, c *wire.Conn, _ string) error {
+	if err := c.WriteRaw(wire.AppendReadyForQuery(wire.AppendAuthOK(nil), 'I')); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return err
+	}
+	for {
+		if _, _, err := c.R.ReadMessage(); err != nil {
+			return err
+		}
+	}
+}
+
+// TestDrainIgnoresAdminConsoles: an open admin console (the operator's
+// psql that sent SHUTDOWN WAIT_FOR_CLIENTS, an exporter's connection) does
+// not hold the drain until its deadline: Shutdown returns once the last
+// client has left, and Close then cuts the console.
+func TestDrainIgnoresAdminConsoles(t *testing.T) {
+	p := testProxy(t, func(c *Config) {
+		withMode(TransactionMode, 2)(c)
+		c.Admin, c.AdminUsers = idleConsole{}, []string{"postgres"}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	console, err := pgconn.Connect(ctx, proxyDSN(p, "pgaudit", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer console.Close(context.Background())
+	client := connect(t, ctx, proxyDSN(p, "", ""), pgx.QueryExecModeSimpleProtocol)
+	if _, err := client.Exec(ctx, "select 1"); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.AdminClientCount(); n != 1 {
+		t.Fatalf("%d admin consoles, want 1", n)
+	}
+	time.Sleep(drainNewSessionGrace) // the client is past its grace
+	start := time.Now()
+	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+	defer scancel()
+	p.Shutdown(sctx)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Shutdown took %v with only an admin console left", took)
+	}
+	if sctx.Err() != nil {
+		t.Error("Shutdown waited for its deadline")
+	}
+	_, err = client.Exec(ctx, "select 1")
+	wantPgError(t, err, "FATAL", "57P01", "terminating connection because pgaudit is shutting down")
 }
