@@ -13,7 +13,7 @@ import (
 // client would not retry. The rolling restart in docs/deploy.md relies on
 // each step:
 //
-//  1. The listener closes first, so with so_reuseport the kernel hands
+//  1. The listener closes first (Shutdown, proxy.go), so with so_reuseport the kernel hands
 //     every new connection to the other processes on the port. The peer
 //     listener stays open: cancels for this process's clients, which now
 //     reach the other processes, are forwarded here until it exits.
@@ -44,21 +44,11 @@ func (s *Session) endForDrain() bool {
 	return s.closeIfIdle(shutdownError())
 }
 
-// Shutdown stops accepting new clients, then ends each client session as
-// soon as it is between transactions (FATAL 57P01 "pgaudit is shutting
-// down"), so no transaction is cut in the middle. It returns when every
-// client but the admin consoles has left or ctx ends; on ctx's end the
-// sessions left get FATAL 57P01 (delivered within killGrace where their
-// relays let it) before it returns. The caller then calls Close, which
-// cuts whatever is left.
-func (p *Proxy) Shutdown(ctx context.Context) {
-	p.draining.Store(true)
-	p.mu.Lock()
-	l := p.listener
-	p.mu.Unlock()
-	if l != nil {
-		_ = l.Close()
-	}
+// drain ends the sessions as the rules above say, once the listener is
+// closed (Shutdown), until every client but the admin consoles has left
+// or ctx ends; on ctx's end the sessions left get FATAL 57P01 (delivered
+// within killGrace where their relays let it) before it returns.
+func (p *Proxy) drain(ctx context.Context) {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	// Admin consoles are not waited for: the one that sent SHUTDOWN
@@ -106,10 +96,4 @@ func (p *Proxy) terminateSessions(e *wire.Error) {
 		}
 		<-sent
 	}
-}
-
-// shutdownError is what Shutdown sends a client it ends between
-// transactions.
-func shutdownError() *wire.Error {
-	return wire.Fatal(wire.CodeAdminShutdown, "terminating connection because pgaudit is shutting down")
 }

@@ -867,7 +867,28 @@ func (p *Proxy) handleCancel(st *wire.Startup) {
 	s.cancel()
 }
 
-// Shutdown and the drain it runs live in drain.go.
+// Shutdown stops accepting new clients, then ends each client session as
+// soon as it is between transactions (FATAL 57P01 "pgaudit is shutting
+// down"), so no transaction is cut in the middle. It returns when every
+// client but the admin consoles has left, or when ctx ends and the rest
+// have been sent 57P01; the caller then calls Close, which cuts whatever
+// is left. The drain's rules are in drain.go.
+func (p *Proxy) Shutdown(ctx context.Context) {
+	p.draining.Store(true)
+	p.mu.Lock()
+	l := p.listener
+	p.mu.Unlock()
+	if l != nil {
+		_ = l.Close()
+	}
+	p.drain(ctx)
+}
+
+// shutdownError is what Shutdown sends a client it ends between
+// transactions.
+func shutdownError() *wire.Error {
+	return wire.Fatal(wire.CodeAdminShutdown, "terminating connection because pgaudit is shutting down")
+}
 
 func (p *Proxy) isAdminDatabase(name string) bool {
 	dbs := p.config().AdminDatabases
