@@ -314,6 +314,11 @@ var (
 		"EXPLAINs that hit statement_timeout or lock_timeout.", nil, nil)
 	descExplainFindings = prometheus.NewDesc("pgaudit_explain_findings_total",
 		"Findings the EXPLAIN sampler emitted.", nil, nil)
+	descCancels = prometheus.NewDesc("pgaudit_cancel_requests_total",
+		"CancelRequests received, by what became of them: local (the key matched a client of this process), forwarded (to the peer whose id the key carries), forward_failed (that peer is unknown or did not answer) or unknown (the key matched nothing).",
+		[]string{"result"}, nil)
+	descPeerCancels = prometheus.NewDesc("pgaudit_peer_cancel_requests_received_total",
+		"CancelRequests forwarded to this process by its peers (peer_listen); also counted in pgaudit_cancel_requests_total.", nil, nil)
 	descExplainUserCode = prometheus.NewDesc("pgaudit_explain_user_code_total",
 		"Query shapes the EXPLAIN sampler refused because planning them would run user-defined functions.", nil, nil)
 )
@@ -329,7 +334,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 		descPoolXacts, descPoolQueries, descPoolRecv, descPoolSent, descPoolWait, descPoolWaitMax,
 		descDatabasePaused, descDropped, descProcessed, descQueued, descPanics, descShapes, descFindings,
 		descExplainRounds, descExplainChecked, descExplainRefused, descExplainFailed, descExplainTimeouts,
-		descExplainFindings, descExplainUserCode,
+		descExplainFindings, descExplainUserCode, descCancels, descPeerCancels,
 	} {
 		ch <- d
 	}
@@ -347,6 +352,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descBuildInfo, 1, a.opts.Version)
 	if p := a.proxy.Load(); p != nil {
 		gauge(descClients, float64(p.ClientCount()))
+		cc := p.CancelCounts()
+		counter(descCancels, float64(cc.Local), "local")
+		counter(descCancels, float64(cc.Forwarded), "forwarded")
+		counter(descCancels, float64(cc.ForwardFailed), "forward_failed")
+		counter(descCancels, float64(cc.Unknown), "unknown")
+		counter(descPeerCancels, float64(cc.FromPeers))
 	}
 	for _, s := range a.poolStats() {
 		db, user := s.Database, s.User

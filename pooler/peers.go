@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pgaudit-proxy/pgaudit/wire"
@@ -127,12 +130,39 @@ func forwardCancel(addr string, pid uint32, key []byte) (bool, error) {
 // listenPeer opens the peer_listen address: this process's own address
 // (tcp host:port or a unix socket path) that its peers forward cancels to,
 // needed when the listen address is shared with so_reuseport.
+//
+// A unix socket file left behind by a process that did not close its
+// listener (killed, crashed) is removed first when nothing accepts on it,
+// so the restart of a slot (systemd's Restart=on-failure) does not fail
+// with "address already in use"; one a live process serves is kept, and
+// the listen then fails.
 func listenPeer(addr string) (net.Listener, error) {
+	if peerNetwork(addr) == "unix" && !strings.HasPrefix(addr, "@") {
+		removeStaleSocket(addr)
+	}
 	l, err := net.Listen(peerNetwork(addr), addr)
 	if err != nil {
 		return nil, fmt.Errorf("peer_listen on %s: %w", addr, err)
 	}
 	return l, nil
+}
+
+// removeStaleSocket removes the unix socket at path when a connection to it
+// is refused (no process listens there any more). Anything else at path
+// (a regular file, a live socket, nothing) is left alone.
+func removeStaleSocket(path string) {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		_ = c.Close()
+		return
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		_ = os.Remove(path)
+	}
 }
 
 // servePeers accepts forwarded cancels on the peer listener until it is
@@ -171,9 +201,44 @@ func (p *Proxy) servePeers(l net.Listener) {
 				p.log.Info().Str("peer", nc.RemoteAddr().String()).Msg("peer_listen: not a CancelRequest; closed")
 				return
 			}
+			p.counters.cancels.fromPeers.Add(1)
 			p.handleCancel(&wire.Startup{Kind: wire.CancelRequestKind, PID: binary.BigEndian.Uint32(msg[8:]), Key: bytes.Clone(msg[12:16])})
 		}()
 	}
+}
+
+// cancelCounters counts what became of CancelRequests (CancelCounts).
+type cancelCounters struct {
+	local, forwarded, forwardFailed, unknown, fromPeers atomic.Int64
+}
+
+// CancelCounts says what became of the CancelRequests this process
+// received since it started, from clients and from peers alike. Every
+// request is counted once in exactly one of Local, Forwarded,
+// ForwardFailed and Unknown; FromPeers counts, in addition, those that
+// came in on peer_listen.
+type CancelCounts struct {
+	// Local: the key matched a session of this process (the cancel went
+	// to its server if a statement was running).
+	Local int64
+	// Forwarded: the key carried another peer's id and was handed to
+	// that peer.
+	Forwarded int64
+	// ForwardFailed: the key carried another peer's id, but the peer is
+	// not in [peers], its address did not answer, or the TTL was spent.
+	ForwardFailed int64
+	// Unknown: the key matched nothing here and named no other peer.
+	Unknown int64
+	// FromPeers: requests that arrived on peer_listen, forwarded by a
+	// peer.
+	FromPeers int64
+}
+
+// CancelCounts returns the cancel counters; safe from any goroutine.
+func (p *Proxy) CancelCounts() CancelCounts {
+	c := &p.counters.cancels
+	return CancelCounts{Local: c.local.Load(), Forwarded: c.forwarded.Load(),
+		ForwardFailed: c.forwardFailed.Load(), Unknown: c.unknown.Load(), FromPeers: c.fromPeers.Load()}
 }
 
 // PeerAddr returns the peer listener's address, or nil without one.
@@ -191,10 +256,16 @@ func (p *Proxy) PeerAddr() net.Addr {
 func (p *Proxy) forwardToPeer(cfg *Config, peer int, st *wire.Startup) {
 	addr, ok := cfg.Peers[peer]
 	if !ok {
+		p.counters.cancels.forwardFailed.Add(1)
 		p.log.Info().Uint32("pid", st.PID).Int("peer", peer).Msg("cancel request for an unknown peer ignored")
 		return
 	}
 	sent, err := forwardCancel(addr, st.PID, st.Key)
+	if sent && err == nil {
+		p.counters.cancels.forwarded.Add(1)
+	} else {
+		p.counters.cancels.forwardFailed.Add(1)
+	}
 	switch {
 	case !sent:
 		p.log.Warn().Int("peer", peer).Msg("cancel request not forwarded: its TTL is spent (do peers forward to each other in a loop?)")

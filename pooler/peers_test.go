@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -97,6 +98,18 @@ func TestPeerCancel(t *testing.T) {
 			}
 			if _, err := conn.Exec(ctx, "select 1").ReadAll(); err != nil {
 				t.Fatalf("after cancel: %v", err)
+			}
+			// What became of each request, as /metrics shows it: B forwarded
+			// the wrong-key and the right-key request to A, dropped the one
+			// for unknown peer 7 and found nothing for its own id; A (no
+			// peer_listen here, so the forwards came in on its listen
+			// address) matched one to nothing and two to its client (the
+			// forward and stillRunning's own cancel).
+			if got, want := b.CancelCounts(), (CancelCounts{Forwarded: 2, ForwardFailed: 1, Unknown: 1}); got != want {
+				t.Errorf("B's cancel counts %+v, want %+v", got, want)
+			}
+			if got, want := a.CancelCounts(), (CancelCounts{Local: 2, Unknown: 1}); got != want {
+				t.Errorf("A's cancel counts %+v, want %+v", got, want)
 			}
 			// And A still cancels its own clients directly.
 			checkCancel(t, proxyDSN(a, "", ""))
@@ -209,4 +222,36 @@ func sendCancelUnix(t testing.TB, path string, pid uint32, key []byte) {
 	if b, err := io.ReadAll(nc); len(b) != 0 || err != nil {
 		t.Errorf("CancelRequest answered with %q, %v", b, err)
 	}
+}
+
+// TestPeerListenStaleSocket: a peer_listen socket file left by a process
+// that was killed (its listener never closed) does not stop the next
+// process from listening there; a socket a live process serves is never
+// taken over.
+func TestPeerListenStaleSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "peer.sock")
+	dead, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.(*net.UnixListener).SetUnlinkOnClose(false) // as after SIGKILL
+	_ = dead.Close()
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("the stale socket file should remain: %v", err)
+	}
+	p := testProxy(t, func(c *Config) { c.PeerID, c.PeerListen = 1, path })
+	if p.PeerAddr() == nil || p.PeerAddr().String() != path {
+		t.Fatalf("peer listener on %v, want %s", p.PeerAddr(), path)
+	}
+	// A second process configured with the same path fails, and the first
+	// keeps its socket.
+	if l, err := listenPeer(path); err == nil {
+		_ = l.Close()
+		t.Fatal("listenPeer took over a socket a live process serves")
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		t.Fatalf("the live process's peer socket is gone: %v", err)
+	}
+	_ = c.Close()
 }

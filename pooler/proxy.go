@@ -89,6 +89,7 @@ type Proxy struct {
 		authFailures atomic.Int64
 		rejected     atomic.Int64
 		loginEvicted atomic.Int64
+		cancels      cancelCounters // see peers.go
 	}
 }
 
@@ -858,17 +859,20 @@ func (p *Proxy) handleCancel(st *wire.Startup) {
 		}
 	}
 	if s == nil {
+		p.counters.cancels.unknown.Add(1)
 		p.log.Info().Uint32("pid", st.PID).Msg("cancel request with unknown key ignored")
 		return
 	}
+	p.counters.cancels.local.Add(1)
 	s.cancel()
 }
 
 // Shutdown stops accepting new clients, then ends each client session as
 // soon as it is between transactions (FATAL 57P01 "pgaudit is shutting
 // down"), so no transaction is cut in the middle. It returns when every
-// client has left or ctx ends; the caller then calls Close, which cuts
-// whatever is left.
+// client but the admin consoles has left, or when ctx ends and the rest
+// have been sent 57P01; the caller then calls Close, which cuts whatever
+// is left. The drain's rules are in drain.go.
 func (p *Proxy) Shutdown(ctx context.Context) {
 	p.draining.Store(true)
 	p.mu.Lock()
@@ -877,19 +881,7 @@ func (p *Proxy) Shutdown(ctx context.Context) {
 	if l != nil {
 		_ = l.Close()
 	}
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for p.clients.Load() > 0 {
-		sessions := p.sessionList()
-		for _, s := range sessions {
-			s.closeIfIdle(shutdownError())
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	p.drain(ctx)
 }
 
 // shutdownError is what Shutdown sends a client it ends between

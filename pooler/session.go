@@ -246,8 +246,8 @@ func (s *Session) run(ctx context.Context) error {
 		// During Shutdown, a client that sends its next statement while
 		// between transactions is ended instead (Shutdown's own poll
 		// catches only clients that stay idle, and a busy client is
-		// almost never idle when it looks).
-		if typ != 'X' && s.proxy.draining.Load() && s.closeIfIdle(shutdownError()) {
+		// almost never idle when it looks); see drain.go.
+		if typ != 'X' && s.proxy.draining.Load() && s.endForDrain() {
 			return nil
 		}
 		s.bytesIn += int64(len(raw))
