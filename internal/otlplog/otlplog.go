@@ -180,7 +180,8 @@ func CheckEndpoint(endpoint string) error {
 func endpointOptions(endpoint string) ([]otlploghttp.Option, error) {
 	u, err := url.Parse(endpoint)
 	if err != nil {
-		return nil, fmt.Errorf("otlp_logs_endpoint: %w", err)
+		// url.Error repeats the text, which may hold a password.
+		return nil, errors.New("otlp_logs_endpoint: not a URL: want http://host:port or https://host:port")
 	}
 	if u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 		return nil, fmt.Errorf("otlp_logs_endpoint %q: want http://host:port or https://host:port", redactURL(u))

@@ -290,6 +290,7 @@ func TestEndpointValidation(t *testing.T) {
 		{"grpc://127.0.0.1:4317", false},
 		{"http://user:hunter2@127.0.0.1:4318", false},
 		{"http://", false},
+		{"http://user:hunter2@127.0.0.1:bad port", false},
 	}
 	for _, tt := range tests {
 		err := CheckEndpoint(tt.endpoint)

@@ -80,10 +80,7 @@ func addQuery(r *log.Record, query, op, table string) {
 		}
 		return
 	}
-	summary, sop, coll := querySummary(query)
-	if op == "" {
-		op = sop
-	}
+	summary, op, coll := querySummary(query, op)
 	if table == "" {
 		table = coll
 	}

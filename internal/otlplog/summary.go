@@ -10,17 +10,27 @@ import (
 const maxSummaryTables = 3
 
 // querySummary returns the OpenTelemetry db.query.summary of a normalized
-// statement ("SELECT users", "INSERT orders", "SELECT orders customers"),
-// its operation name (the first keyword, upper case; "" when the text
-// starts with no keyword) and its collection: the one table it names, or
-// "" when it names none or several. It reads only keywords and
-// identifiers, never literals (the text is normalized anyway).
-func querySummary(text string) (summary, operation, collection string) {
-	word, _ := sqlscan.FirstWord(text)
-	if word == "" {
+// statement ("SELECT users", "INSERT orders", "SELECT orders customers",
+// "CREATE TABLE users"), its operation name and its collection: the one
+// table it names, or "" when it names none or several. The operation is
+// op when given (the command tag's verb), else the first keyword in upper
+// case, with the object type for CREATE, DROP and ALTER ("" when the text
+// starts with no keyword). It reads only keywords and identifiers, never
+// literals (the text is normalized anyway).
+func querySummary(text, op string) (summary, operation, collection string) {
+	word, rest := sqlscan.FirstWord(text)
+	if word == "" && op == "" {
 		return "", "", ""
 	}
-	operation = strings.ToUpper(word)
+	operation = op
+	if operation == "" {
+		operation = strings.ToUpper(word)
+		if operation == "CREATE" || operation == "DROP" || operation == "ALTER" {
+			if obj := objectType(rest); obj != "" {
+				operation += " " + obj
+			}
+		}
+	}
 	var tables []string
 	l := sqlscan.New(text)
 	expectTable := false
@@ -35,7 +45,7 @@ func querySummary(text string) (summary, operation, collection string) {
 		case sqlscan.Ident:
 			w := text[a:b]
 			if expectTable {
-				if strings.EqualFold(w, "only") || strings.EqualFold(w, "lateral") {
+				if isNameModifier(w) {
 					continue
 				}
 				name := qualifiedName(&l, text, strings.ToLower(w))
@@ -65,6 +75,34 @@ func querySummary(text string) (summary, operation, collection string) {
 		collection = tables[0]
 	}
 	return summary, operation, collection
+}
+
+// objectType returns the object type after CREATE, DROP or ALTER (TABLE,
+// INDEX, MATERIALIZED VIEW), upper case, skipping OR REPLACE, UNIQUE and
+// TEMPORARY-like modifiers; "" when none follows.
+func objectType(rest string) string {
+	var buf [6]string
+	for _, w := range sqlscan.Words(rest, buf[:0]) {
+		switch strings.ToLower(w) {
+		case "or", "replace", "unique", "temp", "temporary", "unlogged", "global", "local", "concurrently":
+			continue
+		case "materialized":
+			return "MATERIALIZED VIEW"
+		}
+		return strings.ToUpper(w)
+	}
+	return ""
+}
+
+// isNameModifier reports whether w may stand between a table keyword and
+// the table name.
+func isNameModifier(w string) bool {
+	for _, k := range [...]string{"only", "lateral", "if", "not", "exists"} {
+		if strings.EqualFold(w, k) {
+			return true
+		}
+	}
+	return false
 }
 
 // isTableKeyword reports whether a table name follows the keyword w.
