@@ -164,7 +164,11 @@ func New(cfg Config) (*Exporter, error) {
 		// bounds the whole export call a little later.
 		sdklog.WithExportTimeout(cfg.ExportTimeout+time.Second),
 	)
-	e.provider = sdklog.NewLoggerProvider(sdklog.WithResource(res), sdklog.WithProcessor(bp))
+	e.provider = sdklog.NewLoggerProvider(sdklog.WithResource(res), sdklog.WithProcessor(bp),
+		// Every record is built here with distinct keys; the SDK's
+		// deduplication (a map per record) cost 40% of a record's CPU
+		// time (BenchmarkMirrorStatement).
+		sdklog.WithAllowKeyDuplication())
 	e.logger = e.provider.Logger(scopeName, log.WithInstrumentationVersion(cfg.ServiceVersion))
 	return e, nil
 }

@@ -43,7 +43,7 @@ func collectorDir() string {
 // compiles the collector's modules; later runs reuse the binary cached
 // under the user cache directory, keyed by the hash of internal/otelcol's
 // go.mod, go.sum and main.go and the Go version, and work offline). The
-// build runs with GOFLAGS=-mod=mod and GOWORK=off. A failed build fails tb.
+// build runs with GOFLAGS="-mod=mod -buildvcs=false" and GOWORK=off. A failed build fails tb.
 func CollectorBinary(tb testing.TB) string {
 	tb.Helper()
 	collectorOnce.Do(func() { collectorBin, collectorErr = buildCollector(tb) })
@@ -98,7 +98,7 @@ func buildCollector(tb testing.TB) (string, error) {
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", tmp, ".")
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off", "CGO_ENABLED=0")
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod -buildvcs=false", "GOWORK=off", "CGO_ENABLED=0")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go build in %s: %w\n%s", dir, err, Tail(string(out), 4000))
