@@ -175,6 +175,7 @@ func adminSettingRows(st *settings, opts adminOptions) []admin.Setting {
 		admin.Setting{Key: "admin_http_auth", Value: strings.Join(httpAuth, ","), Default: "none", Changeable: no},
 		admin.Setting{Key: "admin_hosts", Value: strings.Join(opts.HTTPAuth.Hosts, ","), Default: "", Changeable: no},
 	)
+	rows = append(rows, otlpLogsSettingRows(st)...)
 	return rows
 }
 

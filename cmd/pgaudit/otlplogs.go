@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/pgaudit-proxy/pgaudit/admin"
 	"github.com/pgaudit-proxy/pgaudit/internal/otlplog"
 )
 
@@ -66,6 +68,27 @@ func (l *settingsLoader) applyOTLPLogs() error {
 	// Checked now, so a typo fails at start rather than at the first
 	// export.
 	return otlplog.CheckEndpoint(endpoint)
+}
+
+// otlpLogsSettingRows are the SHOW CONFIG rows of the otlp_logs_* keys:
+// the header names, never their values.
+func otlpLogsSettingRows(st *settings) []admin.Setting {
+	endpoint, queue, headers := "", otlplog.DefaultQueueSize, []string{}
+	if o := st.otlpLogs; o != nil {
+		endpoint = o.Endpoint
+		if o.QueueSize > 0 {
+			queue = o.QueueSize
+		}
+		for name := range o.Headers {
+			headers = append(headers, name)
+		}
+		slices.Sort(headers)
+	}
+	return []admin.Setting{
+		{Key: "otlp_logs_endpoint", Value: endpoint, Default: "", Changeable: "no"},
+		{Key: "otlp_logs_headers", Value: strings.Join(headers, ","), Default: "", Changeable: "no"},
+		{Key: "otlp_logs_queue", Value: strconv.Itoa(queue), Default: strconv.Itoa(otlplog.DefaultQueueSize), Changeable: "no"},
+	}
 }
 
 // otlpLogsHeaders reads the export request headers from file (one

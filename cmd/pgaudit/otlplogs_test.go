@@ -4,10 +4,14 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/rs/zerolog"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/otlplog"
 )
 
 // TestOTLPLogsSettings checks the otlp_logs_* keys: the endpoint, the
@@ -91,6 +95,22 @@ otlp_logs_queue = -1`, wantErr: "negative"},
 			}
 			if st.auditorOptions(zerolog.Nop()).OTLPLogs != o {
 				t.Error("auditor options do not carry the OTLP logs config")
+			}
+			rows := map[string]string{}
+			for _, r := range otlpLogsSettingRows(st) {
+				rows[r.Key] = r.Value
+				if strings.Contains(r.Value, "s3cret") {
+					t.Errorf("SHOW CONFIG row %s reveals a secret: %q", r.Key, r.Value)
+				}
+			}
+			names := slices.Sorted(maps.Keys(tt.headers))
+			wantQueue := tt.queue
+			if wantQueue == 0 {
+				wantQueue = otlplog.DefaultQueueSize
+			}
+			if rows["otlp_logs_endpoint"] != o.Endpoint || rows["otlp_logs_headers"] != strings.Join(names, ",") ||
+				rows["otlp_logs_queue"] != strconv.Itoa(wantQueue) {
+				t.Errorf("SHOW CONFIG rows %v", rows)
 			}
 		})
 	}

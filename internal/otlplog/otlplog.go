@@ -65,8 +65,10 @@ type Config struct {
 	Logger zerolog.Logger
 }
 
+// DefaultQueueSize is Config.QueueSize when it is not set.
+const DefaultQueueSize = 4096
+
 const (
-	defaultQueueSize      = 4096
 	defaultBatchSize      = 512
 	defaultExportInterval = time.Second
 	defaultExportTimeout  = 10 * time.Second
@@ -120,7 +122,7 @@ type Exporter struct {
 // here.
 func New(cfg Config) (*Exporter, error) {
 	if cfg.QueueSize <= 0 {
-		cfg.QueueSize = defaultQueueSize
+		cfg.QueueSize = DefaultQueueSize
 	}
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = defaultBatchSize
