@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"fmt"
 	"sync"
 	"time"
 
@@ -257,6 +258,16 @@ func (a *Admin) newRegistry() *prometheus.Registry {
 		&stateCollector{a: a},
 	)
 	return reg
+}
+
+// RegisterCollector adds c to the registry served at /metrics (the OTLP
+// log exporter's counters). Its metric names must not clash with the
+// admin's own.
+func (a *Admin) RegisterCollector(c prometheus.Collector) error {
+	if err := a.reg.Register(c); err != nil {
+		return fmt.Errorf("register metrics collector: %w", err)
+	}
+	return nil
 }
 
 var (

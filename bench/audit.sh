@@ -17,7 +17,10 @@
 #   MODES        on: --audit-log FILE --audit-sample all;
 #                off: --no-audit;
 #                none: --audit-sample none, no audit log (still fingerprints
-#                and keeps statistics; only the statement records are off) [on off]
+#                and keeps statistics; only the statement records are off);
+#                otlp: as on, plus --otlp-logs-endpoint to a local
+#                OpenTelemetry Collector (internal/otelcol: otlp receiver,
+#                file exporter) on the same machine      [on off]
 #   CLIENTS      pgbench -c                                             [100]
 #   JOBS         pgbench -j                                             [2]
 #   POOL_SIZE    pgaudit --pool-size (transaction mode)                 [20]
@@ -29,6 +32,7 @@
 #                time (the audit pipeline drains its queue asynchronously) [1]
 #   PGBIN        PostgreSQL server binaries                             [/usr/lib/postgresql/15/bin]
 #   PGAUDIT_BIN  use this pgaudit binary instead of building one        [build from repo]
+#   OTELCOL_BIN  the test collector for mode otlp         [build internal/otelcol]
 #   RESULTS_DIR  where the results go                                   [bench/results]
 #   KEEP_TMP     1 = keep the temp dir (cluster, logs, audit log)       [0]
 #
@@ -52,6 +56,7 @@ SETTLE=${SETTLE:-1}
 WARMUP=${WARMUP:-5}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PGAUDIT_BIN=${PGAUDIT_BIN:-}
+OTELCOL_BIN=${OTELCOL_BIN:-}
 RESULTS_DIR=${RESULTS_DIR:-$REPO_ROOT/bench/results}
 KEEP_TMP=${KEEP_TMP:-0}
 
@@ -66,7 +71,7 @@ command -v pgbench >/dev/null || die "pgbench not on PATH"
 command -v psql >/dev/null || die "psql not on PATH"
 command -v curl >/dev/null || die "curl not on PATH (reads pgaudit's /metrics)"
 for m in $MODES; do
-  case $m in on | off | none) ;; *) die "unknown mode $m (on, off, none)" ;; esac
+  case $m in on | off | none | otlp) ;; *) die "unknown mode $m (on, off, none, otlp)" ;; esac
 done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
@@ -77,6 +82,7 @@ chmod 755 "$TMP"
 PGDATA_DIR=$TMP/data
 PG_STARTED=0
 declare -A PID PORT ADMIN
+OTELCOL_PID=
 
 stop_pgaudit() { # mode
   local pid=${PID[$1]:-}
@@ -94,6 +100,10 @@ cleanup() {
   trap - EXIT INT TERM
   set +e
   for m in "${!PID[@]}"; do stop_pgaudit "$m"; done
+  if [[ -n $OTELCOL_PID ]]; then
+    kill "$OTELCOL_PID" 2>/dev/null
+    wait "$OTELCOL_PID" 2>/dev/null
+  fi
   if [[ $PG_STARTED == 1 ]]; then
     runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -w stop >/dev/null 2>&1
     release_huge_pages
@@ -134,11 +144,52 @@ fi
 # ---------------------------------------------------------------- postgres
 start_cluster 200 "pgaudit audit bench"
 
+# ---------------------------------------------------------------- collector
+# Mode otlp exports the audit records to a local OpenTelemetry Collector
+# (otlp receiver, file exporter to the temp dir). It runs on the same
+# cores as everything else, so its CPU is part of the measured cost.
+OTLP_ENDPOINT=
+if [[ " $MODES " == *" otlp "* ]]; then
+  if [[ -z $OTELCOL_BIN ]]; then
+    log "building the OpenTelemetry Collector (internal/otelcol; minutes on a cold Go cache)"
+    (cd "$REPO_ROOT/internal/otelcol" && GOFLAGS="-mod=mod -buildvcs=false" GOWORK=off CGO_ENABLED=0 go build -trimpath -o "$TMP/otelcol" .) ||
+      die "building internal/otelcol failed (set OTELCOL_BIN)"
+    OTELCOL_BIN=$TMP/otelcol
+  fi
+  OTLP_PORT=$(free_port)
+  cat >"$TMP/otelcol.yaml" <<YAML
+receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: 127.0.0.1:$OTLP_PORT
+exporters:
+  file:
+    path: $TMP/otlp-logs.jsonl
+service:
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+  pipelines:
+    logs:
+      receivers: [otlp]
+      exporters: [file]
+YAML
+  "$OTELCOL_BIN" --config="$TMP/otelcol.yaml" >>"$TMP/otelcol.log" 2>&1 &
+  OTELCOL_PID=$!
+  wait_port "$OTLP_PORT" 30 || { tail -20 "$TMP/otelcol.log" >&2; die "the collector did not start"; }
+  OTLP_ENDPOINT=http://127.0.0.1:$OTLP_PORT
+  log "collector: pid $OTELCOL_PID, $OTLP_ENDPOINT"
+fi
+
 # ---------------------------------------------------------------- proxies
 AUDIT_LOG=$TMP/audit.jsonl
 mode_flags() { # mode
   case $1 in
     on) echo "--audit-log $AUDIT_LOG --audit-sample all" ;;
+    otlp) echo "--audit-log $TMP/audit-otlp.jsonl --audit-sample all --otlp-logs-endpoint $OTLP_ENDPOINT" ;;
     off) if [[ $HAS_NO_AUDIT == 1 ]]; then echo "--no-audit"; else echo "--audit-sample none"; fi ;;
     none) echo "--audit-sample none" ;;
   esac
@@ -258,6 +309,9 @@ run_one() { # round proto mode
   ROWS+=("$round|$proto|$mode|$tps|$tx|$failed|$cpu_s|$cpu_pct%|$per1k|$recs|$proc|$drop|$load|$other%|$status")
   echo "$round,$proto,$mode,$tps,$tx,$failed,$cpu_s,$cpu_pct,$per1k,$recs,$proc,$drop,$load,$other,$status" >>"$CSV"
   log "  tps $tps, $tx statements, proxy CPU ${cpu_s}s (${cpu_pct}% of a core), $per1k ms per 1k statements, audit records $recs, events processed $proc dropped $drop"
+  if [[ $mode == otlp ]]; then
+    log "  OTLP log records so far: exported $(metric otlp pgaudit_otlp_log_records_exported_total), failed $(metric otlp pgaudit_otlp_log_records_failed_total), dropped $(metric otlp pgaudit_otlp_log_records_dropped_total)"
+  fi
 }
 
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
@@ -267,6 +321,9 @@ settings: pgbench -S -n -c $CLIENTS -j $JOBS -T $DURATION, scale $SCALE, pgaudit
 modes: on = --audit-log FILE --audit-sample all (every statement fingerprinted, analysed, written); $OFF_NOTE"
 if [[ " $MODES " == *" none "* ]]; then
   HEADER+="; none = --audit-sample none, no audit log (fingerprints and statistics, no records)"
+fi
+if [[ " $MODES " == *" otlp "* ]]; then
+  HEADER+="; otlp = on plus --otlp-logs-endpoint to a collector (otlp receiver, file exporter) on the same machine"
 fi
 log "${HEADER//$'\n'/; }"
 
@@ -300,16 +357,20 @@ mean() { awk -v s="${1:-0}" -v n="${2:-0}" 'BEGIN {if (n > 0) printf "%.0f", s /
   done | column -t -s '|' 2>/dev/null || printf '%s\n' "${ROWS[@]}"
   echo
   echo "summary (clean runs only; CPU ms per 1k statements = proxy utime+stime / statements):"
-  for r in "protocol|mode|runs|mean tps|CPU ms/1k stmts|tps on/off (target >= 0.95)|audit CPU ms/1k stmts (on - off)"; do echo "$r"; done >"$TMP/summary.txt"
+  for r in "protocol|mode|runs|mean tps|CPU ms/1k stmts|tps on/off, otlp/on (target >= 0.95)|CPU ms/1k stmts (on - off, otlp - on)"; do echo "$r"; done >"$TMP/summary.txt"
   for proto in $PROTOCOLS; do
     for m in $MODES; do
       k=$proto/$m
       t=$(mean "${SUM_TPS[$k]:-}" "${N_RUNS[$k]:-}")
       c=$(awk -v t="${SUM_TICKS[$k]:-0}" -v hz="$CLK_TCK" -v n="${SUM_TX[$k]:-0}" 'BEGIN {if (n > 0) printf "%.3f", t / hz * 1000 / (n / 1000); else print "n/a"}')
       r=- d=-
-      if [[ $m == on && " $MODES " == *" off "* ]]; then
-        toff=$(mean "${SUM_TPS[$proto/off]:-}" "${N_RUNS[$proto/off]:-}")
-        coff=$(awk -v t="${SUM_TICKS[$proto/off]:-0}" -v hz="$CLK_TCK" -v n="${SUM_TX[$proto/off]:-0}" 'BEGIN {if (n > 0) printf "%.3f", t / hz * 1000 / (n / 1000); else print "n/a"}')
+      # on is compared with off; otlp with on (the export's own cost).
+      base=
+      if [[ $m == on && " $MODES " == *" off "* ]]; then base=off; fi
+      if [[ $m == otlp && " $MODES " == *" on "* ]]; then base=on; fi
+      if [[ -n $base ]]; then
+        toff=$(mean "${SUM_TPS[$proto/$base]:-}" "${N_RUNS[$proto/$base]:-}")
+        coff=$(awk -v t="${SUM_TICKS[$proto/$base]:-0}" -v hz="$CLK_TCK" -v n="${SUM_TX[$proto/$base]:-0}" 'BEGIN {if (n > 0) printf "%.3f", t / hz * 1000 / (n / 1000); else print "n/a"}')
         r=$(awk -v a="$t" -v b="$toff" 'BEGIN {if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.3f %s", a / b, (a / b >= 0.95 ? "MET" : "MISSED"); else print "n/a"}')
         d=$(awk -v a="$c" -v b="$coff" 'BEGIN {if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/) printf "%.3f (%+.0f%%)", a - b, (b > 0 ? 100 * (a - b) / b : 0); else print "n/a"}')
       fi

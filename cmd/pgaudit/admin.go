@@ -182,6 +182,7 @@ func adminSettingRows(st *settings, opts adminOptions) []admin.Setting {
 		admin.Setting{Key: "admin_hosts", Value: strings.Join(opts.HTTPAuth.Hosts, ","), Default: "", Changeable: no},
 		admin.Setting{Key: "fleet_peers", Value: strings.Join(opts.Fleet.peers, ","), Default: "", Changeable: no},
 	)
+	rows = append(rows, otlpLogsSettingRows(st)...)
 	return rows
 }
 

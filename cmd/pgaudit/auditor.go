@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
+	"github.com/pgaudit-proxy/pgaudit/internal/otlplog"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -41,7 +43,11 @@ type auditorOptions struct {
 	// Observers are registered on the pipeline before it starts (the
 	// admin's query-latency observer).
 	Observers []analyzer.Observer
-	Log       zerolog.Logger
+	// OTLPLogs, when set, also exports the audit log's records as
+	// OpenTelemetry logs (otlp_logs_endpoint). Without an audit log file
+	// the records are built for the exporter only.
+	OTLPLogs *otlplog.Config
+	Log      zerolog.Logger
 }
 
 // auditor is the running pipeline, rules engine, EXPLAIN sampler and audit
@@ -53,6 +59,9 @@ type auditor struct {
 	engine     *analyzer.Engine
 	sampler    *analyzer.Sampler
 	log        *auditlog.Log
+	// otlp exports the audit records as OTLP logs; nil when off. It is
+	// shut down after log is closed.
+	otlp *otlplog.Exporter
 
 	mu         sync.Mutex
 	explainers map[string]*analyzer.Explainer // by explainTarget.Key
@@ -60,15 +69,36 @@ type auditor struct {
 	wg         sync.WaitGroup
 }
 
-func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
+func startAuditor(ctx context.Context, o auditorOptions) (_ *auditor, err error) {
 	a := &auditor{explainers: map[string]*analyzer.Explainer{}}
+	defer func() {
+		if err != nil { // release what was opened
+			if a.log != nil {
+				_ = a.log.Close()
+			}
+			a.shutdownOTLP(o.Log)
+		}
+	}()
 	if !o.Lint {
 		a.stopBudget = cmp.Or(o.ExplainShutdownBudget, defaultExplainShutdownBudget)
 	}
 	cfg := o.Pipeline
 	cfg.Logger = o.Log
-	if o.AuditLog.Path != "" || o.AuditLog.Writer != nil {
-		ac := o.AuditLog
+	ac := o.AuditLog
+	if o.OTLPLogs != nil {
+		oc := *o.OTLPLogs
+		oc.Logger = o.Log
+		exp, err := otlplog.New(oc)
+		if err != nil {
+			return nil, err
+		}
+		a.otlp = exp
+		ac.Mirror = exp
+		if ac.Path == "" && ac.Writer == nil {
+			ac.Writer = io.Discard
+		}
+	}
+	if ac.Path != "" || ac.Writer != nil {
 		ac.Logger = o.Log
 		al, err := auditlog.Open(ac)
 		if err != nil {
@@ -231,5 +261,26 @@ func (a *auditor) stop(log zerolog.Logger) {
 	a.mu.Unlock()
 	if a.log != nil {
 		_ = a.log.Close()
+	}
+	a.shutdownOTLP(log)
+}
+
+// otlpShutdownBudget bounds the last OTLP log export at shutdown.
+const otlpShutdownBudget = 5 * time.Second
+
+// shutdownOTLP exports the queued OTLP log records (within
+// otlpShutdownBudget) and stops the exporter; a no-op when it is off.
+func (a *auditor) shutdownOTLP(log zerolog.Logger) {
+	if a.otlp == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), otlpShutdownBudget)
+	defer cancel()
+	if err := a.otlp.Shutdown(ctx); err != nil {
+		log.Warn().Err(err).Msg("OTLP log exporter did not flush")
+	}
+	if c := a.otlp.Counters(); c.Dropped > 0 || c.Failed > 0 {
+		log.Warn().Uint64("exported", c.Exported).Uint64("failed", c.Failed).Uint64("dropped", c.Dropped).
+			Msg("OTLP log records not delivered (the audit log file has them)")
 	}
 }

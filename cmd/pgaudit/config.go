@@ -19,6 +19,7 @@ import (
 	"github.com/pgaudit-proxy/pgaudit/admin"
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
+	"github.com/pgaudit-proxy/pgaudit/internal/otlplog"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 	"github.com/pgaudit-proxy/pgaudit/wire"
@@ -256,6 +257,7 @@ type pgauditFile struct {
 	poolFile
 	identityFile
 	fleetFile
+	otlpLogsFile // otlplogs.go
 }
 
 // rulesConfig is the [rules] section with defaults filled in, validated;
@@ -310,6 +312,8 @@ type proxyFlags struct {
 	// upstreamPasswordFile holds the --upstream DSN's password.
 	upstreamPasswordFile string
 	allowTrustOnNetwork  bool
+	// otlpLogsEndpoint is --otlp-logs-endpoint (otlplogs.go).
+	otlpLogsEndpoint string
 }
 
 // settings is everything `pgaudit proxy` needs.
@@ -338,6 +342,8 @@ type settings struct {
 	// warnings are logged when the proxy starts (a password on the
 	// command line, trust on a network address).
 	warnings []string
+	// otlpLogs exports audit records as OTLP logs; nil: off (otlplogs.go).
+	otlpLogs *otlplog.Config
 }
 
 // readConfigFile decodes a pgaudit.toml, rejecting keys it does not know
@@ -408,6 +414,7 @@ var settingsAppliers = []func(*settingsLoader) error{
 	(*settingsLoader).applyAudit,        // audit log and pipeline
 	(*settingsLoader).applyRules,        // [rules]
 	(*settingsLoader).applyTracing,      // tracing
+	(*settingsLoader).applyOTLPLogs,     // otlp_logs_*: audit records as OTLP logs (otlplogs.go)
 	(*settingsLoader).applyExplain,      // EXPLAIN sampler and explain_dsn
 	(*settingsLoader).applyFleet,        // fleet_peers (after applyAdmin: its credentials are the default)
 }
@@ -915,6 +922,7 @@ func (st *settings) auditorOptions(log zerolog.Logger) auditorOptions {
 	if st.explain {
 		o.Explain = st.explainTarget
 	}
+	o.OTLPLogs = st.otlpLogs
 	return o
 }
 

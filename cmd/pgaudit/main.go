@@ -124,6 +124,7 @@ func proxyCommand() *cobra.Command {
 	f.StringVar(&fl.upstreamPasswordFile, "upstream-password-file", "", "file holding the --upstream DSN's password (or set PGAUDIT_UPSTREAM_PASSWORD): keeps it out of ps")
 	f.BoolVar(&fl.allowTrustOnNetwork, "dangerously-allow-trust-on-network", false, "allow auth_type trust on a non-loopback listen address: anyone who can reach it logs in without a password")
 	f.StringVar(&fl.otlpEndpoint, "otlp-endpoint", "", "OTLP/HTTP endpoint (host:4318): spans for statements with a sqlcommenter traceparent")
+	f.StringVar(&fl.otlpLogsEndpoint, "otlp-logs-endpoint", "", "OTLP/HTTP collector URL (http://127.0.0.1:4318): audit records as OpenTelemetry logs")
 	return cmd
 }
 
@@ -176,6 +177,12 @@ func runProxy(ctx context.Context, st *settings, reload func() (*settings, error
 		return &exitError{1, err}
 	}
 	defer audit.stop(log)
+	if audit.otlp != nil {
+		if err := adm.RegisterCollector(audit.otlp); err != nil {
+			return &exitError{1, err}
+		}
+		log.Info().Str("endpoint", st.otlpLogs.Endpoint).Msg("audit records exported as OTLP logs")
+	}
 	st.proxy.Admin = console
 	var sink analyzer.Sink = audit.pipeline
 	if st.noAudit {

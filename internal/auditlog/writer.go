@@ -123,6 +123,38 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives write errors (throttled). The zero Logger discards.
 	Logger zerolog.Logger
+	// Mirror, when set, receives a copy of every statement, stats, finding
+	// and pool record right after it is written to the file (the OTLP log
+	// exporter, internal/otlplog). It is called on the writer's goroutine
+	// (analyzer workers, timers), so it must not block; it must not keep
+	// the *Statement or the body slices after it returns.
+	Mirror Mirror
+}
+
+// Mirror receives copies of audit log records as plain values, for
+// exporting them elsewhere (OpenTelemetry logs). Its methods are called
+// concurrently from analyzer workers and timers, never from the relay path;
+// they must return quickly and never block.
+type Mirror interface {
+	// MirrorStatement gets a statement record: its common fields and the
+	// statement. Only the normalized text (st.Query) may leave the process;
+	// st.Event.Text and st.Event.Params hold literal values.
+	MirrorStatement(h Header, st *Statement)
+	// MirrorStats gets a stats record: its sequence number, whether it is
+	// the final one, and the JSON body written under "stats".
+	MirrorStats(h Header, seq uint64, final bool, body []byte)
+	// MirrorFinding gets a finding record's JSON body ("finding").
+	MirrorFinding(h Header, body []byte)
+	// MirrorPool gets a pool record's JSON body ("pool").
+	MirrorPool(h Header, body []byte)
+}
+
+// Header holds the fields every audit log record has, for a Mirror.
+type Header struct {
+	// Time is the record's "ts".
+	Time time.Time
+	// RunID is the record's "run_id".
+	RunID string
 }
 
 const (
@@ -257,11 +289,14 @@ func (a *Log) StatsTopN() int { return a.cfg.StatsTopN }
 func (a *Log) WriteErrors() uint64 { return a.w.errs.Load() }
 
 // begin starts a record with the fields every record has.
-func (a *Log) begin(record string) *zerolog.Event {
+func (a *Log) begin(record string) *zerolog.Event { return a.beginAt(record, a.now()) }
+
+// beginAt is begin with the record's time given.
+func (a *Log) beginAt(record string, now time.Time) *zerolog.Event {
 	var ts [40]byte
 	return a.zl.Log().
 		Int("schema", SchemaVersion).
-		Bytes("ts", appendTime(ts[:0], a.now())).
+		Bytes("ts", appendTime(ts[:0], now)).
 		Str("record", record).
 		Str("run_id", a.runID)
 }
@@ -323,7 +358,8 @@ type Statement struct {
 func (a *Log) WriteStatement(an *Statement) {
 	ev := an.Event
 	var scratch [40]byte
-	e := a.begin(RecordStatement).
+	ts := a.now()
+	e := a.beginAt(RecordStatement, ts).
 		Str("kind", ev.Kind.String()).
 		Uint64("session_id", ev.SessionID).
 		Uint64("tx_seq", ev.TxSeq).
@@ -385,6 +421,9 @@ func (a *Log) WriteStatement(an *Statement) {
 		}
 	}
 	e.Send()
+	if a.cfg.Mirror != nil {
+		a.cfg.Mirror.MirrorStatement(Header{Time: ts, RunID: a.runID}, an)
+	}
 }
 
 func sortedKeys(m map[string]string) []string {
@@ -406,11 +445,15 @@ func (a *Log) WriteStats(v any, final bool) error {
 	if err != nil {
 		return fmt.Errorf("write stats record: %w", err)
 	}
-	a.begin(RecordStats).
-		Uint64("seq", a.seq.Add(1)).
+	ts, seq := a.now(), a.seq.Add(1)
+	a.beginAt(RecordStats, ts).
+		Uint64("seq", seq).
 		Bool("final", final).
 		RawJSON("stats", body).
 		Send()
+	if a.cfg.Mirror != nil {
+		a.cfg.Mirror.MirrorStats(Header{Time: ts, RunID: a.runID}, seq, final, body)
+	}
 	if final {
 		return a.Flush()
 	}
@@ -425,7 +468,11 @@ func (a *Log) WriteFinding(v any) error {
 	if err != nil {
 		return fmt.Errorf("write finding record: %w", err)
 	}
-	a.begin(RecordFinding).RawJSON("finding", body).Send()
+	ts := a.now()
+	a.beginAt(RecordFinding, ts).RawJSON("finding", body).Send()
+	if a.cfg.Mirror != nil {
+		a.cfg.Mirror.MirrorFinding(Header{Time: ts, RunID: a.runID}, body)
+	}
 	return nil
 }
 
@@ -437,7 +484,11 @@ func (a *Log) WritePool(v any) error {
 	if err != nil {
 		return fmt.Errorf("write pool record: %w", err)
 	}
-	a.begin(RecordPool).RawJSON("pool", body).Send()
+	ts := a.now()
+	a.beginAt(RecordPool, ts).RawJSON("pool", body).Send()
+	if a.cfg.Mirror != nil {
+		a.cfg.Mirror.MirrorPool(Header{Time: ts, RunID: a.runID}, body)
+	}
 	return nil
 }
 
