@@ -17,6 +17,7 @@ import (
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
+	"github.com/pgaudit-proxy/pgaudit/planadvisor"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -45,8 +46,8 @@ func (f *fakeFindings) Findings() []rules.Finding {
 // fakeExplain is an ExplainSource for tests.
 type fakeExplain struct{}
 
-func (fakeExplain) Counters() analyzer.SamplerCounters {
-	return analyzer.SamplerCounters{Rounds: 3, Checked: 5, NotExplainable: 1, Failed: 1, Timeouts: 1, Findings: 2}
+func (fakeExplain) Counters() planadvisor.SamplerCounters {
+	return planadvisor.SamplerCounters{Rounds: 3, Checked: 5, NotExplainable: 1, Failed: 1, Timeouts: 1, Findings: 2}
 }
 
 // sampleFinding is the finding tests expect to see rendered.

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
 // auditEvents is a small, fixed workload touching every statement field.
@@ -98,7 +99,7 @@ func TestAuditLogGolden(t *testing.T) {
 	if err := al.WriteFinding(func() {}); err == nil {
 		t.Error("WriteFinding accepted an unmarshalable value")
 	}
-	golden(t, "auditlog.golden.jsonl", out.Bytes())
+	testutil.Golden(t, "auditlog.golden.jsonl", out.Bytes())
 
 	// Every line is a JSON object with schema, ts and record.
 	sc := bufio.NewScanner(bytes.NewReader(out.Bytes()))

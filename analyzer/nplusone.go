@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/lru"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -90,7 +91,7 @@ type NPlusOneDetector struct {
 	idle       time.Duration
 	runTimeout time.Duration
 	seed       maphash.Seed
-	lookups    *lru[Fingerprint, *Lookup]
+	lookups    *lru.Cache[Fingerprint, *Lookup]
 	emit       func(rules.NPlusOneFacts)
 	shards     [detectorShards]detShard
 }
@@ -248,7 +249,7 @@ func NewNPlusOneDetector(cfg NPlusOneDetectorConfig, emit func(rules.NPlusOneFac
 	if lc <= 0 {
 		lc = defaultLookupCache
 	}
-	d.lookups = newLRU[Fingerprint, *Lookup](lc)
+	d.lookups = lru.New[Fingerprint, *Lookup](lc)
 	for i := range d.shards {
 		d.shards[i].sessions = make(map[uint64]*nSession)
 	}
@@ -695,11 +696,11 @@ func (d *NPlusOneDetector) Sessions() int {
 
 // lookup returns the parse-tree description of a shape, cached.
 func (d *NPlusOneDetector) lookup(sh *Shape) *Lookup {
-	if lk, ok := d.lookups.get(sh.Fingerprint); ok {
+	if lk, ok := d.lookups.Get(sh.Fingerprint); ok {
 		return lk
 	}
 	lk := AnalyzeLookup(sh.Normalized)
-	d.lookups.add(sh.Fingerprint, &lk)
+	d.lookups.Add(sh.Fingerprint, &lk)
 	return &lk
 }
 

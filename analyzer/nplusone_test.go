@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -416,7 +417,7 @@ func TestNPlusOneScenarios(t *testing.T) {
 		})
 	}
 	if !t.Failed() {
-		golden(t, "nplusone.golden", []byte(out.String()))
+		testutil.Golden(t, "nplusone.golden", []byte(out.String()))
 	}
 }
 

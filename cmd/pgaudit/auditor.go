@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
+	"github.com/pgaudit-proxy/pgaudit/planadvisor"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -51,17 +52,17 @@ type auditor struct {
 	stopBudget time.Duration
 	pipeline   *analyzer.Pipeline
 	engine     *analyzer.Engine
-	sampler    *analyzer.Sampler
+	sampler    *planadvisor.Sampler
 	log        *auditlog.Log
 
 	mu         sync.Mutex
-	explainers map[string]*analyzer.Explainer // by explainTarget.Key
+	explainers map[string]*planadvisor.Explainer // by explainTarget.Key
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
 }
 
 func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
-	a := &auditor{explainers: map[string]*analyzer.Explainer{}}
+	a := &auditor{explainers: map[string]*planadvisor.Explainer{}}
 	if !o.Lint {
 		a.stopBudget = cmp.Or(o.ExplainShutdownBudget, defaultExplainShutdownBudget)
 	}
@@ -87,9 +88,9 @@ func startAuditor(ctx context.Context, o auditorOptions) (*auditor, error) {
 		return nil, err
 	}
 	if o.Explain != nil {
-		s, err := analyzer.NewSampler(analyzer.SamplerConfig{
+		s, err := planadvisor.NewSampler(planadvisor.SamplerConfig{
 			Stats: a.pipeline.Stats(),
-			ExplainerFor: func(database, user string) *analyzer.Explainer {
+			ExplainerFor: func(database, user string) *planadvisor.Explainer {
 				return a.explainer(database, user, o)
 			},
 			Emit:            func(f *rules.Finding) { eng.Report(*f) },
@@ -151,7 +152,7 @@ type explainTarget struct {
 
 // explainer returns the (lazily created) explainer for statements of a
 // database and client user, or nil when they are not to be planned.
-func (a *auditor) explainer(database, user string, o auditorOptions) *analyzer.Explainer {
+func (a *auditor) explainer(database, user string, o auditorOptions) *planadvisor.Explainer {
 	t, ok := o.Explain(database, user)
 	if !ok {
 		return nil
@@ -161,12 +162,12 @@ func (a *auditor) explainer(database, user string, o auditorOptions) *analyzer.E
 	if e, ok := a.explainers[t.Key]; ok {
 		return e
 	}
-	ec := analyzer.ExplainConfig{DSN: t.DSN, Conn: t.Conn, Role: t.Role,
+	ec := planadvisor.ExplainConfig{DSN: t.DSN, Conn: t.Conn, Role: t.Role,
 		AllowCreateExtension: o.AllowCreateExtension, Logger: o.Log}
 	if t.PerClient {
 		ec.MaxConns, ec.CloseIdle = 1, true
 	}
-	e, err := analyzer.NewExplainer(ec)
+	e, err := planadvisor.NewExplainer(ec)
 	if err != nil {
 		o.Log.Warn().Err(err).Str("database", database).Str("role", t.Role).Msg("EXPLAIN sampler disabled for this database and role")
 		e = nil

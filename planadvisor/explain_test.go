@@ -1,4 +1,4 @@
-package analyzer
+package planadvisor
 
 import (
 	"context"
@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -110,11 +113,11 @@ func (env *explainEnv) explainer(t *testing.T, db string, mod func(*ExplainConfi
 
 // statsOf records one simple-protocol event per query (the first the
 // slowest) and returns the statistics.
-func statsOf(db string, queries ...string) *Stats {
-	fp := NewFingerprinter(FingerprintConfig{})
-	st := NewStats(StatsConfig{})
+func statsOf(db string, queries ...string) *analyzer.Stats {
+	fp := analyzer.NewFingerprinter(analyzer.FingerprintConfig{})
+	st := analyzer.NewStats(analyzer.StatsConfig{})
 	for i, q := range queries {
-		ev := &Event{Kind: KindStatement, Protocol: ProtocolSimple, Text: q, Database: db,
+		ev := &event.Event{Kind: event.KindStatement, Protocol: event.ProtocolSimple, Text: q, Database: db,
 			Start: time.Now(), Duration: time.Duration(len(queries)-i) * 10 * time.Millisecond, Rows: 1}
 		sh, _ := fp.Lookup(q, ev.Protocol)
 		st.Record(ev, sh)
@@ -122,7 +125,7 @@ func statsOf(db string, queries ...string) *Stats {
 	return st
 }
 
-func newTestSampler(t *testing.T, st *Stats, e *Explainer) (*Sampler, *[]*rules.Finding) {
+func newTestSampler(t *testing.T, st *analyzer.Stats, e *Explainer) (*Sampler, *[]*rules.Finding) {
 	t.Helper()
 	var found []*rules.Finding
 	s, err := NewSampler(SamplerConfig{
@@ -560,8 +563,8 @@ func TestExplainPostgres(t *testing.T) {
 		}
 
 		// Observe keeps example parameters in memory; Run uses them.
-		st := NewStats(StatsConfig{})
-		fp := NewFingerprinter(FingerprintConfig{})
+		st := analyzer.NewStats(analyzer.StatsConfig{})
+		fp := analyzer.NewFingerprinter(analyzer.FingerprintConfig{})
 		var mu sync.Mutex
 		var found []*rules.Finding
 		s, err := NewSampler(SamplerConfig{Stats: st, Explainer: e, Interval: 20 * time.Millisecond,
@@ -569,11 +572,11 @@ func TestExplainPostgres(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ev := &Event{Kind: KindStatement, Protocol: ProtocolExtended, Text: "SELECT * FROM items WHERE category = $1",
+		ev := &event.Event{Kind: event.KindStatement, Protocol: event.ProtocolExtended, Text: "SELECT * FROM items WHERE category = $1",
 			Params: []string{"42"}, NumParams: 1, Database: db, Duration: time.Millisecond}
 		sh, ann := fp.Lookup(ev.Text, ev.Protocol)
 		st.Record(ev, sh)
-		s.Observe(&Analyzed{Event: ev, Shape: sh, Annotations: ann})
+		s.Observe(&analyzer.Analyzed{Event: ev, Shape: sh, Annotations: ann})
 		rctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- s.Run(rctx) }()

@@ -1,4 +1,4 @@
-package analyzer
+package planadvisor
 
 import (
 	"context"
@@ -11,6 +11,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -220,8 +223,8 @@ func TestExplainRoleIsolation(t *testing.T) {
 	t.Run("Sampler", func(t *testing.T) {
 		mallory := env.explainer(t, ExplainConfig{DSN: env.malloryDSN(), Role: "mallory"})
 		now := time.Now()
-		fp := NewFingerprinter(FingerprintConfig{})
-		st := NewStats(StatsConfig{})
+		fp := analyzer.NewFingerprinter(analyzer.FingerprintConfig{})
+		st := analyzer.NewStats(analyzer.StatsConfig{})
 		var found []*rules.Finding
 		var asked []string
 		s, err := NewSampler(SamplerConfig{
@@ -240,11 +243,11 @@ func TestExplainRoleIsolation(t *testing.T) {
 			t.Fatal(err)
 		}
 		feed := func(q, sqlstate string) {
-			ev := &Event{Kind: KindStatement, Protocol: ProtocolSimple, Text: q, Database: "postgres", User: "mallory",
+			ev := &event.Event{Kind: event.KindStatement, Protocol: event.ProtocolSimple, Text: q, Database: "postgres", User: "mallory",
 				Start: now, Duration: 50 * time.Millisecond, SQLState: sqlstate, Rows: 1}
 			sh, _ := fp.Lookup(q, ev.Protocol)
 			st.Record(ev, sh)
-			s.Observe(&Analyzed{Event: ev, Shape: sh})
+			s.Observe(&analyzer.Analyzed{Event: ev, Shape: sh})
 		}
 		// Denied for its client: never planned, no finding.
 		feed("SELECT * FROM secrets WHERE v = 7", "42501")

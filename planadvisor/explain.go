@@ -1,4 +1,4 @@
-package analyzer
+package planadvisor
 
 import (
 	"context"
@@ -15,8 +15,9 @@ import (
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/pgaudit-proxy/pgaudit/rules"
 	"github.com/rs/zerolog"
+
+	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
 // ExplainConfig configures an Explainer. DSN or Conn is required.

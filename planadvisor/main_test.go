@@ -1,0 +1,9 @@
+package planadvisor
+
+import (
+	"testing"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
+)
+
+func TestMain(m *testing.M) { testutil.Main(m) }
