@@ -256,8 +256,9 @@ func NewExplainer(cfg ExplainConfig) (*Explainer, error) {
 	}, nil
 }
 
-// Close closes the idle connections; explains in flight finish and close
-// theirs. The Explainer must not be used afterwards.
+// Close closes the idle connections and waits for explains in flight to
+// finish and release theirs (each is bounded by its timeouts). The
+// Explainer must not be used afterwards.
 func (e *Explainer) Close() { e.pool.close() }
 
 // Counters returns the cumulative counters. Safe to call at any time.
@@ -519,7 +520,7 @@ func (e *Explainer) Inspect(ctx context.Context, req ExplainRequest, opts Inspec
 		e.errs.Add(1)
 		return nil, fmt.Errorf("explainer: connect: %w", err)
 	}
-	s := &explainSession{e: e, conn: conn, st: st, params: req.Params, literal: req.Literal}
+	s := &explainSession{e: e, conn: conn.Conn(), st: st, params: req.Params, literal: req.Literal}
 	in, err := s.run(rctx, opts)
 	discard := s.cleanup()
 	if discard {

@@ -3,104 +3,121 @@ package planadvisor
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// explainPool is the Explainer's own small connection pool: at most max
-// connections, opened on demand, kept idle for reuse, and closed (never
-// reused) after anything that might have left session state behind.
+// explainPool is the Explainer's own small connection pool, a
+// github.com/jackc/pgx/v5/pgxpool Pool (created at the first acquire, so an
+// Explainer that never explains holds no pool and no health-check
+// goroutine) with the Explainer's rules on top:
 //
-// It is a few lines rather than pgxpool because pgxpool needs
-// github.com/jackc/puddle/v2 in go.mod, which this package may not change;
-// the behaviour needed here (a cap, reuse, discard on doubt) is small.
+//   - every connection is opened from the Explainer's ConnConfig and
+//     nothing else: the pgxpool.Config from ParseConfig("") is used only
+//     for its pool settings, its ConnConfig (which pgconn fills from PG*
+//     environment variables, .pgpass and the operating-system user) is
+//     replaced wholesale before the pool is built, and connections are
+//     never re-parsed afterwards;
+//   - check, when set, vets each new connection before first use (the
+//     explainer's role check, session_user = current_user = role); a
+//     connection that fails it is closed and acquire returns its error;
+//   - release closes, synchronously and never to be reused, a connection
+//     the caller says may hold session state (discard), and every
+//     connection when closeIdle is set.
 type explainPool struct {
-	cfg  *pgx.ConnConfig
-	slot chan struct{} // one token per connection that may exist
-	// check, when set, vets each new connection before first use (the
-	// explainer's role check); a connection that fails it is closed.
+	cfg      *pgx.ConnConfig
+	maxConns int
+	// check, when set, vets each new connection before first use.
 	check func(context.Context, *pgx.Conn) error
 	// closeIdle closes connections on release instead of keeping them.
 	closeIdle bool
 
 	mu     sync.Mutex
-	idle   []*pgx.Conn
+	pool   *pgxpool.Pool // nil until the first acquire
 	closed bool
 }
 
 var errPoolClosed = errors.New("explain pool closed")
 
 func newExplainPool(cfg *pgx.ConnConfig, maxConns int) *explainPool {
-	return &explainPool{cfg: cfg, slot: make(chan struct{}, max(maxConns, 1))}
+	return &explainPool{cfg: cfg, maxConns: max(maxConns, 1)}
+}
+
+// get returns the pgxpool, building it on first use.
+func (p *explainPool) get() (*pgxpool.Pool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, errPoolClosed
+	}
+	if p.pool != nil {
+		return p.pool, nil
+	}
+	pc, err := p.poolConfig()
+	if err != nil {
+		return nil, err
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		return nil, fmt.Errorf("explain pool: %w", err)
+	}
+	p.pool = pool
+	return pool, nil
+}
+
+// poolConfig returns the pgxpool configuration: pgxpool's defaults for the
+// pool, MaxConns, the role check, and a copy of the Explainer's ConnConfig.
+func (p *explainPool) poolConfig() (*pgxpool.Config, error) {
+	pc, err := pgxpool.ParseConfig("")
+	if err != nil {
+		return nil, fmt.Errorf("explain pool config: %w", err)
+	}
+	// Only the pool settings of pc are used: its ConnConfig came from the
+	// environment and is replaced by the Explainer's own.
+	pc.ConnConfig = p.cfg.Copy()
+	pc.MaxConns = int32(min(p.maxConns, math.MaxInt32))
+	pc.MinConns, pc.MinIdleConns = 0, 0
+	if p.check != nil {
+		pc.AfterConnect = p.check
+	}
+	return pc, nil
 }
 
 // acquire returns an idle connection or opens a new one, waiting while max
 // connections are in use.
-func (p *explainPool) acquire(ctx context.Context) (*pgx.Conn, error) {
-	select {
-	case p.slot <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		<-p.slot
-		return nil, errPoolClosed
-	}
-	if n := len(p.idle); n > 0 {
-		c := p.idle[n-1]
-		p.idle = p.idle[:n-1]
-		p.mu.Unlock()
-		if !c.IsClosed() {
-			return c, nil
-		}
-	} else {
-		p.mu.Unlock()
-	}
-	c, err := pgx.ConnectConfig(ctx, p.cfg)
+func (p *explainPool) acquire(ctx context.Context) (*pgxpool.Conn, error) {
+	pool, err := p.get()
 	if err != nil {
-		<-p.slot
 		return nil, err
 	}
-	if p.check != nil {
-		if err := p.check(ctx, c); err != nil {
-			closeConn(c)
-			<-p.slot
-			return nil, err
-		}
-	}
-	return c, nil
+	return pool.Acquire(ctx)
 }
 
-// release returns c to the pool, or closes it when discard is set, when it
-// is closed or busy, or when the pool is closed.
-func (p *explainPool) release(c *pgx.Conn, discard bool) {
-	defer func() { <-p.slot }()
-	if !discard && !p.closeIdle && !c.IsClosed() && c.PgConn().TxStatus() == 'I' && !c.PgConn().IsBusy() {
-		p.mu.Lock()
-		if !p.closed {
-			p.idle = append(p.idle, c)
-			p.mu.Unlock()
-			return
-		}
-		p.mu.Unlock()
+// release returns c to the pool, or closes it when discard is set, when
+// closeIdle is set, or when it is closed or busy (pgxpool's own rule).
+func (p *explainPool) release(c *pgxpool.Conn, discard bool) {
+	if discard || p.closeIdle {
+		closeConn(c.Hijack())
+		return
 	}
-	closeConn(c)
+	c.Release()
 }
 
-// close closes the idle connections; connections in use are closed when
-// released.
+// close closes the pool: idle connections at once, and it waits for the
+// connections in use to be released (each explain is bounded by its
+// timeouts). acquire fails afterwards.
 func (p *explainPool) close() {
 	p.mu.Lock()
 	p.closed = true
-	idle := p.idle
-	p.idle = nil
+	pool := p.pool
 	p.mu.Unlock()
-	for _, c := range idle {
-		closeConn(c)
+	if pool != nil {
+		pool.Close()
 	}
 }
 
