@@ -613,9 +613,9 @@ func TestNPlusOneEvictsLeastRecent(t *testing.T) {
 		}
 	}
 	sh := d.shard(a)
-	_, hasA := sh.sessions[a]
-	_, hasB := sh.sessions[b]
-	_, hasC := sh.sessions[c]
+	hasA := sh.sessions.Contains(a)
+	hasB := sh.sessions.Contains(b)
+	hasC := sh.sessions.Contains(c)
 	if !hasA || hasB || !hasC {
 		t.Fatalf("after a, b, a, c: tracked a=%v b=%v c=%v; want a and c (b least recent)", hasA, hasB, hasC)
 	}

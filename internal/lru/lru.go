@@ -60,6 +60,12 @@ func (l *List[K, V]) Get(key K) (V, bool) {
 	return e.val, true
 }
 
+// Contains reports whether key is present, without marking it used.
+func (l *List[K, V]) Contains(key K) bool {
+	_, ok := l.m[key]
+	return ok
+}
+
 // Add stores val under key as the most recently used entry, replacing any
 // previous value. It never evicts.
 func (l *List[K, V]) Add(key K, val V) {

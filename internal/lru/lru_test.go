@@ -46,6 +46,9 @@ func TestList(t *testing.T) {
 			t.Fatalf("step %d: Len %d, want %d", i, l.Len(), len(s.want))
 		}
 	}
+	if !l.Contains("c") || l.Contains("a") || keys(l)[0] != "c" {
+		t.Fatalf("Contains: c %v, a %v, order %v (c must stay oldest)", l.Contains("c"), l.Contains("a"), keys(l))
+	}
 	if k, v, ok := l.Oldest(); !ok || k != "c" || v != 2 {
 		t.Fatalf("Oldest = %q %d %v, want c 2 true", k, v, ok)
 	}
