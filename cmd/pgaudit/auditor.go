@@ -15,6 +15,7 @@ import (
 	"github.com/pgaudit-proxy/pgaudit/planadvisor"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
+	"github.com/pgaudit-proxy/pgaudit/tracing"
 )
 
 // auditorOptions configure the analysis side shared by proxy, demo and lint.
@@ -233,4 +234,17 @@ func (a *auditor) stop(log zerolog.Logger) {
 	if a.log != nil {
 		_ = a.log.Close()
 	}
+}
+
+// traceObserver feeds every analyzed statement to the span emitter: the
+// analyzer's result mapped onto tracing.Statement, so that tracing depends
+// on the event contract only.
+func traceObserver(o *tracing.Observer) analyzer.Observer {
+	return analyzer.ObserverFunc(func(a *analyzer.Analyzed) {
+		st := tracing.Statement{Event: a.Event, TraceParent: a.TraceParent}
+		if a.Shape != nil {
+			st.Normalized, st.Fingerprint = a.Shape.Normalized, a.Shape.Fingerprint
+		}
+		o.Record(st)
+	})
 }
