@@ -237,15 +237,9 @@ func (e *env) workload(ctx context.Context, n int) {
 		e.t.Fatal("division by zero succeeded")
 	}
 	sent++
-	waitFor(e.t, 10*time.Second, "analyzer to process the workload", func() bool {
+	testutil.Eventually(e.t, 10*time.Second, "analyzer to process the workload", func() bool {
 		return e.pipeline.Counters().Processed >= before+uint64(sent)
 	})
-}
-
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	testutil.Eventually(t, timeout, what, cond)
 }
 
 // pgCode returns the SQLSTATE of a Postgres error, or "".

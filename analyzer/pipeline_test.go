@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
 // syncBuffer is a bytes.Buffer safe for concurrent writers.
@@ -236,6 +237,8 @@ func TestPipelineConcurrentOfferStop(t *testing.T) {
 			}
 		}()
 	}
+	// Deliberate: let the producers get going, so Stop races with Offers
+	// (the thing under test), rather than waiting for any condition.
 	time.Sleep(time.Millisecond)
 	stop(t, p)
 	wg.Wait()
@@ -277,10 +280,7 @@ func TestPipelinePeriodicStats(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Offer(stmt("SELECT 1"))
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(out.String(), `"final":false`) && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Within(5*time.Second, func() bool { return strings.Contains(out.String(), `"final":false`) }) // checked below
 	stop(t, p)
 	s := out.String()
 	if !strings.Contains(s, `"final":false`) || strings.Count(s, `"final":true`) != 1 {

@@ -14,6 +14,7 @@ import (
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
 	"github.com/pgaudit-proxy/pgaudit/internal/event"
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -580,10 +581,7 @@ func TestExplainPostgres(t *testing.T) {
 		rctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- s.Run(rctx) }()
-		deadline := time.Now().Add(10 * time.Second)
-		for s.Counters().Rounds < 2 && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		testutil.Eventually(t, 10*time.Second, "two sampler rounds", func() bool { return s.Counters().Rounds >= 2 })
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)

@@ -99,11 +99,21 @@ func Main(m *testing.M) {
 // a goroutine to reach a state.
 func Eventually(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
 	tb.Helper()
+	if !Within(timeout, cond) {
+		tb.Fatalf("timed out after %v waiting for %s", timeout, what)
+	}
+}
+
+// Within polls cond every 10ms until it holds or timeout passes, and
+// returns its last result: for a test that waits for a condition and then
+// reports in detail what it found when it did not hold.
+func Within(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %v waiting for %s", timeout, what)
+			return cond()
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return true
 }
