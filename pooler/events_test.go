@@ -141,8 +141,8 @@ func TestStatementEvents(t *testing.T) {
 func waitForEvents(t *testing.T, sink *captureSink, n int) {
 	t.Helper()
 	testutil.Eventually(t, 5*time.Second, fmt.Sprintf("%d events", n), func() bool { return len(sink.snapshot()) >= n })
-	// A moment more, so that a surplus event shows in the comparison
-	// (absence cannot be waited for).
+	// Deliberate: a moment more, so that a surplus event shows in the
+	// comparison (absence cannot be waited for).
 	time.Sleep(50 * time.Millisecond)
 }
 

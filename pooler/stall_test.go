@@ -63,11 +63,7 @@ func stallClientTLS(t testing.TB, p *Proxy) net.Conn {
 func stalledBackend(t testing.TB, direct *pgconn.PgConn) string {
 	t.Helper()
 	var pid string
-	deadline := time.Now().Add(10 * time.Second)
-	for pid == "" {
-		if time.Now().After(deadline) {
-			t.Fatal("the huge query's backend never blocked on ClientWrite")
-		}
+	testutil.Eventually(t, 10*time.Second, "the huge query's backend to block on ClientWrite", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		res, err := direct.Exec(ctx, "select pid from pg_stat_activity where query = $$"+hugeQuery+"$$ and wait_event = 'ClientWrite'").ReadAll()
 		cancel()
@@ -76,10 +72,9 @@ func stalledBackend(t testing.TB, direct *pgconn.PgConn) string {
 		}
 		if len(res[0].Rows) == 1 {
 			pid = string(res[0].Rows[0][0])
-		} else {
-			time.Sleep(20 * time.Millisecond)
 		}
-	}
+		return pid != ""
+	})
 	return pid
 }
 
