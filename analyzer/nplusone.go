@@ -303,22 +303,7 @@ func (d *NPlusOneDetector) recentOf(a *Analyzed) recent {
 // whitespace: for statements without bind parameters it tells "same shape,
 // other literal values" apart, while a sqlcommenter comment that differs
 // per statement (a new span id) does not make identical lookups distinct.
-func (d *NPlusOneDetector) textKey(text string) uint64 {
-	var h maphash.Hash
-	h.SetSeed(d.seed)
-	l := newLexer(text)
-	for {
-		kind, s, e, ok := l.next()
-		if !ok {
-			return h.Sum64()
-		}
-		if kind == tokSpace || kind == tokComment {
-			continue
-		}
-		h.WriteString(text[s:e])
-		h.WriteByte(0)
-	}
-}
+func (d *NPlusOneDetector) textKey(text string) uint64 { return literalKey(d.seed, text) }
 
 // traceID returns the trace-id field of a W3C traceparent, or the whole
 // value when it is not in that form.

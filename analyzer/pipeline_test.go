@@ -1,7 +1,6 @@
 package analyzer
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,30 +15,6 @@ import (
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return bytes.Clone(s.b.Bytes())
-}
 
 func stmt(text string) *Event {
 	return &Event{Kind: KindStatement, Text: text, Duration: time.Millisecond, Start: t0, Command: "SELECT", Rows: 1}
@@ -59,8 +34,8 @@ func stop(t *testing.T, p *Pipeline) {
 // and count every event it could not queue.
 func TestPipelineBackpressure(t *testing.T) {
 	const queue, offers = 16, 1000
-	var logs syncBuffer
-	var audit syncBuffer
+	var logs testutil.Buffer
+	var audit testutil.Buffer
 	al, err := auditlog.Open(auditlog.Config{Writer: &audit, Sample: auditlog.SampleNone, FlushInterval: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -189,7 +164,7 @@ func TestPipelineStopWithoutStart(t *testing.T) {
 
 func TestPipelineObserverPanic(t *testing.T) {
 	t.Parallel()
-	var logs syncBuffer
+	var logs testutil.Buffer
 	p := NewPipeline(PipelineConfig{Workers: 1, Logger: zerolog.New(&logs)})
 	var after atomic.Int64
 	_ = p.AddObserver(ObserverFunc(func(*Analyzed) { panic("boom") }))
@@ -273,7 +248,7 @@ func TestPipelineTraceParentFromComment(t *testing.T) {
 }
 
 func TestPipelinePeriodicStats(t *testing.T) {
-	var out syncBuffer
+	var out testutil.Buffer
 	al := testAuditLog(t, &out, func(c *auditlog.Config) { c.StatsInterval = 5 * time.Millisecond; c.Sample = auditlog.SampleNone })
 	p := NewPipeline(PipelineConfig{AuditLog: al})
 	if err := p.Start(context.Background()); err != nil {

@@ -62,16 +62,9 @@ type roleEnv struct {
 
 func startRoleEnv(t *testing.T) *roleEnv {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a real Postgres; skipped with -short")
-	}
+	c := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := pgtest.Start(ctx, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
 	if out, err := c.Psql(ctx, "", "-q", "-c", roleSetupSQL); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}

@@ -60,24 +60,11 @@ const (
 
 func startExplainEnv(t *testing.T) *explainEnv {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a real Postgres; skipped with -short")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	c, err := pgtest.Start(ctx, pgtest.Options{})
-	if errors.Is(err, pgtest.ErrNoBinaries) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
-	env := &explainEnv{c: c}
+	env := &explainEnv{c: startCluster(t)}
 	env.psql(t, "", "CREATE DATABASE explain_base")
 	env.psql(t, "explain_base", explainSetupSQL)
 	env.psql(t, "explain_base", "VACUUM ANALYZE items, victims")
-	_, err = os.Stat(hypopgControl)
+	_, err := os.Stat(hypopgControl)
 	env.hypo = err == nil
 	env.psql(t, "", "CREATE DATABASE "+dbIndex+" TEMPLATE explain_base")
 	if env.hypo {
