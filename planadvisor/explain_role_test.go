@@ -122,6 +122,7 @@ func (env *roleEnv) explainer(t *testing.T, cfg ExplainConfig) *Explainer {
 // defence on its own against mallory's IMMUTABLE function (advisory lock
 // 42 plus pg_terminate_backend of a superuser backend).
 func TestExplainRoleIsolation(t *testing.T) {
+	t.Parallel() // its own cluster
 	env := startRoleEnv(t)
 	ctx := context.Background()
 	evil := "SELECT count(*) FROM m.t WHERE v = m.evil(1)"

@@ -157,6 +157,7 @@ func connState(t *testing.T, e *Explainer, hypo bool) (prepared, hypothetical in
 }
 
 func TestExplainPostgres(t *testing.T) {
+	t.Parallel() // its own cluster
 	env := startExplainEnv(t)
 
 	t.Run("SeqScanAndUnvalidatedIndex", func(t *testing.T) {
