@@ -18,6 +18,7 @@ import (
 // sampler decodes them by type OID and explains the shape with those
 // example values instead of failing with 22021, so the seq scan is found.
 func TestExplainBinaryParamsThroughProxy(t *testing.T) {
+	t.Parallel() // its own cluster, proxy and log files
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c := startE2ECluster(t, ctx, pgtest.Options{}, lintSchema, false)

@@ -115,6 +115,7 @@ func exitCode(err error) int {
 // then lints all three: the same findings, exit codes, baseline round
 // trip, suppression and SARIF structure.
 func TestLintPostgresLogsAndAuditLog(t *testing.T) {
+	t.Parallel() // its own cluster, proxy and log files
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c := startE2ECluster(t, ctx, pgtest.Options{Conf: []string{
@@ -364,6 +365,7 @@ func checkSARIF(t *testing.T, s map[string]any) {
 // normalization broke it (GROUP BY 1 became GROUP BY $n), and a second run
 // over the same Postgres log skips the EXPLAINs the first run left there.
 func TestLintDSNQuietAndOwnStatements(t *testing.T) {
+	t.Parallel() // its own cluster, proxy and log files
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := pgtest.Start(ctx, pgtest.Options{Conf: []string{
