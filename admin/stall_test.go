@@ -53,21 +53,7 @@ func stalledClient(t *testing.T, e *env, direct *pgconn.PgConn) (net.Conn, strin
 	if err := fe.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	var pid string
-	testutil.Eventually(t, 10*time.Second, "the huge query's backend to block on ClientWrite", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		res, err := direct.Exec(ctx, "select pid from pg_stat_activity where query = $$"+hugeQuery+"$$ and wait_event = 'ClientWrite'").ReadAll()
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(res[0].Rows) != 1 {
-			return false
-		}
-		pid = string(res[0].Rows[0][0])
-		return true
-	})
-	return nc, pid
+	return nc, testutil.BlockedOnClientWrite(t, direct, hugeQuery)
 }
 
 // TestStalledClientDoesNotStallConsole (issue 12, hole 6): while one
