@@ -19,6 +19,7 @@ import (
 
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
 	"github.com/pgaudit-proxy/pgaudit/fleet"
+	"github.com/pgaudit-proxy/pgaudit/planadvisor"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -30,10 +31,10 @@ type FindingsSource interface {
 	Findings() []rules.Finding
 }
 
-// ExplainSource reports the EXPLAIN sampler's counters; *analyzer.Sampler
+// ExplainSource reports the EXPLAIN sampler's counters; *planadvisor.Sampler
 // satisfies it. Counters is called at scrape time from any goroutine.
 type ExplainSource interface {
-	Counters() analyzer.SamplerCounters
+	Counters() planadvisor.SamplerCounters
 }
 
 // Options configure an Admin. Every field is optional: what is missing is
@@ -347,13 +348,13 @@ func (a *Admin) Findings() []rules.Finding { return a.findings() }
 
 // explainCounters returns the sampler counters, or false when there is no
 // sampler.
-func (a *Admin) explainCounters() (analyzer.SamplerCounters, bool) {
+func (a *Admin) explainCounters() (planadvisor.SamplerCounters, bool) {
 	src := a.src.Load().explain
 	if src == nil {
-		return analyzer.SamplerCounters{}, false
+		return planadvisor.SamplerCounters{}, false
 	}
 	if v := reflect.ValueOf(src); v.Kind() == reflect.Pointer && v.IsNil() {
-		return analyzer.SamplerCounters{}, false
+		return planadvisor.SamplerCounters{}, false
 	}
 	return src.Counters(), true
 }

@@ -72,7 +72,7 @@ func (c *Console) ServeAdmin(ctx context.Context, conn *wire.Conn, user string) 
 	var pidb [4]byte
 	_, _ = rand.Read(pidb[:])
 	out = wire.AppendBackendKeyData(out, binary.BigEndian.Uint32(pidb[:])&0x3fffffff, key[:])
-	out = wire.AppendReadyForQuery(out, 'I')
+	out = wire.AppendReadyForQuery(out, wire.TxIdle)
 	if err := conn.WriteRaw(out); err != nil {
 		return err
 	}
@@ -112,14 +112,14 @@ func (s *consoleSession) run() error {
 		}
 		body := raw[5:]
 		switch typ {
-		case 'Q':
+		case wire.MsgQuery:
 			q, err := wire.DecodeQuery(body)
 			if err != nil {
 				_ = s.conn.SendError(wire.Fatal(wire.CodeProtocolViolation, "malformed Query message"))
 				return err
 			}
 			out := s.query(q)
-			out = wire.AppendReadyForQuery(out, 'I')
+			out = wire.AppendReadyForQuery(out, wire.TxIdle)
 			err = s.write(out)
 			if f := s.afterReply; f != nil {
 				s.afterReply = nil
@@ -128,7 +128,7 @@ func (s *consoleSession) run() error {
 			if err != nil {
 				return err
 			}
-		case 'P', 'B', 'D', 'E', 'C':
+		case wire.MsgParse, wire.MsgBind, wire.MsgDescribe, wire.MsgExecute, wire.MsgClose:
 			if !s.extFailed {
 				s.extFailed = true
 				e := wire.Errorf(wire.CodeFeatureNotSupported, "the admin console supports the simple query protocol only")
@@ -137,23 +137,23 @@ func (s *consoleSession) run() error {
 					return err
 				}
 			}
-		case 'F':
+		case wire.MsgFunctionCall:
 			e := wire.Errorf(wire.CodeFeatureNotSupported, "the admin console supports the simple query protocol only")
-			if err := s.write(wire.AppendReadyForQuery(e.AppendErrorResponse(nil), 'I')); err != nil {
+			if err := s.write(wire.AppendReadyForQuery(e.AppendErrorResponse(nil), wire.TxIdle)); err != nil {
 				return err
 			}
-		case 'S':
+		case wire.MsgSync:
 			s.extFailed = false
-			if err := s.write(wire.AppendReadyForQuery(nil, 'I')); err != nil {
+			if err := s.write(wire.AppendReadyForQuery(nil, wire.TxIdle)); err != nil {
 				return err
 			}
-		case 'H':
+		case wire.MsgFlush:
 			if err := s.conn.Flush(); err != nil {
 				return err
 			}
-		case 'X':
+		case wire.MsgTerminate:
 			return nil
-		case 'd', 'c', 'f', 'p':
+		case wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail, wire.MsgPassword:
 			// Stray COPY data or password messages: nothing to do.
 		default:
 			_ = s.conn.SendError(wire.Fatal(wire.CodeProtocolViolation, fmt.Sprintf("unexpected message type %q", typ)))

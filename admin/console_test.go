@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 )
 
@@ -275,7 +276,7 @@ func TestPauseResumeUnderLoad(t *testing.T) {
 		}
 		return s
 	}
-	waitFor(t, 10*time.Second, "load to run", func() bool { return total() > 20 })
+	testutil.Eventually(t, 10*time.Second, "load to run", func() bool { return total() > 20 })
 
 	start := time.Now()
 	if _, err := admin.Exec(ctx, "PAUSE postgres"); err != nil {
@@ -291,7 +292,7 @@ func TestPauseResumeUnderLoad(t *testing.T) {
 	}
 	// Nothing completes while paused; clients queue up. Once all of them
 	// wait for a server, each has counted its last transaction.
-	waitFor(t, 10*time.Second, "every client to queue up", func() bool {
+	allWaiting := func() bool {
 		var waiting int64
 		rows, err := admin.Query(ctx, "SHOW POOLS")
 		if err != nil {
@@ -305,8 +306,11 @@ func TestPauseResumeUnderLoad(t *testing.T) {
 			waiting += pool["cl_waiting"].(int64)
 		}
 		return waiting == int64(len(ops))
-	})
+	}
+	testutil.Eventually(t, 10*time.Second, "every client to queue up", allWaiting)
 	before := total()
+	// Deliberate: the absence of progress cannot be waited for; give a
+	// paused pool time in which a transaction would have completed.
 	time.Sleep(300 * time.Millisecond)
 	if after := total(); after != before {
 		t.Errorf("%d transactions completed while paused", after-before)
@@ -326,18 +330,18 @@ func TestPauseResumeUnderLoad(t *testing.T) {
 		t.Fatalf("RESUME: %v", err)
 	}
 	resumed := total()
-	waitFor(t, 10*time.Second, "load to resume", func() bool { return total() > resumed+20 })
+	testutil.Eventually(t, 10*time.Second, "load to resume", func() bool { return total() > resumed+20 })
 
 	// PAUSE and RESUME of everything too.
 	if _, err := admin.Exec(ctx, "pause"); err != nil {
 		t.Fatalf("PAUSE (all): %v", err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	testutil.Eventually(t, 10*time.Second, "every client to queue up under the global pause", allWaiting)
 	if _, err := admin.Exec(ctx, "resume"); err != nil {
 		t.Fatalf("RESUME (all): %v", err)
 	}
 	resumed = total()
-	waitFor(t, 10*time.Second, "load to resume after global pause", func() bool { return total() > resumed+20 })
+	testutil.Eventually(t, 10*time.Second, "load to resume after global pause", func() bool { return total() > resumed+20 })
 	close(stop)
 	done.Wait()
 	for _, err := range errs {

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -225,7 +226,7 @@ func TestAPI(t *testing.T) {
 	e.findings.mu.Lock()
 	e.findings.fs = e.findings.fs[:1]
 	e.findings.mu.Unlock()
-	waitFor(t, 5*time.Second, "two samples", func() bool { return len(e.admin.Series().T) >= 2 })
+	testutil.Eventually(t, 5*time.Second, "two samples", func() bool { return len(e.admin.Series().T) >= 2 })
 	var ts Series
 	decode("/api/v1/timeseries", &ts)
 	if len(ts.T) < 2 || len(ts.QPS) != len(ts.T) || len(ts.UtilAvg) != len(ts.T) || ts.IntervalS != 0.1 {
@@ -282,7 +283,7 @@ func TestDashboardInChromium(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	e.workload(ctx, 10)
-	waitFor(t, 5*time.Second, "samples with statements", func() bool {
+	testutil.Eventually(t, 5*time.Second, "samples with statements", func() bool {
 		for _, q := range e.admin.Series().QPS {
 			if q > 0 {
 				return true

@@ -17,6 +17,7 @@ import (
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
+	"github.com/pgaudit-proxy/pgaudit/planadvisor"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -45,8 +46,8 @@ func (f *fakeFindings) Findings() []rules.Finding {
 // fakeExplain is an ExplainSource for tests.
 type fakeExplain struct{}
 
-func (fakeExplain) Counters() analyzer.SamplerCounters {
-	return analyzer.SamplerCounters{Rounds: 3, Checked: 5, NotExplainable: 1, Failed: 1, Timeouts: 1, Findings: 2}
+func (fakeExplain) Counters() planadvisor.SamplerCounters {
+	return planadvisor.SamplerCounters{Rounds: 3, Checked: 5, NotExplainable: 1, Failed: 1, Timeouts: 1, Findings: 2}
 }
 
 // sampleFinding is the finding tests expect to see rendered.
@@ -236,15 +237,9 @@ func (e *env) workload(ctx context.Context, n int) {
 		e.t.Fatal("division by zero succeeded")
 	}
 	sent++
-	waitFor(e.t, 10*time.Second, "analyzer to process the workload", func() bool {
+	testutil.Eventually(e.t, 10*time.Second, "analyzer to process the workload", func() bool {
 		return e.pipeline.Counters().Processed >= before+uint64(sent)
 	})
-}
-
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	testutil.Eventually(t, timeout, what, cond)
 }
 
 // pgCode returns the SQLSTATE of a Postgres error, or "".

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 )
 
@@ -52,22 +53,7 @@ func stalledClient(t *testing.T, e *env, direct *pgconn.PgConn) (net.Conn, strin
 	if err := fe.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		res, err := direct.Exec(ctx, "select pid from pg_stat_activity where query = $$"+hugeQuery+"$$ and wait_event = 'ClientWrite'").ReadAll()
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(res[0].Rows) == 1 {
-			return nc, string(res[0].Rows[0][0])
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the huge query's backend never blocked on ClientWrite")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return nc, testutil.BlockedOnClientWrite(t, direct, hugeQuery)
 }
 
 // TestStalledClientDoesNotStallConsole (issue 12, hole 6): while one
@@ -165,11 +151,11 @@ func TestStalledClientDoesNotStallConsole(t *testing.T) {
 			if errors.As(err, &ne) && ne.Timeout() {
 				t.Fatal("the stalled client's connection is still open 10 s after KILL")
 			}
-			waitFor(t, 10*time.Second, "the backend of the killed client to end", func() bool {
+			testutil.Eventually(t, 10*time.Second, "the backend of the killed client to end", func() bool {
 				res, err := direct.Exec(ctx, "select count(*) from pg_stat_activity where pid = "+pid).ReadAll()
 				return err == nil && string(res[0].Rows[0][0]) == "0"
 			})
-			waitFor(t, 5*time.Second, "SHOW CLIENTS to be empty", func() bool {
+			testutil.Eventually(t, 5*time.Second, "SHOW CLIENTS to be empty", func() bool {
 				rows, _ := query("SHOW CLIENTS")
 				return len(rows) == 0
 			})

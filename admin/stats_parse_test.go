@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 )
 
@@ -80,10 +81,7 @@ func TestStatsParseBindListsPtr(t *testing.T) {
 		}
 		return true
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !reached() && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Within(5*time.Second, reached) // reports what it found below
 	for col, min := range want {
 		var n int
 		if _, err := fmt.Sscan(st[col], &n); err != nil || n < min {

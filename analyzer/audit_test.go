@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
 // auditEvents is a small, fixed workload touching every statement field.
@@ -50,7 +51,7 @@ func auditEvents() []*Event {
 // testLiteralKey makes literal_hash reproducible in golden files.
 var testLiteralKey = []byte("pgaudit test literal key")
 
-func testAuditLog(t *testing.T, w *syncBuffer, mod func(*auditlog.Config)) *auditlog.Log {
+func testAuditLog(t *testing.T, w *testutil.Buffer, mod func(*auditlog.Config)) *auditlog.Log {
 	t.Helper()
 	cfg := auditlog.Config{Writer: w, FlushInterval: -1, RunID: "run-1", Now: fixedClock, LiteralKey: testLiteralKey}
 	if mod != nil {
@@ -82,7 +83,7 @@ func runPipeline(t *testing.T, al *auditlog.Log, evs []*Event, logger zerolog.Lo
 }
 
 func TestAuditLogGolden(t *testing.T) {
-	var out syncBuffer
+	var out testutil.Buffer
 	al := testAuditLog(t, &out, nil)
 	runPipeline(t, al, auditEvents(), zerolog.Nop())
 	if err := al.WriteFinding(map[string]any{"rule": "n-plus-one", "severity": "warning", "fingerprint": "a0ead580058af585"}); err != nil {
@@ -98,7 +99,7 @@ func TestAuditLogGolden(t *testing.T) {
 	if err := al.WriteFinding(func() {}); err == nil {
 		t.Error("WriteFinding accepted an unmarshalable value")
 	}
-	golden(t, "auditlog.golden.jsonl", out.Bytes())
+	testutil.Golden(t, "auditlog.golden.jsonl", out.Bytes())
 
 	// Every line is a JSON object with schema, ts and record.
 	sc := bufio.NewScanner(bytes.NewReader(out.Bytes()))
@@ -130,7 +131,7 @@ func TestAuditLogRedaction(t *testing.T) {
 	t.Parallel()
 	for _, logParams := range []bool{false, true} {
 		t.Run(fmt.Sprintf("LogParameters=%v", logParams), func(t *testing.T) {
-			var out, logs syncBuffer
+			var out, logs testutil.Buffer
 			al := testAuditLog(t, &out, func(c *auditlog.Config) { c.LogParameters = logParams })
 			runPipeline(t, al, redactionEvents(), zerolog.New(&logs))
 			for _, s := range secrets {
@@ -149,7 +150,7 @@ func TestAuditLogRedaction(t *testing.T) {
 // back, and checks the events and the statistics survive the round trip.
 func TestAuditLogReadBack(t *testing.T) {
 	t.Parallel()
-	var out syncBuffer
+	var out testutil.Buffer
 	al := testAuditLog(t, &out, nil)
 	evs, _ := randomEvents(600, 5, 9)
 	for i, ev := range evs {
@@ -228,7 +229,7 @@ func TestAuditLogReadBack(t *testing.T) {
 	// Re-analyzing the rebuilt events gives the same statistics, shapes
 	// and fingerprints included, as the proxy's pipeline had; and the stats
 	// record read back equals both.
-	re := runPipeline(t, testAuditLog(t, &syncBuffer{}, func(c *auditlog.Config) { c.Sample = auditlog.SampleNone }), back, zerolog.Nop())
+	re := runPipeline(t, testAuditLog(t, &testutil.Buffer{}, func(c *auditlog.Config) { c.Sample = auditlog.SampleNone }), back, zerolog.Nop())
 	want := comparableSnap(t, orig.Stats().Snapshot())
 	if got := comparableSnap(t, re.Stats().Snapshot()); !reflect.DeepEqual(got, want) {
 		t.Errorf("stats rebuilt from events differ:\n got %+v\nwant %+v", got, want)
@@ -266,7 +267,7 @@ func TestAuditLogReadBack(t *testing.T) {
 // apart, and their latest stats records are merged.
 func TestAuditLogReaderRuns(t *testing.T) {
 	t.Parallel()
-	var out syncBuffer
+	var out testutil.Buffer
 	for run := range 2 {
 		al := testAuditLog(t, &out, func(c *auditlog.Config) { c.RunID = fmt.Sprintf("run-%d", run) })
 		p := NewPipeline(PipelineConfig{Workers: 1, AuditLog: al, Stats: StatsConfig{Now: fixedClock}})

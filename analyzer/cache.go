@@ -9,6 +9,9 @@ import (
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/lru"
+	"github.com/pgaudit-proxy/pgaudit/internal/pgtree"
+
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -46,7 +49,7 @@ func analyzeTableUse(sql string) tableUse {
 	ctes := map[string]bool{}
 	var rels []string
 	locking := false
-	walkTree(top.ProtoReflect(), func(m protoreflect.Message) bool {
+	pgtree.Walk(top.ProtoReflect(), func(m protoreflect.Message) bool {
 		switch x := m.Interface().(type) {
 		case *pg_query.CommonTableExpr:
 			ctes[x.GetCtename()] = true
@@ -124,7 +127,7 @@ type CacheDetector struct {
 	cfg   rules.CacheCandidateConfig
 	whole bool
 	seed  maphash.Seed
-	uses  *lru[Fingerprint, *tableUse]
+	uses  *lru.Cache[Fingerprint, *tableUse]
 
 	mu     sync.Mutex
 	start  time.Time // window start
@@ -170,21 +173,21 @@ func NewCacheDetector(cfg CacheDetectorConfig) *CacheDetector {
 		cfg:    cfg.Rule,
 		whole:  cfg.WholeInput,
 		seed:   maphash.MakeSeed(),
-		uses:   newLRU[Fingerprint, *tableUse](cacheMaxUses),
+		uses:   lru.New[Fingerprint, *tableUse](cacheMaxUses),
 		shapes: map[Fingerprint]*cacheShape{},
 		tables: map[string]*cacheTable{},
 	}
 }
 
 func (d *CacheDetector) useOf(sh *Shape) *tableUse {
-	if u, ok := d.uses.get(sh.Fingerprint); ok {
+	if u, ok := d.uses.Get(sh.Fingerprint); ok {
 		return u
 	}
 	u := &tableUse{}
 	if !sh.Fallback {
 		*u = analyzeTableUse(sh.Normalized)
 	}
-	d.uses.add(sh.Fingerprint, u)
+	d.uses.Add(sh.Fingerprint, u)
 	return u
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
+	"github.com/pgaudit-proxy/pgaudit/internal/lru"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -108,7 +109,7 @@ type Engine struct {
 	store        *rules.Store
 	detector     *NPlusOneDetector
 	cache        *CacheDetector
-	ignores      *lru[Fingerprint, []string]
+	ignores      *lru.Cache[Fingerprint, []string]
 	log          zerolog.Logger
 	now          func() time.Time
 	every        time.Duration
@@ -151,7 +152,7 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 		stats:        cfg.Stats,
 		audit:        cfg.AuditLog,
 		store:        rules.NewStore(cfg.Store),
-		ignores:      newLRU[Fingerprint, []string](cfg.IgnoreCacheSize),
+		ignores:      lru.New[Fingerprint, []string](cfg.IgnoreCacheSize),
 		log:          cfg.Logger,
 		now:          cfg.Now,
 		every:        cfg.EvalInterval,
@@ -173,7 +174,7 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 // a session-state event, and feeds statements to the N+1 detector.
 func (e *Engine) Observe(a *Analyzed) {
 	if a.Shape != nil && len(a.Annotations.Ignore) > 0 {
-		e.ignores.add(a.Shape.Fingerprint, a.Annotations.Ignore)
+		e.ignores.Add(a.Shape.Fingerprint, a.Annotations.Ignore)
 	}
 	ev := a.Event
 	if ev.Kind == KindSessionState {
@@ -231,7 +232,7 @@ func (e *Engine) onNPlusOne(f rules.NPlusOneFacts) {
 	// A pgaudit:ignore on the source statement silences the loop too.
 	var extra []string
 	if fp, err := ParseFingerprint(f.SourceFingerprint); err == nil {
-		extra, _ = e.ignores.get(fp)
+		extra, _ = e.ignores.Get(fp)
 	}
 	e.record(fin, false, extra)
 }
@@ -428,7 +429,7 @@ func (e *Engine) ignoredInline(f *rules.Finding, extra []string) bool {
 	if err != nil {
 		return false
 	}
-	dirs, ok := e.ignores.get(fp)
+	dirs, ok := e.ignores.Get(fp)
 	return ok && rules.IgnoredInline(dirs, f.Rule)
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -121,7 +122,7 @@ func TestEngineSlowQueryInlineIgnore(t *testing.T) {
 
 func TestEnginePoolAndAuditLog(t *testing.T) {
 	t.Parallel()
-	var out syncBuffer
+	var out testutil.Buffer
 	al := testAuditLog(t, &out, nil)
 	sev := rules.Error
 	e := newTestEngine(t, EngineConfig{AuditLog: al, Now: fixedClock,
@@ -186,7 +187,7 @@ func TestEngineConfigInvalid(t *testing.T) {
 // session-state event; the audit log gets a finding record for each.
 func TestEngineInPipeline(t *testing.T) {
 	t.Parallel()
-	var out syncBuffer
+	var out testutil.Buffer
 	al := testAuditLog(t, &out, func(c *auditlog.Config) { c.Sample = auditlog.SampleNone; c.StatsInterval = -1 })
 	p := NewPipeline(PipelineConfig{Workers: 2, AuditLog: al})
 	// The clock stands at the events' time, as in a live proxy.

@@ -2,15 +2,15 @@ package analyzer
 
 import (
 	"encoding/binary"
-	"errors"
 	"hash/maphash"
-	"strings"
 	"sync"
 	"sync/atomic"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
-	"github.com/pganalyze/pg_query_go/v6/parser"
 	"github.com/rs/zerolog"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/lru"
+	"github.com/pgaudit-proxy/pgaudit/internal/pgtree"
 )
 
 // Shape is the identity of a query shape. Shapes are shared between every
@@ -92,10 +92,10 @@ type cacheEntry struct {
 // miss costs a parse (tens of microseconds), so never call it on the relay
 // path.
 type Fingerprinter struct {
-	text   *lru[cacheKey, *cacheEntry]
-	key    *lru[cacheKey, *cacheEntry]
-	shapes *lru[Fingerprint, *Shape] // one *Shape per fingerprint
-	logged *lru[Fingerprint, struct{}]
+	text   *lru.Cache[cacheKey, *cacheEntry]
+	key    *lru.Cache[cacheKey, *cacheEntry]
+	shapes *lru.Cache[Fingerprint, *Shape] // one *Shape per fingerprint
+	logged *lru.Cache[Fingerprint, struct{}]
 	log    zerolog.Logger
 	seed1  maphash.Seed
 	seed2  maphash.Seed
@@ -113,10 +113,10 @@ func NewFingerprinter(cfg FingerprintConfig) *Fingerprinter {
 		cfg.KeyCacheSize = defaultKeyCacheSize
 	}
 	f := &Fingerprinter{
-		text:   newLRU[cacheKey, *cacheEntry](cfg.TextCacheSize),
-		key:    newLRU[cacheKey, *cacheEntry](cfg.KeyCacheSize),
-		shapes: newLRU[Fingerprint, *Shape](max(cfg.TextCacheSize, cfg.KeyCacheSize)),
-		logged: newLRU[Fingerprint, struct{}](loggedFallbacks),
+		text:   lru.New[cacheKey, *cacheEntry](cfg.TextCacheSize),
+		key:    lru.New[cacheKey, *cacheEntry](cfg.KeyCacheSize),
+		shapes: lru.New[Fingerprint, *Shape](max(cfg.TextCacheSize, cfg.KeyCacheSize)),
+		logged: lru.New[Fingerprint, struct{}](loggedFallbacks),
 		log:    cfg.Logger,
 		seed1:  maphash.MakeSeed(),
 		seed2:  maphash.MakeSeed(),
@@ -152,7 +152,7 @@ func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations
 	var tk cacheKey
 	if proto == ProtocolExtended {
 		tk = f.hashString(text)
-		if e, ok := f.text.get(tk); ok {
+		if e, ok := f.text.Get(tk); ok {
 			f.textHits.Add(1)
 			return f.counted(e.shape), e.ann
 		}
@@ -171,10 +171,10 @@ func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations
 	switch {
 	case r.keySafe:
 		kk = f.hashBytes(r.key)
-		if e, ok := f.key.get(kk); ok {
+		if e, ok := f.key.Get(kk); ok {
 			f.keyHits.Add(1)
 			if proto == ProtocolExtended {
-				f.text.add(tk, &cacheEntry{shape: e.shape, ann: ann})
+				f.text.Add(tk, &cacheEntry{shape: e.shape, ann: ann})
 			}
 			return f.counted(e.shape), ann
 		}
@@ -183,7 +183,7 @@ func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations
 		// literals' values, so an unparsable shape seen before is found by
 		// its key even where the key may not stand for a fingerprint.
 		kk = f.hashBytes(r.key)
-		if e, ok := f.key.get(kk); ok && e.shape.Fallback {
+		if e, ok := f.key.Get(kk); ok && e.shape.Fallback {
 			f.keyHits.Add(1)
 			return f.counted(e.shape), ann
 		}
@@ -191,7 +191,7 @@ func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations
 	default:
 		if proto != ProtocolExtended {
 			tk = f.hashString(text)
-			if e, ok := f.text.get(tk); ok {
+			if e, ok := f.text.Get(tk); ok {
 				f.textHits.Add(1)
 				return f.counted(e.shape), e.ann
 			}
@@ -202,10 +202,10 @@ func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations
 	shape := f.parse(text, r.key)
 	keyed := r.keySafe || (!r.sensitive && shape.Fallback)
 	if keyed {
-		f.key.add(kk, &cacheEntry{shape: shape})
+		f.key.Add(kk, &cacheEntry{shape: shape})
 	}
 	if proto == ProtocolExtended || !keyed {
-		f.text.add(tk, &cacheEntry{shape: shape, ann: ann})
+		f.text.Add(tk, &cacheEntry{shape: shape, ann: ann})
 	}
 	return f.counted(shape), ann
 }
@@ -218,7 +218,7 @@ func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations
 func (f *Fingerprinter) LookupKnown(text string, fp Fingerprint) (*Shape, Annotations) {
 	k := f.hashString(text)
 	binary.LittleEndian.PutUint64(k[:8], binary.LittleEndian.Uint64(k[:8])^uint64(fp)^0x9e3779b97f4a7c15)
-	if e, ok := f.text.get(k); ok && e.shape.Fingerprint == fp {
+	if e, ok := f.text.Get(k); ok && e.shape.Fingerprint == fp {
 		f.textHits.Add(1)
 		return e.shape, e.ann
 	}
@@ -229,7 +229,7 @@ func (f *Fingerprinter) LookupKnown(text string, fp Fingerprint) (*Shape, Annota
 	}
 	shape := &Shape{Fingerprint: fp, Normalized: sanitize(norm)}
 	ann := ParseAnnotations(text)
-	f.text.add(k, &cacheEntry{shape: shape, ann: ann})
+	f.text.Add(k, &cacheEntry{shape: shape, ann: ann})
 	return shape, ann
 }
 
@@ -249,14 +249,14 @@ func (f *Fingerprinter) parse(text string, key []byte) *Shape {
 	if err != nil {
 		f.parseErrors.Add(1)
 		ffp := keyHash(key)
-		if s, ok := f.shapes.get(ffp); ok {
+		if s, ok := f.shapes.Get(ffp); ok {
 			return s
 		}
 		s := &Shape{Fingerprint: ffp, Normalized: sanitize(text), Fallback: true}
-		f.shapes.add(ffp, s)
-		if _, seen := f.logged.get(s.Fingerprint); !seen {
-			f.logged.add(s.Fingerprint, struct{}{})
-			msg, pos := parseErrorSummary(err)
+		f.shapes.Add(ffp, s)
+		if _, seen := f.logged.Get(s.Fingerprint); !seen {
+			f.logged.Add(s.Fingerprint, struct{}{})
+			msg, pos := pgtree.ParseErrorSummary(err)
 			f.log.Warn().
 				Str("fingerprint", s.Fingerprint.String()).
 				Str("query", s.Normalized).
@@ -266,7 +266,7 @@ func (f *Fingerprinter) parse(text string, key []byte) *Shape {
 		}
 		return s
 	}
-	if s, ok := f.shapes.get(Fingerprint(fp)); ok {
+	if s, ok := f.shapes.Get(Fingerprint(fp)); ok {
 		return s
 	}
 	norm, err := pg_query.Normalize(text)
@@ -274,30 +274,14 @@ func (f *Fingerprinter) parse(text string, key []byte) *Shape {
 		norm = text // sanitize still removes every literal
 	}
 	s := &Shape{Fingerprint: Fingerprint(fp), Normalized: sanitize(norm)}
-	f.shapes.add(s.Fingerprint, s)
+	f.shapes.Add(s.Fingerprint, s)
 	return s
-}
-
-// parseErrorSummary returns a parse error's message without the "at or near
-// <token>" part, which may quote a literal, and the cursor position.
-func parseErrorSummary(err error) (string, int) {
-	var pe *parser.Error
-	if errors.As(err, &pe) {
-		msg := pe.Message
-		if i := strings.Index(msg, " at or near"); i >= 0 {
-			msg = msg[:i]
-		} else if i := strings.IndexAny(msg, "\"'"); i >= 0 {
-			msg = strings.TrimSpace(msg[:i])
-		}
-		return msg, pe.Cursorpos
-	}
-	return "parse failed", 0
 }
 
 // Stats returns the cumulative counters and current cache sizes.
 func (f *Fingerprinter) Stats() FingerprintStats {
-	te, tev := f.text.stats()
-	ke, kev := f.key.stats()
+	te, tev := f.text.Stats()
+	ke, kev := f.key.Stats()
 	return FingerprintStats{
 		TextHits:        f.textHits.Load(),
 		KeyHits:         f.keyHits.Load(),

@@ -11,6 +11,8 @@ import (
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"github.com/rs/zerolog"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
 // goldenStatements cover the lexer's corners, normalization and annotations;
@@ -70,7 +72,7 @@ func TestFingerprintGolden(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	golden(t, "fingerprint.golden", out.Bytes())
+	testutil.Golden(t, "fingerprint.golden", out.Bytes())
 }
 
 func TestFingerprintSameShape(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -33,7 +34,7 @@ func findingRecords(t *testing.T, log string) []rules.Finding {
 // the resolution is written to the audit log, and a new slow period
 // reopens it.
 func TestSlowQueryResolves(t *testing.T) {
-	var out syncBuffer
+	var out testutil.Buffer
 	al := testAuditLog(t, &out, nil)
 	st := NewStats(StatsConfig{Now: fixedClock})
 	now := t0
@@ -123,7 +124,7 @@ func TestSlowQueryResolvesRareShape(t *testing.T) {
 // TestPoolSaturationResolves: the first evaluation that finds the pool
 // below the thresholds resolves the finding.
 func TestPoolSaturationResolves(t *testing.T) {
-	var out syncBuffer
+	var out testutil.Buffer
 	e := newTestEngine(t, EngineConfig{AuditLog: testAuditLog(t, &out, nil)})
 	busy := rules.PoolFacts{Database: "app", User: "web", Size: 2, Utilization: 1, Window: time.Minute, Acquires: 100, Waits: 90,
 		WaitP99: 400 * time.Millisecond, MaxWait: 450 * time.Millisecond, At: t0}

@@ -7,6 +7,8 @@ import (
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/pgtree"
 )
 
 // Lookup describes a statement as the repeated statement of an N+1 loop:
@@ -276,7 +278,7 @@ func selectsColumn(targets []*pg_query.Node, qual, name string) bool {
 // list: key is true for unnest() in FROM or an IN/ANY/ALL comparison on a
 // key-like column, anyIn for an IN/ANY/ALL comparison on anything.
 func batchShape(sel *pg_query.SelectStmt) (key, anyIn bool) {
-	visit := func(m protoreflect.Message) {
+	visit := func(m protoreflect.Message) bool {
 		switch x := m.Interface().(type) {
 		case *pg_query.A_Expr:
 			switch x.GetKind() {
@@ -297,20 +299,22 @@ func batchShape(sel *pg_query.SelectStmt) (key, anyIn bool) {
 				}
 			}
 		}
+		return true
 	}
 	if w := sel.GetWhereClause(); w != nil {
-		walkNodes(w.ProtoReflect(), visit)
+		pgtree.Walk(w.ProtoReflect(), visit)
 	}
 	for _, f := range sel.GetFromClause() {
-		walkNodes(f.ProtoReflect(), func(m protoreflect.Message) {
+		pgtree.Walk(f.ProtoReflect(), func(m protoreflect.Message) bool {
 			switch x := m.Interface().(type) {
 			case *pg_query.RangeFunction:
-				walkNodes(x.ProtoReflect(), visit)
+				pgtree.Walk(x.ProtoReflect(), visit)
 			case *pg_query.JoinExpr:
 				if q := x.GetQuals(); q != nil {
-					walkNodes(q.ProtoReflect(), visit)
+					pgtree.Walk(q.ProtoReflect(), visit)
 				}
 			}
+			return true
 		})
 	}
 	return key, anyIn
@@ -321,25 +325,4 @@ func batchShape(sel *pg_query.SelectStmt) (key, anyIn bool) {
 func keyLike(name string) bool {
 	l := strings.ToLower(name)
 	return l == "id" || strings.HasSuffix(l, "_id") || strings.HasSuffix(name, "Id")
-}
-
-// walkNodes calls fn for m and every message below it.
-func walkNodes(m protoreflect.Message, fn func(protoreflect.Message)) {
-	fn(m)
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Kind() != protoreflect.MessageKind {
-			return true
-		}
-		switch {
-		case fd.IsList():
-			l := v.List()
-			for i := 0; i < l.Len(); i++ {
-				walkNodes(l.Get(i).Message(), fn)
-			}
-		case fd.IsMap():
-		default:
-			walkNodes(v.Message(), fn)
-		}
-		return true
-	})
 }

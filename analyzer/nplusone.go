@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/lru"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -90,54 +91,20 @@ type NPlusOneDetector struct {
 	idle       time.Duration
 	runTimeout time.Duration
 	seed       maphash.Seed
-	lookups    *lru[Fingerprint, *Lookup]
+	lookups    *lru.Cache[Fingerprint, *Lookup]
 	emit       func(rules.NPlusOneFacts)
 	shards     [detectorShards]detShard
 }
 
 type detShard struct {
-	mu       sync.Mutex
-	sessions map[uint64]*nSession
-	// lru lists the sessions from least to most recently observed, so that
+	mu sync.Mutex
+	// sessions are kept from least to most recently observed, so that
 	// evicting one for a new session is O(1): with a new connection per
 	// transaction (pgbench -C, serverless clients) every event is a new
 	// session, and a scan of the map per event cost more than the relay.
-	lru     sessionList
-	maxSeen time.Time
-	events  uint64
-}
-
-// sessionList is an intrusive doubly linked list of sessions.
-type sessionList struct{ head, tail *nSession }
-
-func (l *sessionList) pushBack(s *nSession) {
-	s.lruPrev, s.lruNext = l.tail, nil
-	if l.tail != nil {
-		l.tail.lruNext = s
-	} else {
-		l.head = s
-	}
-	l.tail = s
-}
-
-func (l *sessionList) remove(s *nSession) {
-	if s.lruPrev != nil {
-		s.lruPrev.lruNext = s.lruNext
-	} else {
-		l.head = s.lruNext
-	}
-	if s.lruNext != nil {
-		s.lruNext.lruPrev = s.lruPrev
-	} else {
-		l.tail = s.lruPrev
-	}
-	s.lruPrev, s.lruNext = nil, nil
-}
-
-// forget removes s from the shard; sh.mu held.
-func (sh *detShard) forget(s *nSession) {
-	sh.lru.remove(s)
-	delete(sh.sessions, s.id)
+	sessions *lru.List[uint64, *nSession]
+	maxSeen  time.Time
+	events   uint64
 }
 
 // recent is what a session remembers of one statement.
@@ -188,7 +155,6 @@ type nRun struct {
 const maxAltSources = 3
 
 type nSession struct {
-	lruPrev, lruNext      *nSession // sessionList links
 	ring                  []recent
 	next, n               int
 	runs                  []*nRun
@@ -248,9 +214,9 @@ func NewNPlusOneDetector(cfg NPlusOneDetectorConfig, emit func(rules.NPlusOneFac
 	if lc <= 0 {
 		lc = defaultLookupCache
 	}
-	d.lookups = newLRU[Fingerprint, *Lookup](lc)
+	d.lookups = lru.New[Fingerprint, *Lookup](lc)
 	for i := range d.shards {
-		d.shards[i].sessions = make(map[uint64]*nSession)
+		d.shards[i].sessions = lru.NewList[uint64, *nSession](0)
 	}
 	if d.emit == nil {
 		d.emit = func(rules.NPlusOneFacts) {}
@@ -280,17 +246,13 @@ func (d *NPlusOneDetector) Observe(a *Analyzed) {
 	sh := d.shard(ev.SessionID)
 	var closed []closedRun
 	sh.mu.Lock()
-	s := sh.sessions[ev.SessionID]
-	if s == nil {
-		if len(sh.sessions) >= d.perShard {
+	s, ok := sh.sessions.Get(ev.SessionID) // now the most recently observed
+	if !ok {
+		if sh.sessions.Len() >= d.perShard {
 			closed = d.evictOldestLocked(sh, closed)
 		}
 		s = &nSession{id: ev.SessionID, ring: make([]recent, d.ringSize)}
-		sh.sessions[ev.SessionID] = s
-		sh.lru.pushBack(s)
-	} else if sh.lru.tail != s {
-		sh.lru.remove(s)
-		sh.lru.pushBack(s)
+		sh.sessions.Add(ev.SessionID, s)
 	}
 	s.db, s.user, s.app, s.client = ev.Database, ev.User, ev.ApplicationName, ev.ClientAddr
 	if r.start.After(s.last) {
@@ -341,22 +303,7 @@ func (d *NPlusOneDetector) recentOf(a *Analyzed) recent {
 // whitespace: for statements without bind parameters it tells "same shape,
 // other literal values" apart, while a sqlcommenter comment that differs
 // per statement (a new span id) does not make identical lookups distinct.
-func (d *NPlusOneDetector) textKey(text string) uint64 {
-	var h maphash.Hash
-	h.SetSeed(d.seed)
-	l := newLexer(text)
-	for {
-		kind, s, e, ok := l.next()
-		if !ok {
-			return h.Sum64()
-		}
-		if kind == tokSpace || kind == tokComment {
-			continue
-		}
-		h.WriteString(text[s:e])
-		h.WriteByte(0)
-	}
-}
+func (d *NPlusOneDetector) textKey(text string) uint64 { return literalKey(d.seed, text) }
 
 // traceID returns the trace-id field of a W3C traceparent, or the whole
 // value when it is not in that form.
@@ -612,9 +559,9 @@ func (s *nSession) closed(run *nRun) closedRun {
 
 // evictOldestLocked forgets the least recently observed session of sh.
 func (d *NPlusOneDetector) evictOldestLocked(sh *detShard, closed []closedRun) []closedRun {
-	if oldest := sh.lru.head; oldest != nil {
+	if id, oldest, ok := sh.sessions.Oldest(); ok {
 		closed = closeAll(oldest, closed)
-		sh.forget(oldest)
+		sh.sessions.Remove(id)
 	}
 	return closed
 }
@@ -630,10 +577,10 @@ func closeAll(s *nSession, closed []closedRun) []closedRun {
 // sweepLocked closes runs not extended for RunTimeout and evicts sessions
 // idle for IdleTimeout, as of now; sh.mu held.
 func (d *NPlusOneDetector) sweepLocked(sh *detShard, now time.Time, closed []closedRun) []closedRun {
-	for _, s := range sh.sessions {
+	for id, s := range sh.sessions.All() {
 		if now.Sub(s.last) >= d.idle {
 			closed = closeAll(s, closed)
-			sh.forget(s)
+			sh.sessions.Remove(id)
 			continue
 		}
 		kept := s.runs[:0]
@@ -672,9 +619,9 @@ func (d *NPlusOneDetector) Flush() {
 		sh := &d.shards[i]
 		sh.mu.Lock()
 		var closed []closedRun
-		for _, s := range sh.sessions {
+		for id, s := range sh.sessions.All() {
 			closed = closeAll(s, closed)
-			sh.forget(s)
+			sh.sessions.Remove(id)
 		}
 		sh.mu.Unlock()
 		d.finish(closed)
@@ -687,7 +634,7 @@ func (d *NPlusOneDetector) Sessions() int {
 	for i := range d.shards {
 		sh := &d.shards[i]
 		sh.mu.Lock()
-		n += len(sh.sessions)
+		n += sh.sessions.Len()
 		sh.mu.Unlock()
 	}
 	return n
@@ -695,11 +642,11 @@ func (d *NPlusOneDetector) Sessions() int {
 
 // lookup returns the parse-tree description of a shape, cached.
 func (d *NPlusOneDetector) lookup(sh *Shape) *Lookup {
-	if lk, ok := d.lookups.get(sh.Fingerprint); ok {
+	if lk, ok := d.lookups.Get(sh.Fingerprint); ok {
 		return lk
 	}
 	lk := AnalyzeLookup(sh.Normalized)
-	d.lookups.add(sh.Fingerprint, &lk)
+	d.lookups.Add(sh.Fingerprint, &lk)
 	return &lk
 }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -416,7 +417,7 @@ func TestNPlusOneScenarios(t *testing.T) {
 		})
 	}
 	if !t.Failed() {
-		golden(t, "nplusone.golden", []byte(out.String()))
+		testutil.Golden(t, "nplusone.golden", []byte(out.String()))
 	}
 }
 
@@ -612,9 +613,9 @@ func TestNPlusOneEvictsLeastRecent(t *testing.T) {
 		}
 	}
 	sh := d.shard(a)
-	_, hasA := sh.sessions[a]
-	_, hasB := sh.sessions[b]
-	_, hasC := sh.sessions[c]
+	hasA := sh.sessions.Contains(a)
+	hasB := sh.sessions.Contains(b)
+	hasC := sh.sessions.Contains(c)
 	if !hasA || hasB || !hasC {
 		t.Fatalf("after a, b, a, c: tracked a=%v b=%v c=%v; want a and c (b least recent)", hasA, hasB, hasC)
 	}

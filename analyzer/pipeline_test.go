@@ -1,7 +1,6 @@
 package analyzer
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,31 +13,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return bytes.Clone(s.b.Bytes())
-}
 
 func stmt(text string) *Event {
 	return &Event{Kind: KindStatement, Text: text, Duration: time.Millisecond, Start: t0, Command: "SELECT", Rows: 1}
@@ -58,8 +34,8 @@ func stop(t *testing.T, p *Pipeline) {
 // and count every event it could not queue.
 func TestPipelineBackpressure(t *testing.T) {
 	const queue, offers = 16, 1000
-	var logs syncBuffer
-	var audit syncBuffer
+	var logs testutil.Buffer
+	var audit testutil.Buffer
 	al, err := auditlog.Open(auditlog.Config{Writer: &audit, Sample: auditlog.SampleNone, FlushInterval: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -188,7 +164,7 @@ func TestPipelineStopWithoutStart(t *testing.T) {
 
 func TestPipelineObserverPanic(t *testing.T) {
 	t.Parallel()
-	var logs syncBuffer
+	var logs testutil.Buffer
 	p := NewPipeline(PipelineConfig{Workers: 1, Logger: zerolog.New(&logs)})
 	var after atomic.Int64
 	_ = p.AddObserver(ObserverFunc(func(*Analyzed) { panic("boom") }))
@@ -236,6 +212,8 @@ func TestPipelineConcurrentOfferStop(t *testing.T) {
 			}
 		}()
 	}
+	// Deliberate: let the producers get going, so Stop races with Offers
+	// (the thing under test), rather than waiting for any condition.
 	time.Sleep(time.Millisecond)
 	stop(t, p)
 	wg.Wait()
@@ -270,17 +248,14 @@ func TestPipelineTraceParentFromComment(t *testing.T) {
 }
 
 func TestPipelinePeriodicStats(t *testing.T) {
-	var out syncBuffer
+	var out testutil.Buffer
 	al := testAuditLog(t, &out, func(c *auditlog.Config) { c.StatsInterval = 5 * time.Millisecond; c.Sample = auditlog.SampleNone })
 	p := NewPipeline(PipelineConfig{AuditLog: al})
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	p.Offer(stmt("SELECT 1"))
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(out.String(), `"final":false`) && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Within(5*time.Second, func() bool { return strings.Contains(out.String(), `"final":false`) }) // checked below
 	stop(t, p)
 	s := out.String()
 	if !strings.Contains(s, `"final":false`) || strings.Count(s, `"final":true`) != 1 {

@@ -73,17 +73,12 @@ type shapeAcc struct {
 	normalized string
 	fallback   bool
 
-	calls, errors uint64
-	rows          int64
-	total         time.Duration
-	min, max      time.Duration
-	waitTotal     time.Duration
-	waitMax       time.Duration
-	waited        uint64
-	sketch        *LatencySketch
-	first, last   time.Time
-	apps          appCounter
-	recent        recentLatency
+	// sum holds the exact counters (Calls, Errors, Rows, Total, Min, Max,
+	// the Wait* figures, FirstSeen, LastSeen); its other fields stay zero.
+	sum    ShapeStats
+	sketch *LatencySketch
+	apps   appCounter
+	recent recentLatency
 }
 
 // RecentHalf is half the recent latency window: a shape's Recent* figures
@@ -219,34 +214,18 @@ func (s *Stats) Record(ev *Event, sh *Shape) {
 
 func (a *shapeAcc) add(ev *Event) {
 	d := max(ev.Duration, 0)
-	if a.calls == 0 || d < a.min {
-		a.min = d
-	}
-	if d > a.max {
-		a.max = d
-	}
-	a.calls++
+	one := ShapeStats{Calls: 1, Total: d, Min: d, Max: d, FirstSeen: ev.Start, LastSeen: ev.Start}
 	if ev.SQLState != "" {
-		a.errors++
+		one.Errors = 1
 	}
 	if ev.Rows > 0 {
-		a.rows += ev.Rows
+		one.Rows = ev.Rows
 	}
-	a.total += d
-	a.sketch.Add(d)
 	if ev.Wait > 0 {
-		a.waited++
-		a.waitTotal += ev.Wait
-		a.waitMax = max(a.waitMax, ev.Wait)
+		one.Waited, one.WaitTotal, one.WaitMax = 1, ev.Wait, ev.Wait
 	}
-	if !ev.Start.IsZero() {
-		if a.first.IsZero() || ev.Start.Before(a.first) {
-			a.first = ev.Start
-		}
-		if ev.Start.After(a.last) {
-			a.last = ev.Start
-		}
-	}
+	a.sum.addCounters(&one)
+	a.sketch.Add(d)
 	a.apps.add(ev.ApplicationName, 1)
 	a.recent.add(ev.Start, d)
 }
@@ -256,27 +235,13 @@ func (a *shapeAcc) add(ev *Event) {
 func (a *shapeAcc) snapshot(topApps int, withSketch bool) ShapeStats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := ShapeStats{
-		Fingerprint: a.fp,
-		Query:       a.normalized,
-		Fallback:    a.fallback,
-		Calls:       a.calls,
-		Errors:      a.errors,
-		Rows:        a.rows,
-		Total:       a.total,
-		Min:         a.min,
-		Max:         a.max,
-		WaitTotal:   a.waitTotal,
-		WaitMax:     a.waitMax,
-		Waited:      a.waited,
-		FirstSeen:   a.first,
-		LastSeen:    a.last,
-		Apps:        a.apps.top(topApps),
-	}
+	st := a.sum
+	st.Fingerprint, st.Query, st.Fallback = a.fp, a.normalized, a.fallback
+	st.Apps = a.apps.top(topApps)
 	st.fillQuantiles(a.sketch)
 	if !withSketch {
 		a.recent.fill(&st)
-		st.RecentUntil = a.last
+		st.RecentUntil = st.LastSeen
 	}
 	if withSketch {
 		st.Sketch = a.sketch.Copy()
@@ -372,23 +337,7 @@ func (a *shapeAcc) merge(st *ShapeStats) error {
 			return err
 		}
 	}
-	if a.calls == 0 || st.Min < a.min {
-		a.min = st.Min
-	}
-	a.max = max(a.max, st.Max)
-	a.calls += st.Calls
-	a.errors += st.Errors
-	a.rows += st.Rows
-	a.total += st.Total
-	a.waitTotal += st.WaitTotal
-	a.waitMax = max(a.waitMax, st.WaitMax)
-	a.waited += st.Waited
-	if !st.FirstSeen.IsZero() && (a.first.IsZero() || st.FirstSeen.Before(a.first)) {
-		a.first = st.FirstSeen
-	}
-	if st.LastSeen.After(a.last) {
-		a.last = st.LastSeen
-	}
+	a.sum.addCounters(st)
 	for _, ac := range st.Apps {
 		a.apps.add(ac.Name, ac.Calls)
 	}
@@ -567,7 +516,33 @@ func (st *ShapeStats) merge(o *ShapeStats, topApps int) error {
 		sk = o.Sketch.Copy()
 	}
 	st.Sketch = sk
-	st.Min = min(st.Min, o.Min)
+	st.addCounters(o)
+	c := appCounter{slots: 4 * max(topApps, 1)}
+	for _, a := range st.Apps {
+		c.add(a.Name, a.Calls)
+	}
+	for _, a := range o.Apps {
+		c.add(a.Name, a.Calls)
+	}
+	st.Apps = c.top(max(topApps, 1))
+	if st.Query == "" {
+		st.Query = o.Query
+	}
+	return nil
+}
+
+// addCounters adds o's exact counters into st: calls, errors, rows and
+// times summed, Min, Max and WaitMax bounded, FirstSeen and LastSeen
+// widened (a zero time is unknown). It is the one merge of those counters,
+// for a recorded event (as a one-call ShapeStats), a merged accumulator
+// and a merged snapshot alike; o with no calls adds nothing.
+func (st *ShapeStats) addCounters(o *ShapeStats) {
+	if o.Calls == 0 {
+		return
+	}
+	if st.Calls == 0 || o.Min < st.Min {
+		st.Min = o.Min
+	}
 	st.Max = max(st.Max, o.Max)
 	st.Calls += o.Calls
 	st.Errors += o.Errors
@@ -582,18 +557,6 @@ func (st *ShapeStats) merge(o *ShapeStats, topApps int) error {
 	if o.LastSeen.After(st.LastSeen) {
 		st.LastSeen = o.LastSeen
 	}
-	c := appCounter{slots: 4 * max(topApps, 1)}
-	for _, a := range st.Apps {
-		c.add(a.Name, a.Calls)
-	}
-	for _, a := range o.Apps {
-		c.add(a.Name, a.Calls)
-	}
-	st.Apps = c.top(max(topApps, 1))
-	if st.Query == "" {
-		st.Query = o.Query
-	}
-	return nil
 }
 
 // clone returns a copy of o with its own sketch and apps, keeping the

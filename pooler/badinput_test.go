@@ -13,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
 // expectClosed reads from nc until the peer closes it, failing if that
@@ -64,12 +66,8 @@ func proxyServes(t testing.TB, p *Proxy) {
 	if err := connectErr(t, proxyDSN(p, "", "")); err != nil {
 		t.Fatalf("proxy no longer serves clients: %v", err)
 	}
-	deadline := time.Now().Add(3 * time.Second)
-	for p.ClientCount() > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d clients still registered", p.ClientCount())
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testutil.Within(3*time.Second, func() bool { return p.ClientCount() <= 0 }) {
+		t.Fatalf("%d clients still registered", p.ClientCount())
 	}
 }
 
@@ -127,7 +125,7 @@ func TestBadStartup(t *testing.T) {
 		if _, err := nc.Write(b[:len(b)/2]); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // deliberate: hang up after the proxy has read part of the message
 		nc.Close()
 		proxyServes(t, p)
 	})
@@ -294,7 +292,7 @@ func TestBadMessagesAfterLogin(t *testing.T) {
 				if _, err := c.nc.Write([]byte{'Q', 0, 0, 0, 100, 's', 'e', 'l', 'e', 'c', 't'}); err != nil {
 					t.Fatal(err)
 				}
-				time.Sleep(50 * time.Millisecond)
+				time.Sleep(50 * time.Millisecond) // deliberate: hang up after the proxy has read part of the message
 				c.nc.Close()
 				proxyServes(t, p)
 				waitPool(t, p, 2*time.Second, "after the truncated message", func(active, _ int) bool { return active == 0 })
@@ -363,7 +361,7 @@ func TestClientLoginTimeout(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer conn.Close(ctx)
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond) // deliberate: outlive the login timeout
 		if _, err := conn.Exec(ctx, "select 1").ReadAll(); err != nil {
 			t.Fatalf("session after the login timeout passed: %v", err)
 		}
@@ -405,10 +403,7 @@ func TestMaxClientConn(t *testing.T) {
 	// The rejected client does not count once gone; a place frees up when
 	// a client leaves.
 	conns[0].Close(ctx)
-	deadline := time.Now().Add(3 * time.Second)
-	for p.ClientCount() > 1 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Within(3*time.Second, func() bool { return p.ClientCount() <= 1 }) // checked below
 	if err := connectErr(t, proxyDSN(p, "", "")); err != nil {
 		t.Fatalf("after a client left: %v", err)
 	}
@@ -434,10 +429,7 @@ func TestCloseDropsClientsInStartup(t *testing.T) {
 	if _, err := c.receive(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(3 * time.Second)
-	for p.ClientCount() < 2 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Within(3*time.Second, func() bool { return p.ClientCount() >= 2 }) // checked below
 	closed := make(chan struct{})
 	go func() { _ = p.Close(); close(closed) }()
 	select {

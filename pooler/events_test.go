@@ -141,8 +141,8 @@ func TestStatementEvents(t *testing.T) {
 func waitForEvents(t *testing.T, sink *captureSink, n int) {
 	t.Helper()
 	testutil.Eventually(t, 5*time.Second, fmt.Sprintf("%d events", n), func() bool { return len(sink.snapshot()) >= n })
-	// A moment more, so that a surplus event shows in the comparison
-	// (absence cannot be waited for).
+	// Deliberate: a moment more, so that a surplus event shows in the
+	// comparison (absence cannot be waited for).
 	time.Sleep(50 * time.Millisecond)
 }
 
@@ -152,7 +152,7 @@ func waitForEvents(t *testing.T, sink *captureSink, n int) {
 func TestAuditLogThroughProxy(t *testing.T) {
 	for _, logParams := range []bool{false, true} {
 		t.Run(fmt.Sprint("log_parameters=", logParams), func(t *testing.T) {
-			var buf lockedBuffer
+			var buf testutil.Buffer
 			al, err := auditlog.Open(auditlog.Config{Writer: &buf, LogParameters: logParams, FlushInterval: -1})
 			if err != nil {
 				t.Fatal(err)
@@ -246,23 +246,6 @@ func (t teeSink) Offer(ev *analyzer.Event) {
 	for _, s := range t {
 		s.Offer(ev)
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // sendPortalInParts executes an unnamed portal with a row limit, then

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
 // TestFailedParseBindAudited (issue 13 item 6): extended-protocol
@@ -40,10 +42,7 @@ func TestFailedParseBindAudited(t *testing.T) {
 			c.query("rollback")
 			c.terminate()
 
-			deadline := time.Now().Add(5 * time.Second)
-			for len(sink.snapshot()) < 7 && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond)
-			}
+			testutil.Within(5*time.Second, func() bool { return len(sink.snapshot()) >= 7 }) // checked below
 			var b bytes.Buffer
 			for _, ev := range sink.snapshot() {
 				line, _ := json.Marshal(eventView{

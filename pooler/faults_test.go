@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
 // TestIntegrityUnderFaults moves money between accounts from 100 clients
@@ -123,7 +124,7 @@ func TestIntegrityUnderFaults(t *testing.T) {
 				}
 				conn, err := pgx.Connect(ctx, dsn)
 				if err != nil {
-					time.Sleep(50 * time.Millisecond)
+					time.Sleep(50 * time.Millisecond) // deliberate: back off while the chaos runs
 					continue
 				}
 				mu.Lock()
@@ -157,7 +158,7 @@ func TestIntegrityUnderFaults(t *testing.T) {
 	chaos := func(d time.Duration) {
 		end := time.Now().Add(d)
 		for time.Now().Before(end) {
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond) // deliberate: the pace of the chaos
 			// Kill a client mid-transaction by dropping its socket.
 			mu.Lock()
 			for _, conn := range live {
@@ -171,10 +172,7 @@ func TestIntegrityUnderFaults(t *testing.T) {
 		}
 	}
 	waitCommits := func(n int64) {
-		deadline := time.Now().Add(60 * time.Second)
-		for commits.Load() < n && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
+		testutil.Within(60*time.Second, func() bool { return commits.Load() >= n }) // checked below
 	}
 	waitCommits(20) // the clients are up
 	chaos(2 * time.Second)
@@ -228,21 +226,17 @@ func TestIntegrityUnderFaults(t *testing.T) {
 
 	// The proxy serves new clients, and no server connection is left in a
 	// transaction.
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		conn, err := pgx.Connect(ctx, dsn)
-		if err == nil {
-			var one int
-			err = conn.QueryRow(ctx, "select 1").Scan(&one)
-			conn.Close(ctx)
-			if err == nil {
-				break
-			}
+	if !testutil.Within(2*time.Second, func() bool {
+		var conn *pgx.Conn
+		if conn, err = pgx.Connect(ctx, dsn); err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("proxy does not serve new clients: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
+		defer conn.Close(ctx)
+		var one int
+		err = conn.QueryRow(ctx, "select 1").Scan(&one)
+		return err == nil
+	}) {
+		t.Fatalf("proxy does not serve new clients: %v", err)
 	}
 	var idleInTx int
 	if err := direct.QueryRow(ctx, "select count(*) from pg_stat_activity where state like 'idle in transaction%'").Scan(&idleInTx); err != nil {

@@ -47,12 +47,8 @@ func goroutinesIn(fn string) int {
 // waitGoroutinesIn waits until at least n goroutines are in fn.
 func waitGoroutinesIn(t testing.TB, fn string, n int) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for goroutinesIn(fn) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d goroutines in %s, want %d", goroutinesIn(fn), fn, n)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testutil.Within(20*time.Second, func() bool { return goroutinesIn(fn) >= n }) {
+		t.Fatalf("%d goroutines in %s, want %d", goroutinesIn(fn), fn, n)
 	}
 }
 
@@ -155,10 +151,7 @@ func TestClaimedLengthsReserveNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	sent += 1 << 20
-	deadline := time.Now().Add(10 * time.Second)
-	for p.BufferedClientBytes() < 1<<20 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Within(10*time.Second, func() bool { return p.BufferedClientBytes() >= 1<<20 }) // checked below
 	if n := p.BufferedClientBytes(); n < 1<<20 || n > 4<<20 {
 		t.Fatalf("after 1 MiB of a 64 MiB message arrived, %d bytes are charged; want 1-4 MiB", n)
 	}
@@ -172,10 +165,7 @@ func TestClaimedLengthsReserveNothing(t *testing.T) {
 	if er, ok := m.(*pgproto3.ErrorResponse); ok {
 		t.Fatalf("a complete 64 MiB Query: %s %s %s", er.Severity, er.Code, er.Message)
 	}
-	deadline = time.Now().Add(10 * time.Second)
-	for p.BufferedClientBytes() != 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Within(10*time.Second, func() bool { return p.BufferedClientBytes() == 0 }) // checked below
 	if n := p.BufferedClientBytes(); n != 0 {
 		t.Fatalf("%d bytes still charged after the message was handled", n)
 	}
@@ -208,10 +198,7 @@ func TestClientBufferBudget(t *testing.T) {
 			if _, err := holder.nc.Write(append(queryHeader(len(held)), held[:3<<20]...)); err != nil {
 				t.Fatal(err)
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for p.BufferedClientBytes() < 3<<20 && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond)
-			}
+			testutil.Within(10*time.Second, func() bool { return p.BufferedClientBytes() >= 3<<20 }) // checked below
 			if n := p.BufferedClientBytes(); n < 3<<20 || n > 4<<20 {
 				t.Fatalf("3 MiB of a 3.5 MiB message charged as %d bytes", n)
 			}
@@ -246,10 +233,7 @@ func TestClientBufferBudget(t *testing.T) {
 			if er, ok := m.(*pgproto3.ErrorResponse); ok {
 				t.Fatalf("holder: %s %s %s", er.Severity, er.Code, er.Message)
 			}
-			deadline = time.Now().Add(10 * time.Second)
-			for p.BufferedClientBytes() != 0 && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond)
-			}
+			testutil.Within(10*time.Second, func() bool { return p.BufferedClientBytes() == 0 }) // checked below
 			if n := p.BufferedClientBytes(); n != 0 {
 				t.Fatalf("%d bytes still charged", n)
 			}
@@ -270,12 +254,8 @@ func proxyServesWith(t testing.TB, p *Proxy, open int) {
 	if err := connectErr(t, proxyDSN(p, "", "")); err != nil {
 		t.Fatalf("proxy no longer serves clients: %v", err)
 	}
-	deadline := time.Now().Add(3 * time.Second)
-	for p.ClientCount() > open {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d clients registered, want %d", p.ClientCount(), open)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testutil.Within(3*time.Second, func() bool { return p.ClientCount() <= open }) {
+		t.Fatalf("%d clients registered, want %d", p.ClientCount(), open)
 	}
 }
 
@@ -359,10 +339,7 @@ func TestSilentSocketFlood(t *testing.T) {
 	if evicted < silentN-maxLogin {
 		t.Errorf("%d silent sockets got 53300, want at least %d", evicted, silentN-maxLogin)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for p.LoginCount() != 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Within(5*time.Second, func() bool { return p.LoginCount() == 0 }) // checked below
 	if n := p.LoginCount(); n != 0 {
 		t.Fatalf("%d connections still logging in", n)
 	}

@@ -392,7 +392,7 @@ func (p *Pool) checkOut(ctx context.Context, s *Server) (*Server, bool) {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		res, err := s.Exec(cctx, p.set().ServerCheckQuery)
 		cancel()
-		if err != nil || res.Err != nil || s.TxStatus != 'I' {
+		if err != nil || res.Err != nil || s.TxStatus != wire.TxIdle {
 			p.log.Info().Uint64("server_id", s.id).Msg("server failed health check; closing it")
 			p.destroy(s)
 			return nil, false
@@ -475,7 +475,7 @@ func (p *Pool) BaseParams() map[string]string {
 // (ReadyForQuery 'I', nothing in flight, no COPY); otherwise it is closed.
 // Session-mode callers must have run the reset query first (see Reset).
 func (p *Pool) Release(s *Server, reusable bool) {
-	if !reusable || s.TxStatus != 'I' || s.gen != p.upstreamGen.Load() ||
+	if !reusable || s.TxStatus != wire.TxIdle || s.gen != p.upstreamGen.Load() ||
 		(p.set().ServerLifetime > 0 && time.Since(s.Created) > p.set().ServerLifetime) {
 		p.destroy(s)
 		return
@@ -511,7 +511,7 @@ func (p *Pool) Reset(ctx context.Context, s *Server) bool {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	res, err := s.Exec(cctx, p.set().ServerResetQuery)
-	if err != nil || res.Err != nil || s.TxStatus != 'I' {
+	if err != nil || res.Err != nil || s.TxStatus != wire.TxIdle {
 		return false
 	}
 	clear(s.gucs)
@@ -553,7 +553,7 @@ func (p *Pool) destroyBroken(s *Server) {
 }
 
 func (p *Pool) closeServer(s *Server) {
-	_ = s.WriteRaw([]byte{'X', 0, 0, 0, 4})
+	_ = s.WriteRaw(wire.Terminate())
 	_ = s.Flush()
 	_ = s.Close()
 }

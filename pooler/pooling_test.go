@@ -181,10 +181,7 @@ func TestWaitQueue(t *testing.T) {
 			}
 		}(i)
 		// Let waiter i enqueue before i+1.
-		deadline := time.Now().Add(5 * time.Second)
-		for p2.PoolStats()[0].ClientsWaiting < i+1 && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
+		testutil.Within(5*time.Second, func() bool { return p2.PoolStats()[0].ClientsWaiting >= i+1 }) // checked below
 	}
 	if st := p2.PoolStats()[0]; st.ClientsWaiting != 5 || st.OldestWait <= 0 {
 		t.Fatalf("waiting clients %d, oldest wait %s", st.ClientsWaiting, st.OldestWait)
@@ -378,7 +375,7 @@ func TestPoolStats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(100 * time.Millisecond) // deliberate: the idle time under test
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -386,12 +383,10 @@ func TestPoolStats(t *testing.T) {
 	// The counters move to the pool when the server is released, just
 	// after the client got its last reply.
 	var st []PoolStats
-	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	testutil.Within(2*time.Second, func() bool { // checked below
 		st = p.PoolStats()
-		if len(st) != 1 || st[0].XactTime >= 200*time.Millisecond || time.Now().After(deadline) {
-			break
-		}
-	}
+		return len(st) != 1 || st[0].XactTime >= 200*time.Millisecond
+	})
 	if len(st) != 1 {
 		t.Fatalf("pools: %+v", st)
 	}
@@ -586,7 +581,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		done <- out
 	}()
 	for i := 0; i < 6; i++ {
-		time.Sleep(400 * time.Millisecond)
+		time.Sleep(400 * time.Millisecond) // deliberate: reload every 400ms while pgbench runs
 		next := *p.config()
 		next.Databases = map[string]*Database{}
 		for name, db := range p.config().Databases {
@@ -630,7 +625,7 @@ func TestIdleServerTerminated(t *testing.T) {
 			})
 			// The pool looks for a closed server only when it has been
 			// idle over 50 ms (Pool.checkOut): be sure it has.
-			time.Sleep(60 * time.Millisecond)
+			time.Sleep(60 * time.Millisecond) // deliberate: the idle time under test
 			var got string
 			err = a.QueryRow(ctx, "select 'after'").Scan(&got)
 			if mode == TransactionMode {

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
@@ -191,6 +192,9 @@ func TestCancel(t *testing.T) {
 				if err := conn.CancelRequest(ctx); err != nil {
 					t.Fatal(err)
 				}
+				// Deliberate: a CancelRequest has no reply; give it time
+				// to arrive, so that one acted on late would hit the
+				// statement below (which must not be cancelled).
 				time.Sleep(100 * time.Millisecond)
 				if _, err := conn.Exec(ctx, "select pg_sleep(0.3)").ReadAll(); err != nil {
 					t.Fatalf("statement after an idle cancel: %v", err)
@@ -375,16 +379,14 @@ func TestUpstreamRestart(t *testing.T) {
 	started := time.Now()
 	for _, mode := range modes {
 		var errs []error
-		for {
+		if !testutil.Within(2*time.Second-time.Since(started), func() bool {
 			err := connectErr(t, proxyDSN(proxies[mode], "", ""))
-			if err == nil {
-				break
+			if err != nil {
+				errs = append(errs, err)
 			}
-			errs = append(errs, err)
-			if time.Since(started) > 2*time.Second {
-				t.Fatalf("%s: not served within 2s of the restart: %v", mode, errs)
-			}
-			time.Sleep(50 * time.Millisecond)
+			return err == nil
+		}) {
+			t.Fatalf("%s: not served within 2s of the restart: %v", mode, errs)
 		}
 		if len(errs) > 0 {
 			t.Errorf("%s: the first client after the restart failed (a dead pooled server?): %v", mode, errs[0])
@@ -414,7 +416,7 @@ func TestNoLeaks(t *testing.T) {
 		func(c *wireConn) {
 			c.query("begin")
 			c.send(&pgproto3.Query{String: "select pg_sleep(0.2)"})
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // deliberate: hang up while the statement runs
 			c.nc.Close()
 		},
 		func(c *wireConn) { c.query("begin"); c.query("select 1/0"); c.nc.Close() },
@@ -456,10 +458,7 @@ func TestNoLeaks(t *testing.T) {
 				}(i)
 			}
 			wg.Wait()
-			deadline := time.Now().Add(5 * time.Second)
-			for p.ClientCount() > 0 && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond)
-			}
+			testutil.Within(5*time.Second, func() bool { return p.ClientCount() <= 0 }) // checked below
 			if n := p.ClientCount(); n > 0 {
 				t.Errorf("%d clients still registered", n)
 			}
@@ -486,20 +485,16 @@ func waitNoIdleInTransaction(t testing.TB) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	deadline := time.Now().Add(3 * time.Second)
-	for {
+	var n string
+	if !testutil.Within(3*time.Second, func() bool {
 		res, err := conn.Exec(ctx, "select count(*) from pg_stat_activity where state like 'idle in transaction%' and pid <> pg_backend_pid()").ReadAll()
 		if err != nil {
 			t.Fatal(err)
 		}
-		n := string(res[0].Rows[0][0])
-		if n == "0" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s backends left idle in transaction", n)
-		}
-		time.Sleep(20 * time.Millisecond)
+		n = string(res[0].Rows[0][0])
+		return n == "0"
+	}) {
+		t.Fatalf("%s backends left idle in transaction", n)
 	}
 }
 

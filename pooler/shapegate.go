@@ -52,7 +52,7 @@ type shapeProbe struct {
 // ('n') body describes: the column type OIDs as an oid[] literal, "-"
 // for no rows, "" if malformed.
 func rowShape(typ byte, body []byte) string {
-	if typ == 'n' {
+	if typ == wire.MsgNoData {
 		return "-"
 	}
 	if len(body) < 2 {
@@ -174,8 +174,8 @@ const (
 // on return.
 func (s *Session) probeLocked(ctx context.Context, srv *Server, def *stmtDef) (verdict int, err error) {
 	out := s.ensurePreparedLocked(srv, def)
-	out = wire.AppendTarget(out, 'D', 'S', def.serverName)
-	out = append(out, 'H', 0, 0, 0, 4)
+	out = wire.AppendTarget(out, wire.MsgDescribe, wire.TargetStatement, def.serverName)
+	out = wire.AppendEmpty(out, wire.MsgFlush)
 	pr := &shapeProbe{done: make(chan struct{})}
 	s.probe = pr
 	s.queue.push(pending{kind: pendDescribeStmt, swallow: true, probe: true, serverStmt: def.serverName})
@@ -228,7 +228,7 @@ func (s *Session) endProbeLocked(key string) {
 func (s *Session) shapeMismatchLocked(def *stmtDef, describe bool) []byte {
 	it := pending{kind: pendGate}
 	if describe && def.toldTypes != nil {
-		it.params = []string{string(wire.AppendHeader(nil, 't', len(def.toldTypes))) + string(def.toldTypes)}
+		it.params = []string{string(wire.AppendHeader(nil, wire.MsgParameterDescription, len(def.toldTypes))) + string(def.toldTypes)}
 	}
 	s.queue.push(it)
 	return wire.AppendBind(nil, nil, shapeMismatchName, []byte{0, 0, 0, 0, 0, 0})

@@ -19,6 +19,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
 // wireTimeout bounds every wait for a backend message in raw wire tests: a
@@ -520,14 +522,14 @@ var transcriptScenarios = []scenario{
 		c.note("statement_timeout starts at a statement's first message: a pause after Parse times out")
 		c.query("set statement_timeout = '100ms'")
 		c.send(&pgproto3.Parse{Query: "select 1 as one"})
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond) // deliberate: a pause longer than statement_timeout
 		c.send(&pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{})
 		c.recvRFQ(1)
 		c.note("the same pause after Bind")
 		c.send(&pgproto3.Parse{Query: "select 2 as two"}, &pgproto3.Sync{})
 		c.recvRFQ(1)
 		c.send(&pgproto3.Bind{})
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond) // deliberate: a pause longer than statement_timeout
 		c.send(&pgproto3.Execute{}, &pgproto3.Sync{})
 		c.recvRFQ(1)
 		c.note("no pause: no timeout")
@@ -538,7 +540,7 @@ var transcriptScenarios = []scenario{
 	{name: "error_before_sync", run: func(c *wireConn) {
 		c.note("the server fails a group before its Sync is sent: it skips the rest of the group")
 		c.send(&pgproto3.Parse{Query: "select 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{})
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond) // deliberate: let the server fail the group before the rest is sent
 		c.send(&pgproto3.Parse{Name: "skipped", Query: "select 'skipped'"}, &pgproto3.Bind{PreparedStatement: "skipped"}, &pgproto3.Execute{}, &pgproto3.Sync{})
 		c.recvRFQ(1)
 		c.send(&pgproto3.Describe{ObjectType: 'S', Name: "skipped"}, &pgproto3.Sync{})
@@ -926,20 +928,16 @@ func runScenario(t *testing.T, addr string, sc scenario, check func()) []string 
 // over pools, or fails after timeout.
 func waitPool(t testing.TB, p *Proxy, timeout time.Duration, what string, cond func(active, idle int) bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		active, idle := 0, 0
+	var active, idle int
+	if !testutil.Within(timeout, func() bool {
+		active, idle = 0, 0
 		for _, st := range p.PoolStats() {
 			active += st.ServersActive
 			idle += st.ServersIdle
 		}
-		if cond(active, idle) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: pool has %d active and %d idle servers", what, active, idle)
-		}
-		time.Sleep(10 * time.Millisecond)
+		return cond(active, idle)
+	}) {
+		t.Fatalf("%s: pool has %d active and %d idle servers", what, active, idle)
 	}
 }
 

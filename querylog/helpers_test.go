@@ -3,17 +3,12 @@ package querylog
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/event"
-	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
-
-var update = testutil.Update
 
 // render prints events in a stable form: grouped by session (only the
 // order within a session is defined), sessions numbered by first
@@ -59,23 +54,4 @@ func readAll(t testing.TB, inputs []Input, opts Options) ([]*event.Event, Summar
 		t.Fatalf("Read: %v", err)
 	}
 	return evs, sum
-}
-
-// golden compares got with testdata/name, or rewrites it with -update.
-func golden(t *testing.T, name string, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read golden file (run go test ./querylog -update to create it): %v", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs from the golden file (run go test ./querylog -update to accept):\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
 }

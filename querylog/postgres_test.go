@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
 	"github.com/pgaudit-proxy/pgaudit/internal/event"
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
@@ -224,7 +225,7 @@ func TestPostgresLogs(t *testing.T) {
 				fmt.Fprintf(&g, "format=%s prefix=%q statements=%d sessions=%d malformed=%d errors_without_sqlstate=%d\n\n",
 					sum.Format, sum.Prefix, sum.Statements, sum.Sessions, sum.MalformedCount, sum.ErrorsWithoutSQLState)
 				g.WriteString(render(evs))
-				golden(t, sc.name+"."+f.name+".golden", g.String())
+				testutil.Golden(t, sc.name+"."+f.name+".golden", []byte(g.String()))
 				skel = append(skel, skeleton(evs))
 
 				// The same log read in tiny chunks on several workers, and

@@ -93,7 +93,7 @@ func writeRun(t *testing.T, path, runID string, n int, findingCount int64) {
 				t.Fatal(err)
 			}
 		}
-		time.Sleep(120 * time.Millisecond) // pool records and stats spread over time
+		time.Sleep(120 * time.Millisecond) // deliberate: pool records and stats spread over time, as in a real log
 	}
 	_ = c.Close(ctx)
 	f := sampleFinding

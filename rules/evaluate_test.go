@@ -13,29 +13,6 @@ import (
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
-var update = testutil.Update
-
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read golden file (run go test ./rules -update to create it): %v", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs (run go test ./rules -update to accept):\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
-}
-
 func shape(p99 time.Duration, calls uint64) ShapeFacts {
 	return ShapeFacts{
 		Fingerprint: "9f1c2a3b4c5d6e7f", Query: "SELECT * FROM orders WHERE status = $1 ORDER BY created_at",
@@ -269,7 +246,7 @@ func TestExampleFindingsGolden(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	golden(t, "findings.golden", b.Bytes())
+	testutil.Golden(t, "findings.golden", b.Bytes())
 }
 
 // TestRegistry checks the metadata against the evaluators: every rule id

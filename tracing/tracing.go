@@ -18,11 +18,28 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
 )
 
-// Observer is an analyzer.Observer that emits spans. It is safe for
-// concurrent use, as pipeline workers require.
+// Statement is what a statement's spans are made of. It is filled from the
+// analyzer's result by the caller (cmd/pgaudit wires Observer to the
+// analysis pipeline), so this package depends on the event contract only,
+// never on the analyzer.
+type Statement struct {
+	// Event is the executed statement.
+	Event *event.Event
+	// TraceParent is the W3C traceparent the statement carried (in the
+	// event or in a sqlcommenter comment); "" means no spans.
+	TraceParent string
+	// Normalized is the statement's normalized text (no literal values) and
+	// Fingerprint its shape; "" and 0 when unknown, and then no text is
+	// attached to the span.
+	Normalized  string
+	Fingerprint event.Fingerprint
+}
+
+// Observer emits the spans of statements. It is safe for concurrent use,
+// as pipeline workers require.
 type Observer struct {
 	tracer trace.Tracer
 }
@@ -32,12 +49,12 @@ func New(tp trace.TracerProvider) *Observer {
 	return &Observer{tracer: tp.Tracer("github.com/pgaudit-proxy/pgaudit")}
 }
 
-// Observe creates the spans of one statement when it carries a valid
+// Record creates the spans of one statement when it carries a valid
 // traceparent; other events are ignored. Span times are the statement's
 // measured times, not the time of the call.
-func (o *Observer) Observe(a *analyzer.Analyzed) {
+func (o *Observer) Record(a Statement) {
 	ev := a.Event
-	if ev == nil || ev.Kind != analyzer.KindStatement || a.TraceParent == "" {
+	if ev == nil || ev.Kind != event.KindStatement || a.TraceParent == "" {
 		return
 	}
 	ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{"traceparent": a.TraceParent})
@@ -56,10 +73,10 @@ func (o *Observer) Observe(a *analyzer.Analyzed) {
 		attribute.Int64("pgaudit.session_id", int64(ev.SessionID)),
 		attribute.Float64("pgaudit.wait_ms", float64(ev.Wait)/float64(time.Millisecond)),
 	}
-	if a.Shape != nil {
+	if a.Normalized != "" {
 		// Normalized text only: literal values never leave the proxy.
-		attrs = append(attrs, attribute.String("db.query.text", a.Shape.Normalized),
-			attribute.String("pgaudit.fingerprint", a.Shape.Fingerprint.String()))
+		attrs = append(attrs, attribute.String("db.query.text", a.Normalized),
+			attribute.String("pgaudit.fingerprint", a.Fingerprint.String()))
 	}
 	if ev.Rows >= 0 {
 		attrs = append(attrs, attribute.Int64("db.response.returned_rows", ev.Rows))

@@ -13,34 +13,34 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
-	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
 )
 
-// TestSpansFromTraceparent runs events through a real pipeline: a
-// statement with a sqlcommenter traceparent becomes a span in that trace,
-// with a child span for its pool wait; one without gets none.
+// TestSpansFromTraceparent: a statement with a traceparent becomes a span
+// in that trace, with a child span for its pool wait; one without, a
+// session-state event, or an invalid traceparent gets none.
 func TestSpansFromTraceparent(t *testing.T) {
 	exp := tracetest.NewInMemoryExporter()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
 	defer tp.Shutdown(context.Background())
-	pl := analyzer.NewPipeline(analyzer.PipelineConfig{})
-	if err := pl.AddObserver(New(tp)); err != nil {
-		t.Fatal(err)
-	}
-	if err := pl.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	o := New(tp)
 	start := time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 	const parentID = "00f067aa0ba902b7"
-	pl.Offer(&analyzer.Event{Kind: analyzer.KindStatement, Protocol: analyzer.ProtocolSimple,
-		Text:     "select name from authors where id = 42 /*traceparent='00-" + traceID + "-" + parentID + "-01',route='%2Fbooks'*/",
+	tp00 := "00-" + traceID + "-" + parentID + "-01"
+	fp, _ := event.ParseFingerprint("0123456789abcdef")
+	o.Record(Statement{Event: &event.Event{Kind: event.KindStatement, Protocol: event.ProtocolSimple,
+		Text:     "select name from authors where id = 42",
 		Database: "app", User: "app", Start: start, Duration: 30 * time.Millisecond, Wait: 12 * time.Millisecond,
-		Command: "SELECT", Rows: 1, SessionID: 7})
-	pl.Offer(&analyzer.Event{Kind: analyzer.KindStatement, Protocol: analyzer.ProtocolSimple, Text: "select 1",
-		Start: start, Duration: time.Millisecond, Rows: 1})
-	if err := pl.Stop(context.Background()); err != nil {
-		t.Fatal(err)
+		Command: "SELECT", Rows: 1, SessionID: 7},
+		TraceParent: tp00, Normalized: "select name from authors where id = $1", Fingerprint: fp})
+	for _, st := range []Statement{
+		{Event: &event.Event{Kind: event.KindStatement, Text: "select 1", Start: start, Duration: time.Millisecond}},
+		{Event: &event.Event{Kind: event.KindSessionState, Text: "set x = 1", Start: start}, TraceParent: tp00},
+		{Event: &event.Event{Kind: event.KindStatement, Text: "select 1", Start: start}, TraceParent: "00-zz-01"},
+		{TraceParent: tp00},
+	} {
+		o.Record(st)
 	}
 	spans := exp.GetSpans()
 	if len(spans) != 2 {
@@ -63,10 +63,12 @@ func TestSpansFromTraceparent(t *testing.T) {
 	if wait.Parent.SpanID() != stmt.SpanContext.SpanID() || wait.EndTime.Sub(wait.StartTime) != 12*time.Millisecond {
 		t.Fatalf("wait span parent %s duration %s", wait.Parent.SpanID(), wait.EndTime.Sub(wait.StartTime))
 	}
+	attrs := map[string]string{}
 	for _, kv := range stmt.Attributes {
-		if kv.Key == "db.query.text" && kv.Value.AsString() != "select name from authors where id = $1" {
-			t.Fatalf("db.query.text = %q (literals must not leave the proxy)", kv.Value.AsString())
-		}
+		attrs[string(kv.Key)] = kv.Value.Emit()
+	}
+	if attrs["db.query.text"] != "select name from authors where id = $1" || attrs["pgaudit.fingerprint"] != fp.String() {
+		t.Fatalf("db.query.text = %q, fingerprint %q (normalized text only: literals must not leave the proxy)", attrs["db.query.text"], attrs["pgaudit.fingerprint"])
 	}
 }
 
@@ -83,19 +85,9 @@ func TestOTLPExport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pl := analyzer.NewPipeline(analyzer.PipelineConfig{})
-	if err := pl.AddObserver(New(tp)); err != nil {
-		t.Fatal(err)
-	}
-	if err := pl.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	pl.Offer(&analyzer.Event{Kind: analyzer.KindStatement, Protocol: analyzer.ProtocolSimple,
-		Text:  "select 1 /*traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'*/",
-		Start: time.Now(), Duration: time.Millisecond, Rows: 1})
-	if err := pl.Stop(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	New(tp).Record(Statement{Event: &event.Event{Kind: event.KindStatement, Protocol: event.ProtocolSimple,
+		Text: "select 1", Start: time.Now(), Duration: time.Millisecond, Rows: 1},
+		TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Normalized: "select $1"})
 	if err := shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -172,9 +172,9 @@ func readAuthResponse(c *Conn, expect string) ([]byte, error) {
 		return nil, fmt.Errorf("auth: read %s: %w", expect, err)
 	}
 	switch typ {
-	case 'p':
+	case MsgPassword:
 		return raw[5:], nil
-	case 'X':
+	case MsgTerminate:
 		// Terminate: the client gave up, which is as routine as hanging up.
 		return nil, fmt.Errorf("auth: client sent Terminate instead of %s: %w", expect, errClientTerminated)
 	}

@@ -41,7 +41,7 @@ func AppendParse(dst []byte, name, query string, types []byte) []byte {
 	if len(types) == 0 {
 		types = []byte{0, 0}
 	}
-	dst = AppendHeader(dst, 'P', len(name)+1+len(query)+1+len(types))
+	dst = AppendHeader(dst, MsgParse, len(name)+1+len(query)+1+len(types))
 	dst = append(dst, name...)
 	dst = append(dst, 0)
 	dst = append(dst, query...)
@@ -139,7 +139,7 @@ func BindParams(rest []byte, keep bool) (n int, hash uint64, values []string, er
 // AppendBind appends a Bind with the given portal and statement names and
 // the rest of an original Bind body.
 func AppendBind(dst []byte, portal []byte, stmt string, rest []byte) []byte {
-	dst = AppendHeader(dst, 'B', len(portal)+1+len(stmt)+1+len(rest))
+	dst = AppendHeader(dst, MsgBind, len(portal)+1+len(stmt)+1+len(rest))
 	dst = append(dst, portal...)
 	dst = append(dst, 0)
 	dst = append(dst, stmt...)
@@ -153,7 +153,7 @@ func DecodeTarget(body []byte) (kind byte, name []byte, err error) {
 		return 0, nil, ErrMalformed
 	}
 	kind = body[0]
-	if kind != 'S' && kind != 'P' {
+	if kind != TargetStatement && kind != TargetPortal {
 		return 0, nil, ErrMalformed
 	}
 	name = body[1 : len(body)-1]

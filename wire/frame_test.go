@@ -7,6 +7,8 @@ import (
 	"io"
 	"testing"
 	"time"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
 // queryFrame returns a Query frame whose body is size bytes.
@@ -36,12 +38,8 @@ func readAsync(r *Reader) <-chan readResult {
 // waitUsed waits until b has at least n bytes reserved.
 func waitUsed(t *testing.T, b *MemoryBudget, n int64) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for b.Used() < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("budget used %d, want at least %d", b.Used(), n)
-		}
-		time.Sleep(time.Millisecond)
+	if !testutil.Within(10*time.Second, func() bool { return b.Used() >= n }) {
+		t.Fatalf("budget used %d, want at least %d", b.Used(), n)
 	}
 }
 

@@ -156,15 +156,15 @@ func (l *ServerLogin) afterNetConnect(ctx context.Context, cfg *pgconn.Config, c
 			return nil, err
 		}
 		switch typ {
-		case 'E':
+		case MsgErrorResponse:
 			var er pgproto3.ErrorResponse
 			if err := er.Decode(body); err != nil {
 				return nil, fmt.Errorf("decode server error: %w", err)
 			}
 			return nil, pgconn.ErrorResponseToPgError(&er)
-		case 'N':
+		case MsgNoticeResponse:
 			continue
-		case 'R':
+		case MsgAuthentication:
 		default:
 			return nil, fmt.Errorf("unexpected message %q during authentication", typ)
 		}

@@ -142,30 +142,30 @@ func (s *ServerConn) Exec(ctx context.Context, sql string) (*ExecResult, error) 
 		}
 		body := raw[5:]
 		switch typ {
-		case 'D':
+		case MsgDataRow:
 			res.Rows = append(res.Rows, decodeDataRow(body))
-		case 'C':
+		case MsgCommandComplete:
 			res.Tags = append(res.Tags, cstring(body))
-		case 'E':
+		case MsgErrorResponse:
 			if res.Err == nil {
 				var er pgproto3.ErrorResponse
 				if err := er.Decode(body); err == nil {
 					res.Err = pgconn.ErrorResponseToPgError(&er)
 				}
 			}
-		case 'N':
+		case MsgNoticeResponse:
 			res.Notices++
-		case 'S':
+		case MsgParameterStatus:
 			name, value := DecodeParameterStatus(body)
 			if name != "" {
 				s.Params[name] = value
 			}
-		case 'Z':
+		case MsgReadyForQuery:
 			if len(body) == 1 {
 				s.TxStatus = body[0]
 			}
 			return res, nil
-		case 'G', 'H', 'W':
+		case MsgCopyInResponse, MsgCopyOutResponse, MsgCopyBothResponse:
 			return nil, errors.New("exec: unexpected COPY from internal statement")
 		}
 	}
@@ -218,7 +218,7 @@ func DecodeParameterStatus(body []byte) (name, value string) {
 
 // AppendParameterStatus appends a ParameterStatus message.
 func AppendParameterStatus(dst []byte, name, value string) []byte {
-	dst = AppendHeader(dst, 'S', len(name)+len(value)+2)
+	dst = AppendHeader(dst, MsgParameterStatus, len(name)+len(value)+2)
 	dst = append(dst, name...)
 	dst = append(dst, 0)
 	dst = append(dst, value...)
@@ -227,15 +227,17 @@ func AppendParameterStatus(dst []byte, name, value string) []byte {
 
 // AppendReadyForQuery appends a ReadyForQuery message with status tx.
 func AppendReadyForQuery(dst []byte, tx byte) []byte {
-	return append(dst, 'Z', 0, 0, 0, 5, tx)
+	return append(AppendHeader(dst, MsgReadyForQuery, 1), tx)
 }
 
 // AppendBackendKeyData appends BackendKeyData.
 func AppendBackendKeyData(dst []byte, pid uint32, key []byte) []byte {
-	dst = AppendHeader(dst, 'K', 4+len(key))
+	dst = AppendHeader(dst, MsgBackendKeyData, 4+len(key))
 	dst = binary.BigEndian.AppendUint32(dst, pid)
 	return append(dst, key...)
 }
 
 // AppendAuthOK appends AuthenticationOk.
-func AppendAuthOK(dst []byte) []byte { return append(dst, 'R', 0, 0, 0, 8, 0, 0, 0, 0) }
+func AppendAuthOK(dst []byte) []byte {
+	return append(AppendHeader(dst, MsgAuthentication, 4), 0, 0, 0, 0)
+}

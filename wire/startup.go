@@ -134,7 +134,7 @@ func quoteIdent(s string) string { return "\"" + s + "\"" }
 // proxy does not support.
 func AppendNegotiateProtocolVersion(dst []byte, newest uint32, unsupported []string) []byte {
 	start := len(dst)
-	dst = append(dst, 'v', 0, 0, 0, 0)
+	dst = append(dst, MsgNegotiateProtocolVersion, 0, 0, 0, 0)
 	dst = binary.BigEndian.AppendUint32(dst, newest)
 	dst = binary.BigEndian.AppendUint32(dst, uint32(len(unsupported)))
 	for _, o := range unsupported {

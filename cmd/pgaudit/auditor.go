@@ -14,8 +14,10 @@ import (
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/internal/otlplog"
+	"github.com/pgaudit-proxy/pgaudit/planadvisor"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
+	"github.com/pgaudit-proxy/pgaudit/tracing"
 )
 
 // auditorOptions configure the analysis side shared by proxy, demo and lint.
@@ -57,20 +59,20 @@ type auditor struct {
 	stopBudget time.Duration
 	pipeline   *analyzer.Pipeline
 	engine     *analyzer.Engine
-	sampler    *analyzer.Sampler
+	sampler    *planadvisor.Sampler
 	log        *auditlog.Log
 	// otlp exports the audit records as OTLP logs; nil when off. It is
 	// shut down after log is closed.
 	otlp *otlplog.Exporter
 
 	mu         sync.Mutex
-	explainers map[string]*analyzer.Explainer // by explainTarget.Key
+	explainers map[string]*planadvisor.Explainer // by explainTarget.Key
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
 }
 
 func startAuditor(ctx context.Context, o auditorOptions) (_ *auditor, err error) {
-	a := &auditor{explainers: map[string]*analyzer.Explainer{}}
+	a := &auditor{explainers: map[string]*planadvisor.Explainer{}}
 	defer func() {
 		if err != nil { // release what was opened
 			if a.log != nil {
@@ -117,9 +119,9 @@ func startAuditor(ctx context.Context, o auditorOptions) (_ *auditor, err error)
 		return nil, err
 	}
 	if o.Explain != nil {
-		s, err := analyzer.NewSampler(analyzer.SamplerConfig{
+		s, err := planadvisor.NewSampler(planadvisor.SamplerConfig{
 			Stats: a.pipeline.Stats(),
-			ExplainerFor: func(database, user string) *analyzer.Explainer {
+			ExplainerFor: func(database, user string) *planadvisor.Explainer {
 				return a.explainer(database, user, o)
 			},
 			Emit:            func(f *rules.Finding) { eng.Report(*f) },
@@ -181,7 +183,7 @@ type explainTarget struct {
 
 // explainer returns the (lazily created) explainer for statements of a
 // database and client user, or nil when they are not to be planned.
-func (a *auditor) explainer(database, user string, o auditorOptions) *analyzer.Explainer {
+func (a *auditor) explainer(database, user string, o auditorOptions) *planadvisor.Explainer {
 	t, ok := o.Explain(database, user)
 	if !ok {
 		return nil
@@ -191,12 +193,12 @@ func (a *auditor) explainer(database, user string, o auditorOptions) *analyzer.E
 	if e, ok := a.explainers[t.Key]; ok {
 		return e
 	}
-	ec := analyzer.ExplainConfig{DSN: t.DSN, Conn: t.Conn, Role: t.Role,
+	ec := planadvisor.ExplainConfig{DSN: t.DSN, Conn: t.Conn, Role: t.Role,
 		AllowCreateExtension: o.AllowCreateExtension, Logger: o.Log}
 	if t.PerClient {
 		ec.MaxConns, ec.CloseIdle = 1, true
 	}
-	e, err := analyzer.NewExplainer(ec)
+	e, err := planadvisor.NewExplainer(ec)
 	if err != nil {
 		o.Log.Warn().Err(err).Str("database", database).Str("role", t.Role).Msg("EXPLAIN sampler disabled for this database and role")
 		e = nil
@@ -283,4 +285,17 @@ func (a *auditor) shutdownOTLP(log zerolog.Logger) {
 		log.Warn().Uint64("exported", c.Exported).Uint64("failed", c.Failed).Uint64("dropped", c.Dropped).
 			Msg("OTLP log records not delivered (the audit log file has them)")
 	}
+}
+
+// traceObserver feeds every analyzed statement to the span emitter: the
+// analyzer's result mapped onto tracing.Statement, so that tracing depends
+// on the event contract only.
+func traceObserver(o *tracing.Observer) analyzer.Observer {
+	return analyzer.ObserverFunc(func(a *analyzer.Analyzed) {
+		st := tracing.Statement{Event: a.Event, TraceParent: a.TraceParent}
+		if a.Shape != nil {
+			st.Normalized, st.Fingerprint = a.Shape.Normalized, a.Shape.Fingerprint
+		}
+		o.Record(st)
+	})
 }

@@ -279,7 +279,7 @@ func TestAuthQuerySCRAMPassThrough(t *testing.T) {
 		defer func() {
 			_, _ = direct.Exec(context.Background(), "alter role app_alice password 'alice-pw'").ReadAll()
 		}()
-		time.Sleep(100 * time.Millisecond) // the cached secret expires
+		time.Sleep(100 * time.Millisecond) // deliberate: outlive the 50ms cache lifetime under test
 		_, err := whoAmI(ctx, userDSN(p, "app_alice", "alice-pw", ""))
 		wantPgError(t, err, "FATAL", pgerrcode.InvalidPassword, `password authentication failed for user "app_alice"`)
 		p.Pools()[0].DropIdle() // new server logins use the new keys

@@ -20,6 +20,7 @@ import (
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/internal/otlplog"
+	"github.com/pgaudit-proxy/pgaudit/planadvisor"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 	"github.com/pgaudit-proxy/pgaudit/wire"
@@ -796,7 +797,7 @@ type explainDSN struct {
 // parseExplainDSN checks that an explain_dsn names its user and returns
 // it with that user.
 func parseExplainDSN(dsn string) (explainDSN, error) {
-	if !analyzer.DSNNamesUser(dsn) {
+	if !planadvisor.DSNNamesUser(dsn) {
 		return explainDSN{}, errors.New("names no user; pgaudit never connects as libpq's default user (the operating system user or PGUSER)")
 	}
 	pc, err := pgconn.ParseConfig(dsn)

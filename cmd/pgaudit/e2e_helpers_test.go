@@ -1,15 +1,20 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -98,4 +103,14 @@ func (e *e2eProxy) findings(rule string) []rules.Finding {
 		}
 	}
 	return out
+}
+
+// waitForLog waits until the file at path (a Postgres log the logging
+// collector writes) contains text.
+func waitForLog(t *testing.T, path, text string) {
+	t.Helper()
+	testutil.Eventually(t, 10*time.Second, path+" to contain "+strconv.Quote(text), func() bool {
+		b, err := os.ReadFile(path)
+		return err == nil && bytes.Contains(b, []byte(text))
+	})
 }

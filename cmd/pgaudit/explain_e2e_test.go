@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -17,6 +18,7 @@ import (
 // sampler decodes them by type OID and explains the shape with those
 // example values instead of failing with 22021, so the seq scan is found.
 func TestExplainBinaryParamsThroughProxy(t *testing.T) {
+	t.Parallel() // its own cluster, proxy and log files
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c := startE2ECluster(t, ctx, pgtest.Options{}, lintSchema, false)
@@ -35,10 +37,7 @@ func TestExplainBinaryParamsThroughProxy(t *testing.T) {
 		}
 	}
 	conn.Close(ctx)
-	deadline := time.Now().Add(10 * time.Second)
-	for aud.pipeline.Counters().Processed < 5 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Within(10*time.Second, func() bool { return aud.pipeline.Counters().Processed >= 5 }) // the findings below tell
 	aud.explainNow(ctx)
 	sc := aud.sampler.Counters()
 	e.stop()
@@ -95,11 +94,8 @@ func TestExplainCadenceThroughProxy(t *testing.T) {
 		defer stop()
 		began := time.Now()
 		work(t, dsn)
-		for !hasSeqScan(aud) {
-			if time.Since(began) > 15*time.Second {
-				t.Fatalf("no seq-scan finding 15 s after the shape cost enough: %+v", aud.sampler.Counters())
-			}
-			time.Sleep(50 * time.Millisecond)
+		if !testutil.Within(15*time.Second, func() bool { return hasSeqScan(aud) }) {
+			t.Fatalf("no seq-scan finding 15 s after the shape cost enough: %+v", aud.sampler.Counters())
 		}
 		t.Logf("seq-scan found %s after the workload started", time.Since(began).Round(10*time.Millisecond))
 	})

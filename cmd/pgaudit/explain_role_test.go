@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -180,22 +181,15 @@ sslmode = "disable"
 		}
 	}
 	// Wait for the analyzer to have seen all nine statements.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testutil.Eventually(t, 30*time.Second, "the analyzer to see all 9 statements", func() bool {
 		var calls uint64
 		for _, sh := range aud.pipeline.Stats().TopShapes(analyzer.ByTotalTime, 50) {
 			if strings.Contains(sh.Query, "m.t") || strings.Contains(sh.Query, "secrets") {
 				calls += sh.Calls
 			}
 		}
-		if calls >= 9 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("analyzer saw %d of 9 statements", calls)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return calls >= 9
+	})
 	aud.explainNow(ctx)
 
 	if err := victim.Ping(ctx); err != nil {
@@ -216,14 +210,12 @@ sslmode = "disable"
 	// Per-client connections are not kept while idle (a backend leaves
 	// pg_stat_activity a moment after its client closed).
 	var idle int
-	for end := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	testutil.Within(5*time.Second, func() bool {
 		if err := observer.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgaudit-explain'").Scan(&idle); err != nil {
 			t.Fatal(err)
 		}
-		if idle == 0 || time.Now().After(end) {
-			break
-		}
-	}
+		return idle == 0
+	})
 	if idle != 0 {
 		t.Errorf("%d EXPLAIN connections still open 5s after the round", idle)
 	}

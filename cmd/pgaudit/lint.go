@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/planadvisor"
 	"github.com/pgaudit-proxy/pgaudit/querylog"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -125,7 +126,7 @@ func runLint(ctx context.Context, fl lintFlags, args []string, stdout, stderr io
 		Log:      log,
 	}
 	if fl.dsn != "" {
-		if !analyzer.DSNNamesUser(fl.dsn) {
+		if !planadvisor.DSNNamesUser(fl.dsn) {
 			return &exitError{2, fmt.Errorf("--dsn must name its user (postgres://USER@host/db or user=USER): pgaudit never connects as libpq's default user")}
 		}
 		// Every logged statement is planned as the --dsn role: point it at
@@ -150,7 +151,7 @@ func runLint(ctx context.Context, fl lintFlags, args []string, stdout, stderr io
 	}
 	var own atomic.Int64
 	sum, err := querylog.Read(ctx, inputs, qopts, func(ev *analyzer.Event) {
-		if ev.ApplicationName == analyzer.ExplainApplicationName {
+		if ev.ApplicationName == planadvisor.ExplainApplicationName {
 			own.Add(1) // pgaudit's own EXPLAINs (an earlier lint --dsn), read back
 			return
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
+	"github.com/pgaudit-proxy/pgaudit/planadvisor"
 )
 
 // lintWorkload is an application with an N+1 loop inside a transaction, a
@@ -114,6 +115,7 @@ func exitCode(err error) int {
 // then lints all three: the same findings, exit codes, baseline round
 // trip, suppression and SARIF structure.
 func TestLintPostgresLogsAndAuditLog(t *testing.T) {
+	t.Parallel() // its own cluster, proxy and log files
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c := startE2ECluster(t, ctx, pgtest.Options{Conf: []string{
@@ -363,6 +365,7 @@ func checkSARIF(t *testing.T, s map[string]any) {
 // normalization broke it (GROUP BY 1 became GROUP BY $n), and a second run
 // over the same Postgres log skips the EXPLAINs the first run left there.
 func TestLintDSNQuietAndOwnStatements(t *testing.T) {
+	t.Parallel() // its own cluster, proxy and log files
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := pgtest.Start(ctx, pgtest.Options{Conf: []string{
@@ -382,8 +385,8 @@ func TestLintDSNQuietAndOwnStatements(t *testing.T) {
 			t.Fatalf("%v\n%s", err, out)
 		}
 	}
-	time.Sleep(500 * time.Millisecond)
 	csvPath := filepath.Join(c.DataDir, "log", "pg.csv")
+	waitForLog(t, csvPath, "where id < 102 group by 1") // the last statement above
 	run := func() (lintReport, string) {
 		var out, errb bytes.Buffer
 		fl := lintFlags{format: "auto", output: "json", failOn: "warning", logLevel: "warn", dsn: c.DSN("")}
@@ -403,7 +406,7 @@ func TestLintDSNQuietAndOwnStatements(t *testing.T) {
 	if !slices.Contains(ruleIDs(t, mustJSON(t, r1)), "seq-scan") {
 		t.Errorf("first run found no seq scan: %+v", r1.Findings)
 	}
-	time.Sleep(500 * time.Millisecond) // Postgres logs the EXPLAINs
+	waitForLog(t, csvPath, planadvisor.ExplainApplicationName) // Postgres logs the EXPLAINs
 	r2, stderr2 := run()
 	if r2.Summary.OwnSkipped == 0 {
 		t.Errorf("own EXPLAIN statements not skipped: %+v", r2.Summary)

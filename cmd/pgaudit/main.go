@@ -169,7 +169,7 @@ func runProxy(ctx context.Context, st *settings, reload func() (*settings, error
 			defer scancel()
 			_ = shutdownTraces(sctx)
 		}()
-		ao.Observers = append(ao.Observers, tracing.New(tp))
+		ao.Observers = append(ao.Observers, traceObserver(tracing.New(tp)))
 		log.Info().Str("endpoint", st.otlpEndpoint).Msg("OTLP tracing on for statements with a traceparent")
 	}
 	audit, err := startAuditor(ctx, ao)

@@ -95,7 +95,7 @@ func ormPatterns(t *testing.T, ctx context.Context, dsn string) {
 		args[i], ph[i] = a, fmt.Sprintf("$%d", i+1)
 	}
 	count(conn, `SELECT "orm_authors".* FROM "orm_authors" WHERE "orm_authors"."id" IN (`+strings.Join(ph, ", ")+`)`, args...)
-	time.Sleep(300 * time.Millisecond) // the next request
+	time.Sleep(300 * time.Millisecond) // deliberate: the next request comes later (the detector judges gaps)
 	authors := ids(conn, `SELECT "orm_books"."author_id" FROM "orm_books" WHERE "orm_books"."shelf" = $1 ORDER BY "orm_books"."id" LIMIT 20`, 2)
 	for _, a := range authors {
 		count(conn, `SELECT "orm_authors".* FROM "orm_authors" WHERE "orm_authors"."id" = $1`, a)
@@ -205,7 +205,14 @@ func TestNPlusOneORMPatterns(t *testing.T) {
 	// Postgres's own logs carry no row counts: the lazy loop right after
 	// its source is found (medium confidence); two lookups taking turns
 	// (searches, or two lazy relations per row) are not judged.
-	time.Sleep(500 * time.Millisecond)
+	// A marker sent after everything else: once each log holds it, the
+	// logging collector has written every statement before it.
+	if out, err := c.Psql(ctx, "", "-q", "-c", "select 'pgaudit-test: logs complete'"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, name := range []string{"pg.csv", "pg.log", "pg.json"} {
+		waitForLog(t, filepath.Join(c.DataDir, "log", name), "pgaudit-test: logs complete")
+	}
 	for _, name := range []string{"pg.csv", "pg.log", "pg.json"} {
 		fs := lint(filepath.Join(c.DataDir, "log", name))
 		if got := tables(fs); got != "orm_authors,orm_authors" {

@@ -45,7 +45,7 @@ func slowLogin(t *testing.T, addr string, delay time.Duration) (string, func()) 
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				time.Sleep(delay)
+				time.Sleep(delay) // deliberate: a slow network path to the server
 				u, err := net.Dial("tcp", addr)
 				if err != nil {
 					return

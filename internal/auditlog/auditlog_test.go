@@ -1,13 +1,11 @@
 package auditlog
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,25 +27,7 @@ func stmt(text string) *event.Event {
 	return &event.Event{Kind: event.KindStatement, Text: text, Duration: time.Millisecond, Start: t0, Command: "SELECT", Rows: 1}
 }
 
-// syncBuffer is a bytes.Buffer safe for the log's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func testLog(t *testing.T, w *syncBuffer, mod func(*Config)) *Log {
+func testLog(t *testing.T, w *testutil.Buffer, mod func(*Config)) *Log {
 	t.Helper()
 	cfg := Config{Writer: w, FlushInterval: -1, RunID: "run-1", Now: fixedClock, LiteralKey: []byte("pgaudit test literal key")}
 	if mod != nil {
@@ -65,7 +45,7 @@ func testLog(t *testing.T, w *syncBuffer, mod func(*Config)) *Log {
 // back: fields, the keyed literal hash and the annotation comments.
 func TestStatementRoundTrip(t *testing.T) {
 	t.Parallel()
-	var out syncBuffer
+	var out testutil.Buffer
 	al := testLog(t, &out, nil)
 	a := stmt("SELECT * FROM t WHERE id = 1 AND name = 'x'")
 	b := stmt("SELECT * FROM t WHERE id = 2 AND name = 'x'")
@@ -129,7 +109,7 @@ func TestAuditLogSampling(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			var out syncBuffer
+			var out testutil.Buffer
 			al := testLog(t, &out, c.cfg)
 			for _, ev := range evs {
 				if al.Sampled(ev) {

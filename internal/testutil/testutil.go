@@ -8,9 +8,11 @@
 package testutil
 
 import (
+	"bytes"
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -23,6 +25,30 @@ import (
 // Update is the -update flag: tests rewrite their golden files under
 // testdata/ instead of comparing with them (go test ./pkg -run Name -update).
 var Update = flag.Bool("update", false, "rewrite golden files under testdata/")
+
+// Golden compares got with the golden file testdata/name (name may hold
+// subdirectories) and fails tb if they differ; with -update it writes got
+// to the file instead, creating its directory.
+func Golden(tb testing.TB, name string, got []byte) {
+	tb.Helper()
+	path := filepath.Join("testdata", name)
+	if *Update {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			tb.Fatalf("update golden file: %v", err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			tb.Fatalf("update golden file: %v", err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatalf("read golden file (run go test with -update to create it): %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		tb.Errorf("%s differs from the golden file (run go test with -update to accept):\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
 
 var (
 	sharedOnce sync.Once
@@ -73,11 +99,21 @@ func Main(m *testing.M) {
 // a goroutine to reach a state.
 func Eventually(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
 	tb.Helper()
+	if !Within(timeout, cond) {
+		tb.Fatalf("timed out after %v waiting for %s", timeout, what)
+	}
+}
+
+// Within polls cond every 10ms until it holds or timeout passes, and
+// returns its last result: for a test that waits for a condition and then
+// reports in detail what it found when it did not hold.
+func Within(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %v waiting for %s", timeout, what)
+			return cond()
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return true
 }

@@ -1,4 +1,4 @@
-package analyzer
+package planadvisor
 
 import (
 	"encoding/binary"

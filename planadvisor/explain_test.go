@@ -1,4 +1,4 @@
-package analyzer
+package planadvisor
 
 import (
 	"context"
@@ -10,7 +10,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
@@ -56,24 +60,11 @@ const (
 
 func startExplainEnv(t *testing.T) *explainEnv {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a real Postgres; skipped with -short")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	c, err := pgtest.Start(ctx, pgtest.Options{})
-	if errors.Is(err, pgtest.ErrNoBinaries) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
-	env := &explainEnv{c: c}
+	env := &explainEnv{c: startCluster(t)}
 	env.psql(t, "", "CREATE DATABASE explain_base")
 	env.psql(t, "explain_base", explainSetupSQL)
 	env.psql(t, "explain_base", "VACUUM ANALYZE items, victims")
-	_, err = os.Stat(hypopgControl)
+	_, err := os.Stat(hypopgControl)
 	env.hypo = err == nil
 	env.psql(t, "", "CREATE DATABASE "+dbIndex+" TEMPLATE explain_base")
 	if env.hypo {
@@ -110,11 +101,11 @@ func (env *explainEnv) explainer(t *testing.T, db string, mod func(*ExplainConfi
 
 // statsOf records one simple-protocol event per query (the first the
 // slowest) and returns the statistics.
-func statsOf(db string, queries ...string) *Stats {
-	fp := NewFingerprinter(FingerprintConfig{})
-	st := NewStats(StatsConfig{})
+func statsOf(db string, queries ...string) *analyzer.Stats {
+	fp := analyzer.NewFingerprinter(analyzer.FingerprintConfig{})
+	st := analyzer.NewStats(analyzer.StatsConfig{})
 	for i, q := range queries {
-		ev := &Event{Kind: KindStatement, Protocol: ProtocolSimple, Text: q, Database: db,
+		ev := &event.Event{Kind: event.KindStatement, Protocol: event.ProtocolSimple, Text: q, Database: db,
 			Start: time.Now(), Duration: time.Duration(len(queries)-i) * 10 * time.Millisecond, Rows: 1}
 		sh, _ := fp.Lookup(q, ev.Protocol)
 		st.Record(ev, sh)
@@ -122,7 +113,7 @@ func statsOf(db string, queries ...string) *Stats {
 	return st
 }
 
-func newTestSampler(t *testing.T, st *Stats, e *Explainer) (*Sampler, *[]*rules.Finding) {
+func newTestSampler(t *testing.T, st *analyzer.Stats, e *Explainer) (*Sampler, *[]*rules.Finding) {
 	t.Helper()
 	var found []*rules.Finding
 	s, err := NewSampler(SamplerConfig{
@@ -166,6 +157,7 @@ func connState(t *testing.T, e *Explainer, hypo bool) (prepared, hypothetical in
 }
 
 func TestExplainPostgres(t *testing.T) {
+	t.Parallel() // its own cluster
 	env := startExplainEnv(t)
 
 	t.Run("SeqScanAndUnvalidatedIndex", func(t *testing.T) {
@@ -560,8 +552,8 @@ func TestExplainPostgres(t *testing.T) {
 		}
 
 		// Observe keeps example parameters in memory; Run uses them.
-		st := NewStats(StatsConfig{})
-		fp := NewFingerprinter(FingerprintConfig{})
+		st := analyzer.NewStats(analyzer.StatsConfig{})
+		fp := analyzer.NewFingerprinter(analyzer.FingerprintConfig{})
 		var mu sync.Mutex
 		var found []*rules.Finding
 		s, err := NewSampler(SamplerConfig{Stats: st, Explainer: e, Interval: 20 * time.Millisecond,
@@ -569,18 +561,15 @@ func TestExplainPostgres(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ev := &Event{Kind: KindStatement, Protocol: ProtocolExtended, Text: "SELECT * FROM items WHERE category = $1",
+		ev := &event.Event{Kind: event.KindStatement, Protocol: event.ProtocolExtended, Text: "SELECT * FROM items WHERE category = $1",
 			Params: []string{"42"}, NumParams: 1, Database: db, Duration: time.Millisecond}
 		sh, ann := fp.Lookup(ev.Text, ev.Protocol)
 		st.Record(ev, sh)
-		s.Observe(&Analyzed{Event: ev, Shape: sh, Annotations: ann})
+		s.Observe(&analyzer.Analyzed{Event: ev, Shape: sh, Annotations: ann})
 		rctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- s.Run(rctx) }()
-		deadline := time.Now().Add(10 * time.Second)
-		for s.Counters().Rounds < 2 && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		testutil.Eventually(t, 10*time.Second, "two sampler rounds", func() bool { return s.Counters().Rounds >= 2 })
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)

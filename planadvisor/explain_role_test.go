@@ -1,4 +1,4 @@
-package analyzer
+package planadvisor
 
 import (
 	"context"
@@ -11,6 +11,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -59,16 +62,9 @@ type roleEnv struct {
 
 func startRoleEnv(t *testing.T) *roleEnv {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a real Postgres; skipped with -short")
-	}
+	c := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := pgtest.Start(ctx, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
 	if out, err := c.Psql(ctx, "", "-q", "-c", roleSetupSQL); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -126,6 +122,7 @@ func (env *roleEnv) explainer(t *testing.T, cfg ExplainConfig) *Explainer {
 // defence on its own against mallory's IMMUTABLE function (advisory lock
 // 42 plus pg_terminate_backend of a superuser backend).
 func TestExplainRoleIsolation(t *testing.T) {
+	t.Parallel() // its own cluster
 	env := startRoleEnv(t)
 	ctx := context.Background()
 	evil := "SELECT count(*) FROM m.t WHERE v = m.evil(1)"
@@ -220,8 +217,8 @@ func TestExplainRoleIsolation(t *testing.T) {
 	t.Run("Sampler", func(t *testing.T) {
 		mallory := env.explainer(t, ExplainConfig{DSN: env.malloryDSN(), Role: "mallory"})
 		now := time.Now()
-		fp := NewFingerprinter(FingerprintConfig{})
-		st := NewStats(StatsConfig{})
+		fp := analyzer.NewFingerprinter(analyzer.FingerprintConfig{})
+		st := analyzer.NewStats(analyzer.StatsConfig{})
 		var found []*rules.Finding
 		var asked []string
 		s, err := NewSampler(SamplerConfig{
@@ -240,11 +237,11 @@ func TestExplainRoleIsolation(t *testing.T) {
 			t.Fatal(err)
 		}
 		feed := func(q, sqlstate string) {
-			ev := &Event{Kind: KindStatement, Protocol: ProtocolSimple, Text: q, Database: "postgres", User: "mallory",
+			ev := &event.Event{Kind: event.KindStatement, Protocol: event.ProtocolSimple, Text: q, Database: "postgres", User: "mallory",
 				Start: now, Duration: 50 * time.Millisecond, SQLState: sqlstate, Rows: 1}
 			sh, _ := fp.Lookup(q, ev.Protocol)
 			st.Record(ev, sh)
-			s.Observe(&Analyzed{Event: ev, Shape: sh})
+			s.Observe(&analyzer.Analyzed{Event: ev, Shape: sh})
 		}
 		// Denied for its client: never planned, no finding.
 		feed("SELECT * FROM secrets WHERE v = 7", "42501")

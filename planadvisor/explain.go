@@ -1,4 +1,4 @@
-package analyzer
+package planadvisor
 
 import (
 	"context"
@@ -15,8 +15,9 @@ import (
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/pgaudit-proxy/pgaudit/rules"
 	"github.com/rs/zerolog"
+
+	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
 // ExplainConfig configures an Explainer. DSN or Conn is required.
@@ -255,8 +256,9 @@ func NewExplainer(cfg ExplainConfig) (*Explainer, error) {
 	}, nil
 }
 
-// Close closes the idle connections; explains in flight finish and close
-// theirs. The Explainer must not be used afterwards.
+// Close closes the idle connections and waits for explains in flight to
+// finish and release theirs (each is bounded by its timeouts). The
+// Explainer must not be used afterwards.
 func (e *Explainer) Close() { e.pool.close() }
 
 // Counters returns the cumulative counters. Safe to call at any time.
@@ -518,7 +520,7 @@ func (e *Explainer) Inspect(ctx context.Context, req ExplainRequest, opts Inspec
 		e.errs.Add(1)
 		return nil, fmt.Errorf("explainer: connect: %w", err)
 	}
-	s := &explainSession{e: e, conn: conn, st: st, params: req.Params, literal: req.Literal}
+	s := &explainSession{e: e, conn: conn.Conn(), st: st, params: req.Params, literal: req.Literal}
 	in, err := s.run(rctx, opts)
 	discard := s.cleanup()
 	if discard {

@@ -1,4 +1,4 @@
-package analyzer
+package planadvisor
 
 import (
 	"errors"
@@ -8,6 +8,8 @@ import (
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/pgtree"
 )
 
 // ErrNotExplainable is wrapped by the error CheckExplainable (and the
@@ -89,7 +91,7 @@ func notExplainable(format string, args ...any) error {
 func CheckExplainable(query string) (*ExplainableStatement, error) {
 	tree, err := pg_query.Parse(query)
 	if err != nil {
-		msg, _ := parseErrorSummary(err)
+		msg, _ := pgtree.ParseErrorSummary(err)
 		return nil, notExplainable("does not parse (%s)", msg)
 	}
 	switch len(tree.Stmts) {
@@ -123,7 +125,7 @@ func CheckExplainable(query string) (*ExplainableStatement, error) {
 	}
 	var refusal error
 	tables := 0
-	walkTree(top.ProtoReflect(), func(m protoreflect.Message) bool {
+	pgtree.Walk(top.ProtoReflect(), func(m protoreflect.Message) bool {
 		if refusal != nil {
 			return false
 		}
@@ -187,27 +189,6 @@ func nodeName(n *pg_query.Node) string {
 	return "unknown node"
 }
 
-// walkTree calls fn for m and every message below it, depth first, in
-// field order. fn returns false to skip a message's children.
-func walkTree(m protoreflect.Message, fn func(protoreflect.Message) bool) {
-	if !m.IsValid() || !fn(m) {
-		return
-	}
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		switch {
-		case fd.IsList() && fd.Message() != nil:
-			l := v.List()
-			for i := range l.Len() {
-				walkTree(l.Get(i).Message(), fn)
-			}
-		case fd.IsMap():
-		case fd.Message() != nil:
-			walkTree(v.Message(), fn)
-		}
-		return true
-	})
-}
-
 // verifySingle parses sql (built by the Explainer around an already checked
 // statement) and confirms it is exactly one statement of the wanted type,
 // and, for EXPLAIN, that it has no ANALYZE option: a second line of defence
@@ -215,7 +196,7 @@ func walkTree(m protoreflect.Message, fn func(protoreflect.Message) bool) {
 func verifySingle(sql string, want string) error {
 	tree, err := pg_query.Parse(sql)
 	if err != nil {
-		msg, _ := parseErrorSummary(err)
+		msg, _ := pgtree.ParseErrorSummary(err)
 		return fmt.Errorf("%w: built statement does not parse (%s)", ErrNotExplainable, msg)
 	}
 	if len(tree.Stmts) != 1 {

@@ -1,4 +1,4 @@
-package analyzer
+package planadvisor
 
 import (
 	"encoding/json"
@@ -8,11 +8,13 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
 // TestPlanGolden reads captured EXPLAIN (FORMAT JSON, VERBOSE) output from
 // testdata/explain/*.json and compares what ParsePlan and SeqScans make of
-// it with testdata/explain/*.golden (go test ./analyzer -update rewrites
+// it with testdata/explain/*.golden (go test ./planadvisor -update rewrites
 // them).
 func TestPlanGolden(t *testing.T) {
 	t.Parallel()
@@ -52,7 +54,7 @@ func TestPlanGolden(t *testing.T) {
 				}
 				fmt.Fprintf(&b, "  %s\n  excerpt: %s\n", j, s.Excerpt())
 			}
-			golden(t, filepath.Join("explain", name+".golden"), []byte(b.String()))
+			testutil.Golden(t, filepath.Join("explain", name+".golden"), []byte(b.String()))
 		})
 	}
 }

@@ -1,4 +1,4 @@
-package analyzer
+package planadvisor
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/pgtree"
 )
 
 // IndexAdvice is the index advisor's result for one sequentially scanned
@@ -123,7 +125,7 @@ type RelationRef struct {
 func FindColumnUses(tree *pg_query.ParseResult, rel RelationRef, columns []string) ColumnUses {
 	var blocks []*queryBlock
 	for _, rs := range tree.GetStmts() {
-		walkTree(rs.ProtoReflect(), func(m protoreflect.Message) bool {
+		pgtree.Walk(rs.ProtoReflect(), func(m protoreflect.Message) bool {
 			if b := newQueryBlock(m.Interface()); b != nil {
 				blocks = append(blocks, b)
 			}
@@ -255,7 +257,7 @@ func (c *useCollector) ours(n *pg_query.Node) (string, bool) {
 // "self" (references our relation).
 func (c *useCollector) otherSide(n *pg_query.Node) string {
 	kind := "const"
-	walkTree(n.ProtoReflect(), func(m protoreflect.Message) bool {
+	pgtree.Walk(n.ProtoReflect(), func(m protoreflect.Message) bool {
 		switch x := m.Interface().(type) {
 		case *pg_query.SubLink:
 			return false

@@ -1,4 +1,4 @@
-package analyzer
+package planadvisor
 
 import (
 	"encoding/json"
@@ -7,6 +7,8 @@ import (
 	"math"
 	"slices"
 	"strings"
+
+	"github.com/pgaudit-proxy/pgaudit/internal/sqlscan"
 )
 
 // PlanNode is one node of a plan read from EXPLAIN (FORMAT JSON). Only the
@@ -232,7 +234,7 @@ func RedactLiterals(expr string) string { return RedactLiteralsAs(expr, nil) }
 // numbered after them.
 func RedactLiteralsAs(expr string, values []string) string {
 	var b strings.Builder
-	l := newLexer(expr)
+	l := sqlscan.New(expr)
 	nums := map[string]int{}
 	base := 0 // placeholders already in expr keep their numbers
 	for i := 0; i < len(expr); i++ {
@@ -246,14 +248,14 @@ func RedactLiteralsAs(expr string, values []string) string {
 	}
 	base = max(base, len(values))
 	for {
-		kind, start, end, ok := l.next()
+		kind, start, end, ok := l.Next()
 		if !ok {
 			break
 		}
 		switch kind {
-		case tokString, tokNumber:
+		case sqlscan.String, sqlscan.Number:
 			lit := expr[start:end]
-			if kind == tokNumber {
+			if kind == sqlscan.Number {
 				if s := b.String(); strings.HasSuffix(s, "-") {
 					if p := strings.TrimRight(s[:len(s)-1], " "); p == "" || strings.ContainsAny(p[len(p)-1:], "(,=<>+-*/") {
 						lit = "-" + lit
@@ -295,7 +297,7 @@ func skipCast(expr string, pos int) int {
 		return pos
 	}
 	word := func(p int) int {
-		for p < len(expr) && (isIdentCont(expr[p]) || expr[p] == '"' || expr[p] == '.') {
+		for p < len(expr) && (sqlscan.IsIdentCont(expr[p]) || expr[p] == '"' || expr[p] == '.') {
 			p++
 		}
 		return p
@@ -348,13 +350,13 @@ func literalValue(tok string) string {
 // $n a normalized statement gives them).
 func literalValues(query string) []string {
 	var out []string
-	l := newLexer(query)
+	l := sqlscan.New(query)
 	for {
-		kind, start, end, ok := l.next()
+		kind, start, end, ok := l.Next()
 		if !ok {
 			return out
 		}
-		if kind == tokString || kind == tokNumber {
+		if kind == sqlscan.String || kind == sqlscan.Number {
 			out = append(out, literalValue(query[start:end]))
 		}
 	}

@@ -1,4 +1,4 @@
-package analyzer
+package planadvisor
 
 import (
 	"context"
@@ -9,15 +9,20 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pgaudit-proxy/pgaudit/rules"
 	"github.com/rs/zerolog"
+
+	"github.com/pgaudit-proxy/pgaudit/analyzer"
+	"github.com/pgaudit-proxy/pgaudit/internal/event"
+	"github.com/pgaudit-proxy/pgaudit/internal/lru"
+	"github.com/pgaudit-proxy/pgaudit/internal/sqlscan"
+	"github.com/pgaudit-proxy/pgaudit/rules"
 )
 
 // SamplerConfig configures a Sampler. Stats, Emit and one of Explainer or
 // ExplainerFor are required.
 type SamplerConfig struct {
 	// Stats is where shapes come from (in order of total time).
-	Stats *Stats
+	Stats *analyzer.Stats
 	// Explainer explains every shape, unless ExplainerFor is set.
 	Explainer *Explainer
 	// ExplainerFor picks the explainer for the database and client user
@@ -114,13 +119,13 @@ type Sampler struct {
 	cfg  SamplerConfig
 	log  zerolog.Logger
 	now  func() time.Time
-	seen *lru[Fingerprint, *shapeExample]
+	seen *lru.Cache[event.Fingerprint, *shapeExample]
 
 	mu      sync.Mutex // serializes rounds; guards checked
-	checked map[Fingerprint]time.Time
+	checked map[event.Fingerprint]time.Time
 	// userCode holds the shapes whose check found user code: they are
 	// never explained again (bounded like seen).
-	userCode *lru[Fingerprint, struct{}]
+	userCode *lru.Cache[event.Fingerprint, struct{}]
 	// writeReadings holds, per table, the reading of its write counters
 	// that the next write rate is measured from (guarded by mu).
 	writeReadings map[tableRef]writeReading
@@ -209,9 +214,9 @@ func NewSampler(cfg SamplerConfig) (*Sampler, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		now:      cfg.Now,
-		seen:     newLRU[Fingerprint, *shapeExample](cfg.ExampleSlots),
-		userCode: newLRU[Fingerprint, struct{}](cfg.ExampleSlots),
-		checked:  make(map[Fingerprint]time.Time),
+		seen:     lru.New[event.Fingerprint, *shapeExample](cfg.ExampleSlots),
+		userCode: lru.New[event.Fingerprint, struct{}](cfg.ExampleSlots),
+		checked:  make(map[event.Fingerprint]time.Time),
 		trigger:  make(chan struct{}, 1),
 	}, nil
 }
@@ -223,20 +228,20 @@ func NewSampler(cfg SamplerConfig) (*Sampler, error) {
 // another database or user is held (that one may still be planned as its
 // own role), until a later execution succeeds: a statement its client was
 // denied is not planned for it. It implements Observer; it does no I/O.
-func (s *Sampler) Observe(a *Analyzed) {
-	if a.Shape == nil || a.Event == nil || a.Event.Kind != KindStatement {
+func (s *Sampler) Observe(a *analyzer.Analyzed) {
+	if a.Shape == nil || a.Event == nil || a.Event.Kind != event.KindStatement {
 		return
 	}
 	db, user := a.Event.Database, a.Event.User
-	old, ok := s.seen.get(a.Shape.Fingerprint)
+	old, ok := s.seen.Get(a.Shape.Fingerprint)
 	if PrivilegeError(a.Event.SQLState) {
 		if !ok || old.denied || (old.database == db && old.user == user) {
-			s.seen.add(a.Shape.Fingerprint, &shapeExample{denied: true, at: a.Event.Start})
+			s.seen.Add(a.Shape.Fingerprint, &shapeExample{denied: true, at: a.Event.Start})
 		}
 		return
 	}
 	text := ""
-	if a.Event.SQLState == "" && len(a.Event.Text) <= maxExampleText && a.Event.Protocol != ProtocolLog {
+	if a.Event.SQLState == "" && len(a.Event.Text) <= maxExampleText && a.Event.Protocol != event.ProtocolLog {
 		text = a.Event.Text
 	}
 	if ok {
@@ -246,13 +251,13 @@ func (s *Sampler) Observe(a *Analyzed) {
 		if ok && old.database == db && old.user == user && old.params != nil && a.Event.Start.Sub(old.at) < exampleRefresh {
 			return // a recent example with parameters is held
 		}
-		s.seen.add(a.Shape.Fingerprint, s.carry(old, &shapeExample{database: db, user: user, params: slices.Clone(a.Event.Params), text: text, at: a.Event.Start}, ok))
+		s.seen.Add(a.Shape.Fingerprint, s.carry(old, &shapeExample{database: db, user: user, params: slices.Clone(a.Event.Params), text: text, at: a.Event.Start}, ok))
 		return
 	}
 	if ok && !old.denied && old.database == db && old.user == user {
 		return // keep the example already held
 	}
-	s.seen.add(a.Shape.Fingerprint, s.carry(old, &shapeExample{database: db, user: user, text: text, at: a.Event.Start}, ok))
+	s.seen.Add(a.Shape.Fingerprint, s.carry(old, &shapeExample{database: db, user: user, text: text, at: a.Event.Start}, ok))
 }
 
 // PrivilegeError reports whether a SQLSTATE is a privilege or
@@ -284,7 +289,7 @@ func (s *Sampler) carry(old, ex *shapeExample, ok bool) *shapeExample {
 
 // account adds d to the shape's cost and asks for a round when a shape not
 // yet explained crosses TriggerCost.
-func (s *Sampler) account(fp Fingerprint, ex *shapeExample, d time.Duration) {
+func (s *Sampler) account(fp event.Fingerprint, ex *shapeExample, d time.Duration) {
 	if s.cfg.TriggerCost < 0 || ex.triggered.Load() {
 		return
 	}
@@ -351,14 +356,14 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 		if now.Sub(at) >= s.cfg.ExplainInterval {
 			delete(s.checked, fp)
 			s.checkedFPs.Delete(fp)
-			if ex, ok := s.seen.get(fp); ok {
+			if ex, ok := s.seen.Get(fp); ok {
 				ex.cost.Store(0)
 				ex.triggered.Store(false)
 			}
 		}
 	}
 	done, tried := 0, 0
-	for _, sh := range s.cfg.Stats.TopShapes(ByTotalTime, s.cfg.TopShapes) {
+	for _, sh := range s.cfg.Stats.TopShapes(analyzer.ByTotalTime, s.cfg.TopShapes) {
 		if ctx.Err() != nil || tried >= s.cfg.MaxPerRound {
 			break
 		}
@@ -368,11 +373,11 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 		if _, ok := s.checked[sh.Fingerprint]; ok {
 			continue
 		}
-		if _, ok := s.userCode.get(sh.Fingerprint); ok {
+		if _, ok := s.userCode.Get(sh.Fingerprint); ok {
 			continue
 		}
 		ex := &shapeExample{}
-		if e, ok := s.seen.get(sh.Fingerprint); ok {
+		if e, ok := s.seen.Get(sh.Fingerprint); ok {
 			ex = e // its fields but the counters are never modified
 		}
 		if ex.denied {
@@ -416,7 +421,7 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 				break
 			}
 			if errors.Is(err, ErrRunsUserCode) {
-				s.userCode.add(sh.Fingerprint, struct{}{})
+				s.userCode.Add(sh.Fingerprint, struct{}{})
 				s.userCodeN.Add(1)
 				s.log.Info().Str("fingerprint", sh.Fingerprint.String()).Str("reason", err.Error()).Msg("explain sampler: shape not explained, planning it would run user-defined code")
 				continue
@@ -451,7 +456,7 @@ func (s *Sampler) RunOnce(ctx context.Context) int {
 // inspection and returns the findings (seq-scan first for each scanned
 // table, then its missing-index finding). database may be empty. Pure:
 // no I/O.
-func PlanFindings(sh *ShapeStats, database string, in *Inspection, cfg rules.Config) []*rules.Finding {
+func PlanFindings(sh *analyzer.ShapeStats, database string, in *Inspection, cfg rules.Config) []*rules.Finding {
 	shape := rules.PlanShapeFacts{
 		Fingerprint: sh.Fingerprint.String(),
 		Query:       sh.Query,
@@ -530,20 +535,20 @@ func PlanFindings(sh *ShapeStats, database string, in *Inspection, cfg rules.Con
 // made it from a column position, and EXPLAIN of it would fail or mean
 // something else.
 func positionalParamRef(q string) bool {
-	l := newLexer(q)
+	l := sqlscan.New(q)
 	var prev string // previous significant token, upper-cased when an ident
 	inList := false
 	for {
-		kind, s, e, ok := l.next()
+		kind, s, e, ok := l.Next()
 		if !ok {
 			return false
 		}
-		if kind == tokSpace || kind == tokComment {
+		if kind == sqlscan.Space || kind == sqlscan.Comment {
 			continue
 		}
 		tok := q[s:e]
 		switch kind {
-		case tokIdent:
+		case sqlscan.Ident:
 			up := strings.ToUpper(tok)
 			if up == "BY" && (prev == "GROUP" || prev == "ORDER") {
 				inList = true
@@ -555,11 +560,11 @@ func positionalParamRef(q string) bool {
 			}
 			prev = up
 			continue
-		case tokParam:
+		case sqlscan.Param:
 			if inList && (prev == "BY" || prev == ",") {
 				return true
 			}
-		case tokOther:
+		case sqlscan.Other:
 			if tok == ")" || tok == ";" {
 				inList = false
 			}
