@@ -46,6 +46,15 @@ const cancelTTLMask = 0x03
 // peerCancelDialTimeout bounds forwarding a cancel to a peer.
 const peerCancelDialTimeout = 5 * time.Second
 
+// maxCancelForwardsInFlight caps the CancelRequests this process forwards
+// to peers at once. Each forward dials a peer and may wait up to
+// peerCancelDialTimeout; without a cap, a flood of forged keys naming
+// another peer id would become as many dials and goroutines held for
+// seconds. A forward over the cap is dropped and counted as forward_failed,
+// like one whose peer does not answer: a cancel is best effort, in
+// Postgres too.
+const maxCancelForwardsInFlight = 64
+
 // ValidatePeers checks peer_id and the [peers] map.
 func ValidatePeers(id int, peers map[int]string) error {
 	if id < 0 || id > MaxPeerID {
@@ -210,6 +219,8 @@ func (p *Proxy) servePeers(l net.Listener) {
 // cancelCounters counts what became of CancelRequests (CancelCounts).
 type cancelCounters struct {
 	local, forwarded, forwardFailed, unknown, fromPeers atomic.Int64
+	// forwarding is the number of forwards in flight (forwardToPeer).
+	forwarding atomic.Int64
 }
 
 // CancelCounts says what became of the CancelRequests this process
@@ -225,7 +236,8 @@ type CancelCounts struct {
 	// that peer.
 	Forwarded int64
 	// ForwardFailed: the key carried another peer's id, but the peer is
-	// not in [peers], its address did not answer, or the TTL was spent.
+	// not in [peers], its address did not answer, the TTL was spent, or
+	// maxCancelForwardsInFlight forwards were already under way.
 	ForwardFailed int64
 	// Unknown: the key matched nothing here and named no other peer.
 	Unknown int64
@@ -260,7 +272,14 @@ func (p *Proxy) forwardToPeer(cfg *Config, peer int, st *wire.Startup) {
 		p.log.Info().Uint32("pid", st.PID).Int("peer", peer).Msg("cancel request for an unknown peer ignored")
 		return
 	}
+	if n := p.counters.cancels.forwarding.Add(1); n > maxCancelForwardsInFlight {
+		p.counters.cancels.forwarding.Add(-1)
+		p.counters.cancels.forwardFailed.Add(1)
+		p.log.Debug().Int("peer", peer).Msg("cancel request not forwarded: too many forwards under way") // counted; a flood must not flood the log too
+		return
+	}
 	sent, err := forwardCancel(addr, st.PID, st.Key)
+	p.counters.cancels.forwarding.Add(-1)
 	if sent && err == nil {
 		p.counters.cancels.forwarded.Add(1)
 	} else {

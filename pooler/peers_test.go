@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
@@ -254,4 +255,52 @@ func TestPeerListenStaleSocket(t *testing.T) {
 		t.Fatalf("the live process's peer socket is gone: %v", err)
 	}
 	_ = c.Close()
+}
+
+// TestPeerCancelForwardsCapped: a flood of CancelRequests whose keys name a
+// peer that accepts and then never answers holds at most
+// maxCancelForwardsInFlight dials to it at a time; the rest are dropped
+// and counted as forward_failed at once, and when the peer lets go, the
+// forwards in flight end and are counted as forwarded.
+func TestPeerCancelForwardsCapped(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	held := make(chan net.Conn, 4*maxCancelForwardsInFlight)
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			held <- c
+		}
+	}()
+	p := testProxy(t, func(c *Config) { c.PeerID, c.Peers = 1, map[int]string{2: silent.Addr().String()} })
+	const flood = maxCancelForwardsInFlight + 36
+	for range flood {
+		pid, key := newPeerCancelKey(2)
+		nc := dialRaw(t, p.Addr().String())
+		if _, err := nc.Write(wire.AppendCancelRequest(nil, pid, key)); err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+	}
+	testutil.Eventually(t, 10*time.Second, "the flood to be sorted", func() bool {
+		return p.CancelCounts().ForwardFailed == flood-maxCancelForwardsInFlight && len(held) == maxCancelForwardsInFlight
+	})
+	if got := p.counters.cancels.forwarding.Load(); got != maxCancelForwardsInFlight {
+		t.Fatalf("%d forwards in flight, want the cap %d", got, maxCancelForwardsInFlight)
+	}
+	for range maxCancelForwardsInFlight {
+		(<-held).Close()
+	}
+	testutil.Eventually(t, 10*time.Second, "the held forwards to end", func() bool {
+		return p.CancelCounts().Forwarded == maxCancelForwardsInFlight && p.counters.cancels.forwarding.Load() == 0
+	})
+	if n := len(held); n != 0 {
+		t.Errorf("%d more dials reached the silent peer after the cap", n)
+	}
 }
