@@ -84,6 +84,13 @@ func TestMetrics(t *testing.T) {
 		"pgaudit_explain_user_code_total":             "COUNTER",
 		"pgaudit_cancel_requests_total":               "COUNTER",
 		"pgaudit_peer_cancel_requests_received_total": "COUNTER",
+		"pgaudit_login_connections":                   "GAUGE",
+		"pgaudit_login_evictions_total":               "COUNTER",
+		"pgaudit_clients_rejected_total":              "COUNTER",
+		"pgaudit_auth_failures_total":                 "COUNTER",
+		"pgaudit_client_buffer_bytes":                 "GAUGE",
+		"pgaudit_client_buffer_budget_bytes":          "GAUGE",
+		"pgaudit_client_buffer_budget_exceeded_total": "COUNTER",
 		"go_goroutines":                               "GAUGE",
 		"process_cpu_seconds_total":                   "COUNTER",
 	}

@@ -330,6 +330,21 @@ var (
 		[]string{"result"}, nil)
 	descPeerCancels = prometheus.NewDesc("pgaudit_peer_cancel_requests_received_total",
 		"CancelRequests forwarded to this process by its peers (peer_listen); also counted in pgaudit_cancel_requests_total.", nil, nil)
+	descLoggingIn = prometheus.NewDesc("pgaudit_login_connections",
+		"Connections that have not finished logging in; each holds one of max_login_clients slots.", nil, nil)
+	descLoginEvicted = prometheus.NewDesc("pgaudit_login_evictions_total",
+		"Unauthenticated connections closed to make room for newer ones because max_login_clients slots were full (a flood of silent sockets).", nil, nil)
+	descClientsRejected = prometheus.NewDesc("pgaudit_clients_rejected_total",
+		"Authenticated clients refused with 53300 because max_client_conn was reached.", nil, nil)
+	descAuthFailures = prometheus.NewDesc("pgaudit_auth_failures_total",
+		"Client logins that failed authentication.", nil, nil)
+	descBufferBytes = prometheus.NewDesc("pgaudit_client_buffer_bytes",
+		"Bytes of client messages being received that are charged to a buffer budget now: budget=client (client_buffer_budget) or login (connections logging in).",
+		[]string{"budget"}, nil)
+	descBufferBudget = prometheus.NewDesc("pgaudit_client_buffer_budget_bytes",
+		"client_buffer_budget: what all clients' messages being received may hold together.", nil, nil)
+	descBudgetExceeded = prometheus.NewDesc("pgaudit_client_buffer_budget_exceeded_total",
+		"Clients ended with FATAL 53200 because a message did not fit in client_buffer_budget or the login budget.", nil, nil)
 	descExplainUserCode = prometheus.NewDesc("pgaudit_explain_user_code_total",
 		"Query shapes the EXPLAIN sampler refused because planning them would run user-defined functions.", nil, nil)
 )
@@ -346,6 +361,8 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 		descDatabasePaused, descDropped, descProcessed, descQueued, descPanics, descShapes, descFindings,
 		descExplainRounds, descExplainChecked, descExplainRefused, descExplainFailed, descExplainTimeouts,
 		descExplainFindings, descExplainUserCode, descCancels, descPeerCancels,
+		descLoggingIn, descLoginEvicted, descClientsRejected, descAuthFailures, descBufferBytes,
+		descBufferBudget, descBudgetExceeded,
 	} {
 		ch <- d
 	}
@@ -369,6 +386,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descCancels, float64(cc.ForwardFailed), "forward_failed")
 		counter(descCancels, float64(cc.Unknown), "unknown")
 		counter(descPeerCancels, float64(cc.FromPeers))
+		lc := p.LimitCounts()
+		gauge(descLoggingIn, float64(lc.LoggingIn))
+		counter(descLoginEvicted, float64(lc.LoginEvicted))
+		counter(descClientsRejected, float64(lc.Rejected))
+		counter(descAuthFailures, float64(lc.AuthFailures))
+		gauge(descBufferBytes, float64(lc.BufferedBytes), "client")
+		gauge(descBufferBytes, float64(lc.LoginBufferedBytes), "login")
+		gauge(descBufferBudget, float64(lc.BufferBudget))
+		counter(descBudgetExceeded, float64(lc.BudgetExceeded))
 	}
 	for _, s := range a.poolStats() {
 		db, user := s.Database, s.User

@@ -157,6 +157,47 @@ func (p *Proxy) LoginCount() int {
 	return p.silent.Len() + p.started.Len()
 }
 
+// LimitCounts is what the client limits (max_login_clients,
+// max_client_conn, client_buffer_budget) hold now and what they did since
+// the process started: the numbers an operator watches to see a flood of
+// silent sockets or oversized messages being absorbed.
+type LimitCounts struct {
+	// LoggingIn: connections that have not finished logging in (each
+	// holds a max_login_clients slot).
+	LoggingIn int
+	// LoginEvicted: unauthenticated connections closed to make room for
+	// newer ones when the login slots were full.
+	LoginEvicted int64
+	// Rejected: authenticated clients refused by max_client_conn.
+	Rejected int64
+	// AuthFailures: logins that failed authentication.
+	AuthFailures int64
+	// BufferedBytes and BufferBudget: bytes of client messages being
+	// received that are charged to client_buffer_budget now, and its limit.
+	BufferedBytes, BufferBudget int64
+	// LoginBufferedBytes: the same for connections still logging in
+	// (their own 16 MiB budget).
+	LoginBufferedBytes int64
+	// BudgetExceeded: clients ended with 53200 because a message did not
+	// fit in client_buffer_budget (or the login budget).
+	BudgetExceeded int64
+}
+
+// LimitCounts returns the limit gauges and counters; safe from any
+// goroutine. It takes p.mu briefly (for LoggingIn), never during I/O.
+func (p *Proxy) LimitCounts() LimitCounts {
+	return LimitCounts{
+		LoggingIn:          p.LoginCount(),
+		LoginEvicted:       p.counters.loginEvicted.Load(),
+		Rejected:           p.counters.rejected.Load(),
+		AuthFailures:       p.counters.authFailures.Load(),
+		BufferedBytes:      p.budget.Used(),
+		BufferBudget:       p.budget.Limit(),
+		LoginBufferedBytes: p.loginBudget.Used(),
+		BudgetExceeded:     p.counters.budgetFatal.Load(),
+	}
+}
+
 // BufferedClientBytes returns the bytes charged to client_buffer_budget
 // now: client messages being assembled in buffers beyond each
 // connection's own.
@@ -180,6 +221,7 @@ func (p *Proxy) newClientConn(nc net.Conn) *wire.Conn {
 // budgetFatal is the error for a client whose message does not fit in
 // client_buffer_budget (or, while it logs in, in loginBufferBudget).
 func (p *Proxy) budgetFatal(be *wire.BufferBudgetError) *wire.Error {
+	p.counters.budgetFatal.Add(1)
 	if be.Budget == p.loginBudget {
 		return &wire.Error{Severity: "FATAL", Code: wire.CodeOutOfMemory,
 			Message: fmt.Sprintf("pgaudit: buffered bytes of connections logging in exceed their limit (%s)", wire.FormatBytes(be.Limit)),

@@ -216,6 +216,9 @@ func TestClientBufferBudget(t *testing.T) {
 			if want := "pgaudit: buffered client bytes exceed client_buffer_budget (4 MiB)"; er.Message != want {
 				t.Errorf("message %q, want %q", er.Message, want)
 			}
+			if lc := p.LimitCounts(); lc.BudgetExceeded != 1 || lc.BufferBudget != 4<<20 {
+				t.Errorf("limit counts %+v: want one budget refusal of a 4 MiB budget", lc)
+			}
 			<-werr // may fail: the proxy stopped reading
 
 			// Nobody else is hurt: the bystander queries, and the holder's
@@ -279,7 +282,10 @@ func TestSilentSocketFlood(t *testing.T) {
 		silent[i] = dialRaw(t, addr)
 	}
 	// The proxy has accepted them all.
-	testutil.Eventually(t, 10*time.Second, "the proxy accepted every silent socket", func() bool { return p.counters.loginEvicted.Load()+int64(p.LoginCount()) >= silentN })
+	testutil.Eventually(t, 10*time.Second, "the proxy accepted every silent socket", func() bool {
+		lc := p.LimitCounts()
+		return lc.LoginEvicted+int64(lc.LoggingIn) >= silentN
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	// Real clients log in and query, several at once and one after another,
@@ -438,6 +444,9 @@ func TestLoginBufferBudget(t *testing.T) {
 	wantFatal(t, er, "53200")
 	if want := "pgaudit: buffered bytes of connections logging in exceed their limit (64 KiB)"; er.Message != want {
 		t.Errorf("message %q, want %q", er.Message, want)
+	}
+	if lc := p.LimitCounts(); lc.BudgetExceeded != 1 || lc.BufferedBytes != 0 {
+		t.Errorf("limit counts %+v: want one budget refusal and nothing charged to client_buffer_budget", lc)
 	}
 	// Authenticated clients still have all of client_buffer_budget.
 	conn, err := pgconn.Connect(context.Background(), userDSN(p, plainUser, plainPW, ""))

@@ -89,6 +89,7 @@ type Proxy struct {
 		authFailures atomic.Int64
 		rejected     atomic.Int64
 		loginEvicted atomic.Int64
+		budgetFatal  atomic.Int64   // clients ended with 53200 by a buffer budget
 		cancels      cancelCounters // see peers.go
 	}
 }
