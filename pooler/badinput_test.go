@@ -387,6 +387,15 @@ func TestMaxClientConn(t *testing.T) {
 	}
 	err := connectErr(t, proxyDSN(p, "", ""))
 	wantPgError(t, err, "FATAL", "53300", "")
+	// A full proxy refuses before authenticating: the first answer to the
+	// StartupMessage is the error, not an authentication request (no SCRAM
+	// or auth_query work is spent on a client that will be refused).
+	raw := newWireConn(t, dialRaw(t, p.Addr().String()))
+	raw.send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
+		Parameters: map[string]string{"user": "nobody_at_all", "database": "postgres"}})
+	if er, ok := raw.recv().(*pgproto3.ErrorResponse); !ok || er.Code != "53300" {
+		t.Fatalf("a client over max_client_conn got %#v first, want ErrorResponse 53300", er)
+	}
 	// A CancelRequest is not a client: it still works at the limit.
 	marker := fmt.Sprintf("at_limit_%d", time.Now().UnixNano())
 	done := runAsync(conns[0], fmt.Sprintf("select pg_sleep(30) /* %s */", marker))

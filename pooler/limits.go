@@ -121,6 +121,22 @@ func (p *Proxy) authenticated(c *wire.Conn, ls *loginSlot) error {
 	return nil
 }
 
+// refuseWhenFull refuses a client with 53300 before any authentication
+// work when max_client_conn clients are logged in already, as PgBouncer
+// refuses at accept: a full proxy must not spend a SCRAM exchange or an
+// auth_query on a client it will turn away. Nothing about the user is
+// looked at, so the answer reveals nothing. authenticated checks again
+// (others may finish logging in meanwhile).
+func (p *Proxy) refuseWhenFull(c *wire.Conn) error {
+	if limit := p.config().MaxClientConn; limit > 0 && p.authed.Load() >= int64(limit) {
+		p.counters.rejected.Add(1)
+		e := wire.Fatal(wire.CodeTooManyConnections, "no more connections allowed (max_client_conn)")
+		_ = c.SendError(e)
+		return e
+	}
+	return nil
+}
+
 // endConn releases what a connection held in the client limits.
 func (p *Proxy) endConn(ls *loginSlot) {
 	p.leaveLogin(ls)

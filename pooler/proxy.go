@@ -519,6 +519,9 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 		_ = c.SendError(e)
 		return nil, e
 	}
+	if err := p.refuseWhenFull(c); err != nil {
+		return nil, err
+	}
 	secret, found, err := p.lookupUser(ctx, dbName, user)
 	if err != nil {
 		// The lookup failed, whoever the user is: nothing about the
