@@ -134,14 +134,8 @@ func mergeFinding(byID map[string]*Finding, f rules.Finding) {
 		byID[f.ID] = &Finding{Finding: f.Clone(), Instances: 1}
 		return
 	}
-	count := cur.Count + f.Count
-	first := minTime(cur.FirstSeen, f.FirstSeen)
-	last := maxTime(cur.LastSeen, f.LastSeen)
 	open := cur.Open() || f.Open()
-	if f.LastSeen.After(cur.LastSeen) {
-		cur.Finding = f.Clone()
-	}
-	cur.Count, cur.FirstSeen, cur.LastSeen = count, first, last
+	cur.Finding = rules.MergeSeen(f, cur.Finding).Clone() // on a tie, the record merged first stays
 	if open {
 		cur.Status, cur.ResolvedAt, cur.Resolution = rules.StatusOpen, time.Time{}, ""
 	}
@@ -173,20 +167,6 @@ func addPool(dst, p *Pool) {
 	if dst.Mode != p.Mode {
 		dst.Mode = "mixed"
 	}
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
-		return b
-	}
-	return a
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
 }
 
 // sortFindings orders open before resolved, then by severity, count and id.

@@ -433,19 +433,10 @@ func (sc *sideScan) mergedFindings() []rules.Finding {
 	byID := map[string]rules.Finding{}
 	for _, m := range sc.findings {
 		for id, f := range m {
-			cur, ok := byID[id]
-			if !ok {
-				byID[id] = f
-				continue
+			if cur, ok := byID[id]; ok {
+				f = rules.MergeSeen(cur, f)
 			}
-			merged := f
-			if cur.LastSeen.After(f.LastSeen) {
-				merged = cur
-			}
-			merged.Count = cur.Count + f.Count
-			merged.FirstSeen = minTime(cur.FirstSeen, f.FirstSeen)
-			merged.LastSeen = maxTime(cur.LastSeen, f.LastSeen)
-			byID[id] = merged
+			byID[id] = f
 		}
 	}
 	out := make([]rules.Finding, 0, len(byID))
@@ -454,20 +445,6 @@ func (sc *sideScan) mergedFindings() []rules.Finding {
 	}
 	admin.SortFindings(out)
 	return out
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
-		return b
-	}
-	return a
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
 }
 
 // lastPools returns the latest pool record of each (run, database, user);

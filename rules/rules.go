@@ -132,6 +132,30 @@ const (
 // Open reports whether f is open (Status empty or StatusOpen).
 func (f *Finding) Open() bool { return f.Status != StatusResolved }
 
+// MergeSeen combines two records of the same finding (same ID) from
+// different sources — runs in audit logs, or instances of a fleet: counts
+// add up, first and last seen widen to span both, and everything else
+// (text, evidence, status) is the record last seen. Callers that merge
+// concurrent sources decide status themselves (fleet: open if open
+// anywhere). Neither argument is modified; the result shares their slices
+// and maps, so Clone it before changing those.
+func MergeSeen(a, b Finding) Finding {
+	merged := b
+	if a.LastSeen.After(b.LastSeen) {
+		merged = a
+	}
+	merged.Count = a.Count + b.Count
+	merged.FirstSeen = a.FirstSeen
+	if merged.FirstSeen.IsZero() || (!b.FirstSeen.IsZero() && b.FirstSeen.Before(merged.FirstSeen)) {
+		merged.FirstSeen = b.FirstSeen
+	}
+	merged.LastSeen = a.LastSeen
+	if b.LastSeen.After(merged.LastSeen) {
+		merged.LastSeen = b.LastSeen
+	}
+	return merged
+}
+
 // StableID builds a finding id from a rule id and the parts that identify
 // the problem (fingerprint, table).
 func StableID(rule string, parts ...string) string {

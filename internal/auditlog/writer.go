@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"maps"
 	mrand "math/rand/v2"
 	"net/url"
 	"slices"
@@ -406,7 +407,7 @@ func (a *Log) WriteStatement(an *Statement) {
 	}
 	if len(an.Tags) > 0 {
 		d := zerolog.Dict()
-		for _, k := range sortedKeys(an.Tags) {
+		for _, k := range slices.Sorted(maps.Keys(an.Tags)) {
 			d = d.Str(k, an.Tags[k])
 		}
 		e = e.Dict("tags", d)
@@ -424,15 +425,6 @@ func (a *Log) WriteStatement(an *Statement) {
 	if a.cfg.Mirror != nil {
 		a.cfg.Mirror.MirrorStatement(Header{Time: ts, RunID: a.runID}, an)
 	}
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // WriteStats writes a stats record with v (any value encoding/json can
@@ -546,7 +538,7 @@ func annotationComments(ignore []string, tags map[string]string) string {
 	}
 	if len(tags) > 0 {
 		b.WriteString(" /*")
-		for i, k := range sortedKeys(tags) {
+		for i, k := range slices.Sorted(maps.Keys(tags)) {
 			if i > 0 {
 				b.WriteByte(',')
 			}

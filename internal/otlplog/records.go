@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -163,7 +164,7 @@ func (e *Exporter) MirrorStatement(h auditlog.Header, st *auditlog.Statement) {
 	if ev.Detail != "" {
 		r.AddAttributes(attribute.String("pgaudit.detail", ev.Detail))
 	}
-	for _, k := range sortedKeys(st.Tags) {
+	for _, k := range slices.Sorted(maps.Keys(st.Tags)) {
 		r.AddAttributes(attribute.String("pgaudit.tags."+k, st.Tags[k]))
 	}
 	if len(st.Ignore) > 0 {
@@ -382,13 +383,4 @@ func logValue(v any) (attribute.Value, bool) {
 		return attribute.MapValue(kvs...), true
 	}
 	return attribute.Value{}, false
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
