@@ -228,6 +228,27 @@ func waiter(cmd *exec.Cmd) *cmdWaiter {
 	return w
 }
 
+// startPgbench starts pgbench with args, its output collected in the
+// returned buffer (read it only after wait). The command is killed and
+// waited for when the test ends unless the test waited for it already.
+func startPgbench(t *testing.T, ctx context.Context, bin string, args ...string) (*bytes.Buffer, *cmdWaiter) {
+	t.Helper()
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w := waiter(cmd)
+	t.Cleanup(func() {
+		if !w.done() {
+			_ = cmd.Process.Kill()
+			_ = w.wait()
+		}
+	})
+	return &out, w
+}
+
 // wait returns the command's exit error, waiting for it once.
 func (w *cmdWaiter) wait() error {
 	if !w.got {
@@ -351,19 +372,7 @@ func TestFleetCancelAcrossProcesses(t *testing.T) {
 	shared := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
 
 	// pgbench through the shared port for the whole test.
-	var bench bytes.Buffer
-	pgb := exec.CommandContext(ctx, c.Bin("pgbench"), "-n", "-S", "-c", "9", "-j", "2", "-T", "20", shared)
-	pgb.Stdout, pgb.Stderr = &bench, &bench
-	if err := pgb.Start(); err != nil {
-		t.Fatal(err)
-	}
-	benchWait := waiter(pgb)
-	defer func() {
-		if !benchWait.done() {
-			_ = pgb.Process.Kill()
-			_ = benchWait.wait()
-		}
-	}()
+	bench, benchWait := startPgbench(t, ctx, c.Bin("pgbench"), "-n", "-S", "-c", "9", "-j", "2", "-T", "20", shared)
 
 	// Three clients on every process; the kernel picks, the key tells.
 	const perProc = 3
@@ -595,19 +604,7 @@ func TestFleetRollingRestart(t *testing.T) {
 
 	// And pgbench, connecting anew for each transaction (-C), as a
 	// client that reconnects does; it aborts on any error.
-	var bench bytes.Buffer
-	pgb := exec.CommandContext(ctx, c.Bin("pgbench"), "-n", "-C", "-c", "4", "-j", "2", "-T", "10", shared)
-	pgb.Stdout, pgb.Stderr = &bench, &bench
-	if err := pgb.Start(); err != nil {
-		t.Fatal(err)
-	}
-	benchWait := waiter(pgb)
-	defer func() {
-		if !benchWait.done() {
-			_ = pgb.Process.Kill()
-			_ = benchWait.wait()
-		}
-	}()
+	bench, benchWait := startPgbench(t, ctx, c.Bin("pgbench"), "-n", "-C", "-c", "4", "-j", "2", "-T", "10", shared)
 	// 2. The replacement.
 	repl := startFleetProc(t, ctx, fs, 2)
 	time.Sleep(time.Second)
