@@ -262,8 +262,7 @@ func (r *eventRelay) sweep() {
 						continue // its own timeout fires now
 					}
 					if s.parkable.Load() && ns-s.active.Load() >= int64(r.parkAfter) {
-						s.parkReq.Store(true)
-						_ = s.client.SetReadDeadline(aLongTimeAgo)
+						s.requestPark()
 					}
 				}
 			}
@@ -494,4 +493,22 @@ func (p *Proxy) ParkedClients() int {
 		l.mu.Unlock()
 	}
 	return n
+}
+
+// requestPark asks a running session to park: parkReq and a read deadline
+// in the past, together under parkMu, so that the run loop never takes
+// this deadline's timeout for client_idle_timeout (see takeParkRequest).
+func (s *Session) requestPark() {
+	s.parkMu.Lock()
+	s.parkReq.Store(true)
+	_ = s.client.SetReadDeadline(aLongTimeAgo)
+	s.parkMu.Unlock()
+}
+
+// takeParkRequest is the run loop's check, after a read timed out, that
+// the sweeper asked it to park; it clears the request.
+func (s *Session) takeParkRequest() bool {
+	s.parkMu.Lock()
+	defer s.parkMu.Unlock()
+	return s.parkReq.Swap(false)
 }

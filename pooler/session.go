@@ -210,6 +210,7 @@ type Session struct {
 	// (s.mu).
 	parkable           atomic.Bool
 	resumed            bool
+	parkMu             sync.Mutex // orders parkReq with its deadline
 	parkState          atomic.Int32
 	parkReq            atomic.Bool
 	active             atomic.Int64
@@ -274,7 +275,7 @@ func (s *Session) run(ctx context.Context) error {
 	for {
 		typ, raw, err := s.client.R.ReadMessage()
 		if err != nil {
-			if s.parkReq.Swap(false) && wire.IsTimeout(err) {
+			if wire.IsTimeout(err) && s.takeParkRequest() {
 				// The sweeper asked this idle session to park.
 				if s.park() {
 					parked = true
@@ -287,7 +288,12 @@ func (s *Session) run(ctx context.Context) error {
 				}
 				// Not idle after all: ask again after park_after.
 				s.active.Store(time.Now().UnixNano())
-				s.restoreReadDeadline()
+				s.parkMu.Lock()
+				if !s.parkReq.Load() {
+					// (A request made meanwhile keeps its deadline.)
+					s.restoreReadDeadline()
+				}
+				s.parkMu.Unlock()
 				continue
 			}
 			return s.clientReadError(err)

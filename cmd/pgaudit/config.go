@@ -227,6 +227,8 @@ type pgauditFile struct {
 	MaxClientConn      int       `toml:"max_client_conn"`
 	ClientLoginTimeout *Duration `toml:"client_login_timeout"`
 	MaxLoginClients    int       `toml:"max_login_clients"`
+	Relay              string    `toml:"relay"`
+	RelayParkAfter     *Duration `toml:"relay_park_after"`
 	ResultSampleEvery  int       `toml:"result_sample_every"`
 	MaxMessageSize     int       `toml:"max_message_size"`
 	ClientBufferBudget *ByteSize `toml:"client_buffer_budget"`
@@ -295,6 +297,7 @@ type proxyFlags struct {
 	upstream      string
 	poolMode      string
 	poolSize      int
+	relay         string
 	auditLog      string
 	logLevel      string
 	authType      string
@@ -452,6 +455,18 @@ func (l *settingsLoader) applyClientLimits() error {
 	}
 	if cfg.ClientLoginTimeout <= 0 {
 		cfg.ClientLoginTimeout = pooler.DefaultClientLoginTimeout
+	}
+	relay, err := pooler.ParseRelayMode(firstNonEmpty(fl.relay, g.Relay))
+	if err != nil {
+		return err
+	}
+	cfg.Relay = relay
+	cfg.RelayParkAfter = pooler.DefaultRelayParkAfter
+	if g.RelayParkAfter != nil {
+		if g.RelayParkAfter.Duration <= 0 {
+			return fmt.Errorf("relay_park_after must be positive")
+		}
+		cfg.RelayParkAfter = g.RelayParkAfter.Duration
 	}
 	cfg.MaxLoginClients = g.MaxLoginClients
 	if cfg.MaxLoginClients < 0 {
