@@ -286,8 +286,10 @@ func (s *Session) run(ctx context.Context) error {
 					}
 					return errParked
 				}
-				// Not idle after all: ask again after park_after.
-				s.active.Store(time.Now().UnixNano())
+				// Not idle after all (a transaction, a message half
+				// received): ask again after 8 x park_after more, so
+				// that such sessions are not woken every park_after.
+				s.active.Store(time.Now().UnixNano() + 7*int64(s.proxy.relay.parkAfter))
 				s.parkMu.Lock()
 				if !s.parkReq.Load() {
 					// (A request made meanwhile keeps its deadline.)
