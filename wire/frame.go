@@ -90,8 +90,11 @@ type pendingReader interface{ pending() bool }
 const keepBufferSize = 16 << 10
 
 // InSync reports whether every error so far struck between frames, so the
-// stream can still be read (after a read deadline, say).
-func (r *Reader) InSync() bool { return !r.desynced }
+// stream can still be read (after a read deadline, say) and a connection
+// can be handed to another user. It is false while a frame that a read
+// deadline interrupted is half-read (see ReadMessage): reading on
+// completes that frame, but the stream is not between frames.
+func (r *Reader) InSync() bool { return !r.desynced && r.partN == 0 }
 
 // NewReader returns a Reader over r that rejects message bodies larger than
 // maxBody bytes (DefaultMaxMessageSize when maxBody <= 0).
