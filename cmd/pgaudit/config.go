@@ -435,6 +435,18 @@ func (l *settingsLoader) applyPeers() error {
 	return pooler.ValidatePeers(l.cfg.PeerID, l.cfg.Peers)
 }
 
+// testRelay is set by this package's tests only (go test ./cmd/pgaudit
+// -relay=event): the relay of every proxy a test starts without choosing
+// one. Nil in the binary.
+var testRelay *string
+
+func testRelayDefault() string {
+	if testRelay == nil {
+		return ""
+	}
+	return *testRelay
+}
+
 // applyClientLimits: listen address, client connection and message limits.
 func (l *settingsLoader) applyClientLimits() error {
 	cfg, g, fl := l.cfg, l.g, l.fl
@@ -456,7 +468,7 @@ func (l *settingsLoader) applyClientLimits() error {
 	if cfg.ClientLoginTimeout <= 0 {
 		cfg.ClientLoginTimeout = pooler.DefaultClientLoginTimeout
 	}
-	relay, err := pooler.ParseRelayMode(firstNonEmpty(fl.relay, g.Relay))
+	relay, err := pooler.ParseRelayMode(firstNonEmpty(fl.relay, g.Relay, testRelayDefault()))
 	if err != nil {
 		return err
 	}

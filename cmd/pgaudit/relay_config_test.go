@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,16 +11,26 @@ import (
 	"github.com/pgaudit-proxy/pgaudit/pooler"
 )
 
+// The relay of proxies that tests start without choosing one: go test
+// ./cmd/pgaudit -relay=event runs the suite on the event relay.
+func init() {
+	testRelay = flag.String("relay", "", "relay of the proxies tests start: goroutine or event")
+}
+
 // TestRelaySettings: relay and relay_park_after from the file, --relay
 // over the file, and the errors for bad values.
 func TestRelaySettings(t *testing.T) {
+	def, err := pooler.ParseRelayMode(*testRelay) // goroutine unless -relay
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		file, flag string
 		relay      pooler.RelayMode
 		parkAfter  time.Duration
 		err        string
 	}{
-		{file: "", relay: pooler.RelayGoroutine, parkAfter: pooler.DefaultRelayParkAfter},
+		{file: "", relay: def, parkAfter: pooler.DefaultRelayParkAfter},
 		{file: `relay = "event"`, relay: pooler.RelayEvent, parkAfter: pooler.DefaultRelayParkAfter},
 		{file: "relay = \"event\"\nrelay_park_after = \"250ms\"", relay: pooler.RelayEvent, parkAfter: 250 * time.Millisecond},
 		{file: `relay = "event"`, flag: "goroutine", relay: pooler.RelayGoroutine, parkAfter: pooler.DefaultRelayParkAfter},
