@@ -562,7 +562,7 @@ idle_section() {
     if [[ $t2 == pgaudit-* ]]; then
       r=$(ratio "${kib[$t2]:-}" "${kib[pgbouncer]:-}")
       IDLE_ROWS[i]=${IDLE_ROWS[$i]/|RATIO|/|$r|}
-      sed -i -E "s/^($t2,.*),RATIO,/\1,$r,/" "$IDLE_CSV"
+      sed -i -E "s|^($t2,.*),RATIO,|\1,$r,|" "$IDLE_CSV"
     else
       IDLE_ROWS[i]=${IDLE_ROWS[$i]/|RATIO|/|-|}
     fi
