@@ -638,7 +638,9 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	s.writingDone = sync.NewCond(&s.mu)
 	c.SetWriteTimeout(pool.set().ClientWriteTimeout)
 	s.gucsKey = gucsKey(s.gucs)
-	s.log = p.log.With().Uint64("session", s.id).Str("user", user).Str("database", dbName).Logger()
+	// A hook adds the session's fields when a line is written: a context
+	// (With) would hold a 500-byte buffer per session for its life.
+	s.log = p.log.Hook(sessionLogHook{s})
 	key := make([]byte, 4)
 	_, _ = rand.Read(key)
 	var params map[string]string
@@ -686,7 +688,9 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	}
 	s.cancelPID, s.cancelKey = pid, key
 	s.mu.Lock()
-	s.reported = params
+	// Most clients of a pool are told the same values: they share one
+	// map until one of them changes (see ownReportedLocked).
+	s.reported, s.reportedShared = pool.shareParams(params), true
 	out := wire.AppendAuthOK(nil)
 	for _, name := range sortedKeys(params) {
 		out = wire.AppendParameterStatus(out, name, params[name])

@@ -3,6 +3,7 @@ package pooler
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"runtime"
 	"runtime/debug"
@@ -11,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
 
@@ -376,7 +378,14 @@ func (s *Session) park() bool {
 	}
 	if err != nil {
 		delete(l.parked, s.id)
-		s.parkState.Store(parkRunning)
+		if !s.parkState.CompareAndSwap(parkParked, parkRunning) {
+			// A wake came meanwhile (it waits for l.mu, then s.mu):
+			// it resumes the session, so this goroutine must end.
+			l.mu.Unlock()
+			s.resumed = true
+			s.mu.Unlock()
+			return true
+		}
 		s.parkLoop = nil
 		l.mu.Unlock()
 		s.log.Warn().Err(err).Msg("could not park idle session; it keeps its goroutine")
@@ -541,4 +550,43 @@ func (r *eventRelay) releaseMemory(now time.Time) {
 	r.parks.Store(0)
 	r.lastRelease = now
 	debug.FreeOSMemory()
+}
+
+// sessionLogHook adds a session's identity to each line its logger writes
+// (see login).
+type sessionLogHook struct{ s *Session }
+
+// Run implements zerolog.Hook.
+func (h sessionLogHook) Run(e *zerolog.Event, _ zerolog.Level, _ string) {
+	e.Uint64("session", h.s.id).Str("user", h.s.user).Str("database", h.s.database)
+}
+
+// ownReportedLocked gives the session its own copy of reported before it
+// changes it; s.mu held.
+func (s *Session) ownReportedLocked() {
+	if s.reportedShared {
+		s.reported = maps.Clone(s.reported)
+		s.reportedShared = false
+	}
+}
+
+// maxSharedParams bounds the distinct parameter sets a pool shares.
+const maxSharedParams = 8
+
+// shareParams returns a map equal to params that sessions of the pool
+// share (read-only: see Session.ownReportedLocked), so that thousands of
+// clients told the same ParameterStatus values hold one map, not one
+// each. params itself is kept when no equal map is known.
+func (pl *Pool) shareParams(params map[string]string) map[string]string {
+	pl.paramsMu.Lock()
+	defer pl.paramsMu.Unlock()
+	for _, m := range pl.sharedParams {
+		if maps.Equal(m, params) {
+			return m
+		}
+	}
+	if len(pl.sharedParams) < maxSharedParams {
+		pl.sharedParams = append(pl.sharedParams, params)
+	}
+	return params
 }

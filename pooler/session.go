@@ -145,14 +145,17 @@ type Session struct {
 	// reported holds the ParameterStatus values the client has been
 	// sent; heldParams (name, value pairs) and heldZ are what the server
 	// said while a Query with holdZ and its restore query run.
-	reported    map[string]string
-	heldParams  []string
-	heldZ       []byte
-	pendingWait time.Duration
-	txSeq       uint64
-	closed      bool
-	lastFatal   bool
-	acquiring   bool // info: waiting for a server connection
+	reported map[string]string
+	// reportedShared says reported is the pool's shared copy (see
+	// Pool.shareParams): clone it before writing.
+	reportedShared bool
+	heldParams     []string
+	heldZ          []byte
+	pendingWait    time.Duration
+	txSeq          uint64
+	closed         bool
+	lastFatal      bool
+	acquiring      bool // info: waiting for a server connection
 	// copyInExtended is set between an Execute's CopyInResponse and the
 	// client's CopyDone/CopyFail.
 	copyInExtended bool
@@ -881,6 +884,7 @@ func (s *Session) releaseHeldLocked() {
 		if v, ok := s.reported[name]; ok && v == final[name] {
 			continue
 		}
+		s.ownReportedLocked()
 		s.reported[name] = final[name]
 		s.sendLocked(wire.AppendParameterStatus(nil, name, final[name]))
 	}
@@ -1839,6 +1843,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			return false
 		}
 		if s.reported != nil {
+			s.ownReportedLocked()
 			s.reported[name] = value
 		}
 		s.sendLocked(raw)
