@@ -103,9 +103,11 @@ type eventLoop struct {
 	// evfd is an eventfd registered with epfd: writing it stops the loop.
 	evfd int
 
-	mu      sync.Mutex
-	parked  map[uint64]*Session
-	stopped bool
+	mu     sync.Mutex
+	parked map[uint64]*Session
+	// stopped: no more parking (eventRelay.stop); closed: epfd and evfd
+	// are closed (the loop has exited).
+	stopped, closed bool
 }
 
 // Epoll tokens: the session id shifted left by one, the low bit saying
@@ -205,8 +207,13 @@ func (r *eventRelay) loopFor(id uint64) *eventLoop { return r.loops[id%uint64(le
 func (l *eventLoop) run() {
 	defer l.r.p.wg.Done()
 	defer func() {
+		// Under mu, so that a wake in progress never uses a closed
+		// (or reused) descriptor.
+		l.mu.Lock()
+		l.closed = true
 		_ = unix.Close(l.epfd)
 		_ = unix.Close(l.evfd)
+		l.mu.Unlock()
 	}()
 	defer func() {
 		if rec := recover(); rec != nil {
@@ -450,9 +457,11 @@ func (s *Session) wake() {
 	}
 	l := s.parkLoop
 	l.mu.Lock()
-	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.clientFd, nil)
-	if s.serverFd >= 0 {
-		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.serverFd, nil)
+	if !l.closed {
+		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.clientFd, nil)
+		if s.serverFd >= 0 {
+			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.serverFd, nil)
+		}
 	}
 	delete(l.parked, s.id)
 	l.mu.Unlock()
