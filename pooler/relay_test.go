@@ -238,6 +238,11 @@ func TestRelayShutdownWhileParked(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitParked(t, p, relay, 2)
+		// A drain spares sessions younger than drainNewSessionGrace
+		// (drain.go; TestDrain covers that): these must be older, so
+		// their next statement gets 57P01. The wait is the rule under
+		// test, not synchronisation.
+		time.Sleep(drainNewSessionGrace)
 		done := make(chan struct{})
 		go func() { defer close(done); p.Shutdown(ctx) }()
 		for _, c := range conns[1:] {
