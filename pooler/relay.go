@@ -372,6 +372,10 @@ func (s *Session) park() bool {
 		s.mu.Unlock()
 		return false
 	}
+	// What a parked session does not need goes: the result hash (no
+	// result is in progress; a resumed session allocates it again for its
+	// next sampled statement).
+	s.resHash = nil
 	// parkParked before the sockets are registered: an event may come at
 	// once, and the loop must find the session parked.
 	s.parkLoop, s.clientFd, s.serverFd = l, clientFd, serverFd
@@ -395,7 +399,7 @@ func (s *Session) park() bool {
 		}
 		s.parkLoop = nil
 		l.mu.Unlock()
-		s.log.Warn().Err(err).Msg("could not park idle session; it keeps its goroutine")
+		s.logger().Warn().Err(err).Msg("could not park idle session; it keeps its goroutine")
 		s.client.RestoreBuffers()
 		s.restartReaderLocked()
 		s.mu.Unlock()

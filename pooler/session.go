@@ -63,6 +63,34 @@ func mayReset(text string) bool {
 		scanStatement(text)&flagResetGUC != 0
 }
 
+// setStmt records the client's statement name; the map is made by the
+// first one, so a session that never prepares holds none. Client goroutine
+// only.
+func (s *Session) setStmt(name string, def *stmtDef) {
+	if s.stmts == nil {
+		s.stmts = map[string]*stmtDef{}
+	}
+	s.stmts[name] = def
+}
+
+// setPortal records the client's portal name; the map is made by the first
+// one. Client goroutine only.
+func (s *Session) setPortal(name string, p *pending) {
+	if s.portals == nil {
+		s.portals = map[string]*pending{}
+	}
+	s.portals[name] = p
+}
+
+// logger returns the session's logger: the proxy's, with a hook that adds
+// the session's fields to each line written. It is made per call (logging
+// is rare on a session: errors, login, disconnect) rather than kept, so a
+// session does not hold a zerolog.Logger for its life.
+func (s *Session) logger() *zerolog.Logger {
+	l := s.proxy.log.Hook(sessionLogHook{s})
+	return &l
+}
+
 // live reports whether def names an existing statement for the client;
 // s.mu held.
 func (def *stmtDef) live() bool { return def != nil && !def.failed }
@@ -85,7 +113,6 @@ type Session struct {
 	client *wire.Conn
 	pool   *Pool
 	mode   PoolMode
-	log    zerolog.Logger
 
 	database, user, appName, clientAddr string
 	cancelPID                           uint32
@@ -162,6 +189,8 @@ type Session struct {
 	// writing is set while the client goroutine writes to the server
 	// outside the lock; the reader does not release the server meanwhile
 	// (the reply can arrive before the write call returns).
+	// writingDone (allocated by the first waiter) is broadcast when
+	// writing is cleared.
 	writing     bool
 	writingDone *sync.Cond
 	// queryTimer cancels the running request after query_timeout.
@@ -172,11 +201,12 @@ type Session struct {
 	// partRows counts DataRows of the Execute at the head of the queue.
 	partRows int64
 	// resHash hashes the DataRows of a sampled statement (resState
-	// resSampling); see hashRowLocked and endResultLocked.
-	resHash   maphash.Hash
-	resState  uint8
-	resSeeded bool
-	resRand   uint64 // xorshift state picking the sampled statements
+	// resSampling); see hashRowLocked and endResultLocked. It is
+	// allocated for the first sampled statement and dropped when the
+	// session parks (a parked session has no result in progress).
+	resHash  *maphash.Hash
+	resState uint8
+	resRand  uint64 // xorshift state picking the sampled statements
 	// groupStamped says an Execute of the current Sync group already
 	// opened a transaction number (the group is one implicit transaction).
 	groupStamped bool
@@ -728,7 +758,7 @@ func (s *Session) acquireFailed(err error, simple bool) error {
 	if e.Code != wire.CodeAdminShutdown {
 		e.Severity = "ERROR"
 	}
-	s.log.Warn().Err(err).Msg("could not get a server connection")
+	s.logger().Warn().Err(err).Msg("could not get a server connection")
 	s.mu.Lock()
 	s.sendLocked(e.AppendErrorResponse(nil))
 	if simple {
@@ -927,7 +957,9 @@ func (s *Session) writeServer(srv *Server, out []byte, flush bool) error {
 	}
 	s.mu.Lock()
 	s.writing = false
-	s.writingDone.Broadcast()
+	if s.writingDone != nil {
+		s.writingDone.Broadcast()
+	}
 	s.mu.Unlock()
 	if err != nil {
 		return s.serverWriteFailed(srv, err)
@@ -970,7 +1002,7 @@ func (s *Session) noteFlags(flags stmtFlags, text string) {
 			s.infoMu.Lock()
 			s.pinned = true
 			s.infoMu.Unlock()
-			s.log.Info().Str("feature", flags.detail()).Msg("client pinned to its server connection: statement needs a session")
+			s.logger().Info().Str("feature", flags.detail()).Msg("client pinned to its server connection: statement needs a session")
 		}
 		s.proxy.sink.Offer(&event.Event{
 			Kind: event.KindSessionState, Detail: flags.detail(), Text: text, SessionID: s.id,
@@ -1122,8 +1154,8 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 				s.sendLocked(e.AppendErrorResponse(nil))
 				s.skipUntilSync = true
 			} else {
-				s.stmts[parse.Name] = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), serverName: s.serverStmtName(parse.Query, parse.Types),
-					resets: flags&flagResetGUC != 0}
+				s.setStmt(parse.Name, &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), serverName: s.serverStmtName(parse.Query, parse.Types),
+					resets: flags&flagResetGUC != 0})
 				s.clientParses++
 				s.noteFlags(flags, parse.Query)
 				s.sendLocked([]byte{'1', 0, 0, 0, 4})
@@ -1179,7 +1211,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 					s.mu.Unlock()
 					return nil
 				}
-				s.stmts[parse.Name] = def
+				s.setStmt(parse.Name, def)
 				it.serverStmt = def.serverName
 				it.stmt = def
 				if srv.prepared.has(def.serverName) {
@@ -1192,14 +1224,14 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 					inject = nil
 				}
 			} else {
-				s.stmts[""] = def
+				s.setStmt("", def)
 				srv.unnamed = def
 			}
 			s.noteFlags(flags, parse.Query)
 		} else {
 			// Session mode forwards names unchanged; the text is kept
 			// for the audit events of later Executes.
-			s.stmts[parse.Name] = &stmtDef{query: parse.Query, resets: len(s.startupGUCs) > 0 && mayReset(parse.Query)}
+			s.setStmt(parse.Name, &stmtDef{query: parse.Query, resets: len(s.startupGUCs) > 0 && mayReset(parse.Query)})
 		}
 		if out != nil {
 			s.serverParses++
@@ -1236,7 +1268,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		if def != nil {
 			p.text, p.holdZ = def.query, def.resets
 		}
-		s.portals[string(bind.Portal)] = p
+		s.setPortal(string(bind.Portal), p)
 		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def), text: p.text, start: time.Now(),
 			paramHash: p.paramHash, numParams: p.numParams, params: p.params})
 	case 'D':
@@ -1574,7 +1606,7 @@ func (s *Session) dropUntilSyncLocked() {
 }
 
 func (s *Session) serverWriteFailed(srv *Server, err error) error {
-	s.log.Warn().Err(err).Msg("write to server failed")
+	s.logger().Warn().Err(err).Msg("write to server failed")
 	// The reader will see the broken connection and end the session.
 	s.mu.Lock()
 	s.closed = true
@@ -1653,7 +1685,7 @@ func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 	defer close(done)
 	defer func() {
 		if r := recover(); r != nil {
-			s.log.Error().Interface("panic", r).Msg("relay panic; closing session")
+			s.logger().Error().Interface("panic", r).Msg("relay panic; closing session")
 			s.mu.Lock()
 			if s.server == srv {
 				s.setServerLocked(nil)
@@ -1715,6 +1747,9 @@ func (s *Session) pump(srv *Server, inline bool) error {
 		}
 		if release {
 			for s.writing {
+				if s.writingDone == nil {
+					s.writingDone = sync.NewCond(&s.mu)
+				}
 				s.writingDone.Wait()
 			}
 			// The client may have sent more meanwhile.
@@ -1759,7 +1794,7 @@ func (s *Session) pump(srv *Server, inline bool) error {
 			if s.gucDirty {
 				s.gucDirty = false
 				if err := s.snapshotSettings(srv); err != nil {
-					s.log.Warn().Err(err).Msg("could not read session settings; closing server connection")
+					s.logger().Warn().Err(err).Msg("could not read session settings; closing server connection")
 					s.pool.destroy(srv)
 					return nil
 				}
@@ -1783,7 +1818,7 @@ func (s *Session) clientWriteFailedLocked(err error) {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() && !s.writeTimedOut {
 		s.writeTimedOut = true
-		s.log.Warn().Dur("client_write_timeout", s.pool.set().ClientWriteTimeout).
+		s.logger().Warn().Dur("client_write_timeout", s.pool.set().ClientWriteTimeout).
 			Msg("client does not read its results: closing it and its server connection")
 	}
 }
@@ -1791,9 +1826,9 @@ func (s *Session) clientWriteFailedLocked(err error) {
 // serverLost handles a server connection that failed while attached.
 func (s *Session) serverLost(srv *Server, err error, alreadyFatal bool) {
 	if !isRoutineDisconnect(err) {
-		s.log.Warn().Err(err).Msg("server connection failed")
+		s.logger().Warn().Err(err).Msg("server connection failed")
 	} else {
-		s.log.Info().Err(err).Msg("server closed the connection")
+		s.logger().Info().Err(err).Msg("server closed the connection")
 	}
 	s.pool.destroyBroken(srv)
 	// The server is likely restarting: do not hand out its siblings.
@@ -1858,7 +1893,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			if typ == 'E' {
 				_, code, msg := wire.ErrorFields(body)
 				if code != pgerrcode.InFailedSQLTransaction {
-					s.log.Warn().Str("code", code).Str("error", msg).Msg("could not restore startup settings")
+					s.logger().Warn().Str("code", code).Str("error", msg).Msg("could not restore startup settings")
 				}
 			}
 			return false
@@ -2125,7 +2160,7 @@ func (s *Session) incInFlightLocked() {
 // queryTimedOut cancels the request that ran past query_timeout; Postgres
 // answers it with 57014.
 func (s *Session) queryTimedOut() {
-	s.log.Warn().Dur("query_timeout", s.pool.set().QueryTimeout).Msg("query_timeout: canceling the running statement")
+	s.logger().Warn().Dur("query_timeout", s.pool.set().QueryTimeout).Msg("query_timeout: canceling the running statement")
 	s.cancel()
 }
 
@@ -2298,9 +2333,9 @@ func (s *Session) hashRowSlowLocked(body []byte) {
 			return
 		}
 		s.resState = resSampling
-		if !s.resSeeded {
+		if s.resHash == nil {
+			s.resHash = new(maphash.Hash)
 			s.resHash.SetSeed(s.proxy.resultSeed)
-			s.resSeeded = true
 		} else {
 			s.resHash.Reset()
 		}
@@ -2381,7 +2416,7 @@ func (s *Session) cancel() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := srv.Cancel(ctx); err != nil {
-		s.log.Warn().Err(err).Msg("cancel request failed")
+		s.logger().Warn().Err(err).Msg("cancel request failed")
 	}
 }
 
