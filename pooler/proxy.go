@@ -637,8 +637,9 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	}
 	s := &Session{
 		proxy: p, id: p.nextSession.Add(1), client: c, pool: pool, mode: pool.set().Mode,
-		database: dbName, user: user, appName: st.Get("application_name"), clientAddr: hostOf(c.RemoteAddr()),
-		txStatus: 'I', connected: time.Now(),
+		sessionIdentity: sessionIdentity{database: dbName, user: user, appName: st.Get("application_name"),
+			clientAddr: hostOf(c.RemoteAddr()), connected: time.Now()},
+		serverLink: serverLink{txStatus: wire.TxIdle},
 	}
 	// gucs starts as the startup settings; both maps are only ever
 	// replaced, never written, so they share one while equal.

@@ -102,11 +102,17 @@ func (def *stmtDef) live() bool { return def != nil && !def.failed }
 // handed off per transaction) or by a background reader (serverLoop:
 // session mode, pinned clients, open transactions, COPY FROM STDIN, Flush,
 // pipelined requests), never both at once (readerActive). mu guards the
-// fields below it and all writes to the client; a write to a client that
-// does not read can hold it until client_write_timeout. Introspection
-// (SHOW CLIENTS, SHOW SERVERS) and control (KILL, cancel, the watchdog)
-// therefore never take mu: they read the fields marked "info" under
-// infoMu, and act on the attached server under ctlMu.
+// state in the sub-structs below it (except where a field says otherwise)
+// and all writes to the client; a write to a client that does not read can
+// hold it until client_write_timeout. Introspection (SHOW CLIENTS, SHOW
+// SERVERS) and control (KILL, cancel, the watchdog) therefore never take
+// mu: they read the fields marked "info" under infoMu, and act on the
+// attached server under ctlMu.
+//
+// The state is grouped by concept into embedded sub-structs (their fields
+// are used as the Session's own). A parked session (relay.go) keeps all of
+// them but drops what it does not need: its buffers, the result hash and
+// the empty queue's and maps' storage (see dropIdleState).
 type Session struct {
 	proxy  *Proxy
 	id     uint64
@@ -114,11 +120,7 @@ type Session struct {
 	pool   *Pool
 	mode   PoolMode
 
-	database, user, appName, clientAddr string
-	cancelPID                           uint32
-	cancelKey                           []byte
-	cancelPeered                        bool // cancel key from newPeerCancelKey
-	connected                           time.Time
+	sessionIdentity
 
 	// infoMu guards reads of the info fields by introspection and
 	// control. The info fields are written with both mu and infoMu held
@@ -129,131 +131,198 @@ type Session struct {
 	// mu held, before infoMu), so the server cannot change hands while a
 	// cancel is on its way to it. It is never held during client I/O.
 	ctlMu sync.Mutex
+	mu    sync.Mutex
 
-	mu         sync.Mutex
-	server     *Server // info
-	inFlight   int     // info: Syncs, Queries and FunctionCalls sent and not yet answered by ReadyForQuery
-	groupOpen  bool    // extended-protocol messages sent since the last Sync
-	txStatus   byte    // info
-	copyActive bool
-	pinned     bool // info
-	// skipUntilSync drops client messages after an error in
-	// an extended-protocol group, as the server does after its own errors.
-	skipUntilSync bool
-	queue         pendingQueue
-	// readerActive says a background reader (serverLoop) owns reading
-	// the attached server; readerDone is closed when the last one started
-	// has exited. Without one the client goroutine reads the replies
-	// itself (see awaitReplies).
-	readerActive bool
+	serverLink
+	requestState
+	statementState
+	settingsState
+	resultSampler
+	sessionStats
+	parkInfo
+
+	// ctx is the context the session's goroutines run under, and end
+	// the rest of handleConn's cleanup (see serveSession).
+	ctx context.Context
+	end func()
+}
+
+// sessionIdentity is who the client is: set at login and read-only after,
+// except appName (info), which follows the client's application_name.
+type sessionIdentity struct {
+	database, user, appName, clientAddr string
+	cancelKey                           []byte
+	connected                           time.Time
+	cancelPID                           uint32
+	cancelPeered                        bool // cancel key from newPeerCancelKey
+}
+
+// serverLink is the attached server connection and who reads it (s.mu).
+type serverLink struct {
+	server *Server // info
+	// readerDone is closed when the last background reader (serverLoop)
+	// started has exited; readerErr is why it stopped.
+	readerDone chan struct{}
+	readerErr  error
 	// inlineSince (info) is when the client goroutine began reading its
 	// server inline (zero otherwise); the proxy's watchdog checks clients
 	// that wait long for a vanished peer (see checkInlineClients).
 	inlineSince time.Time
-	readerDone  chan struct{}
+	// writingDone (made by the first waiter) is broadcast when writing is
+	// cleared.
+	writingDone *sync.Cond
+	// queryTimer cancels the running request after query_timeout.
+	queryTimer *time.Timer
+	// pendingWait is how long the running request waited for a server
+	// connection (for its audit event).
+	pendingWait time.Duration
 	// stopReader tells whoever reads the server that a read deadline set
 	// on it means "stop", not "server lost". Set without mu by
 	// interruptInline.
 	stopReader atomic.Bool
-	readerErr  error
-	// writeTimedOut says a write to the client hit client_write_timeout:
-	// the client is dropped and its server connection destroyed.
-	writeTimedOut bool
-	gucDirty      bool
-	// ddlSent says the transaction running now sent DDL (see noteDDLLocked).
-	ddlSent bool
-	// probe is the shape probe in flight (see shapegate.go).
-	probe *shapeProbe
-	// startupGUCs are the settings from the client's startup packet: what
-	// RESET and DISCARD ALL return to on a direct connection. Read-only.
-	startupGUCs map[string]string
-	gucs        map[string]string
-	gucsKey     string // gucsKey(gucs), kept in step with it
-	// reported holds the ParameterStatus values the client has been
-	// sent; heldParams (name, value pairs) and heldZ are what the server
-	// said while a Query with holdZ and its restore query run.
-	reported map[string]string
-	// reportedShared says reported is the pool's shared copy (see
-	// Pool.shareParams): clone it before writing.
-	reportedShared bool
-	heldParams     []string
-	heldZ          []byte
-	pendingWait    time.Duration
-	txSeq          uint64
-	closed         bool
-	lastFatal      bool
-	acquiring      bool // info: waiting for a server connection
-	// copyInExtended is set between an Execute's CopyInResponse and the
-	// client's CopyDone/CopyFail.
-	copyInExtended bool
+	// readerActive says a background reader (serverLoop) owns reading
+	// the attached server. Without one the client goroutine reads the
+	// replies itself (see awaitReplies).
+	readerActive bool
+	txStatus     byte // info
+	pinned       bool // info
+	acquiring    bool // info: waiting for a server connection
 	// writing is set while the client goroutine writes to the server
 	// outside the lock; the reader does not release the server meanwhile
 	// (the reply can arrive before the write call returns).
-	// writingDone (allocated by the first waiter) is broadcast when
-	// writing is cleared.
-	writing     bool
-	writingDone *sync.Cond
-	// queryTimer cancels the running request after query_timeout.
-	queryTimer *time.Timer
+	writing bool
+	// writeTimedOut says a write to the client hit client_write_timeout:
+	// the client is dropped and its server connection destroyed.
+	writeTimedOut bool
+	closed        bool
+	lastFatal     bool
+}
+
+// requestState is what is in flight on the protocol (s.mu): the queue of
+// requests awaiting replies, the extended-protocol group and COPY.
+type requestState struct {
+	queue    pendingQueue
+	inFlight int // info: Syncs, Queries and FunctionCalls sent and not yet answered by ReadyForQuery
+	// probe is the shape probe in flight (see shapegate.go).
+	probe *shapeProbe
 	// suspended portals: what earlier parts of a portal run in several
 	// Executes took, so the whole run becomes one event
 	suspended map[string]suspendedPortal
 	// partRows counts DataRows of the Execute at the head of the queue.
 	partRows int64
-	// resHash hashes the DataRows of a sampled statement (resState
-	// resSampling); see hashRowLocked and endResultLocked. It is
-	// allocated for the first sampled statement and dropped when the
-	// session parks (a parked session has no result in progress).
-	resHash  *maphash.Hash
-	resState uint8
-	resRand  uint64 // xorshift state picking the sampled statements
+	// held is what the server said while a Query with holdZ and its
+	// restore query run (nil otherwise; see releaseHeldLocked).
+	held      *heldReply
+	groupOpen bool // extended-protocol messages sent since the last Sync
+	// skipUntilSync drops client messages after an error in
+	// an extended-protocol group, as the server does after its own errors.
+	skipUntilSync bool
 	// groupStamped says an Execute of the current Sync group already
 	// opened a transaction number (the group is one implicit transaction).
 	groupStamped bool
 	// groupResets says an Execute of the current group may have returned
 	// settings to their reset values (see restoreStartupLocked).
 	groupResets bool
+	copyActive  bool
+	// copyInExtended is set between an Execute's CopyInResponse and the
+	// client's CopyDone/CopyFail.
+	copyInExtended bool
+	// ddlSent says the transaction running now sent DDL (see noteDDLLocked).
+	ddlSent bool
+}
 
-	// client goroutine only
+// heldReply is what is held back from the client until a restore query
+// is answered: the server's ParameterStatus (name, value pairs) and its
+// ReadyForQuery.
+type heldReply struct {
+	params []string
+	z      []byte
+}
+
+// holdLocked returns s.held, making it first; s.mu held.
+func (s *Session) holdLocked() *heldReply {
+	if s.held == nil {
+		s.held = &heldReply{}
+	}
+	return s.held
+}
+
+// statementState is the client's protocol-level prepared statements and
+// portals (client goroutine only). The maps are made by their first entry.
+type statementState struct {
 	stmts   map[string]*stmtDef
 	portals map[string]*pending
 	// abandoned holds the texts (stmtBase) of statements the client
 	// closed, with the DDL epoch and the text's generation then (see
 	// serverStmtName).
 	abandoned map[uint64][2]uint64
+}
 
+// settingsState is the client's settings and what it was told (s.mu).
+type settingsState struct {
+	// startupGUCs are the settings from the client's startup packet: what
+	// RESET and DISCARD ALL return to on a direct connection. Read-only;
+	// nil when there are none.
+	startupGUCs map[string]string
+	// gucs are the client's current settings; the map is replaced, never
+	// written, so it is the startupGUCs map itself until they differ.
+	gucs    map[string]string
+	gucsKey string // gucsKey(gucs), kept in step with it
+	// reported holds the ParameterStatus values the client has been
+	// sent.
+	reported map[string]string
+	// reportedShared says reported is the pool's shared copy (see
+	// Pool.shareParams): clone it before writing.
+	reportedShared bool
+	gucDirty       bool
+}
+
+// resultSampler is the result hashing for the cache-candidate rule (s.mu;
+// see hashRowLocked).
+type resultSampler struct {
+	// resHash hashes the DataRows of a sampled statement (resState
+	// resSampling); see hashRowLocked and endResultLocked. It is
+	// allocated for the first sampled statement and dropped when the
+	// session parks (a parked session has no result in progress).
+	resHash  *maphash.Hash
+	resRand  uint64 // xorshift state picking the sampled statements
+	resState uint8
+}
+
+// sessionStats are the session's counters, moved to the pool by
+// flushStats.
+type sessionStats struct {
 	bytesIn, bytesOut int64
 	queries, xacts    int64
-	// Parse and Bind messages (s.mu), moved to the pool by flushStats.
+	// Parse and Bind messages (s.mu).
 	clientParses, serverParses, binds int64
+	// txSeq numbers the session's transactions (for audit events).
+	txSeq uint64
 	// xactStart is when the running transaction's first statement went
 	// out (zero between transactions); xactTime sums finished ones.
 	xactStart time.Time
 	xactTime  time.Duration
+}
 
-	// The event relay (relay.go). parkable is set at login for plain
-	// sockets on the event relay and never changes. parkState is one of
-	// parkRunning, parkParked, parkResuming. parkReq says the sweeper set
-	// a past read deadline to make the run loop park. active is the
-	// coarse time (Proxy.coarseNow) of the last client message: the one
-	// store per message the event relay costs. readDL is the client read
-	// deadline the session wants (unix ns, 0 none), kept across park
-	// requests and parks. resumed tells run it goes on after a park.
-	// parkLoop, clientFd and serverFd (-1: none) are set while parked
-	// (s.mu).
-	parkable           atomic.Bool
-	resumed            bool
+// parkInfo is the event relay's state of the session (relay.go).
+// parkable is set at login for plain sockets on the event relay and never
+// changes. parkState is one of parkRunning, parkParked, parkResuming.
+// parkReq says the sweeper set a past read deadline to make the run loop
+// park. active is the coarse time (Proxy.coarseNow) of the last client
+// message: the one store per message the event relay costs. readDL is the
+// client read deadline the session wants (unix ns, 0 none), kept across
+// park requests and parks. resumed tells run it goes on after a park.
+// parkLoop, clientFd and serverFd (-1: none) are set while parked (s.mu).
+type parkInfo struct {
 	parkMu             sync.Mutex // orders parkReq with its deadline
 	parkState          atomic.Int32
+	parkable           atomic.Bool
 	parkReq            atomic.Bool
+	resumed            bool
 	active             atomic.Int64
 	readDL             atomic.Int64
 	parkLoop           *eventLoop
-	clientFd, serverFd int
-	// ctx is the context the session's goroutines run under, and end
-	// the rest of handleConn's cleanup (see serveSession).
-	ctx context.Context
-	end func()
+	clientFd, serverFd int32 // fds (int32 keeps Session in a smaller size class)
 }
 
 type suspendedPortal struct {
@@ -901,14 +970,17 @@ func (s *Session) restoreStartupLocked(out []byte) []byte {
 // settings that changed since the client last heard of them, then its
 // ReadyForQuery; s.mu held.
 func (s *Session) releaseHeldLocked() {
+	if s.held == nil {
+		return
+	}
 	final := map[string]string{}
 	var order []string
-	for i := 0; i+1 < len(s.heldParams); i += 2 {
-		name := s.heldParams[i]
+	for i := 0; i+1 < len(s.held.params); i += 2 {
+		name := s.held.params[i]
 		if _, seen := final[name]; !seen {
 			order = append(order, name)
 		}
-		final[name] = s.heldParams[i+1]
+		final[name] = s.held.params[i+1]
 	}
 	for _, name := range order {
 		if v, ok := s.reported[name]; ok && v == final[name] {
@@ -918,11 +990,10 @@ func (s *Session) releaseHeldLocked() {
 		s.reported[name] = final[name]
 		s.sendLocked(wire.AppendParameterStatus(nil, name, final[name]))
 	}
-	s.heldParams = s.heldParams[:0]
-	if s.heldZ != nil {
-		s.sendLocked(s.heldZ)
-		s.heldZ = nil
+	if s.held.z != nil {
+		s.sendLocked(s.held.z)
 	}
+	s.held = nil
 }
 
 // appendQuery appends a Query message.
@@ -1874,7 +1945,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			srv.Params[name] = value
 		}
 		if it := s.queue.front(); it != nil && (it.holdZ || it.kind == pendQuery && it.swallow) {
-			s.heldParams = append(s.heldParams, name, value)
+			s.holdLocked().params = append(s.holdLocked().params, name, value)
 			return false
 		}
 		if s.reported != nil {
@@ -2123,7 +2194,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			s.queryTimer.Stop()
 		}
 		if hold {
-			s.heldZ = append([]byte(nil), raw...)
+			s.holdLocked().z = append([]byte(nil), raw...)
 		} else {
 			s.sendLocked(raw)
 		}
