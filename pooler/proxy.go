@@ -537,12 +537,12 @@ func (p *Proxy) negotiate(c *wire.Conn) (*wire.Startup, *wire.Conn, error) {
 				return nil, c, errors.New("unexpected data after SSLRequest")
 			}
 			if p.config().TLS == nil || p.config().ClientTLS == "disable" {
-				if _, err := c.Conn.Write([]byte{'N'}); err != nil {
+				if _, err := c.Conn.Write([]byte{wire.EncryptionRefuse}); err != nil {
 					return nil, c, err
 				}
 				continue
 			}
-			if _, err := c.Conn.Write([]byte{'S'}); err != nil {
+			if _, err := c.Conn.Write([]byte{wire.EncryptionAccept}); err != nil {
 				return nil, c, err
 			}
 			tc := tls.Server(c.Conn, p.config().TLS)
@@ -552,7 +552,7 @@ func (p *Proxy) negotiate(c *wire.Conn) (*wire.Startup, *wire.Conn, error) {
 			c = p.newClientConn(tc)
 			tlsDone = true
 		case wire.GSSENCRequestKind:
-			if _, err := c.Conn.Write([]byte{'N'}); err != nil {
+			if _, err := c.Conn.Write([]byte{wire.EncryptionRefuse}); err != nil {
 				return nil, c, err
 			}
 		case wire.CancelRequestKind:
@@ -702,7 +702,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 		out = wire.AppendParameterStatus(out, name, params[name])
 	}
 	out = wire.AppendBackendKeyData(out, pid, key)
-	out = wire.AppendReadyForQuery(out, 'I')
+	out = wire.AppendReadyForQuery(out, wire.TxIdle)
 	s.sendLocked(out)
 	err = c.Flush()
 	s.mu.Unlock()
@@ -731,7 +731,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 func (s *Session) detachIdle() {
 	s.mu.Lock()
 	srv := s.server
-	if srv == nil || s.inFlight != 0 || s.txStatus != 'I' {
+	if srv == nil || s.inFlight != 0 || s.txStatus != wire.TxIdle {
 		s.mu.Unlock()
 		return
 	}

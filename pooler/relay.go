@@ -14,6 +14,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
+
+	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
 // RelayMode says how established client sessions wait between messages
@@ -429,7 +431,7 @@ func (s *Session) idleForParkLocked() bool {
 	if s.server == nil {
 		return true
 	}
-	return s.mode == SessionMode && s.txStatus == 'I'
+	return s.mode == SessionMode && s.txStatus == wire.TxIdle
 }
 
 // restartReaderLocked restarts the background reader of the attached

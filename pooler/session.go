@@ -410,24 +410,24 @@ func (s *Session) run(ctx context.Context) error {
 		// between transactions is ended instead (Shutdown's own poll
 		// catches only clients that stay idle, and a busy client is
 		// almost never idle when it looks); see drain.go.
-		if typ != 'X' && s.proxy.draining.Load() && s.endForDrain() {
+		if typ != wire.MsgTerminate && s.proxy.draining.Load() && s.endForDrain() {
 			return nil
 		}
 		s.bytesIn += int64(len(raw))
-		if typ == 'Q' || typ == 'S' {
+		if typ == wire.MsgQuery || typ == wire.MsgSync {
 			s.pool.stats.bytesIn.Add(s.bytesIn)
 			s.bytesIn = 0
 		}
 		switch typ {
-		case 'X':
+		case wire.MsgTerminate:
 			return nil
-		case 'Q':
+		case wire.MsgQuery:
 			err = s.handleQuery(ctx, raw)
-		case 'P', 'B', 'D', 'E', 'C', 'H', 'S':
+		case wire.MsgParse, wire.MsgBind, wire.MsgDescribe, wire.MsgExecute, wire.MsgClose, wire.MsgFlush, wire.MsgSync:
 			err = s.handleExtended(ctx, typ, raw)
-		case 'F':
+		case wire.MsgFunctionCall:
 			err = s.handleFunctionCall(ctx, raw)
-		case 'd', 'c', 'f':
+		case wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
 			err = s.handleCopy(typ, raw)
 		default:
 			return s.fatal(wire.Fatal(wire.CodeProtocolViolation, fmt.Sprintf("invalid frontend message type %d", typ)))
@@ -449,7 +449,7 @@ func (s *Session) run(ctx context.Context) error {
 // between transactions (no server, or session mode with nothing running).
 func (s *Session) setIdleDeadline(idleTimeout time.Duration) {
 	s.mu.Lock()
-	if s.server == nil || s.mode == SessionMode && s.inFlight == 0 && s.txStatus == 'I' {
+	if s.server == nil || s.mode == SessionMode && s.inFlight == 0 && s.txStatus == wire.TxIdle {
 		s.setClientReadDeadline(time.Now().Add(idleTimeout))
 	}
 	s.mu.Unlock()
@@ -480,7 +480,7 @@ func (s *Session) clientReadError(err error) error {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		s.mu.Lock()
-		inTx := s.server != nil && s.txStatus != 'I' && s.inFlight == 0
+		inTx := s.server != nil && s.txStatus != wire.TxIdle && s.inFlight == 0
 		s.mu.Unlock()
 		if inTx {
 			return s.fatal(wire.Fatal(wire.CodeIdleInTransactionTimeout, "terminating connection due to idle-in-transaction timeout"))
@@ -831,7 +831,7 @@ func (s *Session) acquireFailed(err error, simple bool) error {
 	s.mu.Lock()
 	s.sendLocked(e.AppendErrorResponse(nil))
 	if simple {
-		s.sendLocked(wire.AppendReadyForQuery(nil, 'I'))
+		s.sendLocked(wire.AppendReadyForQuery(nil, wire.TxIdle))
 	} else {
 		s.skipUntilSync = true
 	}
@@ -906,7 +906,7 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 // client's name and leaves the shared statement to the others. It returns
 // the bytes to send instead of raw; s.mu held, it not queued yet.
 func (s *Session) mapPreparedRefLocked(srv *Server, text string, it *pending, raw []byte) []byte {
-	if s.txStatus == 'E' || !containsFold(text, "execute") && !containsFold(text, "deallocate") {
+	if s.txStatus == wire.TxFailed || !containsFold(text, "execute") && !containsFold(text, "deallocate") {
 		// (In a failed transaction the server answers 25P02 whatever
 		// the name, and nothing is deallocated.)
 		return raw
@@ -935,7 +935,7 @@ func (s *Session) mapPreparedRefLocked(srv *Server, text string, it *pending, ra
 		// Prepare it in a group of its own: an error there must not make
 		// the server skip the Query.
 		out = s.ensurePreparedLocked(srv, def)
-		out = append(out, 'S', 0, 0, 0, 4)
+		out = wire.AppendEmpty(out, wire.MsgSync)
 		s.incInFlightLocked()
 		s.queue.push(pending{kind: pendSync, swallow: true})
 	}
@@ -998,7 +998,7 @@ func (s *Session) releaseHeldLocked() {
 
 // appendQuery appends a Query message.
 func appendQuery(dst []byte, text string) []byte {
-	dst = append(dst, 'Q', 0, 0, 0, 0)
+	dst = append(dst, wire.MsgQuery, 0, 0, 0, 0)
 	n := len(dst) - 4
 	dst = append(dst, text...)
 	dst = append(dst, 0)
@@ -1008,7 +1008,7 @@ func appendQuery(dst []byte, text string) []byte {
 
 // appendCommandComplete appends a CommandComplete message.
 func appendCommandComplete(dst []byte, tag string) []byte {
-	dst = append(dst, 'C', 0, 0, 0, 0)
+	dst = append(dst, wire.MsgCommandComplete, 0, 0, 0, 0)
 	n := len(dst) - 4
 	dst = append(dst, tag...)
 	dst = append(dst, 0)
@@ -1041,7 +1041,7 @@ func (s *Session) writeServer(srv *Server, out []byte, flush bool) error {
 // stampTx fills the transaction fields of an auditable item; s.mu held.
 func (s *Session) stampTx(it *pending) {
 	switch {
-	case s.txStatus != 'I' && s.txStatus != 0:
+	case s.txStatus != wire.TxIdle && s.txStatus != 0:
 		it.inTx = true
 	case it.kind == pendExecute && s.groupStamped:
 		// Same implicit transaction as an earlier Execute before Sync.
@@ -1107,13 +1107,13 @@ func (s *Session) handleCopy(typ byte, raw []byte) error {
 		s.mu.Unlock()
 		return nil
 	}
-	if typ != 'd' {
+	if typ != wire.MsgCopyData {
 		s.copyInExtended = false
 	}
 	s.writing = true
 	s.mu.Unlock()
 	// CopyData is batched only while more client bytes are already here.
-	return s.writeServer(srv, raw, typ != 'd' || s.client.R.Buffered() == 0)
+	return s.writeServer(srv, raw, typ != wire.MsgCopyData || s.client.R.Buffered() == 0)
 }
 
 // dropQueuedSyncsLocked removes the Syncs queued behind the head item (an
@@ -1146,13 +1146,13 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	skip := s.skipUntilSync
 	s.mu.Unlock()
 	if skip {
-		if typ != 'S' {
+		if typ != wire.MsgSync {
 			return nil
 		}
 		s.mu.Lock()
 		s.skipUntilSync = false
 		if s.server == nil {
-			s.sendLocked(wire.AppendReadyForQuery(nil, 'I'))
+			s.sendLocked(wire.AppendReadyForQuery(nil, wire.TxIdle))
 			err := s.client.Flush()
 			s.mu.Unlock()
 			return err
@@ -1168,11 +1168,11 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		err        error
 	)
 	switch typ {
-	case 'P':
+	case wire.MsgParse:
 		parse, err = wire.DecodeParse(body)
-	case 'B':
+	case wire.MsgBind:
 		bind, err = wire.DecodeBind(body)
-	case 'D', 'C':
+	case wire.MsgDescribe, wire.MsgClose:
 		targetKind, targetName, err = wire.DecodeTarget(body)
 	}
 	if err != nil {
@@ -1180,12 +1180,12 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	}
 	txMode := s.mode == TransactionMode
 	var flags stmtFlags
-	if typ == 'P' && txMode {
+	if typ == wire.MsgParse && txMode {
 		flags = scanStatement(parse.Query)
 	}
 	// A Close of a client statement in transaction mode and a Flush with
 	// nothing pending are answered locally without a server.
-	if txMode && typ == 'C' && targetKind == 'S' {
+	if txMode && typ == wire.MsgClose && targetKind == wire.TargetStatement {
 		s.mu.Lock()
 		if def := s.stmts[string(targetName)]; def.live() && def.serverName != "" {
 			// A client closes a statement and parses the same text again
@@ -1205,7 +1205,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		}
 		delete(s.stmts, string(targetName))
 		if s.server == nil && s.queue.len() == 0 {
-			s.sendLocked([]byte{'3', 0, 0, 0, 4})
+			s.sendLocked(wire.CloseComplete())
 			s.mu.Unlock()
 			return nil
 		}
@@ -1217,7 +1217,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	// clients such as pgbench that prepare synchronously from one thread
 	// while their other connections hold every server mid-transaction.
 	// The cost: a syntax error surfaces at that Bind instead.
-	if txMode && typ == 'P' && parse.Name != "" {
+	if txMode && typ == wire.MsgParse && parse.Name != "" {
 		s.mu.Lock()
 		if s.server == nil && s.queue.len() == 0 {
 			if s.stmts[parse.Name].live() {
@@ -1229,18 +1229,18 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 					resets: flags&flagResetGUC != 0})
 				s.clientParses++
 				s.noteFlags(flags, parse.Query)
-				s.sendLocked([]byte{'1', 0, 0, 0, 4})
+				s.sendLocked(wire.ParseComplete())
 			}
 			s.mu.Unlock()
 			return nil
 		}
 		s.mu.Unlock()
 	}
-	if typ == 'H' || typ == 'S' {
+	if typ == wire.MsgFlush || typ == wire.MsgSync {
 		s.mu.Lock()
 		if s.server == nil && s.queue.len() == 0 {
-			if typ == 'S' {
-				s.sendLocked(wire.AppendReadyForQuery(nil, 'I'))
+			if typ == wire.MsgSync {
+				s.sendLocked(wire.AppendReadyForQuery(nil, wire.TxIdle))
 			}
 			err := s.client.Flush()
 			s.mu.Unlock()
@@ -1248,7 +1248,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		}
 		s.mu.Unlock()
 	}
-	srv, err := s.serverFor(ctx, typ != 'S')
+	srv, err := s.serverFor(ctx, typ != wire.MsgSync)
 	if err != nil {
 		return s.acquireFailed(err, false)
 	}
@@ -1256,7 +1256,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	if s.skipUntilSync {
 		// The reader saw an error of this group meanwhile: the server
 		// skips the rest of it.
-		if typ != 'S' {
+		if typ != wire.MsgSync {
 			s.mu.Unlock()
 			return nil
 		}
@@ -1265,7 +1265,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	out := raw
 	var inject []byte
 	switch typ {
-	case 'P':
+	case wire.MsgParse:
 		s.clientParses++
 		it := pending{kind: pendParse, text: parse.Query, start: time.Now()}
 		if txMode {
@@ -1308,7 +1308,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			s.serverParses++
 		}
 		s.queue.push(it)
-	case 'B':
+	case wire.MsgBind:
 		s.binds++
 		stmtName := string(bind.Statement)
 		var def *stmtDef
@@ -1342,8 +1342,8 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		s.setPortal(string(bind.Portal), p)
 		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def), text: p.text, start: time.Now(),
 			paramHash: p.paramHash, numParams: p.numParams, params: p.params})
-	case 'D':
-		if targetKind == 'S' {
+	case wire.MsgDescribe:
+		if targetKind == wire.TargetStatement {
 			it := pending{kind: pendDescribeStmt}
 			if txMode {
 				def := s.stmts[string(targetName)]
@@ -1356,7 +1356,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 					return err
 				}
 				inject = s.ensurePreparedLocked(srv, def)
-				out = wire.AppendTarget(inject, 'D', 'S', def.serverName)
+				out = wire.AppendTarget(inject, wire.MsgDescribe, wire.TargetStatement, def.serverName)
 				inject = nil
 				it.serverStmt = def.serverName
 				it.stmt = def
@@ -1369,7 +1369,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			}
 			s.queue.push(it)
 		}
-	case 'E':
+	case wire.MsgExecute:
 		portal := ""
 		if len(body) > 0 {
 			if i := indexZero(body); i >= 0 {
@@ -1385,21 +1385,21 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		}
 		s.stampTx(&it)
 		s.queue.push(it)
-	case 'C':
-		if txMode && targetKind == 'S' {
+	case wire.MsgClose:
+		if txMode && targetKind == wire.TargetStatement {
 			// Answered by the proxy: the server-side statement stays for
 			// other clients.
 			s.queue.push(pending{kind: pendClose, synthetic: true})
 			out = nil
 		} else {
-			if targetKind == 'S' {
+			if targetKind == wire.TargetStatement {
 				delete(s.stmts, string(targetName))
 			} else {
 				delete(s.portals, string(targetName))
 			}
 			s.queue.push(pending{kind: pendClose})
 		}
-	case 'S':
+	case wire.MsgSync:
 		if s.copyInExtended {
 			// Postgres ignores a Sync during COPY FROM STDIN started by
 			// Execute: it gets no ReadyForQuery of its own.
@@ -1420,7 +1420,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		if sync.holdZ {
 			out = s.restoreStartupLocked(out)
 		}
-	case 'H':
+	case wire.MsgFlush:
 		// Synthetic answers at the head are due now: the client waits.
 		s.emitSyntheticLocked()
 		_ = s.client.Flush()
@@ -1428,20 +1428,20 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		// relay them while the client decides what to send next.
 		s.startReaderLocked(srv)
 	}
-	if typ != 'S' && typ != 'H' && len(out) > srv.W.Available() {
+	if typ != wire.MsgSync && typ != wire.MsgFlush && len(out) > srv.W.Available() {
 		// The write flushes part of the group: replies may start to flow
 		// before the Sync and must be read, or both sides could block.
 		s.startReaderLocked(srv)
 	}
-	if typ == 'S' {
+	if typ == wire.MsgSync {
 		return s.sendRequestLocked(srv, out)
 	}
 	// Never hold back what the client sent: Postgres starts
 	// statement_timeout at the first message of a statement, and a client
 	// may pause between Parse and Describe. Batch only while more client
 	// bytes are already here.
-	flush := typ == 'H' || s.client.R.Buffered() == 0
-	if flush && typ != 'H' && (len(out) > 0 || srv.W.Buffered() > 0) {
+	flush := typ == wire.MsgFlush || s.client.R.Buffered() == 0
+	if flush && typ != wire.MsgFlush && (len(out) > 0 || srv.W.Buffered() > 0) {
 		// Part of an open group goes out: replies may flow before its
 		// Sync (an error, or rows that fill the server's buffer).
 		s.startReaderLocked(srv)
@@ -1600,7 +1600,7 @@ func (s *Session) closeEvictedLocked(srv *Server, evicted, name string) []byte {
 		if n == evicted || srv.prepared.toClose[n] {
 			delete(srv.prepared.toClose, n)
 			s.queue.push(pending{kind: pendClose, swallow: true})
-			out = wire.AppendTarget(out, 'C', 'S', n)
+			out = wire.AppendTarget(out, wire.MsgClose, wire.TargetStatement, n)
 		}
 	}
 	return out
@@ -1642,9 +1642,9 @@ func (s *Session) emitSyntheticLocked() {
 			s.dropUntilSyncLocked()
 			continue
 		case it.kind == pendParse:
-			s.sendLocked([]byte{'1', 0, 0, 0, 4})
+			s.sendLocked(wire.ParseComplete())
 		case it.kind == pendClose:
-			s.sendLocked([]byte{'3', 0, 0, 0, 4})
+			s.sendLocked(wire.CloseComplete())
 		}
 		s.queue.pop()
 	}
@@ -1697,7 +1697,7 @@ func (s *Session) finish() {
 	s.closed = true
 	s.endProbeLocked("")
 	srv := s.server
-	clean := s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' && !s.copyActive && !s.writeTimedOut
+	clean := s.inFlight == 0 && !s.groupOpen && s.txStatus == wire.TxIdle && !s.copyActive && !s.writeTimedOut
 	done := s.readerDone
 	readerRan := s.readerActive
 	s.stopReader.Store(true)
@@ -1810,7 +1810,7 @@ func (s *Session) pump(srv *Server, inline bool) error {
 		s.mu.Lock()
 		release := s.relayLocked(srv, typ, raw)
 		var ferr error
-		if typ == 'Z' || srv.R.Buffered() == 0 {
+		if typ == wire.MsgReadyForQuery || srv.R.Buffered() == 0 {
 			ferr = s.client.Flush()
 			if ferr != nil {
 				s.clientWriteFailedLocked(ferr)
@@ -1837,11 +1837,11 @@ func (s *Session) pump(srv *Server, inline bool) error {
 				_ = srv.SetReadDeadline(time.Time{})
 			}
 		case !inline:
-		case typ == 'G' || typ == 'W':
+		case typ == wire.MsgCopyInResponse || typ == wire.MsgCopyBothResponse:
 			// COPY FROM STDIN: the client goroutine must read the data.
 			s.startReaderLocked(srv)
 			stop = true
-		case typ == 'Z' && s.inFlight == 0:
+		case typ == wire.MsgReadyForQuery && s.inFlight == 0:
 			// The server stays attached (an open transaction, a pinned
 			// client): what it sends while the client is idle (a FATAL
 			// for idle_in_transaction_session_timeout, notifications) must
@@ -1936,10 +1936,10 @@ func staleRevalidation(code string) bool {
 func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) {
 	body := raw[5:]
 	switch typ {
-	case 'A', 'N':
+	case wire.MsgNotificationResponse, wire.MsgNoticeResponse:
 		s.sendLocked(raw)
 		return false
-	case 'S':
+	case wire.MsgParameterStatus:
 		name, value := wire.DecodeParameterStatus(body)
 		if name != "" {
 			srv.Params[name] = value
@@ -1960,8 +1960,8 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 	forward := true
 	if it != nil && it.kind == pendQuery && it.swallow {
 		// The proxy's own query (see restoreStartupLocked).
-		if typ != 'Z' {
-			if typ == 'E' {
+		if typ != wire.MsgReadyForQuery {
+			if typ == wire.MsgErrorResponse {
 				_, code, msg := wire.ErrorFields(body)
 				if code != pgerrcode.InFailedSQLTransaction {
 					s.logger().Warn().Str("code", code).Str("error", msg).Msg("could not restore startup settings")
@@ -1984,7 +1984,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		return s.releasableLocked()
 	}
 	switch typ {
-	case '1', '3':
+	case wire.MsgParseComplete, wire.MsgCloseComplete:
 		if it != nil && (it.kind == pendParse || it.kind == pendClose) {
 			if it.stmt != nil {
 				it.stmt.verified = true
@@ -1992,12 +1992,12 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			forward = !it.swallow
 			s.queue.pop()
 		}
-	case '2':
+	case wire.MsgBindComplete:
 		if it != nil && it.kind == pendBind {
 			forward = !it.swallow
 			s.queue.pop()
 		}
-	case 't':
+	case wire.MsgParameterDescription:
 		if it != nil && it.kind == pendDescribeStmt && it.probe {
 			if s.probe != nil {
 				s.probe.params = paramShape(body)
@@ -2010,7 +2010,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 				it.stmt.toldTypes = append(it.stmt.toldTypes[:0], body...)
 			}
 		}
-	case 'T', 'n':
+	case wire.MsgRowDescription, wire.MsgNoData:
 		if it != nil && it.probe {
 			key := ""
 			if shape := rowShape(typ, body); shape != "" && s.probe != nil {
@@ -2032,10 +2032,10 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			}
 			s.queue.pop()
 		}
-		if typ == 'T' && it != nil && it.kind == pendQuery && it.tag != "" {
+		if typ == wire.MsgRowDescription && it != nil && it.kind == pendQuery && it.tag != "" {
 			forward = false
 		}
-	case 'C', 'I':
+	case wire.MsgCommandComplete, wire.MsgEmptyQueryResponse:
 		if it != nil {
 			switch it.kind {
 			case pendExecute:
@@ -2043,27 +2043,27 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 				if _, ok := s.suspended[it.portal]; ok {
 					it.resultHash = 0 // a portal run in parts is not sampled
 				}
-				s.completeExecute(it, body, typ == 'I', "")
+				s.completeExecute(it, body, typ == wire.MsgEmptyQueryResponse, "")
 				s.queue.pop()
 			case pendQuery:
-				if it.tag != "" && typ == 'C' {
+				if it.tag != "" && typ == wire.MsgCommandComplete {
 					raw = appendCommandComplete(nil, it.tag)
 					body = raw[5:]
 				}
 				it.results = append(it.results, stmtResult{tag: string(wire.CommandTag(body)), at: time.Now(), resultHash: s.endResultLocked()})
-				if typ == 'I' {
+				if typ == wire.MsgEmptyQueryResponse {
 					it.results[len(it.results)-1].tag = ""
 				}
 			}
 		}
-	case 'D':
+	case wire.MsgDataRow:
 		if it != nil && it.kind == pendExecute {
 			s.partRows++
 		}
 		if it != nil && (it.kind == pendExecute || it.kind == pendQuery) {
 			s.hashRowLocked(body)
 		}
-	case 's':
+	case wire.MsgPortalSuspended:
 		s.endResultLocked()
 		if it != nil && it.kind == pendExecute {
 			if s.suspended == nil {
@@ -2079,7 +2079,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			s.partRows = 0
 			s.queue.pop()
 		}
-	case 'E':
+	case wire.MsgErrorResponse:
 		s.endResultLocked()
 		sev, code, msg := wire.ErrorFields(body)
 		if sev == "FATAL" || sev == "PANIC" {
@@ -2134,18 +2134,18 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 				s.dropUntilSyncLocked()
 			}
 		}
-	case 'G', 'H', 'W':
+	case wire.MsgCopyInResponse, wire.MsgCopyOutResponse, wire.MsgCopyBothResponse:
 		s.copyActive = true
-		if typ == 'G' && it != nil && it.kind == pendExecute {
+		if typ == wire.MsgCopyInResponse && it != nil && it.kind == pendExecute {
 			// COPY FROM STDIN through the extended protocol: Syncs the
 			// client sent after the Execute, before this arrived, are
 			// ignored by the server; so are those until CopyDone/CopyFail.
 			s.copyInExtended = true
 			s.dropQueuedSyncsLocked()
 		}
-	case 'c':
+	case wire.MsgCopyDone:
 		// CopyDone from the server ends COPY TO STDOUT.
-	case 'Z':
+	case wire.MsgReadyForQuery:
 		hold := it != nil && it.holdZ && (it.kind == pendQuery || it.kind == pendSync)
 		if it != nil && it.kind == pendSync && it.swallow {
 			// The end of a group the proxy injected (see
@@ -2165,7 +2165,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			s.txStatus = body[0]
 			s.infoMu.Unlock()
 			srv.TxStatus = body[0]
-			if s.txStatus == 'I' {
+			if s.txStatus == wire.TxIdle {
 				if s.ddlSent {
 					s.ddlSent = false
 					s.proxy.ddlEpoch.Add(1)
@@ -2198,9 +2198,9 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		} else {
 			s.sendLocked(raw)
 		}
-		if s.pool.set().IdleTransactionTimeout > 0 && s.txStatus != 'I' && s.inFlight == 0 {
+		if s.pool.set().IdleTransactionTimeout > 0 && s.txStatus != wire.TxIdle && s.inFlight == 0 {
 			s.setClientReadDeadline(time.Now().Add(s.pool.set().IdleTransactionTimeout))
-		} else if d := s.pool.set().ClientIdleTimeout; d > 0 && s.mode == SessionMode && s.txStatus == 'I' && s.inFlight == 0 {
+		} else if d := s.pool.set().ClientIdleTimeout; d > 0 && s.mode == SessionMode && s.txStatus == wire.TxIdle && s.inFlight == 0 {
 			// Session mode: the client goroutine armed nothing, as the
 			// reply was still to come when it looked (setIdleDeadline).
 			s.setClientReadDeadline(time.Now().Add(d))
@@ -2238,7 +2238,7 @@ func (s *Session) queryTimedOut() {
 // releasableLocked says whether the attached server can go back to the pool
 // now (transaction mode); s.mu held.
 func (s *Session) releasableLocked() bool {
-	return s.mode == TransactionMode && s.inFlight == 0 && !s.groupOpen && s.txStatus == 'I' &&
+	return s.mode == TransactionMode && s.inFlight == 0 && !s.groupOpen && s.txStatus == wire.TxIdle &&
 		!s.pinned && s.queue.len() == 0 && !s.stopReader.Load() && !s.copyActive
 }
 
@@ -2299,7 +2299,7 @@ func (s *Session) completeFailed(it *pending, sqlstate string) {
 		}
 	}
 	if !stamped {
-		ev.InTransaction = s.txStatus != 'I' && s.txStatus != 0
+		ev.InTransaction = s.txStatus != wire.TxIdle && s.txStatus != 0
 		if !ev.InTransaction {
 			s.txSeq++
 		}
@@ -2455,7 +2455,7 @@ func parseTag(tag []byte) (string, int64) {
 func (s *Session) closeIfIdle(e *wire.Error) bool {
 	s.lockRunning()
 	idle := !s.closed && s.inFlight == 0 && !s.groupOpen && !s.copyActive && !s.writing &&
-		s.queue.len() == 0 && (s.server == nil || s.txStatus == 'I')
+		s.queue.len() == 0 && (s.server == nil || s.txStatus == wire.TxIdle)
 	if idle {
 		s.closed = true
 		s.endProbeLocked("")
