@@ -29,6 +29,7 @@ func TestMain(m *testing.M) {
 // writing the baseline succeeds; the next run with the baseline passes;
 // a failing test suite fails the job with its own status.
 func TestCIScript(t *testing.T) {
+	t.Parallel() // own cluster and work dir
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c, err := pgtest.Start(ctx, pgtest.Options{})

@@ -353,6 +353,7 @@ func median(ds []time.Duration) time.Duration {
 // CancelRequest to, the counters show that some were forwarded to
 // another process and none were lost, and pgbench sees no failure.
 func TestFleetCancelAcrossProcesses(t *testing.T) {
+	t.Parallel() // own cluster, port, processes and sockets
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	c := startE2ECluster(t, ctx, pgtest.Options{}, "", true)
@@ -372,7 +373,9 @@ func TestFleetCancelAcrossProcesses(t *testing.T) {
 	shared := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
 
 	// pgbench through the shared port for the whole test.
-	bench, benchWait := startPgbench(t, ctx, c.Bin("pgbench"), "-n", "-S", "-c", "9", "-j", "2", "-T", "20", shared)
+	// Rate-limited (-R): load on every process for the whole test without
+	// taking the two cores from the tests running beside this one.
+	bench, benchWait := startPgbench(t, ctx, c.Bin("pgbench"), "-n", "-S", "-c", "9", "-j", "2", "-R", "300", "-T", "20", shared)
 
 	// Three clients on every process; the kernel picks, the key tells.
 	const perProc = 3
@@ -545,6 +548,7 @@ func (w *restartWorker) run(ctx context.Context, dsn string, id int, stop <-chan
 // session; pgbench -C sees no error at all. The test logs the
 // transactions, retries and the longest gap.
 func TestFleetRollingRestart(t *testing.T) {
+	t.Parallel() // own cluster, port, processes and sockets
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	c := startE2ECluster(t, ctx, pgtest.Options{}, "", true)
