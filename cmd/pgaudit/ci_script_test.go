@@ -11,16 +11,19 @@ import (
 	"time"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtest"
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 )
 
 // TestMain lets the test binary stand in for the pgaudit command (for the
-// CI script test): with PGAUDIT_TEST_MAIN=1 it runs main.
+// CI script test): with PGAUDIT_TEST_MAIN=1 it runs main. Otherwise it runs
+// the tests as every package does (testutil.Main: the shared cluster is
+// stopped at the end, and leaked goroutines fail the run).
 func TestMain(m *testing.M) {
 	if os.Getenv("PGAUDIT_TEST_MAIN") == "1" {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	testutil.Main(m)
 }
 
 // TestCIScript (issue 14, item 14) runs examples/ci/pgaudit-ci.sh, the
