@@ -87,6 +87,21 @@ type fleetSpec struct {
 	shutdownTimeout time.Duration
 }
 
+// newFleetSpec builds the pgaudit binary and describes a fleet of the
+// given peer ids on one free port in front of cluster c, each process with
+// its peer_listen socket in a temp dir.
+func newFleetSpec(t *testing.T, c *pgtest.Cluster, ids []int, poolSize int, shutdownTimeout time.Duration) fleetSpec {
+	t.Helper()
+	port, err := pgtest.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	return fleetSpec{bin: buildPgaudit(t), dir: dir, port: port, upstream: c.DSN(""), ids: ids, poolSize: poolSize,
+		shutdownTimeout: shutdownTimeout,
+		peerSock:        func(id int) string { return filepath.Join(dir, fmt.Sprintf("peer-%d.sock", id)) }}
+}
+
 // startFleetProc starts process id of the fleet and waits until its admin
 // listener answers /readyz (the proxy listener opens before it).
 func startFleetProc(t *testing.T, ctx context.Context, fs fleetSpec, id int) *fleetProc {
@@ -357,15 +372,8 @@ func TestFleetCancelAcrossProcesses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	c := startE2ECluster(t, ctx, pgtest.Options{}, "", true)
-	bin := buildPgaudit(t)
-	port, err := pgtest.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	fs := fleetSpec{bin: bin, dir: dir, port: port, upstream: c.DSN(""), ids: []int{1, 2, 3}, poolSize: 8,
-		shutdownTimeout: 10 * time.Second,
-		peerSock:        func(id int) string { return filepath.Join(dir, fmt.Sprintf("peer-%d.sock", id)) }}
+	fs := newFleetSpec(t, c, []int{1, 2, 3}, 8, 10*time.Second)
+	port := fs.port
 	var procs []*fleetProc
 	for _, id := range fs.ids {
 		procs = append(procs, startFleetProc(t, ctx, fs, id))
@@ -552,16 +560,9 @@ func TestFleetRollingRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	c := startE2ECluster(t, ctx, pgtest.Options{}, "", true)
-	bin := buildPgaudit(t)
-	port, err := pgtest.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
 	const shutdownTimeout = 6 * time.Second
-	fs := fleetSpec{bin: bin, dir: dir, port: port, upstream: c.DSN(""), ids: []int{1, 2}, poolSize: 6,
-		shutdownTimeout: shutdownTimeout,
-		peerSock:        func(id int) string { return filepath.Join(dir, fmt.Sprintf("peer-%d.sock", id)) }}
+	fs := newFleetSpec(t, c, []int{1, 2}, 6, shutdownTimeout)
+	port := fs.port
 	old := startFleetProc(t, ctx, fs, 1)
 	shared := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
 
