@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench/pgbench.sh: pgbench throughput, latency and proxy CPU per transaction
-# of direct Postgres, pgaudit and PgBouncer (1.25.2, built once from source),
+# of direct Postgres, pgaudit (on each relay: goroutine and event) and
+# PgBouncer (1.25.2, built once from source),
 # measured in the same run on the same throwaway cluster; pgaudit's dropped
 # audit events per cell; and the memory per idle client of both proxies.
 #
@@ -17,7 +18,9 @@
 #   SCALE            pgbench -i scale factor                            [10]
 #   JOBS             pgbench -j                                         [2]
 #   SECTIONS         which sections to run: session transaction connect idle [all four]
-#   TARGETS          which targets: direct pgaudit pgbouncer            [all three]
+#   TARGETS          which targets: direct pgaudit-goroutine pgaudit-event pgbouncer [all four;
+#                    pgaudit alone means pgaudit-goroutine]
+#   RELAY_PARK_AFTER pgaudit-event's relay_park_after                   [pgaudit's default]
 #   SESSION_CLIENTS  client counts, session section                     [10 100]
 #   TX_CLIENTS       client counts, transaction section                 [10 100 1000; QUICK: 10 100]
 #   TX_PROTOCOLS     pgbench -M values, transaction section             [simple extended prepared]
@@ -59,7 +62,10 @@ DURATION=${DURATION:-15}
 SCALE=${SCALE:-10}
 JOBS=${JOBS:-2}
 SECTIONS=${SECTIONS:-"session transaction connect idle"}
-TARGETS=${TARGETS:-"direct pgaudit pgbouncer"}
+TARGETS=${TARGETS:-"direct pgaudit-goroutine pgaudit-event pgbouncer"}
+# "pgaudit" alone is the goroutine relay (the targets of earlier versions).
+TARGETS=$(echo " $TARGETS " | sed -E 's/ pgaudit / pgaudit-goroutine /g; s/^ +//; s/ +$//')
+RELAY_PARK_AFTER=${RELAY_PARK_AFTER:-}
 SESSION_CLIENTS=${SESSION_CLIENTS:-"10 100"}
 TX_CLIENTS=${TX_CLIENTS:-"10 100 1000"}
 TX_PROTOCOLS=${TX_PROTOCOLS:-"simple extended prepared"}
@@ -96,19 +102,24 @@ TMP=$(mktemp -d /tmp/pgaudit-bench.XXXXXX)
 chown postgres: "$TMP"
 chmod 755 "$TMP"
 PGDATA_DIR=$TMP/data
-PGAUDIT_PID=
+# Per pgaudit target (pgaudit-RELAY): pid, port, admin port.
+declare -A PA_PID=() PA_PORT=() PA_ADMIN=()
 PGBOUNCER_PIDFILE=$TMP/pgbouncer.pid
 PG_STARTED=0
 IDLE_CLIENT_PID=
 
 stop_pgaudit() {
-  if [[ -n $PGAUDIT_PID ]] && kill -0 "$PGAUDIT_PID" 2>/dev/null; then
-    kill -INT "$PGAUDIT_PID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$PGAUDIT_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$PGAUDIT_PID" 2>/dev/null || true
-    wait "$PGAUDIT_PID" 2>/dev/null || true
-  fi
-  PGAUDIT_PID=
+  local t pid
+  for t in "${!PA_PID[@]}"; do
+    pid=${PA_PID[$t]}
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+      kill -INT "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
+  PA_PID=()
 }
 
 stop_pgbouncer() {
@@ -169,7 +180,7 @@ PGAUDIT_REV=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unk
 if [[ -n $(git -C "$REPO_ROOT" status --porcelain 2>/dev/null | head -1) ]]; then
   PGAUDIT_REV="$PGAUDIT_REV-dirty"
 fi
-if [[ " $TARGETS " == *" pgaudit "* ]]; then
+if [[ " $TARGETS " == *" pgaudit-"* ]]; then
   if [[ -n $PGAUDIT_BIN ]]; then
     [[ -x $PGAUDIT_BIN ]] || die "PGAUDIT_BIN=$PGAUDIT_BIN is not executable"
     log "using prebuilt pgaudit: $PGAUDIT_BIN"
@@ -195,8 +206,6 @@ fi
 start_cluster 1200 "pgaudit bench"
 
 # ---------------------------------------------------------------- proxies
-PGAUDIT_PORT=
-PGAUDIT_ADMIN_PORT=
 PGBOUNCER_PORT=
 PGBOUNCER_PID=
 CUR_PROXY_CONF=
@@ -206,20 +215,24 @@ if ((MAX_CLIENT_CONN < 10000)); then MAX_CLIENT_CONN=10000; fi
 
 # pgaudit runs with its defaults (analysis on, no audit log) plus an admin
 # listener on a free port, whose /metrics the bench reads for the audit
-# queue's drop counter. The config file only raises max_client_conn.
-start_pgaudit() { # mode size
-  PGAUDIT_PORT=$(free_port)
-  PGAUDIT_ADMIN_PORT=$(free_port)
-  printf '[pgaudit]\nmax_client_conn = %d\n' "$MAX_CLIENT_CONN" >"$TMP/pgaudit.toml"
-  "$PGAUDIT_BIN" proxy --config "$TMP/pgaudit.toml" --listen "127.0.0.1:$PGAUDIT_PORT" \
-    --admin-listen "127.0.0.1:$PGAUDIT_ADMIN_PORT" \
+# queue's drop counter, and --relay RELAY for target pgaudit-RELAY. The
+# config file only raises max_client_conn (and sets relay_park_after when
+# RELAY_PARK_AFTER is set).
+start_pgaudit() { # mode size target
+  local t=$3 relay=${3#pgaudit-} port admin
+  port=$(free_port)
+  admin=$(free_port)
+  printf '[pgaudit]\nmax_client_conn = %d\n' "$MAX_CLIENT_CONN" >"$TMP/$t.toml"
+  if [[ -n $RELAY_PARK_AFTER ]]; then printf 'relay_park_after = "%s"\n' "$RELAY_PARK_AFTER" >>"$TMP/$t.toml"; fi
+  "$PGAUDIT_BIN" proxy --config "$TMP/$t.toml" --listen "127.0.0.1:$port" \
+    --admin-listen "127.0.0.1:$admin" --relay "$relay" \
     --upstream "postgres://postgres@127.0.0.1:$PGPORT/postgres?sslmode=disable" \
     --pool-mode "$1" --pool-size "$2" --log-level warn \
-    >>"$TMP/pgaudit.log" 2>&1 &
-  PGAUDIT_PID=$!
-  wait_port "$PGAUDIT_PORT" 20 || { tail -20 "$TMP/pgaudit.log" >&2; die "pgaudit did not start"; }
-  wait_port "$PGAUDIT_ADMIN_PORT" 10 || log "pgaudit's admin listener 127.0.0.1:$PGAUDIT_ADMIN_PORT does not answer: events_dropped will show ?"
-  log "pgaudit $1 pool $2 on 127.0.0.1:$PGAUDIT_PORT (pid $PGAUDIT_PID, admin $PGAUDIT_ADMIN_PORT)"
+    >>"$TMP/$t.log" 2>&1 &
+  PA_PID[$t]=$! PA_PORT[$t]=$port PA_ADMIN[$t]=$admin
+  wait_port "$port" 20 || { tail -20 "$TMP/$t.log" >&2; die "$t did not start"; }
+  wait_port "$admin" 10 || log "$t's admin listener 127.0.0.1:$admin does not answer: events_dropped will show ?"
+  log "$t $1 pool $2 on 127.0.0.1:$port (pid ${PA_PID[$t]}, admin $admin)"
 }
 
 start_pgbouncer() { # mode size
@@ -266,7 +279,10 @@ configure_proxies() { # mode size
   [[ "$1/$2" == "$CUR_PROXY_CONF" ]] && return
   stop_pgaudit
   stop_pgbouncer
-  if [[ " $TARGETS " == *" pgaudit "* ]]; then start_pgaudit "$1" "$2"; fi
+  local t
+  for t in $TARGETS; do
+    if [[ $t == pgaudit-* ]]; then start_pgaudit "$1" "$2" "$t"; fi
+  done
   if [[ " $TARGETS " == *" pgbouncer "* ]]; then start_pgbouncer "$1" "$2"; fi
   CUR_PROXY_CONF="$1/$2"
   warm_proxies "$2"
@@ -280,10 +296,10 @@ configure_proxies() { # mode size
 # Postgres CPU per transaction of whichever target ran on fresh backends.
 warm_proxies() {
   [[ $WARMUP -gt 0 ]] || return 0
-  local port
-  for t in pgaudit pgbouncer; do
-    [[ " $TARGETS " == *" $t "* ]] || continue
-    if [[ $t == pgaudit ]]; then port=$PGAUDIT_PORT; else port=$PGBOUNCER_PORT; fi
+  local port t
+  for t in $TARGETS; do
+    [[ $t == direct ]] && continue
+    if [[ $t == pgaudit-* ]]; then port=${PA_PORT[$t]}; else port=$PGBOUNCER_PORT; fi
     pgbench -S -n -T "$WARMUP" -c "$1" -j "$JOBS" -h 127.0.0.1 -p "$port" >/dev/null 2>&1 ||
       log "warm-up through $t failed (ignored)"
   done
@@ -333,7 +349,7 @@ run_one() {
   local section=$1 mode=$2 size=$3 clients=$4 proto=$5 target=$6 cflag=$7 port pid=
   case $target in
     direct) port=$PGPORT ;;
-    pgaudit) port=$PGAUDIT_PORT pid=$PGAUDIT_PID ;;
+    pgaudit-*) port=${PA_PORT[$target]} pid=${PA_PID[$target]} ;;
     pgbouncer) port=$PGBOUNCER_PORT pid=$PGBOUNCER_PID ;;
   esac
   if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
@@ -356,7 +372,7 @@ run_one() {
     # The proxy's CPU time (utime + stime, all threads) around the run, and
     # pgaudit's count of audit events dropped because the queue was full.
     if [[ -n $pid ]]; then c0=$(cpu_ticks "$pid" || true); fi
-    if [[ $target == pgaudit ]]; then d0=$(metric_at "$PGAUDIT_ADMIN_PORT" pgaudit_audit_events_dropped_total); fi
+    if [[ $target == pgaudit-* ]]; then d0=$(metric_at "${PA_ADMIN[$target]}" pgaudit_audit_events_dropped_total); fi
     t0=$SECONDS
     timeout -k 10 $((secs + RUN_TIMEOUT)) pgbench "${args[@]}" >"$out" 2>&1 || rc=$?
     elapsed=$((SECONDS - t0))
@@ -366,7 +382,7 @@ run_one() {
       sleep "$SETTLE"
       c1=$(cpu_ticks "$pid" || true)
     fi
-    if [[ $target == pgaudit ]]; then d1=$(metric_at "$PGAUDIT_ADMIN_PORT" pgaudit_audit_events_dropped_total); fi
+    if [[ $target == pgaudit-* ]]; then d1=$(metric_at "${PA_ADMIN[$target]}" pgaudit_audit_events_dropped_total); fi
     { echo "=== $tag (load before: $R_LOAD, ${elapsed}s, proxy CPU ticks ${c0:--}..${c1:--} at $CLK_TCK/s, audit events dropped ${d0:--}..${d1:--}): pgbench ${args[*]}"; cat "$out"; echo; } >>"$RAW"
     # The clock ran out while the clients were still connecting (slow
     # backend forks under load): retry once with room for that.
@@ -397,7 +413,7 @@ run_one() {
   if [[ -n $pid ]]; then
     if [[ -n $c0 && -n $c1 ]]; then R_TICKS=$((c1 - c0)); else R_TICKS='?'; fi
   fi
-  if [[ $target == pgaudit ]]; then
+  if [[ $target == pgaudit-* ]]; then
     if [[ -n $d0 && -n $d1 ]]; then R_DROPPED=$((d1 - d0)); else R_DROPPED='?'; fi
   fi
   if [[ $rc == 0 && ($R_FAILED == 0 || $R_FAILED == ?) && -z $errs && ${processed:-0} != 0 ]]; then
@@ -455,14 +471,13 @@ scenario() {
     lat=$(latency_pcts "$TMP/lat-$section-$mode-c$clients-$proto-$t")
     p50[$t]=${lat% *} p99[$t]=${lat#* }
   done
-  d_tps=${tps[direct]:-n/a} a_tps=${tps[pgaudit]:-n/a} b_tps=${tps[pgbouncer]:-n/a}
-  local rd rb rc
-  rd=$(ratio "$a_tps" "$d_tps")
-  rb=$(ratio "$a_tps" "$b_tps")
-  rc=$(ratio "${cpu[pgaudit]:-}" "${cpu[pgbouncer]:-}")
+  d_tps=${tps[direct]:-n/a} b_tps=${tps[pgbouncer]:-n/a}
   for t in $TARGETS; do
     local r1=- r2=- r3=-
-    if [[ $t == pgaudit ]]; then r1=$rd r2=$rb r3=$rc; fi
+    # Ratios on each pgaudit row (one per relay).
+    if [[ $t == pgaudit-* ]]; then
+      r1=$(ratio "${tps[$t]}" "$d_tps") r2=$(ratio "${tps[$t]}" "$b_tps") r3=$(ratio "${cpu[$t]:-}" "${cpu[pgbouncer]:-}")
+    fi
     local dsize=$size
     if [[ $t == direct ]]; then dsize=-; fi
     ROWS+=("$section|$mode|$dsize|$clients|$pname|$t|${tps[$t]}|${p50[$t]}|${p99[$t]}|${failed[$t]}|${cpu[$t]}|${dropped[$t]}|$r1|$r2|$r3|${load[$t]}|${status[$t]}")
@@ -490,7 +505,7 @@ idle_section() {
   echo "target,clients,connected,connect_s,rss_before_kib,rss_after_kib,kib_per_client,checked_ok,pgaudit_vs_pgbouncer,status" >"$IDLE_CSV"
   for t in $TARGETS; do
     case $t in
-      pgaudit) port=$PGAUDIT_PORT pid=$PGAUDIT_PID ;;
+      pgaudit-*) port=${PA_PORT[$t]} pid=${PA_PID[$t]} ;;
       pgbouncer) port=$PGBOUNCER_PORT pid=$PGBOUNCER_PID ;;
       *) continue ;;
     esac
@@ -540,13 +555,19 @@ idle_section() {
     echo "$t,$n,$connected,$csecs,$before,$after,${kib[$t]},$ok,RATIO,$st" >>"$IDLE_CSV"
     log "  $connected connected in ${csecs}s, RSS $before -> $after KiB: ${kib[$t]} KiB per idle client; $ok answered SELECT 1"
   done
-  # The ratio goes on pgaudit's row.
-  local r
-  r=$(ratio "${kib[pgaudit]:-}" "${kib[pgbouncer]:-}")
+  # The ratio goes on each pgaudit row.
+  local r t2
   for i in "${!IDLE_ROWS[@]}"; do
-    if [[ ${IDLE_ROWS[$i]} == pgaudit\|* ]]; then IDLE_ROWS[i]=${IDLE_ROWS[$i]/|RATIO|/|$r|}; else IDLE_ROWS[i]=${IDLE_ROWS[$i]/|RATIO|/|-|}; fi
+    t2=${IDLE_ROWS[$i]%%|*}
+    if [[ $t2 == pgaudit-* ]]; then
+      r=$(ratio "${kib[$t2]:-}" "${kib[pgbouncer]:-}")
+      IDLE_ROWS[i]=${IDLE_ROWS[$i]/|RATIO|/|$r|}
+      sed -i -E "s|^($t2,.*),RATIO,|\1,$r,|" "$IDLE_CSV"
+    else
+      IDLE_ROWS[i]=${IDLE_ROWS[$i]/|RATIO|/|-|}
+    fi
   done
-  sed -i -E "s/^(pgaudit,.*),RATIO,/\1,$r,/; s/,RATIO,/,-,/" "$IDLE_CSV"
+  sed -i -E "s/,RATIO,/,-,/" "$IDLE_CSV"
   # Later sections get fresh proxies.
   CUR_PROXY_CONF=
 }
@@ -612,16 +633,18 @@ done
   if ((${#IDLE_ROWS[@]})); then echo "idle csv: $IDLE_CSV"; fi
   echo "raw pgbench output: $RAW"
 } | tee "$RESULTS_DIR/pgbench-$STAMP.txt"
-if [[ -s $TMP/pgaudit.log ]]; then
-  cp "$TMP/pgaudit.log" "$RESULTS_DIR/pgbench-$STAMP-pgaudit.log"
-  log "pgaudit logged $(wc -l <"$TMP/pgaudit.log") lines at warn and above (kept in $RESULTS_DIR/pgbench-$STAMP-pgaudit.log); by level/message/error:"
-  sed -E 's/127\.0\.0\.1:[0-9]+->/127.0.0.1:PORT->/g' "$TMP/pgaudit.log" |
+for palog in "$TMP"/pgaudit-*.log; do
+  [[ -s $palog ]] || continue
+  t=$(basename "$palog" .log)
+  cp "$palog" "$RESULTS_DIR/pgbench-$STAMP-$t.log"
+  log "$t logged $(wc -l <"$palog") lines at warn and above (kept in $RESULTS_DIR/pgbench-$STAMP-$t.log); by level/message/error:"
+  sed -E 's/127\.0\.0\.1:[0-9]+->/127.0.0.1:PORT->/g' "$palog" |
     awk '{ lvl = msg = err = ""
            if (match($0, /"level":"[^"]*"/)) lvl = substr($0, RSTART + 9, RLENGTH - 10)
            if (match($0, /"message":"[^"]*"/)) msg = substr($0, RSTART + 11, RLENGTH - 12)
            if (match($0, /"error":"([^"\\]|\\.)*"/)) err = substr($0, RSTART + 9, RLENGTH - 10)
            print lvl " | " msg " | " err }' | sort | uniq -c | sort -rn | head -15 >&2
-fi
+done
 if [[ -s $TMP/pgbouncer.log ]] && grep -qE ' (WARNING|ERROR|FATAL) ' "$TMP/pgbouncer.log"; then
   cp "$TMP/pgbouncer.log" "$RESULTS_DIR/pgbench-$STAMP-pgbouncer.log"
   log "pgbouncer logged warnings/errors (kept in $RESULTS_DIR/pgbench-$STAMP-pgbouncer.log):"

@@ -189,6 +189,14 @@ type Config struct {
 	// (event.Event.ResultHash). 0 means DefaultResultSampleEvery; a
 	// negative value turns result hashing off.
 	ResultSampleEvery int
+	// Relay (relay) is RelayGoroutine (default, "" too) or RelayEvent:
+	// how established plain-socket sessions wait while idle (see
+	// relay.go, docs/relay.md). Read by Serve; a reload does not change
+	// it.
+	Relay RelayMode
+	// RelayParkAfter (relay_park_after) is how long a session stays idle
+	// before the event relay parks it (DefaultRelayParkAfter when <= 0).
+	RelayParkAfter time.Duration
 }
 
 // DefaultResultSampleEvery is the default of Config.ResultSampleEvery.

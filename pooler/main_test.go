@@ -2,9 +2,11 @@ package pooler
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
@@ -21,7 +23,25 @@ var cluster = testutil.Cluster()
 // update rewrites golden files under testdata/ (go test ./pooler -update).
 var update = testutil.Update
 
+// relayFlag runs every test proxy on the given relay (go test ./pooler
+// -relay=event); relayParkAfter is the event relay's park_after in tests,
+// short so that sessions park between nearly every step of a test.
+var (
+	relayFlag      = flag.String("relay", "goroutine", "relay of the test proxies: goroutine or event")
+	relayParkAfter = flag.Duration("relay-park-after", 5*time.Millisecond, "relay_park_after of the test proxies on the event relay")
+)
+
 func TestMain(m *testing.M) { testutil.Main(m) }
+
+// withRelay sets the relay (and, for the event relay, a short park_after).
+func withRelay(mode RelayMode) func(*Config) {
+	return func(c *Config) {
+		c.Relay = mode
+		if mode == RelayEvent {
+			c.RelayParkAfter = *relayParkAfter
+		}
+	}
+}
 
 // testProxy starts a proxy in front of the test cluster; mutate adjusts the
 // config. It is closed when the test ends.
@@ -45,6 +65,7 @@ func testProxyWithSink(t testing.TB, mutate func(*Config), sink analyzer.Sink) *
 		Databases: map[string]*Database{"postgres": db},
 		AuthType:  "trust",
 	}
+	withRelay(RelayMode(*relayFlag))(cfg)
 	wild := *db
 	wild.Name = "*"
 	cfg.Databases["*"] = &wild

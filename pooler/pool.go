@@ -73,8 +73,12 @@ const watchPeriod = 25 * time.Millisecond
 // Pool holds the server connections for one (database, user). Its methods are
 // safe for concurrent use.
 type Pool struct {
-	Database string
-	User     string
+	// paramsMu guards sharedParams: the ParameterStatus sets sessions of
+	// this pool share (shareParams in relay.go).
+	paramsMu     sync.Mutex
+	sharedParams []map[string]string
+	Database     string
+	User         string
 
 	db  *Database
 	cfg *pgconn.Config

@@ -11,6 +11,7 @@ import (
 	"hash/maphash"
 	"maps"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -83,6 +84,11 @@ type Proxy struct {
 	loginBudget *wire.MemoryBudget // connections logging in
 	wg          sync.WaitGroup
 	stopMaint   chan struct{}
+	// relay is the event relay's loops and sweeper (nil on the goroutine
+	// relay), set by Serve; coarseNow is the sweeper's clock (unix ns),
+	// stamped on sessions per client message (Session.active).
+	relay     *eventRelay
+	coarseNow atomic.Int64
 
 	counters struct {
 		sessionState atomic.Int64
@@ -200,6 +206,16 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	pl := p.peerListener
 	if pl != nil {
 		p.wg.Add(1)
+	}
+	if cfg := p.config(); cfg.Relay == RelayEvent && p.relay == nil {
+		r, err := newEventRelay(p, runtime.GOMAXPROCS(0), cfg.RelayParkAfter)
+		if err != nil {
+			p.log.Error().Err(err).Msg("event relay unavailable; idle sessions keep their goroutines")
+		} else {
+			p.coarseNow.Store(time.Now().UnixNano())
+			p.relay = r
+			r.start()
+		}
 	}
 	p.mu.Unlock()
 	go p.maintainLoop(ctx)
@@ -334,7 +350,7 @@ func (p *Proxy) Close() error {
 		return nil
 	}
 	p.closing = true
-	l, pl := p.listener, p.peerListener
+	l, pl, relay := p.listener, p.peerListener, p.relay
 	sessions := p.sessionListLocked()
 	conns := make([]net.Conn, 0, len(p.conns))
 	for c := range p.conns {
@@ -348,7 +364,11 @@ func (p *Proxy) Close() error {
 	if pl != nil {
 		_ = pl.Close()
 	}
+	if relay != nil {
+		relay.stop() // resumes parked sessions; no more parking
+	}
 	for _, s := range sessions {
+		s.unparkForClose()
 		_ = s.client.Close()
 		s.interruptInline()
 	}
@@ -365,21 +385,48 @@ func (p *Proxy) Close() error {
 	return nil
 }
 
-// handleConn runs one client connection from startup to the end.
+// handleConn runs one client connection from startup to the end. On the
+// event relay the end may come on another goroutine (serveSession): its
+// cleanup is then handed to the session (Session.end).
 func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
-	defer p.wg.Done()
-	defer nc.Close()
 	p.mu.Lock()
 	if p.closing {
 		p.mu.Unlock()
+		_ = nc.Close()
+		p.wg.Done()
 		return
 	}
 	p.conns[nc] = struct{}{}
 	p.mu.Unlock()
-	defer func() {
+	var (
+		ls        *loginSlot
+		c         *wire.Conn
+		s         *Session
+		handedOff bool
+	)
+	// end is what the deferred calls of a goroutine-per-connection
+	// handler did, in the same order: whoever ends the session runs it.
+	end := func() {
+		if s != nil {
+			p.unregister(s)
+		}
+		if c != nil {
+			c.R.Release() // c may become the TLS conn
+		}
+		if ls != nil {
+			p.endConn(ls)
+			p.clients.Add(-1)
+		}
 		p.mu.Lock()
 		delete(p.conns, nc)
 		p.mu.Unlock()
+		_ = nc.Close()
+		p.wg.Done()
+	}
+	defer func() {
+		if !handedOff {
+			end()
+		}
 	}()
 	defer func() {
 		if r := recover(); r != nil {
@@ -390,15 +437,13 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 		_ = tc.SetNoDelay(true)
 	}
 	p.clients.Add(1)
-	defer p.clients.Add(-1)
 	// The deadline is set before the login slot is taken: an eviction
 	// (enterLogin) sets it to now, which must not be overwritten.
 	_ = nc.SetDeadline(time.Now().Add(p.config().ClientLoginTimeout))
-	ls := p.enterLogin(nc)
-	defer p.endConn(ls)
-	c := p.newClientConn(nc)
-	defer func() { c.R.Release() }() // c may become the TLS conn
-	st, c, err := p.negotiate(c)
+	ls = p.enterLogin(nc)
+	c = p.newClientConn(nc)
+	st, c2, err := p.negotiate(c)
+	c = c2
 	if err != nil {
 		p.loginFailed(c, ls, err)
 		return
@@ -409,7 +454,7 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 		return
 	}
 	p.loginStarted(ls)
-	s, err := p.login(ctx, c, st, ls)
+	s, err = p.login(ctx, c, st, ls)
 	if err != nil {
 		p.loginFailed(c, ls, err)
 		return
@@ -419,8 +464,28 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 	}
 	_ = nc.SetDeadline(time.Time{})
 	c.R.SetMaxBody(p.config().MaxMessageSize)
-	defer p.unregister(s)
-	if err := s.run(ctx); err != nil && !isRoutineDisconnect(err) {
+	s.ctx, s.end = ctx, end
+	handedOff = true
+	p.serveSession(s)
+}
+
+// serveSession runs s until it ends, then logs how and runs s.end; or
+// until it parks (event relay), when the goroutine just returns and wake
+// calls serveSession again on a new one. The Proxy's wg count taken for the
+// connection stays with the session throughout.
+func (p *Proxy) serveSession(s *Session) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error().Interface("panic", r).Msg("client session panic")
+			_ = s.client.Close()
+			s.end()
+		}
+	}()
+	err := s.run(s.ctx)
+	if errors.Is(err, errParked) {
+		return
+	}
+	if err != nil && !isRoutineDisconnect(err) {
 		var we *wire.Error
 		if errors.As(err, &we) {
 			s.log.Info().Str("code", we.Code).Str("error", we.Message).Msg("session ended")
@@ -430,6 +495,7 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 	} else {
 		s.log.Debug().Msg("client disconnected")
 	}
+	s.end()
 }
 
 func (p *Proxy) logStartupError(nc net.Conn, err error) {
@@ -577,7 +643,9 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	s.writingDone = sync.NewCond(&s.mu)
 	c.SetWriteTimeout(pool.set().ClientWriteTimeout)
 	s.gucsKey = gucsKey(s.gucs)
-	s.log = p.log.With().Uint64("session", s.id).Str("user", user).Str("database", dbName).Logger()
+	// A hook adds the session's fields when a line is written: a context
+	// (With) would hold a 500-byte buffer per session for its life.
+	s.log = p.log.Hook(sessionLogHook{s})
 	key := make([]byte, 4)
 	_, _ = rand.Read(key)
 	var params map[string]string
@@ -625,7 +693,9 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	}
 	s.cancelPID, s.cancelKey = pid, key
 	s.mu.Lock()
-	s.reported = params
+	// Most clients of a pool are told the same values: they share one
+	// map until one of them changes (see ownReportedLocked).
+	s.reported, s.reportedShared = pool.shareParams(params), true
 	out := wire.AppendAuthOK(nil)
 	for _, name := range sortedKeys(params) {
 		out = wire.AppendParameterStatus(out, name, params[name])
@@ -641,6 +711,14 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	if err != nil {
 		s.finish()
 		return nil, err
+	}
+	s.serverFd = -1
+	s.active.Store(time.Now().UnixNano())
+	if p.relay != nil {
+		// The event relay parks plain sockets only: a TLS conn has
+		// state (and buffers) of its own in crypto/tls.
+		_, plain := sockFd(c.Conn)
+		s.parkable.Store(plain)
 	}
 	p.register(s)
 	s.log.Debug().Str("client", s.clientAddr).Str("application_name", s.appName).Msg("client logged in")
@@ -880,8 +958,13 @@ func (p *Proxy) handleCancel(st *wire.Startup) {
 func (p *Proxy) Shutdown(ctx context.Context) {
 	p.draining.Store(true)
 	p.mu.Lock()
-	l := p.listener
+	l, relay := p.listener, p.relay
 	p.mu.Unlock()
+	if relay != nil {
+		// Event relay: resume every parked session (and park no more),
+		// so that the poll below ends them as it ends idle ones.
+		relay.stop()
+	}
 	if l != nil {
 		_ = l.Close()
 	}

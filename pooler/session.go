@@ -145,14 +145,17 @@ type Session struct {
 	// reported holds the ParameterStatus values the client has been
 	// sent; heldParams (name, value pairs) and heldZ are what the server
 	// said while a Query with holdZ and its restore query run.
-	reported    map[string]string
-	heldParams  []string
-	heldZ       []byte
-	pendingWait time.Duration
-	txSeq       uint64
-	closed      bool
-	lastFatal   bool
-	acquiring   bool // info: waiting for a server connection
+	reported map[string]string
+	// reportedShared says reported is the pool's shared copy (see
+	// Pool.shareParams): clone it before writing.
+	reportedShared bool
+	heldParams     []string
+	heldZ          []byte
+	pendingWait    time.Duration
+	txSeq          uint64
+	closed         bool
+	lastFatal      bool
+	acquiring      bool // info: waiting for a server connection
 	// copyInExtended is set between an Execute's CopyInResponse and the
 	// client's CopyDone/CopyFail.
 	copyInExtended bool
@@ -197,6 +200,30 @@ type Session struct {
 	// out (zero between transactions); xactTime sums finished ones.
 	xactStart time.Time
 	xactTime  time.Duration
+
+	// The event relay (relay.go). parkable is set at login for plain
+	// sockets on the event relay and never changes. parkState is one of
+	// parkRunning, parkParked, parkResuming. parkReq says the sweeper set
+	// a past read deadline to make the run loop park. active is the
+	// coarse time (Proxy.coarseNow) of the last client message: the one
+	// store per message the event relay costs. readDL is the client read
+	// deadline the session wants (unix ns, 0 none), kept across park
+	// requests and parks. resumed tells run it goes on after a park.
+	// parkLoop, clientFd and serverFd (-1: none) are set while parked
+	// (s.mu).
+	parkable           atomic.Bool
+	resumed            bool
+	parkMu             sync.Mutex // orders parkReq with its deadline
+	parkState          atomic.Int32
+	parkReq            atomic.Bool
+	active             atomic.Int64
+	readDL             atomic.Int64
+	parkLoop           *eventLoop
+	clientFd, serverFd int
+	// ctx is the context the session's goroutines run under, and end
+	// the rest of handleConn's cleanup (see serveSession).
+	ctx context.Context
+	end func()
 }
 
 type suspendedPortal struct {
@@ -224,24 +251,61 @@ func isConnReset(err error) bool {
 	return false
 }
 
-// run relays client messages until the client leaves or a fatal error.
+// run relays client messages until the client leaves or a fatal error,
+// or, on the event relay, until the session parks (errParked; see
+// relay.go): then its goroutine ends without finishing the session, and a
+// later run on another goroutine goes on where it stopped.
 func (s *Session) run(ctx context.Context) error {
-	defer s.finish()
-	idleTimeout := s.pool.set().ClientIdleTimeout
-	for {
-		if idleTimeout > 0 {
-			s.mu.Lock()
-			if s.server == nil || s.mode == SessionMode && s.inFlight == 0 && s.txStatus == 'I' {
-				_ = s.client.SetReadDeadline(time.Now().Add(idleTimeout))
-			}
-			s.mu.Unlock()
+	parked := false
+	defer func() {
+		if !parked {
+			s.finish()
 		}
+	}()
+	idleTimeout := s.pool.set().ClientIdleTimeout
+	if s.resumed {
+		// Back from parked: the read deadline the session had then
+		// (client_idle_timeout counts the time parked), and the server's
+		// reader in session mode.
+		s.resumed = false
+		s.restoreReadDeadline()
+		s.mu.Lock()
+		s.restartReaderLocked()
+		s.mu.Unlock()
+	} else if idleTimeout > 0 {
+		s.setIdleDeadline(idleTimeout)
+	}
+	for {
 		typ, raw, err := s.client.R.ReadMessage()
 		if err != nil {
+			if wire.IsTimeout(err) && s.takeParkRequest() {
+				// The sweeper asked this idle session to park.
+				if s.park() {
+					parked = true
+					if !s.parkable.Load() {
+						// KILL or Shutdown came while it parked
+						// (see wake).
+						s.wake()
+					}
+					return errParked
+				}
+				// Not idle after all (a transaction, a message half
+				// received): ask again after 8 x park_after more, so
+				// that such sessions are not woken every park_after.
+				s.active.Store(time.Now().UnixNano() + 7*int64(s.proxy.relay.parkAfter))
+				s.parkMu.Lock()
+				if !s.parkReq.Load() {
+					// (A request made meanwhile keeps its deadline.)
+					s.restoreReadDeadline()
+				}
+				s.parkMu.Unlock()
+				continue
+			}
 			return s.clientReadError(err)
 		}
+		s.active.Store(s.proxy.coarseNow.Load())
 		if idleTimeout > 0 || s.pool.set().IdleTransactionTimeout > 0 {
-			_ = s.client.SetReadDeadline(time.Time{})
+			s.setClientReadDeadline(time.Time{})
 		}
 		// During Shutdown, a client that sends its next statement while
 		// between transactions is ended instead (Shutdown's own poll
@@ -276,7 +340,41 @@ func (s *Session) run(ctx context.Context) error {
 			}
 			return err
 		}
+		if idleTimeout > 0 {
+			s.setIdleDeadline(idleTimeout)
+		}
 	}
+}
+
+// setIdleDeadline arms client_idle_timeout when the session is idle
+// between transactions (no server, or session mode with nothing running).
+func (s *Session) setIdleDeadline(idleTimeout time.Duration) {
+	s.mu.Lock()
+	if s.server == nil || s.mode == SessionMode && s.inFlight == 0 && s.txStatus == 'I' {
+		s.setClientReadDeadline(time.Now().Add(idleTimeout))
+	}
+	s.mu.Unlock()
+}
+
+// setClientReadDeadline sets the client's read deadline and records it
+// (readDL), so that it survives a park request's deadline and a park.
+func (s *Session) setClientReadDeadline(t time.Time) {
+	if t.IsZero() {
+		s.readDL.Store(0)
+	} else {
+		s.readDL.Store(t.UnixNano())
+	}
+	_ = s.client.SetReadDeadline(t)
+}
+
+// restoreReadDeadline sets the client's read deadline back to the one
+// recorded by setClientReadDeadline.
+func (s *Session) restoreReadDeadline() {
+	var t time.Time
+	if dl := s.readDL.Load(); dl != 0 {
+		t = time.Unix(0, dl)
+	}
+	_ = s.client.SetReadDeadline(t)
 }
 
 func (s *Session) clientReadError(err error) error {
@@ -306,7 +404,7 @@ func (s *Session) clientReadError(err error) error {
 
 // fatal sends e to the client; the caller returns, which closes everything.
 func (s *Session) fatal(e *wire.Error) error {
-	s.mu.Lock()
+	s.lockRunning()
 	_ = s.client.SendError(e)
 	s.mu.Unlock()
 	return e
@@ -786,6 +884,7 @@ func (s *Session) releaseHeldLocked() {
 		if v, ok := s.reported[name]; ok && v == final[name] {
 			continue
 		}
+		s.ownReportedLocked()
 		s.reported[name] = final[name]
 		s.sendLocked(wire.AppendParameterStatus(nil, name, final[name]))
 	}
@@ -1744,6 +1843,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			return false
 		}
 		if s.reported != nil {
+			s.ownReportedLocked()
 			s.reported[name] = value
 		}
 		s.sendLocked(raw)
@@ -1993,7 +2093,11 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			s.sendLocked(raw)
 		}
 		if s.pool.set().IdleTransactionTimeout > 0 && s.txStatus != 'I' && s.inFlight == 0 {
-			_ = s.client.SetReadDeadline(time.Now().Add(s.pool.set().IdleTransactionTimeout))
+			s.setClientReadDeadline(time.Now().Add(s.pool.set().IdleTransactionTimeout))
+		} else if d := s.pool.set().ClientIdleTimeout; d > 0 && s.mode == SessionMode && s.txStatus == 'I' && s.inFlight == 0 {
+			// Session mode: the client goroutine armed nothing, as the
+			// reply was still to come when it looked (setIdleDeadline).
+			s.setClientReadDeadline(time.Now().Add(d))
 		}
 		return s.releasableLocked()
 	}
@@ -2243,7 +2347,7 @@ func parseTag(tag []byte) (string, int64) {
 // not read holds it until client_write_timeout. Its own FATAL waits at
 // most a second for a full socket.
 func (s *Session) closeIfIdle(e *wire.Error) bool {
-	s.mu.Lock()
+	s.lockRunning()
 	idle := !s.closed && s.inFlight == 0 && !s.groupOpen && !s.copyActive && !s.writing &&
 		s.queue.len() == 0 && (s.server == nil || s.txStatus == 'I')
 	if idle {

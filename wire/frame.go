@@ -70,6 +70,15 @@ type Reader struct {
 	charged int
 	// desynced is set when an error interrupted a frame part-way.
 	desynced bool
+	// src and bufSize rebuild br after DropBuffers (see park.go).
+	src     io.Reader
+	bufSize int
+	// part, partGot and partN hold a frame whose read a deadline
+	// interrupted part-way (partN > 0): partGot of its partN bytes are in
+	// part, and the next ReadMessage goes on from there, so a timeout
+	// never desynchronizes the stream.
+	part           []byte
+	partGot, partN int
 }
 
 // pendingReader is a source that can tell whether bytes are waiting
@@ -81,8 +90,11 @@ type pendingReader interface{ pending() bool }
 const keepBufferSize = 16 << 10
 
 // InSync reports whether every error so far struck between frames, so the
-// stream can still be read (after a read deadline, say).
-func (r *Reader) InSync() bool { return !r.desynced }
+// stream can still be read (after a read deadline, say) and a connection
+// can be handed to another user. It is false while a frame that a read
+// deadline interrupted is half-read (see ReadMessage): reading on
+// completes that frame, but the stream is not between frames.
+func (r *Reader) InSync() bool { return !r.desynced && r.partN == 0 }
 
 // NewReader returns a Reader over r that rejects message bodies larger than
 // maxBody bytes (DefaultMaxMessageSize when maxBody <= 0).
@@ -97,7 +109,7 @@ func NewReaderSize(r io.Reader, maxBody, bufSize int) *Reader {
 	if maxBody <= 0 {
 		maxBody = DefaultMaxMessageSize
 	}
-	rd := &Reader{br: bufio.NewReaderSize(r, bufSize), maxBody: maxBody}
+	rd := &Reader{br: bufio.NewReaderSize(r, bufSize), maxBody: maxBody, src: r, bufSize: bufSize}
 	if pr, ok := r.(pendingReader); ok {
 		rd.pending = pr.pending
 	}
@@ -105,7 +117,17 @@ func NewReaderSize(r io.Reader, maxBody, bufSize int) *Reader {
 }
 
 // Buffered reports how many bytes are buffered and not yet returned.
-func (r *Reader) Buffered() int { return r.br.Buffered() }
+// Bytes of a frame interrupted by a deadline (see Idle) are not counted.
+func (r *Reader) Buffered() int {
+	if r.br == nil {
+		return 0
+	}
+	return r.br.Buffered()
+}
+
+// Idle reports whether the Reader holds nothing unread: no buffered bytes
+// and no frame half-read when a read deadline struck.
+func (r *Reader) Idle() bool { return r.Buffered() == 0 && r.partN == 0 }
 
 // SetMaxBody changes the body size cap.
 func (r *Reader) SetMaxBody(n int) { r.maxBody = n }
@@ -125,6 +147,7 @@ func (r *Reader) SetBudget(b *MemoryBudget) {
 // budget. The owner calls it when it stops using the Reader; the last
 // message returned becomes invalid. Reading again is allowed.
 func (r *Reader) Release() {
+	r.part, r.partGot, r.partN = nil, 0, 0
 	r.big = nil
 	if r.charged > 0 {
 		r.budget.Release(int64(r.charged))
@@ -155,7 +178,20 @@ func (r *Reader) ReadStartup() ([]byte, error) {
 // ReadMessage reads one typed message and returns its type and the raw
 // frame (type byte, length, body), ready to forward unchanged. The body is
 // raw[5:]. The frame aliases the Reader's buffer.
+//
+// A read deadline that strikes part-way through a frame returns the
+// timeout error and keeps what arrived: the next call goes on with the same
+// frame, so the stream stays in sync (InSync) and a deadline can be used to
+// interrupt a read at any moment.
 func (r *Reader) ReadMessage() (typ byte, raw []byte, err error) {
+	if r.partN > 0 {
+		typ, size := r.part[0], r.partN-5
+		raw, err = r.fillFrom(r.part, r.partGot, r.partN)
+		if err != nil {
+			return r.fillFailed(typ, size, err)
+		}
+		return typ, raw, nil
+	}
 	// Drop the large buffer before waiting for the peer.
 	if r.big != nil && r.br.Buffered() == 0 && (r.pending == nil || !r.pending()) {
 		r.Release()
@@ -189,15 +225,30 @@ func (r *Reader) ReadMessage() (typ byte, raw []byte, err error) {
 	}
 	raw, err = r.fill(n + 1)
 	if err != nil {
-		r.desynced = true
-		var be *BufferBudgetError
-		if errors.As(err, &be) {
-			be.Type, be.Size = typ, n-4
-			return typ, nil, be
-		}
-		return typ, nil, unexpectedEOF(err)
+		return r.fillFailed(typ, n-4, err)
 	}
 	return typ, raw, nil
+}
+
+// fillFailed is ReadMessage's result when reading a frame's body failed:
+// a timeout (the frame is kept, see ReadMessage) or a broken stream.
+func (r *Reader) fillFailed(typ byte, size int, err error) (byte, []byte, error) {
+	if r.partN > 0 {
+		return typ, nil, err
+	}
+	r.desynced = true
+	var be *BufferBudgetError
+	if errors.As(err, &be) {
+		be.Type, be.Size = typ, size
+		return typ, nil, be
+	}
+	return typ, nil, unexpectedEOF(err)
+}
+
+// isTimeout reports whether err is a deadline's timeout.
+func isTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
 }
 
 // fill reads the next n bytes into an assembly buffer and returns them.
@@ -214,7 +265,12 @@ func (r *Reader) fill(n int) ([]byte, error) {
 	default:
 		buf = r.small[:cap(r.small)]
 	}
-	got := 0
+	return r.fillFrom(buf, 0, n)
+}
+
+// fillFrom goes on filling buf, which holds got of the n bytes wanted.
+func (r *Reader) fillFrom(buf []byte, got, n int) ([]byte, error) {
+	r.part, r.partGot, r.partN = nil, 0, 0
 	for got < n {
 		if got == len(buf) {
 			size := min(n, 2*len(buf))
@@ -229,6 +285,10 @@ func (r *Reader) fill(n int) ([]byte, error) {
 		m, err := r.br.Read(buf[got:min(len(buf), n)])
 		got += m
 		if err != nil && got < n {
+			if isTimeout(err) {
+				r.part, r.partGot, r.partN = buf, got, n
+				return nil, err
+			}
 			r.Release()
 			return nil, err
 		}

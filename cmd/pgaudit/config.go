@@ -229,6 +229,8 @@ type pgauditFile struct {
 	MaxClientConn      int       `toml:"max_client_conn"`
 	ClientLoginTimeout *Duration `toml:"client_login_timeout"`
 	MaxLoginClients    int       `toml:"max_login_clients"`
+	Relay              string    `toml:"relay"`
+	RelayParkAfter     *Duration `toml:"relay_park_after"`
 	ResultSampleEvery  int       `toml:"result_sample_every"`
 	MaxMessageSize     int       `toml:"max_message_size"`
 	ClientBufferBudget *ByteSize `toml:"client_buffer_budget"`
@@ -299,6 +301,7 @@ type proxyFlags struct {
 	upstream      string
 	poolMode      string
 	poolSize      int
+	relay         string
 	auditLog      string
 	logLevel      string
 	authType      string
@@ -443,6 +446,18 @@ func (l *settingsLoader) applyPeers() error {
 	return pooler.ValidatePeers(l.cfg.PeerID, l.cfg.Peers)
 }
 
+// testRelay is set by this package's tests only (go test ./cmd/pgaudit
+// -relay=event): the relay of every proxy a test starts without choosing
+// one. Nil in the binary.
+var testRelay *string
+
+func testRelayDefault() string {
+	if testRelay == nil {
+		return ""
+	}
+	return *testRelay
+}
+
 // applyClientLimits: listen address, client connection and message limits.
 func (l *settingsLoader) applyClientLimits() error {
 	cfg, g, fl := l.cfg, l.g, l.fl
@@ -463,6 +478,18 @@ func (l *settingsLoader) applyClientLimits() error {
 	}
 	if cfg.ClientLoginTimeout <= 0 {
 		cfg.ClientLoginTimeout = pooler.DefaultClientLoginTimeout
+	}
+	relay, err := pooler.ParseRelayMode(firstNonEmpty(fl.relay, g.Relay, testRelayDefault()))
+	if err != nil {
+		return err
+	}
+	cfg.Relay = relay
+	cfg.RelayParkAfter = pooler.DefaultRelayParkAfter
+	if g.RelayParkAfter != nil {
+		if g.RelayParkAfter.Duration <= 0 {
+			return fmt.Errorf("relay_park_after must be positive")
+		}
+		cfg.RelayParkAfter = g.RelayParkAfter.Duration
 	}
 	cfg.MaxLoginClients = g.MaxLoginClients
 	if cfg.MaxLoginClients < 0 {

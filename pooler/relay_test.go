@@ -1,0 +1,393 @@
+package pooler
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgaudit-proxy/pgaudit/wire"
+)
+
+// relays are the relays the tests below run on, each as a subtest.
+var relays = []RelayMode{RelayGoroutine, RelayEvent}
+
+// forRelays runs f once per relay and pool mode.
+func forRelays(t *testing.T, f func(t *testing.T, relay RelayMode, mode PoolMode)) {
+	for _, relay := range relays {
+		for _, mode := range []PoolMode{TransactionMode, SessionMode} {
+			t.Run(fmt.Sprintf("%s/%s", relay, mode), func(t *testing.T) { f(t, relay, mode) })
+		}
+	}
+}
+
+// relayProxy is testProxy on relay with pool mode and size, plus mutate.
+func relayProxy(t *testing.T, relay RelayMode, mode PoolMode, size int, mutate func(*Config)) *Proxy {
+	t.Helper()
+	return testProxy(t, func(c *Config) {
+		withMode(mode, size)(c)
+		withRelay(relay)(c)
+		if mutate != nil {
+			mutate(c)
+		}
+	})
+}
+
+// openClients connects n clients through p; they are closed when the test
+// ends.
+func openClients(t *testing.T, p *Proxy, n int) []*pgconn.PgConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conns := make([]*pgconn.PgConn, n)
+	for i := range conns {
+		c, err := pgconn.Connect(ctx, proxyDSN(p, "", ""))
+		if err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		conns[i] = c
+		t.Cleanup(func() { c.Close(context.Background()) })
+	}
+	return conns
+}
+
+// waitParked waits until want clients are parked (on the goroutine relay
+// it checks that none ever is).
+func waitParked(t *testing.T, p *Proxy, relay RelayMode, want int) {
+	t.Helper()
+	if relay == RelayGoroutine {
+		time.Sleep(50 * time.Millisecond)
+		if n := p.ParkedClients(); n != 0 {
+			t.Fatalf("goroutine relay parked %d clients", n)
+		}
+		return
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for p.ParkedClients() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d clients parked, want %d", p.ParkedClients(), want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func queryOne(ctx context.Context, c *pgconn.PgConn, sql string) (string, error) {
+	res, err := c.Exec(ctx, sql).ReadAll()
+	if err != nil {
+		return "", err
+	}
+	if len(res) == 0 || len(res[len(res)-1].Rows) != 1 {
+		return "", fmt.Errorf("unexpected result %v", res)
+	}
+	return string(res[len(res)-1].Rows[0][0]), nil
+}
+
+// TestRelayParkResume: idle clients park (event relay), are listed by
+// SHOW CLIENTS meanwhile, and answer as before when they send again; a
+// session-mode client keeps its server (and its settings) across parks.
+func TestRelayParkResume(t *testing.T) {
+	forRelays(t, func(t *testing.T, relay RelayMode, mode PoolMode) {
+		p := relayProxy(t, relay, mode, 5, nil)
+		conns := openClients(t, p, 4)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		var pids []string
+		for i, c := range conns {
+			if mode == SessionMode {
+				if _, err := queryOne(ctx, c, fmt.Sprintf("select set_config('application_name', 'c%d', false)", i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			pid, err := queryOne(ctx, c, "select pg_backend_pid()")
+			if err != nil {
+				t.Fatal(err)
+			}
+			pids = append(pids, pid)
+		}
+		waitParked(t, p, relay, 4)
+		if n := len(p.Clients()); n != 4 {
+			t.Fatalf("SHOW CLIENTS lists %d clients, want 4", n)
+		}
+		for round := range 3 {
+			for i, c := range conns {
+				got, err := queryOne(ctx, c, fmt.Sprintf("select %d + %d", i, round))
+				if err != nil {
+					t.Fatalf("client %d round %d: %v", i, round, err)
+				}
+				if want := fmt.Sprint(i + round); got != want {
+					t.Fatalf("client %d: got %s, want %s", i, got, want)
+				}
+				if mode == SessionMode {
+					pid, err := queryOne(ctx, c, "select pg_backend_pid()")
+					if err != nil || pid != pids[i] {
+						t.Fatalf("session-mode client %d changed server: %s -> %s (%v)", i, pids[i], pid, err)
+					}
+					app, err := queryOne(ctx, c, "show application_name")
+					if err != nil || app != fmt.Sprintf("c%d", i) {
+						t.Fatalf("client %d: application_name %q (%v)", i, app, err)
+					}
+				}
+			}
+			waitParked(t, p, relay, 4)
+		}
+	})
+}
+
+// TestRelayNotParkedInTransaction: a client idle inside a transaction is
+// never parked, and its transaction goes on.
+func TestRelayNotParkedInTransaction(t *testing.T) {
+	forRelays(t, func(t *testing.T, relay RelayMode, mode PoolMode) {
+		p := relayProxy(t, relay, mode, 2, nil)
+		c := openClients(t, p, 1)[0]
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		xid, err := queryOne(ctx, c, "begin; select txid_current()")
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * *relayParkAfter)
+		if n := p.ParkedClients(); n != 0 {
+			t.Fatalf("%d clients parked inside a transaction", n)
+		}
+		got, err := queryOne(ctx, c, "select txid_current()")
+		if err != nil || got != xid {
+			t.Fatalf("transaction %s, then %q (%v)", xid, got, err)
+		}
+		if _, err := c.Exec(ctx, "rollback").ReadAll(); err != nil {
+			t.Fatal(err)
+		}
+		waitParked(t, p, relay, 1)
+	})
+}
+
+// TestRelayIdleTimeoutWhileParked: client_idle_timeout ends a parked
+// client with FATAL 57P05, on time.
+func TestRelayIdleTimeoutWhileParked(t *testing.T) {
+	forRelays(t, func(t *testing.T, relay RelayMode, mode PoolMode) {
+		const timeout = 400 * time.Millisecond
+		p := relayProxy(t, relay, mode, 2, func(c *Config) {
+			for _, db := range c.Databases {
+				db.Pool.ClientIdleTimeout = timeout
+			}
+		})
+		c := openClients(t, p, 1)[0]
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := queryOne(ctx, c, "select 1"); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		waitParked(t, p, relay, 1)
+		for p.ClientCount() != 0 {
+			if time.Since(start) > 10*time.Second {
+				t.Fatal("idle client not ended")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if took := time.Since(start); took < timeout-50*time.Millisecond {
+			t.Fatalf("ended after %v, before client_idle_timeout %v", took, timeout)
+		}
+		_, err := queryOne(ctx, c, "select 1")
+		wantPgError(t, err, "FATAL", wire.CodeIdleSessionTimeout, "")
+	})
+}
+
+// TestRelayKillWhileParked: KILL reaches parked clients with 57P01.
+func TestRelayKillWhileParked(t *testing.T) {
+	forRelays(t, func(t *testing.T, relay RelayMode, mode PoolMode) {
+		p := relayProxy(t, relay, mode, 3, nil)
+		conns := openClients(t, p, 3)
+		waitParked(t, p, relay, 3)
+		if n := p.Kill("postgres"); n != 3 {
+			t.Fatalf("KILL ended %d sessions, want 3", n)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, c := range conns {
+			_, err := queryOne(ctx, c, "select 1")
+			wantPgError(t, err, "FATAL", wire.CodeAdminShutdown, "")
+		}
+		waitNoClients(t, p)
+	})
+}
+
+func waitNoClients(t *testing.T, p *Proxy) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for p.ClientCount() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d clients left", p.ClientCount())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestRelayShutdownWhileParked: Shutdown ends parked clients with 57P01
+// and returns once they are gone; a client inside a transaction finishes
+// it first.
+func TestRelayShutdownWhileParked(t *testing.T) {
+	forRelays(t, func(t *testing.T, relay RelayMode, mode PoolMode) {
+		p := relayProxy(t, relay, mode, 4, nil)
+		conns := openClients(t, p, 3)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := conns[0].Exec(ctx, "begin; select 1").ReadAll(); err != nil {
+			t.Fatal(err)
+		}
+		waitParked(t, p, relay, 2)
+		// A drain spares sessions younger than drainNewSessionGrace
+		// (drain.go; TestDrain covers that): these must be older, so
+		// their next statement gets 57P01. The wait is the rule under
+		// test, not synchronisation.
+		time.Sleep(drainNewSessionGrace)
+		done := make(chan struct{})
+		go func() { defer close(done); p.Shutdown(ctx) }()
+		for _, c := range conns[1:] {
+			_, err := queryOne(ctx, c, "select 1")
+			wantPgError(t, err, "FATAL", wire.CodeAdminShutdown, "")
+		}
+		if _, err := queryOne(ctx, conns[0], "select 2"); err != nil {
+			t.Fatalf("client in a transaction cut by Shutdown: %v", err)
+		}
+		if _, err := conns[0].Exec(ctx, "commit").ReadAll(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Shutdown did not return")
+		}
+		if n := p.ClientCount(); n != 0 {
+			t.Fatalf("%d clients left after Shutdown", n)
+		}
+	})
+}
+
+// TestRelaySessionAsyncWhileParked: in session mode, what the server sends
+// while the client is parked (a NotificationResponse) reaches the client
+// at once, and a server that dies while the client is parked ends the
+// client with 08006.
+func TestRelaySessionAsyncWhileParked(t *testing.T) {
+	for _, relay := range relays {
+		t.Run(string(relay), func(t *testing.T) {
+			p := relayProxy(t, relay, SessionMode, 3, nil)
+			other := openClients(t, p, 1)[0]
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cfg, err := pgconn.ParseConfig(proxyDSN(p, "", ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			notes := make(chan string, 4)
+			cfg.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) { notes <- n.Channel + ":" + n.Payload }
+			listener, err := pgconn.ConnectConfig(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { listener.Close(context.Background()) })
+			if _, err := listener.Exec(ctx, "listen relay_chan").ReadAll(); err != nil {
+				t.Fatal(err)
+			}
+			pid, err := queryOne(ctx, listener, "select pg_backend_pid()")
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitParked(t, p, relay, 2)
+			if _, err := other.Exec(ctx, "notify relay_chan, 'hello'").ReadAll(); err != nil {
+				t.Fatal(err)
+			}
+			// The notification arrives only if the proxy relays it while
+			// the listener sends nothing.
+			wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+			defer wcancel()
+			if err := listener.WaitForNotification(wctx); err != nil {
+				t.Fatal(err)
+			}
+			if n := <-notes; n != "relay_chan:hello" {
+				t.Fatalf("notification %q", n)
+			}
+			waitParked(t, p, relay, 2)
+			if _, err := other.Exec(ctx, "select pg_terminate_backend("+pid+")").ReadAll(); err != nil {
+				t.Fatal(err)
+			}
+			_, err = queryOne(ctx, listener, "select 1")
+			if err == nil {
+				t.Fatal("query on a terminated server succeeded")
+			}
+			if _, err := queryOne(ctx, other, "select 1"); err != nil {
+				t.Fatalf("other client: %v", err)
+			}
+		})
+	}
+}
+
+// TestRelayClientGoneWhileParked: a client that closes its socket while
+// parked ends its session at once; in session mode its server goes back
+// to the pool (reset), in transaction mode nothing was held.
+func TestRelayClientGoneWhileParked(t *testing.T) {
+	forRelays(t, func(t *testing.T, relay RelayMode, mode PoolMode) {
+		p := relayProxy(t, relay, mode, 2, nil)
+		conns := openClients(t, p, 2)
+		waitParked(t, p, relay, 2)
+		for _, c := range conns {
+			// Close the socket without a Terminate, as a crashed client.
+			_ = c.Conn().Close()
+		}
+		waitNoClients(t, p)
+		var idle, active int
+		for _, st := range p.PoolStats() {
+			idle += st.ServersIdle
+			active += st.ServersActive
+		}
+		if active != 0 {
+			t.Fatalf("%d server connections still active", active)
+		}
+		if mode == SessionMode && idle != 2 {
+			t.Fatalf("%d idle server connections, want the 2 released", idle)
+		}
+		c := openClients(t, p, 1)[0]
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := queryOne(ctx, c, "select 1"); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestRelayManyParked: 1000 clients park, then all send a query at once.
+func TestRelayManyParked(t *testing.T) {
+	for _, relay := range relays {
+		t.Run(string(relay), func(t *testing.T) {
+			const n = 1000
+			p := relayProxy(t, relay, TransactionMode, 5, func(c *Config) { c.MaxClientConn = 2 * n })
+			conns := openClients(t, p, n)
+			waitParked(t, p, relay, n)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			var wg sync.WaitGroup
+			errs := make(chan error, n)
+			for i, c := range conns {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					got, err := queryOne(ctx, c, fmt.Sprintf("select %d", i))
+					if err == nil && got != fmt.Sprint(i) {
+						err = fmt.Errorf("client %d got %s", i, got)
+					}
+					if err != nil {
+						errs <- err
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			waitParked(t, p, relay, n)
+		})
+	}
+}

@@ -1,0 +1,120 @@
+package wire
+
+import (
+	"bytes"
+	"net"
+	"testing"
+	"time"
+)
+
+// clientConnPair is connPair with ClientBufferSize buffers (a proxy's
+// client connection).
+func clientConnPair(t *testing.T) (*Conn, net.Conn) {
+	t.Helper()
+	c, peer := connPair(t)
+	return NewConnSize(c.Conn, 0, ClientBufferSize), peer
+}
+
+// TestReadMessageDeadlineMidFrame: a read deadline that strikes while a
+// frame is half-read returns a timeout and loses nothing (InSync is false
+// only until the frame is complete); the next ReadMessage returns the
+// whole frame. Frames larger and smaller
+// than the read buffer, and a deadline within the header.
+func TestReadMessageDeadlineMidFrame(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		size  int // body size
+		first int // bytes sent before the deadline
+	}{
+		{"header split", 100, 3},
+		{"small body split", 100, 40},
+		{"large body split", 3 * ClientBufferSize, ClientBufferSize + 17},
+		{"assembly buffer split", 40 << 10, 30 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, peer := clientConnPair(t)
+			frame := queryFrame(tc.size)
+			next := queryFrame(10)
+			if _, err := peer.Write(frame[:tc.first]); err != nil {
+				t.Fatal(err)
+			}
+			for range 2 { // twice: a second timeout on the same frame
+				_ = c.SetReadDeadline(time.Now().Add(30 * time.Millisecond))
+				_, _, err := c.R.ReadMessage()
+				if !IsTimeout(err) {
+					t.Fatalf("want a timeout, got %v", err)
+				}
+				if c.R.Idle() || c.R.InSync() != (tc.first < 5) {
+					t.Fatalf("after the timeout: in sync %v, idle %v; want not idle, in sync only between frames", c.R.InSync(), c.R.Idle())
+				}
+			}
+			_ = c.SetReadDeadline(time.Time{})
+			if _, err := peer.Write(append(frame[tc.first:], next...)); err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range [][]byte{frame, next} {
+				typ, raw, err := c.R.ReadMessage()
+				if err != nil || typ != 'Q' || !bytes.Equal(raw, want) {
+					t.Fatalf("got %q %d bytes, %v; want the %d-byte frame", typ, len(raw), err, len(want))
+				}
+			}
+			if !c.R.Idle() || !c.R.InSync() {
+				t.Fatal("reader not idle and in sync after the frames")
+			}
+		})
+	}
+}
+
+// TestDropRestoreBuffers: DropBuffers refuses while anything is unread or
+// unflushed, and after RestoreBuffers the Conn reads and writes as before.
+func TestDropRestoreBuffers(t *testing.T) {
+	c, peer := clientConnPair(t)
+	if _, err := peer.Write(append(queryFrame(10), queryFrame(20)...)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.R.ReadMessage(); err != nil {
+		t.Fatal(err)
+	}
+	if c.DropBuffers() {
+		t.Fatal("dropped buffers holding an unread frame")
+	}
+	if _, _, err := c.R.ReadMessage(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteRaw([]byte("Z\x00\x00\x00\x05I")); err != nil {
+		t.Fatal(err)
+	}
+	if c.DropBuffers() {
+		t.Fatal("dropped buffers holding unflushed bytes")
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if !c.DropBuffers() || !c.BuffersDropped() {
+		t.Fatal("buffers of an idle Conn not dropped")
+	}
+	if c.R.Buffered() != 0 || !c.R.Idle() {
+		t.Fatal("a parked Reader reports buffered bytes")
+	}
+	c.RestoreBuffers()
+	if c.BuffersDropped() {
+		t.Fatal("buffers not restored")
+	}
+	frame := queryFrame(ClientBufferSize * 2)
+	if _, err := peer.Write(frame); err != nil {
+		t.Fatal(err)
+	}
+	if _, raw, err := c.R.ReadMessage(); err != nil || !bytes.Equal(raw, frame) {
+		t.Fatalf("after RestoreBuffers: %d bytes, %v", len(raw), err)
+	}
+	if err := c.WriteRaw([]byte("Z\x00\x00\x00\x05I")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 6)
+	if _, err := peer.Read(got); err != nil || string(got) != "Z\x00\x00\x00\x05I" {
+		t.Fatalf("peer got %q, %v", got, err)
+	}
+}
