@@ -291,7 +291,7 @@ func (p *Proxy) checkInlineClients() {
 	sessions := p.sessionList()
 	for _, s := range sessions {
 		if s.clientGoneWhileInline(time.Second) {
-			s.log.Info().Msg("client disconnected while its statement runs; canceling it and closing its server connection")
+			s.logger().Info().Msg("client disconnected while its statement runs; canceling it and closing its server connection")
 			s.cancel()
 			s.interruptInline()
 		}
@@ -476,7 +476,7 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 func (p *Proxy) serveSession(s *Session) {
 	defer func() {
 		if r := recover(); r != nil {
-			s.log.Error().Interface("panic", r).Msg("client session panic")
+			s.logger().Error().Interface("panic", r).Msg("client session panic")
 			_ = s.client.Close()
 			s.end()
 		}
@@ -488,12 +488,12 @@ func (p *Proxy) serveSession(s *Session) {
 	if err != nil && !isRoutineDisconnect(err) {
 		var we *wire.Error
 		if errors.As(err, &we) {
-			s.log.Info().Str("code", we.Code).Str("error", we.Message).Msg("session ended")
+			s.logger().Info().Str("code", we.Code).Str("error", we.Message).Msg("session ended")
 		} else {
-			s.log.Warn().Err(err).Msg("session ended with error")
+			s.logger().Warn().Err(err).Msg("session ended with error")
 		}
 	} else {
-		s.log.Debug().Msg("client disconnected")
+		s.logger().Debug().Msg("client disconnected")
 	}
 	s.end()
 }
@@ -537,12 +537,12 @@ func (p *Proxy) negotiate(c *wire.Conn) (*wire.Startup, *wire.Conn, error) {
 				return nil, c, errors.New("unexpected data after SSLRequest")
 			}
 			if p.config().TLS == nil || p.config().ClientTLS == "disable" {
-				if _, err := c.Conn.Write([]byte{'N'}); err != nil {
+				if _, err := c.Conn.Write([]byte{wire.EncryptionRefuse}); err != nil {
 					return nil, c, err
 				}
 				continue
 			}
-			if _, err := c.Conn.Write([]byte{'S'}); err != nil {
+			if _, err := c.Conn.Write([]byte{wire.EncryptionAccept}); err != nil {
 				return nil, c, err
 			}
 			tc := tls.Server(c.Conn, p.config().TLS)
@@ -552,7 +552,7 @@ func (p *Proxy) negotiate(c *wire.Conn) (*wire.Startup, *wire.Conn, error) {
 			c = p.newClientConn(tc)
 			tlsDone = true
 		case wire.GSSENCRequestKind:
-			if _, err := c.Conn.Write([]byte{'N'}); err != nil {
+			if _, err := c.Conn.Write([]byte{wire.EncryptionRefuse}); err != nil {
 				return nil, c, err
 			}
 		case wire.CancelRequestKind:
@@ -637,15 +637,16 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	}
 	s := &Session{
 		proxy: p, id: p.nextSession.Add(1), client: c, pool: pool, mode: pool.set().Mode,
-		database: dbName, user: user, appName: st.Get("application_name"), clientAddr: hostOf(c.RemoteAddr()),
-		txStatus: 'I', gucs: startupGUCs(st), startupGUCs: startupGUCs(st), connected: time.Now(), stmts: map[string]*stmtDef{}, portals: map[string]*pending{},
+		sessionIdentity: sessionIdentity{database: dbName, user: user, appName: st.Get("application_name"),
+			clientAddr: hostOf(c.RemoteAddr()), connected: time.Now()},
+		serverLink: serverLink{txStatus: wire.TxIdle},
 	}
-	s.writingDone = sync.NewCond(&s.mu)
+	// gucs starts as the startup settings; both maps are only ever
+	// replaced, never written, so they share one while equal.
+	s.startupGUCs = startupGUCs(st)
+	s.gucs = s.startupGUCs
 	c.SetWriteTimeout(pool.set().ClientWriteTimeout)
 	s.gucsKey = gucsKey(s.gucs)
-	// A hook adds the session's fields when a line is written: a context
-	// (With) would hold a 500-byte buffer per session for its life.
-	s.log = p.log.Hook(sessionLogHook{s})
 	key := make([]byte, 4)
 	_, _ = rand.Read(key)
 	var params map[string]string
@@ -701,7 +702,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 		out = wire.AppendParameterStatus(out, name, params[name])
 	}
 	out = wire.AppendBackendKeyData(out, pid, key)
-	out = wire.AppendReadyForQuery(out, 'I')
+	out = wire.AppendReadyForQuery(out, wire.TxIdle)
 	s.sendLocked(out)
 	err = c.Flush()
 	s.mu.Unlock()
@@ -721,7 +722,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 		s.parkable.Store(plain)
 	}
 	p.register(s)
-	s.log.Debug().Str("client", s.clientAddr).Str("application_name", s.appName).Msg("client logged in")
+	s.logger().Debug().Str("client", s.clientAddr).Str("application_name", s.appName).Msg("client logged in")
 	return s, nil
 }
 
@@ -730,7 +731,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 func (s *Session) detachIdle() {
 	s.mu.Lock()
 	srv := s.server
-	if srv == nil || s.inFlight != 0 || s.txStatus != 'I' {
+	if srv == nil || s.inFlight != 0 || s.txStatus != wire.TxIdle {
 		s.mu.Unlock()
 		return
 	}
@@ -780,15 +781,21 @@ func hostOf(a net.Addr) string {
 // every parameter but user, database and options, plus the -c settings
 // inside options.
 func startupGUCs(st *wire.Startup) map[string]string {
-	m := map[string]string{}
+	var m map[string]string
 	for _, prm := range st.Params {
 		switch prm.Name {
 		case "user", "database", "replication":
 		case "options":
 			for name, v := range parseOptions(prm.Value) {
+				if m == nil {
+					m = map[string]string{}
+				}
 				m[name] = v
 			}
 		default:
+			if m == nil {
+				m = map[string]string{}
+			}
 			m[strings.ToLower(prm.Name)] = prm.Value
 		}
 	}

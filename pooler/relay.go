@@ -14,6 +14,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
+
+	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
 // RelayMode says how established client sessions wait between messages
@@ -372,9 +374,10 @@ func (s *Session) park() bool {
 		s.mu.Unlock()
 		return false
 	}
+	s.dropIdleStateLocked()
 	// parkParked before the sockets are registered: an event may come at
 	// once, and the loop must find the session parked.
-	s.parkLoop, s.clientFd, s.serverFd = l, clientFd, serverFd
+	s.parkLoop, s.clientFd, s.serverFd = l, int32(clientFd), int32(serverFd)
 	s.parkState.Store(parkParked)
 	l.parked[s.id] = s
 	err := l.add(clientFd, s.id<<1|tokenClient)
@@ -395,7 +398,7 @@ func (s *Session) park() bool {
 		}
 		s.parkLoop = nil
 		l.mu.Unlock()
-		s.log.Warn().Err(err).Msg("could not park idle session; it keeps its goroutine")
+		s.logger().Warn().Err(err).Msg("could not park idle session; it keeps its goroutine")
 		s.client.RestoreBuffers()
 		s.restartReaderLocked()
 		s.mu.Unlock()
@@ -422,13 +425,13 @@ func (l *eventLoop) add(fd int, token uint64) error {
 // nothing pending on either side; s.mu held.
 func (s *Session) idleForParkLocked() bool {
 	if s.closed || s.inFlight != 0 || s.groupOpen || s.copyActive || s.copyInExtended || s.writing ||
-		s.queue.len() != 0 || s.probe != nil || s.skipUntilSync || s.heldZ != nil || !s.client.R.Idle() {
+		s.queue.len() != 0 || s.probe != nil || s.skipUntilSync || s.held != nil && s.held.z != nil || !s.client.R.Idle() {
 		return false
 	}
 	if s.server == nil {
 		return true
 	}
-	return s.mode == SessionMode && s.txStatus == 'I'
+	return s.mode == SessionMode && s.txStatus == wire.TxIdle
 }
 
 // restartReaderLocked restarts the background reader of the attached
@@ -458,9 +461,9 @@ func (s *Session) wake() {
 	l := s.parkLoop
 	l.mu.Lock()
 	if !l.closed {
-		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.clientFd, nil)
+		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(s.clientFd), nil)
 		if s.serverFd >= 0 {
-			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.serverFd, nil)
+			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(s.serverFd), nil)
 		}
 	}
 	delete(l.parked, s.id)
@@ -559,6 +562,27 @@ func (r *eventRelay) releaseMemory(now time.Time) {
 	r.parks.Store(0)
 	r.lastRelease = now
 	debug.FreeOSMemory()
+}
+
+// dropIdleStateLocked lets go of what a session that parks does not need
+// and makes again when it is busy: the result hash (no result is in
+// progress; the next sampled statement allocates one), the request queue's
+// storage (it is empty), and empty maps (their storage does not shrink).
+// s.mu held.
+func (s *Session) dropIdleStateLocked() {
+	s.resHash = nil
+	if s.queue.len() == 0 {
+		s.queue = pendingQueue{}
+	}
+	if len(s.suspended) == 0 {
+		s.suspended = nil
+	}
+	if len(s.portals) == 0 {
+		s.portals = nil
+	}
+	if len(s.stmts) == 0 {
+		s.stmts = nil
+	}
 }
 
 // sessionLogHook adds a session's identity to each line its logger writes

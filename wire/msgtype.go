@@ -66,6 +66,12 @@ const (
 	TxFailed byte = 'E' // in a failed transaction block
 )
 
+// Answers to SSLRequest and GSSENCRequest: a single byte, not a message.
+const (
+	EncryptionAccept byte = 'S' // go on with the TLS handshake (SSLRequest only)
+	EncryptionRefuse byte = 'N' // go on unencrypted: the client sends its StartupMessage
+)
+
 // Targets of Describe and Close.
 const (
 	TargetStatement byte = 'S'

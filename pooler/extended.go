@@ -1,0 +1,683 @@
+package pooler
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"hash"
+	"hash/fnv"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgerrcode"
+
+	"github.com/pgaudit-proxy/pgaudit/wire"
+)
+
+// The extended query protocol: Parse, Bind, Describe, Execute, Close,
+// Sync and Flush from the client, and its protocol-level statements and
+// portals (mapped to shared server-side names in transaction mode).
+
+// stmtDef is a client's protocol-level prepared statement.
+type stmtDef struct {
+	query string
+	types []byte
+	// serverName is the name used on server connections: derived from the
+	// text and parameter types, so every client preparing the same
+	// statement shares it. Unnamed client statements keep "".
+	serverName string
+	// verified says a server accepted the text once; failed says a
+	// server rejected it (class 42: syntax, undefined object) before
+	// that, so the client's name does not exist, as after a failed Parse
+	// on a direct connection. Both are written under s.mu.
+	verified, failed bool
+	// resets says the statement may return settings to their reset
+	// values (see restoreStartupLocked).
+	resets bool
+	// shape is the result shape (rowShape) the client was last told in a
+	// Describe reply, "" before; see shapegate.go. Under s.mu.
+	shape string
+	// paramShape is the parameter types (paramShape) the client was last
+	// told, "" before, and toldTypes the same as a Parse's types: a
+	// server connection that never had the statement prepares it with
+	// them, so that its parameters keep the types the client encodes
+	// for, as the client's statement does on a direct connection after
+	// a column's type changed. Under s.mu.
+	paramShape string
+	toldTypes  []byte
+	key        string // shape + "|" + paramShape (setShapes)
+}
+
+// mayReset is the scan for flagResetGUC where statements are not scanned
+// otherwise (session mode).
+func mayReset(text string) bool {
+	return (containsFold(text, "reset") || containsFold(text, "discard") || containsFold(text, "default")) &&
+		scanStatement(text)&flagResetGUC != 0
+}
+
+// setStmt records the client's statement name; the map is made by the
+// first one, so a session that never prepares holds none. Client goroutine
+// only.
+func (s *Session) setStmt(name string, def *stmtDef) {
+	if s.stmts == nil {
+		s.stmts = map[string]*stmtDef{}
+	}
+	s.stmts[name] = def
+}
+
+// setPortal records the client's portal name; the map is made by the first
+// one. Client goroutine only.
+func (s *Session) setPortal(name string, p *pending) {
+	if s.portals == nil {
+		s.portals = map[string]*pending{}
+	}
+	s.portals[name] = p
+}
+
+// live reports whether def names an existing statement for the client;
+// s.mu held.
+func (def *stmtDef) live() bool { return def != nil && !def.failed }
+
+// mapPreparedRefLocked rewrites a SQL EXECUTE or DEALLOCATE of one of the
+// client's protocol-level statements (transaction mode), which the server
+// knows under its shared name: EXECUTE runs the shared statement
+// (prepared first when this server lacks it), DEALLOCATE forgets the
+// client's name and leaves the shared statement to the others. It returns
+// the bytes to send instead of raw; s.mu held, it not queued yet.
+func (s *Session) mapPreparedRefLocked(srv *Server, text string, it *pending, raw []byte) []byte {
+	if s.txStatus == wire.TxFailed || !containsFold(text, "execute") && !containsFold(text, "deallocate") {
+		// (In a failed transaction the server answers 25P02 whatever
+		// the name, and nothing is deallocated.)
+		return raw
+	}
+	ref, ok := scanPreparedRef(text)
+	if !ok {
+		return raw
+	}
+	def := s.stmts[ref.name]
+	if !def.live() || def.serverName == "" {
+		return raw // SQL PREPAREd (the client is pinned) or unknown: the server answers
+	}
+	if !ref.execute {
+		delete(s.stmts, ref.name)
+		// A statement with the same effect on the server (none), the
+		// same errors (25P02 in a failed transaction) and a tag to
+		// replace.
+		it.tag = "DEALLOCATE"
+		return appendQuery(nil, "SELECT WHERE false")
+	}
+	var out []byte
+	if !srv.prepared.has(def.serverName) {
+		if s.groupOpen {
+			return raw
+		}
+		// Prepare it in a group of its own: an error there must not make
+		// the server skip the Query.
+		out = s.ensurePreparedLocked(srv, def)
+		out = wire.AppendEmpty(out, wire.MsgSync)
+		s.incInFlightLocked()
+		s.queue.push(pending{kind: pendSync, swallow: true})
+	}
+	return appendQuery(out, text[:ref.start]+quoteIdent(def.serverName)+text[ref.end:])
+}
+
+// dropQueuedSyncsLocked removes the Syncs queued behind the head item (an
+// Execute that started COPY FROM STDIN) and their in-flight counts; s.mu
+// held.
+func (s *Session) dropQueuedSyncsLocked() {
+	q := &s.queue
+	kept := q.items[:q.head+1]
+	for _, it := range q.items[q.head+1:] {
+		if it.kind == pendSync {
+			if s.inFlight > 0 {
+				s.infoMu.Lock()
+				s.inFlight--
+				s.infoMu.Unlock()
+			}
+			continue
+		}
+		kept = append(kept, it)
+	}
+	clear(q.items[len(kept):])
+	q.items = kept
+}
+
+// handleExtended relays Parse, Bind, Describe, Execute, Close, Flush and
+// Sync. In transaction mode statement names are mapped to shared
+// server-side names and prepared on demand.
+func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) error {
+	body := raw[5:]
+	s.mu.Lock()
+	skip := s.skipUntilSync
+	s.mu.Unlock()
+	if skip {
+		if typ != wire.MsgSync {
+			return nil
+		}
+		s.mu.Lock()
+		s.skipUntilSync = false
+		if s.server == nil {
+			s.sendLocked(wire.AppendReadyForQuery(nil, wire.TxIdle))
+			err := s.client.Flush()
+			s.mu.Unlock()
+			return err
+		}
+		s.mu.Unlock()
+	}
+	// Decode what we need before taking the lock.
+	var (
+		parse      wire.ParseMsg
+		bind       wire.BindMsg
+		targetKind byte
+		targetName []byte
+		err        error
+	)
+	switch typ {
+	case wire.MsgParse:
+		parse, err = wire.DecodeParse(body)
+	case wire.MsgBind:
+		bind, err = wire.DecodeBind(body)
+	case wire.MsgDescribe, wire.MsgClose:
+		targetKind, targetName, err = wire.DecodeTarget(body)
+	}
+	if err != nil {
+		return wire.Fatal(wire.CodeProtocolViolation, fmt.Sprintf("invalid %q message", typ))
+	}
+	txMode := s.mode == TransactionMode
+	var flags stmtFlags
+	if typ == wire.MsgParse && txMode {
+		flags = scanStatement(parse.Query)
+	}
+	// A Close of a client statement in transaction mode and a Flush with
+	// nothing pending are answered locally without a server.
+	if txMode && typ == wire.MsgClose && targetKind == wire.TargetStatement {
+		s.mu.Lock()
+		if def := s.stmts[string(targetName)]; def.live() && def.serverName != "" {
+			// A client closes a statement and parses the same text again
+			// when it believes the statement went stale: pgx does after
+			// any error, including one it raises itself when it cannot
+			// encode an argument for the parameter types it was told. That
+			// Parse gets a server statement prepared anew (see
+			// serverStmtName), where a parameter type inferred before an
+			// ALTER COLUMN ... TYPE run directly is inferred again. (A
+			// client that closes and prepares again as a habit pays what
+			// it pays on a direct connection: a Parse each time.)
+			if s.abandoned == nil || len(s.abandoned) > 1000 {
+				s.abandoned = map[uint64][2]uint64{}
+			}
+			base := stmtBase(def.query, def.types)
+			s.abandoned[base] = [2]uint64{s.proxy.ddlEpoch.Load(), s.proxy.stmtGen(base)}
+		}
+		delete(s.stmts, string(targetName))
+		if s.server == nil && s.queue.len() == 0 {
+			s.sendLocked(wire.CloseComplete())
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+	}
+	// A named Parse from an idle client is registered without a server, as
+	// PgBouncer does: the statement is prepared on whichever server runs
+	// its first Bind or Describe. Holding a server here would deadlock
+	// clients such as pgbench that prepare synchronously from one thread
+	// while their other connections hold every server mid-transaction.
+	// The cost: a syntax error surfaces at that Bind instead.
+	if txMode && typ == wire.MsgParse && parse.Name != "" {
+		s.mu.Lock()
+		if s.server == nil && s.queue.len() == 0 {
+			if s.stmts[parse.Name].live() {
+				e := &wire.Error{Severity: "ERROR", Code: pgerrcode.DuplicatePreparedStatement, Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)}
+				s.sendLocked(e.AppendErrorResponse(nil))
+				s.skipUntilSync = true
+			} else {
+				s.setStmt(parse.Name, &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), serverName: s.serverStmtName(parse.Query, parse.Types),
+					resets: flags&flagResetGUC != 0})
+				s.clientParses++
+				s.noteFlags(flags, parse.Query)
+				s.sendLocked(wire.ParseComplete())
+			}
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+	}
+	if typ == wire.MsgFlush || typ == wire.MsgSync {
+		s.mu.Lock()
+		if s.server == nil && s.queue.len() == 0 {
+			if typ == wire.MsgSync {
+				s.sendLocked(wire.AppendReadyForQuery(nil, wire.TxIdle))
+			}
+			err := s.client.Flush()
+			s.mu.Unlock()
+			return err
+		}
+		s.mu.Unlock()
+	}
+	srv, err := s.serverFor(ctx, typ != wire.MsgSync)
+	if err != nil {
+		return s.acquireFailed(err, false)
+	}
+	// s.mu is held from here until the writes are planned.
+	if s.skipUntilSync {
+		// The reader saw an error of this group meanwhile: the server
+		// skips the rest of it.
+		if typ != wire.MsgSync {
+			s.mu.Unlock()
+			return nil
+		}
+		s.skipUntilSync = false
+	}
+	out := raw
+	var inject []byte
+	switch typ {
+	case wire.MsgParse:
+		s.clientParses++
+		it := pending{kind: pendParse, text: parse.Query, start: time.Now()}
+		if txMode {
+			def := s.stmts[""]
+			if parse.Name != "" || def == nil || def.query != parse.Query || !bytes.Equal(def.types, parse.Types) {
+				// (A client re-parsing the same unnamed statement, as
+				// pgbench -M extended does, keeps its definition.)
+				def = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), resets: flags&flagResetGUC != 0}
+			}
+			if parse.Name != "" {
+				def.serverName = s.serverStmtName(parse.Query, parse.Types)
+				if s.stmts[parse.Name].live() {
+					s.localErrorLocked(&wire.Error{Severity: "ERROR", Code: pgerrcode.DuplicatePreparedStatement, Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)})
+					s.mu.Unlock()
+					return nil
+				}
+				s.setStmt(parse.Name, def)
+				it.serverStmt = def.serverName
+				it.stmt = def
+				if srv.prepared.has(def.serverName) {
+					it.synthetic = true
+					out = nil
+				} else {
+					inject = s.closeEvictedLocked(srv, srv.prepared.add(def.serverName), def.serverName)
+					it.addedStmt = true
+					out = wire.AppendParse(inject, def.serverName, def.query, def.types)
+					inject = nil
+				}
+			} else {
+				s.setStmt("", def)
+				srv.unnamed = def
+			}
+			s.noteFlags(flags, parse.Query)
+		} else {
+			// Session mode forwards names unchanged; the text is kept
+			// for the audit events of later Executes.
+			s.setStmt(parse.Name, &stmtDef{query: parse.Query, resets: len(s.startupGUCs) > 0 && mayReset(parse.Query)})
+		}
+		if out != nil {
+			s.serverParses++
+		}
+		s.queue.push(it)
+	case wire.MsgBind:
+		s.binds++
+		stmtName := string(bind.Statement)
+		var def *stmtDef
+		if txMode {
+			def = s.stmts[stmtName]
+			if !def.live() {
+				s.localErrorLocked(noSuchStatement(stmtName))
+				s.mu.Unlock()
+				return nil
+			}
+			if done, err := s.gateShapeLocked(ctx, srv, def, false); done || err != nil {
+				return err
+			}
+			inject = s.ensurePreparedLocked(srv, def)
+			if inject != nil || def.serverName != string(bind.Statement) {
+				out = wire.AppendBind(inject, bind.Portal, def.serverName, bind.Rest)
+			}
+			inject = nil
+		} else {
+			def = s.stmts[stmtName]
+		}
+		n, h, params, perr := wire.BindParams(bind.Rest, s.proxy.config().CaptureParams)
+		if perr != nil {
+			s.mu.Unlock()
+			return wire.Fatal(wire.CodeProtocolViolation, "invalid Bind message")
+		}
+		p := &pending{paramHash: h, numParams: n, params: params, stmt: def}
+		if def != nil {
+			p.text, p.holdZ = def.query, def.resets
+		}
+		s.setPortal(string(bind.Portal), p)
+		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def), text: p.text, start: time.Now(),
+			paramHash: p.paramHash, numParams: p.numParams, params: p.params})
+	case wire.MsgDescribe:
+		if targetKind == wire.TargetStatement {
+			it := pending{kind: pendDescribeStmt}
+			if txMode {
+				def := s.stmts[string(targetName)]
+				if !def.live() {
+					s.localErrorLocked(noSuchStatement(string(targetName)))
+					s.mu.Unlock()
+					return nil
+				}
+				if done, err := s.gateShapeLocked(ctx, srv, def, true); done || err != nil {
+					return err
+				}
+				inject = s.ensurePreparedLocked(srv, def)
+				out = wire.AppendTarget(inject, wire.MsgDescribe, wire.TargetStatement, def.serverName)
+				inject = nil
+				it.serverStmt = def.serverName
+				it.stmt = def
+			}
+			s.queue.push(it)
+		} else {
+			it := pending{kind: pendDescribePortal}
+			if p := s.portals[string(targetName)]; p != nil && txMode {
+				it.stmt, it.serverStmt = p.stmt, serverNameOf(p.stmt)
+			}
+			s.queue.push(it)
+		}
+	case wire.MsgExecute:
+		portal := ""
+		if len(body) > 0 {
+			if i := indexZero(body); i >= 0 {
+				portal = string(body[:i])
+			}
+		}
+		it := pending{kind: pendExecute, start: time.Now(), portal: portal}
+		if p := s.portals[portal]; p != nil {
+			it.text, it.paramHash, it.numParams, it.params = p.text, p.paramHash, p.numParams, p.params
+			if p.holdZ {
+				s.groupResets = true
+			}
+		}
+		s.stampTx(&it)
+		s.queue.push(it)
+	case wire.MsgClose:
+		if txMode && targetKind == wire.TargetStatement {
+			// Answered by the proxy: the server-side statement stays for
+			// other clients.
+			s.queue.push(pending{kind: pendClose, synthetic: true})
+			out = nil
+		} else {
+			if targetKind == wire.TargetStatement {
+				delete(s.stmts, string(targetName))
+			} else {
+				delete(s.portals, string(targetName))
+			}
+			s.queue.push(pending{kind: pendClose})
+		}
+	case wire.MsgSync:
+		if s.copyInExtended {
+			// Postgres ignores a Sync during COPY FROM STDIN started by
+			// Execute: it gets no ReadyForQuery of its own.
+			break
+		}
+		if !s.groupOpen {
+			s.incInFlightLocked()
+		}
+		s.groupOpen = false
+		s.groupStamped = false
+		sync := pending{kind: pendSync}
+		if s.groupResets && len(s.startupGUCs) > 0 {
+			// As after a simple Query (see handleQuery).
+			sync.holdZ = true
+		}
+		s.groupResets = false
+		s.queue.push(sync)
+		if sync.holdZ {
+			out = s.restoreStartupLocked(out)
+		}
+	case wire.MsgFlush:
+		// Synthetic answers at the head are due now: the client waits.
+		s.emitSyntheticLocked()
+		_ = s.client.Flush()
+		// Replies without a ReadyForQuery: only a background reader can
+		// relay them while the client decides what to send next.
+		s.startReaderLocked(srv)
+	}
+	if typ != wire.MsgSync && typ != wire.MsgFlush && len(out) > srv.W.Available() {
+		// The write flushes part of the group: replies may start to flow
+		// before the Sync and must be read, or both sides could block.
+		s.startReaderLocked(srv)
+	}
+	if typ == wire.MsgSync {
+		return s.sendRequestLocked(srv, out)
+	}
+	// Never hold back what the client sent: Postgres starts
+	// statement_timeout at the first message of a statement, and a client
+	// may pause between Parse and Describe. Batch only while more client
+	// bytes are already here.
+	flush := typ == wire.MsgFlush || s.client.R.Buffered() == 0
+	if flush && typ != wire.MsgFlush && (len(out) > 0 || srv.W.Buffered() > 0) {
+		// Part of an open group goes out: replies may flow before its
+		// Sync (an error, or rows that fill the server's buffer).
+		s.startReaderLocked(srv)
+	}
+	s.writing = true
+	s.mu.Unlock()
+	return s.writeServer(srv, out, flush)
+}
+
+// noSuchStatement is Postgres's error for a Bind or Describe of a
+// statement that does not exist.
+func noSuchStatement(name string) *wire.Error {
+	msg := fmt.Sprintf("prepared statement %q does not exist", name)
+	if name == "" {
+		msg = "unnamed prepared statement does not exist"
+	}
+	return &wire.Error{Severity: "ERROR", Code: pgerrcode.InvalidSQLStatementName, Message: msg}
+}
+
+func indexZero(b []byte) int {
+	for i, c := range b {
+		if c == 0 {
+			return i
+		}
+	}
+	return -1
+}
+
+func serverNameOf(def *stmtDef) string {
+	if def == nil {
+		return ""
+	}
+	return def.serverName
+}
+
+// serverStmtName derives the shared server-side name of a statement the
+// client parses now: from its text, parameter types and the proxy's DDL
+// epoch, so that after a schema change a Parse gets a server statement
+// prepared after it (a type or column changed or re-created under the
+// same name gives "cached plan must not change result type", "cache
+// lookup failed for type" or a parameter type frozen at the old type on a
+// statement prepared before).
+//
+// A client that closes its statement and parses the same text again (see
+// abandoned) moves the text's generation: the statement is prepared anew
+// on every server, as that client's Parse would do on a direct
+// connection.
+func (s *Session) serverStmtName(query string, types []byte) string {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(query))
+	_, _ = h.Write([]byte{0})
+	_, _ = h.Write(types)
+	base := h.Sum64()
+	p := s.proxy
+	gen := p.stmtGen(base)
+	name := stmtNameOf(h, p.ddlEpoch.Load(), gen)
+	if at, ok := s.abandoned[base]; ok {
+		delete(s.abandoned, base)
+		p.stmtGenMu.Lock()
+		// Unless the epoch or the generation moved since the close (the
+		// name is newer than that), move the generation; generations
+		// only grow, so a name never comes back.
+		if gen = p.stmtGen(base); gen == at[1] && p.ddlEpoch.Load() == at[0] {
+			if p.stmtGenCount.Add(1) > 100000 {
+				// Bounded: start over, under a new epoch.
+				p.stmtGens.Clear()
+				p.stmtGenCount.Store(0)
+				p.ddlEpoch.Add(1)
+			}
+			gen++
+			p.stmtGens.Store(base, gen)
+		}
+		p.stmtGenMu.Unlock()
+		h.Reset()
+		_, _ = h.Write([]byte(query))
+		_, _ = h.Write([]byte{0})
+		_, _ = h.Write(types)
+		name = stmtNameOf(h, s.proxy.ddlEpoch.Load(), gen)
+	}
+	return name
+}
+
+// stmtBase hashes a statement's text and parameter types, as the start of
+// its shared name.
+func stmtBase(query string, types []byte) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(query))
+	_, _ = h.Write([]byte{0})
+	_, _ = h.Write(types)
+	return h.Sum64()
+}
+
+// stmtGen returns the generation of the statement text hashed to base.
+func (p *Proxy) stmtGen(base uint64) uint64 {
+	if v, ok := p.stmtGens.Load(base); ok {
+		return v.(uint64)
+	}
+	return 0
+}
+
+// stmtNameOf finishes a shared name from h (text and parameter types
+// written), the DDL epoch and the text's generation.
+func stmtNameOf(h hash.Hash64, epoch, gen uint64) string {
+	var e [8]byte
+	binary.BigEndian.PutUint64(e[:], epoch)
+	_, _ = h.Write(e[:])
+	if gen > 0 {
+		binary.BigEndian.PutUint64(e[:], gen)
+		_, _ = h.Write(e[:])
+	}
+	return "pgaudit_" + strconv.FormatUint(h.Sum64(), 36)
+}
+
+// noteDDLLocked records a schema change sent by the client: the epoch
+// moves now and again when its transaction ends (when the change becomes
+// visible to Parses on other connections); s.mu held.
+func (s *Session) noteDDLLocked() {
+	s.ddlSent = true
+	s.proxy.ddlEpoch.Add(1)
+}
+
+// ensurePreparedLocked returns the messages to inject before a Bind or
+// Describe of def so that the server has it; s.mu held.
+func (s *Session) ensurePreparedLocked(srv *Server, def *stmtDef) []byte {
+	if def.serverName == "" {
+		if srv.unnamed == def {
+			return nil
+		}
+		srv.unnamed = def
+		s.serverParses++
+		s.queue.push(pending{kind: pendParse, swallow: true, text: def.query, start: time.Now()})
+		return wire.AppendParse(nil, "", def.query, def.types)
+	}
+	if srv.prepared.has(def.serverName) {
+		return nil
+	}
+	s.serverParses++
+	out := s.closeEvictedLocked(srv, srv.prepared.add(def.serverName), def.serverName)
+	s.queue.push(pending{kind: pendParse, swallow: true, serverStmt: def.serverName, addedStmt: true, stmt: def, text: def.query, start: time.Now()})
+	types := def.types
+	if def.toldTypes != nil {
+		types = def.toldTypes
+	}
+	return wire.AppendParse(out, def.serverName, def.query, types)
+}
+
+// closeEvictedLocked returns Close messages for statements that must go
+// from the server before name is prepared: the one the LRU evicted and name
+// itself when it was invalidated earlier.
+func (s *Session) closeEvictedLocked(srv *Server, evicted, name string) []byte {
+	var out []byte
+	for _, n := range []string{evicted, name} {
+		if n == "" {
+			continue
+		}
+		if n == evicted || srv.prepared.toClose[n] {
+			delete(srv.prepared.toClose, n)
+			s.queue.push(pending{kind: pendClose, swallow: true})
+			out = wire.AppendTarget(out, wire.MsgClose, wire.TargetStatement, n)
+		}
+	}
+	return out
+}
+
+// localErrorLocked answers the current extended-protocol group with an
+// error raised by the proxy, in order after the responses still due, and
+// drops the rest of the group up to Sync.
+func (s *Session) localErrorLocked(e *wire.Error) {
+	s.emitSyntheticLocked()
+	if s.queue.len() == 0 {
+		s.sendLocked(e.AppendErrorResponse(nil))
+		_ = s.client.Flush()
+	} else {
+		// Let the server's responses for earlier messages come first: ask
+		// for them with a Flush and queue the error behind them.
+		s.queue.push(pending{kind: pendClose, synthetic: true, text: "\x00error", params: []string{e.Code, e.Message}})
+	}
+	s.skipUntilSync = true
+	if s.groupOpen {
+		// The group's Sync will still be forwarded to close it.
+		return
+	}
+}
+
+// emitSyntheticLocked sends the proxy's own answers at the head of the
+// queue; s.mu held.
+func (s *Session) emitSyntheticLocked() {
+	for {
+		it := s.queue.front()
+		if it == nil || !it.synthetic {
+			return
+		}
+		switch {
+		case it.text == "\x00error":
+			e := &wire.Error{Severity: "ERROR", Code: it.params[0], Message: it.params[1]}
+			s.sendLocked(e.AppendErrorResponse(nil))
+			s.queue.pop()
+			s.dropUntilSyncLocked()
+			continue
+		case it.kind == pendParse:
+			s.sendLocked(wire.ParseComplete())
+		case it.kind == pendClose:
+			s.sendLocked(wire.CloseComplete())
+		}
+		s.queue.pop()
+	}
+}
+
+// dropUntilSyncLocked discards expected responses up to the next Sync, as
+// the server skips messages after an error.
+//
+// When the group's Sync is not queued yet (the client's input ran dry
+// inside the group, so part of it went out, see handleExtended), the
+// server skips whatever the client sends up to that Sync: so does the
+// proxy (skipUntilSync), or it would wait for answers that never come.
+func (s *Session) dropUntilSyncLocked() {
+	for {
+		it := s.queue.front()
+		if it == nil && s.groupOpen {
+			s.skipUntilSync = true
+		}
+		if it == nil || it.kind == pendSync || it.kind == pendQuery || it.kind == pendFunctionCall {
+			return
+		}
+		if it.addedStmt && s.server != nil && s.server.prepared != nil {
+			s.server.prepared.remove(it.serverStmt, false)
+		}
+		if it.probe {
+			s.endProbeLocked("")
+		}
+		s.queue.pop()
+	}
+}
