@@ -42,6 +42,18 @@ func ConnectServer(ctx context.Context, cfg *pgconn.Config, maxBody int) (*Serve
 	if err != nil {
 		return nil, err
 	}
+	// pgconn starts a background reader when a write during login takes
+	// more than 15 ms (a loaded machine is enough) and only asks it to
+	// stop: its goroutine can still be blocked in a Read of the socket
+	// after login. Hijacked like that, the connection's next reply would
+	// go to that goroutine, and the proxy would wait for it forever (seen
+	// as a first statement on a new server connection that never got an
+	// answer). SyncConn waits for the reader to stop, pinging the server
+	// if needed, as pgconn documents for Hijack.
+	if err := pc.SyncConn(ctx); err != nil {
+		pc.Close(ctx)
+		return nil, fmt.Errorf("sync server connection before taking it over: %w", err)
+	}
 	hj, err := pc.Hijack()
 	if err != nil {
 		pc.Close(ctx)
