@@ -14,15 +14,17 @@ vet:
 	CGO_ENABLED=0 $(GO) build ./internal/event ./internal/auditlog ./internal/lru ./internal/otlplog ./wire ./pooler ./querylog ./tracing
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "not gofmt'd: $$unformatted"; exit 1; fi
 
-# The key proxy suites run a second time on the event relay, with a 5 ms
-# relay_park_after, so sessions park and resume between nearly every step
-# (the TestRelay* tests run both relays themselves).
-EVENT_RELAY_TESTS = TestWireTranscripts|TestIntegrityUnderFaults|TestCancel|TestSessionModeBackendPID|TestTerminateBackend|TestUpstreamRestart|TestNoLeaks|TestPsqlCopy|TestTransactionModeInterleaving|TestSettingsIsolation|TestWaitQueue|TestIdleTransactionTimeout|TestQueryTimeout|TestPreparedStatementsTransactionMode|TestGracefulShutdown|TestClientGoneMidStatement|TestClientNotReading|TestPgbenchThroughProxy|TestPgxExecModesTransactionPool|TestClaimedLengthsReserveNothing|TestStatementEvents
+# Every suite runs on the event relay, the default (pooler's tests with a
+# 5 ms relay_park_after, so sessions park and resume between nearly every
+# step). The key proxy suites run a second time on the goroutine relay,
+# which is kept as a fallback (the TestRelay* tests run both relays
+# themselves).
+GOROUTINE_RELAY_TESTS = TestWireTranscripts|TestIntegrityUnderFaults|TestCancel|TestSessionModeBackendPID|TestTerminateBackend|TestUpstreamRestart|TestNoLeaks|TestPsqlCopy|TestTransactionModeInterleaving|TestSettingsIsolation|TestWaitQueue|TestIdleTransactionTimeout|TestQueryTimeout|TestPreparedStatementsTransactionMode|TestGracefulShutdown|TestClientGoneMidStatement|TestClientNotReading|TestPgbenchThroughProxy|TestPgxExecModesTransactionPool|TestClaimedLengthsReserveNothing|TestStatementEvents
 
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
-	$(GO) test -race -count=1 -timeout 20m -run '^($(EVENT_RELAY_TESTS))$$' ./pooler -relay=event
-	$(GO) test -race -count=1 -timeout 20m -run '^(TestRulesThroughProxy|TestNPlusOneORMPatterns|TestPoolSaturationThroughProxy|TestCacheCandidateThroughProxy|TestAuthQuerySCRAMPassThrough)$$' ./cmd/pgaudit -relay=event
+	$(GO) test -race -count=1 -timeout 20m -run '^($(GOROUTINE_RELAY_TESTS))$$' ./pooler -relay=goroutine
+	$(GO) test -race -count=1 -timeout 20m -run '^(TestRulesThroughProxy|TestNPlusOneORMPatterns|TestPoolSaturationThroughProxy|TestCacheCandidateThroughProxy|TestAuthQuerySCRAMPassThrough)$$' ./cmd/pgaudit -relay=goroutine
 
 # Short fuzz runs of every network decoder, of the proxy's startup and
 # authentication handling driven as a byte stream (seed corpora live in

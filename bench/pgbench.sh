@@ -19,7 +19,7 @@
 #   JOBS             pgbench -j                                         [2]
 #   SECTIONS         which sections to run: session transaction connect idle [all four]
 #   TARGETS          which targets: direct pgaudit-goroutine pgaudit-event pgbouncer [all four;
-#                    pgaudit alone means pgaudit-goroutine]
+#                    pgaudit alone means pgaudit-event, the default relay]
 #   RELAY_PARK_AFTER pgaudit-event's relay_park_after                   [pgaudit's default]
 #   SESSION_CLIENTS  client counts, session section                     [10 100]
 #   TX_CLIENTS       client counts, transaction section                 [10 100 1000; QUICK: 10 100]
@@ -63,8 +63,8 @@ SCALE=${SCALE:-10}
 JOBS=${JOBS:-2}
 SECTIONS=${SECTIONS:-"session transaction connect idle"}
 TARGETS=${TARGETS:-"direct pgaudit-goroutine pgaudit-event pgbouncer"}
-# "pgaudit" alone is the goroutine relay (the targets of earlier versions).
-TARGETS=$(echo " $TARGETS " | sed -E 's/ pgaudit / pgaudit-goroutine /g; s/^ +//; s/ +$//')
+# "pgaudit" alone is the default relay, event.
+TARGETS=$(echo " $TARGETS " | sed -E 's/ pgaudit / pgaudit-event /g; s/^ +//; s/ +$//')
 RELAY_PARK_AFTER=${RELAY_PARK_AFTER:-}
 SESSION_CLIENTS=${SESSION_CLIENTS:-"10 100"}
 TX_CLIENTS=${TX_CLIENTS:-"10 100 1000"}

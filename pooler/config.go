@@ -189,7 +189,7 @@ type Config struct {
 	// (event.Event.ResultHash). 0 means DefaultResultSampleEvery; a
 	// negative value turns result hashing off.
 	ResultSampleEvery int
-	// Relay (relay) is RelayGoroutine (default, "" too) or RelayEvent:
+	// Relay (relay) is RelayEvent (default, "" too) or RelayGoroutine:
 	// how established plain-socket sessions wait while idle (see
 	// relay.go, docs/relay.md). Read by Serve; a reload does not change
 	// it.

@@ -24,10 +24,11 @@ var cluster = testutil.Cluster()
 var update = testutil.Update
 
 // relayFlag runs every test proxy on the given relay (go test ./pooler
-// -relay=event); relayParkAfter is the event relay's park_after in tests,
+// -relay=goroutine; "" is the default, the event relay); relayParkAfter
+// is the event relay's park_after in tests,
 // short so that sessions park between nearly every step of a test.
 var (
-	relayFlag      = flag.String("relay", "goroutine", "relay of the test proxies: goroutine or event")
+	relayFlag      = flag.String("relay", "", "relay of the test proxies: event (default) or goroutine")
 	relayParkAfter = flag.Duration("relay-park-after", 5*time.Millisecond, "relay_park_after of the test proxies on the event relay")
 )
 
@@ -37,7 +38,7 @@ func TestMain(m *testing.M) { testutil.Main(m) }
 func withRelay(mode RelayMode) func(*Config) {
 	return func(c *Config) {
 		c.Relay = mode
-		if mode == RelayEvent {
+		if mode != RelayGoroutine {
 			c.RelayParkAfter = *relayParkAfter
 		}
 	}

@@ -207,7 +207,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	if pl != nil {
 		p.wg.Add(1)
 	}
-	if cfg := p.config(); cfg.Relay == RelayEvent && p.relay == nil {
+	if cfg := p.config(); cfg.Relay != RelayGoroutine && p.relay == nil {
 		r, err := newEventRelay(p, runtime.GOMAXPROCS(0), cfg.RelayParkAfter)
 		if err != nil {
 			p.log.Error().Err(err).Msg("event relay unavailable; idle sessions keep their goroutines")

@@ -25,7 +25,9 @@ type RelayMode string
 const (
 	// RelayGoroutine keeps one goroutine per client session (two in
 	// session mode, with the server's reader), blocked in a read while the
-	// client is idle, with the client's buffers.
+	// client is idle, with the client's buffers: the event relay with
+	// parking turned off. It is kept for comparison (bench/pgbench.sh
+	// measures both) and as a fallback; see docs/relay.md.
 	RelayGoroutine RelayMode = "goroutine"
 	// RelayEvent parks plain TCP and Unix-socket sessions that stay idle
 	// for Config.RelayParkAfter: their goroutines end, their buffers go
@@ -39,13 +41,13 @@ const (
 // DefaultRelayParkAfter is the default of Config.RelayParkAfter.
 const DefaultRelayParkAfter = time.Second
 
-// ParseRelayMode validates a relay value; "" is RelayGoroutine.
+// ParseRelayMode validates a relay value; "" is RelayEvent, the default.
 func ParseRelayMode(s string) (RelayMode, error) {
 	switch RelayMode(s) {
 	case RelayGoroutine, RelayEvent:
 		return RelayMode(s), nil
 	case "":
-		return RelayGoroutine, nil
+		return RelayEvent, nil
 	}
 	return "", fmt.Errorf("invalid relay %q: want goroutine or event", s)
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
@@ -245,6 +246,10 @@ func TestRelayShutdownWhileParked(t *testing.T) {
 		time.Sleep(drainNewSessionGrace)
 		done := make(chan struct{})
 		go func() { defer close(done); p.Shutdown(ctx) }()
+		// The statements below must come after Shutdown began: sent
+		// before, they are answered as usual (seen under load, when the
+		// Shutdown goroutine had not run yet).
+		testutil.Eventually(t, 5*time.Second, "Shutdown to begin", p.draining.Load)
 		for _, c := range conns[1:] {
 			_, err := queryOne(ctx, c, "select 1")
 			wantPgError(t, err, "FATAL", wire.CodeAdminShutdown, "")

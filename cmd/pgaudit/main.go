@@ -110,7 +110,7 @@ func proxyCommand() *cobra.Command {
 	f.StringVar(&fl.upstream, "upstream", "", "upstream Postgres DSN (quick start)")
 	f.StringVar(&fl.poolMode, "pool-mode", "", "session or transaction")
 	f.IntVar(&fl.poolSize, "pool-size", 0, "server connections per (database, user)")
-	f.StringVar(&fl.relay, "relay", "", "relay of idle client sessions: goroutine (default) or event (park idle plain-socket clients on epoll loops)")
+	f.StringVar(&fl.relay, "relay", "", "relay of idle client sessions: event (default: park idle plain-socket clients on epoll loops) or goroutine (never park)")
 	f.StringVar(&fl.auditLog, "audit-log", "", "audit log file, or - for stdout")
 	f.StringVar(&fl.logLevel, "log-level", "", "debug, info, warn or error")
 	f.StringVar(&fl.authType, "auth-type", "", "trust, password, md5 or scram-sha-256")

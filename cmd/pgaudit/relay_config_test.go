@@ -12,7 +12,8 @@ import (
 )
 
 // The relay of proxies that tests start without choosing one: go test
-// ./cmd/pgaudit -relay=event runs the suite on the event relay.
+// ./cmd/pgaudit -relay=goroutine runs the suite on the goroutine relay
+// (the event relay is the default).
 func init() {
 	testRelay = flag.String("relay", "", "relay of the proxies tests start: goroutine or event")
 }
@@ -20,7 +21,7 @@ func init() {
 // TestRelaySettings: relay and relay_park_after from the file, --relay
 // over the file, and the errors for bad values.
 func TestRelaySettings(t *testing.T) {
-	def, err := pooler.ParseRelayMode(*testRelay) // goroutine unless -relay
+	def, err := pooler.ParseRelayMode(*testRelay) // event unless -relay
 	if err != nil {
 		t.Fatal(err)
 	}
