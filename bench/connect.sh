@@ -85,10 +85,11 @@ fi
 start_cluster 200 "bench/connect.sh"
 
 start_pgaudit() { # name bin
-  local port
+  local port admin
   port=$(free_port)
+  admin=$(free_port)
   # shellcheck disable=SC2086
-  "$2" proxy --listen "127.0.0.1:$port" \
+  "$2" proxy --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
     --upstream "postgres://postgres@127.0.0.1:$PGPORT/postgres?sslmode=disable" \
     --pool-mode transaction --pool-size "$POOL_SIZE" --log-level warn $EXTRA_ARGS \
     >>"$TMP/$1.log" 2>&1 &

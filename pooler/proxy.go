@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -151,12 +152,16 @@ func New(cfg *Config, sink event.Sink, log zerolog.Logger) *Proxy {
 // Listen opens the listening socket. Addr returns it afterwards.
 // With SoReuseport the socket gets SO_REUSEPORT, so other processes with
 // the option may listen on the same address.
+//
+// Client sockets get TCP_NODELAY and keep-alive probes (15 s idle, 15 s
+// apart, 9 of them). On Linux these are set once on the listening socket
+// and inherited by every accepted one (see inheritSockopts); elsewhere, or
+// when that fails, Go sets them on each accepted connection.
 func (p *Proxy) Listen() error {
-	var lc net.ListenConfig
-	if p.config().SoReuseport {
-		lc.Control = reusePortControl
+	l, err := p.listenConfig(inheritSockoptsSupported).Listen(context.Background(), "tcp", p.config().Listen)
+	if errors.Is(err, errNoInheritedSockopts) {
+		l, err = p.listenConfig(false).Listen(context.Background(), "tcp", p.config().Listen)
 	}
-	l, err := lc.Listen(context.Background(), "tcp", p.config().Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", p.config().Listen, err)
 	}
@@ -171,6 +176,33 @@ func (p *Proxy) Listen() error {
 	p.listener, p.peerListener = l, pl
 	p.mu.Unlock()
 	return nil
+}
+
+// errNoInheritedSockopts: the listening socket did not take the options
+// accepted sockets should inherit; Listen then listens again without.
+var errNoInheritedSockopts = errors.New("listening socket refused the client socket options")
+
+// listenConfig is the client listener's configuration: SO_REUSEPORT when
+// configured and, with inherit, the client socket options set on the
+// listening socket instead of on each accepted one.
+func (p *Proxy) listenConfig(inherit bool) *net.ListenConfig {
+	reuse := p.config().SoReuseport
+	lc := &net.ListenConfig{}
+	if inherit {
+		lc.KeepAlive = -1 // accepted sockets inherit the listener's settings
+	}
+	lc.Control = func(network, address string, rc syscall.RawConn) error {
+		if reuse {
+			if err := reusePortControl(network, address, rc); err != nil {
+				return err
+			}
+		}
+		if inherit && !inheritSockopts(rc) {
+			return errNoInheritedSockopts
+		}
+		return nil
+	}
+	return lc
 }
 
 // Addr returns the listening address (after Listen).
@@ -433,9 +465,7 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 			p.log.Error().Interface("panic", r).Str("client", nc.RemoteAddr().String()).Msg("client handler panic")
 		}
 	}()
-	if tc, ok := nc.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
+	// TCP_NODELAY and keep-alive: see Listen (no setsockopt here).
 	p.clients.Add(1)
 	// The deadline is set before the login slot is taken: an eviction
 	// (enterLogin) sets it to now, which must not be overwritten.
