@@ -680,6 +680,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	key := make([]byte, 4)
 	_, _ = rand.Read(key)
 	var params map[string]string
+	var greet *greeting
 	if s.mode == TransactionMode {
 		// Greet from the pool's cached parameters when it has them, so a
 		// login never waits for a busy pool; the client's settings are
@@ -689,11 +690,10 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 		// greeted this way; others are checked on a server, as Postgres
 		// checks them at connection time, and get its spelling back.
 		onlyAppName := len(s.gucs) == 0 || len(s.gucs) == 1 && s.gucs["application_name"] != ""
-		if base := pool.BaseParams(); base != nil && onlyAppName {
-			if v, ok := s.gucs["application_name"]; ok {
-				base["application_name"] = v
+		if onlyAppName {
+			if greet = pool.greetingFor(s.gucs["application_name"]); greet != nil {
+				params = greet.params
 			}
-			params = base
 		}
 	}
 	pid := uint32(0)
@@ -726,10 +726,13 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	s.mu.Lock()
 	// Most clients of a pool are told the same values: they share one
 	// map until one of them changes (see ownReportedLocked).
-	s.reported, s.reportedShared = pool.shareParams(params), true
-	out := wire.AppendAuthOK(nil)
-	for _, name := range sortedKeys(params) {
-		out = wire.AppendParameterStatus(out, name, params[name])
+	var out []byte
+	if greet != nil {
+		s.reported, s.reportedShared = greet.params, true // shared already
+		s.sendLocked(greet.msgs)
+	} else {
+		s.reported, s.reportedShared = pool.shareParams(params), true
+		out = appendGreeting(nil, params)
 	}
 	out = wire.AppendBackendKeyData(out, pid, key)
 	out = wire.AppendReadyForQuery(out, wire.TxIdle)
@@ -795,6 +798,68 @@ func (s *Session) detachIdle() {
 
 func sortedKeys(m map[string]string) []string {
 	return slices.Sorted(maps.Keys(m))
+}
+
+// appendGreeting appends AuthenticationOk and a ParameterStatus per
+// parameter, in name order: what a login sends before BackendKeyData.
+func appendGreeting(dst []byte, params map[string]string) []byte {
+	dst = wire.AppendAuthOK(dst)
+	for _, name := range sortedKeys(params) {
+		dst = wire.AppendParameterStatus(dst, name, params[name])
+	}
+	return dst
+}
+
+// greeting is what a transaction-mode login greeted from a pool's cached
+// parameters sends before its BackendKeyData, for one application_name:
+// built once per pool and name, read-only afterwards.
+type greeting struct {
+	appName string
+	// params are the reported parameters: the pool's base parameters
+	// with application_name, the map shareParams returned (sessions share
+	// it until one changes it, see ownReportedLocked).
+	params map[string]string
+	// msgs is AuthenticationOk and params as ParameterStatus messages.
+	msgs []byte
+}
+
+// maxGreetings bounds the greetings a pool caches (one per distinct
+// application_name); logins with other names build theirs each time.
+const maxGreetings = 8
+
+// greetingFor returns the greeting of a client whose only startup setting
+// is application_name appName ("" when it sent none), or nil before the
+// pool's first server connection reported its parameters. Safe for
+// concurrent use.
+func (pl *Pool) greetingFor(appName string) *greeting {
+	pl.paramsMu.Lock()
+	for _, g := range pl.greetings {
+		if g.appName == appName {
+			pl.paramsMu.Unlock()
+			return g
+		}
+	}
+	pl.paramsMu.Unlock()
+	params := pl.BaseParams() // a copy
+	if params == nil {
+		return nil
+	}
+	if appName != "" {
+		params["application_name"] = appName
+	}
+	g := &greeting{appName: appName, params: pl.shareParams(params)}
+	g.msgs = appendGreeting(nil, g.params)
+	pl.paramsMu.Lock()
+	defer pl.paramsMu.Unlock()
+	for _, o := range pl.greetings {
+		if o.appName == appName {
+			return o // another login built it meanwhile
+		}
+	}
+	if len(pl.greetings) < maxGreetings {
+		pl.greetings = append(pl.greetings, g)
+	}
+	return g
 }
 
 func hostOf(a net.Addr) string {
