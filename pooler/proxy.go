@@ -567,12 +567,12 @@ func (p *Proxy) negotiate(c *wire.Conn) (*wire.Startup, *wire.Conn, error) {
 				return nil, c, errors.New("unexpected data after SSLRequest")
 			}
 			if p.config().TLS == nil || p.config().ClientTLS == "disable" {
-				if _, err := c.Conn.Write([]byte{wire.EncryptionRefuse}); err != nil {
+				if err := answerEncryption(c, wire.EncryptionRefuse); err != nil {
 					return nil, c, err
 				}
 				continue
 			}
-			if _, err := c.Conn.Write([]byte{wire.EncryptionAccept}); err != nil {
+			if err := answerEncryption(c, wire.EncryptionAccept); err != nil {
 				return nil, c, err
 			}
 			tc := tls.Server(c.Conn, p.config().TLS)
@@ -582,7 +582,7 @@ func (p *Proxy) negotiate(c *wire.Conn) (*wire.Startup, *wire.Conn, error) {
 			c = p.newClientConn(tc)
 			tlsDone = true
 		case wire.GSSENCRequestKind:
-			if _, err := c.Conn.Write([]byte{wire.EncryptionRefuse}); err != nil {
+			if err := answerEncryption(c, wire.EncryptionRefuse); err != nil {
 				return nil, c, err
 			}
 		case wire.CancelRequestKind:
@@ -600,6 +600,17 @@ func (p *Proxy) negotiate(c *wire.Conn) (*wire.Startup, *wire.Conn, error) {
 			return st, c, nil
 		}
 	}
+}
+
+// answerEncryption sends the one-byte answer to SSLRequest or
+// GSSENCRequest. It goes through c's writer, which on a plain socket
+// writes with a raw write(2) (see wire.rawIO) rather than through the net
+// package's entersyscall path; nothing else is buffered at this point.
+func answerEncryption(c *wire.Conn, b byte) error {
+	if err := c.WriteRaw([]byte{b}); err != nil {
+		return err
+	}
+	return c.Flush()
 }
 
 // login authenticates the client, finds its pool, attaches a server to
