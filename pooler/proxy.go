@@ -484,8 +484,21 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 		if s != nil {
 			p.unregister(s)
 		}
-		if c != nil {
-			c.R.Release() // c may become the TLS conn
+		if c != nil { // c may have become the TLS conn
+			// Its buffers go to the next login (wire.Conn.Recycle).
+			// Control paths that write to a session's client (KILL's
+			// FATAL) hold s.mu: recycle under it, so none is inside a
+			// write; after it their writes fail. Not when s.mu cannot be
+			// had (a panic left it held): then only Release.
+			switch {
+			case s == nil:
+				c.Recycle()
+			case s.mu.TryLock():
+				c.Recycle()
+				s.mu.Unlock()
+			default:
+				c.R.Release()
+			}
 		}
 		if ls != nil {
 			p.endConn(ls)
