@@ -77,8 +77,11 @@ type Pool struct {
 	// this pool share (shareParams in relay.go).
 	paramsMu     sync.Mutex
 	sharedParams []map[string]string
-	Database     string
-	User         string
+	// greetings caches transaction-mode greetings per application_name
+	// (see greetingFor in proxy.go); guarded by paramsMu.
+	greetings []*greeting
+	Database  string
+	User      string
 
 	db  *Database
 	cfg *pgconn.Config

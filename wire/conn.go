@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"time"
@@ -34,13 +35,95 @@ func NewConn(nc net.Conn, maxBody int) *Conn {
 }
 
 // NewConnSize is NewConn with read and write buffers of bufSize bytes.
+// Buffers of ClientBufferSize bytes come from the free lists that Recycle
+// and DropBuffers fill, when they hold some.
 func NewConnSize(nc net.Conn, maxBody, bufSize int) *Conn {
 	var rw io.ReadWriter = nc
 	tw := &timedWriter{nc: nc, w: nc}
 	if r := newRawIO(nc); r != nil {
 		rw, tw.w, tw.raw = r, r, r
 	}
+	if bufSize == ClientBufferSize {
+		if br, bw := takeFreeBuffers(); br != nil {
+			br.Reset(rw)
+			bw.Reset(tw)
+			rd := &Reader{br: br, maxBody: maxBody, src: rw, bufSize: bufSize}
+			if maxBody <= 0 {
+				rd.maxBody = DefaultMaxMessageSize
+			}
+			if pr, ok := rw.(pendingReader); ok {
+				rd.pending = pr.pending // as NewReaderSize does
+			}
+			return &Conn{Conn: nc, R: rd, W: bw, tw: tw}
+		}
+	}
 	return &Conn{Conn: nc, R: NewReaderSize(rw, maxBody, bufSize), W: bufio.NewWriterSize(tw, bufSize), tw: tw}
+}
+
+// takeFreeBuffers returns a reader and a writer of ClientBufferSize bytes
+// from the free lists, or nil, nil when either list is empty.
+func takeFreeBuffers() (*bufio.Reader, *bufio.Writer) {
+	freeBufs.Lock()
+	defer freeBufs.Unlock()
+	nr, nw := len(freeBufs.readers), len(freeBufs.writers)
+	if nr == 0 || nw == 0 {
+		return nil, nil
+	}
+	br, bw := freeBufs.readers[nr-1], freeBufs.writers[nw-1]
+	freeBufs.readers[nr-1], freeBufs.writers[nw-1] = nil, nil
+	freeBufs.readers, freeBufs.writers = freeBufs.readers[:nr-1], freeBufs.writers[:nw-1]
+	return br, bw
+}
+
+// ErrConnRecycled is what a write to a Conn returns after Recycle.
+var ErrConnRecycled = errors.New("pgaudit: write to a finished client connection")
+
+// recycledWriter and recycledReader take the place of a recycled Conn's
+// buffers. The writer has failed already (with ErrConnRecycled), so Write
+// and Flush return that error without changing it: one value serves every
+// recycled Conn, read-only, from any goroutine. Nothing reads the reader
+// (see Recycle); it is never nil, so BuffersDropped stays false.
+var (
+	recycledWriter = func() *bufio.Writer {
+		w := bufio.NewWriterSize(failingWriter{}, 16)
+		_, _ = w.Write(make([]byte, 17)) // larger than the buffer: fails at once
+		return w
+	}()
+	recycledReader = bufio.NewReaderSize(failingWriter{}, 16)
+)
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, ErrConnRecycled }
+func (failingWriter) Read([]byte) (int, error)  { return 0, ErrConnRecycled }
+
+// Recycle ends the Conn's use of its buffers and gives buffers of
+// ClientBufferSize bytes to the free lists, for the next NewConnSize:
+// with a new connection per transaction, the two 8 KiB buffers of every
+// client were most of what a login allocated. Unread and unflushed bytes
+// are dropped. Afterwards every write fails with ErrConnRecycled, Flush
+// too; the Conn must not be read again, and DropBuffers and
+// RestoreBuffers do nothing to it. Only the goroutine that owns the Conn's
+// I/O may call it, when the connection is finished, holding whatever lock
+// other goroutines take to write to it (so that none is inside a write).
+// It also releases what Release does.
+func (c *Conn) Recycle() {
+	c.R.Release()
+	br, bw := c.R.br, c.W
+	if br == nil || br == recycledReader {
+		return // parked (DropBuffers) or recycled already
+	}
+	c.R.small = nil
+	c.R.br, c.W = recycledReader, recycledWriter
+	freeBufs.Lock()
+	defer freeBufs.Unlock()
+	if c.R.bufSize == ClientBufferSize && br.Size() == ClientBufferSize && bw.Size() == ClientBufferSize &&
+		len(freeBufs.readers) < maxFreeBuffers && len(freeBufs.writers) < maxFreeBuffers {
+		br.Reset(nil)
+		bw.Reset(nil)
+		freeBufs.readers = append(freeBufs.readers, br)
+		freeBufs.writers = append(freeBufs.writers, bw)
+	}
 }
 
 // SetWriteTimeout bounds every later write (WriteRaw that fills the
