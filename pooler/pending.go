@@ -51,8 +51,12 @@ type pending struct {
 	// resultHash is an Execute's sampled result hash (see
 	// Session.endResultLocked), set when its CommandComplete arrives.
 	resultHash uint64
-	// multi-statement Query bookkeeping
-	results []stmtResult
+	// A Query's results, one per statement: the first inline (most
+	// Queries have one statement), the others in moreResults; nresults
+	// counts them (see addResult).
+	firstResult stmtResult
+	moreResults []stmtResult
+	nresults    int
 	// tag, for a Query the proxy rewrote (DEALLOCATE of a client's
 	// protocol-level statement), replaces the command tag of its result,
 	// whose RowDescription is dropped.
@@ -65,11 +69,33 @@ type pending struct {
 	holdZ bool
 }
 
+// stmtResult is how one statement of a simple Query ended: its command
+// tag split as parseTag does (command "" for an EmptyQueryResponse), or
+// its error.
 type stmtResult struct {
-	tag        string
+	command    string
+	rows       int64
 	sqlstate   string
 	at         time.Time
 	resultHash uint64 // see Session.endResultLocked
+}
+
+// addResult records the end of the Query's next statement.
+func (p *pending) addResult(r stmtResult) {
+	if p.nresults == 0 {
+		p.firstResult = r
+	} else {
+		p.moreResults = append(p.moreResults, r)
+	}
+	p.nresults++
+}
+
+// result returns the end of the Query's statement i (< nresults).
+func (p *pending) result(i int) *stmtResult {
+	if i == 0 {
+		return &p.firstResult
+	}
+	return &p.moreResults[i-1]
 }
 
 // pendingQueue is a FIFO of pending items with amortized O(1) operations.
