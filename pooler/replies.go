@@ -433,10 +433,19 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			s.infoMu.Unlock()
 			return false
 		}
-		if len(body) == 1 {
+		// One infoMu section for both info fields ReadyForQuery moves
+		// (nothing below reads inFlight before it is decremented).
+		if len(body) == 1 || s.inFlight > 0 {
 			s.infoMu.Lock()
-			s.txStatus = body[0]
+			if len(body) == 1 {
+				s.txStatus = body[0]
+			}
+			if s.inFlight > 0 {
+				s.inFlight--
+			}
 			s.infoMu.Unlock()
+		}
+		if len(body) == 1 {
 			srv.TxStatus = body[0]
 			if s.txStatus == wire.TxIdle {
 				if s.ddlSent {
@@ -458,11 +467,6 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			s.queue.pop()
 		}
 		s.copyActive = false
-		if s.inFlight > 0 {
-			s.infoMu.Lock()
-			s.inFlight--
-			s.infoMu.Unlock()
-		}
 		if s.inFlight == 0 && s.queryTimer != nil {
 			s.queryTimer.Stop()
 		}
