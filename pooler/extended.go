@@ -86,6 +86,11 @@ func (def *stmtDef) live() bool { return def != nil && !def.failed }
 // client's name and leaves the shared statement to the others. It returns
 // the bytes to send instead of raw; s.mu held, it not queued yet.
 func (s *Session) mapPreparedRefLocked(srv *Server, text string, it *pending, raw []byte) []byte {
+	if len(s.stmts) == 0 {
+		// No protocol-level statement to map (a simple-protocol
+		// client): the text need not be scanned.
+		return raw
+	}
 	if s.txStatus == wire.TxFailed || !containsFold(text, "execute") && !containsFold(text, "deallocate") {
 		// (In a failed transaction the server answers 25P02 whatever
 		// the name, and nothing is deallocated.)

@@ -651,12 +651,14 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 		out = s.mapPreparedRefLocked(srv, text, &it, raw)
 	}
 	restore := false
-	if len(s.startupGUCs) > 0 && !s.groupOpen && !containsFold(text, "copy") {
+	if len(s.startupGUCs) > 0 && !s.groupOpen {
 		if s.mode == TransactionMode {
 			restore = flags&flagResetGUC != 0
 		} else {
 			restore = mayReset(text)
 		}
+		// (The COPY check last: it scans the text, and restore is rare.)
+		restore = restore && !containsFold(text, "copy")
 	}
 	if s.groupOpen {
 		s.groupOpen = false
