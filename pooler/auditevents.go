@@ -147,7 +147,7 @@ func (s *Session) completeQuery(it *pending) {
 		s.queries++
 		d := r.at.Sub(prev)
 		prev = r.at
-		if multi && i >= len(texts) || (r.command == "" && r.sqlstate == "") {
+		if multi && int(i) >= len(texts) || (r.command == "" && r.sqlstate == "") {
 			continue
 		}
 		ev := s.newEvent(it, event.ProtocolSimple)
@@ -181,7 +181,7 @@ func (s *Session) newEvent(it *pending, proto event.Protocol) *event.Event {
 		Kind: event.KindStatement, Protocol: proto, Text: it.text, SessionID: s.id,
 		TxSeq: it.txSeq, InTransaction: it.inTx, Database: s.database, User: s.user,
 		ApplicationName: s.appName, ClientAddr: s.clientAddr, Start: it.start,
-		ParamHash: it.paramHash, NumParams: it.numParams, Params: it.params, Rows: -1,
+		ParamHash: it.paramHash, NumParams: int(it.numParams), Params: it.params, Rows: -1,
 		Wait: s.pendingWait, ResultHash: it.resultHash,
 	}
 	s.pendingWait = 0

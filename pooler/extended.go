@@ -352,9 +352,9 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		if p != nil {
 			// Rebinding a portal (the unnamed one, usually) reuses its
 			// record: nothing keeps a pointer to it.
-			*p = pending{paramHash: h, numParams: n, params: params, stmt: def}
+			*p = pending{paramHash: h, numParams: int32(n), params: params, stmt: def}
 		} else {
-			p = &pending{paramHash: h, numParams: n, params: params, stmt: def}
+			p = &pending{paramHash: h, numParams: int32(n), params: params, stmt: def}
 			s.setPortal(string(bind.Portal), p)
 		}
 		if def != nil {
