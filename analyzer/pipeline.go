@@ -134,7 +134,6 @@ type Pipeline struct {
 	dropEvery  time.Duration
 
 	state    atomic.Int32
-	inflight atomic.Int64 // Offer/Submit calls between their state check and send
 	stopReq  chan struct{}
 	stopOnce sync.Once
 	quit     chan struct{} // closed when no more sends can happen
@@ -223,17 +222,14 @@ func (p *Pipeline) queueFor(ev *Event) *eventQueue {
 // Dropped). It is safe to call from any number of goroutines; ev must not be
 // modified afterwards. Events of one session offered from one goroutine
 // reach observers in the order offered.
+//
+// It is the relay's whole cost per event: a lock of one worker's queue
+// (see eventQueue), nothing shared by all sessions unless the event is
+// dropped.
 func (p *Pipeline) Offer(ev *Event) {
-	p.inflight.Add(1)
-	if p.state.Load() == stateStopping {
-		p.inflight.Add(-1)
-		p.dropped.Add(1)
-		return
-	}
-	if !p.queueFor(ev).push(ev) {
+	if ok, _ := p.queueFor(ev).push(ev); !ok {
 		p.dropped.Add(1)
 	}
-	p.inflight.Add(-1)
 }
 
 // Submit queues ev, waiting while its worker's queue is full: it is for log readers
@@ -241,20 +237,23 @@ func (p *Pipeline) Offer(ev *Event) {
 // ctx's error if ctx ends first and ErrPipelineStopped once Stop began.
 // Never call it from the proxy's relay path.
 func (p *Pipeline) Submit(ctx context.Context, ev *Event) error {
-	p.inflight.Add(1)
-	defer p.inflight.Add(-1)
-	if p.state.Load() == stateStopping {
-		return ErrPipelineStopped
-	}
 	q := p.queueFor(ev)
-	for !q.push(ev) {
+	for {
+		ok, closed := q.push(ev)
+		if ok {
+			return nil
+		}
+		if closed {
+			return ErrPipelineStopped
+		}
 		select {
 		case <-q.space:
+		case <-p.stopReq:
+			// Stop began: the next push sees the queue closed.
 		case <-ctx.Done():
 			return fmt.Errorf("submit event: %w", ctx.Err())
 		}
 	}
-	return nil
 }
 
 // Stop stops accepting events, lets the workers drain the queue, writes the
@@ -265,8 +264,8 @@ func (p *Pipeline) Submit(ctx context.Context, ev *Event) error {
 // counted as dropped).
 func (p *Pipeline) Stop(ctx context.Context) error {
 	if p.state.CompareAndSwap(stateNew, stateStopping) {
+		p.closeQueues()
 		p.stopOnce.Do(func() { close(p.stopReq) })
-		p.waitInflight()
 		for _, q := range p.queues {
 			p.dropped.Add(uint64(len(q.take(nil))))
 		}
@@ -283,16 +282,20 @@ func (p *Pipeline) Stop(ctx context.Context) error {
 	}
 }
 
+// beginStop closes the queues, so that events offered from now on are
+// dropped (and Submit returns ErrPipelineStopped), and asks the
+// supervisor to stop.
 func (p *Pipeline) beginStop() {
 	p.state.Store(stateStopping)
+	p.closeQueues()
 	p.stopOnce.Do(func() { close(p.stopReq) })
 }
 
-// waitInflight waits until every Offer and Submit that saw the pipeline
-// running has finished its send; after that nothing more enters the queue.
-func (p *Pipeline) waitInflight() {
-	for p.inflight.Load() != 0 {
-		time.Sleep(50 * time.Microsecond)
+// closeQueues closes every worker's queue: when it returns, nothing more
+// enters them (see eventQueue.close).
+func (p *Pipeline) closeQueues() {
+	for _, q := range p.queues {
+		q.close()
 	}
 }
 
@@ -360,7 +363,8 @@ func (p *Pipeline) supervise(ctx context.Context) {
 			ctxDone = nil
 			p.beginStop()
 		case <-p.stopReq:
-			p.waitInflight()
+			// beginStop closed the queues before stopReq: nothing more
+			// enters them, and the workers drain what is there.
 			close(p.quit)
 			p.wg.Wait()
 			p.reportDrops()

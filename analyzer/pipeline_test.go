@@ -264,13 +264,12 @@ func TestPipelinePeriodicStats(t *testing.T) {
 }
 
 // BenchmarkPipelineOffer measures the relay path's cost of handing an event
-// to the analyzer, from parallel producers.
+// to the analyzer, from parallel producers: all of one session (one
+// worker's queue), each of its own session (spread over the workers, as
+// on a proxy), and into a full queue.
 func BenchmarkPipelineOffer(b *testing.B) {
-	for _, full := range []bool{false, true} {
-		name := "accepted"
-		if full {
-			name = "dropped"
-		}
+	for _, name := range []string{"accepted", "sessions", "dropped"} {
+		full := name == "dropped"
 		b.Run(name, func(b *testing.B) {
 			p := NewPipeline(PipelineConfig{QueueSize: 1 << 16})
 			if full {
@@ -280,10 +279,14 @@ func BenchmarkPipelineOffer(b *testing.B) {
 			} else if err := p.Start(context.Background()); err != nil {
 				b.Fatal(err)
 			}
-			ev := stmt("SELECT 1")
+			var ids atomic.Uint64
 			b.ReportAllocs()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
+				ev := stmt("SELECT 1")
+				if name == "sessions" {
+					ev.SessionID = ids.Add(1)
+				}
 				for pb.Next() {
 					p.Offer(ev)
 				}

@@ -11,10 +11,18 @@ import "sync"
 // capacity, and the worker lets a batch accumulate (Pipeline batchDelay)
 // before it drains the queue. Under load that is a few hundred wake-ups a
 // second instead of thousands.
+//
+// A push is the only thing the relay does per event: one uncontended lock
+// of this worker's queue. Whether the pipeline still takes events is the
+// queue's own closed flag, checked under the same lock, so Offer touches
+// no counter or state shared by every session (an atomic add on a cache
+// line all cores write costs more than the lock it guarded).
 type eventQueue struct {
 	mu    sync.Mutex
 	items []*Event
 	max   int
+	// closed is set by close: push refuses everything after it.
+	closed bool
 	// ready holds a token when work arrived since the worker last looked.
 	ready chan struct{}
 	// space holds a token when the worker took events (Submit waits on it).
@@ -25,20 +33,36 @@ func newEventQueue(max int) *eventQueue {
 	return &eventQueue{max: max, ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
 }
 
-// push appends ev unless the queue is full; it never blocks.
-func (q *eventQueue) push(ev *Event) bool {
+// push appends ev unless the queue is full or closed; it never blocks.
+// It returns whether ev was queued and, if not, whether the queue was
+// closed.
+func (q *eventQueue) push(ev *Event) (ok, closed bool) {
 	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return false, true
+	}
 	n := len(q.items)
 	if n >= q.max {
 		q.mu.Unlock()
-		return false
+		return false, false
 	}
 	q.items = append(q.items, ev)
 	q.mu.Unlock()
 	if n == 0 || n+1 == max(q.max/2, 1) {
 		signal(q.ready)
 	}
-	return true
+	return true, false
+}
+
+// close makes every later push fail; a push that returned before it
+// stays queued. Idempotent.
+func (q *eventQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	// Wake a Submit waiting for space: it sees the queue closed.
+	signal(q.space)
 }
 
 // take removes and returns every queued event, leaving spare (emptied) as

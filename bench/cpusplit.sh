@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# cpusplit.sh PID PORT [CLIENTS] [SECONDS]: runs pgbench -S through the proxy
+# cpusplit.sh PID PORT [CLIENTS] [SECONDS] [PROTOCOL]: runs pgbench -S (-M
+# PROTOCOL: simple, the default, extended or prepared) through the proxy
 # listening on 127.0.0.1:PORT (process PID: pgaudit or PgBouncer) and prints
 # the proxy's user and system CPU per transaction and its context switches
 # per transaction, from /proc/PID/task/*/{stat,status} before and after.
@@ -7,7 +8,7 @@
 # shows where a gap between two proxies lies (system time is the sockets,
 # the same for both; user time is the proxy's own code and runtime).
 set -euo pipefail
-PID=$1 PORT=$2 C=${3:-100} T=${4:-10}
+PID=$1 PORT=$2 C=${3:-100} T=${4:-10} M=${5:-simple}
 snap() {
   local u=0 s=0 v=0 n=0 t f
   for t in /proc/"$PID"/task/*; do
@@ -19,7 +20,7 @@ snap() {
   echo "$u $s $v $n"
 }
 read -r u0 s0 v0 n0 < <(snap)
-out=$(pgbench -h 127.0.0.1 -p "$PORT" -U postgres -n -S -c "$C" -j 2 -T "$T" postgres 2>&1)
+out=$(pgbench -h 127.0.0.1 -p "$PORT" -U postgres -n -S -M "$M" -c "$C" -j 2 -T "$T" postgres 2>&1)
 read -r u1 s1 v1 n1 < <(snap)
 tx=$(echo "$out" | awk '/actually processed/{print $NF}' | cut -d/ -f1)
 tps=$(echo "$out" | awk '/^tps/{print $3}')

@@ -1,8 +1,8 @@
 package pooler
 
 import (
+	"bytes"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/event"
@@ -132,27 +132,31 @@ func (s *Session) completeFailed(it *pending, sqlstate string) {
 
 // completeQuery emits one event per statement of a simple Query.
 func (s *Session) completeQuery(it *pending) {
-	if len(it.results) == 0 {
+	if it.nresults == 0 {
 		return
 	}
-	texts := []string{it.text}
-	if len(it.results) > 1 {
+	multi := it.nresults > 1
+	var texts []string
+	if multi {
 		texts = splitStatements(it.text)
 	}
 	prev := it.start
 	inTx := it.inTx
-	for i, r := range it.results {
+	for i := range it.nresults {
+		r := it.result(i)
 		s.queries++
 		d := r.at.Sub(prev)
 		prev = r.at
-		if i >= len(texts) || (r.tag == "" && r.sqlstate == "") {
+		if multi && int(i) >= len(texts) || (r.command == "" && r.sqlstate == "") {
 			continue
 		}
 		ev := s.newEvent(it, event.ProtocolSimple)
-		ev.Text = texts[i]
+		if multi {
+			ev.Text = texts[i]
+		}
 		ev.Start = r.at.Add(-d)
 		ev.Duration = d
-		ev.Command, ev.Rows = parseTag([]byte(r.tag))
+		ev.Command, ev.Rows = r.command, r.rows
 		// A transaction block opened or closed inside one Query.
 		switch ev.Command {
 		case "BEGIN", "START TRANSACTION":
@@ -177,27 +181,103 @@ func (s *Session) newEvent(it *pending, proto event.Protocol) *event.Event {
 		Kind: event.KindStatement, Protocol: proto, Text: it.text, SessionID: s.id,
 		TxSeq: it.txSeq, InTransaction: it.inTx, Database: s.database, User: s.user,
 		ApplicationName: s.appName, ClientAddr: s.clientAddr, Start: it.start,
-		ParamHash: it.paramHash, NumParams: it.numParams, Params: it.params, Rows: -1,
+		ParamHash: it.paramHash, NumParams: int(it.numParams), Params: it.params, Rows: -1,
 		Wait: s.pendingWait, ResultHash: it.resultHash,
 	}
 	s.pendingWait = 0
 	return ev
 }
 
-// parseTag splits a command tag into its verb and row count.
+// parseTag splits a command tag into its verb and row count (-1 when
+// the tag has none). The verbs of common tags come from a table, so that
+// a tag read from a server's reply costs no allocation.
 func parseTag(tag []byte) (string, int64) {
-	t := string(tag)
-	i := strings.LastIndexByte(t, ' ')
+	i := bytes.LastIndexByte(tag, ' ')
 	if i < 0 {
-		return t, -1
+		return commandName(tag), -1
 	}
-	n, err := strconv.ParseInt(t[i+1:], 10, 64)
-	if err != nil {
-		return t, -1
+	n, ok := parseCount(tag[i+1:])
+	if !ok {
+		return commandName(tag), -1
 	}
-	verb := t[:i]
-	if strings.HasPrefix(verb, "INSERT ") {
-		verb = "INSERT"
+	verb := tag[:i]
+	if bytes.HasPrefix(verb, []byte("INSERT ")) {
+		return "INSERT", n
 	}
-	return verb, n
+	return commandName(verb), n
+}
+
+// parseCount parses a command tag's row count: decimal digits that fit
+// an int64, as strconv.ParseInt(s, 10, 64) accepts them (with an
+// optional sign).
+func parseCount(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		// (Longer needs strconv's overflow check; no tag has one.)
+		n, err := strconv.ParseInt(string(b), 10, 64)
+		return n, err == nil
+	}
+	neg := false
+	digits := b
+	switch b[0] {
+	case '-', '+':
+		neg, digits = b[0] == '-', b[1:]
+	}
+	if len(digits) == 0 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if neg {
+		n = -n
+	}
+	return n, true
+}
+
+// commandName returns b as a string, without allocating for the verbs
+// and tags Postgres sends most.
+func commandName(b []byte) string {
+	switch string(b) {
+	case "SELECT":
+		return "SELECT"
+	case "INSERT":
+		return "INSERT"
+	case "UPDATE":
+		return "UPDATE"
+	case "DELETE":
+		return "DELETE"
+	case "MERGE":
+		return "MERGE"
+	case "FETCH":
+		return "FETCH"
+	case "MOVE":
+		return "MOVE"
+	case "COPY":
+		return "COPY"
+	case "BEGIN":
+		return "BEGIN"
+	case "COMMIT":
+		return "COMMIT"
+	case "ROLLBACK":
+		return "ROLLBACK"
+	case "SET":
+		return "SET"
+	case "SHOW":
+		return "SHOW"
+	case "START TRANSACTION":
+		return "START TRANSACTION"
+	case "SAVEPOINT":
+		return "SAVEPOINT"
+	case "RELEASE":
+		return "RELEASE"
+	case "DISCARD ALL":
+		return "DISCARD ALL"
+	case "RESET":
+		return "RESET"
+	}
+	return string(b)
 }

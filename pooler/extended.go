@@ -86,6 +86,11 @@ func (def *stmtDef) live() bool { return def != nil && !def.failed }
 // client's name and leaves the shared statement to the others. It returns
 // the bytes to send instead of raw; s.mu held, it not queued yet.
 func (s *Session) mapPreparedRefLocked(srv *Server, text string, it *pending, raw []byte) []byte {
+	if len(s.stmts) == 0 {
+		// No protocol-level statement to map (a simple-protocol
+		// client): the text need not be scanned.
+		return raw
+	}
 	if s.txStatus == wire.TxFailed || !containsFold(text, "execute") && !containsFold(text, "deallocate") {
 		// (In a failed transaction the server answers 25P02 whatever
 		// the name, and nothing is deallocated.)
@@ -175,7 +180,9 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	)
 	switch typ {
 	case wire.MsgParse:
-		parse, err = wire.DecodeParse(body)
+		if !s.reparse(body, &parse) {
+			parse, err = wire.DecodeParse(body)
+		}
 	case wire.MsgBind:
 		bind, err = wire.DecodeBind(body)
 	case wire.MsgDescribe, wire.MsgClose:
@@ -341,11 +348,18 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			s.mu.Unlock()
 			return wire.Fatal(wire.CodeProtocolViolation, "invalid Bind message")
 		}
-		p := &pending{paramHash: h, numParams: n, params: params, stmt: def}
+		p := s.portals[string(bind.Portal)]
+		if p != nil {
+			// Rebinding a portal (the unnamed one, usually) reuses its
+			// record: nothing keeps a pointer to it.
+			*p = pending{paramHash: h, numParams: int32(n), params: params, stmt: def}
+		} else {
+			p = &pending{paramHash: h, numParams: int32(n), params: params, stmt: def}
+			s.setPortal(string(bind.Portal), p)
+		}
 		if def != nil {
 			p.text, p.holdZ = def.query, def.resets
 		}
-		s.setPortal(string(bind.Portal), p)
 		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def), text: p.text, start: time.Now(),
 			paramHash: p.paramHash, numParams: p.numParams, params: p.params})
 	case wire.MsgDescribe:
@@ -455,6 +469,26 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	s.writing = true
 	s.mu.Unlock()
 	return s.writeServer(srv, out, flush)
+}
+
+// reparse recognizes a Parse of the unnamed statement with the same text
+// and parameter types as the unnamed statement the client has (pgbench -M
+// extended and most drivers' unprepared queries send one per
+// statement): it fills parse as wire.DecodeParse would, reusing the
+// statement's text instead of copying it, and reports whether it did.
+// Client goroutine only.
+func (s *Session) reparse(body []byte, parse *wire.ParseMsg) bool {
+	def := s.stmts[""]
+	if def == nil || len(def.types) < 2 || len(body) < len(def.query)+2 || body[0] != 0 {
+		return false
+	}
+	q := body[1 : 1+len(def.query)]
+	rest := body[1+len(def.query):]
+	if rest[0] != 0 || string(q) != def.query || !bytes.Equal(rest[1:], def.types) {
+		return false
+	}
+	*parse = wire.ParseMsg{Query: def.query, Types: rest[1:]}
+	return true
 }
 
 // noSuchStatement is Postgres's error for a Bind or Describe of a

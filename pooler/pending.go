@@ -26,15 +26,29 @@ const (
 // the server already has, a Close of a client-side name); swallow items were
 // injected by the proxy and their success responses are not forwarded.
 type pending struct {
+	// (The flags and small counts come first, packed into two words: a
+	// pending item is copied into the queue and cleared from it once per
+	// message, so its size is paid per message.)
 	kind      pendingKind
 	synthetic bool
 	swallow   bool
+	addedStmt bool
+	// probe marks the Describe of a shape probe (see shapegate.go).
+	probe bool
+	inTx  bool
+	// holdZ: this Query or Sync (of a group with such an Execute) may
+	// return settings to their reset values; a restore query follows it
+	// (see restoreStartupLocked), and its ParameterStatus messages and
+	// ReadyForQuery are held until that is answered. On a portal: its
+	// statement may reset settings.
+	holdZ bool
+	// nresults counts a Query's results (see addResult).
+	nresults int32
+	// numParams is the number of bound parameters (audit data).
+	numParams int32
 	// serverStmt is the server-side statement name a Parse/Bind/Describe
 	// refers to (transaction mode), to undo cache entries on error.
 	serverStmt string
-	addedStmt  bool
-	// probe marks the Describe of a shape probe (see shapegate.go).
-	probe bool
 	// stmt is the client's statement a Parse prepares or a Describe
 	// describes (transaction mode).
 	stmt *stmtDef
@@ -43,33 +57,50 @@ type pending struct {
 	text      string
 	start     time.Time
 	paramHash uint64
-	numParams int
 	params    []string
-	inTx      bool
 	txSeq     uint64
 	portal    string
 	// resultHash is an Execute's sampled result hash (see
 	// Session.endResultLocked), set when its CommandComplete arrives.
 	resultHash uint64
-	// multi-statement Query bookkeeping
-	results []stmtResult
+	// A Query's results, one per statement: the first inline (most
+	// Queries have one statement), the others in moreResults (see
+	// addResult).
+	firstResult stmtResult
+	moreResults []stmtResult
 	// tag, for a Query the proxy rewrote (DEALLOCATE of a client's
 	// protocol-level statement), replaces the command tag of its result,
 	// whose RowDescription is dropped.
 	tag string
-	// holdZ: this Query or Sync (of a group with such an Execute) may
-	// return settings to their reset values; a restore query follows it
-	// (see restoreStartupLocked), and its ParameterStatus messages and
-	// ReadyForQuery are held until that is answered. On a portal: its
-	// statement may reset settings.
-	holdZ bool
 }
 
+// stmtResult is how one statement of a simple Query ended: its command
+// tag split as parseTag does (command "" for an EmptyQueryResponse), or
+// its error.
 type stmtResult struct {
-	tag        string
+	command    string
+	rows       int64
 	sqlstate   string
 	at         time.Time
 	resultHash uint64 // see Session.endResultLocked
+}
+
+// addResult records the end of the Query's next statement.
+func (p *pending) addResult(r stmtResult) {
+	if p.nresults == 0 {
+		p.firstResult = r
+	} else {
+		p.moreResults = append(p.moreResults, r)
+	}
+	p.nresults++
+}
+
+// result returns the end of the Query's statement i (< nresults).
+func (p *pending) result(i int32) *stmtResult {
+	if i == 0 {
+		return &p.firstResult
+	}
+	return &p.moreResults[i-1]
 }
 
 // pendingQueue is a FIFO of pending items with amortized O(1) operations.

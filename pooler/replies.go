@@ -291,8 +291,12 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			forward = false
 			s.queue.pop()
 		} else if it != nil && (it.kind == pendDescribeStmt || it.kind == pendDescribePortal) {
-			if shape := rowShape(typ, body); shape != "" && it.stmt != nil {
-				it.stmt.setShapes(shape, "")
+			var buf [64]byte
+			if shape := appendRowShape(buf[:0], typ, body); len(shape) > 0 && it.stmt != nil {
+				if string(shape) != it.stmt.shape {
+					// (Unchanged, the usual case, costs no allocation.)
+					it.stmt.setShapes(string(shape), "")
+				}
 				if it.kind == pendDescribeStmt && it.serverStmt != "" && srv.prepared != nil {
 					// What this server statement has: a Describe of it.
 					srv.prepared.setShape(it.serverStmt, it.stmt.shapeKey())
@@ -318,10 +322,11 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 					raw = appendCommandComplete(nil, it.tag)
 					body = raw[5:]
 				}
-				it.results = append(it.results, stmtResult{tag: string(wire.CommandTag(body)), at: time.Now(), resultHash: s.endResultLocked()})
-				if typ == wire.MsgEmptyQueryResponse {
-					it.results[len(it.results)-1].tag = ""
+				r := stmtResult{at: time.Now(), resultHash: s.endResultLocked()}
+				if typ != wire.MsgEmptyQueryResponse {
+					r.command, r.rows = parseTag(wire.CommandTag(body))
 				}
+				it.addResult(r)
 			}
 		}
 	case wire.MsgDataRow:
@@ -356,7 +361,7 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 		if it != nil {
 			switch it.kind {
 			case pendQuery:
-				it.results = append(it.results, stmtResult{sqlstate: code, at: time.Now()})
+				it.addResult(stmtResult{rows: -1, sqlstate: code, at: time.Now()})
 			case pendExecute:
 				s.completeExecute(it, nil, false, code)
 				s.queue.pop()
@@ -428,10 +433,19 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			s.infoMu.Unlock()
 			return false
 		}
-		if len(body) == 1 {
+		// One infoMu section for both info fields ReadyForQuery moves
+		// (nothing below reads inFlight before it is decremented).
+		if len(body) == 1 || s.inFlight > 0 {
 			s.infoMu.Lock()
-			s.txStatus = body[0]
+			if len(body) == 1 {
+				s.txStatus = body[0]
+			}
+			if s.inFlight > 0 {
+				s.inFlight--
+			}
 			s.infoMu.Unlock()
+		}
+		if len(body) == 1 {
 			srv.TxStatus = body[0]
 			if s.txStatus == wire.TxIdle {
 				if s.ddlSent {
@@ -453,11 +467,6 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			s.queue.pop()
 		}
 		s.copyActive = false
-		if s.inFlight > 0 {
-			s.infoMu.Lock()
-			s.inFlight--
-			s.infoMu.Unlock()
-		}
 		if s.inFlight == 0 && s.queryTimer != nil {
 			s.queryTimer.Stop()
 		}

@@ -96,10 +96,12 @@ type serverLink struct {
 	// started has exited; readerErr is why it stopped.
 	readerDone chan struct{}
 	readerErr  error
-	// inlineSince (info) is when the client goroutine began reading its
-	// server inline (zero otherwise); the proxy's watchdog checks clients
-	// that wait long for a vanished peer (see checkInlineClients).
-	inlineSince time.Time
+	// inlineSince is when the client goroutine began reading its server
+	// inline (unix ns; zero otherwise); the proxy's watchdog checks
+	// clients that wait long for a vanished peer (see
+	// checkInlineClients). Atomic: set and cleared twice per transaction
+	// without taking a lock.
+	inlineSince atomic.Int64
 	// writingDone (made by the first waiter) is broadcast when writing is
 	// cleared.
 	writingDone *sync.Cond
@@ -118,7 +120,10 @@ type serverLink struct {
 	readerActive bool
 	txStatus     byte // info
 	pinned       bool // info
-	acquiring    bool // info: waiting for a server connection
+	// acquiring (info) says the session waits for a server connection.
+	// Only the client goroutine writes it, with infoMu alone held (no
+	// reader takes mu for it).
+	acquiring bool
 	// writing is set while the client goroutine writes to the server
 	// outside the lock; the reader does not release the server meanwhile
 	// (the reply can arrive before the write call returns).
@@ -434,17 +439,13 @@ func (s *Session) attach(ctx context.Context) (*Server, error) {
 	if s.readerDone != nil {
 		<-s.readerDone
 	}
-	s.mu.Lock()
 	s.infoMu.Lock()
 	s.acquiring = true
 	s.infoMu.Unlock()
-	s.mu.Unlock()
 	srv, wait, err := s.pool.Acquire(ctx)
-	s.mu.Lock()
 	s.infoMu.Lock()
 	s.acquiring = false
 	s.infoMu.Unlock()
-	s.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
@@ -507,16 +508,10 @@ func (s *Session) awaitReplies(srv *Server) error {
 		s.mu.Unlock()
 		return nil
 	}
-	s.infoMu.Lock()
-	s.inlineSince = time.Now()
-	s.infoMu.Unlock()
 	s.mu.Unlock()
+	s.inlineSince.Store(time.Now().UnixNano())
 	err := s.pump(srv, true)
-	s.mu.Lock()
-	s.infoMu.Lock()
-	s.inlineSince = time.Time{}
-	s.infoMu.Unlock()
-	s.mu.Unlock()
+	s.inlineSince.Store(0)
 	return err
 }
 
@@ -552,10 +547,8 @@ func (s *Session) sendRequestLocked(srv *Server, out []byte) error {
 // its connection meanwhile: the goroutine cannot notice that itself until
 // the statement ends.
 func (s *Session) clientGoneWhileInline(d time.Duration) bool {
-	s.infoMu.Lock()
-	since := s.inlineSince
-	s.infoMu.Unlock()
-	return !since.IsZero() && time.Since(since) > d && wire.PeerClosed(s.client.Conn)
+	since := s.inlineSince.Load()
+	return since != 0 && time.Since(time.Unix(0, since)) > d && wire.PeerClosed(s.client.Conn)
 }
 
 // interruptInline makes whoever reads the attached server (the client
@@ -658,12 +651,14 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 		out = s.mapPreparedRefLocked(srv, text, &it, raw)
 	}
 	restore := false
-	if len(s.startupGUCs) > 0 && !s.groupOpen && !containsFold(text, "copy") {
+	if len(s.startupGUCs) > 0 && !s.groupOpen {
 		if s.mode == TransactionMode {
 			restore = flags&flagResetGUC != 0
 		} else {
 			restore = mayReset(text)
 		}
+		// (The COPY check last: it scans the text, and restore is rare.)
+		restore = restore && !containsFold(text, "copy")
 	}
 	if s.groupOpen {
 		s.groupOpen = false
@@ -824,17 +819,29 @@ func (s *Session) finish() {
 
 // flushStats moves the reader-side counters into the pool; s.mu held or
 // the reader stopped.
+//
+// The pool's counters are shared by all its sessions, so each add is a
+// write to a cache line other cores write too: counters that did not move
+// (the Parse and Bind counts of a simple-protocol client, say) are
+// skipped.
 func (s *Session) flushStats() {
 	st := &s.pool.stats
-	st.bytesOut.Add(s.bytesOut)
-	st.queries.Add(s.queries)
-	st.xacts.Add(s.xacts)
-	st.xactNs.Add(int64(s.xactTime))
-	st.clientParses.Add(s.clientParses)
-	st.serverParses.Add(s.serverParses)
-	st.binds.Add(s.binds)
+	addNonZero(&st.bytesOut, s.bytesOut)
+	addNonZero(&st.queries, s.queries)
+	addNonZero(&st.xacts, s.xacts)
+	addNonZero(&st.xactNs, int64(s.xactTime))
+	addNonZero(&st.clientParses, s.clientParses)
+	addNonZero(&st.serverParses, s.serverParses)
+	addNonZero(&st.binds, s.binds)
 	s.bytesOut, s.queries, s.xacts, s.xactTime = 0, 0, 0, 0
 	s.clientParses, s.serverParses, s.binds = 0, 0, 0
+}
+
+// addNonZero adds v to c unless v is zero.
+func addNonZero(c *atomic.Int64, v int64) {
+	if v != 0 {
+		c.Add(v)
+	}
 }
 
 // closeIfIdle ends the session with e when it is between transactions:

@@ -52,30 +52,36 @@ type shapeProbe struct {
 // ('n') body describes: the column type OIDs as an oid[] literal, "-"
 // for no rows, "" if malformed.
 func rowShape(typ byte, body []byte) string {
+	return string(appendRowShape(nil, typ, body))
+}
+
+// appendRowShape appends rowShape(typ, body) to dst, or returns dst
+// unchanged when the body is malformed, so that the relay can compare a
+// reply's shape with the one it knows without allocating.
+func appendRowShape(dst []byte, typ byte, body []byte) []byte {
 	if typ == wire.MsgNoData {
-		return "-"
+		return append(dst, '-')
 	}
 	if len(body) < 2 {
-		return ""
+		return dst
 	}
 	n := int(binary.BigEndian.Uint16(body))
 	b := body[2:]
-	var sb strings.Builder
-	sb.WriteByte('{')
+	start := len(dst)
+	dst = append(dst, '{')
 	for i := 0; i < n; i++ {
 		z := indexZero(b)
 		if z < 0 || len(b) < z+1+18 {
-			return ""
+			return dst[:start]
 		}
 		b = b[z+1:]
 		if i > 0 {
-			sb.WriteByte(',')
+			dst = append(dst, ',')
 		}
-		sb.WriteString(strconv.FormatUint(uint64(binary.BigEndian.Uint32(b[6:10])), 10))
+		dst = strconv.AppendUint(dst, uint64(binary.BigEndian.Uint32(b[6:10])), 10)
 		b = b[18:]
 	}
-	sb.WriteByte('}')
-	return sb.String()
+	return append(dst, '}')
 }
 
 // paramShape returns the parameter types of a ParameterDescription body
