@@ -417,10 +417,16 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 			p.endConn(ls)
 			p.clients.Add(-1)
 		}
-		p.mu.Lock()
-		delete(p.conns, nc)
-		p.mu.Unlock()
-		_ = nc.Close()
+		if nc != nil {
+			p.mu.Lock()
+			delete(p.conns, nc)
+			p.mu.Unlock()
+			_ = nc.Close()
+		} else {
+			// A parkable session's socket (see below), which a park
+			// may have replaced (wire.Conn.Detach, Attach).
+			_ = c.Close()
+		}
 		p.wg.Done()
 	}
 	defer func() {
@@ -430,7 +436,13 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 	}()
 	defer func() {
 		if r := recover(); r != nil {
-			p.log.Error().Interface("panic", r).Str("client", nc.RemoteAddr().String()).Msg("client handler panic")
+			addr := "?"
+			if nc != nil {
+				addr = nc.RemoteAddr().String()
+			} else if s != nil {
+				addr = s.clientAddr
+			}
+			p.log.Error().Interface("panic", r).Str("client", addr).Msg("client handler panic")
 		}
 	}()
 	if tc, ok := nc.(*net.TCPConn); ok {
@@ -465,6 +477,16 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 	_ = nc.SetDeadline(time.Time{})
 	c.R.SetMaxBody(p.config().MaxMessageSize)
 	s.ctx, s.end = ctx, end
+	if s.parkable.Load() {
+		// The session owns the plain socket from here on: a park closes
+		// the net.Conn and keeps its descriptor (Session.park), so
+		// nothing else may hold on to nc (Close finds the session in
+		// Proxy.sessions).
+		p.mu.Lock()
+		delete(p.conns, nc)
+		p.mu.Unlock()
+		ls.nc, nc = nil, nil
+	}
 	handedOff = true
 	p.serveSession(s)
 }

@@ -359,17 +359,25 @@ func (s *Session) park() bool {
 		}
 		serverFd = fd
 	}
-	clientFd, ok := sockFd(s.client.Conn)
-	if !ok || !s.client.DropBuffers() {
-		s.restartReaderLocked()
-		s.mu.Unlock()
-		return false
-	}
 	l := r.loopFor(s.id)
 	l.mu.Lock()
 	if l.stopped {
 		l.mu.Unlock()
-		s.client.RestoreBuffers()
+		s.restartReaderLocked()
+		s.mu.Unlock()
+		return false
+	}
+	// The client's socket leaves Go's netpoller: the session keeps its
+	// descriptor only (wire.Conn.Detach), under parkMu, which orders it
+	// with the sweeper's requestPark.
+	s.parkMu.Lock()
+	clientFd, err := s.client.Detach()
+	s.parkMu.Unlock()
+	if err != nil {
+		l.mu.Unlock()
+		if !errors.Is(err, wire.ErrNotDetachable) {
+			s.logger().Warn().Err(err).Msg("could not park idle session; it keeps its goroutine")
+		}
 		s.restartReaderLocked()
 		s.mu.Unlock()
 		return false
@@ -380,7 +388,7 @@ func (s *Session) park() bool {
 	s.parkLoop, s.clientFd, s.serverFd = l, int32(clientFd), int32(serverFd)
 	s.parkState.Store(parkParked)
 	l.parked[s.id] = s
-	err := l.add(clientFd, s.id<<1|tokenClient)
+	err = l.add(clientFd, s.id<<1|tokenClient)
 	if err == nil && serverFd >= 0 {
 		if err = l.add(serverFd, s.id<<1|tokenServer); err != nil {
 			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, clientFd, nil)
@@ -399,7 +407,10 @@ func (s *Session) park() bool {
 		s.parkLoop = nil
 		l.mu.Unlock()
 		s.logger().Warn().Err(err).Msg("could not park idle session; it keeps its goroutine")
-		s.client.RestoreBuffers()
+		if aerr := s.reattachClient(); aerr != nil {
+			s.mu.Unlock()
+			return false // the next read fails: the session ends
+		}
 		s.restartReaderLocked()
 		s.mu.Unlock()
 		return false
@@ -470,10 +481,27 @@ func (s *Session) wake() {
 	l.mu.Unlock()
 	s.mu.Lock()
 	s.parkLoop = nil
-	s.client.RestoreBuffers()
+	// A failure leaves a client whose reads fail: the session ends
+	// on its goroutine, as when the client leaves.
+	_ = s.reattachClient()
 	s.mu.Unlock()
 	s.parkState.Store(parkRunning)
 	go s.proxy.serveSession(s)
+}
+
+// reattachClient gives the client's descriptor back to Go's netpoller
+// with new I/O state and buffers (wire.Conn.Attach), under parkMu (see
+// park); s.mu held. On an error, logged here, the client's I/O fails
+// with net.ErrClosed, so the session ends at its next read.
+func (s *Session) reattachClient() error {
+	s.parkMu.Lock()
+	err := s.client.Attach()
+	s.clientFd = -1
+	s.parkMu.Unlock()
+	if err != nil {
+		s.logger().Warn().Err(err).Msg("could not resume parked session; closing it")
+	}
+	return err
 }
 
 // lockRunning locks s.mu for a control path that is about to end the
@@ -485,7 +513,7 @@ func (s *Session) lockRunning() {
 	for {
 		s.wake()
 		s.mu.Lock()
-		if s.parkState.Load() == parkRunning && !s.client.BuffersDropped() {
+		if s.parkState.Load() == parkRunning && !s.client.Detached() {
 			return
 		}
 		// Parking or resuming right now: park, seeing parkable false,
@@ -529,8 +557,12 @@ func (p *Proxy) ParkedClients() int {
 // this deadline's timeout for client_idle_timeout (see takeParkRequest).
 func (s *Session) requestPark() {
 	s.parkMu.Lock()
-	s.parkReq.Store(true)
-	_ = s.client.SetReadDeadline(aLongTimeAgo)
+	// (It may have parked since the sweeper looked: then its socket is
+	// detached, and there is nothing to ask.)
+	if s.parkState.Load() == parkRunning && !s.client.Detached() {
+		s.parkReq.Store(true)
+		_ = s.client.SetReadDeadline(aLongTimeAgo)
+	}
 	s.parkMu.Unlock()
 }
 

@@ -15,6 +15,8 @@ type Conn struct {
 	R  *Reader
 	W  *bufio.Writer
 	tw *timedWriter
+	// det is the state of a detached Conn (see Detach).
+	det detached
 }
 
 // DefaultBufferSize is the read and write buffer size of NewConn, for
@@ -35,12 +37,22 @@ func NewConn(nc net.Conn, maxBody int) *Conn {
 
 // NewConnSize is NewConn with read and write buffers of bufSize bytes.
 func NewConnSize(nc net.Conn, maxBody, bufSize int) *Conn {
+	c := &Conn{}
+	c.setup(nc, maxBody, bufSize)
+	c.R.br, c.W = bufio.NewReaderSize(c.R.src, bufSize), bufio.NewWriterSize(c.tw, bufSize)
+	return c
+}
+
+// setup makes c's I/O state over nc: its Reader and timed writer, without
+// buffers (NewConnSize and Attach add them).
+func (c *Conn) setup(nc net.Conn, maxBody, bufSize int) {
 	var rw io.ReadWriter = nc
 	tw := &timedWriter{nc: nc, w: nc}
 	if r := newRawIO(nc); r != nil {
 		rw, tw.w, tw.raw = r, r, r
 	}
-	return &Conn{Conn: nc, R: NewReaderSize(rw, maxBody, bufSize), W: bufio.NewWriterSize(tw, bufSize), tw: tw}
+	c.Conn, c.tw = nc, tw
+	c.R = newReaderNoBuffer(rw, maxBody, bufSize)
 }
 
 // SetWriteTimeout bounds every later write (WriteRaw that fills the
