@@ -661,7 +661,7 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 		proxy: p, id: p.nextSession.Add(1), client: c, pool: pool, mode: pool.set().Mode,
 		sessionIdentity: sessionIdentity{database: dbName, user: user, appName: st.Get("application_name"),
 			clientAddr: hostOf(c.RemoteAddr()), connected: time.Now()},
-		serverLink: serverLink{txStatus: wire.TxIdle},
+		serverLink: serverLink{txStatus: wire.TxIdle}, busyState: &busyState{},
 	}
 	// gucs starts as the startup settings; both maps are only ever
 	// replaced, never written, so they share one while equal.

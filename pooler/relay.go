@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"reflect"
 	"runtime"
 	"runtime/debug"
 	"sync"
@@ -489,11 +490,15 @@ func (s *Session) wake() {
 	go s.proxy.serveSession(s)
 }
 
-// reattachClient gives the client's descriptor back to Go's netpoller
-// with new I/O state and buffers (wire.Conn.Attach), under parkMu (see
-// park); s.mu held. On an error, logged here, the client's I/O fails
+// reattachClient makes the session whole again after a park (or a park
+// that failed late): a busyState if it was dropped, and the client's
+// descriptor given back to Go's netpoller with new I/O state and buffers
+// (wire.Conn.Attach, under parkMu: see park); s.mu held. On an error, logged here, the client's I/O fails
 // with net.ErrClosed, so the session ends at its next read.
 func (s *Session) reattachClient() error {
+	if s.busyState == nil {
+		s.busyState = &busyState{}
+	}
 	s.parkMu.Lock()
 	err := s.client.Attach()
 	s.clientFd = -1
@@ -599,7 +604,9 @@ func (r *eventRelay) releaseMemory(now time.Time) {
 // dropIdleStateLocked lets go of what a session that parks does not need
 // and makes again when it is busy: the result hash (no result is in
 // progress; the next sampled statement allocates one), the request queue's
-// storage (it is empty), and empty maps (their storage does not shrink).
+// storage (it is empty), and empty maps (their storage does not shrink);
+// then it moves the session's counters to the pool and drops the whole
+// busyState when nothing is left in it (reattachClient makes a new one).
 // s.mu held.
 func (s *Session) dropIdleStateLocked() {
 	s.resHash = nil
@@ -608,6 +615,15 @@ func (s *Session) dropIdleStateLocked() {
 	}
 	if len(s.suspended) == 0 {
 		s.suspended = nil
+	}
+	if s.bytesIn != 0 {
+		s.pool.stats.bytesIn.Add(s.bytesIn)
+		s.bytesIn = 0
+	}
+	s.flushStats()
+	// Whatever field busyState gains, it is dropped only when zero.
+	if reflect.ValueOf(s.busyState).Elem().IsZero() {
+		s.busyState = nil
 	}
 	if len(s.portals) == 0 {
 		s.portals = nil

@@ -170,6 +170,19 @@ func TestRelayParkedHeapPerClient(t *testing.T) {
 				}
 				f.Close()
 			}
+			// Every parked session dropped its busy state and its
+			// socket's Go state (only the descriptor is left).
+			kept := 0
+			for _, s := range p.sessionList() {
+				s.mu.Lock()
+				if s.busyState != nil || !s.client.Detached() {
+					kept++
+				}
+				s.mu.Unlock()
+			}
+			if kept != 0 {
+				t.Errorf("%d of %d parked sessions kept their busy state or socket", kept, warm+n)
+			}
 			per := (float64(after) - float64(before)) / n
 			t.Logf("HeapInuse per parked client: %.0f bytes (%d clients, %d -> %d bytes); runtime memory not returned to the OS: %.0f bytes per client",
 				per, n, before, after, (float64(afterMapped)-float64(beforeMapped))/n)

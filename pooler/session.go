@@ -42,9 +42,10 @@ func (s *Session) logger() *zerolog.Logger {
 // attached server under ctlMu.
 //
 // The state is grouped by concept into embedded sub-structs (their fields
-// are used as the Session's own). A parked session (relay.go) keeps all of
-// them but drops what it does not need: its buffers, the result hash and
-// the empty queue's and maps' storage (see dropIdleState).
+// are used as the Session's own). A parked session (relay.go) drops what
+// it does not need: its socket's Go state and buffers (it keeps the
+// descriptor), the state only a running session uses (busyState, when it
+// holds nothing), and the empty maps' storage (see dropIdleStateLocked).
 type Session struct {
 	proxy  *Proxy
 	id     uint64
@@ -66,12 +67,24 @@ type Session struct {
 	mu    sync.Mutex
 
 	serverLink
-	requestState
+	// busyState is the state of requests in progress, the result sampler
+	// and the counters not yet moved to the pool: what only a running
+	// session uses. It is nil while the session is parked (s.mu; see
+	// dropIdleStateLocked and reattachClient), so nothing may use it
+	// without first waking a parked session (lockRunning).
+	*busyState
 	statementState
 	settingsState
-	resultSampler
-	sessionStats
 	parkInfo
+
+	// inFlight (info) counts Syncs, Queries and FunctionCalls sent and
+	// not yet answered by ReadyForQuery (s.mu).
+	inFlight int
+	// txSeq numbers the session's transactions (for audit events; s.mu).
+	txSeq uint64
+	// resRand is the xorshift state picking the statements whose results
+	// are sampled (see resultSampler).
+	resRand uint64
 
 	// ctx is the context the session's goroutines run under, and end
 	// the rest of handleConn's cleanup (see serveSession).
@@ -133,8 +146,7 @@ type serverLink struct {
 // requestState is what is in flight on the protocol (s.mu): the queue of
 // requests awaiting replies, the extended-protocol group and COPY.
 type requestState struct {
-	queue    pendingQueue
-	inFlight int // info: Syncs, Queries and FunctionCalls sent and not yet answered by ReadyForQuery
+	queue pendingQueue
 	// probe is the shape probe in flight (see shapegate.go).
 	probe *shapeProbe
 	// suspended portals: what earlier parts of a portal run in several
@@ -201,7 +213,6 @@ type resultSampler struct {
 	// allocated for the first sampled statement and dropped when the
 	// session parks (a parked session has no result in progress).
 	resHash  *maphash.Hash
-	resRand  uint64 // xorshift state picking the sampled statements
 	resState uint8
 }
 
@@ -212,12 +223,17 @@ type sessionStats struct {
 	queries, xacts    int64
 	// Parse and Bind messages (s.mu).
 	clientParses, serverParses, binds int64
-	// txSeq numbers the session's transactions (for audit events).
-	txSeq uint64
 	// xactStart is when the running transaction's first statement went
 	// out (zero between transactions); xactTime sums finished ones.
 	xactStart time.Time
 	xactTime  time.Duration
+}
+
+// busyState is the state only a running session uses (Session.busyState).
+type busyState struct {
+	requestState
+	resultSampler
+	sessionStats
 }
 
 // parkInfo is the event relay's state of the session (relay.go).
