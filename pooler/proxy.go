@@ -89,6 +89,13 @@ type Proxy struct {
 	// stamped on sessions per client message (Session.active).
 	relay     *eventRelay
 	coarseNow atomic.Int64
+	// serveCtx is Serve's context, which sessions run under (set by
+	// Serve before it accepts).
+	serveCtx context.Context
+	// interned holds the strings sessions share (see intern), at most
+	// maxInterned.
+	internMu sync.Mutex
+	interned map[string]string
 
 	counters struct {
 		sessionState atomic.Int64
@@ -203,6 +210,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		return nil
 	}
 	p.wg.Add(1)
+	p.serveCtx = ctx
 	pl := p.peerListener
 	if pl != nil {
 		p.wg.Add(1)
@@ -385,9 +393,9 @@ func (p *Proxy) Close() error {
 	return nil
 }
 
-// handleConn runs one client connection from startup to the end. On the
-// event relay the end may come on another goroutine (serveSession): its
-// cleanup is then handed to the session (Session.end).
+// handleConn runs one client connection from startup to the end. A
+// logged-in session's end may come on another goroutine on the event relay
+// (serveSession): its cleanup is then endSession's.
 func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 	p.mu.Lock()
 	if p.closing {
@@ -404,9 +412,12 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 		s         *Session
 		handedOff bool
 	)
-	// end is what the deferred calls of a goroutine-per-connection
-	// handler did, in the same order: whoever ends the session runs it.
-	end := func() {
+	// The end of a connection that did not become a session (a logged-in
+	// session ends in endSession, on whichever goroutine it ends).
+	defer func() {
+		if handedOff {
+			return
+		}
 		if s != nil {
 			p.unregister(s)
 		}
@@ -417,32 +428,15 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 			p.endConn(ls)
 			p.clients.Add(-1)
 		}
-		if nc != nil {
-			p.mu.Lock()
-			delete(p.conns, nc)
-			p.mu.Unlock()
-			_ = nc.Close()
-		} else {
-			// A parkable session's socket (see below), which a park
-			// may have replaced (wire.Conn.Detach, Attach).
-			_ = c.Close()
-		}
+		p.mu.Lock()
+		delete(p.conns, nc)
+		p.mu.Unlock()
+		_ = nc.Close()
 		p.wg.Done()
-	}
-	defer func() {
-		if !handedOff {
-			end()
-		}
 	}()
 	defer func() {
 		if r := recover(); r != nil {
-			addr := "?"
-			if nc != nil {
-				addr = nc.RemoteAddr().String()
-			} else if s != nil {
-				addr = s.clientAddr
-			}
-			p.log.Error().Interface("panic", r).Str("client", addr).Msg("client handler panic")
+			p.log.Error().Interface("panic", r).Str("client", nc.RemoteAddr().String()).Msg("client handler panic")
 		}
 	}()
 	if tc, ok := nc.(*net.TCPConn); ok {
@@ -476,7 +470,6 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 	}
 	_ = nc.SetDeadline(time.Time{})
 	c.R.SetMaxBody(p.config().MaxMessageSize)
-	s.ctx, s.end = ctx, end
 	if s.parkable.Load() {
 		// The session owns the plain socket from here on: a park closes
 		// the net.Conn and keeps its descriptor (Session.park), so
@@ -484,14 +477,38 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 		// Proxy.sessions).
 		p.mu.Lock()
 		delete(p.conns, nc)
+		ls.nc = nil
 		p.mu.Unlock()
-		ls.nc, nc = nil, nil
+	} else {
+		s.rawConn = nc
 	}
 	handedOff = true
 	p.serveSession(s)
 }
 
-// serveSession runs s until it ends, then logs how and runs s.end; or
+// endSession is the end of a logged-in session's connection, run by
+// serveSession on whichever goroutine the session ends: what handleConn's
+// deferred cleanup does for a connection that did not log in. The Proxy's
+// wg count taken for the connection ends here.
+func (p *Proxy) endSession(s *Session) {
+	p.unregister(s)
+	s.client.R.Release()
+	p.authed.Add(-1) // a session's login slot was authenticated (endConn)
+	p.clients.Add(-1)
+	if nc := s.rawConn; nc != nil {
+		p.mu.Lock()
+		delete(p.conns, nc)
+		p.mu.Unlock()
+		_ = nc.Close()
+	} else {
+		// A parkable session's socket, which a park may have replaced
+		// (wire.Conn.Detach, Attach).
+		_ = s.client.Close()
+	}
+	p.wg.Done()
+}
+
+// serveSession runs s until it ends, then logs how and runs endSession; or
 // until it parks (event relay), when the goroutine just returns and wake
 // calls serveSession again on a new one. The Proxy's wg count taken for the
 // connection stays with the session throughout.
@@ -500,10 +517,14 @@ func (p *Proxy) serveSession(s *Session) {
 		if r := recover(); r != nil {
 			s.logger().Error().Interface("panic", r).Msg("client session panic")
 			_ = s.client.Close()
-			s.end()
+			p.endSession(s)
 		}
 	}()
-	err := s.run(s.ctx)
+	ctx := p.serveCtx
+	if ctx == nil {
+		ctx = context.Background() // handleConn called without Serve (tests)
+	}
+	err := s.run(ctx)
 	if errors.Is(err, errParked) {
 		return
 	}
@@ -517,7 +538,7 @@ func (p *Proxy) serveSession(s *Session) {
 	} else {
 		s.logger().Debug().Msg("client disconnected")
 	}
-	s.end()
+	p.endSession(s)
 }
 
 func (p *Proxy) logStartupError(nc net.Conn, err error) {
@@ -659,8 +680,8 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	}
 	s := &Session{
 		proxy: p, id: p.nextSession.Add(1), client: c, pool: pool, mode: pool.set().Mode,
-		sessionIdentity: sessionIdentity{database: dbName, user: user, appName: st.Get("application_name"),
-			clientAddr: hostOf(c.RemoteAddr()), connected: time.Now()},
+		sessionIdentity: sessionIdentity{database: pool.shareName(dbName), user: pool.shareName(user),
+			appName: p.intern(st.Get("application_name")), clientAddr: p.intern(hostOf(c.RemoteAddr())), connected: time.Now().UnixNano()},
 		serverLink: serverLink{txStatus: wire.TxIdle}, busyState: &busyState{},
 	}
 	// gucs starts as the startup settings; both maps are only ever
@@ -714,7 +735,12 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 		pid, key = newPeerCancelKey(peer)
 		s.cancelPeered = true
 	}
-	s.cancelPID, s.cancelKey = pid, key
+	s.cancelPID = pid
+	if s.cancelPeered {
+		s.cancelKey = withoutTTL(key)
+	} else {
+		s.cancelKey = string(key)
+	}
 	s.mu.Lock()
 	// Most clients of a pool are told the same values: they share one
 	// map until one of them changes (see ownReportedLocked).
@@ -926,10 +952,7 @@ func (p *Proxy) pool(db *Database, user string, login *wire.ServerLogin) (*Pool,
 // byCancelKey is the byCancel entry of s: a peered session's key without
 // its TTL bits, which forwarding changes.
 func (s *Session) byCancelKey() cancelKey {
-	if s.cancelPeered {
-		return cancelKey{s.cancelPID, withoutTTL(s.cancelKey)}
-	}
-	return cancelKey{s.cancelPID, string(s.cancelKey)}
+	return cancelKey{s.cancelPID, s.cancelKey}
 }
 
 func (p *Proxy) register(s *Session) {
@@ -1072,7 +1095,7 @@ func (p *Proxy) Clients() []ClientInfo {
 	for _, s := range sessions {
 		s.infoMu.Lock()
 		ci := ClientInfo{SessionID: s.id, Database: s.database, User: s.user, ApplicationName: s.appName,
-			Addr: s.clientAddr, ConnectTime: s.connected, PID: s.cancelPID, TxStatus: string(s.txStatus), Pinned: s.pinned, State: "idle"}
+			Addr: s.clientAddr, ConnectTime: time.Unix(0, s.connected), PID: s.cancelPID, TxStatus: string(s.txStatus), Pinned: s.pinned, State: "idle"}
 		if s.server != nil {
 			ci.State, ci.ServerID = "active", s.server.id
 		} else if s.acquiring {

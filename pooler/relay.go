@@ -386,7 +386,7 @@ func (s *Session) park() bool {
 	s.dropIdleStateLocked()
 	// parkParked before the sockets are registered: an event may come at
 	// once, and the loop must find the session parked.
-	s.parkLoop, s.clientFd, s.serverFd = l, int32(clientFd), int32(serverFd)
+	s.clientFd, s.serverFd = int32(clientFd), int32(serverFd)
 	s.parkState.Store(parkParked)
 	l.parked[s.id] = s
 	err = l.add(clientFd, s.id<<1|tokenClient)
@@ -405,7 +405,6 @@ func (s *Session) park() bool {
 			s.mu.Unlock()
 			return true
 		}
-		s.parkLoop = nil
 		l.mu.Unlock()
 		s.logger().Warn().Err(err).Msg("could not park idle session; it keeps its goroutine")
 		if aerr := s.reattachClient(); aerr != nil {
@@ -470,7 +469,7 @@ func (s *Session) wake() {
 	if !s.parkState.CompareAndSwap(parkParked, parkResuming) {
 		return
 	}
-	l := s.parkLoop
+	l := s.proxy.relay.loopFor(s.id)
 	l.mu.Lock()
 	if !l.closed {
 		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(s.clientFd), nil)
@@ -481,7 +480,6 @@ func (s *Session) wake() {
 	delete(l.parked, s.id)
 	l.mu.Unlock()
 	s.mu.Lock()
-	s.parkLoop = nil
 	// A failure leaves a client whose reads fail: the session ends
 	// on its goroutine, as when the client leaves.
 	_ = s.reattachClient()
@@ -670,4 +668,45 @@ func (pl *Pool) shareParams(params map[string]string) map[string]string {
 		pl.sharedParams = append(pl.sharedParams, params)
 	}
 	return params
+}
+
+// maxInterned and maxInternedLen bound Proxy.interned (256 KiB of
+// string bytes at most, whatever clients send).
+const (
+	maxInterned    = 4096
+	maxInternedLen = 64
+)
+
+// intern returns a string equal to v that other sessions share (client
+// addresses and application names repeat across thousands of clients),
+// or v itself when it is longer than maxInternedLen or maxInterned strings
+// are interned already. Login calls it, never a relay path.
+func (p *Proxy) intern(v string) string {
+	if v == "" || len(v) > maxInternedLen {
+		return v
+	}
+	p.internMu.Lock()
+	defer p.internMu.Unlock()
+	if w, ok := p.interned[v]; ok {
+		return w
+	}
+	if p.interned == nil {
+		p.interned = map[string]string{}
+	}
+	if len(p.interned) < maxInterned {
+		p.interned[v] = v
+	}
+	return v
+}
+
+// shareName returns the pool's own database or user name when v equals
+// it (sessions of the pool then share one string), or v.
+func (pl *Pool) shareName(v string) string {
+	switch v {
+	case pl.Database:
+		return pl.Database
+	case pl.User:
+		return pl.User
+	}
+	return v
 }

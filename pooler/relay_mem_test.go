@@ -31,7 +31,17 @@ func rawLogin(addr *net.TCPAddr, query string) (int, error) {
 	copy(sa.Addr[:], addr.IP.To4())
 	tv := syscall.NsecToTimeval(int64(30 * time.Second))
 	_ = syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
-	if err := syscall.Connect(fd, sa); err != nil {
+	err = syscall.Connect(fd, sa)
+	for err == syscall.EINTR || err == syscall.EALREADY {
+		// Interrupted by the runtime's preemption signal: the
+		// connection goes on; wait for it.
+		time.Sleep(time.Millisecond)
+		err = syscall.Connect(fd, sa)
+	}
+	if err == syscall.EISCONN {
+		err = nil
+	}
+	if err != nil {
 		syscall.Close(fd)
 		return -1, fmt.Errorf("connect: %w", err)
 	}
@@ -41,7 +51,7 @@ func rawLogin(addr *net.TCPAddr, query string) (int, error) {
 	}
 	body = append(body, 0)
 	msg := binary.BigEndian.AppendUint32(nil, uint32(len(body)+4))
-	if _, err := syscall.Write(fd, append(msg, body...)); err != nil {
+	if err := writeAll(fd, append(msg, body...)); err != nil {
 		syscall.Close(fd)
 		return -1, fmt.Errorf("write startup: %w", err)
 	}
@@ -56,7 +66,7 @@ func rawLogin(addr *net.TCPAddr, query string) (int, error) {
 	q = append(q, query...)
 	q = append(q, 0)
 	binary.BigEndian.PutUint32(q[1:5], uint32(len(q)-1))
-	if _, err := syscall.Write(fd, q); err != nil {
+	if err := writeAll(fd, q); err != nil {
 		syscall.Close(fd)
 		return -1, fmt.Errorf("write query: %w", err)
 	}
@@ -65,6 +75,21 @@ func rawLogin(addr *net.TCPAddr, query string) (int, error) {
 		return -1, err
 	}
 	return fd, nil
+}
+
+// writeAll writes b to the blocking socket fd, going on after EINTR.
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := syscall.Write(fd, b)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
 }
 
 // readUntilReady reads whole messages from fd until ReadyForQuery;
@@ -88,6 +113,9 @@ func readUntilReady(fd int) error {
 			buf = buf[n:]
 		}
 		n, err := syscall.Read(fd, tmp)
+		if err == syscall.EINTR {
+			continue // the runtime's preemption signal (SIGURG)
+		}
 		if err != nil || n == 0 {
 			return fmt.Errorf("read reply: %d bytes, %v", n, err)
 		}

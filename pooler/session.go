@@ -86,18 +86,22 @@ type Session struct {
 	// are sampled (see resultSampler).
 	resRand uint64
 
-	// ctx is the context the session's goroutines run under, and end
-	// the rest of handleConn's cleanup (see serveSession).
-	ctx context.Context
-	end func()
+	// rawConn is the socket under a session that cannot park (TLS, or
+	// the goroutine relay), which endSession closes (nil: the client
+	// Conn's own).
+	rawConn net.Conn
 }
 
 // sessionIdentity is who the client is: set at login and read-only after,
 // except appName (info), which follows the client's application_name.
 type sessionIdentity struct {
+	// The strings are shared with the pool (database, user) or
+	// interned (appName, clientAddr; see Proxy.intern) where they can be.
 	database, user, appName, clientAddr string
-	cancelKey                           []byte
-	connected                           time.Time
+	// cancelKey is the key of the session's byCancel entry (the secret
+	// key sent to the client, without its TTL bits when cancelPeered).
+	cancelKey string
+	connected                           int64 // unix ns
 	cancelPID                           uint32
 	cancelPeered                        bool // cancel key from newPeerCancelKey
 }
@@ -112,7 +116,7 @@ type serverLink struct {
 	// inlineSince (info) is when the client goroutine began reading its
 	// server inline (zero otherwise); the proxy's watchdog checks clients
 	// that wait long for a vanished peer (see checkInlineClients).
-	inlineSince time.Time
+	inlineSince int64 // unix ns
 	// writingDone (made by the first waiter) is broadcast when writing is
 	// cleared.
 	writingDone *sync.Cond
@@ -244,7 +248,8 @@ type busyState struct {
 // message: the one store per message the event relay costs. readDL is the
 // client read deadline the session wants (unix ns, 0 none), kept across
 // park requests and parks. resumed tells run it goes on after a park.
-// parkLoop, clientFd and serverFd (-1: none) are set while parked (s.mu).
+// clientFd and serverFd (-1: none) are set while parked (s.mu); the loop
+// is eventRelay.loopFor(id).
 type parkInfo struct {
 	parkMu             sync.Mutex // orders parkReq with its deadline
 	parkState          atomic.Int32
@@ -253,7 +258,6 @@ type parkInfo struct {
 	resumed            bool
 	active             atomic.Int64
 	readDL             atomic.Int64
-	parkLoop           *eventLoop
 	clientFd, serverFd int32 // fds (int32 keeps Session in a smaller size class)
 }
 
@@ -524,13 +528,13 @@ func (s *Session) awaitReplies(srv *Server) error {
 		return nil
 	}
 	s.infoMu.Lock()
-	s.inlineSince = time.Now()
+	s.inlineSince = time.Now().UnixNano()
 	s.infoMu.Unlock()
 	s.mu.Unlock()
 	err := s.pump(srv, true)
 	s.mu.Lock()
 	s.infoMu.Lock()
-	s.inlineSince = time.Time{}
+	s.inlineSince = 0
 	s.infoMu.Unlock()
 	s.mu.Unlock()
 	return err
@@ -571,7 +575,13 @@ func (s *Session) clientGoneWhileInline(d time.Duration) bool {
 	s.infoMu.Lock()
 	since := s.inlineSince
 	s.infoMu.Unlock()
-	return !since.IsZero() && time.Since(since) > d && wire.PeerClosed(s.client.Conn)
+	if since == 0 || time.Now().UnixNano()-since <= int64(d) {
+		return false
+	}
+	// Under parkMu: a park replaces the client's net.Conn (see park).
+	s.parkMu.Lock()
+	defer s.parkMu.Unlock()
+	return wire.PeerClosed(s.client.Conn)
 }
 
 // interruptInline makes whoever reads the attached server (the client
