@@ -100,10 +100,10 @@ type sessionIdentity struct {
 	database, user, appName, clientAddr string
 	// cancelKey is the key of the session's byCancel entry (the secret
 	// key sent to the client, without its TTL bits when cancelPeered).
-	cancelKey string
-	connected                           int64 // unix ns
-	cancelPID                           uint32
-	cancelPeered                        bool // cancel key from newPeerCancelKey
+	cancelKey    string
+	connected    int64 // unix ns
+	cancelPID    uint32
+	cancelPeered bool // cancel key from newPeerCancelKey
 }
 
 // serverLink is the attached server connection and who reads it (s.mu).
