@@ -301,8 +301,18 @@ func (s *Session) run(ctx context.Context) error {
 		s.mu.Lock()
 		s.restartReaderLocked()
 		s.mu.Unlock()
-	} else if idleTimeout > 0 {
-		s.setIdleDeadline(idleTimeout)
+	} else {
+		if idleTimeout > 0 {
+			s.setIdleDeadline(idleTimeout)
+		}
+		if s.parkable.Load() {
+			// Just logged in: wait for the first message without
+			// buffers, so that a burst of logins does not hold two
+			// buffers per client until they park (docs/relay.md).
+			// What ends the wait (a message, EOF, a deadline: the park
+			// request's, client_idle_timeout's) the read below sees.
+			s.client.WaitReadable()
+		}
 	}
 	for {
 		typ, raw, err := s.client.R.ReadMessage()

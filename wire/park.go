@@ -221,3 +221,21 @@ type closedAddr struct{}
 
 func (closedAddr) Network() string { return "closed" }
 func (closedAddr) String() string  { return "closed" }
+
+// WaitReadable waits, without buffers, until the peer sends something,
+// closes or fails, or a read deadline strikes, for a connection that may
+// stay silent a long time (a client that has just logged in): it gives
+// its buffers to the free lists first (DropBuffers) and takes buffers
+// back before it returns (RestoreBuffers). It consumes nothing: the next
+// ReadMessage reads what arrived, or returns the end of file, error or
+// timeout. It returns at once when bytes are buffered, something is
+// unflushed, or the Conn is not a plain socket (raw I/O). The goroutine
+// that owns the Conn's I/O calls it.
+func (c *Conn) WaitReadable() {
+	r, ok := c.R.src.(*rawIO)
+	if !ok || c.det.on || c.R.Buffered() > 0 || !c.DropBuffers() {
+		return
+	}
+	defer c.RestoreBuffers()
+	r.waitReadable()
+}

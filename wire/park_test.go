@@ -228,3 +228,108 @@ func BenchmarkDetachAttach(b *testing.B) {
 		}
 	}
 }
+
+// TestWaitReadable: WaitReadable returns when the peer sends (the frame is
+// then read whole), when a read deadline strikes (the next read reports
+// the timeout) and when the peer closes (the next read reports EOF), with
+// the Conn's buffers back each time; with bytes buffered it returns at
+// once.
+func TestWaitReadable(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		act  func(c *Conn, peer net.Conn) error
+		want func(err error) bool
+	}{
+		{"message", func(_ *Conn, peer net.Conn) error { _, err := peer.Write(queryFrame(100)); return err },
+			func(err error) bool { return err == nil }},
+		{"deadline", func(c *Conn, _ net.Conn) error { return c.SetReadDeadline(time.Now().Add(50 * time.Millisecond)) },
+			IsTimeout},
+		{"close", func(_ *Conn, peer net.Conn) error { return peer.Close() },
+			func(err error) bool { return err != nil && !IsTimeout(err) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, peer := clientConnPair(t)
+			defer peer.Close()
+			defer c.Close()
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				c.WaitReadable()
+			}()
+			select {
+			case <-done:
+				t.Fatal("WaitReadable returned before anything happened")
+			case <-time.After(100 * time.Millisecond):
+			}
+			if err := tc.act(c, peer); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("WaitReadable still waiting")
+			}
+			if c.BuffersDropped() {
+				t.Fatal("buffers not restored")
+			}
+			_, raw, err := c.R.ReadMessage()
+			if !tc.want(err) {
+				t.Fatalf("read after WaitReadable: %d bytes, %v", len(raw), err)
+			}
+		})
+	}
+	t.Run("buffered", func(t *testing.T) {
+		c, peer := clientConnPair(t)
+		defer peer.Close()
+		defer c.Close()
+		if _, err := peer.Write(append(queryFrame(10), queryFrame(20)...)); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := c.R.ReadMessage(); err != nil {
+			t.Fatal(err)
+		}
+		// The second frame is buffered, or waits on the socket:
+		// either way WaitReadable must not wait.
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c.WaitReadable()
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("WaitReadable waits with a frame in hand")
+		}
+		if _, _, err := c.R.ReadMessage(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// BenchmarkWaitReadable is what WaitReadable adds to a client's first
+// read when its message is already there: the buffers' round trip through
+// the free lists and one recv with MSG_PEEK.
+func BenchmarkWaitReadable(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer peer.Close()
+	nc, err := ln.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := NewConnSize(nc, 0, ClientBufferSize)
+	defer c.Close()
+	if _, err := peer.Write([]byte{'x'}); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		c.WaitReadable()
+	}
+}
