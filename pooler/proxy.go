@@ -479,8 +479,6 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 		delete(p.conns, nc)
 		ls.nc = nil
 		p.mu.Unlock()
-	} else {
-		s.rawConn = nc
 	}
 	handedOff = true
 	p.serveSession(s)
@@ -495,15 +493,21 @@ func (p *Proxy) endSession(s *Session) {
 	s.client.R.Release()
 	p.authed.Add(-1) // a session's login slot was authenticated (endConn)
 	p.clients.Add(-1)
-	if nc := s.rawConn; nc != nil {
+	if s.parkable.Load() {
+		// A parkable session's socket, which a park may have replaced
+		// (wire.Conn.Detach, Attach).
+		_ = s.client.Close()
+	} else {
+		// The socket handleConn accepted: under TLS, the one the
+		// tls.Conn wraps (closed without a close_notify, as before).
+		nc := s.client.Conn
+		if tc, ok := nc.(*tls.Conn); ok {
+			nc = tc.NetConn()
+		}
 		p.mu.Lock()
 		delete(p.conns, nc)
 		p.mu.Unlock()
 		_ = nc.Close()
-	} else {
-		// A parkable session's socket, which a park may have replaced
-		// (wire.Conn.Detach, Attach).
-		_ = s.client.Close()
 	}
 	p.wg.Done()
 }
@@ -761,7 +765,6 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 		s.finish()
 		return nil, err
 	}
-	s.serverFd = -1
 	s.active.Store(time.Now().UnixNano())
 	if p.relay != nil {
 		// The event relay parks plain sockets only: a TLS conn has

@@ -386,7 +386,6 @@ func (s *Session) park() bool {
 	s.dropIdleStateLocked()
 	// parkParked before the sockets are registered: an event may come at
 	// once, and the loop must find the session parked.
-	s.clientFd, s.serverFd = int32(clientFd), int32(serverFd)
 	s.parkState.Store(parkParked)
 	l.parked[s.id] = s
 	err = l.add(clientFd, s.id<<1|tokenClient)
@@ -472,9 +471,11 @@ func (s *Session) wake() {
 	l := s.proxy.relay.loopFor(s.id)
 	l.mu.Lock()
 	if !l.closed {
-		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(s.clientFd), nil)
-		if s.serverFd >= 0 {
-			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(s.serverFd), nil)
+		if fd := s.client.DetachedFd(); fd >= 0 {
+			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+		}
+		if fd := s.parkedServerFd(); fd >= 0 {
+			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 		}
 	}
 	delete(l.parked, s.id)
@@ -499,12 +500,28 @@ func (s *Session) reattachClient() error {
 	}
 	s.parkMu.Lock()
 	err := s.client.Attach()
-	s.clientFd = -1
 	s.parkMu.Unlock()
 	if err != nil {
 		s.logger().Warn().Err(err).Msg("could not resume parked session; closing it")
 	}
 	return err
+}
+
+// parkedServerFd is the descriptor of the server socket park registered
+// (session mode), or -1: the attached server's, which does not change
+// while the session is parked.
+func (s *Session) parkedServerFd() int {
+	s.infoMu.Lock()
+	srv := s.server
+	s.infoMu.Unlock()
+	if srv == nil {
+		return -1
+	}
+	fd, ok := sockFd(srv.Conn.Conn)
+	if !ok {
+		return -1
+	}
+	return fd
 }
 
 // lockRunning locks s.mu for a control path that is about to end the
@@ -619,6 +636,9 @@ func (s *Session) dropIdleStateLocked() {
 		s.bytesIn = 0
 	}
 	s.flushStats()
+	// Nothing is in flight: no request waits for a server (a login's
+	// attach leaves its wait here, no audit event having taken it).
+	s.pendingWait = 0
 	// Whatever field busyState gains, it is dropped only when zero.
 	if reflect.ValueOf(s.busyState).Elem().IsZero() {
 		s.busyState = nil

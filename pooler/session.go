@@ -85,11 +85,6 @@ type Session struct {
 	// resRand is the xorshift state picking the statements whose results
 	// are sampled (see resultSampler).
 	resRand uint64
-
-	// rawConn is the socket under a session that cannot park (TLS, or
-	// the goroutine relay), which endSession closes (nil: the client
-	// Conn's own).
-	rawConn net.Conn
 }
 
 // sessionIdentity is who the client is: set at login and read-only after,
@@ -122,9 +117,6 @@ type serverLink struct {
 	writingDone *sync.Cond
 	// queryTimer cancels the running request after query_timeout.
 	queryTimer *time.Timer
-	// pendingWait is how long the running request waited for a server
-	// connection (for its audit event).
-	pendingWait time.Duration
 	// stopReader tells whoever reads the server that a read deadline set
 	// on it means "stop", not "server lost". Set without mu by
 	// interruptInline.
@@ -156,6 +148,9 @@ type requestState struct {
 	// suspended portals: what earlier parts of a portal run in several
 	// Executes took, so the whole run becomes one event
 	suspended map[string]suspendedPortal
+	// pendingWait is how long the running request waited for a server
+	// connection (for its audit event).
+	pendingWait time.Duration
 	// partRows counts DataRows of the Execute at the head of the queue.
 	partRows int64
 	// held is what the server said while a Query with holdZ and its
@@ -248,17 +243,16 @@ type busyState struct {
 // message: the one store per message the event relay costs. readDL is the
 // client read deadline the session wants (unix ns, 0 none), kept across
 // park requests and parks. resumed tells run it goes on after a park.
-// clientFd and serverFd (-1: none) are set while parked (s.mu); the loop
-// is eventRelay.loopFor(id).
+// A parked session's loop is eventRelay.loopFor(id); its sockets are the
+// client's detached descriptor and its server's (parkedServerFd).
 type parkInfo struct {
-	parkMu             sync.Mutex // orders parkReq with its deadline
-	parkState          atomic.Int32
-	parkable           atomic.Bool
-	parkReq            atomic.Bool
-	resumed            bool
-	active             atomic.Int64
-	readDL             atomic.Int64
-	clientFd, serverFd int32 // fds (int32 keeps Session in a smaller size class)
+	parkMu    sync.Mutex // orders parkReq with its deadline
+	parkState atomic.Int32
+	parkable  atomic.Bool
+	parkReq   atomic.Bool
+	resumed   bool
+	active    atomic.Int64
+	readDL    atomic.Int64
 }
 
 // errClientGone marks routine client disconnects.

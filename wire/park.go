@@ -167,6 +167,15 @@ func (c *Conn) Detach() (int, error) {
 // Detached reports whether the Conn is detached (see Detach).
 func (c *Conn) Detached() bool { return c.det.on }
 
+// DetachedFd returns the descriptor a detached Conn holds (see Detach), or
+// -1 when it is not detached. It stays owned by the Conn.
+func (c *Conn) DetachedFd() int {
+	if !c.det.on {
+		return -1
+	}
+	return int(c.det.fd)
+}
+
 // Reattached reports whether Attach gave the Conn a net.Conn of its own:
 // the one it was made with is closed, and the owner must close the Conn
 // itself (Close) when it ends.
