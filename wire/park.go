@@ -231,20 +231,43 @@ type closedAddr struct{}
 func (closedAddr) Network() string { return "closed" }
 func (closedAddr) String() string  { return "closed" }
 
-// WaitReadable waits, without buffers, until the peer sends something,
-// closes or fails, or a read deadline strikes, for a connection that may
-// stay silent a long time (a client that has just logged in): it gives
-// its buffers to the free lists first (DropBuffers) and takes buffers
-// back before it returns (RestoreBuffers). It consumes nothing: the next
-// ReadMessage reads what arrived, or returns the end of file, error or
-// timeout. It returns at once when bytes are buffered, something is
-// unflushed, or the Conn is not a plain socket (raw I/O). The goroutine
-// that owns the Conn's I/O calls it.
+// WaitReadable waits, without a read buffer, until the peer sends
+// something, closes or fails, or a read deadline strikes, for a connection
+// that may stay silent a long time (a client that has just logged in): it
+// gives its read buffer (and the Reader's assembly buffer) to the free
+// list first and takes one back before it returns. The write buffer stays:
+// other goroutines may write to the Conn meanwhile, as they may while its
+// owner waits in a read. It consumes nothing: the next ReadMessage reads
+// what arrived, or returns the end of file, error or timeout. It returns
+// at once when bytes are buffered or the Conn is not a plain socket (raw
+// I/O). Only the goroutine that owns the Conn's reads calls it.
 func (c *Conn) WaitReadable() {
 	r, ok := c.R.src.(*rawIO)
-	if !ok || c.det.on || c.R.Buffered() > 0 || !c.DropBuffers() {
+	if !ok || c.det.on || c.R.br == nil || !c.R.Idle() {
 		return
 	}
-	defer c.RestoreBuffers()
+	c.R.Release()
+	c.R.small = nil
+	br := c.R.br
+	c.R.br = nil
+	freeBufs.Lock()
+	if c.R.bufSize == ClientBufferSize && len(freeBufs.readers) < maxFreeBuffers {
+		br.Reset(nil)
+		freeBufs.readers = append(freeBufs.readers, br)
+	}
+	br = nil
+	freeBufs.Unlock()
 	r.waitReadable()
+	freeBufs.Lock()
+	if n := len(freeBufs.readers); n > 0 && c.R.bufSize == ClientBufferSize {
+		br = freeBufs.readers[n-1]
+		freeBufs.readers[n-1] = nil
+		freeBufs.readers = freeBufs.readers[:n-1]
+	}
+	freeBufs.Unlock()
+	if br == nil {
+		br = bufio.NewReaderSize(nil, c.R.bufSize)
+	}
+	br.Reset(c.R.src)
+	c.R.br = br
 }

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -232,8 +233,8 @@ func BenchmarkDetachAttach(b *testing.B) {
 // TestWaitReadable: WaitReadable returns when the peer sends (the frame is
 // then read whole), when a read deadline strikes (the next read reports
 // the timeout) and when the peer closes (the next read reports EOF), with
-// the Conn's buffers back each time; with bytes buffered it returns at
-// once.
+// the Conn's buffers back each time, and the Conn can be written while it
+// waits; with bytes buffered it returns at once.
 func TestWaitReadable(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -260,6 +261,18 @@ func TestWaitReadable(t *testing.T) {
 			case <-done:
 				t.Fatal("WaitReadable returned before anything happened")
 			case <-time.After(100 * time.Millisecond):
+			}
+			// The writer stays usable meanwhile (others may write to
+			// a client whose owner waits).
+			if err := c.WriteRaw([]byte("Z\x00\x00\x00\x05I")); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, 6)
+			if _, err := io.ReadFull(peer, got); err != nil || string(got) != "Z\x00\x00\x00\x05I" {
+				t.Fatalf("peer got %q, %v", got, err)
 			}
 			if err := tc.act(c, peer); err != nil {
 				t.Fatal(err)
