@@ -300,12 +300,13 @@ func (s *Session) run(ctx context.Context) error {
 			s.setIdleDeadline(idleTimeout)
 		}
 		if s.parkable.Load() {
-			// Just logged in: wait for the first message without a
-			// read buffer, so that a burst of logins does not hold one
-			// per client until they park (docs/relay.md).
+			// Just logged in: wait for the first message without
+			// buffers, so that a burst of logins does not hold two per
+			// client until they park (docs/relay.md). Writes to the
+			// client meanwhile (the session-mode reader, KILL) hold mu.
 			// What ends the wait (a message, EOF, a deadline: the park
 			// request's, client_idle_timeout's) the read below sees.
-			s.client.WaitReadable()
+			s.client.WaitReadable(&s.mu)
 		}
 	}
 	for {

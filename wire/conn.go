@@ -86,13 +86,27 @@ func (t *timedWriter) Write(p []byte) (int, error) {
 }
 
 // WriteRaw buffers b, a complete encoded message.
+// A Conn whose owner waits in WaitReadable may have no writer: it takes
+// one (the caller holds the lock WaitReadable was given).
 func (c *Conn) WriteRaw(b []byte) error {
+	if c.W == nil {
+		if c.det.on {
+			return net.ErrClosed
+		}
+		c.takeWriter()
+	}
 	_, err := c.W.Write(b)
 	return err
 }
 
-// Flush sends everything buffered.
-func (c *Conn) Flush() error { return c.W.Flush() }
+// Flush sends everything buffered (nothing is, without a writer: see
+// WaitReadable).
+func (c *Conn) Flush() error {
+	if c.W == nil {
+		return nil
+	}
+	return c.W.Flush()
+}
 
 // SendError writes e as an ErrorResponse and flushes. It is used for errors
 // that end the exchange; the caller closes the connection after a FATAL.

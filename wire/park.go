@@ -231,17 +231,21 @@ type closedAddr struct{}
 func (closedAddr) Network() string { return "closed" }
 func (closedAddr) String() string  { return "closed" }
 
-// WaitReadable waits, without a read buffer, until the peer sends
-// something, closes or fails, or a read deadline strikes, for a connection
-// that may stay silent a long time (a client that has just logged in): it
-// gives its read buffer (and the Reader's assembly buffer) to the free
-// list first and takes one back before it returns. The write buffer stays:
-// other goroutines may write to the Conn meanwhile, as they may while its
-// owner waits in a read. It consumes nothing: the next ReadMessage reads
-// what arrived, or returns the end of file, error or timeout. It returns
-// at once when bytes are buffered or the Conn is not a plain socket (raw
-// I/O). Only the goroutine that owns the Conn's reads calls it.
-func (c *Conn) WaitReadable() {
+// WaitReadable waits, without buffers, until the peer sends something,
+// closes or fails, or a read deadline strikes, for a connection that may
+// stay silent a long time (a client that has just logged in): it gives
+// its read buffer (and the Reader's assembly buffer) and, when it holds
+// nothing, its write buffer to the free lists first, and takes a read
+// buffer back before it returns. Other goroutines may write to the Conn
+// meanwhile, as they may while its owner waits in a read, provided they
+// hold mu, the lock that orders every write to the Conn: WaitReadable
+// drops and restores the writer under mu, and a WriteRaw that finds no
+// writer takes one (see takeWriter). It consumes nothing: the next
+// ReadMessage reads what arrived, or returns the end of file, error or
+// timeout. It returns at once when bytes are buffered or the Conn is not
+// a plain socket (raw I/O). Only the goroutine that owns the Conn's reads
+// calls it, without mu.
+func (c *Conn) WaitReadable(mu sync.Locker) {
 	r, ok := c.R.src.(*rawIO)
 	if !ok || c.det.on || c.R.br == nil || !c.R.Idle() {
 		return
@@ -250,13 +254,25 @@ func (c *Conn) WaitReadable() {
 	c.R.small = nil
 	br := c.R.br
 	c.R.br = nil
+	mu.Lock()
+	bw := c.W
+	if bw != nil && bw.Buffered() == 0 {
+		c.W = nil
+	} else {
+		bw = nil
+	}
+	mu.Unlock()
 	freeBufs.Lock()
 	if c.R.bufSize == ClientBufferSize && len(freeBufs.readers) < maxFreeBuffers {
 		br.Reset(nil)
 		freeBufs.readers = append(freeBufs.readers, br)
 	}
-	br = nil
+	if bw != nil && bw.Size() == ClientBufferSize && len(freeBufs.writers) < maxFreeBuffers {
+		bw.Reset(nil)
+		freeBufs.writers = append(freeBufs.writers, bw)
+	}
 	freeBufs.Unlock()
+	br = nil
 	r.waitReadable()
 	freeBufs.Lock()
 	if n := len(freeBufs.readers); n > 0 && c.R.bufSize == ClientBufferSize {
@@ -270,4 +286,27 @@ func (c *Conn) WaitReadable() {
 	}
 	br.Reset(c.R.src)
 	c.R.br = br
+	mu.Lock()
+	if c.W == nil {
+		c.takeWriter()
+	}
+	mu.Unlock()
+}
+
+// takeWriter gives the Conn a write buffer from the free list (or a new
+// one), after WaitReadable dropped it.
+func (c *Conn) takeWriter() {
+	var bw *bufio.Writer
+	freeBufs.Lock()
+	if n := len(freeBufs.writers); n > 0 {
+		bw = freeBufs.writers[n-1]
+		freeBufs.writers[n-1] = nil
+		freeBufs.writers = freeBufs.writers[:n-1]
+	}
+	freeBufs.Unlock()
+	if bw == nil {
+		bw = bufio.NewWriterSize(nil, ClientBufferSize)
+	}
+	bw.Reset(c.tw)
+	c.W = bw
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -252,24 +253,27 @@ func TestWaitReadable(t *testing.T) {
 			c, peer := clientConnPair(t)
 			defer peer.Close()
 			defer c.Close()
+			var mu sync.Mutex
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				c.WaitReadable()
+				c.WaitReadable(&mu)
 			}()
 			select {
 			case <-done:
 				t.Fatal("WaitReadable returned before anything happened")
 			case <-time.After(100 * time.Millisecond):
 			}
-			// The writer stays usable meanwhile (others may write to
-			// a client whose owner waits).
+			// The Conn can be written meanwhile, under mu (others may
+			// write to a client whose owner waits).
+			mu.Lock()
 			if err := c.WriteRaw([]byte("Z\x00\x00\x00\x05I")); err != nil {
 				t.Fatal(err)
 			}
 			if err := c.Flush(); err != nil {
 				t.Fatal(err)
 			}
+			mu.Unlock()
 			got := make([]byte, 6)
 			if _, err := io.ReadFull(peer, got); err != nil || string(got) != "Z\x00\x00\x00\x05I" {
 				t.Fatalf("peer got %q, %v", got, err)
@@ -301,12 +305,13 @@ func TestWaitReadable(t *testing.T) {
 		if _, _, err := c.R.ReadMessage(); err != nil {
 			t.Fatal(err)
 		}
+		var mu sync.Mutex
 		// The second frame is buffered, or waits on the socket:
 		// either way WaitReadable must not wait.
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			c.WaitReadable()
+			c.WaitReadable(&mu)
 		}()
 		select {
 		case <-done:
@@ -342,7 +347,8 @@ func BenchmarkWaitReadable(b *testing.B) {
 	if _, err := peer.Write([]byte{'x'}); err != nil {
 		b.Fatal(err)
 	}
+	var mu sync.Mutex
 	for b.Loop() {
-		c.WaitReadable()
+		c.WaitReadable(&mu)
 	}
 }
