@@ -38,7 +38,7 @@ const drainNewSessionGrace = time.Second
 // endForDrain ends s with 57P01 if it is between transactions and past
 // drainNewSessionGrace, and reports whether it did.
 func (s *Session) endForDrain() bool {
-	if time.Since(s.connected) < drainNewSessionGrace {
+	if time.Now().UnixNano()-s.connected < int64(drainNewSessionGrace) {
 		return false
 	}
 	return s.closeIfIdle(shutdownError())

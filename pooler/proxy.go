@@ -94,6 +94,13 @@ type Proxy struct {
 	// stamped on sessions per client message (Session.active).
 	relay     *eventRelay
 	coarseNow atomic.Int64
+	// serveCtx is Serve's context, which sessions run under (set by
+	// Serve before it accepts).
+	serveCtx context.Context
+	// interned holds the strings sessions share (see intern), at most
+	// maxInterned.
+	internMu sync.Mutex
+	interned map[string]string
 
 	counters struct {
 		sessionState atomic.Int64
@@ -239,6 +246,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		return nil
 	}
 	p.wg.Add(1)
+	p.serveCtx = ctx
 	pl := p.peerListener
 	if pl != nil {
 		p.wg.Add(1)
@@ -459,9 +467,9 @@ func (p *Proxy) Close() error {
 	return nil
 }
 
-// handleConn runs one client connection from startup to the end. On the
-// event relay the end may come on another goroutine (serveSession): its
-// cleanup is then handed to the session (Session.end).
+// handleConn runs one client connection from startup to the end. A
+// logged-in session's end may come on another goroutine on the event relay
+// (serveSession): its cleanup is then endSession's.
 func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 	p.mu.Lock()
 	if p.closing {
@@ -478,9 +486,12 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 		s         *Session
 		handedOff bool
 	)
-	// end is what the deferred calls of a goroutine-per-connection
-	// handler did, in the same order: whoever ends the session runs it.
-	end := func() {
+	// The end of a connection that did not become a session (a logged-in
+	// session ends in endSession, on whichever goroutine it ends).
+	defer func() {
+		if handedOff {
+			return
+		}
 		if s != nil {
 			p.unregister(s)
 		}
@@ -509,11 +520,6 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 		p.mu.Unlock()
 		_ = nc.Close()
 		p.wg.Done()
-	}
-	defer func() {
-		if !handedOff {
-			end()
-		}
 	}()
 	defer func() {
 		if r := recover(); r != nil {
@@ -549,12 +555,57 @@ func (p *Proxy) handleConn(ctx context.Context, nc net.Conn) {
 	}
 	_ = nc.SetDeadline(time.Time{})
 	c.R.SetMaxBody(p.config().MaxMessageSize)
-	s.ctx, s.end = ctx, end
+	if s.parkable.Load() {
+		// The session owns the plain socket from here on: a park closes
+		// the net.Conn and keeps its descriptor (Session.park), so
+		// nothing else may hold on to nc (Close finds the session in
+		// Proxy.sessions).
+		p.mu.Lock()
+		delete(p.conns, nc)
+		ls.nc = nil
+		p.mu.Unlock()
+	}
 	handedOff = true
 	p.serveSession(s)
 }
 
-// serveSession runs s until it ends, then logs how and runs s.end; or
+// endSession is the end of a logged-in session's connection, run by
+// serveSession on whichever goroutine the session ends: what handleConn's
+// deferred cleanup does for a connection that did not log in. The Proxy's
+// wg count taken for the connection ends here.
+func (p *Proxy) endSession(s *Session) {
+	p.unregister(s)
+	// The client's buffers go to the next login (wire.Conn.Recycle),
+	// under s.mu as in handleConn's cleanup: writers of the client (KILL's
+	// FATAL) hold it, and after it their writes fail.
+	if s.mu.TryLock() {
+		s.client.Recycle()
+		s.mu.Unlock()
+	} else {
+		s.client.R.Release()
+	}
+	p.authed.Add(-1) // a session's login slot was authenticated (endConn)
+	p.clients.Add(-1)
+	if s.parkable.Load() {
+		// A parkable session's socket, which a park may have replaced
+		// (wire.Conn.Detach, Attach).
+		_ = s.client.Close()
+	} else {
+		// The socket handleConn accepted: under TLS, the one the
+		// tls.Conn wraps (closed without a close_notify, as before).
+		nc := s.client.Conn
+		if tc, ok := nc.(*tls.Conn); ok {
+			nc = tc.NetConn()
+		}
+		p.mu.Lock()
+		delete(p.conns, nc)
+		p.mu.Unlock()
+		_ = nc.Close()
+	}
+	p.wg.Done()
+}
+
+// serveSession runs s until it ends, then logs how and runs endSession; or
 // until it parks (event relay), when the goroutine just returns and wake
 // calls serveSession again on a new one. The Proxy's wg count taken for the
 // connection stays with the session throughout.
@@ -563,10 +614,14 @@ func (p *Proxy) serveSession(s *Session) {
 		if r := recover(); r != nil {
 			s.logger().Error().Interface("panic", r).Msg("client session panic")
 			_ = s.client.Close()
-			s.end()
+			p.endSession(s)
 		}
 	}()
-	err := s.run(s.ctx)
+	ctx := p.serveCtx
+	if ctx == nil {
+		ctx = context.Background() // handleConn called without Serve (tests)
+	}
+	err := s.run(ctx)
 	if errors.Is(err, errParked) {
 		return
 	}
@@ -580,7 +635,7 @@ func (p *Proxy) serveSession(s *Session) {
 	} else {
 		s.logger().Debug().Msg("client disconnected")
 	}
-	s.end()
+	p.endSession(s)
 }
 
 func (p *Proxy) logStartupError(nc net.Conn, err error) {
@@ -733,9 +788,9 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	}
 	s := &Session{
 		proxy: p, id: p.nextSession.Add(1), client: c, pool: pool, mode: pool.set().Mode,
-		sessionIdentity: sessionIdentity{database: dbName, user: user, appName: st.Get("application_name"),
-			clientAddr: hostOf(c.RemoteAddr()), connected: time.Now()},
-		serverLink: serverLink{txStatus: wire.TxIdle},
+		sessionIdentity: sessionIdentity{database: pool.shareName(dbName), user: pool.shareName(user),
+			appName: p.intern(st.Get("application_name")), clientAddr: p.intern(hostOf(c.RemoteAddr())), connected: time.Now().UnixNano()},
+		serverLink: serverLink{txStatus: wire.TxIdle}, busyState: &busyState{},
 	}
 	// gucs starts as the startup settings; both maps are only ever
 	// replaced, never written, so they share one while equal.
@@ -788,7 +843,12 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 		pid, key = newPeerCancelKey(peer)
 		s.cancelPeered = true
 	}
-	s.cancelPID, s.cancelKey = pid, key
+	s.cancelPID = pid
+	if s.cancelPeered {
+		s.cancelKey = withoutTTL(key)
+	} else {
+		s.cancelKey = string(key)
+	}
 	s.mu.Lock()
 	// Most clients of a pool are told the same values: they share one
 	// map until one of them changes (see ownReportedLocked).
@@ -812,7 +872,6 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 		s.finish()
 		return nil, err
 	}
-	s.serverFd = -1
 	s.active.Store(time.Now().UnixNano())
 	if p.relay != nil {
 		// The event relay parks plain sockets only: a TLS conn has
@@ -1065,10 +1124,7 @@ func (p *Proxy) pool(db *Database, user string, login *wire.ServerLogin) (*Pool,
 // byCancelKey is the byCancel entry of s: a peered session's key without
 // its TTL bits, which forwarding changes.
 func (s *Session) byCancelKey() cancelKey {
-	if s.cancelPeered {
-		return cancelKey{s.cancelPID, withoutTTL(s.cancelKey)}
-	}
-	return cancelKey{s.cancelPID, string(s.cancelKey)}
+	return cancelKey{s.cancelPID, s.cancelKey}
 }
 
 func (p *Proxy) register(s *Session) {
@@ -1211,7 +1267,7 @@ func (p *Proxy) Clients() []ClientInfo {
 	for _, s := range sessions {
 		s.infoMu.Lock()
 		ci := ClientInfo{SessionID: s.id, Database: s.database, User: s.user, ApplicationName: s.appName,
-			Addr: s.clientAddr, ConnectTime: s.connected, PID: s.cancelPID, TxStatus: string(s.txStatus), Pinned: s.pinned, State: "idle"}
+			Addr: s.clientAddr, ConnectTime: time.Unix(0, s.connected), PID: s.cancelPID, TxStatus: string(s.txStatus), Pinned: s.pinned, State: "idle"}
 		if s.server != nil {
 			ci.State, ci.ServerID = "active", s.server.id
 		} else if s.acquiring {

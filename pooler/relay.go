@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"reflect"
 	"runtime"
 	"runtime/debug"
 	"sync"
@@ -361,17 +362,25 @@ func (s *Session) park() bool {
 		}
 		serverFd = fd
 	}
-	clientFd, ok := sockFd(s.client.Conn)
-	if !ok || !s.client.DropBuffers() {
-		s.restartReaderLocked()
-		s.mu.Unlock()
-		return false
-	}
 	l := r.loopFor(s.id)
 	l.mu.Lock()
 	if l.stopped {
 		l.mu.Unlock()
-		s.client.RestoreBuffers()
+		s.restartReaderLocked()
+		s.mu.Unlock()
+		return false
+	}
+	// The client's socket leaves Go's netpoller: the session keeps its
+	// descriptor only (wire.Conn.Detach), under parkMu, which orders it
+	// with the sweeper's requestPark.
+	s.parkMu.Lock()
+	clientFd, err := s.client.Detach()
+	s.parkMu.Unlock()
+	if err != nil {
+		l.mu.Unlock()
+		if !errors.Is(err, wire.ErrNotDetachable) {
+			s.logger().Warn().Err(err).Msg("could not park idle session; it keeps its goroutine")
+		}
 		s.restartReaderLocked()
 		s.mu.Unlock()
 		return false
@@ -379,10 +388,9 @@ func (s *Session) park() bool {
 	s.dropIdleStateLocked()
 	// parkParked before the sockets are registered: an event may come at
 	// once, and the loop must find the session parked.
-	s.parkLoop, s.clientFd, s.serverFd = l, int32(clientFd), int32(serverFd)
 	s.parkState.Store(parkParked)
 	l.parked[s.id] = s
-	err := l.add(clientFd, s.id<<1|tokenClient)
+	err = l.add(clientFd, s.id<<1|tokenClient)
 	if err == nil && serverFd >= 0 {
 		if err = l.add(serverFd, s.id<<1|tokenServer); err != nil {
 			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, clientFd, nil)
@@ -398,10 +406,12 @@ func (s *Session) park() bool {
 			s.mu.Unlock()
 			return true
 		}
-		s.parkLoop = nil
 		l.mu.Unlock()
 		s.logger().Warn().Err(err).Msg("could not park idle session; it keeps its goroutine")
-		s.client.RestoreBuffers()
+		if aerr := s.reattachClient(); aerr != nil {
+			s.mu.Unlock()
+			return false // the next read fails: the session ends
+		}
 		s.restartReaderLocked()
 		s.mu.Unlock()
 		return false
@@ -460,22 +470,60 @@ func (s *Session) wake() {
 	if !s.parkState.CompareAndSwap(parkParked, parkResuming) {
 		return
 	}
-	l := s.parkLoop
+	l := s.proxy.relay.loopFor(s.id)
 	l.mu.Lock()
 	if !l.closed {
-		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(s.clientFd), nil)
-		if s.serverFd >= 0 {
-			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(s.serverFd), nil)
+		if fd := s.client.DetachedFd(); fd >= 0 {
+			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+		}
+		if fd := s.parkedServerFd(); fd >= 0 {
+			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 		}
 	}
 	delete(l.parked, s.id)
 	l.mu.Unlock()
 	s.mu.Lock()
-	s.parkLoop = nil
-	s.client.RestoreBuffers()
+	// A failure leaves a client whose reads fail: the session ends
+	// on its goroutine, as when the client leaves.
+	_ = s.reattachClient()
 	s.mu.Unlock()
 	s.parkState.Store(parkRunning)
 	go s.proxy.serveSession(s)
+}
+
+// reattachClient makes the session whole again after a park (or a park
+// that failed late): a busyState if it was dropped, and the client's
+// descriptor given back to Go's netpoller with new I/O state and buffers
+// (wire.Conn.Attach, under parkMu: see park); s.mu held. On an error, logged here, the client's I/O fails
+// with net.ErrClosed, so the session ends at its next read.
+func (s *Session) reattachClient() error {
+	if s.busyState == nil {
+		s.busyState = &busyState{}
+	}
+	s.parkMu.Lock()
+	err := s.client.Attach()
+	s.parkMu.Unlock()
+	if err != nil {
+		s.logger().Warn().Err(err).Msg("could not resume parked session; closing it")
+	}
+	return err
+}
+
+// parkedServerFd is the descriptor of the server socket park registered
+// (session mode), or -1: the attached server's, which does not change
+// while the session is parked.
+func (s *Session) parkedServerFd() int {
+	s.infoMu.Lock()
+	srv := s.server
+	s.infoMu.Unlock()
+	if srv == nil {
+		return -1
+	}
+	fd, ok := sockFd(srv.Conn.Conn)
+	if !ok {
+		return -1
+	}
+	return fd
 }
 
 // lockRunning locks s.mu for a control path that is about to end the
@@ -487,7 +535,7 @@ func (s *Session) lockRunning() {
 	for {
 		s.wake()
 		s.mu.Lock()
-		if s.parkState.Load() == parkRunning && !s.client.BuffersDropped() {
+		if s.parkState.Load() == parkRunning && !s.client.Detached() {
 			return
 		}
 		// Parking or resuming right now: park, seeing parkable false,
@@ -531,8 +579,12 @@ func (p *Proxy) ParkedClients() int {
 // this deadline's timeout for client_idle_timeout (see takeParkRequest).
 func (s *Session) requestPark() {
 	s.parkMu.Lock()
-	s.parkReq.Store(true)
-	_ = s.client.SetReadDeadline(aLongTimeAgo)
+	// (It may have parked since the sweeper looked: then its socket is
+	// detached, and there is nothing to ask.)
+	if s.parkState.Load() == parkRunning && !s.client.Detached() {
+		s.parkReq.Store(true)
+		_ = s.client.SetReadDeadline(aLongTimeAgo)
+	}
 	s.parkMu.Unlock()
 }
 
@@ -569,7 +621,9 @@ func (r *eventRelay) releaseMemory(now time.Time) {
 // dropIdleStateLocked lets go of what a session that parks does not need
 // and makes again when it is busy: the result hash (no result is in
 // progress; the next sampled statement allocates one), the request queue's
-// storage (it is empty), and empty maps (their storage does not shrink).
+// storage (it is empty), and empty maps (their storage does not shrink);
+// then it moves the session's counters to the pool and drops the whole
+// busyState when nothing is left in it (reattachClient makes a new one).
 // s.mu held.
 func (s *Session) dropIdleStateLocked() {
 	s.resHash = nil
@@ -578,6 +632,18 @@ func (s *Session) dropIdleStateLocked() {
 	}
 	if len(s.suspended) == 0 {
 		s.suspended = nil
+	}
+	if s.bytesIn != 0 {
+		s.pool.stats.bytesIn.Add(s.bytesIn)
+		s.bytesIn = 0
+	}
+	s.flushStats()
+	// Nothing is in flight: no request waits for a server (a login's
+	// attach leaves its wait here, no audit event having taken it).
+	s.pendingWait = 0
+	// Whatever field busyState gains, it is dropped only when zero.
+	if reflect.ValueOf(s.busyState).Elem().IsZero() {
+		s.busyState = nil
 	}
 	if len(s.portals) == 0 {
 		s.portals = nil
@@ -624,4 +690,45 @@ func (pl *Pool) shareParams(params map[string]string) map[string]string {
 		pl.sharedParams = append(pl.sharedParams, params)
 	}
 	return params
+}
+
+// maxInterned and maxInternedLen bound Proxy.interned (256 KiB of
+// string bytes at most, whatever clients send).
+const (
+	maxInterned    = 4096
+	maxInternedLen = 64
+)
+
+// intern returns a string equal to v that other sessions share (client
+// addresses and application names repeat across thousands of clients),
+// or v itself when it is longer than maxInternedLen or maxInterned strings
+// are interned already. Login calls it, never a relay path.
+func (p *Proxy) intern(v string) string {
+	if v == "" || len(v) > maxInternedLen {
+		return v
+	}
+	p.internMu.Lock()
+	defer p.internMu.Unlock()
+	if w, ok := p.interned[v]; ok {
+		return w
+	}
+	if p.interned == nil {
+		p.interned = map[string]string{}
+	}
+	if len(p.interned) < maxInterned {
+		p.interned[v] = v
+	}
+	return v
+}
+
+// shareName returns the pool's own database or user name when v equals
+// it (sessions of the pool then share one string), or v.
+func (pl *Pool) shareName(v string) string {
+	switch v {
+	case pl.Database:
+		return pl.Database
+	case pl.User:
+		return pl.User
+	}
+	return v
 }

@@ -396,3 +396,33 @@ func TestRelayManyParked(t *testing.T) {
 		})
 	}
 }
+
+// TestRelayKillBeforeFirstMessage: KILL reaches clients that logged in
+// and have sent nothing yet (on the event relay they wait for their first
+// message without buffers, wire.Conn.WaitReadable, and the FATAL is
+// written meanwhile); they are not parked (relay_park_after is long).
+func TestRelayKillBeforeFirstMessage(t *testing.T) {
+	forRelays(t, func(t *testing.T, relay RelayMode, mode PoolMode) {
+		p := relayProxy(t, relay, mode, 3, func(c *Config) { c.RelayParkAfter = time.Minute })
+		conns := openClients(t, p, 3)
+		// A client gets its ReadyForQuery just before its session is
+		// registered (login).
+		deadline := time.Now().Add(10 * time.Second)
+		for len(p.Clients()) != 3 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if n := p.ParkedClients(); n != 0 {
+			t.Fatalf("%d clients parked, want none before relay_park_after", n)
+		}
+		if n := p.Kill("postgres"); n != 3 {
+			t.Fatalf("KILL ended %d sessions, want 3", n)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, c := range conns {
+			_, err := queryOne(ctx, c, "select 1")
+			wantPgError(t, err, "FATAL", wire.CodeAdminShutdown, "")
+		}
+		waitNoClients(t, p)
+	})
+}

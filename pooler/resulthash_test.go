@@ -15,7 +15,7 @@ import (
 // none; the default samples about one statement in 16.
 func TestResultHashSampling(t *testing.T) {
 	p := New(&Config{ResultSampleEvery: 1}, nil, zerolog.Nop())
-	a, b := &Session{proxy: p, id: 1}, &Session{proxy: p, id: 2}
+	a, b := &Session{proxy: p, id: 1, busyState: &busyState{}}, &Session{proxy: p, id: 2, busyState: &busyState{}}
 	stmt := func(s *Session, rows ...string) uint64 {
 		for _, r := range rows {
 			s.hashRowLocked([]byte(r))
@@ -50,7 +50,7 @@ func BenchmarkResultHash(b *testing.B) {
 		for _, rows := range []int{1, 100} {
 			b.Run(fmt.Sprintf("every=%d/rows=%d", every, rows), func(b *testing.B) {
 				p := New(&Config{ResultSampleEvery: every}, nil, zerolog.Nop())
-				s := &Session{proxy: p, id: 1}
+				s := &Session{proxy: p, id: 1, busyState: &busyState{}}
 				for b.Loop() {
 					for range rows {
 						s.hashRowLocked(row)

@@ -42,9 +42,10 @@ func (s *Session) logger() *zerolog.Logger {
 // attached server under ctlMu.
 //
 // The state is grouped by concept into embedded sub-structs (their fields
-// are used as the Session's own). A parked session (relay.go) keeps all of
-// them but drops what it does not need: its buffers, the result hash and
-// the empty queue's and maps' storage (see dropIdleState).
+// are used as the Session's own). A parked session (relay.go) drops what
+// it does not need: its socket's Go state and buffers (it keeps the
+// descriptor), the state only a running session uses (busyState, when it
+// holds nothing), and the empty maps' storage (see dropIdleStateLocked).
 type Session struct {
 	proxy  *Proxy
 	id     uint64
@@ -66,27 +67,38 @@ type Session struct {
 	mu    sync.Mutex
 
 	serverLink
-	requestState
+	// busyState is the state of requests in progress, the result sampler
+	// and the counters not yet moved to the pool: what only a running
+	// session uses. It is nil while the session is parked (s.mu; see
+	// dropIdleStateLocked and reattachClient), so nothing may use it
+	// without first waking a parked session (lockRunning).
+	*busyState
 	statementState
 	settingsState
-	resultSampler
-	sessionStats
 	parkInfo
 
-	// ctx is the context the session's goroutines run under, and end
-	// the rest of handleConn's cleanup (see serveSession).
-	ctx context.Context
-	end func()
+	// inFlight (info) counts Syncs, Queries and FunctionCalls sent and
+	// not yet answered by ReadyForQuery (s.mu).
+	inFlight int
+	// txSeq numbers the session's transactions (for audit events; s.mu).
+	txSeq uint64
+	// resRand is the xorshift state picking the statements whose results
+	// are sampled (see resultSampler).
+	resRand uint64
 }
 
 // sessionIdentity is who the client is: set at login and read-only after,
 // except appName (info), which follows the client's application_name.
 type sessionIdentity struct {
+	// The strings are shared with the pool (database, user) or
+	// interned (appName, clientAddr; see Proxy.intern) where they can be.
 	database, user, appName, clientAddr string
-	cancelKey                           []byte
-	connected                           time.Time
-	cancelPID                           uint32
-	cancelPeered                        bool // cancel key from newPeerCancelKey
+	// cancelKey is the key of the session's byCancel entry (the secret
+	// key sent to the client, without its TTL bits when cancelPeered).
+	cancelKey    string
+	connected    int64 // unix ns
+	cancelPID    uint32
+	cancelPeered bool // cancel key from newPeerCancelKey
 }
 
 // serverLink is the attached server connection and who reads it (s.mu).
@@ -107,9 +119,6 @@ type serverLink struct {
 	writingDone *sync.Cond
 	// queryTimer cancels the running request after query_timeout.
 	queryTimer *time.Timer
-	// pendingWait is how long the running request waited for a server
-	// connection (for its audit event).
-	pendingWait time.Duration
 	// stopReader tells whoever reads the server that a read deadline set
 	// on it means "stop", not "server lost". Set without mu by
 	// interruptInline.
@@ -138,13 +147,15 @@ type serverLink struct {
 // requestState is what is in flight on the protocol (s.mu): the queue of
 // requests awaiting replies, the extended-protocol group and COPY.
 type requestState struct {
-	queue    pendingQueue
-	inFlight int // info: Syncs, Queries and FunctionCalls sent and not yet answered by ReadyForQuery
+	queue pendingQueue
 	// probe is the shape probe in flight (see shapegate.go).
 	probe *shapeProbe
 	// suspended portals: what earlier parts of a portal run in several
 	// Executes took, so the whole run becomes one event
 	suspended map[string]suspendedPortal
+	// pendingWait is how long the running request waited for a server
+	// connection (for its audit event).
+	pendingWait time.Duration
 	// partRows counts DataRows of the Execute at the head of the queue.
 	partRows int64
 	// held is what the server said while a Query with holdZ and its
@@ -206,7 +217,6 @@ type resultSampler struct {
 	// allocated for the first sampled statement and dropped when the
 	// session parks (a parked session has no result in progress).
 	resHash  *maphash.Hash
-	resRand  uint64 // xorshift state picking the sampled statements
 	resState uint8
 }
 
@@ -217,12 +227,17 @@ type sessionStats struct {
 	queries, xacts    int64
 	// Parse and Bind messages (s.mu).
 	clientParses, serverParses, binds int64
-	// txSeq numbers the session's transactions (for audit events).
-	txSeq uint64
 	// xactStart is when the running transaction's first statement went
 	// out (zero between transactions); xactTime sums finished ones.
 	xactStart time.Time
 	xactTime  time.Duration
+}
+
+// busyState is the state only a running session uses (Session.busyState).
+type busyState struct {
+	requestState
+	resultSampler
+	sessionStats
 }
 
 // parkInfo is the event relay's state of the session (relay.go).
@@ -233,17 +248,16 @@ type sessionStats struct {
 // message: the one store per message the event relay costs. readDL is the
 // client read deadline the session wants (unix ns, 0 none), kept across
 // park requests and parks. resumed tells run it goes on after a park.
-// parkLoop, clientFd and serverFd (-1: none) are set while parked (s.mu).
+// A parked session's loop is eventRelay.loopFor(id); its sockets are the
+// client's detached descriptor and its server's (parkedServerFd).
 type parkInfo struct {
-	parkMu             sync.Mutex // orders parkReq with its deadline
-	parkState          atomic.Int32
-	parkable           atomic.Bool
-	parkReq            atomic.Bool
-	resumed            bool
-	active             atomic.Int64
-	readDL             atomic.Int64
-	parkLoop           *eventLoop
-	clientFd, serverFd int32 // fds (int32 keeps Session in a smaller size class)
+	parkMu    sync.Mutex // orders parkReq with its deadline
+	parkState atomic.Int32
+	parkable  atomic.Bool
+	parkReq   atomic.Bool
+	resumed   bool
+	active    atomic.Int64
+	readDL    atomic.Int64
 }
 
 // errClientGone marks routine client disconnects.
@@ -286,8 +300,19 @@ func (s *Session) run(ctx context.Context) error {
 		s.mu.Lock()
 		s.restartReaderLocked()
 		s.mu.Unlock()
-	} else if idleTimeout > 0 {
-		s.setIdleDeadline(idleTimeout)
+	} else {
+		if idleTimeout > 0 {
+			s.setIdleDeadline(idleTimeout)
+		}
+		if s.parkable.Load() {
+			// Just logged in: wait for the first message without
+			// buffers, so that a burst of logins does not hold two per
+			// client until they park (docs/relay.md). Writes to the
+			// client meanwhile (the session-mode reader, KILL) hold mu.
+			// What ends the wait (a message, EOF, a deadline: the park
+			// request's, client_idle_timeout's) the read below sees.
+			s.client.WaitReadable(&s.mu)
+		}
 	}
 	for {
 		typ, raw, err := s.client.R.ReadMessage()
@@ -548,7 +573,13 @@ func (s *Session) sendRequestLocked(srv *Server, out []byte) error {
 // the statement ends.
 func (s *Session) clientGoneWhileInline(d time.Duration) bool {
 	since := s.inlineSince.Load()
-	return since != 0 && time.Since(time.Unix(0, since)) > d && wire.PeerClosed(s.client.Conn)
+	if since == 0 || time.Now().UnixNano()-since <= int64(d) {
+		return false
+	}
+	// Under parkMu: a park replaces the client's net.Conn (see park).
+	s.parkMu.Lock()
+	defer s.parkMu.Unlock()
+	return wire.PeerClosed(s.client.Conn)
 }
 
 // interruptInline makes whoever reads the attached server (the client

@@ -16,6 +16,8 @@ type Conn struct {
 	R  *Reader
 	W  *bufio.Writer
 	tw *timedWriter
+	// det is the state of a detached Conn (see Detach).
+	det detached
 }
 
 // DefaultBufferSize is the read and write buffer size of NewConn, for
@@ -38,26 +40,30 @@ func NewConn(nc net.Conn, maxBody int) *Conn {
 // Buffers of ClientBufferSize bytes come from the free lists that Recycle
 // and DropBuffers fill, when they hold some.
 func NewConnSize(nc net.Conn, maxBody, bufSize int) *Conn {
+	c := &Conn{}
+	c.setup(nc, maxBody, bufSize)
+	if bufSize == ClientBufferSize {
+		if br, bw := takeFreeBuffers(); br != nil {
+			br.Reset(c.R.src)
+			bw.Reset(c.tw)
+			c.R.br, c.W = br, bw
+			return c
+		}
+	}
+	c.R.br, c.W = bufio.NewReaderSize(c.R.src, bufSize), bufio.NewWriterSize(c.tw, bufSize)
+	return c
+}
+
+// setup makes c's I/O state over nc: its Reader and timed writer, without
+// buffers (NewConnSize and Attach add them).
+func (c *Conn) setup(nc net.Conn, maxBody, bufSize int) {
 	var rw io.ReadWriter = nc
 	tw := &timedWriter{nc: nc, w: nc}
 	if r := newRawIO(nc); r != nil {
 		rw, tw.w, tw.raw = r, r, r
 	}
-	if bufSize == ClientBufferSize {
-		if br, bw := takeFreeBuffers(); br != nil {
-			br.Reset(rw)
-			bw.Reset(tw)
-			rd := &Reader{br: br, maxBody: maxBody, src: rw, bufSize: bufSize}
-			if maxBody <= 0 {
-				rd.maxBody = DefaultMaxMessageSize
-			}
-			if pr, ok := rw.(pendingReader); ok {
-				rd.pending = pr.pending // as NewReaderSize does
-			}
-			return &Conn{Conn: nc, R: rd, W: bw, tw: tw}
-		}
-	}
-	return &Conn{Conn: nc, R: NewReaderSize(rw, maxBody, bufSize), W: bufio.NewWriterSize(tw, bufSize), tw: tw}
+	c.Conn, c.tw = nc, tw
+	c.R = newReaderNoBuffer(rw, maxBody, bufSize)
 }
 
 // takeFreeBuffers returns a reader and a writer of ClientBufferSize bytes
@@ -157,13 +163,27 @@ func (t *timedWriter) Write(p []byte) (int, error) {
 }
 
 // WriteRaw buffers b, a complete encoded message.
+// A Conn whose owner waits in WaitReadable may have no writer: it takes
+// one (the caller holds the lock WaitReadable was given).
 func (c *Conn) WriteRaw(b []byte) error {
+	if c.W == nil {
+		if c.det.on {
+			return net.ErrClosed
+		}
+		c.takeWriter()
+	}
 	_, err := c.W.Write(b)
 	return err
 }
 
-// Flush sends everything buffered.
-func (c *Conn) Flush() error { return c.W.Flush() }
+// Flush sends everything buffered (nothing is, without a writer: see
+// WaitReadable).
+func (c *Conn) Flush() error {
+	if c.W == nil {
+		return nil
+	}
+	return c.W.Flush()
+}
 
 // SendError writes e as an ErrorResponse and flushes. It is used for errors
 // that end the exchange; the caller closes the connection after a FATAL.

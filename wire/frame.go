@@ -106,10 +106,18 @@ func NewReader(r io.Reader, maxBody int) *Reader {
 // that fit in it are returned without copying; larger ones are assembled
 // in a separate buffer.
 func NewReaderSize(r io.Reader, maxBody, bufSize int) *Reader {
+	rd := newReaderNoBuffer(r, maxBody, bufSize)
+	rd.br = bufio.NewReaderSize(r, bufSize)
+	return rd
+}
+
+// newReaderNoBuffer is NewReaderSize without the read buffer (br nil: the
+// caller adds one).
+func newReaderNoBuffer(r io.Reader, maxBody, bufSize int) *Reader {
 	if maxBody <= 0 {
 		maxBody = DefaultMaxMessageSize
 	}
-	rd := &Reader{br: bufio.NewReaderSize(r, bufSize), maxBody: maxBody, src: r, bufSize: bufSize}
+	rd := &Reader{maxBody: maxBody, src: r, bufSize: bufSize}
 	if pr, ok := r.(pendingReader); ok {
 		rd.pending = pr.pending
 	}

@@ -166,3 +166,24 @@ func (r *rawIO) writeWithin(p []byte, d time.Duration) (int, error) {
 func (r *rawIO) opError(op string, err error) error {
 	return &net.OpError{Op: op, Net: r.nc.LocalAddr().Network(), Source: r.nc.LocalAddr(), Addr: r.nc.RemoteAddr(), Err: err}
 }
+
+// waitReadable blocks in the runtime's netpoller until the socket has
+// bytes to read, is at end of file or failed, or a read deadline strikes;
+// it consumes nothing (a recv with MSG_PEEK) and reports nothing: the
+// next Read does (see Conn.WaitReadable).
+func (r *rawIO) waitReadable() {
+	var b [1]byte
+	_ = r.rc.Read(func(fd uintptr) bool {
+		for {
+			_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+			switch errno {
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				return false // the netpoller waits
+			}
+			return true // data, end of file or an error
+		}
+	})
+}

@@ -14,3 +14,5 @@ type rawIO struct{ io.ReadWriter }
 func newRawIO(net.Conn) *rawIO { return nil }
 
 func (r *rawIO) writeWithin(p []byte, _ time.Duration) (int, error) { return r.Write(p) }
+
+func (r *rawIO) waitReadable() {}
