@@ -117,10 +117,11 @@ func BenchmarkAnalyzeEvent(b *testing.B) {
 				b.Fatal(err)
 			}
 			// Warm up: shapes parsed, sessions known.
+			var a Analyzed
 			const chunk = 4096
 			evs := make([]*Event, chunk)
 			for i := range chunk {
-				p.process(c.stream(i))
+				p.process(c.stream(i), &a)
 			}
 			next := chunk
 			b.ReportAllocs()
@@ -135,7 +136,7 @@ func BenchmarkAnalyzeEvent(b *testing.B) {
 					next += chunk
 					b.StartTimer()
 				}
-				p.process(evs[j])
+				p.process(evs[j], &a)
 			}
 			b.StopTimer()
 			eng.Flush()

@@ -309,6 +309,7 @@ func (p *Pipeline) worker(q *eventQueue) {
 		defer timer.Stop()
 	}
 	var spare []*Event
+	var a Analyzed // reused: an Analyzed is valid only during Observe
 	drain := func() {
 		for {
 			batch := q.take(spare)
@@ -317,7 +318,7 @@ func (p *Pipeline) worker(q *eventQueue) {
 				return
 			}
 			for i, ev := range batch {
-				p.process(ev)
+				p.process(ev, &a)
 				batch[i] = nil
 			}
 			spare = batch
@@ -401,9 +402,11 @@ func (p *Pipeline) writeStats(final bool) {
 	}
 }
 
-// process analyzes one event on a worker goroutine.
-func (p *Pipeline) process(ev *Event) {
-	a := Analyzed{Event: ev, TraceParent: ev.TraceParent}
+// process analyzes one event on a worker goroutine; a is the worker's
+// scratch Analyzed (observers may not keep it), overwritten here, so that
+// no Analyzed is allocated per event.
+func (p *Pipeline) process(ev *Event, a *Analyzed) {
+	*a = Analyzed{Event: ev, TraceParent: ev.TraceParent}
 	if ev.Text != "" {
 		if ev.Fingerprint != 0 {
 			a.Shape, a.Annotations = p.fp.LookupKnown(ev.Text, ev.Fingerprint)
@@ -416,11 +419,12 @@ func (p *Pipeline) process(ev *Event) {
 	}
 	p.stats.Record(ev, a.Shape)
 	for _, o := range p.observers {
-		p.observe(o, &a)
+		p.observe(o, a)
 	}
 	if p.audit != nil {
-		p.observe(auditObserver{p.audit}, &a)
+		p.observe(auditObserver{p.audit}, a)
 	}
+	*a = Analyzed{} // drop the references until the next event
 	p.processed.Add(1)
 }
 
