@@ -105,6 +105,33 @@ type detShard struct {
 	sessions *lru.List[uint64, *nSession]
 	maxSeen  time.Time
 	events   uint64
+	// free holds closed runs' structs for new runs (at most maxFreeRuns):
+	// a run starts for every statement that does not extend one, so this
+	// saves an allocation per unit of work (per session with pgbench -C).
+	free []*nRun
+}
+
+// maxFreeRuns bounds detShard.free.
+const maxFreeRuns = 32
+
+// newRunLocked returns a zeroed run, recycled when one is free; sh.mu held.
+func (sh *detShard) newRunLocked() *nRun {
+	if n := len(sh.free); n > 0 {
+		run := sh.free[n-1]
+		sh.free[n-1] = nil
+		sh.free = sh.free[:n-1]
+		return run
+	}
+	return new(nRun)
+}
+
+// recycleLocked zeroes a run that was closed (copied into a closedRun and
+// taken out of its session) and keeps it for newRunLocked; sh.mu held.
+func (sh *detShard) recycleLocked(run *nRun) {
+	if len(sh.free) < maxFreeRuns {
+		*run = nRun{}
+		sh.free = append(sh.free, run)
+	}
 }
 
 // recent is what a session remembers of one statement.
@@ -155,7 +182,12 @@ type nRun struct {
 const maxAltSources = 3
 
 type nSession struct {
+	// ring holds the recent statements: it grows by append up to its
+	// size (most sessions, one per transaction with pgbench -C or a
+	// serverless client, never fill it), then wraps at next.
 	ring                  []recent
+	size                  int // the ring's full length (RingSize)
+	shard                 *detShard
 	next, n               int
 	runs                  []*nRun
 	last                  time.Time
@@ -244,14 +276,15 @@ func (d *NPlusOneDetector) Observe(a *Analyzed) {
 		key = d.textKey(ev.Text)
 	}
 	sh := d.shard(ev.SessionID)
-	var closed []closedRun
+	var buf [2]closedRun // runs closed by one event, usually none: no allocation
+	closed := buf[:0]
 	sh.mu.Lock()
 	s, ok := sh.sessions.Get(ev.SessionID) // now the most recently observed
 	if !ok {
 		if sh.sessions.Len() >= d.perShard {
 			closed = d.evictOldestLocked(sh, closed)
 		}
-		s = &nSession{id: ev.SessionID, ring: make([]recent, d.ringSize)}
+		s = &nSession{id: ev.SessionID, size: d.ringSize, shard: sh}
 		sh.sessions.Add(ev.SessionID, s)
 	}
 	s.db, s.user, s.app, s.client = ev.Database, ev.User, ev.ApplicationName, ev.ClientAddr
@@ -475,7 +508,8 @@ func (d *NPlusOneDetector) extend(run *nRun, x *recent) bool {
 // startRun begins a run with x, looking for its source in the ring (before
 // x is pushed).
 func (d *NPlusOneDetector) startRun(s *nSession, x *recent, traceParent string) *nRun {
-	run := &nRun{
+	run := s.shard.newRunLocked()
+	*run = nRun{
 		shape:       x.shape,
 		first:       x.start,
 		txSeq:       x.txSeq,
@@ -531,13 +565,22 @@ func (d *NPlusOneDetector) startRun(s *nSession, x *recent, traceParent string) 
 	return run
 }
 
+// ringStart is the capacity a session's ring starts with.
+const ringStart = 2
+
 // push adds r to the ring.
 func (s *nSession) push(r recent) {
+	if len(s.ring) < s.size {
+		if s.ring == nil {
+			s.ring = make([]recent, 0, min(ringStart, s.size))
+		}
+		s.ring = append(s.ring, r)
+		s.n = len(s.ring)
+		s.next = s.n % s.size
+		return
+	}
 	s.ring[s.next] = r
 	s.next = (s.next + 1) % len(s.ring)
-	if s.n < len(s.ring) {
-		s.n++
-	}
 }
 
 // back returns the i-th most recent statement (0 = the latest).
@@ -550,10 +593,14 @@ func (s *nSession) removeRun(run *nRun) {
 	s.runs = slices.DeleteFunc(s.runs, func(r *nRun) bool { return r == run })
 }
 
+// closed copies run out for evaluation and recycles its struct: the caller
+// has taken run out of s.runs, or does so before the next run starts, and
+// uses the pointer for nothing but that; s.shard.mu held.
 func (s *nSession) closed(run *nRun) closedRun {
 	c := closedRun{run: *run, distinct: run.distinct.count(), sessionID: s.id,
 		db: s.db, user: s.user, app: s.app, client: s.client}
 	c.run.distinct = distinctSet{}
+	s.shard.recycleLocked(run)
 	return c
 }
 
