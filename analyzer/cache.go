@@ -126,7 +126,6 @@ type CacheDetectorConfig struct {
 type CacheDetector struct {
 	cfg   rules.CacheCandidateConfig
 	whole bool
-	seed  maphash.Seed
 	uses  *lru.Cache[Fingerprint, *tableUse]
 
 	mu     sync.Mutex
@@ -172,7 +171,6 @@ func NewCacheDetector(cfg CacheDetectorConfig) *CacheDetector {
 	return &CacheDetector{
 		cfg:    cfg.Rule,
 		whole:  cfg.WholeInput,
-		seed:   maphash.MakeSeed(),
 		uses:   lru.New[Fingerprint, *tableUse](cacheMaxUses),
 		shapes: map[Fingerprint]*cacheShape{},
 		tables: map[string]*cacheTable{},
@@ -230,10 +228,7 @@ func (d *CacheDetector) Observe(a *Analyzed) {
 	if !u.read || len(u.reads) == 0 {
 		return
 	}
-	key := ev.ParamHash
-	if ev.NumParams == 0 && ev.ParamHash == 0 {
-		key = literalKey(d.seed, ev.Text)
-	}
+	key := a.execKey()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.start.IsZero() || at.Before(d.start) {

@@ -1,7 +1,6 @@
 package analyzer
 
 import (
-	"hash/maphash"
 	"slices"
 	"strings"
 	"sync"
@@ -90,7 +89,6 @@ type NPlusOneDetector struct {
 	perShard   int
 	idle       time.Duration
 	runTimeout time.Duration
-	seed       maphash.Seed
 	lookups    *lru.Cache[Fingerprint, *Lookup]
 	emit       func(rules.NPlusOneFacts)
 	shards     [detectorShards]detShard
@@ -216,7 +214,6 @@ func NewNPlusOneDetector(cfg NPlusOneDetectorConfig, emit func(rules.NPlusOneFac
 		maxRuns:    cfg.MaxRuns,
 		idle:       cfg.IdleTimeout,
 		runTimeout: cfg.RunTimeout,
-		seed:       maphash.MakeSeed(),
 		emit:       emit,
 	}
 	if d.minRepeats < 2 {
@@ -268,13 +265,10 @@ func (d *NPlusOneDetector) Observe(a *Analyzed) {
 		return
 	}
 	r := d.recentOf(a)
-	key := ev.ParamHash
-	if ev.NumParams == 0 && ev.ParamHash == 0 {
-		// Simple protocol: the literals tell executions apart (a
-		// statement read back from an audit log carries their keyed hash
-		// in ParamHash instead).
-		key = d.textKey(ev.Text)
-	}
+	// Simple protocol: the literals tell executions apart (a statement
+	// read back from an audit log carries their keyed hash in ParamHash
+	// instead).
+	key := a.execKey()
 	sh := d.shard(ev.SessionID)
 	var buf [2]closedRun // runs closed by one event, usually none: no allocation
 	closed := buf[:0]
@@ -331,12 +325,6 @@ func (d *NPlusOneDetector) recentOf(a *Analyzed) recent {
 	}
 	return r
 }
-
-// textKey hashes a statement's tokens without its comments and
-// whitespace: for statements without bind parameters it tells "same shape,
-// other literal values" apart, while a sqlcommenter comment that differs
-// per statement (a new span id) does not make identical lookups distinct.
-func (d *NPlusOneDetector) textKey(text string) uint64 { return literalKey(d.seed, text) }
 
 // traceID returns the trace-id field of a W3C traceparent, or the whole
 // value when it is not in that form.

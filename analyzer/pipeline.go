@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math/bits"
 	"runtime/debug"
 	"sync"
@@ -31,6 +32,33 @@ type Analyzed struct {
 	// TraceParent is Event.TraceParent, or else the traceparent of the
 	// statement's sqlcommenter comment.
 	TraceParent string
+
+	// litKey memoizes execKey's hash of the text's tokens (litKeyOK set),
+	// which the N+1 and cache-candidate detectors both need: the text is
+	// lexed once per event, not once per detector.
+	litKey   uint64
+	litKeyOK bool
+}
+
+// literalSeed keys literalKey for every detector of the process: the keys
+// are compared only with each other, within one process.
+var literalSeed = maphash.MakeSeed()
+
+// execKey returns the key that tells this event's executions of its shape
+// apart: Event.ParamHash for statements with bind parameters (or a hash
+// read back from an audit log); for the rest, a keyed hash of the text's
+// tokens without comments and whitespace, so that other literal values
+// give another key while a per-statement sqlcommenter comment does not.
+// It is computed at most once per Analyzed.
+func (a *Analyzed) execKey() uint64 {
+	ev := a.Event
+	if ev.NumParams != 0 || ev.ParamHash != 0 {
+		return ev.ParamHash
+	}
+	if !a.litKeyOK {
+		a.litKey, a.litKeyOK = literalKey(literalSeed, ev.Text), true
+	}
+	return a.litKey
 }
 
 // Observer sees every analyzed event after statistics were updated. Observe
