@@ -149,23 +149,31 @@ func (f *Fingerprinter) hashBytes(b []byte) cacheKey {
 // looked up for statements whose verb makes that key sound (see
 // keySafeVerbs); the rest fall back to the exact text.
 func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations) {
+	sh, ann, _, _ := f.lookup(text, proto, false)
+	return sh, ann
+}
+
+// lookup is Lookup; with lit it also returns the statement's literal key
+// (litOK) when it had to scan the statement anyway, which saves the
+// detectors a second pass over it (see Analyzed.execKey).
+func (f *Fingerprinter) lookup(text string, proto Protocol, lit bool) (sh *Shape, ann Annotations, litKey uint64, litOK bool) {
 	var tk cacheKey
 	if proto == ProtocolExtended {
 		tk = f.hashString(text)
 		if e, ok := f.text.Get(tk); ok {
 			f.textHits.Add(1)
-			return f.counted(e.shape), e.ann
+			return f.counted(e.shape), e.ann, 0, false
 		}
 	}
 	bp := f.bufs.Get().(*[]byte)
-	r := scanStatement(*bp, text)
+	r := scanStatementLit(*bp, text, lit)
 	defer func() {
 		if cap(r.key) <= 64<<10 {
 			*bp = r.key[:0]
 			f.bufs.Put(bp)
 		}
 	}()
-	ann := annotationsFrom(text, &r)
+	ann = annotationsFrom(text, &r)
 
 	var kk cacheKey
 	switch {
@@ -176,7 +184,7 @@ func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations
 			if proto == ProtocolExtended {
 				f.text.Add(tk, &cacheEntry{shape: e.shape, ann: ann})
 			}
-			return f.counted(e.shape), ann
+			return f.counted(e.shape), ann, r.litKey, lit
 		}
 	case !r.sensitive:
 		// Whether a statement parses depends on its tokens, not on its
@@ -185,7 +193,7 @@ func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations
 		kk = f.hashBytes(r.key)
 		if e, ok := f.key.Get(kk); ok && e.shape.Fallback {
 			f.keyHits.Add(1)
-			return f.counted(e.shape), ann
+			return f.counted(e.shape), ann, r.litKey, lit
 		}
 		fallthrough
 	default:
@@ -193,7 +201,7 @@ func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations
 			tk = f.hashString(text)
 			if e, ok := f.text.Get(tk); ok {
 				f.textHits.Add(1)
-				return f.counted(e.shape), e.ann
+				return f.counted(e.shape), e.ann, r.litKey, lit
 			}
 		}
 	}
@@ -207,7 +215,7 @@ func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations
 	if proto == ProtocolExtended || !keyed {
 		f.text.Add(tk, &cacheEntry{shape: shape, ann: ann})
 	}
-	return f.counted(shape), ann
+	return f.counted(shape), ann, r.litKey, lit
 }
 
 // LookupKnown returns the shape of a statement whose fingerprint is already

@@ -439,7 +439,10 @@ func (p *Pipeline) process(ev *Event, a *Analyzed) {
 		if ev.Fingerprint != 0 {
 			a.Shape, a.Annotations = p.fp.LookupKnown(ev.Text, ev.Fingerprint)
 		} else {
-			a.Shape, a.Annotations = p.fp.Lookup(ev.Text, ev.Protocol)
+			// The detectors key a statement without bind parameters by
+			// its tokens: take that hash from the fingerprinter's scan.
+			lit := ev.NumParams == 0 && ev.ParamHash == 0
+			a.Shape, a.Annotations, a.litKey, a.litKeyOK = p.fp.lookup(ev.Text, ev.Protocol, lit)
 		}
 	}
 	if a.TraceParent == "" {
