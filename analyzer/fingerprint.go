@@ -15,7 +15,8 @@ import (
 
 // Shape is the identity of a query shape. Shapes are shared between every
 // event of that shape and are immutable: callers may keep the pointer but
-// must not modify the value.
+// must not modify or copy the value (it carries the analyzer's memo of
+// what the shape does to tables).
 type Shape struct {
 	// Fingerprint identifies the shape.
 	Fingerprint Fingerprint
@@ -28,6 +29,10 @@ type Shape struct {
 	// that differ only in literals, whitespace and comments still share it)
 	// and Normalized is the sanitized original text.
 	Fallback bool
+
+	// use memoizes analyzeTableUse for the cache-candidate rule, so a
+	// worker finds it without a lookup in a cache shared by the workers.
+	use atomic.Pointer[tableUse]
 }
 
 // FingerprintConfig configures a Fingerprinter. The zero value is usable.
