@@ -9,7 +9,6 @@ import (
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
-	"github.com/pgaudit-proxy/pgaudit/internal/lru"
 	"github.com/pgaudit-proxy/pgaudit/internal/pgtree"
 
 	"github.com/pgaudit-proxy/pgaudit/rules"
@@ -22,7 +21,6 @@ const (
 	cacheMaxKeys   = 4096
 	cacheMaxAll    = 100000 // parameter sets over all shapes (~12 MB)
 	cacheMaxTables = 10000
-	cacheMaxUses   = 10000
 )
 
 // tableUse is what a statement does to tables, from its parse tree.
@@ -126,8 +124,6 @@ type CacheDetectorConfig struct {
 type CacheDetector struct {
 	cfg   rules.CacheCandidateConfig
 	whole bool
-	seed  maphash.Seed
-	uses  *lru.Cache[Fingerprint, *tableUse]
 
 	mu     sync.Mutex
 	start  time.Time // window start
@@ -172,22 +168,20 @@ func NewCacheDetector(cfg CacheDetectorConfig) *CacheDetector {
 	return &CacheDetector{
 		cfg:    cfg.Rule,
 		whole:  cfg.WholeInput,
-		seed:   maphash.MakeSeed(),
-		uses:   lru.New[Fingerprint, *tableUse](cacheMaxUses),
 		shapes: map[Fingerprint]*cacheShape{},
 		tables: map[string]*cacheTable{},
 	}
 }
 
 func (d *CacheDetector) useOf(sh *Shape) *tableUse {
-	if u, ok := d.uses.Get(sh.Fingerprint); ok {
+	if u := sh.use.Load(); u != nil {
 		return u
 	}
 	u := &tableUse{}
 	if !sh.Fallback {
 		*u = analyzeTableUse(sh.Normalized)
 	}
-	d.uses.Add(sh.Fingerprint, u)
+	sh.use.Store(u) // two workers may both compute it: same value
 	return u
 }
 
@@ -230,10 +224,7 @@ func (d *CacheDetector) Observe(a *Analyzed) {
 	if !u.read || len(u.reads) == 0 {
 		return
 	}
-	key := ev.ParamHash
-	if ev.NumParams == 0 && ev.ParamHash == 0 {
-		key = literalKey(d.seed, ev.Text)
-	}
+	key := a.execKey()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.start.IsZero() || at.Before(d.start) {

@@ -15,7 +15,8 @@ import (
 
 // Shape is the identity of a query shape. Shapes are shared between every
 // event of that shape and are immutable: callers may keep the pointer but
-// must not modify the value.
+// must not modify or copy the value (it carries the analyzer's memo of
+// what the shape does to tables).
 type Shape struct {
 	// Fingerprint identifies the shape.
 	Fingerprint Fingerprint
@@ -28,6 +29,10 @@ type Shape struct {
 	// that differ only in literals, whitespace and comments still share it)
 	// and Normalized is the sanitized original text.
 	Fallback bool
+
+	// use memoizes analyzeTableUse for the cache-candidate rule, so a
+	// worker finds it without a lookup in a cache shared by the workers.
+	use atomic.Pointer[tableUse]
 }
 
 // FingerprintConfig configures a Fingerprinter. The zero value is usable.
@@ -149,23 +154,31 @@ func (f *Fingerprinter) hashBytes(b []byte) cacheKey {
 // looked up for statements whose verb makes that key sound (see
 // keySafeVerbs); the rest fall back to the exact text.
 func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations) {
+	sh, ann, _, _ := f.lookup(text, proto, false)
+	return sh, ann
+}
+
+// lookup is Lookup; with lit it also returns the statement's literal key
+// (litOK) when it had to scan the statement anyway, which saves the
+// detectors a second pass over it (see Analyzed.execKey).
+func (f *Fingerprinter) lookup(text string, proto Protocol, lit bool) (sh *Shape, ann Annotations, litKey uint64, litOK bool) {
 	var tk cacheKey
 	if proto == ProtocolExtended {
 		tk = f.hashString(text)
 		if e, ok := f.text.Get(tk); ok {
 			f.textHits.Add(1)
-			return f.counted(e.shape), e.ann
+			return f.counted(e.shape), e.ann, 0, false
 		}
 	}
 	bp := f.bufs.Get().(*[]byte)
-	r := scanStatement(*bp, text)
+	r := scanStatementLit(*bp, text, lit)
 	defer func() {
 		if cap(r.key) <= 64<<10 {
 			*bp = r.key[:0]
 			f.bufs.Put(bp)
 		}
 	}()
-	ann := annotationsFrom(text, &r)
+	ann = annotationsFrom(text, &r)
 
 	var kk cacheKey
 	switch {
@@ -176,7 +189,7 @@ func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations
 			if proto == ProtocolExtended {
 				f.text.Add(tk, &cacheEntry{shape: e.shape, ann: ann})
 			}
-			return f.counted(e.shape), ann
+			return f.counted(e.shape), ann, r.litKey, lit
 		}
 	case !r.sensitive:
 		// Whether a statement parses depends on its tokens, not on its
@@ -185,7 +198,7 @@ func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations
 		kk = f.hashBytes(r.key)
 		if e, ok := f.key.Get(kk); ok && e.shape.Fallback {
 			f.keyHits.Add(1)
-			return f.counted(e.shape), ann
+			return f.counted(e.shape), ann, r.litKey, lit
 		}
 		fallthrough
 	default:
@@ -193,7 +206,7 @@ func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations
 			tk = f.hashString(text)
 			if e, ok := f.text.Get(tk); ok {
 				f.textHits.Add(1)
-				return f.counted(e.shape), e.ann
+				return f.counted(e.shape), e.ann, r.litKey, lit
 			}
 		}
 	}
@@ -207,7 +220,7 @@ func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations
 	if proto == ProtocolExtended || !keyed {
 		f.text.Add(tk, &cacheEntry{shape: shape, ann: ann})
 	}
-	return f.counted(shape), ann
+	return f.counted(shape), ann, r.litKey, lit
 }
 
 // LookupKnown returns the shape of a statement whose fingerprint is already

@@ -557,3 +557,40 @@ func TestKeySafetyAgreesWithPgQuery(t *testing.T) {
 		}
 	}
 }
+
+// TestScanLiteralKey: the literal key computed during the fingerprinter's
+// scan is literalKey's, which the detectors would compute otherwise.
+func TestScanLiteralKey(t *testing.T) {
+	t.Parallel()
+	for _, text := range []string{
+		"",
+		"SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
+		"SELECT abalance FROM pgbench_accounts WHERE aid = 43",
+		"select  a,b from t where x = 'it''s' /*traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'*/",
+		"-- lead\nUPDATE t SET v = $$x$$ WHERE id IN (1, 2, 3); SELECT 1",
+		"SELECT E'\\n', U&'d\\0061t', B'01', 1.5e3, \"Q\"\"id\" FROM t",
+		"SELECT 'unterminated",
+		"BEGIN",
+	} {
+		r := scanStatementLit(nil, text, true)
+		if want := literalKey(literalSeed, text); r.litKey != want {
+			t.Errorf("%q: scan's literal key %x, literalKey %x", text, r.litKey, want)
+		}
+		if r2 := scanStatement(nil, text); string(r2.key) != string(r.key) || r2.keySafe != r.keySafe || r2.trailing != r.trailing {
+			t.Errorf("%q: scanStatementLit changed the scan", text)
+		}
+	}
+	f := NewFingerprinter(FingerprintConfig{})
+	for _, proto := range []Protocol{ProtocolSimple, ProtocolExtended} {
+		for range 2 { // miss, then hit
+			text := "SELECT x FROM t WHERE id = 7 /* c */"
+			_, _, k, ok := f.lookup(text, proto, true)
+			if ok && k != literalKey(literalSeed, text) {
+				t.Errorf("lookup(%v): literal key %x, want %x", proto, k, literalKey(literalSeed, text))
+			}
+			if !ok && proto == ProtocolSimple {
+				t.Errorf("lookup(simple) did not return the literal key")
+			}
+		}
+	}
+}

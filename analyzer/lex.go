@@ -2,6 +2,7 @@ package analyzer
 
 import (
 	"hash/fnv"
+	"hash/maphash"
 	"strconv"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/sqlscan"
@@ -62,6 +63,9 @@ type scanResult struct {
 	// whitespace and semicolons follows it (the sqlcommenter position);
 	// empty otherwise.
 	trailing string
+	// litKey is literalKey(literalSeed, s), computed in the same pass
+	// when scanStatementLit was asked for it.
+	litKey uint64
 }
 
 // keySafeVerbs are the leading keywords of statements whose literals all
@@ -83,8 +87,17 @@ var keySafeVerbs = map[string]bool{
 
 // scanStatement builds the literal-stripped key of s into dst[:0] and
 // collects what the comment scan needs, in one pass.
-func scanStatement(dst []byte, s string) scanResult {
+func scanStatement(dst []byte, s string) scanResult { return scanStatementLit(dst, s, false) }
+
+// scanStatementLit is scanStatement that also computes r.litKey (the
+// literal key the detectors need) in the same pass when lit is set, so the
+// statement is lexed once.
+func scanStatementLit(dst []byte, s string, lit bool) scanResult {
 	r := scanResult{key: dst[:0]}
+	var h maphash.Hash
+	if lit {
+		h.SetSeed(literalSeed)
+	}
 	l := newLexer(s)
 	space := true    // suppress leading space
 	sawVerb := false // the current statement's first word was seen
@@ -95,6 +108,11 @@ func scanStatement(dst []byte, s string) scanResult {
 		kind, a, b, ok := l.next()
 		if !ok {
 			break
+		}
+		if lit && kind != tokSpace && kind != tokComment {
+			// as literalKey does
+			h.WriteString(s[a:b])
+			h.WriteByte(0)
 		}
 		switch kind {
 		case tokSpace:
@@ -149,6 +167,9 @@ func scanStatement(dst []byte, s string) scanResult {
 	}
 	if !trailingOpen {
 		r.trailing = ""
+	}
+	if lit {
+		r.litKey = h.Sum64()
 	}
 	return r
 }

@@ -1,7 +1,6 @@
 package analyzer
 
 import (
-	"hash/maphash"
 	"slices"
 	"strings"
 	"sync"
@@ -90,7 +89,6 @@ type NPlusOneDetector struct {
 	perShard   int
 	idle       time.Duration
 	runTimeout time.Duration
-	seed       maphash.Seed
 	lookups    *lru.Cache[Fingerprint, *Lookup]
 	emit       func(rules.NPlusOneFacts)
 	shards     [detectorShards]detShard
@@ -105,6 +103,33 @@ type detShard struct {
 	sessions *lru.List[uint64, *nSession]
 	maxSeen  time.Time
 	events   uint64
+	// free holds closed runs' structs for new runs (at most maxFreeRuns):
+	// a run starts for every statement that does not extend one, so this
+	// saves an allocation per unit of work (per session with pgbench -C).
+	free []*nRun
+}
+
+// maxFreeRuns bounds detShard.free.
+const maxFreeRuns = 32
+
+// newRunLocked returns a zeroed run, recycled when one is free; sh.mu held.
+func (sh *detShard) newRunLocked() *nRun {
+	if n := len(sh.free); n > 0 {
+		run := sh.free[n-1]
+		sh.free[n-1] = nil
+		sh.free = sh.free[:n-1]
+		return run
+	}
+	return new(nRun)
+}
+
+// recycleLocked zeroes a run that was closed (copied into a closedRun and
+// taken out of its session) and keeps it for newRunLocked; sh.mu held.
+func (sh *detShard) recycleLocked(run *nRun) {
+	if len(sh.free) < maxFreeRuns {
+		*run = nRun{}
+		sh.free = append(sh.free, run)
+	}
 }
 
 // recent is what a session remembers of one statement.
@@ -155,7 +180,12 @@ type nRun struct {
 const maxAltSources = 3
 
 type nSession struct {
+	// ring holds the recent statements: it grows by append up to its
+	// size (most sessions, one per transaction with pgbench -C or a
+	// serverless client, never fill it), then wraps at next.
 	ring                  []recent
+	size                  int // the ring's full length (RingSize)
+	shard                 *detShard
 	next, n               int
 	runs                  []*nRun
 	last                  time.Time
@@ -184,7 +214,6 @@ func NewNPlusOneDetector(cfg NPlusOneDetectorConfig, emit func(rules.NPlusOneFac
 		maxRuns:    cfg.MaxRuns,
 		idle:       cfg.IdleTimeout,
 		runTimeout: cfg.RunTimeout,
-		seed:       maphash.MakeSeed(),
 		emit:       emit,
 	}
 	if d.minRepeats < 2 {
@@ -236,22 +265,20 @@ func (d *NPlusOneDetector) Observe(a *Analyzed) {
 		return
 	}
 	r := d.recentOf(a)
-	key := ev.ParamHash
-	if ev.NumParams == 0 && ev.ParamHash == 0 {
-		// Simple protocol: the literals tell executions apart (a
-		// statement read back from an audit log carries their keyed hash
-		// in ParamHash instead).
-		key = d.textKey(ev.Text)
-	}
+	// Simple protocol: the literals tell executions apart (a statement
+	// read back from an audit log carries their keyed hash in ParamHash
+	// instead).
+	key := a.execKey()
 	sh := d.shard(ev.SessionID)
-	var closed []closedRun
+	var buf [2]closedRun // runs closed by one event, usually none: no allocation
+	closed := buf[:0]
 	sh.mu.Lock()
 	s, ok := sh.sessions.Get(ev.SessionID) // now the most recently observed
 	if !ok {
 		if sh.sessions.Len() >= d.perShard {
 			closed = d.evictOldestLocked(sh, closed)
 		}
-		s = &nSession{id: ev.SessionID, ring: make([]recent, d.ringSize)}
+		s = &nSession{id: ev.SessionID, size: d.ringSize, shard: sh}
 		sh.sessions.Add(ev.SessionID, s)
 	}
 	s.db, s.user, s.app, s.client = ev.Database, ev.User, ev.ApplicationName, ev.ClientAddr
@@ -298,12 +325,6 @@ func (d *NPlusOneDetector) recentOf(a *Analyzed) recent {
 	}
 	return r
 }
-
-// textKey hashes a statement's tokens without its comments and
-// whitespace: for statements without bind parameters it tells "same shape,
-// other literal values" apart, while a sqlcommenter comment that differs
-// per statement (a new span id) does not make identical lookups distinct.
-func (d *NPlusOneDetector) textKey(text string) uint64 { return literalKey(d.seed, text) }
 
 // traceID returns the trace-id field of a W3C traceparent, or the whole
 // value when it is not in that form.
@@ -475,7 +496,8 @@ func (d *NPlusOneDetector) extend(run *nRun, x *recent) bool {
 // startRun begins a run with x, looking for its source in the ring (before
 // x is pushed).
 func (d *NPlusOneDetector) startRun(s *nSession, x *recent, traceParent string) *nRun {
-	run := &nRun{
+	run := s.shard.newRunLocked()
+	*run = nRun{
 		shape:       x.shape,
 		first:       x.start,
 		txSeq:       x.txSeq,
@@ -531,13 +553,22 @@ func (d *NPlusOneDetector) startRun(s *nSession, x *recent, traceParent string) 
 	return run
 }
 
+// ringStart is the capacity a session's ring starts with.
+const ringStart = 2
+
 // push adds r to the ring.
 func (s *nSession) push(r recent) {
+	if len(s.ring) < s.size {
+		if s.ring == nil {
+			s.ring = make([]recent, 0, min(ringStart, s.size))
+		}
+		s.ring = append(s.ring, r)
+		s.n = len(s.ring)
+		s.next = s.n % s.size
+		return
+	}
 	s.ring[s.next] = r
 	s.next = (s.next + 1) % len(s.ring)
-	if s.n < len(s.ring) {
-		s.n++
-	}
 }
 
 // back returns the i-th most recent statement (0 = the latest).
@@ -550,10 +581,14 @@ func (s *nSession) removeRun(run *nRun) {
 	s.runs = slices.DeleteFunc(s.runs, func(r *nRun) bool { return r == run })
 }
 
+// closed copies run out for evaluation and recycles its struct: the caller
+// has taken run out of s.runs, or does so before the next run starts, and
+// uses the pointer for nothing but that; s.shard.mu held.
 func (s *nSession) closed(run *nRun) closedRun {
 	c := closedRun{run: *run, distinct: run.distinct.count(), sessionID: s.id,
 		db: s.db, user: s.user, app: s.app, client: s.client}
 	c.run.distinct = distinctSet{}
+	s.shard.recycleLocked(run)
 	return c
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math/bits"
 	"runtime/debug"
 	"sync"
@@ -31,6 +32,33 @@ type Analyzed struct {
 	// TraceParent is Event.TraceParent, or else the traceparent of the
 	// statement's sqlcommenter comment.
 	TraceParent string
+
+	// litKey memoizes execKey's hash of the text's tokens (litKeyOK set),
+	// which the N+1 and cache-candidate detectors both need: the text is
+	// lexed once per event, not once per detector.
+	litKey   uint64
+	litKeyOK bool
+}
+
+// literalSeed keys literalKey for every detector of the process: the keys
+// are compared only with each other, within one process.
+var literalSeed = maphash.MakeSeed()
+
+// execKey returns the key that tells this event's executions of its shape
+// apart: Event.ParamHash for statements with bind parameters (or a hash
+// read back from an audit log); for the rest, a keyed hash of the text's
+// tokens without comments and whitespace, so that other literal values
+// give another key while a per-statement sqlcommenter comment does not.
+// It is computed at most once per Analyzed.
+func (a *Analyzed) execKey() uint64 {
+	ev := a.Event
+	if ev.NumParams != 0 || ev.ParamHash != 0 {
+		return ev.ParamHash
+	}
+	if !a.litKeyOK {
+		a.litKey, a.litKeyOK = literalKey(literalSeed, ev.Text), true
+	}
+	return a.litKey
 }
 
 // Observer sees every analyzed event after statistics were updated. Observe
@@ -309,6 +337,7 @@ func (p *Pipeline) worker(q *eventQueue) {
 		defer timer.Stop()
 	}
 	var spare []*Event
+	var a Analyzed // reused: an Analyzed is valid only during Observe
 	drain := func() {
 		for {
 			batch := q.take(spare)
@@ -317,7 +346,7 @@ func (p *Pipeline) worker(q *eventQueue) {
 				return
 			}
 			for i, ev := range batch {
-				p.process(ev)
+				p.process(ev, &a)
 				batch[i] = nil
 			}
 			spare = batch
@@ -401,14 +430,19 @@ func (p *Pipeline) writeStats(final bool) {
 	}
 }
 
-// process analyzes one event on a worker goroutine.
-func (p *Pipeline) process(ev *Event) {
-	a := Analyzed{Event: ev, TraceParent: ev.TraceParent}
+// process analyzes one event on a worker goroutine; a is the worker's
+// scratch Analyzed (observers may not keep it), overwritten here, so that
+// no Analyzed is allocated per event.
+func (p *Pipeline) process(ev *Event, a *Analyzed) {
+	*a = Analyzed{Event: ev, TraceParent: ev.TraceParent}
 	if ev.Text != "" {
 		if ev.Fingerprint != 0 {
 			a.Shape, a.Annotations = p.fp.LookupKnown(ev.Text, ev.Fingerprint)
 		} else {
-			a.Shape, a.Annotations = p.fp.Lookup(ev.Text, ev.Protocol)
+			// The detectors key a statement without bind parameters by
+			// its tokens: take that hash from the fingerprinter's scan.
+			lit := ev.NumParams == 0 && ev.ParamHash == 0
+			a.Shape, a.Annotations, a.litKey, a.litKeyOK = p.fp.lookup(ev.Text, ev.Protocol, lit)
 		}
 	}
 	if a.TraceParent == "" {
@@ -416,11 +450,12 @@ func (p *Pipeline) process(ev *Event) {
 	}
 	p.stats.Record(ev, a.Shape)
 	for _, o := range p.observers {
-		p.observe(o, &a)
+		p.observe(o, a)
 	}
 	if p.audit != nil {
-		p.observe(auditObserver{p.audit}, &a)
+		p.observe(auditObserver{p.audit}, a)
 	}
+	*a = Analyzed{} // drop the references until the next event
 	p.processed.Add(1)
 }
 

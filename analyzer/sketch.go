@@ -65,6 +65,40 @@ func (l *LatencySketch) Add(d time.Duration) {
 	_ = l.s.Add(float64(d) / float64(time.Microsecond))
 }
 
+// sketchBin is a duration's bin in sketchMapping, computed once per event
+// and outside any lock (the mapping is a logarithm), then added to the
+// shape's sketches; ok is false for durations the sketch does not index
+// (zero, negative, beyond the mapping's range), which addBin hands to Add.
+type sketchBin struct {
+	d     time.Duration
+	index int
+	ok    bool
+}
+
+// binOf returns d's bin: what DDSketch.Add would compute for the value Add
+// passes it.
+func binOf(d time.Duration) sketchBin {
+	b := sketchBin{d: d}
+	if d <= 0 {
+		return b
+	}
+	v := float64(d) / float64(time.Microsecond)
+	if v > sketchMapping.MinIndexableValue() && v <= sketchMapping.MaxIndexableValue() {
+		b.index, b.ok = sketchMapping.Index(v), true
+	}
+	return b
+}
+
+// addBin records one duration whose bin came from binOf; the result is
+// that of Add(b.d).
+func (l *LatencySketch) addBin(b sketchBin) {
+	if !b.ok {
+		l.Add(b.d)
+		return
+	}
+	l.s.GetPositiveValueStore().Add(b.index)
+}
+
 // Count returns the number of durations recorded.
 func (l *LatencySketch) Count() uint64 {
 	return uint64(math.Round(l.s.GetCount()))

@@ -97,7 +97,7 @@ type recentLatency struct {
 	max   [2]time.Duration
 }
 
-func (r *recentLatency) add(at time.Time, d time.Duration) {
+func (r *recentLatency) add(at time.Time, d time.Duration, bin sketchBin) {
 	if at.IsZero() {
 		return
 	}
@@ -119,7 +119,7 @@ func (r *recentLatency) add(at time.Time, d time.Duration) {
 	if r.sk[i] == nil {
 		r.sk[i] = NewLatencySketch()
 	}
-	r.sk[i].Add(d)
+	r.sk[i].addBin(bin)
 	r.calls[i]++
 	r.total[i] += d
 	r.max[i] = max(r.max[i], d)
@@ -207,12 +207,14 @@ func (s *Stats) Record(ev *Event, sh *Shape) {
 	if overflow {
 		s.overflow.Add(1)
 	}
+	bin := binOf(max(ev.Duration, 0)) // the logarithm, outside the lock
 	a.mu.Lock()
-	a.add(ev)
+	a.add(ev, bin)
 	a.mu.Unlock()
 }
 
-func (a *shapeAcc) add(ev *Event) {
+// add records ev; bin is binOf(its duration).
+func (a *shapeAcc) add(ev *Event, bin sketchBin) {
 	d := max(ev.Duration, 0)
 	one := ShapeStats{Calls: 1, Total: d, Min: d, Max: d, FirstSeen: ev.Start, LastSeen: ev.Start}
 	if ev.SQLState != "" {
@@ -225,9 +227,9 @@ func (a *shapeAcc) add(ev *Event) {
 		one.Waited, one.WaitTotal, one.WaitMax = 1, ev.Wait, ev.Wait
 	}
 	a.sum.addCounters(&one)
-	a.sketch.Add(d)
+	a.sketch.addBin(bin)
 	a.apps.add(ev.ApplicationName, 1)
-	a.recent.add(ev.Start, d)
+	a.recent.add(ev.Start, d, bin)
 }
 
 // snapshot copies a (sketch included when withSketch) into a ShapeStats

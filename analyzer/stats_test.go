@@ -1,6 +1,7 @@
 package analyzer
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -298,5 +299,38 @@ func TestParseSortKey(t *testing.T) {
 	}
 	if _, err := ParseSortKey("bogus"); err == nil {
 		t.Error("accepted bogus")
+	}
+}
+
+// TestSketchAddBin: a duration added through its precomputed bin leaves
+// the sketch exactly as Add does (same encoding, so same quantiles).
+func TestSketchAddBin(t *testing.T) {
+	t.Parallel()
+	ds := []time.Duration{0, -time.Second, 1, 999, time.Microsecond, 1500 * time.Nanosecond,
+		150 * time.Microsecond, time.Millisecond, 3*time.Second + 7, time.Hour, math.MaxInt64}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 5000 {
+		ds = append(ds, time.Duration(r.Int64N(int64(10*time.Second))))
+	}
+	want, got := NewLatencySketch(), NewLatencySketch()
+	for _, d := range ds {
+		want.Add(d)
+		got.addBin(binOf(d))
+	}
+	wb, err := want.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gb, err := got.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(wb, gb) {
+		t.Fatalf("sketch through addBin differs from Add: %d vs %d bytes", len(gb), len(wb))
+	}
+	for _, q := range []float64{0, 0.5, 0.9, 0.99, 1} {
+		if g, w := got.Quantile(q), want.Quantile(q); g != w {
+			t.Errorf("q%.2f: %v, want %v", q, g, w)
+		}
 	}
 }
