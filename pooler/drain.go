@@ -91,7 +91,7 @@ func (p *Proxy) terminateSessions(e *wire.Error) {
 	case <-sent:
 	case <-time.After(killGrace):
 		for _, s := range sessions {
-			_ = s.client.Close()
+			s.closeClient()
 			s.interruptInline()
 		}
 		<-sent

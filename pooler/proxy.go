@@ -451,7 +451,7 @@ func (p *Proxy) Close() error {
 	}
 	for _, s := range sessions {
 		s.unparkForClose()
-		_ = s.client.Close()
+		s.closeClient()
 		s.interruptInline()
 	}
 	for _, c := range conns {
@@ -1412,7 +1412,7 @@ func (p *Proxy) Kill(db string) int {
 	case <-time.After(killGrace):
 	}
 	for _, s := range victims {
-		_ = s.client.Close()
+		s.closeClient()
 		s.interruptInline()
 	}
 	<-sent

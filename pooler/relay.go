@@ -574,6 +574,16 @@ func (p *Proxy) ParkedClients() int {
 	return n
 }
 
+// closeClient closes the client's connection from a control path (KILL,
+// Shutdown's deadline, Close): under parkMu, so that it never runs at the
+// same time as a park's Detach or a resume's Attach replacing the
+// connection. parkMu is never held across blocking I/O.
+func (s *Session) closeClient() {
+	s.parkMu.Lock()
+	_ = s.client.Close()
+	s.parkMu.Unlock()
+}
+
 // requestPark asks a running session to park: parkReq and a read deadline
 // in the past, together under parkMu, so that the run loop never takes
 // this deadline's timeout for client_idle_timeout (see takeParkRequest).

@@ -895,7 +895,7 @@ func (s *Session) closeIfIdle(e *wire.Error) bool {
 	}
 	s.mu.Unlock()
 	if idle {
-		_ = s.client.Close()
+		s.closeClient()
 	}
 	return idle
 }
