@@ -7,7 +7,7 @@
 # the proxy's CPU time per 1000 statements in each mode.
 #
 # Usage (as root; see bench/README.md):
-#   bench/audit.sh                    # 5 s warm-ups, then 2 rounds x 2 protocols x 2 modes x 20 s (about 4 minutes)
+#   bench/audit.sh                    # 5 s warm-ups, then 2 rounds x 2 protocols x 3 modes x 20 s (about 6 minutes)
 #   DURATION=60 ROUNDS=3 bench/audit.sh
 #
 # Environment (defaults in brackets):
@@ -20,7 +20,10 @@
 #                and keeps statistics; only the statement records are off);
 #                otlp: as on, plus --otlp-logs-endpoint to a local
 #                OpenTelemetry Collector (internal/otelcol: otlp receiver,
-#                file exporter) on the same machine      [on off]
+#                file exporter) on the same machine      [on none off]
+#                The summary compares on with none (the audit log file's
+#                cost: issue 15's target, >= 0.95) or, without none, with
+#                off; none with off (the analysis's cost); otlp with on.
 #   CLIENTS      pgbench -c                                             [100]
 #   JOBS         pgbench -j                                             [2]
 #   POOL_SIZE    pgaudit --pool-size (transaction mode)                 [20]
@@ -46,7 +49,7 @@ REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 DURATION=${DURATION:-20}
 ROUNDS=${ROUNDS:-2}
 PROTOCOLS=${PROTOCOLS:-"prepared simple"}
-MODES=${MODES:-"on off"}
+MODES=${MODES:-"on none off"}
 CLIENTS=${CLIENTS:-100}
 JOBS=${JOBS:-2}
 POOL_SIZE=${POOL_SIZE:-20}
@@ -357,24 +360,31 @@ mean() { awk -v s="${1:-0}" -v n="${2:-0}" 'BEGIN {if (n > 0) printf "%.0f", s /
   done | column -t -s '|' 2>/dev/null || printf '%s\n' "${ROWS[@]}"
   echo
   echo "summary (clean runs only; CPU ms per 1k statements = proxy utime+stime / statements):"
-  for r in "protocol|mode|runs|mean tps|CPU ms/1k stmts|tps on/off, otlp/on (target >= 0.95)|CPU ms/1k stmts (on - off, otlp - on)"; do echo "$r"; done >"$TMP/summary.txt"
+  for r in "protocol|mode|runs|mean tps|CPU ms/1k stmts|tps ratio to base (on: target >= 0.95)|base|CPU ms/1k stmts (mode - base)"; do echo "$r"; done >"$TMP/summary.txt"
   for proto in $PROTOCOLS; do
     for m in $MODES; do
       k=$proto/$m
       t=$(mean "${SUM_TPS[$k]:-}" "${N_RUNS[$k]:-}")
       c=$(awk -v t="${SUM_TICKS[$k]:-0}" -v hz="$CLK_TCK" -v n="${SUM_TX[$k]:-0}" 'BEGIN {if (n > 0) printf "%.3f", t / hz * 1000 / (n / 1000); else print "n/a"}')
       r=- d=-
-      # on is compared with off; otlp with on (the export's own cost).
+      # on is compared with none (what writing the audit log file costs,
+      # issue 15's target) or, when none is not run, with off; none with
+      # off (what the analysis costs); otlp with on (the export's own cost).
       base=
-      if [[ $m == on && " $MODES " == *" off "* ]]; then base=off; fi
+      if [[ $m == on && " $MODES " == *" none "* ]]; then
+        base=none
+      elif [[ $m == on && " $MODES " == *" off "* ]]; then
+        base=off
+      fi
+      if [[ $m == none && " $MODES " == *" off "* ]]; then base=off; fi
       if [[ $m == otlp && " $MODES " == *" on "* ]]; then base=on; fi
       if [[ -n $base ]]; then
         toff=$(mean "${SUM_TPS[$proto/$base]:-}" "${N_RUNS[$proto/$base]:-}")
         coff=$(awk -v t="${SUM_TICKS[$proto/$base]:-0}" -v hz="$CLK_TCK" -v n="${SUM_TX[$proto/$base]:-0}" 'BEGIN {if (n > 0) printf "%.3f", t / hz * 1000 / (n / 1000); else print "n/a"}')
-        r=$(awk -v a="$t" -v b="$toff" 'BEGIN {if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.3f %s", a / b, (a / b >= 0.95 ? "MET" : "MISSED"); else print "n/a"}')
+        r=$(awk -v m="$m" -v a="$t" -v b="$toff" 'BEGIN {if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.3f %s", a / b, (m == "none" ? "" : (a / b >= 0.95 ? "MET" : "MISSED")); else print "n/a"}')
         d=$(awk -v a="$c" -v b="$coff" 'BEGIN {if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/) printf "%.3f (%+.0f%%)", a - b, (b > 0 ? 100 * (a - b) / b : 0); else print "n/a"}')
       fi
-      echo "$proto|$m|${N_RUNS[$k]:-0}|$t|$c|$r|$d" >>"$TMP/summary.txt"
+      echo "$proto|$m|${N_RUNS[$k]:-0}|$t|$c|$r|${base:--}|$d" >>"$TMP/summary.txt"
     done
   done
   column -t -s '|' "$TMP/summary.txt" 2>/dev/null || cat "$TMP/summary.txt"
