@@ -4,6 +4,8 @@
 # listening on 127.0.0.1:PORT (process PID: pgaudit or PgBouncer) and prints
 # the proxy's user and system CPU per transaction and its context switches
 # per transaction, from /proc/PID/task/*/{stat,status} before and after.
+# CPUSPLIT_ARGS adds pgbench options (e.g. CPUSPLIT_ARGS=-C: a new
+# connection per transaction).
 # bench/pgbench.sh reports user+system together; this splits them, which
 # shows where a gap between two proxies lies (system time is the sockets,
 # the same for both; user time is the proxy's own code and runtime).
@@ -20,7 +22,7 @@ snap() {
   echo "$u $s $v $n"
 }
 read -r u0 s0 v0 n0 < <(snap)
-out=$(pgbench -h 127.0.0.1 -p "$PORT" -U postgres -n -S -M "$M" -c "$C" -j 2 -T "$T" postgres 2>&1)
+out=$(pgbench ${CPUSPLIT_ARGS:-} -h 127.0.0.1 -p "$PORT" -U postgres -n -S -M "$M" -c "$C" -j 2 -T "$T" postgres 2>&1)
 read -r u1 s1 v1 n1 < <(snap)
 tx=$(echo "$out" | awk '/actually processed/{print $NF}' | cut -d/ -f1)
 tps=$(echo "$out" | awk '/^tps/{print $3}')
