@@ -205,6 +205,17 @@ func (e *Engine) Observe(a *Analyzed) {
 	}
 }
 
+// EndSession implements SessionObserver: the N+1 detector closes and
+// evaluates the session's open runs and forgets it (called by a pipeline
+// worker when the proxy reports the session's end).
+func (e *Engine) EndSession(sessionID uint64) {
+	e.detector.EndSession(sessionID)
+}
+
+// DetectorSessions returns the number of client sessions the N+1 detector
+// keeps state for (for tests and introspection; safe at any time).
+func (e *Engine) DetectorSessions() int { return e.detector.Sessions() }
+
 // EvaluateCacheCandidates runs the cache-candidate rule over the read
 // shapes seen in its window, as of now: it records the shapes that meet
 // every threshold and resolves the open findings of those that no longer

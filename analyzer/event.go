@@ -29,6 +29,7 @@ type (
 const (
 	KindStatement    = event.KindStatement
 	KindSessionState = event.KindSessionState
+	KindSessionEnd   = event.KindSessionEnd
 	ProtocolSimple   = event.ProtocolSimple
 	ProtocolExtended = event.ProtocolExtended
 	ProtocolLog      = event.ProtocolLog

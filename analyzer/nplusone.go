@@ -632,6 +632,25 @@ func (d *NPlusOneDetector) sweepLocked(sh *detShard, now time.Time, closed []clo
 	return closed
 }
 
+// EndSession closes and evaluates every open run of session id and forgets
+// the session, as an idle eviction would but at once: the proxy reports
+// the end of each client session (event.KindSessionEnd), so a workload of
+// short connections does not keep up to MaxSessions dead sessions (and
+// sweep them) until IdleTimeout. Safe for concurrent use; a session the
+// detector does not know is ignored.
+func (d *NPlusOneDetector) EndSession(id uint64) {
+	sh := d.shard(id)
+	sh.mu.Lock()
+	s, ok := sh.sessions.Get(id)
+	var closed []closedRun
+	if ok {
+		closed = closeAll(s, nil)
+		sh.sessions.Remove(id)
+	}
+	sh.mu.Unlock()
+	d.finish(closed)
+}
+
 // Sweep closes and evaluates runs not extended for RunTimeout before now,
 // and evicts sessions idle for IdleTimeout. The proxy calls it
 // periodically with the wall clock; a log reader need not (Observe sweeps

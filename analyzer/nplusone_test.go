@@ -2,6 +2,7 @@ package analyzer
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgaudit-proxy/pgaudit/internal/auditlog"
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/rules"
 )
@@ -618,5 +620,66 @@ func TestNPlusOneEvictsLeastRecent(t *testing.T) {
 	hasC := sh.sessions.Contains(c)
 	if !hasA || hasB || !hasC {
 		t.Fatalf("after a, b, a, c: tracked a=%v b=%v c=%v; want a and c (b least recent)", hasA, hasB, hasC)
+	}
+}
+
+// TestSessionEndClosesRuns: a KindSessionEnd event reaches the N+1
+// detector through the pipeline after the session's statements, closes
+// its open run at once (the finding appears without a sweep or Flush) and
+// forgets the session, while it is neither counted, fingerprinted nor
+// written to the audit log as a statement. A session that did not end
+// keeps its state.
+func TestSessionEndClosesRuns(t *testing.T) {
+	var audit testutil.Buffer
+	al, err := auditlog.Open(auditlog.Config{Writer: &audit, Sample: auditlog.SampleAll, FlushInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer al.Close()
+	e, err := NewEngine(EngineConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := NewPipeline(PipelineConfig{Workers: 2, AuditLog: al})
+	if err := p.AddObserver(e); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ended, open := ormExtended(), simpleLiterals() // sessions 1 and 2
+	for _, ev := range append(append([]*Event(nil), ended...), open...) {
+		if err := p.Submit(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	endAt := ended[len(ended)-1].Start.Add(time.Millisecond)
+	p.Offer(&Event{Kind: KindSessionEnd, SessionID: ended[0].SessionID, Start: endAt})
+	p.Offer(&Event{Kind: KindSessionEnd, SessionID: 999, Start: endAt}) // unknown: ignored
+	statements := uint64(len(ended) + len(open))
+	testutil.Eventually(t, 5*time.Second, "the session end processed", func() bool {
+		return e.DetectorSessions() == 1
+	})
+	var nplus1 []rules.Finding
+	for _, f := range e.Findings() {
+		if f.Rule == rules.IDNPlusOne {
+			nplus1 = append(nplus1, f)
+		}
+	}
+	if len(nplus1) != 1 || fmt.Sprint(nplus1[0].Evidence["session_id"]) != "1" {
+		t.Fatalf("N+1 findings after session 1 ended, before any sweep: %+v", nplus1)
+	}
+	stop(t, p)
+	if c := p.Counters(); c.Processed != statements || c.Dropped != 0 {
+		t.Errorf("counters %+v, want %d processed (session ends are not events to count) and none dropped", c, statements)
+	}
+	if calls := p.Stats().Snapshot().Calls; calls != statements {
+		t.Errorf("stats calls %d, want %d", calls, statements)
+	}
+	if got := strings.Count(audit.String(), `"record":"statement"`); uint64(got) != statements {
+		t.Errorf("%d statement records in the audit log, want %d", got, statements)
+	}
+	if strings.Contains(audit.String(), "session_end") {
+		t.Errorf("a session end reached the audit log:\n%s", audit.String())
 	}
 }

@@ -72,6 +72,16 @@ type Observer interface {
 	Observe(a *Analyzed)
 }
 
+// SessionObserver is implemented by observers that keep state per client
+// session. EndSession is called on the session's worker, after every event
+// of the session offered before its KindSessionEnd event: the observer
+// closes what it keeps for sessionID (evaluating it as an idle eviction
+// would) and forgets it. Events of the session that arrive later (none
+// from the proxy) start a new state.
+type SessionObserver interface {
+	EndSession(sessionID uint64)
+}
+
 // ObserverFunc adapts a function to Observer.
 type ObserverFunc func(a *Analyzed)
 
@@ -255,7 +265,9 @@ func (p *Pipeline) queueFor(ev *Event) *eventQueue {
 // (see eventQueue), nothing shared by all sessions unless the event is
 // dropped.
 func (p *Pipeline) Offer(ev *Event) {
-	if ok, _ := p.queueFor(ev).push(ev); !ok {
+	if ok, _ := p.queueFor(ev).push(ev); !ok && ev.Kind != KindSessionEnd {
+		// A lost session end is not a lost audit record: the observers
+		// evict the session after their idle timeout instead.
 		p.dropped.Add(1)
 	}
 }
@@ -434,6 +446,14 @@ func (p *Pipeline) writeStats(final bool) {
 // scratch Analyzed (observers may not keep it), overwritten here, so that
 // no Analyzed is allocated per event.
 func (p *Pipeline) process(ev *Event, a *Analyzed) {
+	if ev.Kind == KindSessionEnd {
+		for _, o := range p.observers {
+			if so, ok := o.(SessionObserver); ok {
+				p.endSession(so, ev.SessionID)
+			}
+		}
+		return
+	}
 	*a = Analyzed{Event: ev, TraceParent: ev.TraceParent}
 	if ev.Text != "" {
 		if ev.Fingerprint != 0 {
@@ -457,6 +477,20 @@ func (p *Pipeline) process(ev *Event, a *Analyzed) {
 	}
 	*a = Analyzed{} // drop the references until the next event
 	p.processed.Add(1)
+}
+
+// endSession calls o.EndSession, recovering a panic as observe does.
+func (p *Pipeline) endSession(o SessionObserver, id uint64) {
+	defer func() {
+		if r := recover(); r != nil {
+			n := p.panics.Add(1)
+			if n <= 10 || n%1000 == 0 {
+				p.log.Error().Interface("panic", r).Uint64("panics_total", n).
+					Bytes("stack", debug.Stack()).Msg("analyzer observer panicked ending a session")
+			}
+		}
+	}()
+	o.EndSession(id)
 }
 
 func (p *Pipeline) observe(o Observer, a *Analyzed) {

@@ -288,3 +288,72 @@ func sendPortalInParts(t *testing.T, pc *pgconn.PgConn) {
 	}
 	readUntil('Z')
 }
+
+// TestSessionEndEvents: every client session that ran a statement reports
+// its end to the sink exactly once, after its last statement event (so the
+// analysis can forget it at once: a workload of one connection per
+// transaction must not leave thousands of dead sessions in the N+1
+// detector until their idle timeout). A session that ran nothing reports
+// nothing. Both pool modes; sessions park and resume between steps.
+func TestSessionEndEvents(t *testing.T) {
+	for _, mode := range []PoolMode{SessionMode, TransactionMode} {
+		t.Run(string(mode), func(t *testing.T) {
+			sink := &captureSink{}
+			p := testProxyWithSink(t, withMode(mode, 4), sink) // session mode: long and silent hold two
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			dsn := proxyDSN(p, "", "")
+			long := connect(t, ctx, dsn, pgx.QueryExecModeSimpleProtocol)
+			queryString(t, ctx, long, "select 'a'")
+			queryString(t, ctx, long, "select 'b'")
+			silent := connect(t, ctx, dsn, pgx.QueryExecModeCacheStatement) // runs nothing
+			const short = 5
+			for i := range short {
+				c := connect(t, ctx, dsn, pgx.QueryExecModeCacheStatement)
+				queryString(t, ctx, c, fmt.Sprintf("select '%d'", i))
+				if err := c.Close(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := long.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := silent.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			testutil.Eventually(t, 10*time.Second, "session ends", func() bool {
+				ends, _ := sink.sessionEnds()
+				return len(ends) >= short+1
+			})
+			testutil.Eventually(t, 10*time.Second, "every client gone", func() bool { return p.ClientCount() == 0 })
+			ends, after := sink.sessionEnds()
+			events := sink.snapshot()
+			if len(ends) != short+1 {
+				t.Fatalf("%d session ends, want %d (the silent session reports none)", len(ends), short+1)
+			}
+			seen := map[uint64]bool{}
+			for i, end := range ends {
+				if seen[end.SessionID] {
+					t.Errorf("session %d ended twice", end.SessionID)
+				}
+				seen[end.SessionID] = true
+				if end.Start.IsZero() || end.Text != "" {
+					t.Errorf("session end %+v: want a time and no statement", end)
+				}
+				ran := 0
+				for j, ev := range events {
+					if ev.SessionID != end.SessionID {
+						continue
+					}
+					ran++
+					if j >= after[i] {
+						t.Errorf("session %d: statement %q offered after its end", end.SessionID, ev.Text)
+					}
+				}
+				if ran == 0 {
+					t.Errorf("session %d reported an end but ran no statement", end.SessionID)
+				}
+			}
+		})
+	}
+}

@@ -105,16 +105,34 @@ func withMode(mode PoolMode, size int) func(*Config) {
 	}
 }
 
-// captureSink records events for assertions.
+// captureSink records events for assertions: statement and session-state
+// events in events, session ends (which every session that ran a statement
+// reports last) in ends.
 type captureSink struct {
 	mu     sync.Mutex
 	events []analyzer.Event
+	ends   []analyzer.Event
+	// endAfter[i] is len(events) when ends[i] was offered.
+	endAfter []int
 }
 
 func (c *captureSink) Offer(ev *analyzer.Event) {
 	c.mu.Lock()
-	c.events = append(c.events, *ev)
+	if ev.Kind == analyzer.KindSessionEnd {
+		c.ends = append(c.ends, *ev)
+		c.endAfter = append(c.endAfter, len(c.events))
+	} else {
+		c.events = append(c.events, *ev)
+	}
 	c.mu.Unlock()
+}
+
+// sessionEnds returns the session-end events offered so far and, for
+// each, how many other events had been offered before it.
+func (c *captureSink) sessionEnds() ([]analyzer.Event, []int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]analyzer.Event(nil), c.ends...), append([]int(nil), c.endAfter...)
 }
 
 func (c *captureSink) snapshot() []analyzer.Event {

@@ -580,7 +580,13 @@ func (p *Proxy) endSession(s *Session) {
 	// FATAL) hold it, and after it their writes fail.
 	if s.mu.TryLock() {
 		s.client.Recycle()
+		ranStatements := s.txSeq > 0
 		s.mu.Unlock()
+		if ranStatements {
+			// After the session's last statement event: the analysis
+			// forgets the session now rather than at its idle timeout.
+			p.sink.Offer(&event.Event{Kind: event.KindSessionEnd, SessionID: s.id, Start: time.Now()})
+		}
 	} else {
 		s.client.R.Release()
 	}

@@ -23,6 +23,14 @@ const (
 	// session advisory locks, temporary tables, WITH HOLD cursors, SQL
 	// PREPARE) seen by a transaction-mode pool. Detail names the feature.
 	KindSessionState
+	// KindSessionEnd says that client session SessionID ended (the client
+	// left or was disconnected); Start is when. It carries no statement.
+	// The analyzer hands it only to observers that keep per-session state
+	// (analyzer.SessionObserver), so they can close and forget the session
+	// at once instead of after an idle timeout; it is never written to the
+	// audit log, counted as a processed or dropped event, or fingerprinted.
+	// A producer offers it after the session's last statement event.
+	KindSessionEnd
 )
 
 // String returns the name used in the audit log.
@@ -32,6 +40,8 @@ func (k Kind) String() string {
 		return "statement"
 	case KindSessionState:
 		return "session_state"
+	case KindSessionEnd:
+		return "session_end"
 	default:
 		return "unknown"
 	}
