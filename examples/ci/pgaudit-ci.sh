@@ -17,6 +17,8 @@
 # Environment (all optional):
 #   PGAUDIT           pgaudit binary (default: pgaudit on PATH)
 #   PGAUDIT_LISTEN    proxy address, loopback (default 127.0.0.1:6432)
+#   PGAUDIT_ADMIN_LISTEN  admin HTTP address (default: off, so that parallel
+#                     CI jobs on one host do not contend for 127.0.0.1:9930)
 #   PGAUDIT_USER, PGAUDIT_DB  user and database in DATABASE_URL (default postgres)
 #   PGAUDIT_AUDIT_LOG audit log path (default pgaudit-audit.jsonl)
 #   PGAUDIT_BASELINE  baseline file (default .pgaudit-baseline.json)
@@ -37,7 +39,8 @@ baseline=${PGAUDIT_BASELINE:-.pgaudit-baseline.json}
 host=${listen%:*}
 port=${listen##*:}
 
-"$pgaudit" proxy --upstream "$upstream" --listen "$listen" --audit-log "$audit" &
+"$pgaudit" proxy --upstream "$upstream" --listen "$listen" --audit-log "$audit" \
+  --admin-listen "${PGAUDIT_ADMIN_LISTEN:-}" &
 proxy=$!
 stop_proxy() {
   if kill -0 "$proxy" 2>/dev/null; then
