@@ -14,17 +14,11 @@ vet:
 	CGO_ENABLED=0 $(GO) build ./internal/event ./internal/auditlog ./internal/lru ./internal/otlplog ./wire ./pooler ./querylog ./tracing
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "not gofmt'd: $$unformatted"; exit 1; fi
 
-# Every suite runs on the event relay, the default (pooler's tests with a
-# 5 ms relay_park_after, so sessions park and resume between nearly every
-# step). The key proxy suites run a second time on the goroutine relay,
-# which is kept as a fallback (the TestRelay* tests run both relays
-# themselves).
-GOROUTINE_RELAY_TESTS = TestWireTranscripts|TestIntegrityUnderFaults|TestCancel|TestSessionModeBackendPID|TestTerminateBackend|TestUpstreamRestart|TestNoLeaks|TestPsqlCopy|TestTransactionModeInterleaving|TestSettingsIsolation|TestWaitQueue|TestIdleTransactionTimeout|TestQueryTimeout|TestPreparedStatementsTransactionMode|TestGracefulShutdown|TestClientGoneMidStatement|TestClientNotReading|TestPgbenchThroughProxy|TestPgxExecModesTransactionPool|TestClaimedLengthsReserveNothing|TestStatementEvents
-
+# pooler's tests run their proxies with a 5 ms relay_park_after, so
+# sessions park and resume between nearly every step (go test ./pooler
+# -relay-park-after=1s runs them at the default instead).
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
-	$(GO) test -race -count=1 -timeout 20m -run '^($(GOROUTINE_RELAY_TESTS))$$' ./pooler -relay=goroutine
-	$(GO) test -race -count=1 -timeout 20m -run '^(TestRulesThroughProxy|TestNPlusOneORMPatterns|TestPoolSaturationThroughProxy|TestCacheCandidateThroughProxy|TestAuthQuerySCRAMPassThrough)$$' ./cmd/pgaudit -relay=goroutine
 
 # Short fuzz runs of every network decoder, of the proxy's startup and
 # authentication handling driven as a byte stream (seed corpora live in

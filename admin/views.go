@@ -404,7 +404,6 @@ func SettingsFromConfig(cfg *pooler.Config) []Setting {
 		{"client_tls", cfg.ClientTLS, "disable", no},
 		{"max_client_conn", itoa(cfg.MaxClientConn), "10000", yes},
 		{"max_login_clients", itoa(cfg.MaxLoginClients), itoa(pooler.DefaultMaxLoginClients), yes},
-		{"relay", string(cfg.Relay), string(pooler.RelayEvent), no},
 		{"relay_park_after", dur(cfg.RelayParkAfter), dur(pooler.DefaultRelayParkAfter), no},
 		{"client_login_timeout", dur(cfg.ClientLoginTimeout), dur(pooler.DefaultClientLoginTimeout), yes},
 		{"max_message_size", itoa(cfg.MaxMessageSize), itoa(64 << 20), yes},

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # bench/pgbench.sh: pgbench throughput, latency and proxy CPU per transaction
-# of direct Postgres, pgaudit (on each relay: goroutine and event) and
-# PgBouncer (1.25.2, built once from source),
+# of direct Postgres, pgaudit and PgBouncer (1.25.2, built once from source),
 # measured in the same run on the same throwaway cluster; pgaudit's dropped
 # audit events per cell; and the memory per idle client of both proxies.
 #
@@ -18,9 +17,10 @@
 #   SCALE            pgbench -i scale factor                            [10]
 #   JOBS             pgbench -j                                         [2]
 #   SECTIONS         which sections to run: session transaction connect idle [all four]
-#   TARGETS          which targets: direct pgaudit-goroutine pgaudit-event pgbouncer [all four;
-#                    pgaudit alone means pgaudit-event, the default relay]
-#   RELAY_PARK_AFTER pgaudit-event's relay_park_after                   [pgaudit's default]
+#   TARGETS          which targets: direct pgaudit pgbouncer            [all three;
+#                    pgaudit-event is an alias of pgaudit (its name while pgaudit had
+#                    two relays); pgaudit-goroutine, that relay removed, is refused]
+#   RELAY_PARK_AFTER pgaudit's relay_park_after                         [pgaudit's default]
 #   SESSION_CLIENTS  client counts, session section                     [10 100]
 #   TX_CLIENTS       client counts, transaction section                 [10 100 1000; QUICK: 10 100]
 #   TX_PROTOCOLS     pgbench -M values, transaction section             [simple extended prepared]
@@ -62,9 +62,10 @@ DURATION=${DURATION:-15}
 SCALE=${SCALE:-10}
 JOBS=${JOBS:-2}
 SECTIONS=${SECTIONS:-"session transaction connect idle"}
-TARGETS=${TARGETS:-"direct pgaudit-goroutine pgaudit-event pgbouncer"}
-# "pgaudit" alone is the default relay, event.
-TARGETS=$(echo " $TARGETS " | sed -E 's/ pgaudit / pgaudit-event /g; s/^ +//; s/ +$//')
+TARGETS=${TARGETS:-"direct pgaudit pgbouncer"}
+# pgaudit-event is what the target was called while pgaudit had two relays
+# (result files up to 2026-12-02 name it so): the same target.
+TARGETS=$(echo " $TARGETS " | sed -E 's/ pgaudit-event / pgaudit /g; s/^ +//; s/ +$//')
 RELAY_PARK_AFTER=${RELAY_PARK_AFTER:-}
 SESSION_CLIENTS=${SESSION_CLIENTS:-"10 100"}
 TX_CLIENTS=${TX_CLIENTS:-"10 100 1000"}
@@ -87,6 +88,14 @@ IDLE_TIMEOUT=${IDLE_TIMEOUT:-300}
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+for t in $TARGETS; do
+  case $t in
+    direct | pgaudit | pgbouncer) ;;
+    pgaudit-goroutine) die "TARGETS: pgaudit-goroutine: the goroutine relay was removed (one relay since then, docs/relay.md); use pgaudit" ;;
+    *) die "TARGETS: unknown target $t (direct, pgaudit, pgbouncer)" ;;
+  esac
+done
+
 [[ $(id -u) == 0 ]] || die "run as root (Postgres and PgBouncer are started as the postgres user via runuser)"
 id postgres >/dev/null 2>&1 || die "no postgres user"
 [[ -x $PGBIN/initdb && -x $PGBIN/pg_ctl ]] || die "PostgreSQL server binaries not found in $PGBIN"
@@ -102,7 +111,7 @@ TMP=$(mktemp -d /tmp/pgaudit-bench.XXXXXX)
 chown postgres: "$TMP"
 chmod 755 "$TMP"
 PGDATA_DIR=$TMP/data
-# Per pgaudit target (pgaudit-RELAY): pid, port, admin port.
+# Per pgaudit target (one: pgaudit): pid, port, admin port.
 declare -A PA_PID=() PA_PORT=() PA_ADMIN=()
 PGBOUNCER_PIDFILE=$TMP/pgbouncer.pid
 PG_STARTED=0
@@ -180,7 +189,7 @@ PGAUDIT_REV=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unk
 if [[ -n $(git -C "$REPO_ROOT" status --porcelain 2>/dev/null | head -1) ]]; then
   PGAUDIT_REV="$PGAUDIT_REV-dirty"
 fi
-if [[ " $TARGETS " == *" pgaudit-"* ]]; then
+if [[ " $TARGETS " == *" pgaudit "* ]]; then
   if [[ -n $PGAUDIT_BIN ]]; then
     [[ -x $PGAUDIT_BIN ]] || die "PGAUDIT_BIN=$PGAUDIT_BIN is not executable"
     log "using prebuilt pgaudit: $PGAUDIT_BIN"
@@ -215,17 +224,16 @@ if ((MAX_CLIENT_CONN < 10000)); then MAX_CLIENT_CONN=10000; fi
 
 # pgaudit runs with its defaults (analysis on, no audit log) plus an admin
 # listener on a free port, whose /metrics the bench reads for the audit
-# queue's drop counter, and --relay RELAY for target pgaudit-RELAY. The
-# config file only raises max_client_conn (and sets relay_park_after when
-# RELAY_PARK_AFTER is set).
+# queue's drop counter. The config file only raises max_client_conn (and
+# sets relay_park_after when RELAY_PARK_AFTER is set).
 start_pgaudit() { # mode size target
-  local t=$3 relay=${3#pgaudit-} port admin
+  local t=$3 port admin
   port=$(free_port)
   admin=$(free_port)
   printf '[pgaudit]\nmax_client_conn = %d\n' "$MAX_CLIENT_CONN" >"$TMP/$t.toml"
   if [[ -n $RELAY_PARK_AFTER ]]; then printf 'relay_park_after = "%s"\n' "$RELAY_PARK_AFTER" >>"$TMP/$t.toml"; fi
   "$PGAUDIT_BIN" proxy --config "$TMP/$t.toml" --listen "127.0.0.1:$port" \
-    --admin-listen "127.0.0.1:$admin" --relay "$relay" \
+    --admin-listen "127.0.0.1:$admin" \
     --upstream "postgres://postgres@127.0.0.1:$PGPORT/postgres?sslmode=disable" \
     --pool-mode "$1" --pool-size "$2" --log-level warn \
     >>"$TMP/$t.log" 2>&1 &
@@ -281,7 +289,7 @@ configure_proxies() { # mode size
   stop_pgbouncer
   local t
   for t in $TARGETS; do
-    if [[ $t == pgaudit-* ]]; then start_pgaudit "$1" "$2" "$t"; fi
+    if [[ $t == pgaudit ]]; then start_pgaudit "$1" "$2" "$t"; fi
   done
   if [[ " $TARGETS " == *" pgbouncer "* ]]; then start_pgbouncer "$1" "$2"; fi
   CUR_PROXY_CONF="$1/$2"
@@ -299,7 +307,7 @@ warm_proxies() {
   local port t
   for t in $TARGETS; do
     [[ $t == direct ]] && continue
-    if [[ $t == pgaudit-* ]]; then port=${PA_PORT[$t]}; else port=$PGBOUNCER_PORT; fi
+    if [[ $t == pgaudit ]]; then port=${PA_PORT[$t]}; else port=$PGBOUNCER_PORT; fi
     pgbench -S -n -T "$WARMUP" -c "$1" -j "$JOBS" -h 127.0.0.1 -p "$port" >/dev/null 2>&1 ||
       log "warm-up through $t failed (ignored)"
   done
@@ -349,7 +357,7 @@ run_one() {
   local section=$1 mode=$2 size=$3 clients=$4 proto=$5 target=$6 cflag=$7 port pid=
   case $target in
     direct) port=$PGPORT ;;
-    pgaudit-*) port=${PA_PORT[$target]} pid=${PA_PID[$target]} ;;
+    pgaudit) port=${PA_PORT[$target]} pid=${PA_PID[$target]} ;;
     pgbouncer) port=$PGBOUNCER_PORT pid=$PGBOUNCER_PID ;;
   esac
   if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
@@ -372,7 +380,7 @@ run_one() {
     # The proxy's CPU time (utime + stime, all threads) around the run, and
     # pgaudit's count of audit events dropped because the queue was full.
     if [[ -n $pid ]]; then c0=$(cpu_ticks "$pid" || true); fi
-    if [[ $target == pgaudit-* ]]; then d0=$(metric_at "${PA_ADMIN[$target]}" pgaudit_audit_events_dropped_total); fi
+    if [[ $target == pgaudit ]]; then d0=$(metric_at "${PA_ADMIN[$target]}" pgaudit_audit_events_dropped_total); fi
     t0=$SECONDS
     timeout -k 10 $((secs + RUN_TIMEOUT)) pgbench "${args[@]}" >"$out" 2>&1 || rc=$?
     elapsed=$((SECONDS - t0))
@@ -382,7 +390,7 @@ run_one() {
       sleep "$SETTLE"
       c1=$(cpu_ticks "$pid" || true)
     fi
-    if [[ $target == pgaudit-* ]]; then d1=$(metric_at "${PA_ADMIN[$target]}" pgaudit_audit_events_dropped_total); fi
+    if [[ $target == pgaudit ]]; then d1=$(metric_at "${PA_ADMIN[$target]}" pgaudit_audit_events_dropped_total); fi
     { echo "=== $tag (load before: $R_LOAD, ${elapsed}s, proxy CPU ticks ${c0:--}..${c1:--} at $CLK_TCK/s, audit events dropped ${d0:--}..${d1:--}): pgbench ${args[*]}"; cat "$out"; echo; } >>"$RAW"
     # The clock ran out while the clients were still connecting (slow
     # backend forks under load): retry once with room for that.
@@ -413,7 +421,7 @@ run_one() {
   if [[ -n $pid ]]; then
     if [[ -n $c0 && -n $c1 ]]; then R_TICKS=$((c1 - c0)); else R_TICKS='?'; fi
   fi
-  if [[ $target == pgaudit-* ]]; then
+  if [[ $target == pgaudit ]]; then
     if [[ -n $d0 && -n $d1 ]]; then R_DROPPED=$((d1 - d0)); else R_DROPPED='?'; fi
   fi
   if [[ $rc == 0 && ($R_FAILED == 0 || $R_FAILED == ?) && -z $errs && ${processed:-0} != 0 ]]; then
@@ -474,8 +482,8 @@ scenario() {
   d_tps=${tps[direct]:-n/a} b_tps=${tps[pgbouncer]:-n/a}
   for t in $TARGETS; do
     local r1=- r2=- r3=-
-    # Ratios on each pgaudit row (one per relay).
-    if [[ $t == pgaudit-* ]]; then
+    # Ratios on the pgaudit row.
+    if [[ $t == pgaudit ]]; then
       r1=$(ratio "${tps[$t]}" "$d_tps") r2=$(ratio "${tps[$t]}" "$b_tps") r3=$(ratio "${cpu[$t]:-}" "${cpu[pgbouncer]:-}")
     fi
     local dsize=$size
@@ -505,7 +513,7 @@ idle_section() {
   echo "target,clients,connected,connect_s,rss_before_kib,rss_after_kib,kib_per_client,checked_ok,pgaudit_vs_pgbouncer,status" >"$IDLE_CSV"
   for t in $TARGETS; do
     case $t in
-      pgaudit-*) port=${PA_PORT[$t]} pid=${PA_PID[$t]} ;;
+      pgaudit) port=${PA_PORT[$t]} pid=${PA_PID[$t]} ;;
       pgbouncer) port=$PGBOUNCER_PORT pid=$PGBOUNCER_PID ;;
       *) continue ;;
     esac
@@ -555,11 +563,11 @@ idle_section() {
     echo "$t,$n,$connected,$csecs,$before,$after,${kib[$t]},$ok,RATIO,$st" >>"$IDLE_CSV"
     log "  $connected connected in ${csecs}s, RSS $before -> $after KiB: ${kib[$t]} KiB per idle client; $ok answered SELECT 1"
   done
-  # The ratio goes on each pgaudit row.
+  # The ratio goes on the pgaudit row.
   local r t2
   for i in "${!IDLE_ROWS[@]}"; do
     t2=${IDLE_ROWS[$i]%%|*}
-    if [[ $t2 == pgaudit-* ]]; then
+    if [[ $t2 == pgaudit ]]; then
       r=$(ratio "${kib[$t2]:-}" "${kib[pgbouncer]:-}")
       IDLE_ROWS[i]=${IDLE_ROWS[$i]/|RATIO|/|$r|}
       sed -i -E "s|^($t2,.*),RATIO,|\1,$r,|" "$IDLE_CSV"
@@ -633,7 +641,7 @@ done
   if ((${#IDLE_ROWS[@]})); then echo "idle csv: $IDLE_CSV"; fi
   echo "raw pgbench output: $RAW"
 } | tee "$RESULTS_DIR/pgbench-$STAMP.txt"
-for palog in "$TMP"/pgaudit-*.log; do
+for palog in "$TMP"/pgaudit.log; do
   [[ -s $palog ]] || continue
   t=$(basename "$palog" .log)
   cp "$palog" "$RESULTS_DIR/pgbench-$STAMP-$t.log"

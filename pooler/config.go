@@ -189,13 +189,11 @@ type Config struct {
 	// (event.Event.ResultHash). 0 means DefaultResultSampleEvery; a
 	// negative value turns result hashing off.
 	ResultSampleEvery int
-	// Relay (relay) is RelayEvent (default, "" too) or RelayGoroutine:
-	// how established plain-socket sessions wait while idle (see
-	// relay.go, docs/relay.md). Read by Serve; a reload does not change
-	// it.
-	Relay RelayMode
-	// RelayParkAfter (relay_park_after) is how long a session stays idle
-	// before the event relay parks it (DefaultRelayParkAfter when <= 0).
+	// RelayParkAfter (relay_park_after) is how long a plain TCP or
+	// Unix-socket session stays idle before it is parked: its goroutine
+	// ends and its socket is watched by the Proxy's epoll loops (relay.go,
+	// docs/relay.md). DefaultRelayParkAfter when <= 0. Read by Serve; a
+	// reload does not change it.
 	RelayParkAfter time.Duration
 }
 

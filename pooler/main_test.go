@@ -23,26 +23,12 @@ var cluster = testutil.Cluster()
 // update rewrites golden files under testdata/ (go test ./pooler -update).
 var update = testutil.Update
 
-// relayFlag runs every test proxy on the given relay (go test ./pooler
-// -relay=goroutine; "" is the default, the event relay); relayParkAfter
-// is the event relay's park_after in tests,
-// short so that sessions park between nearly every step of a test.
-var (
-	relayFlag      = flag.String("relay", "", "relay of the test proxies: event (default) or goroutine")
-	relayParkAfter = flag.Duration("relay-park-after", 5*time.Millisecond, "relay_park_after of the test proxies on the event relay")
-)
+// relayParkAfter is the relay_park_after of the test proxies (go test
+// ./pooler -relay-park-after=1s runs them at the default): short, so that
+// sessions park and resume between nearly every step of a test.
+var relayParkAfter = flag.Duration("relay-park-after", 5*time.Millisecond, "relay_park_after of the test proxies")
 
 func TestMain(m *testing.M) { testutil.Main(m) }
-
-// withRelay sets the relay (and, for the event relay, a short park_after).
-func withRelay(mode RelayMode) func(*Config) {
-	return func(c *Config) {
-		c.Relay = mode
-		if mode != RelayGoroutine {
-			c.RelayParkAfter = *relayParkAfter
-		}
-	}
-}
 
 // testProxy starts a proxy in front of the test cluster; mutate adjusts the
 // config. It is closed when the test ends.
@@ -66,7 +52,7 @@ func testProxyWithSink(t testing.TB, mutate func(*Config), sink analyzer.Sink) *
 		Databases: map[string]*Database{"postgres": db},
 		AuthType:  "trust",
 	}
-	withRelay(RelayMode(*relayFlag))(cfg)
+	cfg.RelayParkAfter = *relayParkAfter
 	wild := *db
 	wild.Name = "*"
 	cfg.Databases["*"] = &wild

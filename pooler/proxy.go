@@ -89,8 +89,8 @@ type Proxy struct {
 	// goroutine (connWorker); idleWorkers counts those waiting.
 	handoff     chan net.Conn
 	idleWorkers atomic.Int32
-	// relay is the event relay's loops and sweeper (nil on the goroutine
-	// relay), set by Serve; coarseNow is the sweeper's clock (unix ns),
+	// relay is the event relay's loops and sweeper, set by Serve before
+	// it accepts (nil before); coarseNow is the sweeper's clock (unix ns),
 	// stamped on sessions per client message (Session.active).
 	relay     *eventRelay
 	coarseNow atomic.Int64
@@ -245,21 +245,23 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		p.mu.Unlock()
 		return nil
 	}
+	if p.relay == nil {
+		// The relay's epoll loops and park sweeper, before the first
+		// client: every plain-socket session parks when idle.
+		r, err := newEventRelay(p, runtime.GOMAXPROCS(0), p.config().RelayParkAfter)
+		if err != nil {
+			p.mu.Unlock()
+			return fmt.Errorf("start the event relay: %w", err)
+		}
+		p.coarseNow.Store(time.Now().UnixNano())
+		p.relay = r
+		r.start()
+	}
 	p.wg.Add(1)
 	p.serveCtx = ctx
 	pl := p.peerListener
 	if pl != nil {
 		p.wg.Add(1)
-	}
-	if cfg := p.config(); cfg.Relay != RelayGoroutine && p.relay == nil {
-		r, err := newEventRelay(p, runtime.GOMAXPROCS(0), cfg.RelayParkAfter)
-		if err != nil {
-			p.log.Error().Err(err).Msg("event relay unavailable; idle sessions keep their goroutines")
-		} else {
-			p.coarseNow.Store(time.Now().UnixNano())
-			p.relay = r
-			r.start()
-		}
 	}
 	p.mu.Unlock()
 	go p.maintainLoop(ctx)
@@ -880,8 +882,8 @@ func (p *Proxy) login(ctx context.Context, c *wire.Conn, st *wire.Startup, ls *l
 	}
 	s.active.Store(time.Now().UnixNano())
 	if p.relay != nil {
-		// The event relay parks plain sockets only: a TLS conn has
-		// state (and buffers) of its own in crypto/tls.
+		// Only plain sockets park: a TLS conn has state (and buffers)
+		// of its own in crypto/tls.
 		_, plain := sockFd(c.Conn)
 		s.parkable.Store(plain)
 	}
@@ -1191,8 +1193,8 @@ func (p *Proxy) Shutdown(ctx context.Context) {
 	l, relay := p.listener, p.relay
 	p.mu.Unlock()
 	if relay != nil {
-		// Event relay: resume every parked session (and park no more),
-		// so that the poll below ends them as it ends idle ones.
+		// Resume every parked session (and park no more), so that the
+		// poll below ends them as it ends idle ones.
 		relay.stop()
 	}
 	if l != nil {

@@ -19,42 +19,12 @@ import (
 	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
-// RelayMode says how established client sessions wait between messages
-// (Config.Relay, the relay setting).
-type RelayMode string
-
-const (
-	// RelayGoroutine keeps one goroutine per client session (two in
-	// session mode, with the server's reader), blocked in a read while the
-	// client is idle, with the client's buffers: the event relay with
-	// parking turned off. It is kept for comparison (bench/pgbench.sh
-	// measures both) and as a fallback; see docs/relay.md.
-	RelayGoroutine RelayMode = "goroutine"
-	// RelayEvent parks plain TCP and Unix-socket sessions that stay idle
-	// for Config.RelayParkAfter: their goroutines end, their buffers go
-	// back to a shared pool, and their sockets are watched by the Proxy's
-	// epoll loops, which resume the session on a goroutine when a socket
-	// becomes readable (see docs/relay.md). TLS sessions stay on
-	// goroutines.
-	RelayEvent RelayMode = "event"
-)
-
 // DefaultRelayParkAfter is the default of Config.RelayParkAfter.
 const DefaultRelayParkAfter = time.Second
 
-// ParseRelayMode validates a relay value; "" is RelayEvent, the default.
-func ParseRelayMode(s string) (RelayMode, error) {
-	switch RelayMode(s) {
-	case RelayGoroutine, RelayEvent:
-		return RelayMode(s), nil
-	case "":
-		return RelayEvent, nil
-	}
-	return "", fmt.Errorf("invalid relay %q: want goroutine or event", s)
-}
-
 // The park states of a Session (Session.parkState). Every session starts
-// running; only the event relay moves it out of that state.
+// running; plain TCP and Unix-socket sessions move out of it when idle
+// (TLS sessions never do).
 //
 //	running --(idle >= park_after, nothing in flight; run loop)--> parked
 //	parked  --(socket readable/closed: epoll loop; or wake: KILL,
@@ -62,7 +32,7 @@ func ParseRelayMode(s string) (RelayMode, error) {
 //	resuming --(buffers restored, goroutine started)--> running
 const (
 	// parkRunning: a goroutine runs the session's run loop (reading the
-	// client, or blocked waiting for it), as on the goroutine relay.
+	// client, or blocked waiting for it).
 	parkRunning int32 = iota
 	// parkParked: no goroutine runs the session. The client's buffers
 	// are dropped, its socket (and, in session mode, its server's) is
@@ -85,8 +55,8 @@ var errParked = errors.New("session parked")
 // return a timeout at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// eventRelay is the Proxy's set of epoll loops and its park sweeper
-// (relay = event).
+// eventRelay is the Proxy's set of epoll loops and its park sweeper:
+// the one relay of established plain-socket sessions (docs/relay.md).
 type eventRelay struct {
 	p *Proxy
 	// parks counts sessions parked since the sweeper last returned memory
@@ -464,8 +434,7 @@ func (s *Session) restartReaderLocked() {
 // someone else is waking). The epoll loops call it when a socket becomes
 // readable or hangs up; control paths (KILL, Shutdown, Close, a due
 // client_idle_timeout) call it before they act on the session, so that
-// they find it running with its buffers, as on the goroutine relay, and
-// so that its sockets leave epoll before anyone closes them.
+// they find it running with its buffers, and so that its sockets leave epoll before anyone closes them.
 func (s *Session) wake() {
 	if !s.parkState.CompareAndSwap(parkParked, parkResuming) {
 		return
@@ -529,7 +498,7 @@ func (s *Session) parkedServerFd() int {
 // lockRunning locks s.mu for a control path that is about to end the
 // session (fatal, closeIfIdle): it stops the session from parking again
 // and returns once the session runs with its buffers (a no-op beyond the
-// lock on the goroutine relay).
+// lock for a session that never parks: TLS).
 func (s *Session) lockRunning() {
 	s.parkable.Store(false)
 	for {
@@ -556,8 +525,8 @@ func (s *Session) unparkForClose() {
 	}
 }
 
-// ParkedClients returns how many client sessions are parked on the event
-// relay right now (0 on the goroutine relay).
+// ParkedClients returns how many client sessions are parked right now (0
+// before Serve starts the relay).
 func (p *Proxy) ParkedClients() int {
 	p.mu.Lock()
 	r := p.relay

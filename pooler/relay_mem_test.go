@@ -162,7 +162,7 @@ func TestRelayParkedHeapPerClient(t *testing.T) {
 				runtime.MemProfileRate = 1
 				defer func() { runtime.MemProfileRate = old }()
 			}
-			p := relayProxy(t, RelayEvent, TransactionMode, 5, func(c *Config) { c.MaxClientConn = 2 * (warm + n) })
+			p := relayProxy(t, TransactionMode, 5, func(c *Config) { c.MaxClientConn = 2 * (warm + n) })
 			addr := p.Addr().(*net.TCPAddr)
 			fds := make([]int, 0, warm+n)
 			defer func() {
@@ -178,7 +178,7 @@ func TestRelayParkedHeapPerClient(t *testing.T) {
 					}
 					fds = append(fds, fd)
 				}
-				waitParked(t, p, RelayEvent, len(fds))
+				waitParked(t, p, len(fds))
 			}
 			// Warm clients first, so that the pool's server connection,
 			// the loops, the first-use allocations and the parked

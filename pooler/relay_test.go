@@ -2,7 +2,9 @@ package pooler
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,24 +15,18 @@ import (
 	"github.com/pgaudit-proxy/pgaudit/wire"
 )
 
-// relays are the relays the tests below run on, each as a subtest.
-var relays = []RelayMode{RelayGoroutine, RelayEvent}
-
-// forRelays runs f once per relay and pool mode.
-func forRelays(t *testing.T, f func(t *testing.T, relay RelayMode, mode PoolMode)) {
-	for _, relay := range relays {
-		for _, mode := range []PoolMode{TransactionMode, SessionMode} {
-			t.Run(fmt.Sprintf("%s/%s", relay, mode), func(t *testing.T) { f(t, relay, mode) })
-		}
+// forModes runs f once per pool mode, each as a subtest.
+func forModes(t *testing.T, f func(t *testing.T, mode PoolMode)) {
+	for _, mode := range []PoolMode{TransactionMode, SessionMode} {
+		t.Run(string(mode), func(t *testing.T) { f(t, mode) })
 	}
 }
 
-// relayProxy is testProxy on relay with pool mode and size, plus mutate.
-func relayProxy(t *testing.T, relay RelayMode, mode PoolMode, size int, mutate func(*Config)) *Proxy {
+// relayProxy is testProxy with pool mode and size, plus mutate.
+func relayProxy(t *testing.T, mode PoolMode, size int, mutate func(*Config)) *Proxy {
 	t.Helper()
 	return testProxy(t, func(c *Config) {
 		withMode(mode, size)(c)
-		withRelay(relay)(c)
 		if mutate != nil {
 			mutate(c)
 		}
@@ -55,17 +51,9 @@ func openClients(t *testing.T, p *Proxy, n int) []*pgconn.PgConn {
 	return conns
 }
 
-// waitParked waits until want clients are parked (on the goroutine relay
-// it checks that none ever is).
-func waitParked(t *testing.T, p *Proxy, relay RelayMode, want int) {
+// waitParked waits until want clients are parked.
+func waitParked(t *testing.T, p *Proxy, want int) {
 	t.Helper()
-	if relay == RelayGoroutine {
-		time.Sleep(50 * time.Millisecond)
-		if n := p.ParkedClients(); n != 0 {
-			t.Fatalf("goroutine relay parked %d clients", n)
-		}
-		return
-	}
 	deadline := time.Now().Add(20 * time.Second)
 	for p.ParkedClients() != want {
 		if time.Now().After(deadline) {
@@ -86,12 +74,12 @@ func queryOne(ctx context.Context, c *pgconn.PgConn, sql string) (string, error)
 	return string(res[len(res)-1].Rows[0][0]), nil
 }
 
-// TestRelayParkResume: idle clients park (event relay), are listed by
+// TestRelayParkResume: idle clients park, are listed by
 // SHOW CLIENTS meanwhile, and answer as before when they send again; a
 // session-mode client keeps its server (and its settings) across parks.
 func TestRelayParkResume(t *testing.T) {
-	forRelays(t, func(t *testing.T, relay RelayMode, mode PoolMode) {
-		p := relayProxy(t, relay, mode, 5, nil)
+	forModes(t, func(t *testing.T, mode PoolMode) {
+		p := relayProxy(t, mode, 5, nil)
 		conns := openClients(t, p, 4)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -108,7 +96,7 @@ func TestRelayParkResume(t *testing.T) {
 			}
 			pids = append(pids, pid)
 		}
-		waitParked(t, p, relay, 4)
+		waitParked(t, p, 4)
 		if n := len(p.Clients()); n != 4 {
 			t.Fatalf("SHOW CLIENTS lists %d clients, want 4", n)
 		}
@@ -132,7 +120,7 @@ func TestRelayParkResume(t *testing.T) {
 					}
 				}
 			}
-			waitParked(t, p, relay, 4)
+			waitParked(t, p, 4)
 		}
 	})
 }
@@ -140,8 +128,8 @@ func TestRelayParkResume(t *testing.T) {
 // TestRelayNotParkedInTransaction: a client idle inside a transaction is
 // never parked, and its transaction goes on.
 func TestRelayNotParkedInTransaction(t *testing.T) {
-	forRelays(t, func(t *testing.T, relay RelayMode, mode PoolMode) {
-		p := relayProxy(t, relay, mode, 2, nil)
+	forModes(t, func(t *testing.T, mode PoolMode) {
+		p := relayProxy(t, mode, 2, nil)
 		c := openClients(t, p, 1)[0]
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -160,16 +148,16 @@ func TestRelayNotParkedInTransaction(t *testing.T) {
 		if _, err := c.Exec(ctx, "rollback").ReadAll(); err != nil {
 			t.Fatal(err)
 		}
-		waitParked(t, p, relay, 1)
+		waitParked(t, p, 1)
 	})
 }
 
 // TestRelayIdleTimeoutWhileParked: client_idle_timeout ends a parked
 // client with FATAL 57P05, on time.
 func TestRelayIdleTimeoutWhileParked(t *testing.T) {
-	forRelays(t, func(t *testing.T, relay RelayMode, mode PoolMode) {
+	forModes(t, func(t *testing.T, mode PoolMode) {
 		const timeout = 400 * time.Millisecond
-		p := relayProxy(t, relay, mode, 2, func(c *Config) {
+		p := relayProxy(t, mode, 2, func(c *Config) {
 			for _, db := range c.Databases {
 				db.Pool.ClientIdleTimeout = timeout
 			}
@@ -181,7 +169,7 @@ func TestRelayIdleTimeoutWhileParked(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		waitParked(t, p, relay, 1)
+		waitParked(t, p, 1)
 		for p.ClientCount() != 0 {
 			if time.Since(start) > 10*time.Second {
 				t.Fatal("idle client not ended")
@@ -198,10 +186,10 @@ func TestRelayIdleTimeoutWhileParked(t *testing.T) {
 
 // TestRelayKillWhileParked: KILL reaches parked clients with 57P01.
 func TestRelayKillWhileParked(t *testing.T) {
-	forRelays(t, func(t *testing.T, relay RelayMode, mode PoolMode) {
-		p := relayProxy(t, relay, mode, 3, nil)
+	forModes(t, func(t *testing.T, mode PoolMode) {
+		p := relayProxy(t, mode, 3, nil)
 		conns := openClients(t, p, 3)
-		waitParked(t, p, relay, 3)
+		waitParked(t, p, 3)
 		if n := p.Kill("postgres"); n != 3 {
 			t.Fatalf("KILL ended %d sessions, want 3", n)
 		}
@@ -230,15 +218,15 @@ func waitNoClients(t *testing.T, p *Proxy) {
 // and returns once they are gone; a client inside a transaction finishes
 // it first.
 func TestRelayShutdownWhileParked(t *testing.T) {
-	forRelays(t, func(t *testing.T, relay RelayMode, mode PoolMode) {
-		p := relayProxy(t, relay, mode, 4, nil)
+	forModes(t, func(t *testing.T, mode PoolMode) {
+		p := relayProxy(t, mode, 4, nil)
 		conns := openClients(t, p, 3)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if _, err := conns[0].Exec(ctx, "begin; select 1").ReadAll(); err != nil {
 			t.Fatal(err)
 		}
-		waitParked(t, p, relay, 2)
+		waitParked(t, p, 2)
 		// A drain spares sessions younger than drainNewSessionGrace
 		// (drain.go; TestDrain covers that): these must be older, so
 		// their next statement gets 57P01. The wait is the rule under
@@ -276,56 +264,52 @@ func TestRelayShutdownWhileParked(t *testing.T) {
 // at once, and a server that dies while the client is parked ends the
 // client with 08006.
 func TestRelaySessionAsyncWhileParked(t *testing.T) {
-	for _, relay := range relays {
-		t.Run(string(relay), func(t *testing.T) {
-			p := relayProxy(t, relay, SessionMode, 3, nil)
-			other := openClients(t, p, 1)[0]
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			cfg, err := pgconn.ParseConfig(proxyDSN(p, "", ""))
-			if err != nil {
-				t.Fatal(err)
-			}
-			notes := make(chan string, 4)
-			cfg.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) { notes <- n.Channel + ":" + n.Payload }
-			listener, err := pgconn.ConnectConfig(ctx, cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { listener.Close(context.Background()) })
-			if _, err := listener.Exec(ctx, "listen relay_chan").ReadAll(); err != nil {
-				t.Fatal(err)
-			}
-			pid, err := queryOne(ctx, listener, "select pg_backend_pid()")
-			if err != nil {
-				t.Fatal(err)
-			}
-			waitParked(t, p, relay, 2)
-			if _, err := other.Exec(ctx, "notify relay_chan, 'hello'").ReadAll(); err != nil {
-				t.Fatal(err)
-			}
-			// The notification arrives only if the proxy relays it while
-			// the listener sends nothing.
-			wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
-			defer wcancel()
-			if err := listener.WaitForNotification(wctx); err != nil {
-				t.Fatal(err)
-			}
-			if n := <-notes; n != "relay_chan:hello" {
-				t.Fatalf("notification %q", n)
-			}
-			waitParked(t, p, relay, 2)
-			if _, err := other.Exec(ctx, "select pg_terminate_backend("+pid+")").ReadAll(); err != nil {
-				t.Fatal(err)
-			}
-			_, err = queryOne(ctx, listener, "select 1")
-			if err == nil {
-				t.Fatal("query on a terminated server succeeded")
-			}
-			if _, err := queryOne(ctx, other, "select 1"); err != nil {
-				t.Fatalf("other client: %v", err)
-			}
-		})
+	p := relayProxy(t, SessionMode, 3, nil)
+	other := openClients(t, p, 1)[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg, err := pgconn.ParseConfig(proxyDSN(p, "", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	notes := make(chan string, 4)
+	cfg.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) { notes <- n.Channel + ":" + n.Payload }
+	listener, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { listener.Close(context.Background()) })
+	if _, err := listener.Exec(ctx, "listen relay_chan").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	pid, err := queryOne(ctx, listener, "select pg_backend_pid()")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitParked(t, p, 2)
+	if _, err := other.Exec(ctx, "notify relay_chan, 'hello'").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	// The notification arrives only if the proxy relays it while
+	// the listener sends nothing.
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	if err := listener.WaitForNotification(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := <-notes; n != "relay_chan:hello" {
+		t.Fatalf("notification %q", n)
+	}
+	waitParked(t, p, 2)
+	if _, err := other.Exec(ctx, "select pg_terminate_backend("+pid+")").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = queryOne(ctx, listener, "select 1")
+	if err == nil {
+		t.Fatal("query on a terminated server succeeded")
+	}
+	if _, err := queryOne(ctx, other, "select 1"); err != nil {
+		t.Fatalf("other client: %v", err)
 	}
 }
 
@@ -333,10 +317,10 @@ func TestRelaySessionAsyncWhileParked(t *testing.T) {
 // parked ends its session at once; in session mode its server goes back
 // to the pool (reset), in transaction mode nothing was held.
 func TestRelayClientGoneWhileParked(t *testing.T) {
-	forRelays(t, func(t *testing.T, relay RelayMode, mode PoolMode) {
-		p := relayProxy(t, relay, mode, 2, nil)
+	forModes(t, func(t *testing.T, mode PoolMode) {
+		p := relayProxy(t, mode, 2, nil)
 		conns := openClients(t, p, 2)
-		waitParked(t, p, relay, 2)
+		waitParked(t, p, 2)
 		for _, c := range conns {
 			// Close the socket without a Terminate, as a crashed client.
 			_ = c.Conn().Close()
@@ -364,46 +348,42 @@ func TestRelayClientGoneWhileParked(t *testing.T) {
 
 // TestRelayManyParked: 1000 clients park, then all send a query at once.
 func TestRelayManyParked(t *testing.T) {
-	for _, relay := range relays {
-		t.Run(string(relay), func(t *testing.T) {
-			const n = 1000
-			p := relayProxy(t, relay, TransactionMode, 5, func(c *Config) { c.MaxClientConn = 2 * n })
-			conns := openClients(t, p, n)
-			waitParked(t, p, relay, n)
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			var wg sync.WaitGroup
-			errs := make(chan error, n)
-			for i, c := range conns {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					got, err := queryOne(ctx, c, fmt.Sprintf("select %d", i))
-					if err == nil && got != fmt.Sprint(i) {
-						err = fmt.Errorf("client %d got %s", i, got)
-					}
-					if err != nil {
-						errs <- err
-					}
-				}()
+	const n = 1000
+	p := relayProxy(t, TransactionMode, 5, func(c *Config) { c.MaxClientConn = 2 * n })
+	conns := openClients(t, p, n)
+	waitParked(t, p, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := queryOne(ctx, c, fmt.Sprintf("select %d", i))
+			if err == nil && got != fmt.Sprint(i) {
+				err = fmt.Errorf("client %d got %s", i, got)
 			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				t.Fatal(err)
+			if err != nil {
+				errs <- err
 			}
-			waitParked(t, p, relay, n)
-		})
+		}()
 	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	waitParked(t, p, n)
 }
 
 // TestRelayKillBeforeFirstMessage: KILL reaches clients that logged in
-// and have sent nothing yet (on the event relay they wait for their first
+// and have sent nothing yet (they wait for their first
 // message without buffers, wire.Conn.WaitReadable, and the FATAL is
 // written meanwhile); they are not parked (relay_park_after is long).
 func TestRelayKillBeforeFirstMessage(t *testing.T) {
-	forRelays(t, func(t *testing.T, relay RelayMode, mode PoolMode) {
-		p := relayProxy(t, relay, mode, 3, func(c *Config) { c.RelayParkAfter = time.Minute })
+	forModes(t, func(t *testing.T, mode PoolMode) {
+		p := relayProxy(t, mode, 3, func(c *Config) { c.RelayParkAfter = time.Minute })
 		conns := openClients(t, p, 3)
 		// A client gets its ReadyForQuery just before its session is
 		// registered (login).
@@ -424,5 +404,43 @@ func TestRelayKillBeforeFirstMessage(t *testing.T) {
 			wantPgError(t, err, "FATAL", wire.CodeAdminShutdown, "")
 		}
 		waitNoClients(t, p)
+	})
+}
+
+// TestRelayTLSNotParked: a TLS session (its state lives in crypto/tls)
+// stays on its goroutine however long it is idle, while a plain session
+// next to it parks; both answer afterwards.
+func TestRelayTLSNotParked(t *testing.T) {
+	forModes(t, func(t *testing.T, mode PoolMode) {
+		cert := selfSignedTLS(t)
+		p := relayProxy(t, mode, 3, func(c *Config) { c.TLS, c.ClientTLS = cert, "allow" })
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		dsn := strings.Replace(proxyDSN(p, "", ""), "sslmode=disable", "sslmode=require", 1)
+		tc, err := pgconn.Connect(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tc.Close(context.Background()) })
+		if _, ok := tc.Conn().(*tls.Conn); !ok {
+			t.Fatalf("sslmode=require client is not on TLS: %T", tc.Conn())
+		}
+		plain := openClients(t, p, 1)[0]
+		for _, c := range []*pgconn.PgConn{tc, plain} {
+			if _, err := queryOne(ctx, c, "select 1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitParked(t, p, 1)
+		time.Sleep(20 * *relayParkAfter)
+		if n := p.ParkedClients(); n != 1 {
+			t.Fatalf("%d clients parked, want only the plain one", n)
+		}
+		for i, c := range []*pgconn.PgConn{tc, plain} {
+			got, err := queryOne(ctx, c, fmt.Sprintf("select %d", i))
+			if err != nil || got != fmt.Sprint(i) {
+				t.Fatalf("client %d after the idle time: %q, %v", i, got, err)
+			}
+		}
 	})
 }

@@ -229,7 +229,7 @@ type pgauditFile struct {
 	MaxClientConn      int       `toml:"max_client_conn"`
 	ClientLoginTimeout *Duration `toml:"client_login_timeout"`
 	MaxLoginClients    int       `toml:"max_login_clients"`
-	Relay              string    `toml:"relay"`
+	Relay              string    `toml:"relay"` // "event" or unset; "goroutine" was removed (checkRelay)
 	RelayParkAfter     *Duration `toml:"relay_park_after"`
 	ResultSampleEvery  int       `toml:"result_sample_every"`
 	MaxMessageSize     int       `toml:"max_message_size"`
@@ -446,16 +446,19 @@ func (l *settingsLoader) applyPeers() error {
 	return pooler.ValidatePeers(l.cfg.PeerID, l.cfg.Peers)
 }
 
-// testRelay is set by this package's tests only (go test ./cmd/pgaudit
-// -relay=event): the relay of every proxy a test starts without choosing
-// one. Nil in the binary.
-var testRelay *string
-
-func testRelayDefault() string {
-	if testRelay == nil {
-		return ""
+// checkRelay validates a relay setting (what names it: the file's key or
+// the flag). Since the goroutine relay was removed there is one relay, so
+// "" and "event" (its old name, kept so that existing configs and scripts
+// still start) are accepted and change nothing; "goroutine" is refused
+// with an error saying it was removed, anything else as invalid.
+func checkRelay(value, what string) error {
+	switch value {
+	case "", "event":
+		return nil
+	case "goroutine":
+		return fmt.Errorf("%s %q: the goroutine relay was removed; there is one relay since this version, which parks idle plain-socket sessions on epoll loops (docs/relay.md): remove the setting or set it to \"event\"", what, value)
 	}
-	return *testRelay
+	return fmt.Errorf("%s %q: invalid relay: the only relay is \"event\", and the setting may be left out (docs/relay.md)", what, value)
 }
 
 // applyClientLimits: listen address, client connection and message limits.
@@ -479,11 +482,14 @@ func (l *settingsLoader) applyClientLimits() error {
 	if cfg.ClientLoginTimeout <= 0 {
 		cfg.ClientLoginTimeout = pooler.DefaultClientLoginTimeout
 	}
-	relay, err := pooler.ParseRelayMode(firstNonEmpty(fl.relay, g.Relay, testRelayDefault()))
-	if err != nil {
+	// Both are checked: a removed relay in the file is an error even
+	// when a flag would override it.
+	if err := checkRelay(g.Relay, "[pgaudit] relay ="); err != nil {
 		return err
 	}
-	cfg.Relay = relay
+	if err := checkRelay(fl.relay, "--relay"); err != nil {
+		return err
+	}
 	cfg.RelayParkAfter = pooler.DefaultRelayParkAfter
 	if g.RelayParkAfter != nil {
 		if g.RelayParkAfter.Duration <= 0 {

@@ -110,7 +110,11 @@ func proxyCommand() *cobra.Command {
 	f.StringVar(&fl.upstream, "upstream", "", "upstream Postgres DSN (quick start)")
 	f.StringVar(&fl.poolMode, "pool-mode", "", "session or transaction")
 	f.IntVar(&fl.poolSize, "pool-size", 0, "server connections per (database, user)")
-	f.StringVar(&fl.relay, "relay", "", "relay of idle client sessions: event (default: park idle plain-socket clients on epoll loops) or goroutine (never park)")
+	// --relay stays, accepting only event, so that scripts and units
+	// written for the two relays still start (see checkRelay); hidden
+	// from the help, with a warning when used.
+	f.StringVar(&fl.relay, "relay", "", "no effect: event is the only relay (goroutine was removed; docs/relay.md)")
+	_ = f.MarkDeprecated("relay", "it has no effect: event is the only relay since the goroutine relay was removed (docs/relay.md)")
 	f.StringVar(&fl.auditLog, "audit-log", "", "audit log file, or - for stdout")
 	f.StringVar(&fl.logLevel, "log-level", "", "debug, info, warn or error")
 	f.StringVar(&fl.authType, "auth-type", "", "trust, password, md5 or scram-sha-256")
