@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgaudit-proxy/pgaudit/internal/testutil"
 	"github.com/pgaudit-proxy/pgaudit/wire"
@@ -443,4 +445,59 @@ func TestRelayTLSNotParked(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestRelayParkWhileReaderReleases: a pipelined client in transaction mode
+// gets a background reader. After the last reply the reader detaches the
+// server and then, with no lock held, releases it; in between the client
+// goroutine sees the session idle (no server, no reader) and may park it,
+// which drops the session's busy state. The reader must not touch that
+// state afterwards: it did (flushStats on a nil busyState panicked with
+// s.mu held, and the reader's panic handler then deadlocked on s.mu,
+// hanging the session, KILL and shutdown). The hook holds the reader in
+// that window until the session has parked.
+func TestRelayParkWhileReaderReleases(t *testing.T) {
+	p := testProxy(t, withMode(TransactionMode, 2))
+	var parkedInWindow atomic.Int32
+	hook := func(s *Session) {
+		if s.proxy != p {
+			return // another test's proxy
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for s.parkState.Load() != parkParked && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if s.parkState.Load() == parkParked {
+			parkedInWindow.Add(1)
+		}
+	}
+	testHookReaderReleased.Store(&hook)
+	t.Cleanup(func() { testHookReaderReleased.Store(nil) })
+
+	c := dialWire(t, p.Addr().String(), nil)
+	before := poolQueries(p)
+	// Two Queries in one write: the second is buffered when the first
+	// is sent, so the replies go through the background reader.
+	c.send(&pgproto3.Query{String: "select 1"}, &pgproto3.Query{String: "select 2"})
+	if st := c.recvRFQ(2); st != 'I' {
+		t.Fatalf("status %c after the pipelined queries", st)
+	}
+	testutil.Eventually(t, 10*time.Second, "the session parked while the reader held the released server", func() bool {
+		return parkedInWindow.Load() > 0
+	})
+	// The session resumes and serves the next query, and the pool counted
+	// every query once.
+	if st := c.query("select 3"); st != 'I' {
+		t.Fatalf("status %c after a query once parked", st)
+	}
+	testutil.Eventually(t, 5*time.Second, "3 queries counted", func() bool { return poolQueries(p)-before == 3 })
+}
+
+// poolQueries sums the query counts of p's pools.
+func poolQueries(p *Proxy) int64 {
+	var n int64
+	for _, st := range p.PoolStats() {
+		n += st.Queries
+	}
+	return n
 }

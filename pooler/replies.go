@@ -5,6 +5,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgerrcode"
@@ -22,10 +23,13 @@ import (
 func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 	defer s.proxy.wg.Done()
 	defer close(done)
+	holdsMu := false // pump sets it while it holds s.mu
 	defer func() {
 		if r := recover(); r != nil {
 			s.logger().Error().Interface("panic", r).Msg("relay panic; closing session")
-			s.mu.Lock()
+			if !holdsMu { // taking mu after a panic under it would deadlock
+				s.mu.Lock()
+			}
 			if s.server == srv {
 				s.setServerLocked(nil)
 			}
@@ -35,8 +39,13 @@ func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 			_ = s.client.Close()
 		}
 	}()
-	_ = s.pump(srv, false)
+	_ = s.pump(srv, false, &holdsMu)
 }
+
+// testHookReaderReleased, when set by a test, runs in the background
+// reader right after it detached a server it is about to release, with
+// no lock held: the moment the client goroutine may park the session.
+var testHookReaderReleased atomic.Pointer[func(*Session)]
 
 // pump reads srv and relays its messages to the client until srv is
 // released to the pool or lost. The background reader runs it with
@@ -45,8 +54,10 @@ func (s *Session) serverLoop(srv *Server, done chan struct{}) {
 // answered and srv stays attached (an open transaction), or when the
 // exchange needs client input (COPY FROM STDIN), after starting the
 // background reader, which also takes over when srv stays attached after
-// the reply. A non-nil error means the session is over.
-func (s *Session) pump(srv *Server, inline bool) error {
+// the reply. A non-nil error means the session is over. holdsMu, when not
+// nil, is kept true while pump holds s.mu in its relay step (for the
+// background reader's panic handler).
+func (s *Session) pump(srv *Server, inline bool, holdsMu *bool) error {
 	for {
 		typ, raw, err := srv.R.ReadMessage()
 		if err != nil {
@@ -76,6 +87,9 @@ func (s *Session) pump(srv *Server, inline bool) error {
 			return errClientGone
 		}
 		s.mu.Lock()
+		if holdsMu != nil {
+			*holdsMu = true
+		}
 		release := s.relayLocked(srv, typ, raw)
 		var ferr error
 		if typ == wire.MsgReadyForQuery || srv.R.Buffered() == 0 {
@@ -99,6 +113,11 @@ func (s *Session) pump(srv *Server, inline bool) error {
 		case release:
 			s.setServerLocked(nil)
 			s.readerActive = false
+			// Now, under this lock: once it is released, the client
+			// goroutine may see the session idle (no server, no reader)
+			// and park it, which moves the counters to the pool and may
+			// drop busyState.
+			s.flushStats()
 			if s.stopReader.Load() {
 				// interruptInline came after the last reply: the server
 				// is clean, but carries its read deadline.
@@ -117,7 +136,15 @@ func (s *Session) pump(srv *Server, inline bool) error {
 			s.startReaderLocked(srv)
 			stop = true
 		}
+		if holdsMu != nil {
+			*holdsMu = false
+		}
 		s.mu.Unlock()
+		if release && !inline {
+			if hook := testHookReaderReleased.Load(); hook != nil {
+				(*hook)(s)
+			}
+		}
 		if ferr != nil {
 			// The client is gone; Run notices and cleans up.
 			_ = s.client.Close()
@@ -138,9 +165,6 @@ func (s *Session) pump(srv *Server, inline bool) error {
 					return nil
 				}
 			}
-			s.mu.Lock()
-			s.flushStats()
-			s.mu.Unlock()
 			s.pool.Release(srv, true)
 			return nil
 		}

@@ -535,7 +535,7 @@ func (s *Session) awaitReplies(srv *Server) error {
 	}
 	s.mu.Unlock()
 	s.inlineSince.Store(time.Now().UnixNano())
-	err := s.pump(srv, true)
+	err := s.pump(srv, true, nil)
 	s.inlineSince.Store(0)
 	return err
 }
@@ -856,6 +856,9 @@ func (s *Session) finish() {
 // (the Parse and Bind counts of a simple-protocol client, say) are
 // skipped.
 func (s *Session) flushStats() {
+	if s.busyState == nil {
+		return // parked: dropIdleStateLocked moved them already
+	}
 	st := &s.pool.stats
 	addNonZero(&st.bytesOut, s.bytesOut)
 	addNonZero(&st.queries, s.queries)
