@@ -261,7 +261,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		}
 		s.mu.Unlock()
 	}
-	srv, err := s.serverFor(ctx, typ != wire.MsgSync)
+	srv, err := s.serverFor(ctx, typ != wire.MsgSync, time.Time{})
 	if err != nil {
 		return s.acquireFailed(err, false)
 	}

@@ -193,9 +193,20 @@ func (p *Pool) Reconfigure(settings PoolSettings, cfg *pgconn.Config) {
 // reached, 53300 (with query_wait_timeout in the message) on timeout, and
 // 57P01 when the pool is closed.
 func (p *Pool) Acquire(ctx context.Context) (*Server, time.Duration, error) {
-	start := time.Now()
-	s, queued, err := p.acquire(ctx, start)
-	now := time.Now()
+	return p.acquireFrom(ctx, time.Time{})
+}
+
+// acquireFrom is Acquire for a request that arrived at start, a clock
+// reading the caller already took (zero: Acquire reads it): the wait
+// counts from there, and the relay reads the clock once less.
+func (p *Pool) acquireFrom(ctx context.Context, start time.Time) (*Server, time.Duration, error) {
+	if start.IsZero() {
+		start = time.Now()
+	}
+	s, queued, now, err := p.acquire(ctx, start)
+	if now.IsZero() {
+		now = time.Now()
+	}
 	wait := now.Sub(start)
 	p.stats.recordAcquire(now, wait, queued)
 	if err != nil {
@@ -206,7 +217,11 @@ func (p *Pool) Acquire(ctx context.Context) (*Server, time.Duration, error) {
 
 // acquire returns a server and the time spent queued (waiting for a
 // release, a back-off or RESUME), which excludes time spent connecting.
-func (p *Pool) acquire(ctx context.Context, start time.Time) (s *Server, queued time.Duration, err error) {
+// end is the clock reading taken when the wait ended, which Acquire uses
+// as the end of the acquisition; it is zero when acquire read no clock
+// since (the caller reads it then). The clock is read once per wait, not
+// per step: a busy pool's every acquire waits, and each reading costs.
+func (p *Pool) acquire(ctx context.Context, start time.Time) (s *Server, queued time.Duration, end time.Time, err error) {
 	// Waits are timed by watchWaiters, not by a timer per acquire: most
 	// acquires on a busy pool wait briefly, and timers cost more than the
 	// relay itself. The deadlines count from start.
@@ -219,11 +234,14 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (s *Server, queued 
 	}
 	useReserve := false
 	woken := false // a woken waiter keeps its place ahead of the queue
+	// last is the latest clock reading, zero once something that may
+	// take time (a health check, a failed checkout) ran after it.
+	last := start
 	for {
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
-			return nil, queued, wire.Fatal(wire.CodeAdminShutdown, "pool is shutting down")
+			return nil, queued, time.Time{}, wire.Fatal(wire.CodeAdminShutdown, "pool is shutting down")
 		}
 		// Serve in FIFO order: a newcomer does not overtake waiters.
 		dbFull := false
@@ -233,9 +251,13 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (s *Server, queued 
 				p.idle = p.idle[:n-1]
 				p.active++
 				p.mu.Unlock()
-				if s2, ok := p.checkOut(ctx, s); ok {
-					return s2, queued, nil
+				if last.IsZero() {
+					last = time.Now()
 				}
+				if s2, ok := p.checkOut(ctx, s, last); ok {
+					return s2, queued, time.Time{}, nil
+				}
+				last = time.Time{}
 				continue
 			}
 			limit := p.set().Size
@@ -252,9 +274,9 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (s *Server, queued 
 				p.mu.Unlock()
 				s, err := p.connect(ctx)
 				if err != nil {
-					return nil, queued, err
+					return nil, queued, time.Time{}, err
 				}
-				return s, queued, nil
+				return s, queued, time.Time{}, nil
 			}
 			// During a connect back-off the client waits for the next
 			// attempt (below, via the re-check timer) instead of failing
@@ -289,7 +311,10 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (s *Server, queued 
 			recheck = recheckTimer.C
 		}
 		var got *Server
-		queuedAt := time.Now()
+		queuedAt := last
+		if queuedAt.IsZero() {
+			queuedAt = time.Now()
+		}
 		select {
 		case got = <-w.ch:
 		case <-recheck:
@@ -299,9 +324,10 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (s *Server, queued 
 				p.Release(s, true)
 			}
 			waiterPool.Put(w)
-			return nil, queued + time.Since(queuedAt), ctx.Err()
+			return nil, queued + time.Since(queuedAt), time.Time{}, ctx.Err()
 		}
-		queued += time.Since(queuedAt)
+		last = time.Now()
+		queued += last.Sub(queuedAt)
 		if recheckTimer != nil {
 			recheckTimer.Stop()
 		}
@@ -311,16 +337,17 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (s *Server, queued 
 			e := wire.Fatal(wire.CodeTooManyConnections, "query_wait_timeout")
 			e.Severity = "ERROR"
 			e.Detail = fmt.Sprintf("no server connection became free within %s (pool size %d)", p.set().QueryWaitTimeout, p.set().Size)
-			return nil, queued, e
+			return nil, queued, last, e
 		case waitUseReserve:
 			useReserve = true
 		case nil:
 			woken = true
 		default:
 			woken = true
-			if s2, ok := p.checkOut(ctx, got); ok {
-				return s2, queued, nil
+			if s2, ok := p.checkOut(ctx, got, last); ok {
+				return s2, queued, last, nil
 			}
+			last = time.Time{}
 		}
 	}
 }
@@ -385,17 +412,19 @@ func (p *Pool) dropWaiter(w *waiter) *Server {
 }
 
 // checkOut runs the health check on a server idle longer than
-// server_check_delay; a failed server is destroyed and ok is false.
-func (p *Pool) checkOut(ctx context.Context, s *Server) (*Server, bool) {
-	p.stats.acquired() // balanced by Release or destroy
+// server_check_delay; a failed server is destroyed and ok is false. now
+// is a clock reading taken just before.
+func (p *Pool) checkOut(ctx context.Context, s *Server, now time.Time) (*Server, bool) {
+	p.stats.acquiredAt(now) // balanced by Release or destroy
 	// A closed or terminated backend (Postgres restarted, or
 	// pg_terminate_backend) is noticed without a round trip.
-	if time.Since(s.lastUsed) > 50*time.Millisecond && !s.Alive() {
+	idleFor := now.Sub(s.lastUsed)
+	if idleFor > 50*time.Millisecond && !s.Alive() {
 		p.log.Info().Uint64("server_id", s.id).Msg("idle server connection was closed by the server; dropping it")
 		p.destroy(s)
 		return nil, false
 	}
-	if p.set().ServerCheckDelay > 0 && time.Since(s.lastUsed) > p.set().ServerCheckDelay && p.set().ServerCheckQuery != "" {
+	if p.set().ServerCheckDelay > 0 && idleFor > p.set().ServerCheckDelay && p.set().ServerCheckQuery != "" {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		res, err := s.Exec(cctx, p.set().ServerCheckQuery)
 		cancel()
@@ -482,13 +511,14 @@ func (p *Pool) BaseParams() map[string]string {
 // (ReadyForQuery 'I', nothing in flight, no COPY); otherwise it is closed.
 // Session-mode callers must have run the reset query first (see Reset).
 func (p *Pool) Release(s *Server, reusable bool) {
+	now := time.Now() // one reading for the lifetime, lastUsed and stats
 	if !reusable || s.TxStatus != wire.TxIdle || s.gen != p.upstreamGen.Load() ||
-		(p.set().ServerLifetime > 0 && time.Since(s.Created) > p.set().ServerLifetime) {
+		(p.set().ServerLifetime > 0 && now.Sub(s.Created) > p.set().ServerLifetime) {
 		p.destroy(s)
 		return
 	}
-	s.lastUsed = time.Now()
-	p.stats.released()
+	s.lastUsed = now
+	p.stats.releasedAt(now)
 	p.mu.Lock()
 	p.active--
 	if p.closed {

@@ -461,13 +461,24 @@ func (s *Session) sendLocked(raw []byte) {
 // transaction-mode clients read replies inline until they need one. Called
 // by the client goroutine with s.mu not held.
 func (s *Session) attach(ctx context.Context) (*Server, error) {
+	return s.attachAt(ctx, time.Time{})
+}
+
+// attachAt is attach for a request that arrived at start (a clock reading
+// the caller has; zero: none), which the acquisition's wait counts from.
+func (s *Session) attachAt(ctx context.Context, start time.Time) (*Server, error) {
 	if s.readerDone != nil {
-		<-s.readerDone
+		select {
+		case <-s.readerDone:
+		default:
+			<-s.readerDone
+			start = time.Time{} // the acquisition starts after this wait
+		}
 	}
 	s.infoMu.Lock()
 	s.acquiring = true
 	s.infoMu.Unlock()
-	srv, wait, err := s.pool.Acquire(ctx)
+	srv, wait, err := s.pool.acquireFrom(ctx, start)
 	s.infoMu.Lock()
 	s.acquiring = false
 	s.infoMu.Unlock()
@@ -601,8 +612,9 @@ func (s *Session) interruptInline() {
 
 // serverFor returns the attached server, attaching one if needed, and
 // accounts for msg opening an extended-protocol group. It returns with s.mu
-// held on success.
-func (s *Session) serverFor(ctx context.Context, opensGroup bool) (*Server, error) {
+// held on success. start is when the request arrived, if the caller read
+// the clock (zero otherwise): an acquisition counts its wait from it.
+func (s *Session) serverFor(ctx context.Context, opensGroup bool, start time.Time) (*Server, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -612,7 +624,7 @@ func (s *Session) serverFor(ctx context.Context, opensGroup bool) (*Server, erro
 	if srv == nil {
 		s.mu.Unlock()
 		var err error
-		srv, err = s.attach(ctx)
+		srv, err = s.attachAt(ctx, start)
 		if err != nil {
 			return nil, err
 		}
@@ -669,7 +681,7 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 		flags = scanStatement(text)
 	}
 	start := time.Now()
-	srv, err := s.serverFor(ctx, false)
+	srv, err := s.serverFor(ctx, false, start)
 	if err != nil {
 		return s.acquireFailed(err, true)
 	}
@@ -760,7 +772,7 @@ func (s *Session) writeServer(srv *Server, out []byte, flush bool) error {
 }
 
 func (s *Session) handleFunctionCall(ctx context.Context, raw []byte) error {
-	srv, err := s.serverFor(ctx, false)
+	srv, err := s.serverFor(ctx, false, time.Time{})
 	if err != nil {
 		return s.acquireFailed(err, true)
 	}
