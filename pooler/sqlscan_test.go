@@ -187,3 +187,4 @@ func TestContainsFold(t *testing.T) {
 	}
 	gen("", 6)
 }
+
