@@ -510,8 +510,15 @@ func (p *Pool) BaseParams() map[string]string {
 // Release gives s back. reusable says the holder left it idle and clean
 // (ReadyForQuery 'I', nothing in flight, no COPY); otherwise it is closed.
 // Session-mode callers must have run the reset query first (see Reset).
-func (p *Pool) Release(s *Server, reusable bool) {
-	now := time.Now() // one reading for the lifetime, lastUsed and stats
+func (p *Pool) Release(s *Server, reusable bool) { p.releaseAt(s, reusable, time.Time{}) }
+
+// releaseAt is Release at now, a clock reading the caller took just
+// before (zero: it reads the clock): one reading for the lifetime check,
+// lastUsed and the stats.
+func (p *Pool) releaseAt(s *Server, reusable bool, now time.Time) {
+	if now.IsZero() {
+		now = time.Now()
+	}
 	if !reusable || s.TxStatus != wire.TxIdle || s.gen != p.upstreamGen.Load() ||
 		(p.set().ServerLifetime > 0 && now.Sub(s.Created) > p.set().ServerLifetime) {
 		p.destroy(s)

@@ -187,4 +187,3 @@ func TestContainsFold(t *testing.T) {
 	}
 	gen("", 6)
 }
-
