@@ -54,12 +54,17 @@ type waiter struct {
 	// timeoutAt (query_wait_timeout) and reserveAt (reserve_pool_timeout)
 	// are enforced by watchWaiters; zero means none.
 	timeoutAt, reserveAt time.Time
+	// ctx is set when the waiter receives on ch alone, without a select
+	// on ctx.Done(): ctx is the pool's doneCtx, whose cancellation sends
+	// it waitCanceled (wakeCanceled).
+	ctx context.Context
 }
 
 // Sentinels sent to a waiter instead of a server.
 var (
 	waitTimedOut   = &Server{}
 	waitUseReserve = &Server{}
+	waitCanceled   = &Server{} // the waiter's ctx was canceled
 )
 
 // waiterPool recycles waiters and their channels: every acquire that finds
@@ -109,6 +114,14 @@ type Pool struct {
 	paused   bool
 	// watching says a watchWaiters goroutine runs.
 	watching bool
+	// doneCtx is the context (the proxy's, in practice: every session
+	// acquires with it) whose cancellation wakes its waiters through
+	// wakeCanceled, registered once with context.AfterFunc. Waiters with
+	// it receive on their channel alone: a select on a Done channel
+	// shared by every waiting session locked and queued on it at each
+	// wait (selectgo, sellock: 3-4 % of the proxy's user time with 100
+	// clients on 20 servers). Other contexts wait with a select.
+	doneCtx context.Context
 	// baseParams are the ParameterStatus values of a fresh server
 	// connection, used to greet transaction-mode clients without waiting
 	// for a server.
@@ -302,6 +315,18 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (s *Server, queued 
 		} else if p.total < p.set().Size+p.set().ReserveSize && !p.paused {
 			recheckAfter = max(time.Until(p.retryAt), 10*time.Millisecond)
 		}
+		plain := recheckAfter == 0 && (ctx.Done() == nil || p.watchCtxLocked(ctx))
+		if plain && ctx.Done() != nil {
+			if err := ctx.Err(); err != nil {
+				// Canceled before it queued: wakeCanceled has run or
+				// will not see it.
+				p.waiters = p.waiters[:len(p.waiters)-1]
+				p.mu.Unlock()
+				waiterPool.Put(w)
+				return nil, queued, time.Time{}, err
+			}
+			w.ctx = ctx
+		}
 		p.mu.Unlock()
 
 		var recheck <-chan time.Time
@@ -315,24 +340,31 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (s *Server, queued 
 		if queuedAt.IsZero() {
 			queuedAt = time.Now()
 		}
-		select {
-		case got = <-w.ch:
-		case <-recheck:
-			got = p.dropWaiter(w)
-		case <-ctx.Done():
-			if s := p.dropWaiter(w); s != nil && s != waitTimedOut && s != waitUseReserve {
-				p.Release(s, true)
+		if plain {
+			got = <-w.ch
+		} else {
+			select {
+			case got = <-w.ch:
+			case <-recheck:
+				got = p.dropWaiter(w)
+			case <-ctx.Done():
+				if s := p.dropWaiter(w); s != nil && s != waitTimedOut && s != waitUseReserve {
+					p.Release(s, true)
+				}
+				waiterPool.Put(w)
+				return nil, queued + time.Since(queuedAt), time.Time{}, ctx.Err()
 			}
-			waiterPool.Put(w)
-			return nil, queued + time.Since(queuedAt), time.Time{}, ctx.Err()
 		}
 		last = time.Now()
 		queued += last.Sub(queuedAt)
 		if recheckTimer != nil {
 			recheckTimer.Stop()
 		}
+		w.ctx = nil
 		waiterPool.Put(w)
 		switch got {
+		case waitCanceled:
+			return nil, queued, last, ctx.Err()
 		case waitTimedOut:
 			e := wire.Fatal(wire.CodeTooManyConnections, "query_wait_timeout")
 			e.Severity = "ERROR"
@@ -350,6 +382,39 @@ func (p *Pool) acquire(ctx context.Context, start time.Time) (s *Server, queued 
 			last = time.Time{}
 		}
 	}
+}
+
+// watchCtxLocked reports whether ctx is (now) the pool's doneCtx, whose
+// cancellation wakes its waiters: the first cancelable context an
+// acquire waits with becomes it, and a canceled one is replaced. p.mu
+// held.
+func (p *Pool) watchCtxLocked(ctx context.Context) bool {
+	if p.doneCtx == ctx {
+		return true
+	}
+	if p.doneCtx != nil && p.doneCtx.Err() == nil {
+		return false
+	}
+	p.doneCtx = ctx
+	context.AfterFunc(ctx, func() { p.wakeCanceled(ctx) })
+	return true
+}
+
+// wakeCanceled sends waitCanceled to the waiters that wait with ctx,
+// which was just canceled, and takes them off the queue.
+func (p *Pool) wakeCanceled(ctx context.Context) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	kept := p.waiters[:0]
+	for _, w := range p.waiters {
+		if w.ctx == ctx {
+			w.ch <- waitCanceled // (buffered, and w is off the queue: no other sender)
+			continue
+		}
+		kept = append(kept, w)
+	}
+	clear(p.waiters[len(kept):])
+	p.waiters = kept
 }
 
 // watchWaiters enforces the waiters' deadlines while any has one: it runs
