@@ -206,13 +206,15 @@ func (p *Pool) Reconfigure(settings PoolSettings, cfg *pgconn.Config) {
 // reached, 53300 (with query_wait_timeout in the message) on timeout, and
 // 57P01 when the pool is closed.
 func (p *Pool) Acquire(ctx context.Context) (*Server, time.Duration, error) {
-	return p.acquireFrom(ctx, time.Time{})
+	s, wait, _, err := p.acquireFrom(ctx, time.Time{})
+	return s, wait, err
 }
 
 // acquireFrom is Acquire for a request that arrived at start, a clock
 // reading the caller already took (zero: Acquire reads it): the wait
-// counts from there, and the relay reads the clock once less.
-func (p *Pool) acquireFrom(ctx context.Context, start time.Time) (*Server, time.Duration, error) {
+// counts from there, and the relay reads the clock once less. end is the
+// clock reading that ended the acquisition, for the caller to reuse.
+func (p *Pool) acquireFrom(ctx context.Context, start time.Time) (_ *Server, _ time.Duration, end time.Time, _ error) {
 	if start.IsZero() {
 		start = time.Now()
 	}
@@ -223,9 +225,9 @@ func (p *Pool) acquireFrom(ctx context.Context, start time.Time) (*Server, time.
 	wait := now.Sub(start)
 	p.stats.recordAcquire(now, wait, queued)
 	if err != nil {
-		return nil, wait, err
+		return nil, wait, now, err
 	}
-	return s, wait, nil
+	return s, wait, now, nil
 }
 
 // acquire returns a server and the time spent queued (waiting for a

@@ -476,12 +476,15 @@ func (s *Session) sendLocked(raw []byte) {
 // transaction-mode clients read replies inline until they need one. Called
 // by the client goroutine with s.mu not held.
 func (s *Session) attach(ctx context.Context) (*Server, error) {
-	return s.attachAt(ctx, time.Time{})
+	srv, _, err := s.attachAt(ctx, time.Time{})
+	return srv, err
 }
 
 // attachAt is attach for a request that arrived at start (a clock reading
 // the caller has; zero: none), which the acquisition's wait counts from.
-func (s *Session) attachAt(ctx context.Context, start time.Time) (*Server, error) {
+// end is the clock reading that ended the acquisition, zero when more
+// than that happened since (the server's settings were changed).
+func (s *Session) attachAt(ctx context.Context, start time.Time) (_ *Server, end time.Time, _ error) {
 	if s.readerDone != nil {
 		select {
 		case <-s.readerDone:
@@ -493,16 +496,19 @@ func (s *Session) attachAt(ctx context.Context, start time.Time) (*Server, error
 	s.infoMu.Lock()
 	s.acquiring = true
 	s.infoMu.Unlock()
-	srv, wait, err := s.pool.acquireFrom(ctx, start)
+	srv, wait, end, err := s.pool.acquireFrom(ctx, start)
 	s.infoMu.Lock()
 	s.acquiring = false
 	s.infoMu.Unlock()
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
+	}
+	if srv.gucsKey != s.gucsKey {
+		end = time.Time{} // applySettings runs a query
 	}
 	if err := s.applySettings(ctx, srv); err != nil {
 		s.pool.destroy(srv)
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	s.mu.Lock()
 	s.setServerLocked(srv)
@@ -513,7 +519,7 @@ func (s *Session) attachAt(ctx context.Context, start time.Time) (*Server, error
 		s.startReaderLocked(srv)
 	}
 	s.mu.Unlock()
-	return srv, nil
+	return srv, end, nil
 }
 
 // setServerLocked attaches srv to the session (nil detaches it); s.mu held.
@@ -662,12 +668,13 @@ func (s *Session) serverFor(ctx context.Context, opensGroup bool, start time.Tim
 	if srv == nil {
 		s.mu.Unlock()
 		var err error
-		srv, err = s.attachAt(ctx, start)
+		var end time.Time
+		srv, end, err = s.attachAt(ctx, start)
 		if err != nil {
 			return nil, err
 		}
 		s.mu.Lock()
-		s.msgAt = time.Time{} // the acquire may have waited
+		s.msgAt = end // the acquire may have waited: its end is now
 		if s.server != srv {
 			s.mu.Unlock()
 			return nil, wire.Fatal(wire.CodeConnectionFailure, "server connection lost")
