@@ -68,7 +68,7 @@ func (s *Session) noteFlags(flags stmtFlags, text string) {
 func (s *Session) completeExecute(it *pending, tagBody []byte, empty bool, sqlstate string) {
 	s.queries++
 	s.partRows = 0
-	d := time.Since(it.start)
+	d := s.replyNow().Sub(it.start)
 	var earlier suspendedPortal
 	suspended := false
 	if sp, ok := s.suspended[it.portal]; ok {
@@ -106,7 +106,7 @@ func (s *Session) completeFailed(it *pending, sqlstate string) {
 	}
 	s.queries++
 	ev := s.newEvent(it, event.ProtocolExtended)
-	ev.Duration = time.Since(it.start)
+	ev.Duration = s.replyNow().Sub(it.start)
 	ev.SQLState = sqlstate
 	// The transaction is the one its group's Execute was stamped with
 	// (the server skips that Execute); without one, its own.

@@ -261,7 +261,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		}
 		s.mu.Unlock()
 	}
-	srv, err := s.serverFor(ctx, typ != wire.MsgSync)
+	srv, err := s.serverFor(ctx, typ != wire.MsgSync, time.Time{})
 	if err != nil {
 		return s.acquireFailed(err, false)
 	}
@@ -280,7 +280,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	switch typ {
 	case wire.MsgParse:
 		s.clientParses++
-		it := pending{kind: pendParse, text: parse.Query, start: time.Now()}
+		it := pending{kind: pendParse, text: parse.Query, start: s.requestNow()}
 		if txMode {
 			def := s.stmts[""]
 			if parse.Name != "" || def == nil || def.query != parse.Query || !bytes.Equal(def.types, parse.Types) {
@@ -360,7 +360,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		if def != nil {
 			p.text, p.holdZ = def.query, def.resets
 		}
-		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def), text: p.text, start: time.Now(),
+		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def), text: p.text, start: s.requestNow(),
 			paramHash: p.paramHash, numParams: p.numParams, params: p.params})
 	case wire.MsgDescribe:
 		if targetKind == wire.TargetStatement {
@@ -396,7 +396,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 				portal = string(body[:i])
 			}
 		}
-		it := pending{kind: pendExecute, start: time.Now(), portal: portal}
+		it := pending{kind: pendExecute, start: s.requestNow(), portal: portal}
 		if p := s.portals[portal]; p != nil {
 			it.text, it.paramHash, it.numParams, it.params = p.text, p.paramHash, p.numParams, p.params
 			if p.holdZ {

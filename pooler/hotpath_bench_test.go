@@ -122,7 +122,7 @@ func BenchmarkRelayReplies(b *testing.B) {
 			sink := &countSink{}
 			p := New(&Config{}, sink, zerolog.Nop())
 			pool := newPool(&Database{Name: "postgres", Pool: DefaultPoolSettings()}, "postgres", nil, nil, 0, zerolog.Nop())
-			s := &Session{proxy: p, id: 1, pool: pool, mode: TransactionMode, client: wire.NewConn(discardConn{}, 0)}
+			s := &Session{proxy: p, id: 1, pool: pool, mode: TransactionMode, client: wire.NewConn(discardConn{}, 0), busyState: &busyState{}}
 			srv := &Server{ServerConn: &wire.ServerConn{Params: map[string]string{}}, pool: pool}
 			s.server = srv
 			def := &stmtDef{query: "SELECT abalance FROM pgbench_accounts WHERE aid = $1", types: []byte{0, 0}}

@@ -109,7 +109,7 @@ type serverLink struct {
 	readerDone chan struct{}
 	readerErr  error
 	// inlineSince is when the client goroutine began reading its server
-	// inline (unix ns; zero otherwise); the proxy's watchdog checks
+	// inline (monoNow; zero otherwise); the proxy's watchdog checks
 	// clients that wait long for a vanished peer (see
 	// checkInlineClients). Atomic: set and cleared twice per transaction
 	// without taking a lock.
@@ -158,6 +158,17 @@ type requestState struct {
 	pendingWait time.Duration
 	// partRows counts DataRows of the Execute at the head of the queue.
 	partRows int64
+	// msgAt is the clock reading shared by the client messages of one
+	// read from the client (see requestNow); zero until a message needs
+	// it, and reset by a new read and by whatever may have waited since
+	// (an acquire, an inline reply). Client goroutine only.
+	msgAt time.Time
+	// replyAt is when the server message relayLocked handles now was
+	// read from the socket (set by pump around relayLocked, zero
+	// otherwise): the messages of one read share one clock reading (a
+	// reply's CommandComplete and ReadyForQuery, the release after it),
+	// where each took its own (see replyNow).
+	replyAt time.Time
 	// held is what the server said while a Query with holdZ and its
 	// restore query run (nil otherwise; see releaseHeldLocked).
 	held      *heldReply
@@ -315,6 +326,7 @@ func (s *Session) run(ctx context.Context) error {
 		}
 	}
 	for {
+		buffered := s.client.R.Buffered()
 		typ, raw, err := s.client.R.ReadMessage()
 		if err != nil {
 			if wire.IsTimeout(err) && s.takeParkRequest() {
@@ -352,6 +364,9 @@ func (s *Session) run(ctx context.Context) error {
 		// almost never idle when it looks); see drain.go.
 		if typ != wire.MsgTerminate && s.proxy.draining.Load() && s.endForDrain() {
 			return nil
+		}
+		if buffered < len(raw) {
+			s.msgAt = time.Time{} // (part of) it came with a new read
 		}
 		s.bytesIn += int64(len(raw))
 		if typ == wire.MsgQuery || typ == wire.MsgSync {
@@ -461,22 +476,39 @@ func (s *Session) sendLocked(raw []byte) {
 // transaction-mode clients read replies inline until they need one. Called
 // by the client goroutine with s.mu not held.
 func (s *Session) attach(ctx context.Context) (*Server, error) {
+	srv, _, err := s.attachAt(ctx, time.Time{})
+	return srv, err
+}
+
+// attachAt is attach for a request that arrived at start (a clock reading
+// the caller has; zero: none), which the acquisition's wait counts from.
+// end is the clock reading that ended the acquisition, zero when more
+// than that happened since (the server's settings were changed).
+func (s *Session) attachAt(ctx context.Context, start time.Time) (_ *Server, end time.Time, _ error) {
 	if s.readerDone != nil {
-		<-s.readerDone
+		select {
+		case <-s.readerDone:
+		default:
+			<-s.readerDone
+			start = time.Time{} // the acquisition starts after this wait
+		}
 	}
 	s.infoMu.Lock()
 	s.acquiring = true
 	s.infoMu.Unlock()
-	srv, wait, err := s.pool.Acquire(ctx)
+	srv, wait, end, err := s.pool.acquireFrom(ctx, start)
 	s.infoMu.Lock()
 	s.acquiring = false
 	s.infoMu.Unlock()
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
+	}
+	if srv.gucsKey != s.gucsKey {
+		end = time.Time{} // applySettings runs a query
 	}
 	if err := s.applySettings(ctx, srv); err != nil {
 		s.pool.destroy(srv)
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	s.mu.Lock()
 	s.setServerLocked(srv)
@@ -487,7 +519,7 @@ func (s *Session) attach(ctx context.Context) (*Server, error) {
 		s.startReaderLocked(srv)
 	}
 	s.mu.Unlock()
-	return srv, nil
+	return srv, end, nil
 }
 
 // setServerLocked attaches srv to the session (nil detaches it); s.mu held.
@@ -534,10 +566,25 @@ func (s *Session) awaitReplies(srv *Server) error {
 		return nil
 	}
 	s.mu.Unlock()
-	s.inlineSince.Store(time.Now().UnixNano())
+	s.inlineSince.Store(monoNow())
 	err := s.pump(srv, true, nil)
 	s.inlineSince.Store(0)
+	if s.busyState != nil {
+		s.msgAt = time.Time{} // the replies took time
+	}
 	return err
+}
+
+// requestNow is the arrival time of the client message being handled:
+// one clock reading for the messages that came with one read (pgbench -M
+// extended's Parse, Bind, Describe, Execute and Sync come together, and
+// each read the clock), taken when the first of them needs it, after the
+// acquire if there was one. Client goroutine, running session.
+func (s *Session) requestNow() time.Time {
+	if s.msgAt.IsZero() {
+		s.msgAt = time.Now()
+	}
+	return s.msgAt
 }
 
 // readsInlineLocked says whether the client goroutine reads the replies to
@@ -567,13 +614,21 @@ func (s *Session) sendRequestLocked(srv *Server, out []byte) error {
 	return s.awaitReplies(srv)
 }
 
+// monoBase is the origin of monoNow.
+var monoBase = time.Now()
+
+// monoNow is a monotonic clock in nanoseconds, always above zero: half
+// the cost of time.Now (one vDSO call, not two), for marks that are only
+// compared with each other.
+func monoNow() int64 { return int64(time.Since(monoBase)) + 1 }
+
 // clientGoneWhileInline reports whether the client goroutine has been
 // reading its server inline for longer than d and the client has closed
 // its connection meanwhile: the goroutine cannot notice that itself until
 // the statement ends.
 func (s *Session) clientGoneWhileInline(d time.Duration) bool {
 	since := s.inlineSince.Load()
-	if since == 0 || time.Now().UnixNano()-since <= int64(d) {
+	if since == 0 || monoNow()-since <= int64(d) {
 		return false
 	}
 	// Under parkMu: a park replaces the client's net.Conn (see park).
@@ -601,8 +656,9 @@ func (s *Session) interruptInline() {
 
 // serverFor returns the attached server, attaching one if needed, and
 // accounts for msg opening an extended-protocol group. It returns with s.mu
-// held on success.
-func (s *Session) serverFor(ctx context.Context, opensGroup bool) (*Server, error) {
+// held on success. start is when the request arrived, if the caller read
+// the clock (zero otherwise): an acquisition counts its wait from it.
+func (s *Session) serverFor(ctx context.Context, opensGroup bool, start time.Time) (*Server, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -612,11 +668,13 @@ func (s *Session) serverFor(ctx context.Context, opensGroup bool) (*Server, erro
 	if srv == nil {
 		s.mu.Unlock()
 		var err error
-		srv, err = s.attach(ctx)
+		var end time.Time
+		srv, end, err = s.attachAt(ctx, start)
 		if err != nil {
 			return nil, err
 		}
 		s.mu.Lock()
+		s.msgAt = end // the acquire may have waited: its end is now
 		if s.server != srv {
 			s.mu.Unlock()
 			return nil, wire.Fatal(wire.CodeConnectionFailure, "server connection lost")
@@ -669,7 +727,7 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 		flags = scanStatement(text)
 	}
 	start := time.Now()
-	srv, err := s.serverFor(ctx, false)
+	srv, err := s.serverFor(ctx, false, start)
 	if err != nil {
 		return s.acquireFailed(err, true)
 	}
@@ -760,7 +818,7 @@ func (s *Session) writeServer(srv *Server, out []byte, flush bool) error {
 }
 
 func (s *Session) handleFunctionCall(ctx context.Context, raw []byte) error {
-	srv, err := s.serverFor(ctx, false)
+	srv, err := s.serverFor(ctx, false, time.Time{})
 	if err != nil {
 		return s.acquireFailed(err, true)
 	}

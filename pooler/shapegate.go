@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pgaudit-proxy/pgaudit/wire"
 )
@@ -153,6 +154,7 @@ func (s *Session) gateShapeLocked(ctx context.Context, srv *Server, def *stmtDef
 		return false, nil
 	}
 	verdict, err := s.probeLocked(ctx, srv, def)
+	s.msgAt = time.Time{} // the probe waited for the server (see requestNow)
 	switch {
 	case err != nil:
 		return true, err

@@ -62,7 +62,25 @@ func scanStatement(sql string) stmtFlags {
 			f = scanOne(stmt, f)
 		}
 	}
-	if strings.Contains(sql, "dvisory") || strings.Contains(sql, "DVISORY") {
+	// Both function checks need a '_' (set_config; pg_advisory_lock and
+	// its siblings): one pass over the underscores finds the candidates,
+	// and the exact checks run only for a text that has one.
+	setConfig, advisory := false, false
+	for i := 0; i < len(sql) && !(setConfig && advisory); {
+		j := strings.IndexByte(sql[i:], '_')
+		if j < 0 {
+			break
+		}
+		p := i + j
+		if p >= 3 && (strings.HasPrefix(sql[p-3:], "set_config") || strings.HasPrefix(sql[p-3:], "SET_CONFIG")) {
+			setConfig = true
+		}
+		if len(sql)-p > 8 && equalFoldLower(sql[p+1:p+9], "advisory") {
+			advisory = true
+		}
+		i = p + 1
+	}
+	if advisory && (strings.Contains(sql, "dvisory") || strings.Contains(sql, "DVISORY")) {
 		l := strings.ToLower(sql)
 		for _, fn := range []string{"pg_advisory_lock(", "pg_advisory_lock_shared(", "pg_try_advisory_lock(", "pg_try_advisory_lock_shared("} {
 			if strings.Contains(l, fn) {
@@ -70,18 +88,37 @@ func scanStatement(sql string) stmtFlags {
 			}
 		}
 	}
-	if strings.Contains(sql, "set_config") || strings.Contains(sql, "SET_CONFIG") {
+	if setConfig {
 		f |= flagSetGUC
 	}
 	return f
 }
 
+// scanKeywords marks the lengths of the first words scanOne acts on (SET,
+// DROP, RESET/ALTER, LISTEN/CREATE/SELECT, DISCARD/PREPARE/DECLARE,
+// DEALLOCATE): a first word of any other length leaves the flags alone
+// without a comparison.
+var scanKeywords = [...]bool{3: true, 4: true, 5: true, 6: true, 7: true, 10: true}
+
 // scanOne adds the flags of one statement to f.
 func scanOne(stmt string, f stmtFlags) stmtFlags {
 	kw, rest := firstWord(stmt)
+	if len(kw) >= len(scanKeywords) || !scanKeywords[len(kw)] {
+		return f
+	}
+	// The keyword in lower case, on the stack: one string switch instead
+	// of a strings.EqualFold per case.
+	var buf [10]byte
+	for i := 0; i < len(kw); i++ {
+		c := kw[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		buf[i] = c
+	}
 	is := strings.EqualFold
-	switch {
-	case is(kw, "set"):
+	switch string(buf[:len(kw)]) {
+	case "set":
 		next, _ := firstWord(rest)
 		if !is(next, "local") && !is(next, "transaction") && !is(next, "constraints") {
 			f |= flagSetGUC
@@ -89,16 +126,16 @@ func scanOne(stmt string, f stmtFlags) stmtFlags {
 		if containsFold(rest, "default") {
 			f |= flagResetGUC
 		}
-	case is(kw, "reset"):
+	case "reset":
 		f |= flagSetGUC | flagResetGUC
-	case is(kw, "discard"):
+	case "discard":
 		next, _ := firstWord(rest)
 		if is(next, "all") {
 			f |= flagDiscardAll | flagSetGUC | flagResetGUC
 		} else if is(next, "temp") || is(next, "temporary") {
 			f |= flagSetGUC
 		}
-	case is(kw, "deallocate"):
+	case "deallocate":
 		next, r2 := firstWord(rest)
 		if is(next, "prepare") {
 			next, _ = firstWord(r2)
@@ -106,15 +143,15 @@ func scanOne(stmt string, f stmtFlags) stmtFlags {
 		if is(next, "all") {
 			f |= flagDeallocateAll
 		}
-	case is(kw, "listen"):
+	case "listen":
 		f |= flagListen
-	case is(kw, "prepare"):
+	case "prepare":
 		f |= flagPrepare
-	case is(kw, "declare"):
+	case "declare":
 		if containsFold(stmt, "with hold") {
 			f |= flagWithHold
 		}
-	case is(kw, "create"):
+	case "create":
 		next, r2 := firstWord(rest)
 		if is(next, "global") || is(next, "local") {
 			next, _ = firstWord(r2)
@@ -125,10 +162,10 @@ func scanOne(stmt string, f stmtFlags) stmtFlags {
 		} else {
 			f |= ddlFlag(next, r2)
 		}
-	case is(kw, "alter") || is(kw, "drop"):
+	case "alter", "drop":
 		next, r2 := firstWord(rest)
 		f |= ddlFlag(next, r2)
-	case is(kw, "select"):
+	case "select":
 		if containsFold(stmt, " into temp") {
 			f |= flagTempTable
 		}
@@ -137,26 +174,74 @@ func scanOne(stmt string, f stmtFlags) stmtFlags {
 }
 
 // containsFold reports whether s contains lower, an ASCII lower-case
-// string, ignoring ASCII case, without allocating.
+// string, ignoring ASCII case, without allocating. It runs on every
+// statement of the relay's path: candidates are found with
+// strings.IndexByte (vectorized) on lower's first letter in both cases,
+// not by comparing at every offset.
 func containsFold(s, lower string) bool {
 	n := len(lower)
-	for i := 0; i+n <= len(s); i++ {
-		j := 0
-		for j < n {
-			c := s[i+j]
-			if 'A' <= c && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			if c != lower[j] {
-				break
-			}
-			j++
+	if n == 0 {
+		return true
+	}
+	if n > len(s) {
+		return false
+	}
+	// The anchor: lower's first letter (a leading space or punctuation
+	// is frequent in any text; a letter less so).
+	a := 0
+	for a < n && (lower[a] < 'a' || lower[a] > 'z') {
+		a++
+	}
+	if a == n {
+		return strings.Contains(s, lower) // no letter: case does not matter
+	}
+	lo, up := lower[a], lower[a]-('a'-'A')
+	// Candidates for the anchor lie in s[a : len(s)-n+a+1].
+	last := len(s) - n + a   // the last possible anchor position
+	nextLo, nextUp := -2, -2 // next position of each case at or after i; -1: none
+	for i := a; i <= last; {
+		if nextLo != -1 && nextLo < i {
+			nextLo = indexByteFrom(s[:last+1], lo, i)
 		}
-		if j == n {
+		if nextUp != -1 && nextUp < i {
+			nextUp = indexByteFrom(s[:last+1], up, i)
+		}
+		p := nextLo
+		if p < 0 || (nextUp >= 0 && nextUp < p) {
+			p = nextUp
+		}
+		if p < 0 {
+			return false
+		}
+		if equalFoldLower(s[p-a:p-a+n], lower) {
 			return true
 		}
+		i = p + 1
 	}
 	return false
+}
+
+// indexByteFrom is the index of c in s at or after from, or -1.
+func indexByteFrom(s string, c byte, from int) int {
+	if j := strings.IndexByte(s[from:], c); j >= 0 {
+		return from + j
+	}
+	return -1
+}
+
+// equalFoldLower reports whether s equals lower (ASCII lower-case, the
+// same length) ignoring ASCII case.
+func equalFoldLower(s, lower string) bool {
+	for j := 0; j < len(lower); j++ {
+		c := s[j]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != lower[j] {
+			return false
+		}
+	}
+	return true
 }
 
 // firstWord skips whitespace, comments and opening parentheses and returns

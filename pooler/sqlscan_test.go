@@ -39,6 +39,18 @@ func TestScanStatement(t *testing.T) {
 		{"select set_config('a.b', 'c', false)", flagSetGUC},
 		{"/* c */ -- x\n  LISTEN a", flagListen},
 		{"begin; set search_path = b; listen x; commit", flagSetGUC | flagListen},
+		{"SELECT SET_CONFIG('a.b', 'c', false)", flagSetGUC},
+		{"select Set_Config('a.b', 'c', false)", 0}, // as before: only all lower or all upper case
+		{"select x_set_config, pg_advisory_lock(2)", flagSetGUC | flagAdvisoryLock},
+		{"_set_config", flagSetGUC},
+		{"select a_b, c_ from t_", 0},
+		{"select pg_Advisory_Lock(1)", flagAdvisoryLock},
+		{"select pg_advisory", 0},
+		{"SeLeCt 1 InTo TeMp t", flagTempTable},
+		{"ListEN chan", flagListen},
+		{"DeallocatE all", flagDeallocateAll},
+		{"selects 1 into temp t", 0},
+		{"(select 1 into temp t)", flagTempTable},
 	}
 	for _, tt := range tests {
 		if got := scanStatement(tt.sql); got != tt.want {
@@ -113,4 +125,65 @@ func TestScanPreparedRef(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestContainsFold: the IndexByte-driven search finds exactly what a
+// comparison at every offset finds, anchors on the first letter of a
+// pattern that starts with a space, and handles patterns without
+// letters, at the ends of the text, and longer than it.
+func TestContainsFold(t *testing.T) {
+	naive := func(s, lower string) bool {
+		for i := 0; i+len(lower) <= len(s); i++ {
+			if equalFoldLower(s[i:i+len(lower)], lower) {
+				return true
+			}
+		}
+		return false
+	}
+	tests := []struct {
+		s, lower string
+		want     bool
+	}{
+		{"SELECT abalance FROM pgbench_accounts WHERE aid = 1", " into temp", false},
+		{"select * INTO TEMP t from x", " into temp", true},
+		{"select *\tinto temp t", " into temp", false}, // a tab is not the space asked for
+		{"SELECT a INTO TEMPORARY t", " into temp", true},
+		{"iiiiIIII into tem", " into temp", false},
+		{"Into temp", " into temp", false},
+		{"x into temp", " into temp", true},
+		{"SET x TO DEFAULT", "default", true},
+		{"DEFAULT", "default", true},
+		{"defaul", "default", false},
+		{"", "copy", false},
+		{"copy", "", true},
+		{"a;b", ";", true},
+		{"ab", ";", false},
+		{"cOpY t FROM stdin", "copy", true},
+		{"ccccopy", "copy", true},
+		{"CCCCOPX", "copy", false},
+	}
+	for _, tt := range tests {
+		if got := containsFold(tt.s, tt.lower); got != tt.want {
+			t.Errorf("containsFold(%q, %q) = %v, want %v", tt.s, tt.lower, got, tt.want)
+		}
+	}
+	// Every text over a small alphabet up to length 7 against a few
+	// patterns: the same answers as the comparison at every offset.
+	alphabet := "aAiI o;"
+	patterns := []string{"a", "ai", " ai", "ia o", "aaa", " ;", "i;"}
+	var gen func(prefix string, n int)
+	gen = func(prefix string, n int) {
+		for _, p := range patterns {
+			if got, want := containsFold(prefix, p), naive(prefix, p); got != want {
+				t.Fatalf("containsFold(%q, %q) = %v, want %v", prefix, p, got, want)
+			}
+		}
+		if n == 0 {
+			return
+		}
+		for i := 0; i < len(alphabet); i++ {
+			gen(prefix+alphabet[i:i+1], n-1)
+		}
+	}
+	gen("", 6)
 }

@@ -241,6 +241,11 @@ func (s *poolStats) init() {
 
 // accumulateLocked adds busy time since the last change into the ring.
 func (s *poolStats) accumulateLocked(now time.Time) {
+	// A reading taken before the lock may be older than the last change:
+	// time never runs back here, or an interval would count twice.
+	if now.Before(s.lastChange) {
+		return
+	}
 	// Spread the interval across the seconds it covers.
 	from := s.lastChange
 	for from.Before(now) {
@@ -270,16 +275,24 @@ func (s *poolStats) advanceLocked(sec int64) {
 	s.secIndex = sec
 }
 
-func (s *poolStats) acquired() {
+func (s *poolStats) acquired() { s.acquiredAt(time.Now()) }
+
+// acquiredAt counts a server taken by a holder at now (a reading the
+// caller already has: the relay's path reads the clock as little as it
+// can).
+func (s *poolStats) acquiredAt(now time.Time) {
 	s.mu.Lock()
-	s.accumulateLocked(time.Now())
+	s.accumulateLocked(now)
 	s.busy++
 	s.mu.Unlock()
 }
 
-func (s *poolStats) released() {
+func (s *poolStats) released() { s.releasedAt(time.Now()) }
+
+// releasedAt counts a server given back at now (see acquiredAt).
+func (s *poolStats) releasedAt(now time.Time) {
 	s.mu.Lock()
-	s.accumulateLocked(time.Now())
+	s.accumulateLocked(now)
 	if s.busy > 0 {
 		s.busy--
 	}

@@ -179,3 +179,39 @@ func FuzzScan(f *testing.F) {
 		}
 	})
 }
+
+// TestFirstWordShortcut: FirstWord's shortcut for a text that starts with
+// a word gives what the scanner gives, string prefixes (E'..', U&"..")
+// and non-ASCII bytes included.
+func TestFirstWordShortcut(t *testing.T) {
+	scanned := func(s string) (string, string) {
+		l := New(s)
+		for {
+			kind, a, b, ok := l.Next()
+			if !ok {
+				return "", ""
+			}
+			switch kind {
+			case Space, Comment:
+				continue
+			case Other:
+				if s[a] == '(' {
+					continue
+				}
+			case Ident:
+				return s[a:b], s[b:]
+			}
+			return "", s[a:]
+		}
+	}
+	for _, s := range []string{
+		"SELECT 1", "select", "ab", "a", "E'x'", "e'x' y", "U&'x'", "u&\"x\"", "X'0f'", "ex'", "EX'1'",
+		"s$1 x", "set_config", "sé lect", "a\u00e9 b", "SELECT\tabalance", "in(1)", "ab;cd", "_x y", "é",
+	} {
+		w1, r1 := FirstWord(s)
+		w2, r2 := scanned(s)
+		if w1 != w2 || r1 != r2 {
+			t.Errorf("FirstWord(%q) = %q, %q; the scanner says %q, %q", s, w1, r1, w2, r2)
+		}
+	}
+}

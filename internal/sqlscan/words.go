@@ -9,6 +9,18 @@ import "strings"
 // a quoted identifier) or holds nothing; rest then starts at that token.
 // It does not allocate.
 func FirstWord(s string) (word, rest string) {
+	// The common case, a text that starts with a keyword of two or more
+	// letters (SELECT, INSERT, ...), without the scanner: its first token
+	// is that identifier (a one-letter word may open a string, E'..').
+	if len(s) > 1 && IsIdentStart(s[0]) && s[0] < 0x80 {
+		j := 1
+		for j < len(s) && IsIdentCont(s[j]) {
+			j++
+		}
+		if j > 1 {
+			return s[:j], s[j:]
+		}
+	}
 	l := New(s)
 	for {
 		kind, a, b, ok := l.Next()
