@@ -184,26 +184,7 @@ func FuzzScan(f *testing.F) {
 // a word gives what the scanner gives, string prefixes (E'..', U&"..")
 // and non-ASCII bytes included.
 func TestFirstWordShortcut(t *testing.T) {
-	scanned := func(s string) (string, string) {
-		l := New(s)
-		for {
-			kind, a, b, ok := l.Next()
-			if !ok {
-				return "", ""
-			}
-			switch kind {
-			case Space, Comment:
-				continue
-			case Other:
-				if s[a] == '(' {
-					continue
-				}
-			case Ident:
-				return s[a:b], s[b:]
-			}
-			return "", s[a:]
-		}
-	}
+	scanned := firstWordScanned
 	for _, s := range []string{
 		"SELECT 1", "select", "ab", "a", "E'x'", "e'x' y", "U&'x'", "u&\"x\"", "X'0f'", "ex'", "EX'1'",
 		"s$1 x", "set_config", "sé lect", "a\u00e9 b", "SELECT\tabalance", "in(1)", "ab;cd", "_x y", "é",

@@ -21,6 +21,12 @@ func FirstWord(s string) (word, rest string) {
 			return s[:j], s[j:]
 		}
 	}
+	return firstWordScanned(s)
+}
+
+// firstWordScanned is FirstWord by the scanner alone, without the
+// shortcut for a text that starts with a plain word.
+func firstWordScanned(s string) (string, string) {
 	l := New(s)
 	for {
 		kind, a, b, ok := l.Next()
