@@ -35,6 +35,9 @@ type stmtDef struct {
 	// resets says the statement may return settings to their reset
 	// values (see restoreStartupLocked).
 	resets bool
+	// flags is scanStatement of query (transaction mode), kept for a
+	// Parse of the same text (see reparse).
+	flags stmtFlags
 	// shape is the result shape (rowShape) the client was last told in a
 	// Describe reply, "" before; see shapegate.go. Under s.mu.
 	shape string
@@ -56,23 +59,75 @@ func mayReset(text string) bool {
 		scanStatement(text)&flagResetGUC != 0
 }
 
+// stmt returns the client's statement called name, nil if none. Client
+// goroutine only.
+func (s *Session) stmt(name string) *stmtDef {
+	if name == "" {
+		return s.unnamedStmt
+	}
+	return s.stmts[name]
+}
+
+// stmtBytes is stmt with the name as bytes (no string made of it).
+func (s *Session) stmtBytes(name []byte) *stmtDef {
+	if len(name) == 0 {
+		return s.unnamedStmt
+	}
+	return s.stmts[string(name)]
+}
+
 // setStmt records the client's statement name; the map is made by the
-// first one, so a session that never prepares holds none. Client goroutine
-// only.
+// first named one, so a session that never prepares holds none. Client
+// goroutine only.
 func (s *Session) setStmt(name string, def *stmtDef) {
+	if name == "" {
+		s.unnamedStmt = def
+		return
+	}
 	if s.stmts == nil {
 		s.stmts = map[string]*stmtDef{}
 	}
 	s.stmts[name] = def
 }
 
-// setPortal records the client's portal name; the map is made by the first
-// one. Client goroutine only.
-func (s *Session) setPortal(name string, p *pending) {
-	if s.portals == nil {
-		s.portals = map[string]*pending{}
+// deleteStmt forgets the client's statement name. Client goroutine only.
+func (s *Session) deleteStmt(name string) {
+	if name == "" {
+		s.unnamedStmt = nil
+		return
 	}
-	s.portals[name] = p
+	delete(s.stmts, name)
+}
+
+// portal returns the client's portal called name, nil if none. Client
+// goroutine only.
+func (s *Session) portal(name []byte) *portal {
+	if len(name) == 0 {
+		return s.unnamedPortal
+	}
+	return s.portals[string(name)]
+}
+
+// setPortal records the client's portal name; the map is made by the first
+// named one. Client goroutine only.
+func (s *Session) setPortal(name []byte, p *portal) {
+	if len(name) == 0 {
+		s.unnamedPortal = p
+		return
+	}
+	if s.portals == nil {
+		s.portals = map[string]*portal{}
+	}
+	s.portals[string(name)] = p
+}
+
+// deletePortal forgets the client's portal name. Client goroutine only.
+func (s *Session) deletePortal(name []byte) {
+	if len(name) == 0 {
+		s.unnamedPortal = nil
+		return
+	}
+	delete(s.portals, string(name))
 }
 
 // live reports whether def names an existing statement for the client;
@@ -100,12 +155,12 @@ func (s *Session) mapPreparedRefLocked(srv *Server, text string, it *pending, ra
 	if !ok {
 		return raw
 	}
-	def := s.stmts[ref.name]
+	def := s.stmt(ref.name)
 	if !def.live() || def.serverName == "" {
 		return raw // SQL PREPAREd (the client is pinned) or unknown: the server answers
 	}
 	if !ref.execute {
-		delete(s.stmts, ref.name)
+		s.deleteStmt(ref.name)
 		// A statement with the same effect on the server (none), the
 		// same errors (25P02 in a failed transaction) and a tag to
 		// replace.
@@ -153,14 +208,42 @@ func (s *Session) dropQueuedSyncsLocked() {
 // server-side names and prepared on demand.
 func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) error {
 	body := raw[5:]
+	// Decode what we need before taking the lock (the decoding has no
+	// effect on the session: a message skipped below is dropped unread,
+	// decoding error included, as the server skips it).
+	var (
+		parse      wire.ParseMsg
+		bind       wire.BindMsg
+		targetKind byte
+		targetName []byte
+		err        error
+		flags      stmtFlags
+	)
+	txMode := s.mode == TransactionMode
+	switch typ {
+	case wire.MsgParse:
+		if s.reparse(body, &parse) {
+			// The same text as the unnamed statement's: so are its flags.
+			flags = s.unnamedStmt.flags
+		} else {
+			parse, err = wire.DecodeParse(body)
+			if err == nil && txMode {
+				flags = scanStatement(parse.Query)
+			}
+		}
+	case wire.MsgBind:
+		bind, err = wire.DecodeBind(body)
+	case wire.MsgDescribe, wire.MsgClose:
+		targetKind, targetName, err = wire.DecodeTarget(body)
+	}
+	// One hold of s.mu from here on, in the common case (a server
+	// attached): taking it is paid per message.
 	s.mu.Lock()
-	skip := s.skipUntilSync
-	s.mu.Unlock()
-	if skip {
+	if s.skipUntilSync {
 		if typ != wire.MsgSync {
+			s.mu.Unlock()
 			return nil
 		}
-		s.mu.Lock()
 		s.skipUntilSync = false
 		if s.server == nil {
 			s.sendLocked(wire.AppendReadyForQuery(nil, wire.TxIdle))
@@ -168,39 +251,15 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			s.mu.Unlock()
 			return err
 		}
-		s.mu.Unlock()
-	}
-	// Decode what we need before taking the lock.
-	var (
-		parse      wire.ParseMsg
-		bind       wire.BindMsg
-		targetKind byte
-		targetName []byte
-		err        error
-	)
-	switch typ {
-	case wire.MsgParse:
-		if !s.reparse(body, &parse) {
-			parse, err = wire.DecodeParse(body)
-		}
-	case wire.MsgBind:
-		bind, err = wire.DecodeBind(body)
-	case wire.MsgDescribe, wire.MsgClose:
-		targetKind, targetName, err = wire.DecodeTarget(body)
 	}
 	if err != nil {
+		s.mu.Unlock()
 		return wire.Fatal(wire.CodeProtocolViolation, fmt.Sprintf("invalid %q message", typ))
-	}
-	txMode := s.mode == TransactionMode
-	var flags stmtFlags
-	if typ == wire.MsgParse && txMode {
-		flags = scanStatement(parse.Query)
 	}
 	// A Close of a client statement in transaction mode and a Flush with
 	// nothing pending are answered locally without a server.
 	if txMode && typ == wire.MsgClose && targetKind == wire.TargetStatement {
-		s.mu.Lock()
-		if def := s.stmts[string(targetName)]; def.live() && def.serverName != "" {
+		if def := s.stmt(string(targetName)); def.live() && def.serverName != "" {
 			// A client closes a statement and parses the same text again
 			// when it believes the statement went stale: pgx does after
 			// any error, including one it raises itself when it cannot
@@ -216,13 +275,12 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			base := stmtBase(def.query, def.types)
 			s.abandoned[base] = [2]uint64{s.proxy.ddlEpoch.Load(), s.proxy.stmtGen(base)}
 		}
-		delete(s.stmts, string(targetName))
+		s.deleteStmt(string(targetName))
 		if s.server == nil && s.queue.len() == 0 {
 			s.sendLocked(wire.CloseComplete())
 			s.mu.Unlock()
 			return nil
 		}
-		s.mu.Unlock()
 	}
 	// A named Parse from an idle client is registered without a server, as
 	// PgBouncer does: the statement is prepared on whichever server runs
@@ -231,15 +289,14 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	// while their other connections hold every server mid-transaction.
 	// The cost: a syntax error surfaces at that Bind instead.
 	if txMode && typ == wire.MsgParse && parse.Name != "" {
-		s.mu.Lock()
 		if s.server == nil && s.queue.len() == 0 {
-			if s.stmts[parse.Name].live() {
+			if s.stmt(parse.Name).live() {
 				e := &wire.Error{Severity: "ERROR", Code: pgerrcode.DuplicatePreparedStatement, Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)}
 				s.sendLocked(e.AppendErrorResponse(nil))
 				s.skipUntilSync = true
 			} else {
 				s.setStmt(parse.Name, &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), serverName: s.serverStmtName(parse.Query, parse.Types),
-					resets: flags&flagResetGUC != 0})
+					resets: flags&flagResetGUC != 0, flags: flags})
 				s.clientParses++
 				s.noteFlags(flags, parse.Query)
 				s.sendLocked(wire.ParseComplete())
@@ -247,10 +304,8 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			s.mu.Unlock()
 			return nil
 		}
-		s.mu.Unlock()
 	}
 	if typ == wire.MsgFlush || typ == wire.MsgSync {
-		s.mu.Lock()
 		if s.server == nil && s.queue.len() == 0 {
 			if typ == wire.MsgSync {
 				s.sendLocked(wire.AppendReadyForQuery(nil, wire.TxIdle))
@@ -259,9 +314,8 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			s.mu.Unlock()
 			return err
 		}
-		s.mu.Unlock()
 	}
-	srv, err := s.serverFor(ctx, typ != wire.MsgSync, time.Time{})
+	srv, err := s.serverForLocked(ctx, typ != wire.MsgSync, time.Time{})
 	if err != nil {
 		return s.acquireFailed(err, false)
 	}
@@ -280,17 +334,24 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	switch typ {
 	case wire.MsgParse:
 		s.clientParses++
-		it := pending{kind: pendParse, text: parse.Query, start: s.requestNow()}
+		// The item is filled in place at the end: nothing is queued
+		// before it on the common path, and copying it costs.
+		var it struct {
+			serverStmt           string
+			stmt                 *stmtDef
+			synthetic, addedStmt bool
+		}
+		start := s.requestNow()
 		if txMode {
-			def := s.stmts[""]
+			def := s.unnamedStmt
 			if parse.Name != "" || def == nil || def.query != parse.Query || !bytes.Equal(def.types, parse.Types) {
 				// (A client re-parsing the same unnamed statement, as
 				// pgbench -M extended does, keeps its definition.)
-				def = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), resets: flags&flagResetGUC != 0}
+				def = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), resets: flags&flagResetGUC != 0, flags: flags}
 			}
 			if parse.Name != "" {
 				def.serverName = s.serverStmtName(parse.Query, parse.Types)
-				if s.stmts[parse.Name].live() {
+				if s.stmt(parse.Name).live() {
 					s.localErrorLocked(&wire.Error{Severity: "ERROR", Code: pgerrcode.DuplicatePreparedStatement, Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)})
 					s.mu.Unlock()
 					return nil
@@ -320,15 +381,15 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		if out != nil {
 			s.serverParses++
 		}
-		s.queue.push(it)
+		q := s.queue.add(pendParse)
+		q.text, q.start, q.serverStmt, q.stmt, q.synthetic, q.addedStmt = parse.Query, start, it.serverStmt, it.stmt, it.synthetic, it.addedStmt
 	case wire.MsgBind:
 		s.binds++
-		stmtName := string(bind.Statement)
 		var def *stmtDef
 		if txMode {
-			def = s.stmts[stmtName]
+			def = s.stmtBytes(bind.Statement)
 			if !def.live() {
-				s.localErrorLocked(noSuchStatement(stmtName))
+				s.localErrorLocked(noSuchStatement(string(bind.Statement)))
 				s.mu.Unlock()
 				return nil
 			}
@@ -341,32 +402,33 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			}
 			inject = nil
 		} else {
-			def = s.stmts[stmtName]
+			def = s.stmtBytes(bind.Statement)
 		}
 		n, h, params, perr := wire.BindParams(bind.Rest, s.proxy.config().CaptureParams)
 		if perr != nil {
 			s.mu.Unlock()
 			return wire.Fatal(wire.CodeProtocolViolation, "invalid Bind message")
 		}
-		p := s.portals[string(bind.Portal)]
+		p := s.portal(bind.Portal)
 		if p != nil {
 			// Rebinding a portal (the unnamed one, usually) reuses its
 			// record: nothing keeps a pointer to it.
-			*p = pending{paramHash: h, numParams: int32(n), params: params, stmt: def}
+			*p = portal{paramHash: h, numParams: int32(n), params: params, stmt: def}
 		} else {
-			p = &pending{paramHash: h, numParams: int32(n), params: params, stmt: def}
-			s.setPortal(string(bind.Portal), p)
+			p = &portal{paramHash: h, numParams: int32(n), params: params, stmt: def}
+			s.setPortal(bind.Portal, p)
 		}
 		if def != nil {
 			p.text, p.holdZ = def.query, def.resets
 		}
-		s.queue.push(pending{kind: pendBind, serverStmt: serverNameOf(def), text: p.text, start: s.requestNow(),
-			paramHash: p.paramHash, numParams: p.numParams, params: p.params})
+		it := s.queue.add(pendBind)
+		it.serverStmt, it.text, it.start = serverNameOf(def), p.text, s.requestNow()
+		it.paramHash, it.numParams, it.params = p.paramHash, p.numParams, p.params
 	case wire.MsgDescribe:
 		if targetKind == wire.TargetStatement {
 			it := pending{kind: pendDescribeStmt}
 			if txMode {
-				def := s.stmts[string(targetName)]
+				def := s.stmt(string(targetName))
 				if !def.live() {
 					s.localErrorLocked(noSuchStatement(string(targetName)))
 					s.mu.Unlock()
@@ -383,28 +445,28 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			}
 			s.queue.push(it)
 		} else {
-			it := pending{kind: pendDescribePortal}
-			if p := s.portals[string(targetName)]; p != nil && txMode {
+			it := s.queue.add(pendDescribePortal)
+			if p := s.portal(targetName); p != nil && txMode {
 				it.stmt, it.serverStmt = p.stmt, serverNameOf(p.stmt)
 			}
-			s.queue.push(it)
 		}
 	case wire.MsgExecute:
-		portal := ""
-		if len(body) > 0 {
-			if i := indexZero(body); i >= 0 {
-				portal = string(body[:i])
-			}
+		var name []byte
+		if i := indexZero(body); i > 0 {
+			name = body[:i]
 		}
-		it := pending{kind: pendExecute, start: s.requestNow(), portal: portal}
-		if p := s.portals[portal]; p != nil {
+		it := s.queue.add(pendExecute)
+		it.start = s.requestNow()
+		if len(name) > 0 {
+			it.portal = string(name)
+		}
+		if p := s.portal(name); p != nil {
 			it.text, it.paramHash, it.numParams, it.params = p.text, p.paramHash, p.numParams, p.params
 			if p.holdZ {
 				s.groupResets = true
 			}
 		}
-		s.stampTx(&it)
-		s.queue.push(it)
+		s.stampTx(it)
 	case wire.MsgClose:
 		if txMode && targetKind == wire.TargetStatement {
 			// Answered by the proxy: the server-side statement stays for
@@ -413,9 +475,9 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			out = nil
 		} else {
 			if targetKind == wire.TargetStatement {
-				delete(s.stmts, string(targetName))
+				s.deleteStmt(string(targetName))
 			} else {
-				delete(s.portals, string(targetName))
+				s.deletePortal(targetName)
 			}
 			s.queue.push(pending{kind: pendClose})
 		}
@@ -430,14 +492,11 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		}
 		s.groupOpen = false
 		s.groupStamped = false
-		sync := pending{kind: pendSync}
-		if s.groupResets && len(s.startupGUCs) > 0 {
-			// As after a simple Query (see handleQuery).
-			sync.holdZ = true
-		}
+		// As after a simple Query (see handleQuery).
+		holdZ := s.groupResets && len(s.startupGUCs) > 0
 		s.groupResets = false
-		s.queue.push(sync)
-		if sync.holdZ {
+		s.queue.add(pendSync).holdZ = holdZ
+		if holdZ {
 			out = s.restoreStartupLocked(out)
 		}
 	case wire.MsgFlush:
@@ -478,7 +537,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 // statement's text instead of copying it, and reports whether it did.
 // Client goroutine only.
 func (s *Session) reparse(body []byte, parse *wire.ParseMsg) bool {
-	def := s.stmts[""]
+	def := s.unnamedStmt
 	if def == nil || len(def.types) < 2 || len(body) < len(def.query)+2 || body[0] != 0 {
 		return false
 	}

@@ -74,6 +74,19 @@ type pending struct {
 	tag string
 }
 
+// portal is a client's bound portal: its statement and the audit data
+// its Executes carry.
+type portal struct {
+	stmt      *stmtDef
+	text      string
+	params    []string
+	paramHash uint64
+	numParams int32
+	// holdZ: the portal's statement may reset settings (see
+	// pending.holdZ).
+	holdZ bool
+}
+
 // stmtResult is how one statement of a simple Query ended: its command
 // tag split as parseTag does (command "" for an EmptyQueryResponse), or
 // its error.
@@ -110,6 +123,16 @@ type pendingQueue struct {
 }
 
 func (q *pendingQueue) push(p pending) { q.items = append(q.items, p) }
+
+// add appends a zero item of the given kind and returns it for the caller
+// to fill in place, valid until the next add, push or pop: a pending item
+// is large, and building it in a local and pushing it copies it twice.
+func (q *pendingQueue) add(kind pendingKind) *pending {
+	q.items = append(q.items, pending{})
+	it := &q.items[len(q.items)-1]
+	it.kind = kind
+	return it
+}
 
 func (q *pendingQueue) len() int { return len(q.items) - q.head }
 

@@ -191,10 +191,17 @@ type requestState struct {
 }
 
 // statementState is the client's protocol-level prepared statements and
-// portals (client goroutine only). The maps are made by their first entry.
+// portals (client goroutine only). The maps are made by their first entry;
+// the unnamed statement and portal, which most extended-protocol clients
+// use for every statement, live in fields of their own (see stmt and
+// portal): no map lookup per message.
 type statementState struct {
 	stmts   map[string]*stmtDef
-	portals map[string]*pending
+	portals map[string]*portal
+	// unnamedStmt and unnamedPortal are the client's "" statement and
+	// portal, nil when there is none.
+	unnamedStmt   *stmtDef
+	unnamedPortal *portal
 	// abandoned holds the texts (stmtBase) of statements the client
 	// closed, with the DDL epoch and the text's generation then (see
 	// serverStmtName).
@@ -660,6 +667,12 @@ func (s *Session) interruptInline() {
 // the clock (zero otherwise): an acquisition counts its wait from it.
 func (s *Session) serverFor(ctx context.Context, opensGroup bool, start time.Time) (*Server, error) {
 	s.mu.Lock()
+	return s.serverForLocked(ctx, opensGroup, start)
+}
+
+// serverForLocked is serverFor called with s.mu held; it returns with
+// s.mu held on success and released on error.
+func (s *Session) serverForLocked(ctx context.Context, opensGroup bool, start time.Time) (*Server, error) {
 	if s.closed {
 		s.mu.Unlock()
 		return nil, errClientGone
@@ -764,13 +777,14 @@ func (s *Session) handleQuery(ctx context.Context, raw []byte) error {
 	if flags&(flagDiscardAll|flagDeallocateAll) != 0 && srv.prepared != nil {
 		srv.prepared.clear()
 		clear(s.stmts)
+		s.unnamedStmt = nil
 	}
 	// A simple Query destroys the unnamed statement, on the server and
 	// for the client, as Postgres does: a later Bind of "" without a
 	// Parse fails with 26000.
 	srv.unnamed = nil
 	if s.mode == TransactionMode {
-		delete(s.stmts, "")
+		s.unnamedStmt = nil
 	}
 	return s.sendRequestLocked(srv, out)
 }
