@@ -256,62 +256,8 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		s.mu.Unlock()
 		return wire.Fatal(wire.CodeProtocolViolation, fmt.Sprintf("invalid %q message", typ))
 	}
-	// A Close of a client statement in transaction mode and a Flush with
-	// nothing pending are answered locally without a server.
-	if txMode && typ == wire.MsgClose && targetKind == wire.TargetStatement {
-		if def := s.stmt(string(targetName)); def.live() && def.serverName != "" {
-			// A client closes a statement and parses the same text again
-			// when it believes the statement went stale: pgx does after
-			// any error, including one it raises itself when it cannot
-			// encode an argument for the parameter types it was told. That
-			// Parse gets a server statement prepared anew (see
-			// serverStmtName), where a parameter type inferred before an
-			// ALTER COLUMN ... TYPE run directly is inferred again. (A
-			// client that closes and prepares again as a habit pays what
-			// it pays on a direct connection: a Parse each time.)
-			if s.abandoned == nil || len(s.abandoned) > 1000 {
-				s.abandoned = map[uint64][2]uint64{}
-			}
-			base := stmtBase(def.query, def.types)
-			s.abandoned[base] = [2]uint64{s.proxy.ddlEpoch.Load(), s.proxy.stmtGen(base)}
-		}
-		s.deleteStmt(string(targetName))
-		if s.server == nil && s.queue.len() == 0 {
-			s.sendLocked(wire.CloseComplete())
-			s.mu.Unlock()
-			return nil
-		}
-	}
-	// A named Parse from an idle client is registered without a server, as
-	// PgBouncer does: the statement is prepared on whichever server runs
-	// its first Bind or Describe. Holding a server here would deadlock
-	// clients such as pgbench that prepare synchronously from one thread
-	// while their other connections hold every server mid-transaction.
-	// The cost: a syntax error surfaces at that Bind instead.
-	if txMode && typ == wire.MsgParse && parse.Name != "" {
-		if s.server == nil && s.queue.len() == 0 {
-			if s.stmt(parse.Name).live() {
-				e := &wire.Error{Severity: "ERROR", Code: pgerrcode.DuplicatePreparedStatement, Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)}
-				s.sendLocked(e.AppendErrorResponse(nil))
-				s.skipUntilSync = true
-			} else {
-				s.setStmt(parse.Name, &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), serverName: s.serverStmtName(parse.Query, parse.Types),
-					resets: flags&flagResetGUC != 0, flags: flags})
-				s.clientParses++
-				s.noteFlags(flags, parse.Query)
-				s.sendLocked(wire.ParseComplete())
-			}
-			s.mu.Unlock()
-			return nil
-		}
-	}
-	if typ == wire.MsgFlush || typ == wire.MsgSync {
-		if s.server == nil && s.queue.len() == 0 {
-			if typ == wire.MsgSync {
-				s.sendLocked(wire.AppendReadyForQuery(nil, wire.TxIdle))
-			}
-			err := s.client.Flush()
-			s.mu.Unlock()
+	if typ != wire.MsgBind && typ != wire.MsgExecute && typ != wire.MsgDescribe {
+		if done, err := s.answerLocallyLocked(typ, &parse, flags, targetKind, targetName); done {
 			return err
 		}
 	}
@@ -330,120 +276,23 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		s.skipUntilSync = false
 	}
 	out := raw
-	var inject []byte
 	switch typ {
 	case wire.MsgParse:
-		s.clientParses++
-		// The item is filled in place at the end: nothing is queued
-		// before it on the common path, and copying it costs.
-		var it struct {
-			serverStmt           string
-			stmt                 *stmtDef
-			synthetic, addedStmt bool
+		var done bool
+		if out, done = s.parseLocked(srv, &parse, flags, out); done {
+			return nil
 		}
-		start := s.requestNow()
-		if txMode {
-			def := s.unnamedStmt
-			if parse.Name != "" || def == nil || def.query != parse.Query || !bytes.Equal(def.types, parse.Types) {
-				// (A client re-parsing the same unnamed statement, as
-				// pgbench -M extended does, keeps its definition.)
-				def = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), resets: flags&flagResetGUC != 0, flags: flags}
-			}
-			if parse.Name != "" {
-				def.serverName = s.serverStmtName(parse.Query, parse.Types)
-				if s.stmt(parse.Name).live() {
-					s.localErrorLocked(&wire.Error{Severity: "ERROR", Code: pgerrcode.DuplicatePreparedStatement, Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)})
-					s.mu.Unlock()
-					return nil
-				}
-				s.setStmt(parse.Name, def)
-				it.serverStmt = def.serverName
-				it.stmt = def
-				if srv.prepared.has(def.serverName) {
-					it.synthetic = true
-					out = nil
-				} else {
-					inject = s.closeEvictedLocked(srv, srv.prepared.add(def.serverName), def.serverName)
-					it.addedStmt = true
-					out = wire.AppendParse(inject, def.serverName, def.query, def.types)
-					inject = nil
-				}
-			} else {
-				s.setStmt("", def)
-				srv.unnamed = def
-			}
-			s.noteFlags(flags, parse.Query)
-		} else {
-			// Session mode forwards names unchanged; the text is kept
-			// for the audit events of later Executes.
-			s.setStmt(parse.Name, &stmtDef{query: parse.Query, resets: len(s.startupGUCs) > 0 && mayReset(parse.Query)})
-		}
-		if out != nil {
-			s.serverParses++
-		}
-		q := s.queue.add(pendParse)
-		q.text, q.start, q.serverStmt, q.stmt, q.synthetic, q.addedStmt = parse.Query, start, it.serverStmt, it.stmt, it.synthetic, it.addedStmt
 	case wire.MsgBind:
-		s.binds++
-		var def *stmtDef
-		if txMode {
-			def = s.stmtBytes(bind.Statement)
-			if !def.live() {
-				s.localErrorLocked(noSuchStatement(string(bind.Statement)))
-				s.mu.Unlock()
-				return nil
-			}
-			if done, err := s.gateShapeLocked(ctx, srv, def, false); done || err != nil {
-				return err
-			}
-			inject = s.ensurePreparedLocked(srv, def)
-			if inject != nil || def.serverName != string(bind.Statement) {
-				out = wire.AppendBind(inject, bind.Portal, def.serverName, bind.Rest)
-			}
-			inject = nil
-		} else {
-			def = s.stmtBytes(bind.Statement)
+		var done bool
+		if out, done, err = s.bindLocked(ctx, srv, &bind, out); done {
+			return err
 		}
-		n, h, params, perr := wire.BindParams(bind.Rest, s.proxy.config().CaptureParams)
-		if perr != nil {
-			s.mu.Unlock()
-			return wire.Fatal(wire.CodeProtocolViolation, "invalid Bind message")
-		}
-		p := s.portal(bind.Portal)
-		if p != nil {
-			// Rebinding a portal (the unnamed one, usually) reuses its
-			// record: nothing keeps a pointer to it.
-			*p = portal{paramHash: h, numParams: int32(n), params: params, stmt: def}
-		} else {
-			p = &portal{paramHash: h, numParams: int32(n), params: params, stmt: def}
-			s.setPortal(bind.Portal, p)
-		}
-		if def != nil {
-			p.text, p.holdZ = def.query, def.resets
-		}
-		it := s.queue.add(pendBind)
-		it.serverStmt, it.text, it.start = serverNameOf(def), p.text, s.requestNow()
-		it.paramHash, it.numParams, it.params = p.paramHash, p.numParams, p.params
 	case wire.MsgDescribe:
 		if targetKind == wire.TargetStatement {
-			it := pending{kind: pendDescribeStmt}
-			if txMode {
-				def := s.stmt(string(targetName))
-				if !def.live() {
-					s.localErrorLocked(noSuchStatement(string(targetName)))
-					s.mu.Unlock()
-					return nil
-				}
-				if done, err := s.gateShapeLocked(ctx, srv, def, true); done || err != nil {
-					return err
-				}
-				inject = s.ensurePreparedLocked(srv, def)
-				out = wire.AppendTarget(inject, wire.MsgDescribe, wire.TargetStatement, def.serverName)
-				inject = nil
-				it.serverStmt = def.serverName
-				it.stmt = def
+			var done bool
+			if out, done, err = s.describeStmtLocked(ctx, srv, targetName, out); done {
+				return err
 			}
-			s.queue.push(it)
 		} else {
 			it := s.queue.add(pendDescribePortal)
 			if p := s.portal(targetName); p != nil && txMode {
@@ -471,7 +320,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		if txMode && targetKind == wire.TargetStatement {
 			// Answered by the proxy: the server-side statement stays for
 			// other clients.
-			s.queue.push(pending{kind: pendClose, synthetic: true})
+			s.queue.add(pendClose).synthetic = true
 			out = nil
 		} else {
 			if targetKind == wire.TargetStatement {
@@ -479,7 +328,7 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 			} else {
 				s.deletePortal(targetName)
 			}
-			s.queue.push(pending{kind: pendClose})
+			s.queue.add(pendClose)
 		}
 	case wire.MsgSync:
 		if s.copyInExtended {
@@ -528,6 +377,209 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 	s.writing = true
 	s.mu.Unlock()
 	return s.writeServer(srv, out, flush)
+}
+
+// answerLocallyLocked answers, without a server, a Close of a client
+// statement in transaction mode, a named Parse, or a Flush or Sync with
+// nothing pending, when no server is attached (s.mu held); done reports
+// that it did (s.mu then released, err for handleExtended to return). Kept
+// out of handleExtended, whose stack frame is touched per message.
+func (s *Session) answerLocallyLocked(typ byte, parse *wire.ParseMsg, flags stmtFlags, targetKind byte, targetName []byte) (done bool, err error) {
+	txMode := s.mode == TransactionMode
+	// A Close of a client statement in transaction mode and a Flush with
+	// nothing pending are answered locally without a server.
+	if txMode && typ == wire.MsgClose && targetKind == wire.TargetStatement {
+		if def := s.stmt(string(targetName)); def.live() && def.serverName != "" {
+			// A client closes a statement and parses the same text again
+			// when it believes the statement went stale: pgx does after
+			// any error, including one it raises itself when it cannot
+			// encode an argument for the parameter types it was told. That
+			// Parse gets a server statement prepared anew (see
+			// serverStmtName), where a parameter type inferred before an
+			// ALTER COLUMN ... TYPE run directly is inferred again. (A
+			// client that closes and prepares again as a habit pays what
+			// it pays on a direct connection: a Parse each time.)
+			if s.abandoned == nil || len(s.abandoned) > 1000 {
+				s.abandoned = map[uint64][2]uint64{}
+			}
+			base := stmtBase(def.query, def.types)
+			s.abandoned[base] = [2]uint64{s.proxy.ddlEpoch.Load(), s.proxy.stmtGen(base)}
+		}
+		s.deleteStmt(string(targetName))
+		if s.server == nil && s.queue.len() == 0 {
+			s.sendLocked(wire.CloseComplete())
+			s.mu.Unlock()
+			return true, nil
+		}
+	}
+	// A named Parse from an idle client is registered without a server, as
+	// PgBouncer does: the statement is prepared on whichever server runs
+	// its first Bind or Describe. Holding a server here would deadlock
+	// clients such as pgbench that prepare synchronously from one thread
+	// while their other connections hold every server mid-transaction.
+	// The cost: a syntax error surfaces at that Bind instead.
+	if txMode && typ == wire.MsgParse && parse.Name != "" {
+		if s.server == nil && s.queue.len() == 0 {
+			if s.stmt(parse.Name).live() {
+				e := &wire.Error{Severity: "ERROR", Code: pgerrcode.DuplicatePreparedStatement, Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)}
+				s.sendLocked(e.AppendErrorResponse(nil))
+				s.skipUntilSync = true
+			} else {
+				s.setStmt(parse.Name, &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), serverName: s.serverStmtName(parse.Query, parse.Types),
+					resets: flags&flagResetGUC != 0, flags: flags})
+				s.clientParses++
+				s.noteFlags(flags, parse.Query)
+				s.sendLocked(wire.ParseComplete())
+			}
+			s.mu.Unlock()
+			return true, nil
+		}
+	}
+	if typ == wire.MsgFlush || typ == wire.MsgSync {
+		if s.server == nil && s.queue.len() == 0 {
+			if typ == wire.MsgSync {
+				s.sendLocked(wire.AppendReadyForQuery(nil, wire.TxIdle))
+			}
+			err := s.client.Flush()
+			s.mu.Unlock()
+			return true, err
+		}
+	}
+	return false, nil
+}
+
+// parseLocked plans a Parse for srv (s.mu held): it returns the bytes to
+// send instead of out, or done when it answered the message itself (s.mu
+// then released). The message cases live in functions of their own so
+// that handleExtended's stack frame, touched per message, stays small.
+func (s *Session) parseLocked(srv *Server, parse *wire.ParseMsg, flags stmtFlags, out []byte) ([]byte, bool) {
+	txMode := s.mode == TransactionMode
+	var inject []byte
+	s.clientParses++
+	// The item is filled in place at the end: nothing is queued
+	// before it on the common path, and copying it costs.
+	var it struct {
+		serverStmt           string
+		stmt                 *stmtDef
+		synthetic, addedStmt bool
+	}
+	start := s.requestNow()
+	if txMode {
+		def := s.unnamedStmt
+		if parse.Name != "" || def == nil || def.query != parse.Query || !bytes.Equal(def.types, parse.Types) {
+			// (A client re-parsing the same unnamed statement, as
+			// pgbench -M extended does, keeps its definition.)
+			def = &stmtDef{query: parse.Query, types: append([]byte(nil), parse.Types...), resets: flags&flagResetGUC != 0, flags: flags}
+		}
+		if parse.Name != "" {
+			def.serverName = s.serverStmtName(parse.Query, parse.Types)
+			if s.stmt(parse.Name).live() {
+				s.localErrorLocked(&wire.Error{Severity: "ERROR", Code: pgerrcode.DuplicatePreparedStatement, Message: fmt.Sprintf("prepared statement %q already exists", parse.Name)})
+				s.mu.Unlock()
+				return nil, true
+			}
+			s.setStmt(parse.Name, def)
+			it.serverStmt = def.serverName
+			it.stmt = def
+			if srv.prepared.has(def.serverName) {
+				it.synthetic = true
+				out = nil
+			} else {
+				inject = s.closeEvictedLocked(srv, srv.prepared.add(def.serverName), def.serverName)
+				it.addedStmt = true
+				out = wire.AppendParse(inject, def.serverName, def.query, def.types)
+				inject = nil
+			}
+		} else {
+			s.setStmt("", def)
+			srv.unnamed = def
+		}
+		s.noteFlags(flags, parse.Query)
+	} else {
+		// Session mode forwards names unchanged; the text is kept
+		// for the audit events of later Executes.
+		s.setStmt(parse.Name, &stmtDef{query: parse.Query, resets: len(s.startupGUCs) > 0 && mayReset(parse.Query)})
+	}
+	if out != nil {
+		s.serverParses++
+	}
+	q := s.queue.add(pendParse)
+	q.text, q.start, q.serverStmt, q.stmt, q.synthetic, q.addedStmt = parse.Query, start, it.serverStmt, it.stmt, it.synthetic, it.addedStmt
+	return out, false
+}
+
+// bindLocked plans a Bind for srv (s.mu held), as parseLocked; with done
+// it returns the error handleExtended returns.
+func (s *Session) bindLocked(ctx context.Context, srv *Server, bind *wire.BindMsg, out []byte) ([]byte, bool, error) {
+	txMode := s.mode == TransactionMode
+	var inject []byte
+	s.binds++
+	var def *stmtDef
+	if txMode {
+		def = s.stmtBytes(bind.Statement)
+		if !def.live() {
+			s.localErrorLocked(noSuchStatement(string(bind.Statement)))
+			s.mu.Unlock()
+			return nil, true, nil
+		}
+		if done, err := s.gateShapeLocked(ctx, srv, def, false); done || err != nil {
+			return nil, true, err
+		}
+		inject = s.ensurePreparedLocked(srv, def)
+		if inject != nil || def.serverName != string(bind.Statement) {
+			out = wire.AppendBind(inject, bind.Portal, def.serverName, bind.Rest)
+		}
+		inject = nil
+	} else {
+		def = s.stmtBytes(bind.Statement)
+	}
+	n, h, params, perr := wire.BindParams(bind.Rest, s.proxy.config().CaptureParams)
+	if perr != nil {
+		s.mu.Unlock()
+		return nil, true, wire.Fatal(wire.CodeProtocolViolation, "invalid Bind message")
+	}
+	p := s.portal(bind.Portal)
+	if p != nil {
+		// Rebinding a portal (the unnamed one, usually) reuses its
+		// record: nothing keeps a pointer to it.
+		*p = portal{paramHash: h, numParams: int32(n), params: params, stmt: def}
+	} else {
+		p = &portal{paramHash: h, numParams: int32(n), params: params, stmt: def}
+		s.setPortal(bind.Portal, p)
+	}
+	if def != nil {
+		p.text, p.holdZ = def.query, def.resets
+	}
+	it := s.queue.add(pendBind)
+	it.serverStmt, it.text, it.start = serverNameOf(def), p.text, s.requestNow()
+	it.paramHash, it.numParams, it.params = p.paramHash, p.numParams, p.params
+	return out, false, nil
+}
+
+// describeStmtLocked plans a Describe of a statement for srv (s.mu held),
+// as bindLocked.
+func (s *Session) describeStmtLocked(ctx context.Context, srv *Server, targetName []byte, out []byte) ([]byte, bool, error) {
+	txMode := s.mode == TransactionMode
+	var inject []byte
+	it := pending{kind: pendDescribeStmt}
+	if txMode {
+		def := s.stmt(string(targetName))
+		if !def.live() {
+			s.localErrorLocked(noSuchStatement(string(targetName)))
+			s.mu.Unlock()
+			return nil, true, nil
+		}
+		if done, err := s.gateShapeLocked(ctx, srv, def, true); done || err != nil {
+			return nil, true, err
+		}
+		inject = s.ensurePreparedLocked(srv, def)
+		out = wire.AppendTarget(inject, wire.MsgDescribe, wire.TargetStatement, def.serverName)
+		inject = nil
+		it.serverStmt = def.serverName
+		it.stmt = def
+	}
+	s.queue.push(it)
+	return out, false, nil
 }
 
 // reparse recognizes a Parse of the unnamed statement with the same text
