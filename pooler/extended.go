@@ -50,6 +50,10 @@ type stmtDef struct {
 	paramShape string
 	toldTypes  []byte
 	key        string // shape + "|" + paramShape (setShapes)
+	// rowDesc is the body of the last well-formed RowDescription a
+	// Describe of the statement got, when shape is its shape (empty
+	// otherwise; see noteRowDescription). Under s.mu.
+	rowDesc []byte
 }
 
 // mayReset is the scan for flagResetGUC where statements are not scanned

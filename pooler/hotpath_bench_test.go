@@ -168,3 +168,67 @@ func BenchmarkRelayReplies(b *testing.B) {
 		})
 	}
 }
+
+// groupConn is the client side of BenchmarkHandleExtended: every Read
+// returns the same extended-protocol group, as a client sending it again
+// and again would.
+type groupConn struct {
+	discardConn
+	group []byte
+}
+
+// Read returns the group (p must hold it).
+func (c *groupConn) Read(p []byte) (int, error) { return copy(p, c.group), nil }
+
+// BenchmarkHandleExtended measures the client side of pgbench -S -M
+// extended's transaction without any I/O: handleExtended over the Parse,
+// Bind, Describe portal and Execute of the unnamed statement, read from
+// one client buffer as pgbench sends them, each planned onto an attached
+// server connection whose writes are discarded. (The group's Sync, which
+// waits for the replies, is read and its bookkeeping undone instead; the
+// replies are BenchmarkRelayReplies'.) Deterministic where the
+// end-to-end benchmarks are at the mercy of the machine's load.
+func BenchmarkHandleExtended(b *testing.B) {
+	const text = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+	var group []byte
+	group = wire.AppendParse(group, "", text, []byte{0, 0})
+	group = wire.AppendBind(group, nil, "", []byte{0, 0, 0, 1, 0, 0, 0, 4, '1', '2', '3', '4', 0, 0})
+	group = wire.AppendTarget(group, wire.MsgDescribe, wire.TargetPortal, "")
+	group = append(group, wire.MsgExecute, 0, 0, 0, 9, 0, 0, 0, 0, 0)
+	group = wire.AppendEmpty(group, wire.MsgSync)
+	sink := &countSink{}
+	p := New(&Config{}, sink, zerolog.Nop())
+	pool := newPool(&Database{Name: "postgres", Pool: DefaultPoolSettings()}, "postgres", nil, nil, 0, zerolog.Nop())
+	s := &Session{proxy: p, id: 1, pool: pool, mode: TransactionMode, busyState: &busyState{},
+		client: wire.NewConn(&groupConn{group: group}, 0)}
+	srv := &Server{ServerConn: &wire.ServerConn{Conn: wire.NewConn(discardConn{}, 0), Params: map[string]string{}}, pool: pool}
+	s.server = srv
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		for i := 0; i < 5; i++ {
+			buffered := s.client.R.Buffered()
+			typ, raw, err := s.client.R.ReadMessage()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if buffered < len(raw) {
+				s.msgAt = time.Time{}
+			}
+			if typ == wire.MsgSync {
+				break
+			}
+			if err := s.handleExtended(ctx, typ, raw); err != nil {
+				b.Fatal(err)
+			}
+		}
+		s.mu.Lock()
+		if s.queue.len() != 4 || s.readerActive || s.skipUntilSync {
+			b.Fatalf("%d items queued, reader %v, skip %v", s.queue.len(), s.readerActive, s.skipUntilSync)
+		}
+		s.queue.reset()
+		s.groupOpen, s.groupStamped, s.inFlight = false, false, 0
+		_ = srv.W.Flush()
+		s.mu.Unlock()
+	}
+}

@@ -339,16 +339,10 @@ func (s *Session) relayLocked(srv *Server, typ byte, raw []byte) (release bool) 
 			forward = false
 			s.queue.pop()
 		} else if it != nil && (it.kind == pendDescribeStmt || it.kind == pendDescribePortal) {
-			var buf [64]byte
-			if shape := appendRowShape(buf[:0], typ, body); len(shape) > 0 && it.stmt != nil {
-				if string(shape) != it.stmt.shape {
-					// (Unchanged, the usual case, costs no allocation.)
-					it.stmt.setShapes(string(shape), "")
-				}
-				if it.kind == pendDescribeStmt && it.serverStmt != "" && srv.prepared != nil {
-					// What this server statement has: a Describe of it.
-					srv.prepared.setShape(it.serverStmt, it.stmt.shapeKey())
-				}
+			if it.stmt != nil && it.stmt.noteRowDescription(typ, body) &&
+				it.kind == pendDescribeStmt && it.serverStmt != "" && srv.prepared != nil {
+				// What this server statement has: a Describe of it.
+				srv.prepared.setShape(it.serverStmt, it.stmt.shapeKey())
 			}
 			s.queue.pop()
 		}

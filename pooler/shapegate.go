@@ -1,6 +1,7 @@
 package pooler
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"strconv"
@@ -110,6 +111,38 @@ func paramShape(body []byte) string {
 // shapeKey is what a server statement must have for def: its result and
 // parameter shapes as the client was told them.
 func (def *stmtDef) shapeKey() string { return def.key }
+
+// noteRowDescription records the result shape of a RowDescription or
+// NoData (typ, body) a Describe of def got, and reports whether body was
+// well-formed (def's shape is then that one). A RowDescription the same
+// as the last one def got (rowDesc) has the same shape: the usual case,
+// per Describe of a statement run again, costs a comparison of bytes, not
+// a rendering of the shape. s.mu held.
+func (def *stmtDef) noteRowDescription(typ byte, body []byte) bool {
+	if typ == wire.MsgRowDescription && len(def.rowDesc) > 0 && bytes.Equal(body, def.rowDesc) {
+		return true
+	}
+	var buf [64]byte
+	shape := appendRowShape(buf[:0], typ, body)
+	if len(shape) == 0 {
+		return false
+	}
+	if string(shape) != def.shape {
+		// (Unchanged costs no allocation.)
+		def.setShapes(string(shape), "")
+	}
+	if typ == wire.MsgRowDescription && len(body) <= maxKeptRowDescription {
+		def.rowDesc = append(def.rowDesc[:0], body...)
+	} else {
+		def.rowDesc = def.rowDesc[:0]
+	}
+	return true
+}
+
+// maxKeptRowDescription bounds the RowDescription a statement keeps to
+// recognize the next one (see noteRowDescription): wider results render
+// their shape each time instead.
+const maxKeptRowDescription = 1024
 
 // setShapes records what the client was told of def ("" leaves a part as
 // it is); s.mu held.
