@@ -59,6 +59,10 @@ var testHookReaderReleased atomic.Pointer[func(*Session)]
 // background reader's panic handler).
 func (s *Session) pump(srv *Server, inline bool, holdsMu *bool) error {
 	var readAt time.Time // the clock when the last read from srv returned
+	// locked: s.mu is still held from the previous message, whose
+	// successor was already buffered whole (one hold for the replies of a
+	// read, not one per message).
+	locked := false
 	for {
 		buffered := srv.R.Buffered()
 		typ, raw, err := srv.R.ReadMessage()
@@ -68,7 +72,10 @@ func (s *Session) pump(srv *Server, inline bool, holdsMu *bool) error {
 			readAt = time.Now()
 		}
 		if err != nil {
-			s.mu.Lock()
+			if !locked {
+				s.mu.Lock()
+			}
+			locked = false
 			if s.stopReader.Load() {
 				s.readerErr = err
 				if !inline {
@@ -93,7 +100,10 @@ func (s *Session) pump(srv *Server, inline bool, holdsMu *bool) error {
 			s.serverLost(srv, err, lastFatal)
 			return errClientGone
 		}
-		s.mu.Lock()
+		if !locked {
+			s.mu.Lock()
+		}
+		locked = false
 		if holdsMu != nil {
 			*holdsMu = true
 		}
@@ -144,6 +154,12 @@ func (s *Session) pump(srv *Server, inline bool, holdsMu *bool) error {
 			// reach the client at once, as it would from Postgres.
 			s.startReaderLocked(srv)
 			stop = true
+		}
+		if !release && !stop && ferr == nil && srv.R.FrameBuffered() {
+			// The next message is here already: relay it under this
+			// hold (reading it cannot block).
+			locked = true
+			continue
 		}
 		if holdsMu != nil {
 			*holdsMu = false

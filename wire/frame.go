@@ -133,6 +133,22 @@ func (r *Reader) Buffered() int {
 	return r.br.Buffered()
 }
 
+// FrameBuffered reports whether a whole frame is buffered, so that the
+// next ReadMessage returns it without reading from the source (and so
+// without blocking).
+func (r *Reader) FrameBuffered() bool {
+	if r.br == nil || r.partN > 0 {
+		return false
+	}
+	n := r.br.Buffered()
+	if n < 5 {
+		return false
+	}
+	hdr, _ := r.br.Peek(5)
+	size := int(int32(binary.BigEndian.Uint32(hdr[1:5])))
+	return size >= 4 && size+1 <= n
+}
+
 // Idle reports whether the Reader holds nothing unread: no buffered bytes
 // and no frame half-read when a read deadline struck.
 func (r *Reader) Idle() bool { return r.Buffered() == 0 && r.partN == 0 }

@@ -245,3 +245,55 @@ func TestReaderSmallBuffersStaySmall(t *testing.T) {
 		t.Fatalf("after a 9005-byte frame the Reader keeps %d bytes (big %d)", c, cap(r.big))
 	}
 }
+
+// onceReader returns its bytes in one Read, then blocks the test: a
+// Reader that reads again fails it.
+type onceReader struct {
+	t    *testing.T
+	data []byte
+}
+
+// Read returns the bytes once; a second call is a test failure.
+func (o *onceReader) Read(p []byte) (int, error) {
+	if o.data == nil {
+		o.t.Fatal("read from the source again: FrameBuffered said a frame was buffered")
+	}
+	n := copy(p, o.data)
+	o.data = nil
+	return n, nil
+}
+
+// TestFrameBuffered reads one burst of bytes (whole frames then a
+// partial one) and checks after each frame that FrameBuffered says
+// whether the next is whole, and that a frame it calls whole is read
+// without reading the source again.
+func TestFrameBuffered(t *testing.T) {
+	a, b := queryFrame(10), queryFrame(300)
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want []bool // FrameBuffered after each ReadMessage
+	}{
+		{"two whole", append(bytes.Clone(a), b...), []bool{true, false}},
+		{"partial header", append(bytes.Clone(a), b[:3]...), []bool{false}},
+		{"header only", append(bytes.Clone(a), b[:5]...), []bool{false}},
+		{"partial body", append(bytes.Clone(a), b[:len(b)-1]...), []bool{false}},
+		{"empty body", append(bytes.Clone(a), 'S', 0, 0, 0, 4), []bool{true, false}},
+		{"invalid length", append(bytes.Clone(a), 'S', 0, 0, 0, 3), []bool{false}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := NewReader(&onceReader{t: t, data: tc.data}, 0)
+			if r.FrameBuffered() {
+				t.Fatal("FrameBuffered before any read")
+			}
+			for i, want := range tc.want {
+				if _, _, err := r.ReadMessage(); err != nil {
+					t.Fatalf("frame %d: %v", i, err)
+				}
+				if got := r.FrameBuffered(); got != want {
+					t.Fatalf("after frame %d: FrameBuffered %v, want %v", i, got, want)
+				}
+			}
+		})
+	}
+}
