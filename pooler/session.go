@@ -361,7 +361,11 @@ func (s *Session) run(ctx context.Context) error {
 			}
 			return s.clientReadError(err)
 		}
-		s.active.Store(s.proxy.coarseNow.Load())
+		if now := s.proxy.coarseNow.Load(); s.active.Load() != now {
+			// (A store is an XCHG, a full barrier, per message; the
+			// coarse clock moves far less often.)
+			s.active.Store(now)
+		}
 		if idleTimeout > 0 || s.pool.set().IdleTransactionTimeout > 0 {
 			s.setClientReadDeadline(time.Time{})
 		}
