@@ -378,6 +378,20 @@ func (s *Session) handleExtended(ctx context.Context, typ byte, raw []byte) erro
 		// Sync (an error, or rows that fill the server's buffer).
 		s.startReaderLocked(srv)
 	}
+	if !flush && srv.W != nil && len(out) <= srv.W.Available() {
+		// The bytes only join the server's write buffer: no I/O, so
+		// nothing to wait for under s.mu, and no write in progress to
+		// mark (writeServer takes s.mu again to clear it).
+		var err error
+		if len(out) > 0 {
+			err = srv.WriteRaw(out)
+		}
+		s.mu.Unlock()
+		if err != nil {
+			return s.serverWriteFailed(srv, err)
+		}
+		return nil
+	}
 	s.writing = true
 	s.mu.Unlock()
 	return s.writeServer(srv, out, flush)
