@@ -33,6 +33,8 @@ type Shape struct {
 	// use memoizes analyzeTableUse for the cache-candidate rule, so a
 	// worker finds it without a lookup in a cache shared by the workers.
 	use atomic.Pointer[tableUse]
+	// acc memoizes the shape's statistics accumulator (see Stats.Record).
+	acc atomic.Pointer[accMemo]
 }
 
 // FingerprintConfig configures a Fingerprinter. The zero value is usable.

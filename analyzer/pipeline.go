@@ -357,10 +357,16 @@ func (p *Pipeline) worker(q *eventQueue) {
 				spare = batch
 				return
 			}
+			n := uint64(0)
 			for i, ev := range batch {
-				p.process(ev, &a)
+				if p.process(ev, &a) {
+					n++
+				}
 				batch[i] = nil
 			}
+			// Counted once per batch, after its events were handled: the
+			// counter's cache line is written by every worker.
+			p.processed.Add(n)
 			spare = batch
 		}
 	}
@@ -444,15 +450,16 @@ func (p *Pipeline) writeStats(final bool) {
 
 // process analyzes one event on a worker goroutine; a is the worker's
 // scratch Analyzed (observers may not keep it), overwritten here, so that
-// no Analyzed is allocated per event.
-func (p *Pipeline) process(ev *Event, a *Analyzed) {
+// no Analyzed is allocated per event. It reports whether the event counts
+// as processed (KindSessionEnd does not); the caller counts it.
+func (p *Pipeline) process(ev *Event, a *Analyzed) bool {
 	if ev.Kind == KindSessionEnd {
 		for _, o := range p.observers {
 			if so, ok := o.(SessionObserver); ok {
 				p.endSession(so, ev.SessionID)
 			}
 		}
-		return
+		return false
 	}
 	*a = Analyzed{Event: ev, TraceParent: ev.TraceParent}
 	if ev.Text != "" {
@@ -476,7 +483,7 @@ func (p *Pipeline) process(ev *Event, a *Analyzed) {
 		p.observe(auditObserver{p.audit}, a)
 	}
 	*a = Analyzed{} // drop the references until the next event
-	p.processed.Add(1)
+	return true
 }
 
 // endSession calls o.EndSession, recovering a panic as observe does.
