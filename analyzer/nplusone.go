@@ -165,10 +165,13 @@ func (sh *detShard) recycleLocked(run *nRun) {
 	}
 }
 
-// recent is what a session remembers of one statement.
+// recent is what a session remembers of one statement. It is kept
+// small (80 bytes; the end is start+dur, see end): a session's ring holds
+// 32 of them, and with many sessions each push lands on a cold line.
 type recent struct {
 	shape      *Shape
-	start, end time.Time
+	start      time.Time
+	dur        time.Duration // Event.Duration, not below zero
 	rows       int64
 	txSeq      uint64
 	inTx       bool
@@ -342,7 +345,7 @@ func (d *NPlusOneDetector) recentOf(a *Analyzed) recent {
 		trace:  traceID(a.TraceParent),
 	}
 	if !ev.Start.IsZero() {
-		r.end = ev.Start.Add(max(ev.Duration, 0))
+		r.dur = max(ev.Duration, 0)
 	}
 	cmd := strings.ToUpper(ev.Command)
 	if cmd == "" {
@@ -357,6 +360,15 @@ func (d *NPlusOneDetector) recentOf(a *Analyzed) recent {
 		r.isSelect = true
 	}
 	return r
+}
+
+// end is when the statement ended: its start plus its duration, zero
+// when the start is unknown.
+func (r *recent) end() time.Time {
+	if r.start.IsZero() {
+		return time.Time{}
+	}
+	return r.start.Add(r.dur)
 }
 
 // traceID returns the trace-id field of a W3C traceparent, or the whole
@@ -438,11 +450,11 @@ func (d *NPlusOneDetector) observeLocked(s *nSession, r *recent, key uint64, tra
 		}
 		own.count++
 		own.distinct.add(key)
-		if !r.start.IsZero() && !r.end.IsZero() {
-			own.total += r.end.Sub(r.start)
+		if end := r.end(); !r.start.IsZero() && !end.IsZero() {
+			own.total += end.Sub(r.start)
 		}
-		if r.end.After(own.lastEnd) {
-			own.lastEnd = r.end
+		if end := r.end(); end.After(own.lastEnd) {
+			own.lastEnd = end
 		}
 	}
 	s.push(*r)
@@ -472,7 +484,7 @@ func (d *NPlusOneDetector) tied(a, b *recent) bool {
 	if a.trace != "" && a.trace == b.trace {
 		return true
 	}
-	return d.gapOK(a.end, b.start)
+	return d.gapOK(a.end(), b.start)
 }
 
 func (d *NPlusOneDetector) gapOK(end, start time.Time) bool {
