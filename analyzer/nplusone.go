@@ -169,17 +169,17 @@ func (sh *detShard) recycleLocked(run *nRun) {
 // small (80 bytes; the end is start+dur, see end): a session's ring holds
 // 32 of them, and with many sessions each push lands on a cold line.
 type recent struct {
-	shape      *Shape
-	start      time.Time
-	dur        time.Duration // Event.Duration, not below zero
-	rows       int64
-	txSeq      uint64
-	inTx       bool
-	txCtl      bool // BEGIN, COMMIT, ROLLBACK...
-	txEnd      bool // COMMIT, ROLLBACK, END, ABORT
-	isSelect   bool
-	failed     bool
-	trace      string // trace-id of the traceparent
+	shape    *Shape
+	start    time.Time
+	dur      time.Duration // Event.Duration, not below zero
+	rows     int64
+	txSeq    uint64
+	inTx     bool
+	txCtl    bool // BEGIN, COMMIT, ROLLBACK...
+	txEnd    bool // COMMIT, ROLLBACK, END, ABORT
+	isSelect bool
+	failed   bool
+	trace    string // trace-id of the traceparent
 }
 
 type nRun struct {

@@ -658,7 +658,9 @@ func TestSessionEndClosesRuns(t *testing.T) {
 	p.Offer(&Event{Kind: KindSessionEnd, SessionID: 999, Start: endAt}) // unknown: ignored
 	statements := uint64(len(ended) + len(open))
 	testutil.Eventually(t, 5*time.Second, "the session end processed", func() bool {
-		return e.DetectorSessions() == 1
+		// Both sessions' statements first: one session tracked could
+		// also be session 1 before session 2's worker started.
+		return p.Counters().Processed == statements && e.DetectorSessions() == 1
 	})
 	var nplus1 []rules.Finding
 	for _, f := range e.Findings() {
