@@ -350,6 +350,7 @@ func (p *Pipeline) worker(q *eventQueue) {
 	}
 	var spare []*Event
 	var a Analyzed // reused: an Analyzed is valid only during Observe
+	fpc := p.fp.newCounters()
 	drain := func() {
 		for {
 			batch := q.take(spare)
@@ -359,7 +360,7 @@ func (p *Pipeline) worker(q *eventQueue) {
 			}
 			n := uint64(0)
 			for i, ev := range batch {
-				if p.process(ev, &a) {
+				if p.processCounted(ev, &a, fpc) {
 					n++
 				}
 				batch[i] = nil
@@ -453,6 +454,12 @@ func (p *Pipeline) writeStats(final bool) {
 // no Analyzed is allocated per event. It reports whether the event counts
 // as processed (KindSessionEnd does not); the caller counts it.
 func (p *Pipeline) process(ev *Event, a *Analyzed) bool {
+	return p.processCounted(ev, a, &p.fp.shared)
+}
+
+// processCounted is process with the fingerprint lookup counted in fpc
+// (the worker's own counters).
+func (p *Pipeline) processCounted(ev *Event, a *Analyzed, fpc *fpCounters) bool {
 	if ev.Kind == KindSessionEnd {
 		for _, o := range p.observers {
 			if so, ok := o.(SessionObserver); ok {
@@ -469,7 +476,7 @@ func (p *Pipeline) process(ev *Event, a *Analyzed) bool {
 			// The detectors key a statement without bind parameters by
 			// its tokens: take that hash from the fingerprinter's scan.
 			lit := ev.NumParams == 0 && ev.ParamHash == 0
-			a.Shape, a.Annotations, a.litKey, a.litKeyOK = p.fp.lookup(ev.Text, ev.Protocol, lit)
+			a.Shape, a.Annotations, a.litKey, a.litKeyOK = p.fp.lookup(ev.Text, ev.Protocol, lit, fpc)
 		}
 	}
 	if a.TraceParent == "" {
