@@ -35,6 +35,9 @@ type Shape struct {
 	use atomic.Pointer[tableUse]
 	// acc memoizes the shape's statistics accumulator (see Stats.Record).
 	acc atomic.Pointer[accMemo]
+	// cc memoizes the shape's cache-candidate state (see
+	// CacheDetector.Observe).
+	cc atomic.Pointer[ccMemo]
 }
 
 // FingerprintConfig configures a Fingerprinter. The zero value is usable.
