@@ -130,6 +130,19 @@ type CacheDetector struct {
 	nkeys  int       // parameter sets tracked in the window
 	shapes map[Fingerprint]*cacheShape
 	tables map[string]*cacheTable
+	// window counts the windows started (shapes replaced): a Shape's memo
+	// of its cacheShape (Shape.cc) is valid for this detector and window
+	// only.
+	window uint64
+}
+
+// ccMemo is a Shape's memo of its cacheShape in one detector's window:
+// Observe finds it without a map lookup while it holds the detector's
+// lock. Read and written under that lock.
+type ccMemo struct {
+	d      *CacheDetector
+	window uint64
+	s      *cacheShape
 }
 
 type cacheShape struct {
@@ -230,7 +243,12 @@ func (d *CacheDetector) Observe(a *Analyzed) {
 	if d.start.IsZero() || at.Before(d.start) {
 		d.start = at
 	}
-	s := d.shapes[a.Shape.Fingerprint]
+	var s *cacheShape
+	if m := a.Shape.cc.Load(); m != nil && m.d == d && m.window == d.window {
+		s = m.s
+	} else if s = d.shapes[a.Shape.Fingerprint]; s != nil {
+		a.Shape.cc.Store(&ccMemo{d: d, window: d.window, s: s})
+	}
 	if s == nil {
 		if len(d.shapes) >= cacheMaxShapes {
 			return
@@ -246,6 +264,7 @@ func (d *CacheDetector) Observe(a *Analyzed) {
 			s.writes0 = append(s.writes0, t.writes)
 		}
 		d.shapes[s.fp] = s
+		a.Shape.cc.Store(&ccMemo{d: d, window: d.window, s: s})
 	}
 	s.calls++
 	s.total += ev.Duration
@@ -363,6 +382,7 @@ func (d *CacheDetector) Evaluate(now time.Time) []CacheVerdict {
 	}
 	if !d.whole && !d.start.IsZero() && now.Sub(d.start) >= window {
 		d.shapes = map[Fingerprint]*cacheShape{}
+		d.window++
 		d.start = time.Time{}
 		d.nkeys = 0
 	}

@@ -152,3 +152,34 @@ func TestCacheCandidateLifecycle(t *testing.T) {
 		t.Fatalf("after writes: %+v", fs)
 	}
 }
+
+// TestCacheDetectorMemoFollowsWindow: a shape's memo of its state in a
+// detector is that detector's and that window's: a shape observed by two
+// detectors counts in each, and after a new window starts its calls
+// count from zero again.
+func TestCacheDetectorMemoFollowsWindow(t *testing.T) {
+	t.Parallel()
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	read := &Shape{Fingerprint: 1, Normalized: "SELECT name FROM countries WHERE code = $1"}
+	d1, d2 := NewCacheDetector(CacheDetectorConfig{}), NewCacheDetector(CacheDetectorConfig{})
+	obs := func(d *CacheDetector, at time.Time, key uint64) {
+		d.Observe(&Analyzed{Shape: read, Event: &Event{Start: at, Rows: 1, NumParams: 1, ParamHash: key}})
+	}
+	for i := range 3 {
+		obs(d1, t0.Add(time.Duration(i)*time.Second), uint64(i))
+		obs(d2, t0.Add(time.Duration(i)*time.Second), uint64(i))
+	}
+	obs(d2, t0.Add(3*time.Second), 3)
+	obs(d1, t0.Add(3*time.Second), 3)                         // the memo is d1's
+	d1.Evaluate(t0.Add(rules.DefaultCacheWindow + time.Hour)) // a new window
+	obs(d1, t0.Add(2*time.Hour), 9)
+	for _, c := range []struct {
+		name  string
+		d     *CacheDetector
+		calls int64
+	}{{"d1, new window", d1, 1}, {"d2", d2, 4}} {
+		if s := c.d.shapes[read.Fingerprint]; s == nil || s.calls != c.calls {
+			t.Errorf("%s: shape state %+v, want %d calls", c.name, s, c.calls)
+		}
+	}
+}

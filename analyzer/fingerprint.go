@@ -33,6 +33,11 @@ type Shape struct {
 	// use memoizes analyzeTableUse for the cache-candidate rule, so a
 	// worker finds it without a lookup in a cache shared by the workers.
 	use atomic.Pointer[tableUse]
+	// acc memoizes the shape's statistics accumulator (see Stats.Record).
+	acc atomic.Pointer[accMemo]
+	// cc memoizes the shape's cache-candidate state (see
+	// CacheDetector.Observe).
+	cc atomic.Pointer[ccMemo]
 }
 
 // FingerprintConfig configures a Fingerprinter. The zero value is usable.
@@ -106,7 +111,29 @@ type Fingerprinter struct {
 	seed2  maphash.Seed
 	bufs   sync.Pool
 
+	// shared counts the lookups of Lookup and LookupKnown; each pipeline
+	// worker counts its own in one of locals (see newCounters), so that
+	// two workers do not write one cache line per event. Stats sums them.
+	shared   fpCounters
+	localsMu sync.Mutex
+	locals   []*fpCounters
+}
+
+// fpCounters are a Fingerprinter's cumulative lookup counters, written by
+// one goroutine (a worker's) or by any (shared), read by Stats.
+type fpCounters struct {
 	textHits, keyHits, misses, parseErrors, fallbacks atomic.Uint64
+	_                                                 [24]byte // a cache line of its own, with the allocation's
+}
+
+// newCounters returns counters for one goroutine's lookups (lookup's c),
+// included in Stats from now on.
+func (f *Fingerprinter) newCounters() *fpCounters {
+	c := new(fpCounters)
+	f.localsMu.Lock()
+	f.locals = append(f.locals, c)
+	f.localsMu.Unlock()
+	return c
 }
 
 // NewFingerprinter returns a Fingerprinter with empty caches.
@@ -154,20 +181,21 @@ func (f *Fingerprinter) hashBytes(b []byte) cacheKey {
 // looked up for statements whose verb makes that key sound (see
 // keySafeVerbs); the rest fall back to the exact text.
 func (f *Fingerprinter) Lookup(text string, proto Protocol) (*Shape, Annotations) {
-	sh, ann, _, _ := f.lookup(text, proto, false)
+	sh, ann, _, _ := f.lookup(text, proto, false, &f.shared)
 	return sh, ann
 }
 
-// lookup is Lookup; with lit it also returns the statement's literal key
-// (litOK) when it had to scan the statement anyway, which saves the
-// detectors a second pass over it (see Analyzed.execKey).
-func (f *Fingerprinter) lookup(text string, proto Protocol, lit bool) (sh *Shape, ann Annotations, litKey uint64, litOK bool) {
+// lookup is Lookup, counted in c; with lit it also returns the
+// statement's literal key (litOK) when it had to scan the statement
+// anyway, which saves the detectors a second pass over it (see
+// Analyzed.execKey).
+func (f *Fingerprinter) lookup(text string, proto Protocol, lit bool, c *fpCounters) (sh *Shape, ann Annotations, litKey uint64, litOK bool) {
 	var tk cacheKey
 	if proto == ProtocolExtended {
 		tk = f.hashString(text)
 		if e, ok := f.text.Get(tk); ok {
-			f.textHits.Add(1)
-			return f.counted(e.shape), e.ann, 0, false
+			c.textHits.Add(1)
+			return c.counted(e.shape), e.ann, 0, false
 		}
 	}
 	bp := f.bufs.Get().(*[]byte)
@@ -185,11 +213,11 @@ func (f *Fingerprinter) lookup(text string, proto Protocol, lit bool) (sh *Shape
 	case r.keySafe:
 		kk = f.hashBytes(r.key)
 		if e, ok := f.key.Get(kk); ok {
-			f.keyHits.Add(1)
+			c.keyHits.Add(1)
 			if proto == ProtocolExtended {
 				f.text.Add(tk, &cacheEntry{shape: e.shape, ann: ann})
 			}
-			return f.counted(e.shape), ann, r.litKey, lit
+			return c.counted(e.shape), ann, r.litKey, lit
 		}
 	case !r.sensitive:
 		// Whether a statement parses depends on its tokens, not on its
@@ -197,22 +225,22 @@ func (f *Fingerprinter) lookup(text string, proto Protocol, lit bool) (sh *Shape
 		// its key even where the key may not stand for a fingerprint.
 		kk = f.hashBytes(r.key)
 		if e, ok := f.key.Get(kk); ok && e.shape.Fallback {
-			f.keyHits.Add(1)
-			return f.counted(e.shape), ann, r.litKey, lit
+			c.keyHits.Add(1)
+			return c.counted(e.shape), ann, r.litKey, lit
 		}
 		fallthrough
 	default:
 		if proto != ProtocolExtended {
 			tk = f.hashString(text)
 			if e, ok := f.text.Get(tk); ok {
-				f.textHits.Add(1)
-				return f.counted(e.shape), e.ann, r.litKey, lit
+				c.textHits.Add(1)
+				return c.counted(e.shape), e.ann, r.litKey, lit
 			}
 		}
 	}
 
-	f.misses.Add(1)
-	shape := f.parse(text, r.key)
+	c.misses.Add(1)
+	shape := f.parse(text, r.key, c)
 	keyed := r.keySafe || (!r.sensitive && shape.Fallback)
 	if keyed {
 		f.key.Add(kk, &cacheEntry{shape: shape})
@@ -220,7 +248,7 @@ func (f *Fingerprinter) lookup(text string, proto Protocol, lit bool) (sh *Shape
 	if proto == ProtocolExtended || !keyed {
 		f.text.Add(tk, &cacheEntry{shape: shape, ann: ann})
 	}
-	return f.counted(shape), ann, r.litKey, lit
+	return c.counted(shape), ann, r.litKey, lit
 }
 
 // LookupKnown returns the shape of a statement whose fingerprint is already
@@ -232,10 +260,10 @@ func (f *Fingerprinter) LookupKnown(text string, fp Fingerprint) (*Shape, Annota
 	k := f.hashString(text)
 	binary.LittleEndian.PutUint64(k[:8], binary.LittleEndian.Uint64(k[:8])^uint64(fp)^0x9e3779b97f4a7c15)
 	if e, ok := f.text.Get(k); ok && e.shape.Fingerprint == fp {
-		f.textHits.Add(1)
+		f.shared.textHits.Add(1)
 		return e.shape, e.ann
 	}
-	f.misses.Add(1)
+	f.shared.misses.Add(1)
 	norm, err := pg_query.Normalize(text)
 	if err != nil {
 		norm = text
@@ -246,9 +274,9 @@ func (f *Fingerprinter) LookupKnown(text string, fp Fingerprint) (*Shape, Annota
 	return shape, ann
 }
 
-func (f *Fingerprinter) counted(s *Shape) *Shape {
+func (c *fpCounters) counted(s *Shape) *Shape {
 	if s.Fallback {
-		f.fallbacks.Add(1)
+		c.fallbacks.Add(1)
 	}
 	return s
 }
@@ -257,10 +285,10 @@ func (f *Fingerprinter) counted(s *Shape) *Shape {
 // returns the same *Shape while it stays in the shapes cache, so variants of
 // one shape (other literals, case, whitespace) share its first normalized
 // text, and Normalize (a second cgo call) runs once per shape.
-func (f *Fingerprinter) parse(text string, key []byte) *Shape {
+func (f *Fingerprinter) parse(text string, key []byte, c *fpCounters) *Shape {
 	fp, err := fingerprintOf(text)
 	if err != nil {
-		f.parseErrors.Add(1)
+		c.parseErrors.Add(1)
 		ffp := keyHash(key)
 		if s, ok := f.shapes.Get(ffp); ok {
 			return s
@@ -295,17 +323,22 @@ func (f *Fingerprinter) parse(text string, key []byte) *Shape {
 func (f *Fingerprinter) Stats() FingerprintStats {
 	te, tev := f.text.Stats()
 	ke, kev := f.key.Stats()
-	return FingerprintStats{
-		TextHits:        f.textHits.Load(),
-		KeyHits:         f.keyHits.Load(),
-		Misses:          f.misses.Load(),
-		ParseErrors:     f.parseErrors.Load(),
-		FallbackLookups: f.fallbacks.Load(),
-		TextEntries:     te,
-		KeyEntries:      ke,
-		TextEvictions:   tev,
-		KeyEvictions:    kev,
+	st := FingerprintStats{
+		TextEntries:   te,
+		KeyEntries:    ke,
+		TextEvictions: tev,
+		KeyEvictions:  kev,
 	}
+	f.localsMu.Lock()
+	defer f.localsMu.Unlock()
+	for _, c := range append([]*fpCounters{&f.shared}, f.locals...) {
+		st.TextHits += c.textHits.Load()
+		st.KeyHits += c.keyHits.Load()
+		st.Misses += c.misses.Load()
+		st.ParseErrors += c.parseErrors.Load()
+		st.FallbackLookups += c.fallbacks.Load()
+	}
+	return st
 }
 
 // fingerprintOf returns the fingerprint of a statement pg_query parses:

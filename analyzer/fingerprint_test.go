@@ -584,7 +584,7 @@ func TestScanLiteralKey(t *testing.T) {
 	for _, proto := range []Protocol{ProtocolSimple, ProtocolExtended} {
 		for range 2 { // miss, then hit
 			text := "SELECT x FROM t WHERE id = 7 /* c */"
-			_, _, k, ok := f.lookup(text, proto, true)
+			_, _, k, ok := f.lookup(text, proto, true, &f.shared)
 			if ok && k != literalKey(literalSeed, text) {
 				t.Errorf("lookup(%v): literal key %x, want %x", proto, k, literalKey(literalSeed, text))
 			}

@@ -107,6 +107,39 @@ type detShard struct {
 	// a run starts for every statement that does not extend one, so this
 	// saves an allocation per unit of work (per session with pgbench -C).
 	free []*nRun
+	// freeSessions holds ended sessions' structs, rings included, for new
+	// sessions (at most maxFreeSessions): with a connection per
+	// transaction every transaction starts a session.
+	freeSessions []*nSession
+}
+
+// maxFreeSessions bounds detShard.freeSessions.
+const maxFreeSessions = 32
+
+// newSessionLocked returns a session for id, recycled when one is free;
+// sh.mu held.
+func (sh *detShard) newSessionLocked(id uint64, ringSize int) *nSession {
+	if n := len(sh.freeSessions); n > 0 {
+		s := sh.freeSessions[n-1]
+		sh.freeSessions[n-1] = nil
+		sh.freeSessions = sh.freeSessions[:n-1]
+		s.id = id
+		return s
+	}
+	return &nSession{id: id, size: ringSize, shard: sh}
+}
+
+// recycleSessionLocked keeps a session that was forgotten (taken out of
+// sh.sessions, its runs closed) for newSessionLocked: emptied, with its
+// ring's and runs' arrays kept; sh.mu held.
+func (sh *detShard) recycleSessionLocked(s *nSession) {
+	if len(sh.freeSessions) >= maxFreeSessions {
+		return
+	}
+	clear(s.ring) // drop the shapes and trace ids it points to
+	clear(s.runs[:cap(s.runs)])
+	*s = nSession{ring: s.ring[:0], runs: s.runs[:0], size: s.size, shard: sh}
+	sh.freeSessions = append(sh.freeSessions, s)
 }
 
 // maxFreeRuns bounds detShard.free.
@@ -132,18 +165,21 @@ func (sh *detShard) recycleLocked(run *nRun) {
 	}
 }
 
-// recent is what a session remembers of one statement.
+// recent is what a session remembers of one statement. It is kept
+// small (80 bytes; the end is start+dur, see end): a session's ring holds
+// 32 of them, and with many sessions each push lands on a cold line.
 type recent struct {
-	shape      *Shape
-	start, end time.Time
-	rows       int64
-	txSeq      uint64
-	inTx       bool
-	txCtl      bool // BEGIN, COMMIT, ROLLBACK...
-	txEnd      bool // COMMIT, ROLLBACK, END, ABORT
-	isSelect   bool
-	failed     bool
-	trace      string // trace-id of the traceparent
+	shape    *Shape
+	start    time.Time
+	dur      time.Duration // Event.Duration, not below zero
+	rows     int64
+	txSeq    uint64
+	inTx     bool
+	txCtl    bool // BEGIN, COMMIT, ROLLBACK...
+	txEnd    bool // COMMIT, ROLLBACK, END, ABORT
+	isSelect bool
+	failed   bool
+	trace    string // trace-id of the traceparent
 }
 
 type nRun struct {
@@ -278,7 +314,7 @@ func (d *NPlusOneDetector) Observe(a *Analyzed) {
 		if sh.sessions.Len() >= d.perShard {
 			closed = d.evictOldestLocked(sh, closed)
 		}
-		s = &nSession{id: ev.SessionID, size: d.ringSize, shard: sh}
+		s = sh.newSessionLocked(ev.SessionID, d.ringSize)
 		sh.sessions.Add(ev.SessionID, s)
 	}
 	s.db, s.user, s.app, s.client = ev.Database, ev.User, ev.ApplicationName, ev.ClientAddr
@@ -309,7 +345,7 @@ func (d *NPlusOneDetector) recentOf(a *Analyzed) recent {
 		trace:  traceID(a.TraceParent),
 	}
 	if !ev.Start.IsZero() {
-		r.end = ev.Start.Add(max(ev.Duration, 0))
+		r.dur = max(ev.Duration, 0)
 	}
 	cmd := strings.ToUpper(ev.Command)
 	if cmd == "" {
@@ -324,6 +360,15 @@ func (d *NPlusOneDetector) recentOf(a *Analyzed) recent {
 		r.isSelect = true
 	}
 	return r
+}
+
+// end is when the statement ended: its start plus its duration, zero
+// when the start is unknown.
+func (r *recent) end() time.Time {
+	if r.start.IsZero() {
+		return time.Time{}
+	}
+	return r.start.Add(r.dur)
 }
 
 // traceID returns the trace-id field of a W3C traceparent, or the whole
@@ -405,11 +450,11 @@ func (d *NPlusOneDetector) observeLocked(s *nSession, r *recent, key uint64, tra
 		}
 		own.count++
 		own.distinct.add(key)
-		if !r.start.IsZero() && !r.end.IsZero() {
-			own.total += r.end.Sub(r.start)
+		if end := r.end(); !r.start.IsZero() && !end.IsZero() {
+			own.total += end.Sub(r.start)
 		}
-		if r.end.After(own.lastEnd) {
-			own.lastEnd = r.end
+		if end := r.end(); end.After(own.lastEnd) {
+			own.lastEnd = end
 		}
 	}
 	s.push(*r)
@@ -439,7 +484,7 @@ func (d *NPlusOneDetector) tied(a, b *recent) bool {
 	if a.trace != "" && a.trace == b.trace {
 		return true
 	}
-	return d.gapOK(a.end, b.start)
+	return d.gapOK(a.end(), b.start)
 }
 
 func (d *NPlusOneDetector) gapOK(end, start time.Time) bool {
@@ -597,6 +642,7 @@ func (d *NPlusOneDetector) evictOldestLocked(sh *detShard, closed []closedRun) [
 	if id, oldest, ok := sh.sessions.Oldest(); ok {
 		closed = closeAll(oldest, closed)
 		sh.sessions.Remove(id)
+		sh.recycleSessionLocked(oldest)
 	}
 	return closed
 }
@@ -605,7 +651,8 @@ func closeAll(s *nSession, closed []closedRun) []closedRun {
 	for _, run := range s.runs {
 		closed = append(closed, s.closed(run))
 	}
-	s.runs = nil
+	clear(s.runs)
+	s.runs = s.runs[:0]
 	return closed
 }
 
@@ -616,6 +663,7 @@ func (d *NPlusOneDetector) sweepLocked(sh *detShard, now time.Time, closed []clo
 		if now.Sub(s.last) >= d.idle {
 			closed = closeAll(s, closed)
 			sh.sessions.Remove(id)
+			sh.recycleSessionLocked(s)
 			continue
 		}
 		kept := s.runs[:0]
@@ -640,12 +688,13 @@ func (d *NPlusOneDetector) sweepLocked(sh *detShard, now time.Time, closed []clo
 // detector does not know is ignored.
 func (d *NPlusOneDetector) EndSession(id uint64) {
 	sh := d.shard(id)
+	var buf [2]closedRun // a session's open runs, usually one: no allocation
+	closed := buf[:0]
 	sh.mu.Lock()
-	s, ok := sh.sessions.Get(id)
-	var closed []closedRun
-	if ok {
-		closed = closeAll(s, nil)
+	if s, ok := sh.sessions.Get(id); ok {
+		closed = closeAll(s, closed)
 		sh.sessions.Remove(id)
+		sh.recycleSessionLocked(s)
 	}
 	sh.mu.Unlock()
 	d.finish(closed)

@@ -658,7 +658,9 @@ func TestSessionEndClosesRuns(t *testing.T) {
 	p.Offer(&Event{Kind: KindSessionEnd, SessionID: 999, Start: endAt}) // unknown: ignored
 	statements := uint64(len(ended) + len(open))
 	testutil.Eventually(t, 5*time.Second, "the session end processed", func() bool {
-		return e.DetectorSessions() == 1
+		// Both sessions' statements first: one session tracked could
+		// also be session 1 before session 2's worker started.
+		return p.Counters().Processed == statements && e.DetectorSessions() == 1
 	})
 	var nplus1 []rules.Finding
 	for _, f := range e.Findings() {
@@ -681,5 +683,65 @@ func TestSessionEndClosesRuns(t *testing.T) {
 	}
 	if strings.Contains(audit.String(), "session_end") {
 		t.Errorf("a session end reached the audit log:\n%s", audit.String())
+	}
+}
+
+// TestSessionRecycledStartsClean: a session that ended (or was evicted)
+// leaves its struct to the next new session of its shard; that session
+// starts with nothing of the old one. Session b's lookups right after
+// session a's 20-row SELECT would be an N+1 loop if b saw a's statements
+// (the per-session case shows the same statements in one session do
+// qualify).
+func TestSessionRecycledStartsClean(t *testing.T) {
+	t.Parallel()
+	d := NewNPlusOneDetector(NPlusOneDetectorConfig{}, nil)
+	a := uint64(1)
+	b := a + 1
+	for d.shard(b) != d.shard(a) {
+		b++
+	}
+	fp := NewFingerprinter(FingerprintConfig{})
+	const source = "SELECT id, title, author_id FROM books WHERE published > $1 ORDER BY id LIMIT $2"
+	const lookup = `SELECT "authors".* FROM "authors" WHERE "authors"."id" = $1 LIMIT $2`
+	for _, c := range []struct {
+		name  string
+		end   func(d *NPlusOneDetector, id uint64)
+		split bool // the source and the loop in two sessions
+		want  int
+	}{
+		{"one session", nil, false, 1},
+		{"ended", func(d *NPlusOneDetector, id uint64) { d.EndSession(id) }, true, 0},
+		{"evicted", func(d *NPlusOneDetector, id uint64) {
+			sh := d.shard(id)
+			sh.mu.Lock()
+			closed := d.evictOldestLocked(sh, nil)
+			sh.mu.Unlock()
+			d.finish(closed)
+		}, true, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var found []rules.NPlusOneFacts
+			d := NewNPlusOneDetector(NPlusOneDetectorConfig{}, func(f rules.NPlusOneFacts) { found = append(found, f) })
+			sa := newSession(a, ProtocolExtended)
+			sa.exec(source, 20, 2*time.Millisecond, small, 1, 20)
+			loop := sa
+			if c.split {
+				d.Observe(analyze(fp, sa.events[0]))
+				c.end(d, a)
+				loop = newSession(b, ProtocolExtended)
+				loop.now, loop.txSeq = sa.now, sa.txSeq
+				loop.events = nil
+			}
+			for i := range 20 {
+				loop.exec(lookup, 1, fast, small, uint64(100+i), 1)
+			}
+			for _, ev := range loop.events {
+				d.Observe(analyze(fp, ev))
+			}
+			d.Flush()
+			if len(found) != c.want {
+				t.Errorf("%d N+1 runs found, want %d: %+v", len(found), c.want, found)
+			}
+		})
 	}
 }

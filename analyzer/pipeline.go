@@ -350,6 +350,7 @@ func (p *Pipeline) worker(q *eventQueue) {
 	}
 	var spare []*Event
 	var a Analyzed // reused: an Analyzed is valid only during Observe
+	fpc := p.fp.newCounters()
 	drain := func() {
 		for {
 			batch := q.take(spare)
@@ -357,10 +358,16 @@ func (p *Pipeline) worker(q *eventQueue) {
 				spare = batch
 				return
 			}
+			n := uint64(0)
 			for i, ev := range batch {
-				p.process(ev, &a)
+				if p.processCounted(ev, &a, fpc) {
+					n++
+				}
 				batch[i] = nil
 			}
+			// Counted once per batch, after its events were handled: the
+			// counter's cache line is written by every worker.
+			p.processed.Add(n)
 			spare = batch
 		}
 	}
@@ -444,15 +451,22 @@ func (p *Pipeline) writeStats(final bool) {
 
 // process analyzes one event on a worker goroutine; a is the worker's
 // scratch Analyzed (observers may not keep it), overwritten here, so that
-// no Analyzed is allocated per event.
-func (p *Pipeline) process(ev *Event, a *Analyzed) {
+// no Analyzed is allocated per event. It reports whether the event counts
+// as processed (KindSessionEnd does not); the caller counts it.
+func (p *Pipeline) process(ev *Event, a *Analyzed) bool {
+	return p.processCounted(ev, a, &p.fp.shared)
+}
+
+// processCounted is process with the fingerprint lookup counted in fpc
+// (the worker's own counters).
+func (p *Pipeline) processCounted(ev *Event, a *Analyzed, fpc *fpCounters) bool {
 	if ev.Kind == KindSessionEnd {
 		for _, o := range p.observers {
 			if so, ok := o.(SessionObserver); ok {
 				p.endSession(so, ev.SessionID)
 			}
 		}
-		return
+		return false
 	}
 	*a = Analyzed{Event: ev, TraceParent: ev.TraceParent}
 	if ev.Text != "" {
@@ -462,7 +476,7 @@ func (p *Pipeline) process(ev *Event, a *Analyzed) {
 			// The detectors key a statement without bind parameters by
 			// its tokens: take that hash from the fingerprinter's scan.
 			lit := ev.NumParams == 0 && ev.ParamHash == 0
-			a.Shape, a.Annotations, a.litKey, a.litKeyOK = p.fp.lookup(ev.Text, ev.Protocol, lit)
+			a.Shape, a.Annotations, a.litKey, a.litKeyOK = p.fp.lookup(ev.Text, ev.Protocol, lit, fpc)
 		}
 	}
 	if a.TraceParent == "" {
@@ -476,7 +490,7 @@ func (p *Pipeline) process(ev *Event, a *Analyzed) {
 		p.observe(auditObserver{p.audit}, a)
 	}
 	*a = Analyzed{} // drop the references until the next event
-	p.processed.Add(1)
+	return true
 }
 
 // endSession calls o.EndSession, recovering a panic as observe does.

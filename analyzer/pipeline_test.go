@@ -390,3 +390,55 @@ func TestPipelineShardedDrops(t *testing.T) {
 		t.Errorf("queued events not counted as dropped at Stop: %d", p.Dropped())
 	}
 }
+
+// TestPipelineCountsFingerprintLookups: the workers count their
+// fingerprint lookups in counters of their own; Fingerprinter.Stats adds
+// them up with those of direct Lookup calls, so every lookup is counted
+// once, whichever goroutine made it.
+func TestPipelineCountsFingerprintLookups(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name     string
+		proto    Protocol
+		text     func(i int) string
+		fallback bool
+	}{
+		{"simple", ProtocolSimple, func(i int) string { return fmt.Sprintf("SELECT v FROM kv WHERE k = %d", i) }, false},
+		{"extended", ProtocolExtended, func(int) string { return "SELECT v FROM kv WHERE k = $1" }, false},
+		{"unparsable", ProtocolSimple, func(i int) string { return fmt.Sprintf("SELEC v FROM kv WHERE k = %d", i) }, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			p := NewPipeline(PipelineConfig{Workers: 2})
+			if err := p.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			const events = 400
+			for i := range events {
+				ev := &Event{Kind: KindStatement, Protocol: c.proto, Text: c.text(i), SessionID: uint64(i % 40), Start: t0, Rows: 1}
+				if c.proto == ProtocolExtended {
+					ev.NumParams, ev.ParamHash = 1, uint64(i)+1
+				}
+				if err := p.Submit(context.Background(), ev); err != nil {
+					t.Fatal(err)
+				}
+			}
+			stop(t, p)
+			p.Fingerprinter().Lookup(c.text(0), c.proto) // a direct lookup counts too
+			st := p.Fingerprinter().Stats()
+			if n := st.TextHits + st.KeyHits + st.Misses; n != events+1 {
+				t.Errorf("hits and misses %d (%+v), want %d", n, st, events+1)
+			}
+			want := uint64(0)
+			if c.fallback {
+				want = events + 1
+			}
+			if st.FallbackLookups != want {
+				t.Errorf("fallback lookups %d, want %d", st.FallbackLookups, want)
+			}
+			if c.fallback != (st.ParseErrors > 0) || st.ParseErrors > st.Misses {
+				t.Errorf("parse errors %d with %d misses, fallback %v", st.ParseErrors, st.Misses, c.fallback)
+			}
+		})
+	}
+}

@@ -57,7 +57,11 @@ func NewLatencySketch() *LatencySketch {
 }
 
 // Add records one duration.
-func (l *LatencySketch) Add(d time.Duration) {
+func (l *LatencySketch) Add(d time.Duration) { l.addBin(binOf(d)) }
+
+// addValue is Add through DDSketch.Add, for durations binOf does not
+// index.
+func (l *LatencySketch) addValue(d time.Duration) {
 	if d <= 0 {
 		_ = l.s.Add(0)
 		return
@@ -68,7 +72,8 @@ func (l *LatencySketch) Add(d time.Duration) {
 // sketchBin is a duration's bin in sketchMapping, computed once per event
 // and outside any lock (the mapping is a logarithm), then added to the
 // shape's sketches; ok is false for durations the sketch does not index
-// (zero, negative, beyond the mapping's range), which addBin hands to Add.
+// (zero, negative, beyond the mapping's range), which addBin hands to
+// DDSketch.Add.
 type sketchBin struct {
 	d     time.Duration
 	index int
@@ -93,7 +98,7 @@ func binOf(d time.Duration) sketchBin {
 // that of Add(b.d).
 func (l *LatencySketch) addBin(b sketchBin) {
 	if !b.ok {
-		l.Add(b.d)
+		l.addValue(b.d)
 		return
 	}
 	l.s.GetPositiveValueStore().Add(b.index)

@@ -44,6 +44,18 @@ type Stats struct {
 	shapes   map[Fingerprint]*shapeAcc
 	other    *shapeAcc
 	overflow atomic.Uint64
+	// gen counts Resets: a Shape's memo of its accumulator (Shape.acc) is
+	// valid only for the Stats and generation it names.
+	gen atomic.Uint64
+}
+
+// accMemo is a Shape's memo of its accumulator in one Stats: Record finds
+// it with one pointer load instead of a read lock (an atomic write on a
+// cache line every worker writes) and a map lookup.
+type accMemo struct {
+	stats *Stats
+	gen   uint64
+	acc   *shapeAcc
 }
 
 // NewStats returns an empty Stats.
@@ -203,9 +215,20 @@ func (s *Stats) Record(ev *Event, sh *Shape) {
 	if ev.Kind != KindStatement || sh == nil {
 		return
 	}
-	a, overflow := s.acc(sh)
-	if overflow {
-		s.overflow.Add(1)
+	gen := s.gen.Load()
+	var a *shapeAcc
+	if m := sh.acc.Load(); m != nil && m.stats == s && m.gen == gen {
+		a = m.acc
+	} else {
+		var overflow bool
+		a, overflow = s.acc(sh)
+		if overflow {
+			s.overflow.Add(1)
+		} else {
+			// A Reset after the load of gen leaves a memo that is
+			// already stale: the next Record looks the shape up again.
+			sh.acc.Store(&accMemo{stats: s, gen: gen, acc: a})
+		}
 	}
 	bin := binOf(max(ev.Duration, 0)) // the logarithm, outside the lock
 	a.mu.Lock()
@@ -216,20 +239,40 @@ func (s *Stats) Record(ev *Event, sh *Shape) {
 // add records ev; bin is binOf(its duration).
 func (a *shapeAcc) add(ev *Event, bin sketchBin) {
 	d := max(ev.Duration, 0)
-	one := ShapeStats{Calls: 1, Total: d, Min: d, Max: d, FirstSeen: ev.Start, LastSeen: ev.Start}
-	if ev.SQLState != "" {
-		one.Errors = 1
-	}
-	if ev.Rows > 0 {
-		one.Rows = ev.Rows
-	}
-	if ev.Wait > 0 {
-		one.Waited, one.WaitTotal, one.WaitMax = 1, ev.Wait, ev.Wait
-	}
-	a.sum.addCounters(&one)
+	a.sum.addOne(ev, d)
 	a.sketch.addBin(bin)
 	a.apps.add(ev.ApplicationName, 1)
 	a.recent.add(ev.Start, d, bin)
+}
+
+// addOne adds one execution of duration d (ev.Duration, not below zero)
+// to st's exact counters: the result of addCounters with a one-call
+// ShapeStats of ev (TestAddOneIsAddCounters), without building one for
+// every event.
+func (st *ShapeStats) addOne(ev *Event, d time.Duration) {
+	if st.Calls == 0 || d < st.Min {
+		st.Min = d
+	}
+	st.Max = max(st.Max, d)
+	st.Calls++
+	if ev.SQLState != "" {
+		st.Errors++
+	}
+	if ev.Rows > 0 {
+		st.Rows += ev.Rows
+	}
+	st.Total += d
+	if ev.Wait > 0 {
+		st.WaitTotal += ev.Wait
+		st.WaitMax = max(st.WaitMax, ev.Wait)
+		st.Waited++
+	}
+	if !ev.Start.IsZero() && (st.FirstSeen.IsZero() || ev.Start.Before(st.FirstSeen)) {
+		st.FirstSeen = ev.Start
+	}
+	if ev.Start.After(st.LastSeen) {
+		st.LastSeen = ev.Start
+	}
 }
 
 // snapshot copies a (sketch included when withSketch) into a ShapeStats
@@ -354,6 +397,7 @@ func (a *shapeAcc) merge(st *ShapeStats) error {
 // in either period.
 func (s *Stats) Reset() {
 	s.mu.Lock()
+	s.gen.Add(1)
 	s.shapes = make(map[Fingerprint]*shapeAcc)
 	s.other = nil
 	s.overflow.Store(0)
@@ -535,9 +579,9 @@ func (st *ShapeStats) merge(o *ShapeStats, topApps int) error {
 
 // addCounters adds o's exact counters into st: calls, errors, rows and
 // times summed, Min, Max and WaitMax bounded, FirstSeen and LastSeen
-// widened (a zero time is unknown). It is the one merge of those counters,
-// for a recorded event (as a one-call ShapeStats), a merged accumulator
-// and a merged snapshot alike; o with no calls adds nothing.
+// widened (a zero time is unknown). It is the one merge of those counters
+// for a merged accumulator and a merged snapshot alike (a recorded event
+// takes addOne, its one-call form); o with no calls adds nothing.
 func (st *ShapeStats) addCounters(o *ShapeStats) {
 	if o.Calls == 0 {
 		return

@@ -302,8 +302,9 @@ func TestParseSortKey(t *testing.T) {
 	}
 }
 
-// TestSketchAddBin: a duration added through its precomputed bin leaves
-// the sketch exactly as Add does (same encoding, so same quantiles).
+// TestSketchAddBin: a duration added through its precomputed bin (addBin,
+// and Add, which goes through it) leaves the sketch exactly as
+// DDSketch.Add does (addValue; same encoding, so same quantiles).
 func TestSketchAddBin(t *testing.T) {
 	t.Parallel()
 	ds := []time.Duration{0, -time.Second, 1, 999, time.Microsecond, 1500 * time.Nanosecond,
@@ -312,25 +313,92 @@ func TestSketchAddBin(t *testing.T) {
 	for range 5000 {
 		ds = append(ds, time.Duration(r.Int64N(int64(10*time.Second))))
 	}
-	want, got := NewLatencySketch(), NewLatencySketch()
+	want, got, added := NewLatencySketch(), NewLatencySketch(), NewLatencySketch()
 	for _, d := range ds {
-		want.Add(d)
+		want.addValue(d)
 		got.addBin(binOf(d))
+		added.Add(d)
 	}
 	wb, err := want.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	gb, err := got.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
+	for name, sk := range map[string]*LatencySketch{"addBin": got, "Add": added} {
+		gb, err := sk.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(wb, gb) {
+			t.Fatalf("sketch through %s differs from DDSketch.Add: %d vs %d bytes", name, len(gb), len(wb))
+		}
+		for _, q := range []float64{0, 0.5, 0.9, 0.99, 1} {
+			if g, w := sk.Quantile(q), want.Quantile(q); g != w {
+				t.Errorf("%s q%.2f: %v, want %v", name, q, g, w)
+			}
+		}
 	}
-	if !bytes.Equal(wb, gb) {
-		t.Fatalf("sketch through addBin differs from Add: %d vs %d bytes", len(gb), len(wb))
+}
+
+// TestAddOneIsAddCounters: recording an event with addOne leaves the
+// exact counters as adding its one-call ShapeStats with addCounters does.
+func TestAddOneIsAddCounters(t *testing.T) {
+	t.Parallel()
+	evs := []Event{
+		{Start: t0, Duration: 3 * time.Millisecond, Rows: 2},
+		{Start: t0.Add(-time.Second), Duration: time.Millisecond, Rows: -1, SQLState: "42P01"},
+		{Duration: -time.Second, Wait: time.Millisecond},
+		{Start: t0.Add(time.Minute), Duration: 0, Rows: 7, Wait: 3 * time.Millisecond},
+		{Start: t0.Add(time.Second), Duration: 5 * time.Millisecond, Wait: -1},
+		{Start: t0.Add(-time.Hour), Duration: time.Microsecond, Rows: 0},
 	}
-	for _, q := range []float64{0, 0.5, 0.9, 0.99, 1} {
-		if g, w := got.Quantile(q), want.Quantile(q); g != w {
-			t.Errorf("q%.2f: %v, want %v", q, g, w)
+	// Every order of a few prefixes: Min, FirstSeen and the rest depend
+	// on what came before.
+	for start := range evs {
+		var got, want ShapeStats
+		for i := range evs {
+			ev := &evs[(start+i)%len(evs)]
+			d := max(ev.Duration, 0)
+			got.addOne(ev, d)
+			one := ShapeStats{Calls: 1, Total: d, Min: d, Max: d, FirstSeen: ev.Start, LastSeen: ev.Start}
+			if ev.SQLState != "" {
+				one.Errors = 1
+			}
+			if ev.Rows > 0 {
+				one.Rows = ev.Rows
+			}
+			if ev.Wait > 0 {
+				one.Waited, one.WaitTotal, one.WaitMax = 1, ev.Wait, ev.Wait
+			}
+			want.addCounters(&one)
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("start %d, event %d: addOne gave %+v, addCounters %+v", start, i, got, want)
+			}
+		}
+	}
+}
+
+// TestStatsResetForgetsMemo: a shape recorded before Reset is counted in
+// the new period only (its memoized accumulator belongs to the old one),
+// and a shape recorded into two Stats counts in each.
+func TestStatsResetForgetsMemo(t *testing.T) {
+	t.Parallel()
+	s1, s2 := NewStats(StatsConfig{Now: fixedClock}), NewStats(StatsConfig{Now: fixedClock})
+	sh := shapeN(1)
+	ev := &Event{Kind: KindStatement, Start: t0, Duration: time.Millisecond}
+	s1.Record(ev, sh)
+	s1.Record(ev, sh)
+	s2.Record(ev, sh)
+	s1.Reset()
+	s1.Record(ev, sh)
+	s2.Record(ev, sh)
+	for _, c := range []struct {
+		name string
+		s    *Stats
+		want uint64
+	}{{"reset", s1, 1}, {"other", s2, 2}} {
+		snap := c.s.Snapshot()
+		if len(snap.Shapes) != 1 || snap.Shapes[0].Calls != c.want {
+			t.Errorf("%s: shapes %+v, want one with %d calls", c.name, snap.Shapes, c.want)
 		}
 	}
 }
