@@ -2,9 +2,7 @@ package pooler
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -418,15 +416,8 @@ func TestRelayTLSNotParked(t *testing.T) {
 		p := relayProxy(t, mode, 3, func(c *Config) { c.TLS, c.ClientTLS = cert, "allow" })
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		dsn := strings.Replace(proxyDSN(p, "", ""), "sslmode=disable", "sslmode=require", 1)
-		tc, err := pgconn.Connect(ctx, dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
+		tc := connectTLS(t, p, "")
 		t.Cleanup(func() { tc.Close(context.Background()) })
-		if _, ok := tc.Conn().(*tls.Conn); !ok {
-			t.Fatalf("sslmode=require client is not on TLS: %T", tc.Conn())
-		}
 		plain := openClients(t, p, 1)[0]
 		for _, c := range []*pgconn.PgConn{tc, plain} {
 			if _, err := queryOne(ctx, c, "select 1"); err != nil {

@@ -35,13 +35,7 @@ func stallClient(t testing.TB, addr string) net.Conn {
 // writes then go through crypto/tls, not raw socket calls.
 func stallClientTLS(t testing.TB, p *Proxy) net.Conn {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	dsn := strings.Replace(proxyDSN(p, "", "&application_name=stalled"), "sslmode=disable", "sslmode=require", 1)
-	conn, err := pgconn.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := connectTLS(t, p, "&application_name=stalled")
 	hc, err := conn.Hijack()
 	if err != nil {
 		t.Fatal(err)
@@ -55,6 +49,25 @@ func stallClientTLS(t testing.TB, p *Proxy) net.Conn {
 		t.Fatal(err)
 	}
 	return hc.Conn
+}
+
+// connectTLS opens a client to p with sslmode=require (extra: more DSN
+// parameters) and fails the test unless it got a TLS connection; the
+// caller closes (or hijacks) it.
+func connectTLS(t testing.TB, p *Proxy, extra string) *pgconn.PgConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dsn := strings.Replace(proxyDSN(p, "", extra), "sslmode=disable", "sslmode=require", 1)
+	conn, err := pgconn.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := conn.Conn().(*tls.Conn); !ok {
+		conn.Close(context.Background())
+		t.Fatalf("sslmode=require client is not on TLS: %T", conn.Conn())
+	}
+	return conn
 }
 
 // stalledBackend waits until the backend running hugeQuery is blocked
