@@ -19,7 +19,9 @@
 #   SECTIONS         which sections to run: session transaction connect idle [all four]
 #   TARGETS          which targets: direct pgaudit pgbouncer            [all three;
 #                    pgaudit-event is an alias of pgaudit (its name while pgaudit had
-#                    two relays); pgaudit-goroutine, that relay removed, is refused]
+#                    two relays); pgaudit-goroutine, that relay removed, is refused;
+#                    pgaudit-noaudit is pgaudit with --no-audit (the relay alone,
+#                    no events, statistics or findings), not in the default set]
 #   RELAY_PARK_AFTER pgaudit's relay_park_after                         [pgaudit's default]
 #   SESSION_CLIENTS  client counts, session section                     [10 100]
 #   TX_CLIENTS       client counts, transaction section                 [10 100 1000; QUICK: 10 100]
@@ -90,9 +92,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 for t in $TARGETS; do
   case $t in
-    direct | pgaudit | pgbouncer) ;;
+    direct | pgaudit | pgaudit-noaudit | pgbouncer) ;;
     pgaudit-goroutine) die "TARGETS: pgaudit-goroutine: the goroutine relay was removed (one relay since then, docs/relay.md); use pgaudit" ;;
-    *) die "TARGETS: unknown target $t (direct, pgaudit, pgbouncer)" ;;
+    *) die "TARGETS: unknown target $t (direct, pgaudit, pgaudit-noaudit, pgbouncer)" ;;
   esac
 done
 
@@ -111,7 +113,7 @@ TMP=$(mktemp -d /tmp/pgaudit-bench.XXXXXX)
 chown postgres: "$TMP"
 chmod 755 "$TMP"
 PGDATA_DIR=$TMP/data
-# Per pgaudit target (one: pgaudit): pid, port, admin port.
+# Per pgaudit target (pgaudit, pgaudit-noaudit): pid, port, admin port.
 declare -A PA_PID=() PA_PORT=() PA_ADMIN=()
 PGBOUNCER_PIDFILE=$TMP/pgbouncer.pid
 PG_STARTED=0
@@ -185,11 +187,13 @@ pgbouncer_has_prepared() {
 }
 
 # ---------------------------------------------------------------- pgaudit
+NOAUDIT_NOTE=
+if [[ " $TARGETS " == *" pgaudit-noaudit "* ]]; then NOAUDIT_NOTE="; pgaudit-noaudit: the same binary with --no-audit"; fi
 PGAUDIT_REV=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git -C "$REPO_ROOT" status --porcelain 2>/dev/null | head -1) ]]; then
   PGAUDIT_REV="$PGAUDIT_REV-dirty"
 fi
-if [[ " $TARGETS " == *" pgaudit "* ]]; then
+if [[ " $TARGETS " == *" pgaudit "* || " $TARGETS " == *" pgaudit-noaudit "* ]]; then
   if [[ -n $PGAUDIT_BIN ]]; then
     [[ -x $PGAUDIT_BIN ]] || die "PGAUDIT_BIN=$PGAUDIT_BIN is not executable"
     log "using prebuilt pgaudit: $PGAUDIT_BIN"
@@ -225,9 +229,12 @@ if ((MAX_CLIENT_CONN < 10000)); then MAX_CLIENT_CONN=10000; fi
 # pgaudit runs with its defaults (analysis on, no audit log) plus an admin
 # listener on a free port, whose /metrics the bench reads for the audit
 # queue's drop counter. The config file only raises max_client_conn (and
-# sets relay_park_after when RELAY_PARK_AFTER is set).
+# sets relay_park_after when RELAY_PARK_AFTER is set). The pgaudit-noaudit
+# target adds --no-audit: the same relay and pool without the audit
+# pipeline, so the two rows split pgaudit's CPU between relay and analysis.
 start_pgaudit() { # mode size target
-  local t=$3 port admin
+  local t=$3 port admin extra=()
+  if [[ $t == pgaudit-noaudit ]]; then extra=(--no-audit); fi
   port=$(free_port)
   admin=$(free_port)
   printf '[pgaudit]\nmax_client_conn = %d\n' "$MAX_CLIENT_CONN" >"$TMP/$t.toml"
@@ -235,7 +242,7 @@ start_pgaudit() { # mode size target
   "$PGAUDIT_BIN" proxy --config "$TMP/$t.toml" --listen "127.0.0.1:$port" \
     --admin-listen "127.0.0.1:$admin" \
     --upstream "postgres://postgres@127.0.0.1:$PGPORT/postgres?sslmode=disable" \
-    --pool-mode "$1" --pool-size "$2" --log-level warn \
+    --pool-mode "$1" --pool-size "$2" --log-level warn "${extra[@]}" \
     >>"$TMP/$t.log" 2>&1 &
   PA_PID[$t]=$! PA_PORT[$t]=$port PA_ADMIN[$t]=$admin
   wait_port "$port" 20 || { tail -20 "$TMP/$t.log" >&2; die "$t did not start"; }
@@ -289,7 +296,7 @@ configure_proxies() { # mode size
   stop_pgbouncer
   local t
   for t in $TARGETS; do
-    if [[ $t == pgaudit ]]; then start_pgaudit "$1" "$2" "$t"; fi
+    if [[ $t == pgaudit* ]]; then start_pgaudit "$1" "$2" "$t"; fi
   done
   if [[ " $TARGETS " == *" pgbouncer "* ]]; then start_pgbouncer "$1" "$2"; fi
   CUR_PROXY_CONF="$1/$2"
@@ -307,7 +314,7 @@ warm_proxies() {
   local port t
   for t in $TARGETS; do
     [[ $t == direct ]] && continue
-    if [[ $t == pgaudit ]]; then port=${PA_PORT[$t]}; else port=$PGBOUNCER_PORT; fi
+    if [[ $t == pgaudit* ]]; then port=${PA_PORT[$t]}; else port=$PGBOUNCER_PORT; fi
     pgbench -S -n -T "$WARMUP" -c "$1" -j "$JOBS" -h 127.0.0.1 -p "$port" >/dev/null 2>&1 ||
       log "warm-up through $t failed (ignored)"
   done
@@ -357,7 +364,7 @@ run_one() {
   local section=$1 mode=$2 size=$3 clients=$4 proto=$5 target=$6 cflag=$7 port pid=
   case $target in
     direct) port=$PGPORT ;;
-    pgaudit) port=${PA_PORT[$target]} pid=${PA_PID[$target]} ;;
+    pgaudit | pgaudit-noaudit) port=${PA_PORT[$target]} pid=${PA_PID[$target]} ;;
     pgbouncer) port=$PGBOUNCER_PORT pid=$PGBOUNCER_PID ;;
   esac
   if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
@@ -482,8 +489,8 @@ scenario() {
   d_tps=${tps[direct]:-n/a} b_tps=${tps[pgbouncer]:-n/a}
   for t in $TARGETS; do
     local r1=- r2=- r3=-
-    # Ratios on the pgaudit row.
-    if [[ $t == pgaudit ]]; then
+    # Ratios on the pgaudit rows.
+    if [[ $t == pgaudit* ]]; then
       r1=$(ratio "${tps[$t]}" "$d_tps") r2=$(ratio "${tps[$t]}" "$b_tps") r3=$(ratio "${cpu[$t]:-}" "${cpu[pgbouncer]:-}")
     fi
     local dsize=$size
@@ -583,7 +590,7 @@ idle_section() {
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 PGAUDIT_VERSION=$([[ -n $PGAUDIT_BIN ]] && "$PGAUDIT_BIN" version 2>/dev/null || echo none)
 HEADER="machine: $(nproc) cores, ${CPU_MODEL:-unknown CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)
-versions: PostgreSQL $PG_VERSION, $(pgbench --version), PgBouncer $PGBOUNCER_VERSION ($PGBOUNCER_ORIGIN), pgaudit $PGAUDIT_REV ($PGAUDIT_VERSION; default analysis on, no audit log)
+versions: PostgreSQL $PG_VERSION, $(pgbench --version), PgBouncer $PGBOUNCER_VERSION ($PGBOUNCER_ORIGIN), pgaudit $PGAUDIT_REV ($PGAUDIT_VERSION; default analysis on, no audit log$NOAUDIT_NOTE)
 settings: duration ${DURATION}s (+ ${CONNECT_SLACK_MS} ms per client/job for connecting), scale $SCALE, pgbench -S -n -j $JOBS, transaction pool size $TX_POOL_SIZE, session pool size = clients, $ROUNDS rounds per target in alternating order (tps = mean), warm-up ${WARMUP}s per proxy start, proxy CPU read ${SETTLE}s after each run, huge pages: $HUGE_PAGES_USED"
 if [[ " $SECTIONS " == *" idle "* ]]; then
   HEADER+=", idle: $IDLE_CLIENTS clients, RSS read ${IDLE_SETTLE}s after they connected"
@@ -641,7 +648,7 @@ done
   if ((${#IDLE_ROWS[@]})); then echo "idle csv: $IDLE_CSV"; fi
   echo "raw pgbench output: $RAW"
 } | tee "$RESULTS_DIR/pgbench-$STAMP.txt"
-for palog in "$TMP"/pgaudit.log; do
+for palog in "$TMP"/pgaudit.log "$TMP"/pgaudit-noaudit.log; do
   [[ -s $palog ]] || continue
   t=$(basename "$palog" .log)
   cp "$palog" "$RESULTS_DIR/pgbench-$STAMP-$t.log"
