@@ -92,6 +92,7 @@ func TestMetrics(t *testing.T) {
 		"pgaudit_client_buffer_budget_bytes":          "GAUGE",
 		"pgaudit_client_buffer_budget_exceeded_total": "COUNTER",
 		"go_goroutines":                               "GAUGE",
+		"go_sched_latencies_seconds":                  "HISTOGRAM",
 		"process_cpu_seconds_total":                   "COUNTER",
 	}
 	for name, typ := range want {

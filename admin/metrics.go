@@ -2,6 +2,7 @@ package admin
 
 import (
 	"fmt"
+	"regexp"
 	"sync"
 	"time"
 
@@ -252,7 +253,11 @@ func (o *queryObserver) takeInterval() interval {
 func (a *Admin) newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		collectors.NewGoCollector(),
+		// The default Go metrics plus the scheduler's latency histogram:
+		// how long goroutines (the sessions' relays among them) wait to
+		// run once runnable, the proxy's own queue in front of its CPU.
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
+			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/sched/latencies:seconds$`)})),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		a.obs.hist, a.obs.errs,
 		&stateCollector{a: a},
