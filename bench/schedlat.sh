@@ -34,7 +34,7 @@ sched_metric() { # -> "count sum le920us le10ms" of go_sched_latencies_seconds
       if (le > 0.0009 && le < 0.00092) b1 = $2; if (le > 0.0104 && le < 0.0105) b2 = $2 }
     /^go_sched_latencies_seconds_count/ { c = $2 }
     /^go_sched_latencies_seconds_sum/ { s = $2 }
-    END { if (c == "") exit 1; printf "%s %s %s %s\n", c, s, b1, b2 }'
+    END { if (c == "") exit 1; printf "%s %s %s %s\n", c, s, (b1 == "" ? "-" : b1), (b2 == "" ? "-" : b2) }'
 }
 read -r c0 s0 a0 b0 < <(sched_metric) ||
   { echo "schedlat: no go_sched_latencies_seconds at http://$ADMIN/metrics" >&2; exit 1; }
@@ -43,11 +43,16 @@ pgbench -h 127.0.0.1 -p "$PORT" -U postgres -n -S -M "$M" -c "$C" -j 2 -T "$T" p
 read -r c1 s1 a1 b1 < <(sched_metric)
 tx=$(awk -F': ' '/^number of transactions actually processed/ {split($2, a, "/"); print a[1]; exit}' "$dir/pgbench.out")
 tps=$(awk '/^tps = /{print $3; exit}' "$dir/pgbench.out")
-awk -v c=$((c1 - c0)) -v s="$(awk -v a="$s1" -v b="$s0" 'BEGIN{print a - b}')" -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v tx="$tx" -v tps="$tps" -v C="$C" -v M="$M" 'BEGIN {
+# The share over a bound needs that bucket bound in the metric; "-" when
+# client_golang's buckets no longer have it.
+over() { if [[ $1 == - || $2 == - || $3 == - || $4 == - ]]; then echo -; else echo $(($1 - $2)); fi; }
+awk -v c=$((c1 - c0)) -v s="$(awk -v a="$s1" -v b="$s0" 'BEGIN{print a - b}')" -v a="$(over "$a1" "$a0" "$b1" "$b0")" -v b="$(over "$b1" "$b0" "$a1" "$a0")" -v tx="$tx" -v tps="$tps" -v C="$C" -v M="$M" 'BEGIN {
   printf "%s clients, %s: tps %.0f, %d transactions\n", C, M, tps, tx
   if (c == 0 || tx == 0) { print "no wake-ups sampled"; exit }
-  printf "runnable wait (go_sched_latencies_seconds, 1 in 8 sampled): mean %.1f us per wake-up, %.2f wake-ups and %.0f us per transaction; %.1f %% of wake-ups waited over 0.92 ms, %.2f %% over 10.5 ms\n",
-    s / c * 1e6, c * 8 / tx, s * 8 / tx * 1e6, 100 * (c - a) / c, 100 * (c - b) / c }'
+  printf "runnable wait (go_sched_latencies_seconds, 1 in 8 sampled): mean %.1f us per wake-up, %.2f wake-ups and %.0f us per transaction",
+    s / c * 1e6, c * 8 / tx, s * 8 / tx * 1e6
+  if (a == "-") print "; no 0.92 ms / 10.5 ms bucket bounds in the metric"
+  else printf "; %.1f %% of wake-ups waited over 0.92 ms, %.2f %% over 10.5 ms\n", 100 * (c - a) / c, 100 * (c - b) / c }'
 [[ ${SCHEDLAT_TRACE:-0} == 1 ]] || exit 0
 TT=3
 pgbench -h 127.0.0.1 -p "$PORT" -U postgres -n -S -M "$M" -c "$C" -j 2 -T $((TT + 5)) postgres >"$dir/pgbench.out" 2>&1 &
